@@ -1,1 +1,24 @@
-//! placeholder
+//! loraflow-core: the domain of loraflow, with no I/O.
+//!
+//! A LoRA training job is a cqrs-es aggregate ([`job::TrainingJob`]) whose
+//! state is only the fold of its events. Its work is a DAG of steps
+//! ([`workflow`]) checked against what executors can run, and its parameters
+//! are checked against a catalogue of base models and a parameter schema
+//! ([`catalogue`]).
+//!
+//! # Layout
+//! - [`job`]: the aggregate: commands, events, errors, state machine, upcasters.
+//! - [`workflow`]: `WorkflowSpec`/`StepSpec`, validation, ready sets, the standard template.
+//! - [`catalogue`]: base models, parameter schema with overrides and profiles, service status.
+//! - [`artifact`]: artifact references (URI + SHA-256) and per-epoch outputs.
+//! - [`ids`]: typed identifiers.
+//! - [`clock`]: injected time.
+//! - [`validation`]: field violations, reported all at once.
+
+pub mod artifact;
+pub mod catalogue;
+pub mod clock;
+pub mod ids;
+pub mod job;
+pub mod validation;
+pub mod workflow;

@@ -1,0 +1,77 @@
+//! Artifacts: files a step produced (LoRA weights, samples, manifests). The event
+//! log holds their URI and digest, never the bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// A SHA-256 digest, lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sha256(pub String);
+
+impl Sha256 {
+    /// Digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an artifact is, so views can group them without parsing names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    /// A dataset manifest written by `validate_dataset`.
+    Manifest,
+    /// Caption sidecars and tag frequencies written by `label`.
+    Labels,
+    /// A LoRA weights file (kohya safetensors).
+    Lora,
+    /// A sample image.
+    Sample,
+    /// Resumable training state.
+    Checkpoint,
+    /// A loss curve or other report.
+    Report,
+    /// A published LoRA at its permanent location.
+    Published,
+    Other,
+}
+
+/// A stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    /// Short name, unique within the step (`epoch-3.safetensors`).
+    pub name: String,
+    /// Where it lives (`file:///...`, `s3://...`).
+    pub uri: String,
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+    /// The training epoch it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+}
+
+/// What a training run produced at one saved epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochOutput {
+    pub epoch: u32,
+    /// The LoRA saved at this epoch (absent when a sample step reports samples only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Artifact>,
+    /// Mean training loss over the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+}

@@ -1,0 +1,186 @@
+//! The catalogue: which base models can be trained, by which engines, with which
+//! parameters. Loaded from TOML; [`Catalogue::builtin`] is the default.
+
+mod params;
+mod service_status;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use params::{
+    EffectiveParam, ParamOverride, ParamSchema, ParamSpec, ParamType, ParamValue, Params,
+};
+pub use service_status::{ServiceStatus, StatusHandle};
+
+use crate::ids::BaseModelId;
+use crate::validation::Violations;
+
+/// A training engine: the native burn trainer, or an external one driven as a subprocess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Engine {
+    #[serde(rename = "native")]
+    Native,
+    #[serde(rename = "kohya")]
+    Kohya,
+    #[serde(rename = "ai-toolkit")]
+    AiToolkit,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 3] = [Engine::Native, Engine::Kohya, Engine::AiToolkit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Kohya => "kohya",
+            Self::AiToolkit => "ai-toolkit",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An engine name that is not one of [`Engine::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown engine {0:?}; expected one of native, kohya, ai-toolkit")]
+pub struct UnknownEngine(pub String);
+
+impl FromStr for Engine {
+    type Err = UnknownEngine;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Engine::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| UnknownEngine(s.to_owned()))
+    }
+}
+
+/// The architecture family of a base model; LoRA key layouts and defaults follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    Sd15,
+    Sd2,
+    Sdxl,
+    Flux,
+}
+
+impl fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sd15 => "sd15",
+            Self::Sd2 => "sd2",
+            Self::Sdxl => "sdxl",
+            Self::Flux => "flux",
+        })
+    }
+}
+
+/// A base model a LoRA can be trained against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseModel {
+    pub id: BaseModelId,
+    pub label: String,
+    pub family: ModelFamily,
+    pub engines: Vec<Engine>,
+    /// GPU memory a training step on this model needs; 0 means it trains on CPU.
+    #[serde(default)]
+    pub min_vram_gb: u32,
+    /// Closed by the operator; jobs against it are refused.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl BaseModel {
+    pub fn supports(&self, engine: Engine) -> bool {
+        self.engines.contains(&engine)
+    }
+}
+
+/// Problems loading a catalogue.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CatalogueError {
+    /// The TOML does not parse or does not have the catalogue's shape.
+    #[error("catalogue is not valid TOML of the expected shape: {0}")]
+    Parse(String),
+    /// It parses, but contradicts itself (a default outside its own bounds, ...).
+    #[error("catalogue is inconsistent: {0}")]
+    Invalid(Violations),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueFile {
+    base_models: Vec<BaseModel>,
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, ParamSpec>,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, Params>,
+    #[serde(default)]
+    service: Option<ServiceStatus>,
+}
+
+/// Base models, the parameter schema, and the initial service status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalogue {
+    pub base_models: Vec<BaseModel>,
+    pub schema: ParamSchema,
+    /// The service status the engine starts with.
+    pub service: ServiceStatus,
+}
+
+const BUILTIN: &str = include_str!("default.toml");
+
+impl Catalogue {
+    /// The catalogue loraflow ships with.
+    pub fn builtin() -> Self {
+        Self::from_toml_str(BUILTIN).expect("the built-in catalogue is valid")
+    }
+
+    /// Parse and check a catalogue.
+    pub fn from_toml_str(text: &str) -> Result<Self, CatalogueError> {
+        let file: CatalogueFile =
+            toml::from_str(text).map_err(|e| CatalogueError::Parse(e.to_string()))?;
+        let catalogue = Self {
+            base_models: file.base_models,
+            schema: ParamSchema {
+                params: file.params,
+                profiles: file.profiles,
+            },
+            service: file.service.unwrap_or_default(),
+        };
+        let mut v = catalogue.schema.check_consistency(&catalogue.base_models);
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &catalogue.base_models {
+            if !seen.insert(&m.id) {
+                v.push(format!("base_models.{}", m.id), "duplicate base model id");
+            }
+            if m.engines.is_empty() {
+                v.push(
+                    format!("base_models.{}", m.id),
+                    "no engine can train it; list at least one",
+                );
+            }
+        }
+        v.into_result(catalogue).map_err(CatalogueError::Invalid)
+    }
+
+    pub fn base_model(&self, id: &BaseModelId) -> Option<&BaseModel> {
+        self.base_models.iter().find(|m| &m.id == id)
+    }
+
+    pub fn profiles(&self) -> impl Iterator<Item = &str> {
+        self.schema.profiles.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests;

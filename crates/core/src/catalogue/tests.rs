@@ -1,0 +1,195 @@
+use super::*;
+
+fn builtin() -> Catalogue {
+    Catalogue::builtin()
+}
+
+fn model(c: &Catalogue, id: &str) -> BaseModel {
+    c.base_model(&BaseModelId::new(id)).unwrap().clone()
+}
+
+#[test]
+fn builtin_catalogue_loads_and_is_consistent() {
+    let c = builtin();
+    assert!(c.base_model(&"sd15".into()).is_some());
+    assert!(c.profiles().any(|p| p == "quick_test"));
+    assert!(c.profiles().any(|p| p == "high_quality"));
+}
+
+#[test]
+fn defaults_fill_every_enabled_parameter() {
+    let c = builtin();
+    let sd15 = model(&c, "sd15");
+    let p = c
+        .schema
+        .resolve(&sd15, Engine::Native, None, &Params::new())
+        .unwrap();
+    assert_eq!(p["epochs"], ParamValue::Int(10));
+    assert_eq!(p["resolution"], ParamValue::Int(512));
+    assert_eq!(p["learning_rate"], ParamValue::Float(0.0001));
+}
+
+#[test]
+fn model_overrides_change_defaults_and_bounds() {
+    let c = builtin();
+    let sdxl = model(&c, "sdxl");
+    let p = c
+        .schema
+        .resolve(&sdxl, Engine::Kohya, None, &Params::new())
+        .unwrap();
+    assert_eq!(p["resolution"], ParamValue::Int(1024));
+    let bad = Params::from([("batch_size".to_owned(), ParamValue::Int(12))]);
+    let err = c
+        .schema
+        .resolve(&sdxl, Engine::Kohya, None, &bad)
+        .unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err.0[0].field, "params.batch_size");
+    assert!(
+        err.0[0].description.contains("above the maximum 8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn error_quotes_value_bound_model_and_engine() {
+    let c = builtin();
+    let sd15 = model(&c, "sd15");
+    let bad = Params::from([("learning_rate".to_owned(), ParamValue::Float(5.0))]);
+    let err = c
+        .schema
+        .resolve(&sd15, Engine::Native, None, &bad)
+        .unwrap_err();
+    assert_eq!(
+        err.0[0].description,
+        "learning_rate 5 is above the maximum 0.01 for base model sd15 (engine native)"
+    );
+}
+
+#[test]
+fn every_invalid_field_is_reported_at_once() {
+    let c = builtin();
+    let sd15 = model(&c, "sd15");
+    let bad = Params::from([
+        ("epochs".to_owned(), ParamValue::Int(0)),
+        ("learning_rate".to_owned(), ParamValue::Str("fast".into())),
+        ("lr_scheduler".to_owned(), ParamValue::Str("exotic".into())),
+        ("warp_factor".to_owned(), ParamValue::Int(9)),
+    ]);
+    let err = c
+        .schema
+        .resolve(&sd15, Engine::Native, None, &bad)
+        .unwrap_err();
+    let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "params.epochs",
+            "params.learning_rate",
+            "params.lr_scheduler",
+            "params.warp_factor"
+        ]
+    );
+    assert!(
+        err.0[3]
+            .description
+            .contains("unknown parameter \"warp_factor\"")
+    );
+}
+
+#[test]
+fn parameter_disabled_for_engine_is_rejected_and_absent() {
+    let c = builtin();
+    let flux = model(&c, "flux-dev");
+    let p = c
+        .schema
+        .resolve(&flux, Engine::AiToolkit, None, &Params::new())
+        .unwrap();
+    assert!(!p.contains_key("text_encoder_lr"));
+    let given = Params::from([("text_encoder_lr".to_owned(), ParamValue::Float(1e-4))]);
+    let err = c
+        .schema
+        .resolve(&flux, Engine::AiToolkit, None, &given)
+        .unwrap_err();
+    assert!(
+        err.0[0]
+            .description
+            .contains("not available for base model flux-dev (engine ai-toolkit)")
+    );
+}
+
+#[test]
+fn engine_override_narrows_choices() {
+    let c = builtin();
+    let sd15 = model(&c, "sd15");
+    let given = Params::from([("optimizer".to_owned(), ParamValue::Str("prodigy".into()))]);
+    assert!(c.schema.resolve(&sd15, Engine::Kohya, None, &given).is_ok());
+    assert!(
+        c.schema
+            .resolve(&sd15, Engine::Native, None, &given)
+            .is_err()
+    );
+}
+
+#[test]
+fn profiles_set_defaults_and_user_values_win() {
+    let c = builtin();
+    let sd15 = model(&c, "sd15");
+    let p = c
+        .schema
+        .resolve(&sd15, Engine::Native, Some("high_quality"), &Params::new())
+        .unwrap();
+    assert_eq!(p["epochs"], ParamValue::Int(20));
+    let given = Params::from([("epochs".to_owned(), ParamValue::Int(3))]);
+    let p = c
+        .schema
+        .resolve(&sd15, Engine::Native, Some("high_quality"), &given)
+        .unwrap();
+    assert_eq!(p["epochs"], ParamValue::Int(3));
+    let err = c
+        .schema
+        .resolve(&sd15, Engine::Native, Some("turbo"), &given)
+        .unwrap_err();
+    assert!(err.0[0].description.contains("unknown profile \"turbo\""));
+}
+
+#[test]
+fn int_is_accepted_for_float() {
+    let c = builtin();
+    let sd15 = model(&c, "sd15");
+    let given = Params::from([("network_alpha".to_owned(), ParamValue::Int(8))]);
+    let p = c
+        .schema
+        .resolve(&sd15, Engine::Native, None, &given)
+        .unwrap();
+    assert_eq!(p["network_alpha"], ParamValue::Float(8.0));
+}
+
+#[test]
+fn inconsistent_catalogue_is_refused() {
+    let text = r#"
+        [[base_models]]
+        id = "m"
+        label = "M"
+        family = "sd15"
+        engines = ["native"]
+        [params.epochs]
+        type = "int"
+        default = 500
+        max = 100
+    "#;
+    match Catalogue::from_toml_str(text) {
+        Err(CatalogueError::Invalid(v)) => assert_eq!(v.0[0].field, "params.epochs"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(matches!(
+        Catalogue::from_toml_str("base_models = 3"),
+        Err(CatalogueError::Parse(_))
+    ));
+}
+
+#[test]
+fn engine_names_parse() {
+    assert_eq!("ai-toolkit".parse::<Engine>().unwrap(), Engine::AiToolkit);
+    assert!("comfy".parse::<Engine>().is_err());
+}

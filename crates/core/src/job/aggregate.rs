@@ -1,0 +1,376 @@
+//! The `TrainingJob` aggregate: state folded from events, and the cqrs-es glue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use serde::{Deserialize, Serialize};
+
+use super::commands::JobCommand;
+use super::error::Error;
+use super::events::*;
+use super::handle;
+use super::spec::{AdmittedDataset, JobSpec};
+use super::state::{Failure, FailureReason, JobState};
+use super::step::{Attempt, AttemptOutcome, StepRecord, StepStatus};
+use crate::artifact::{Artifact, EpochOutput};
+use crate::catalogue::{Catalogue, Params, StatusHandle};
+use crate::clock::Clock;
+use crate::ids::{JobId, LeaseId, StepId};
+use crate::workflow::{Dag, KnownKinds, Progress, WorkflowSpec};
+
+/// What the aggregate consults while deciding: the catalogue, the operator's
+/// current service status, the step kinds executors can run, and the clock.
+#[derive(Debug, Clone)]
+pub struct JobServices {
+    pub catalogue: Arc<Catalogue>,
+    pub status: StatusHandle,
+    pub kinds: KnownKinds,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl JobServices {
+    /// Services over `catalogue` with its initial service status, the built-in
+    /// step kinds, and the system clock.
+    pub fn new(catalogue: Catalogue) -> Self {
+        let status = StatusHandle::new(catalogue.service.clone());
+        Self {
+            catalogue: Arc::new(catalogue),
+            status,
+            kinds: KnownKinds::builtin(),
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_kinds(mut self, kinds: KnownKinds) -> Self {
+        self.kinds = kinds;
+        self
+    }
+}
+
+/// Where the job is; `New` until created. Failed carries its reason, so a
+/// failed job without a reason cannot be represented.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Phase {
+    #[default]
+    New,
+    Pending,
+    Submitted,
+    Processing,
+    InReview,
+    Approved,
+    Published,
+    Failed(Failure),
+}
+
+/// A LoRA training job. Its state is only the fold of its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingJob {
+    pub(crate) job_id: Option<JobId>,
+    pub(crate) spec: Option<JobSpec>,
+    pub(crate) params: Params,
+    pub(crate) phase: Phase,
+    pub(crate) created_at: Option<DateTime<Utc>>,
+    pub(crate) dataset: Option<AdmittedDataset>,
+    pub(crate) workflow: Option<WorkflowSpec>,
+    pub(crate) steps: BTreeMap<StepId, StepRecord>,
+    pub(crate) epochs: BTreeMap<u32, EpochOutput>,
+    pub(crate) approved: Option<JobApproved>,
+    pub(crate) published: Option<Artifact>,
+}
+
+impl TrainingJob {
+    pub fn id(&self) -> Option<&JobId> {
+        self.job_id.as_ref()
+    }
+
+    /// `None` until the job is created.
+    pub fn state(&self) -> Option<JobState> {
+        Some(match self.phase {
+            Phase::New => return None,
+            Phase::Pending => JobState::Pending,
+            Phase::Submitted => JobState::Submitted,
+            Phase::Processing => JobState::Processing,
+            Phase::InReview => JobState::InReview,
+            Phase::Approved => JobState::Approved,
+            Phase::Published => JobState::Published,
+            Phase::Failed(_) => JobState::Failed,
+        })
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.state().is_some_and(JobState::is_terminal)
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.phase {
+            Phase::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn spec(&self) -> Option<&JobSpec> {
+        self.spec.as_ref()
+    }
+
+    /// Resolved parameters (defaults, profile and the client's values).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        self.created_at
+    }
+
+    pub fn dataset(&self) -> Option<&AdmittedDataset> {
+        self.dataset.as_ref()
+    }
+
+    pub fn workflow(&self) -> Option<&WorkflowSpec> {
+        self.workflow.as_ref()
+    }
+
+    pub fn steps(&self) -> &BTreeMap<StepId, StepRecord> {
+        &self.steps
+    }
+
+    pub fn step(&self, id: &StepId) -> Option<&StepRecord> {
+        self.steps.get(id)
+    }
+
+    pub fn epochs(&self) -> &BTreeMap<u32, EpochOutput> {
+        &self.epochs
+    }
+
+    pub fn approved(&self) -> Option<&JobApproved> {
+        self.approved.as_ref()
+    }
+
+    pub fn published(&self) -> Option<&Artifact> {
+        self.published.as_ref()
+    }
+
+    /// The parameters a step's next attempt runs with: the job's, with the
+    /// step's retry adjustments applied in order.
+    pub fn step_params(&self, step: &StepId) -> Params {
+        let mut p = self.params.clone();
+        if let Some(rec) = self.steps.get(step) {
+            for a in &rec.adjustments {
+                p.insert(a.param.clone(), a.to.clone());
+            }
+        }
+        p
+    }
+
+    /// The step and attempt that hold `lease`.
+    pub fn find_lease(&self, lease: &LeaseId) -> Option<(&StepId, &StepRecord, &Attempt)> {
+        self.steps
+            .iter()
+            .find_map(|(id, rec)| rec.attempt(lease).map(|a| (id, rec, a)))
+    }
+
+    pub(crate) fn dag(&self) -> Option<Dag> {
+        self.workflow.as_ref().and_then(Dag::build)
+    }
+
+    pub(crate) fn progress_map(&self) -> BTreeMap<StepId, Progress> {
+        self.steps
+            .iter()
+            .map(|(id, rec)| {
+                let p = match rec.status {
+                    StepStatus::Waiting => Progress::Waiting,
+                    StepStatus::Completed => Progress::Done,
+                    _ => Progress::Started,
+                };
+                (id.clone(), p)
+            })
+            .collect()
+    }
+
+    /// Decide which events `command` produces, without changing `self`. This
+    /// is the whole domain logic; [`Aggregate::handle`] only forwards to it.
+    pub fn decide(
+        &self,
+        command: JobCommand,
+        services: &JobServices,
+    ) -> Result<Vec<JobEvent>, Error> {
+        handle::decide(self, command, services)
+    }
+
+    fn step_mut(&mut self, id: &StepId) -> &mut StepRecord {
+        self.steps
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("event names step {id}, which the workflow does not have"))
+    }
+
+    fn end_open_steps(&mut self) {
+        for rec in self.steps.values_mut() {
+            if !matches!(rec.status, StepStatus::Completed | StepStatus::Failed) {
+                rec.status = StepStatus::Dropped;
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: FailureReason, message: String) {
+        self.end_open_steps();
+        self.phase = Phase::Failed(Failure { reason, message });
+    }
+
+    fn end_attempt(&mut self, step: &StepId, lease: &LeaseId, outcome: AttemptOutcome) {
+        let rec = self.step_mut(step);
+        rec.status = match outcome {
+            AttemptOutcome::Completed => StepStatus::Completed,
+            _ => StepStatus::Failed,
+        };
+        if let Some(a) = rec.attempt_mut(lease) {
+            a.outcome = Some(outcome);
+        }
+    }
+}
+
+impl Aggregate for TrainingJob {
+    const TYPE: &'static str = "TrainingJob";
+    type Command = JobCommand;
+    type Event = JobEvent;
+    type Error = Error;
+    type Services = JobServices;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command, services)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            JobEvent::JobCreated(e) => {
+                self.job_id = Some(e.job_id);
+                self.spec = Some(e.spec);
+                self.params = e.params;
+                self.created_at = Some(e.created_at);
+                self.phase = Phase::Pending;
+            }
+            JobEvent::JobSubmitted(e) => {
+                self.steps = e
+                    .workflow
+                    .steps
+                    .iter()
+                    .map(|s| (s.id.clone(), StepRecord::new(s.kind.clone())))
+                    .collect();
+                self.dataset = Some(e.dataset);
+                self.workflow = Some(e.workflow);
+                self.phase = Phase::Submitted;
+            }
+            JobEvent::StepQueued(e) => {
+                self.step_mut(&e.step_id).status = StepStatus::Queued {
+                    attempt: e.attempt,
+                    queued_at: e.queued_at,
+                    not_before: e.not_before,
+                };
+            }
+            JobEvent::StepLeased(e) => {
+                let rec = self.step_mut(&e.step_id);
+                rec.status = StepStatus::Leased {
+                    attempt: e.attempt,
+                    lease_id: e.lease_id.clone(),
+                    executor_id: e.executor_id.clone(),
+                    deadline: e.deadline,
+                    close_by: e.close_by,
+                };
+                rec.progress = None;
+                rec.attempts.push(Attempt {
+                    number: e.attempt,
+                    lease_id: e.lease_id,
+                    executor_id: e.executor_id,
+                    leased_at: e.leased_at,
+                    outcome: None,
+                });
+                if self.phase == Phase::Submitted {
+                    self.phase = Phase::Processing;
+                }
+            }
+            JobEvent::StepProgressed(e) => {
+                let rec = self.step_mut(&e.step_id);
+                if let StepStatus::Leased { deadline, .. } = &mut rec.status {
+                    *deadline = e.deadline;
+                }
+                rec.progress = Some(e.progress);
+            }
+            JobEvent::StepCompleted(e) => {
+                self.end_attempt(&e.step_id, &e.lease_id, AttemptOutcome::Completed);
+                for out in e.epochs {
+                    let slot = self.epochs.entry(out.epoch).or_insert_with(|| EpochOutput {
+                        epoch: out.epoch,
+                        lora: None,
+                        samples: Vec::new(),
+                        loss: None,
+                    });
+                    if out.lora.is_some() {
+                        slot.lora = out.lora;
+                    }
+                    if out.loss.is_some() {
+                        slot.loss = out.loss;
+                    }
+                    slot.samples.extend(out.samples);
+                }
+            }
+            JobEvent::StepFailed(e) => {
+                self.end_attempt(&e.step_id, &e.lease_id, AttemptOutcome::Failed(e.error));
+            }
+            JobEvent::LeaseExpired(e) => {
+                self.end_attempt(&e.step_id, &e.lease_id, AttemptOutcome::Expired(e.cause));
+            }
+            JobEvent::StepRetried(e) => {
+                self.step_mut(&e.step_id).adjustments.extend(e.adjustments);
+            }
+            JobEvent::ReviewRequested(e) => {
+                self.step_mut(&e.step_id).status = StepStatus::AwaitingReview;
+                self.phase = Phase::InReview;
+            }
+            JobEvent::JobApproved(e) => {
+                for rec in self.steps.values_mut() {
+                    if rec.status == StepStatus::AwaitingReview {
+                        rec.status = StepStatus::Completed;
+                    }
+                }
+                self.approved = Some(e);
+                self.phase = Phase::Approved;
+            }
+            JobEvent::JobRejected(e) => {
+                self.fail(FailureReason::Rejected, e.reason);
+            }
+            JobEvent::JobPublished(e) => {
+                self.published = Some(e.artifact);
+                self.phase = Phase::Published;
+            }
+            JobEvent::JobFailed(e) => {
+                self.fail(e.reason, e.message);
+            }
+            JobEvent::JobCancelled(e) => {
+                self.fail(FailureReason::Cancelled, e.reason);
+            }
+        }
+    }
+}
+
+/// Rebuild a job from its events; what a store does on load.
+pub fn replay(events: impl IntoIterator<Item = JobEvent>) -> TrainingJob {
+    let mut job = TrainingJob::default();
+    for e in events {
+        job.apply(e);
+    }
+    job
+}

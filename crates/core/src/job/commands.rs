@@ -1,0 +1,134 @@
+//! The commands a training job accepts. Each names the intent; the aggregate
+//! decides which events (if any) follow.
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{AdmittedDataset, JobSpec};
+use super::state::FailureReason;
+use super::step::{StepError, StepProgress};
+use crate::artifact::{Artifact, EpochOutput};
+use crate::ids::{ExecutorId, JobId, LeaseId, StepId};
+
+/// Create the job from a client's spec (validated against the catalogue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateJob {
+    pub job_id: JobId,
+    pub spec: JobSpec,
+}
+
+/// Admit the dataset and plan the workflow; the first steps are queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitJob {
+    pub dataset: AdmittedDataset,
+}
+
+/// Lease a queued step to an executor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseStep {
+    pub step_id: StepId,
+    /// Fresh and unique; the executor quotes it in every later call.
+    pub lease_id: LeaseId,
+    pub executor_id: ExecutorId,
+}
+
+/// Renew a lease and record progress. Callers throttle these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub lease_id: LeaseId,
+    pub progress: StepProgress,
+}
+
+/// The step of this lease finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteStep {
+    pub lease_id: LeaseId,
+    #[serde(default)]
+    pub outputs: serde_json::Value,
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    #[serde(default)]
+    pub epochs: Vec<EpochOutput>,
+}
+
+/// The step of this lease failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailStep {
+    pub lease_id: LeaseId,
+    pub error: StepError,
+}
+
+/// The lease's heartbeat or start-to-close deadline has passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpireLease {
+    pub lease_id: LeaseId,
+}
+
+/// A queued step waited past its schedule-to-start timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpireQueuedStep {
+    pub step_id: StepId,
+}
+
+/// Choose an epoch; the publish step is queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApproveJob {
+    pub epoch: u32,
+    pub approved_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectJob {
+    pub reason: String,
+    pub rejected_by: String,
+}
+
+/// Allowed from every non-terminal state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelJob {
+    pub reason: String,
+    pub cancelled_by: String,
+}
+
+/// Fail the job from outside (an operator, or the engine on an unrecoverable error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailJob {
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+/// Every command of a [`TrainingJob`](super::TrainingJob).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobCommand {
+    Create(CreateJob),
+    Submit(SubmitJob),
+    LeaseStep(LeaseStep),
+    Heartbeat(Heartbeat),
+    CompleteStep(CompleteStep),
+    FailStep(FailStep),
+    ExpireLease(ExpireLease),
+    ExpireQueuedStep(ExpireQueuedStep),
+    Approve(ApproveJob),
+    Reject(RejectJob),
+    Cancel(CancelJob),
+    Fail(FailJob),
+}
+
+impl JobCommand {
+    /// The command's name, as errors quote it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create(_) => "create",
+            Self::Submit(_) => "submit",
+            Self::LeaseStep(_) => "lease_step",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::CompleteStep(_) => "complete_step",
+            Self::FailStep(_) => "fail_step",
+            Self::ExpireLease(_) => "expire_lease",
+            Self::ExpireQueuedStep(_) => "expire_queued_step",
+            Self::Approve(_) => "approve",
+            Self::Reject(_) => "reject",
+            Self::Cancel(_) => "cancel",
+            Self::Fail(_) => "fail",
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! What a client asks for when it creates a job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::Sha256;
+use crate::catalogue::{Catalogue, Engine, Params};
+use crate::ids::{BaseModelId, TenantId};
+use crate::validation::Violations;
+use crate::workflow::WorkflowSpec;
+
+/// Where the training images are (a folder or archive in the artifact store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetRef {
+    pub uri: String,
+    /// Digest of the uploaded archive, when the client knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256>,
+}
+
+/// How the published LoRA is named: `subject` (a character, a style) and `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Naming {
+    pub subject: String,
+    #[serde(default = "default_version")]
+    pub version: String,
+}
+
+fn default_version() -> String {
+    "v1".to_owned()
+}
+
+/// A training job as a client specifies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub tenant: TenantId,
+    pub base_model: BaseModelId,
+    pub engine: Engine,
+    /// A named set of defaults (`quick_test`, `regular`, `high_quality`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Parameters as given; validated against the catalogue on creation.
+    #[serde(default)]
+    pub params: Params,
+    pub dataset: DatasetRef,
+    #[serde(default)]
+    pub sample_prompts: Vec<String>,
+    /// Higher runs first. Between -100 and 100.
+    #[serde(default)]
+    pub priority: i32,
+    pub naming: Naming,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Replaces the standard LoRA workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowSpec>,
+}
+
+pub const MAX_SAMPLE_PROMPTS: usize = 16;
+pub const MAX_PROMPT_CHARS: usize = 1000;
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+
+impl JobSpec {
+    /// Check everything but the service status; return the resolved parameters.
+    pub(crate) fn validate(&self, catalogue: &Catalogue) -> Result<Params, Violations> {
+        let mut v = Violations::default();
+        let mut resolved = None;
+        match catalogue.base_model(&self.base_model) {
+            None => v.push(
+                "base_model",
+                format!(
+                    "unknown base model {:?}; available: {}",
+                    self.base_model.as_str(),
+                    catalogue
+                        .base_models
+                        .iter()
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Some(model) if model.disabled => v.push(
+                "base_model",
+                format!("base model {} is disabled by the operator", model.id),
+            ),
+            Some(model) if !model.supports(self.engine) => v.push(
+                "engine",
+                format!(
+                    "engine {} cannot train base model {}; it supports {}",
+                    self.engine,
+                    model.id,
+                    model
+                        .engines
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Some(model) => {
+                match catalogue.schema.resolve(
+                    model,
+                    self.engine,
+                    self.profile.as_deref(),
+                    &self.params,
+                ) {
+                    Ok(p) => resolved = Some(p),
+                    Err(e) => v.extend(e),
+                }
+            }
+        }
+        if self.tenant.as_str().trim().is_empty() {
+            v.push("tenant", "tenant must not be empty");
+        }
+        if self.dataset.uri.trim().is_empty() {
+            v.push("dataset.uri", "dataset uri must not be empty");
+        }
+        if self.sample_prompts.len() > MAX_SAMPLE_PROMPTS {
+            v.push(
+                "sample_prompts",
+                format!(
+                    "{} sample prompts given; at most {MAX_SAMPLE_PROMPTS} are allowed",
+                    self.sample_prompts.len()
+                ),
+            );
+        }
+        for (i, p) in self.sample_prompts.iter().enumerate() {
+            if p.trim().is_empty() {
+                v.push(format!("sample_prompts[{i}]"), "sample prompt is empty");
+            } else if p.chars().count() > MAX_PROMPT_CHARS {
+                v.push(
+                    format!("sample_prompts[{i}]"),
+                    format!(
+                        "sample prompt has {} characters; at most {MAX_PROMPT_CHARS}",
+                        p.chars().count()
+                    ),
+                );
+            }
+        }
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            v.push(
+                "priority",
+                format!("priority {} is outside -100..=100", self.priority),
+            );
+        }
+        if self.naming.subject.trim().is_empty() {
+            v.push(
+                "naming.subject",
+                "subject must not be empty (it names the published LoRA)",
+            );
+        }
+        if self.naming.version.trim().is_empty() {
+            v.push("naming.version", "version must not be empty");
+        }
+        for key in self.labels.keys() {
+            if key.is_empty()
+                || key.len() > 63
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
+                v.push(
+                    format!("labels.{key}"),
+                    format!("label key {key:?} must be 1-63 characters of letters, digits, '-', '_', '.', '/'"),
+                );
+            }
+        }
+        match (v.is_empty(), resolved) {
+            (true, Some(p)) => Ok(p),
+            _ => Err(v),
+        }
+    }
+}
+
+/// The dataset as admitted at submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmittedDataset {
+    pub image_count: u32,
+    pub total_bytes: u64,
+    /// Digest of the dataset manifest (file names, sizes, digests).
+    pub manifest_sha256: Sha256,
+}

@@ -1,0 +1,3 @@
+mod given_when_then;
+mod props;
+mod upcasting;
