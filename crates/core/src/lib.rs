@@ -12,13 +12,17 @@
 //! - [`catalogue`]: base models, parameter schema with overrides and profiles, service status.
 //! - [`artifact`]: artifact references (URI + SHA-256) and per-epoch outputs.
 //! - [`ids`]: typed identifiers.
+//! - [`executor`]: the `Executor` trait, step context, capabilities.
+//! - [`schedule`]: the scheduler's state (folded from the feed) and its policy.
 //! - [`clock`]: injected time.
 //! - [`validation`]: field violations, reported all at once.
 
 pub mod artifact;
 pub mod catalogue;
 pub mod clock;
+pub mod executor;
 pub mod ids;
 pub mod job;
+pub mod schedule;
 pub mod validation;
 pub mod workflow;

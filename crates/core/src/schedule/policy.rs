@@ -1,0 +1,114 @@
+//! Scheduling decisions, as pure functions of the state and the time: which
+//! queued step an executor gets, and which leases or queued steps are overdue.
+//! The runtime carries the decisions out as commands; optimistic concurrency
+//! on the job makes a decision taken twice (two replicas) harmless.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::state::{QueuedStep, SchedulerState};
+use crate::executor::Capabilities;
+use crate::ids::{ExecutorId, JobId, LeaseId, StepId, TenantId};
+
+/// Something overdue that the runtime must record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A lease's heartbeat or start-to-close deadline passed.
+    ExpireLease { job_id: JobId, lease_id: LeaseId },
+    /// A queued step waited past its schedule-to-start timeout.
+    ExpireQueued { job_id: JobId, step_id: StepId },
+}
+
+impl SchedulerState {
+    /// Leases held per tenant: the fairness measure.
+    fn running_by_tenant(&self) -> HashMap<&TenantId, usize> {
+        let mut m = HashMap::new();
+        for l in self.leases.values() {
+            *m.entry(&l.tenant).or_default() += 1;
+        }
+        m
+    }
+
+    /// Queued steps in the order they will be served, ignoring capabilities:
+    /// higher priority first; among equals, the tenant holding the fewest
+    /// leases first (so one tenant's hundred jobs cannot starve another's
+    /// one); then the oldest.
+    pub fn ordered_queue(&self) -> Vec<&QueuedStep> {
+        let running = self.running_by_tenant();
+        let mut q: Vec<&QueuedStep> = self.queued.values().collect();
+        q.sort_by_key(|s| {
+            (
+                Reverse(s.priority),
+                running.get(&s.tenant).copied().unwrap_or(0),
+                s.position,
+            )
+        });
+        q
+    }
+
+    /// The step `executor` should get now, if any: one it can run, past its
+    /// backoff, and only while the executor is under its concurrency limit.
+    pub fn pick(
+        &self,
+        executor: &ExecutorId,
+        caps: &Capabilities,
+        now: DateTime<Utc>,
+    ) -> Option<&QueuedStep> {
+        if self.running_on(executor) >= caps.max_concurrent_steps {
+            return None;
+        }
+        self.ordered_queue()
+            .into_iter()
+            .find(|s| s.not_before <= now && caps.satisfies(&s.kind, &s.requires, s.family))
+    }
+
+    /// Position (0 = next) of a queued step in the serving order.
+    pub fn queue_position(&self, job: &JobId, step: &StepId) -> Option<usize> {
+        self.ordered_queue()
+            .iter()
+            .position(|s| &s.job_id == job && &s.step_id == step)
+    }
+
+    /// Everything overdue at `now`.
+    pub fn due(&self, now: DateTime<Utc>) -> Vec<Action> {
+        let mut actions: Vec<Action> = self
+            .leases
+            .values()
+            .filter(|l| l.expires_at() <= now)
+            .map(|l| Action::ExpireLease {
+                job_id: l.job_id.clone(),
+                lease_id: l.lease_id.clone(),
+            })
+            .collect();
+        for s in self.queued.values() {
+            if let Some(limit) = self.schedule_to_start(&s.job_id, &s.step_id)
+                && s.queued_at + Duration::from_std(limit).unwrap_or(Duration::MAX) <= now
+            {
+                actions.push(Action::ExpireQueued {
+                    job_id: s.job_id.clone(),
+                    step_id: s.step_id.clone(),
+                });
+            }
+        }
+        actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        actions
+    }
+
+    /// The next instant at which something becomes due or leasable: the
+    /// runtime sleeps until then (or until a new event arrives).
+    pub fn next_wakeup(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let leases = self.leases.values().map(|l| l.expires_at());
+        let backoffs = self
+            .queued
+            .values()
+            .map(|s| s.not_before)
+            .filter(|t| *t > now);
+        let queue_timeouts = self.queued.values().filter_map(|s| {
+            let limit = self.schedule_to_start(&s.job_id, &s.step_id)?;
+            Some(s.queued_at + Duration::from_std(limit).ok()?)
+        });
+        leases.chain(backoffs).chain(queue_timeouts).min()
+    }
+}

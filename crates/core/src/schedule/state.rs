@@ -1,0 +1,210 @@
+//! The scheduler's working set, folded from the global event feed: open jobs,
+//! queued steps and live leases. Nothing here is authoritative: it is a cache
+//! of the store, rebuilt by replaying the feed after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalogue::{Catalogue, ModelFamily};
+use crate::ids::{ExecutorId, JobId, LeaseId, StepId, TenantId};
+use crate::job::JobEvent;
+use crate::workflow::{Requirements, StepKind};
+
+/// A step waiting for an executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedStep {
+    pub job_id: JobId,
+    pub step_id: StepId,
+    pub kind: StepKind,
+    pub attempt: u32,
+    pub tenant: TenantId,
+    pub priority: i32,
+    pub requires: Requirements,
+    pub family: Option<ModelFamily>,
+    pub queued_at: DateTime<Utc>,
+    pub not_before: DateTime<Utc>,
+    /// Global position of the `StepQueued` event: arrival order.
+    pub position: u64,
+}
+
+/// A step leased to an executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveLease {
+    pub job_id: JobId,
+    pub step_id: StepId,
+    pub lease_id: LeaseId,
+    pub executor_id: ExecutorId,
+    pub kind: StepKind,
+    pub tenant: TenantId,
+    pub leased_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub close_by: DateTime<Utc>,
+}
+
+impl LiveLease {
+    /// When the lease expires unless renewed.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.deadline.min(self.close_by)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OpenJob {
+    tenant: TenantId,
+    family: Option<ModelFamily>,
+    schedule_to_start: HashMap<StepId, Duration>,
+}
+
+/// Open jobs, queued steps and live leases.
+#[derive(Debug, Clone)]
+pub struct SchedulerState {
+    catalogue: Arc<Catalogue>,
+    jobs: HashMap<JobId, OpenJob>,
+    pub(super) queued: BTreeMap<(JobId, StepId), QueuedStep>,
+    pub(super) leases: HashMap<LeaseId, LiveLease>,
+    position: u64,
+}
+
+impl SchedulerState {
+    pub fn new(catalogue: Arc<Catalogue>) -> Self {
+        Self {
+            catalogue,
+            jobs: HashMap::new(),
+            queued: BTreeMap::new(),
+            leases: HashMap::new(),
+            position: 0,
+        }
+    }
+
+    /// The global position of the last event applied.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn queued(&self) -> impl Iterator<Item = &QueuedStep> {
+        self.queued.values()
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &LiveLease> {
+        self.leases.values()
+    }
+
+    pub fn lease(&self, lease: &LeaseId) -> Option<&LiveLease> {
+        self.leases.get(lease)
+    }
+
+    pub fn is_open(&self, job: &JobId) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    /// Steps an executor holds now; what its concurrency limit counts.
+    pub fn running_on(&self, executor: &ExecutorId) -> u32 {
+        self.leases
+            .values()
+            .filter(|l| &l.executor_id == executor)
+            .count() as u32
+    }
+
+    /// The schedule-to-start timeout of a step, if it has one.
+    pub(super) fn schedule_to_start(&self, job: &JobId, step: &StepId) -> Option<Duration> {
+        self.jobs.get(job)?.schedule_to_start.get(step).copied()
+    }
+
+    /// Fold one event of `job` at global `position`.
+    pub fn apply(&mut self, position: u64, job: &JobId, event: &JobEvent) {
+        self.position = self.position.max(position);
+        match event {
+            JobEvent::JobCreated(e) => {
+                let family = self
+                    .catalogue
+                    .base_model(&e.spec.base_model)
+                    .map(|m| m.family);
+                self.jobs.insert(
+                    job.clone(),
+                    OpenJob {
+                        tenant: e.spec.tenant.clone(),
+                        family,
+                        schedule_to_start: HashMap::new(),
+                    },
+                );
+            }
+            JobEvent::JobSubmitted(e) => {
+                if let Some(j) = self.jobs.get_mut(job) {
+                    j.schedule_to_start = e
+                        .workflow
+                        .steps
+                        .iter()
+                        .filter_map(|s| Some((s.id.clone(), s.timeouts.schedule_to_start?)))
+                        .collect();
+                }
+            }
+            JobEvent::StepQueued(e) => {
+                let family = self.jobs.get(job).and_then(|j| j.family);
+                self.queued.insert(
+                    (job.clone(), e.step_id.clone()),
+                    QueuedStep {
+                        job_id: job.clone(),
+                        step_id: e.step_id.clone(),
+                        kind: e.kind.clone(),
+                        attempt: e.attempt,
+                        tenant: e.tenant.clone(),
+                        priority: e.priority,
+                        requires: e.requires.clone(),
+                        family,
+                        queued_at: e.queued_at,
+                        not_before: e.not_before,
+                        position,
+                    },
+                );
+            }
+            JobEvent::StepLeased(e) => {
+                self.queued.remove(&(job.clone(), e.step_id.clone()));
+                let tenant = self
+                    .jobs
+                    .get(job)
+                    .map(|j| j.tenant.clone())
+                    .unwrap_or_else(|| TenantId::new(""));
+                self.leases.insert(
+                    e.lease_id.clone(),
+                    LiveLease {
+                        job_id: job.clone(),
+                        step_id: e.step_id.clone(),
+                        lease_id: e.lease_id.clone(),
+                        executor_id: e.executor_id.clone(),
+                        kind: e.kind.clone(),
+                        tenant,
+                        leased_at: e.leased_at,
+                        deadline: e.deadline,
+                        close_by: e.close_by,
+                    },
+                );
+            }
+            JobEvent::StepProgressed(e) => {
+                if let Some(l) = self.leases.get_mut(&e.lease_id) {
+                    l.deadline = e.deadline;
+                }
+            }
+            JobEvent::StepCompleted(e) => {
+                self.leases.remove(&e.lease_id);
+            }
+            JobEvent::StepFailed(e) => {
+                self.leases.remove(&e.lease_id);
+            }
+            JobEvent::LeaseExpired(e) => {
+                self.leases.remove(&e.lease_id);
+            }
+            JobEvent::JobPublished(_)
+            | JobEvent::JobFailed(_)
+            | JobEvent::JobCancelled(_)
+            | JobEvent::JobRejected(_) => {
+                self.jobs.remove(job);
+                self.queued.retain(|(j, _), _| j != job);
+                self.leases.retain(|_, l| &l.job_id != job);
+            }
+            JobEvent::StepRetried(_) | JobEvent::ReviewRequested(_) | JobEvent::JobApproved(_) => {}
+        }
+    }
+}

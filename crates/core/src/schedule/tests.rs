@@ -1,0 +1,329 @@
+use std::sync::Arc;
+
+use chrono::Duration;
+use proptest::prelude::*;
+
+use super::*;
+use crate::catalogue::Catalogue;
+use crate::clock::Clock;
+use crate::executor::Capabilities;
+use crate::ids::{ExecutorId, JobId, StepId, TenantId};
+use crate::job::canned::{Driver, sample_spec};
+use crate::job::{JobCommand, JobEvent, LeaseStep, StepErrorKind};
+use crate::workflow::StepKind;
+
+/// Several jobs sharing one clock, their events fed in order into a state.
+struct Fleet {
+    drivers: Vec<Driver>,
+    state: SchedulerState,
+    position: u64,
+    fed: Vec<usize>,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        Self {
+            drivers: vec![],
+            state: SchedulerState::new(Arc::new(Catalogue::builtin())),
+            position: 0,
+            fed: vec![],
+        }
+    }
+
+    fn job(&mut self, id: &str, tenant: &str, priority: i32, base_model: &str) -> usize {
+        let mut d = Driver::new();
+        d.job_id = JobId::new(id);
+        let mut spec = sample_spec();
+        spec.tenant = TenantId::new(tenant);
+        spec.priority = priority;
+        spec.base_model = base_model.into();
+        d.create_with(spec).submit();
+        self.drivers.push(d);
+        self.fed.push(0);
+        self.sync();
+        self.drivers.len() - 1
+    }
+
+    fn sync(&mut self) {
+        for (i, d) in self.drivers.iter().enumerate() {
+            for e in &d.events[self.fed[i]..] {
+                self.position += 1;
+                self.state.apply(self.position, &d.job_id, e);
+            }
+            self.fed[i] = d.events.len();
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        for d in &mut self.drivers {
+            d.advance(by);
+        }
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.drivers[0].clock.now()
+    }
+
+    fn lease(&mut self, job: usize, step: &str, executor: &str) {
+        let d = &mut self.drivers[job];
+        let lease_id = d.next_lease_id();
+        d.exec(JobCommand::LeaseStep(LeaseStep {
+            step_id: StepId::new(step),
+            lease_id,
+            executor_id: ExecutorId::new(executor),
+        }))
+        .unwrap();
+        self.sync();
+    }
+}
+
+fn cpu(kinds: &[&str]) -> Capabilities {
+    Capabilities {
+        kinds: kinds.iter().map(|k| StepKind::from(*k)).collect(),
+        ..Capabilities::default()
+    }
+}
+
+fn picked(f: &Fleet, exec: &str, caps: &Capabilities) -> Option<(String, String)> {
+    f.state
+        .pick(&ExecutorId::new(exec), caps, f.now())
+        .map(|s| (s.job_id.to_string(), s.step_id.to_string()))
+}
+
+#[test]
+fn a_submitted_job_offers_its_first_step_to_a_capable_executor() {
+    let mut f = Fleet::new();
+    f.job("a", "acme", 0, "sd15");
+    assert_eq!(
+        picked(&f, "w", &cpu(&["validate_dataset"])),
+        Some(("a".into(), "validate".into()))
+    );
+    assert_eq!(picked(&f, "w", &cpu(&["train"])), None);
+}
+
+#[test]
+fn gpu_steps_need_a_gpu_executor_with_enough_memory() {
+    let mut f = Fleet::new();
+    let a = f.job("a", "acme", 0, "sd15");
+    f.drivers[a].run("validate").run("label");
+    f.sync();
+    let mut caps = cpu(&["train"]);
+    caps.engines.insert(crate::catalogue::Engine::Native);
+    assert_eq!(picked(&f, "w", &caps), None, "no gpu");
+    caps.gpu = true;
+    caps.vram_gb = 6;
+    assert_eq!(picked(&f, "w", &caps), None, "sd15 needs 8 GB");
+    caps.vram_gb = 24;
+    assert_eq!(picked(&f, "w", &caps), Some(("a".into(), "train".into())));
+}
+
+#[test]
+fn an_executor_never_gets_more_than_its_concurrency_limit() {
+    let mut f = Fleet::new();
+    f.job("a", "acme", 0, "sd15");
+    f.job("b", "acme", 0, "sd15");
+    let caps = cpu(&["validate_dataset"]);
+    f.lease(0, "validate", "w");
+    assert_eq!(f.state.running_on(&ExecutorId::new("w")), 1);
+    assert_eq!(picked(&f, "w", &caps), None);
+    assert_eq!(
+        picked(&f, "other", &caps),
+        Some(("b".into(), "validate".into()))
+    );
+    let two = Capabilities {
+        max_concurrent_steps: 2,
+        ..caps
+    };
+    assert_eq!(picked(&f, "w", &two), Some(("b".into(), "validate".into())));
+}
+
+#[test]
+fn higher_priority_first_then_the_least_served_tenant_then_the_oldest() {
+    let mut f = Fleet::new();
+    f.job("big-1", "bigco", 0, "sd15");
+    f.job("big-2", "bigco", 0, "sd15");
+    f.job("big-3", "bigco", 0, "sd15");
+    f.job("small", "smallco", 0, "sd15");
+    let caps = cpu(&["validate_dataset"]);
+    // Oldest first while no tenant holds anything.
+    assert_eq!(picked(&f, "w", &caps).unwrap().0, "big-1");
+    f.lease(0, "validate", "w1");
+    // bigco now holds a lease: smallco's single job goes ahead of bigco's older ones.
+    assert_eq!(picked(&f, "w", &caps).unwrap().0, "small");
+    f.job("urgent", "bigco", 50, "sd15");
+    assert_eq!(picked(&f, "w", &caps).unwrap().0, "urgent");
+    let order: Vec<_> = f
+        .state
+        .ordered_queue()
+        .iter()
+        .map(|s| s.job_id.to_string())
+        .collect();
+    assert_eq!(order, ["urgent", "small", "big-2", "big-3"]);
+    assert_eq!(
+        f.state
+            .queue_position(&JobId::new("small"), &StepId::new("validate")),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_step_in_backoff_is_not_offered_until_due() {
+    let mut f = Fleet::new();
+    f.job("a", "acme", 0, "sd15");
+    f.lease(0, "validate", "w");
+    let lease = f.drivers[0]
+        .job
+        .step(&StepId::new("validate"))
+        .unwrap()
+        .current_lease()
+        .unwrap()
+        .clone();
+    f.drivers[0]
+        .exec(JobCommand::FailStep(crate::job::FailStep {
+            lease_id: lease,
+            error: crate::job::StepError {
+                kind: StepErrorKind::Unavailable,
+                message: "s3 down".into(),
+                retryable: true,
+            },
+        }))
+        .unwrap();
+    f.sync();
+    let caps = cpu(&["validate_dataset"]);
+    assert_eq!(picked(&f, "w", &caps), None);
+    let wake = f.state.next_wakeup(f.now()).unwrap();
+    assert!(wake > f.now());
+    f.advance(wake - f.now());
+    assert_eq!(picked(&f, "w", &caps).map(|p| p.1), Some("validate".into()));
+}
+
+#[test]
+fn overdue_leases_are_due_and_heartbeats_postpone_them() {
+    let mut f = Fleet::new();
+    f.job("a", "acme", 0, "sd15");
+    f.lease(0, "validate", "w");
+    let lease = f.state.leases().next().unwrap().lease_id.clone();
+    f.advance(Duration::seconds(100));
+    assert!(f.state.due(f.now()).is_empty());
+    f.drivers[0]
+        .exec(JobCommand::Heartbeat(crate::job::Heartbeat {
+            lease_id: lease.clone(),
+            progress: Default::default(),
+        }))
+        .unwrap();
+    f.sync();
+    f.advance(Duration::seconds(100));
+    assert!(
+        f.state.due(f.now()).is_empty(),
+        "the heartbeat renewed the deadline"
+    );
+    f.advance(Duration::seconds(30));
+    assert_eq!(
+        f.state.due(f.now()),
+        vec![Action::ExpireLease {
+            job_id: JobId::new("a"),
+            lease_id: lease
+        }]
+    );
+}
+
+#[test]
+fn a_finished_job_leaves_nothing_behind() {
+    let mut f = Fleet::new();
+    f.job("a", "acme", 0, "sd15");
+    f.lease(0, "validate", "w");
+    f.drivers[0]
+        .exec(JobCommand::Cancel(crate::job::CancelJob {
+            reason: "x".into(),
+            cancelled_by: "y".into(),
+        }))
+        .unwrap();
+    f.sync();
+    assert_eq!(f.state.queued().count(), 0);
+    assert_eq!(f.state.leases().count(), 0);
+    assert!(!f.state.is_open(&JobId::new("a")));
+}
+
+#[test]
+fn replaying_the_feed_rebuilds_the_same_state() {
+    let mut f = Fleet::new();
+    f.job("a", "acme", 0, "sd15");
+    f.job("b", "other", 3, "sd15");
+    f.lease(0, "validate", "w");
+    let mut rebuilt = SchedulerState::new(Arc::new(Catalogue::builtin()));
+    let mut pos = 0;
+    for d in &f.drivers {
+        for e in &d.events {
+            pos += 1;
+            rebuilt.apply(pos, &d.job_id, e);
+        }
+    }
+    let q = |s: &SchedulerState| {
+        s.queued()
+            .map(|q| (q.job_id.clone(), q.step_id.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(&rebuilt), q(&f.state));
+    assert_eq!(rebuilt.leases().count(), f.state.leases().count());
+}
+
+proptest! {
+    /// Whatever the queue, a pick respects capabilities, backoff and the
+    /// executor's concurrency limit, and is the first eligible in serving order.
+    #[test]
+    fn picks_are_always_eligible(
+        jobs in proptest::collection::vec((0usize..3, -2i32..3, any::<bool>()), 1..12),
+        leased in proptest::collection::vec(any::<usize>(), 0..4),
+        offers_train in any::<bool>(),
+        max in 1u32..3,
+    ) {
+        let mut f = Fleet::new();
+        for (i, (tenant, priority, advanced)) in jobs.iter().enumerate() {
+            let j = f.job(&format!("j{i}"), &format!("t{tenant}"), *priority, "tiny-sd");
+            if *advanced {
+                f.drivers[j].run("validate").run("label");
+            }
+        }
+        f.sync();
+        for l in leased {
+            let queued: Vec<_> = f.state.queued().map(|q| (q.job_id.clone(), q.step_id.clone())).collect();
+            if queued.is_empty() { break; }
+            let (job, step) = &queued[l % queued.len()];
+            let idx = f.drivers.iter().position(|d| &d.job_id == job).unwrap();
+            f.lease(idx, step.as_str(), "w");
+        }
+        let mut caps = cpu(&["validate_dataset", "label"]);
+        if offers_train {
+            caps.kinds.insert("train".into());
+            caps.engines.insert(crate::catalogue::Engine::Native);
+        }
+        caps.max_concurrent_steps = max;
+        let exec = ExecutorId::new("w");
+        match f.state.pick(&exec, &caps, f.now()) {
+            Some(s) => {
+                prop_assert!(f.state.running_on(&exec) < max);
+                prop_assert!(caps.satisfies(&s.kind, &s.requires, s.family));
+                prop_assert!(s.not_before <= f.now());
+                let first = f.state.ordered_queue().into_iter()
+                    .find(|q| caps.satisfies(&q.kind, &q.requires, q.family)).unwrap();
+                prop_assert_eq!(first, s);
+            }
+            None => {
+                let eligible = f.state.queued().any(|q| caps.satisfies(&q.kind, &q.requires, q.family));
+                prop_assert!(f.state.running_on(&exec) >= max || !eligible);
+            }
+        }
+    }
+}
+
+#[test]
+fn events_of_unknown_jobs_are_harmless() {
+    let mut s = SchedulerState::new(Arc::new(Catalogue::builtin()));
+    let events = crate::job::canned::histories::in_review();
+    // Start mid-stream: the JobCreated is missing.
+    for (i, e) in events.iter().enumerate().skip(1) {
+        s.apply(i as u64 + 1, &JobId::new("x"), e);
+    }
+    assert!(matches!(events.last(), Some(JobEvent::ReviewRequested(_))));
+    assert_eq!(s.queued().count(), 0);
+}
