@@ -1,0 +1,23 @@
+//! loraflow-executors: the executors loraflow ships, and the artifact store
+//! they read and write through.
+//!
+//! - [`artifacts`]: the artifact store on `object_store` (local filesystem by
+//!   default; S3-compatible with the `s3` feature), digests verified on read.
+//! - [`validate`]: `validate_dataset`: decode every image, enforce limits,
+//!   find duplicates, write a manifest.
+//! - [`label`]: `label`: captions and tags from sidecars, a labeller program,
+//!   or a trigger-word template.
+//! - [`publish`]: `publish`: copy the approved LoRA to permanent storage.
+//! - [`dataset`]: what is in a dataset folder.
+
+pub mod artifacts;
+pub mod dataset;
+pub mod label;
+pub mod publish;
+mod util;
+pub mod validate;
+
+pub use artifacts::{ArtifactStore, StepArtifacts};
+pub use label::{Label, LabellerCommand, Labels};
+pub use publish::Publish;
+pub use validate::{Manifest, ValidateDataset, ValidateOptions};

@@ -1,0 +1,76 @@
+//! `publish`: copy the approved epoch's LoRA to its permanent location and
+//! verify the copy's digest.
+
+use async_trait::async_trait;
+use loraflow_core::artifact::ArtifactKind;
+use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
+use loraflow_core::job::StepError;
+use loraflow_core::workflow::StepKind;
+
+use crate::util::{from_artifact, invalid_input};
+
+/// The `publish` executor. Published files go to
+/// `<destination>/<subject>/<version>/<job>/<subject>-<version>.safetensors`.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Root URL of permanent storage (`file:///srv/loras`, `s3://bucket/loras`).
+    pub destination: String,
+}
+
+/// Names are used in paths: keep them to safe characters.
+fn path_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Publish {
+    pub fn destination_for(&self, step: &StepAssignment) -> String {
+        let (subject, version) = (
+            path_safe(&step.naming.subject),
+            path_safe(&step.naming.version),
+        );
+        format!(
+            "{}/{subject}/{version}/{}/{subject}-{version}.safetensors",
+            self.destination.trim_end_matches('/'),
+            path_safe(step.job_id.as_str())
+        )
+    }
+}
+
+#[async_trait]
+impl Executor for Publish {
+    fn kinds(&self) -> Vec<StepKind> {
+        vec![StepKind::PUBLISH.into()]
+    }
+
+    async fn run(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        let epoch = step
+            .approved_epoch
+            .ok_or_else(|| invalid_input("nothing to publish: no epoch was approved"))?;
+        let lora = step
+            .epochs
+            .iter()
+            .find(|e| e.epoch == epoch)
+            .and_then(|e| e.lora.clone())
+            .ok_or_else(|| invalid_input(format!("approved epoch {epoch} has no LoRA file")))?;
+        let dest = self.destination_for(step);
+        let published = ctx
+            .artifacts()
+            .publish(&lora, &dest)
+            .await
+            .map_err(from_artifact)?;
+        debug_assert_eq!(published.kind, ArtifactKind::Published);
+        Ok(StepOutput {
+            outputs: serde_json::json!({ "uri": published.uri, "epoch": epoch }),
+            artifacts: vec![published],
+            epochs: vec![],
+        })
+    }
+}
