@@ -9,6 +9,7 @@
 //!   or a trigger-word template.
 //! - [`publish`]: `publish`: copy the approved LoRA to permanent storage.
 //! - [`dataset`]: what is in a dataset folder.
+//! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
 pub mod artifacts;
 pub mod dataset;
@@ -16,6 +17,7 @@ pub mod label;
 pub mod publish;
 mod util;
 pub mod validate;
+pub mod worker;
 
 pub use artifacts::{ArtifactStore, StepArtifacts};
 pub use label::{Label, LabellerCommand, Labels};

@@ -1,0 +1,82 @@
+//! The executor protocol as a worker sees it. The engine implements it
+//! in-process; the gRPC client implements it for workers on other machines.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
+use loraflow_core::ids::{ExecutorId, LeaseId};
+use loraflow_core::job::{StepError, StepProgress};
+
+/// How the server wants the worker to pace itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    pub heartbeat_interval: Duration,
+    pub poll_timeout: Duration,
+}
+
+/// What the server answers a heartbeat with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// Stop the step: the job was cancelled or the lease is no longer ours.
+    pub cancel: bool,
+    pub save_now: bool,
+    pub sample_now: bool,
+    pub lease_deadline: Option<DateTime<Utc>>,
+}
+
+/// Why a protocol call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The server cannot be reached or is overloaded; retry with backoff.
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+    /// The server does not know this executor (it restarted): register again.
+    #[error("executor {0} is not registered")]
+    UnknownExecutor(ExecutorId),
+    /// The lease is gone (expired, cancelled, completed elsewhere): stop the step.
+    #[error("lease {lease_id} is no longer held: {reason}")]
+    LeaseLost { lease_id: LeaseId, reason: String },
+    /// The server refused the call for good (bad token, invalid output).
+    #[error("refused: {0}")]
+    Rejected(String),
+}
+
+#[async_trait]
+pub trait WorkerApi: Send + Sync + 'static {
+    async fn register(
+        &self,
+        executor: &ExecutorId,
+        capabilities: &Capabilities,
+    ) -> Result<Registration, ApiError>;
+
+    /// Wait up to `wait` for a step; `None` if none came.
+    async fn poll(
+        &self,
+        executor: &ExecutorId,
+        wait: Duration,
+    ) -> Result<Option<StepAssignment>, ApiError>;
+
+    async fn heartbeat(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        progress: Option<StepProgress>,
+    ) -> Result<HeartbeatReply, ApiError>;
+
+    /// Idempotent by lease: a repeat after a lost answer is harmless.
+    async fn complete(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        output: StepOutput,
+    ) -> Result<(), ApiError>;
+
+    async fn fail(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        error: StepError,
+    ) -> Result<(), ApiError>;
+}

@@ -1,0 +1,8 @@
+//! The worker runtime: runs any set of [`Executor`](loraflow_core::executor::Executor)s
+//! behind the executor protocol ([`WorkerApi`]), in-process or over gRPC.
+
+mod api;
+mod runtime;
+
+pub use api::{ApiError, HeartbeatReply, Registration, WorkerApi};
+pub use runtime::{Worker, WorkerOptions};

@@ -1,0 +1,289 @@
+//! The worker runtime: register, then keep up to `max_concurrent_steps`
+//! slots polling for steps; run each with its executor while heartbeating
+//! (forwarding progress, and cancel/save/sample signals back); report the
+//! outcome, retrying transient failures (completions are idempotent by lease).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loraflow_core::executor::{Capabilities, Executor, StepAssignment, StepContext, StepOutput};
+use loraflow_core::ids::ExecutorId;
+use loraflow_core::job::{StepError, StepErrorKind};
+use loraflow_core::workflow::StepKind;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use super::api::{ApiError, WorkerApi};
+use crate::ArtifactStore;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub executor_id: ExecutorId,
+    /// Hardware and labels; kinds and engines are added from the executors.
+    pub capabilities: Capabilities,
+    /// Scratch space; each attempt gets a folder, removed afterwards.
+    pub workdir: PathBuf,
+    /// Longest wait between retries of an unreachable server.
+    pub max_backoff: Duration,
+}
+
+/// A set of executors behind one executor id.
+pub struct Worker {
+    api: Arc<dyn WorkerApi>,
+    executors: BTreeMap<StepKind, Arc<dyn Executor>>,
+    artifacts: ArtifactStore,
+    options: WorkerOptions,
+}
+
+impl Worker {
+    pub fn new(api: Arc<dyn WorkerApi>, artifacts: ArtifactStore, options: WorkerOptions) -> Self {
+        Self {
+            api,
+            executors: BTreeMap::new(),
+            artifacts,
+            options,
+        }
+    }
+
+    /// Add an executor for the kinds it declares (a later one wins a kind).
+    pub fn with(mut self, executor: Arc<dyn Executor>) -> Self {
+        for kind in executor.kinds() {
+            self.executors.insert(kind, executor.clone());
+        }
+        self
+    }
+
+    /// The capabilities sent on registration.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut caps = self.options.capabilities.clone();
+        caps.kinds.extend(self.executors.keys().cloned());
+        for e in self.executors.values() {
+            caps.engines.extend(e.engines());
+        }
+        caps
+    }
+
+    /// Run until `shutdown`. Steps running at shutdown are cancelled and
+    /// reported as failed (retryable), so the server retries them elsewhere.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let caps = self.capabilities();
+        let slots = caps.max_concurrent_steps.max(1);
+        let this = Arc::new(self);
+        let mut tasks = Vec::new();
+        let registration = Arc::new(tokio::sync::Mutex::new(None));
+        for slot in 0..slots {
+            let (this, shutdown, caps, reg) = (
+                this.clone(),
+                shutdown.clone(),
+                caps.clone(),
+                registration.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                this.slot(slot, caps, reg, shutdown).await
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn register(
+        &self,
+        caps: &Capabilities,
+        shutdown: &CancellationToken,
+    ) -> Option<super::api::Registration> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.api.register(&self.options.executor_id, caps).await {
+                Ok(r) => {
+                    info!(executor = %self.options.executor_id, kinds = ?caps.kinds, "registered");
+                    return Some(r);
+                }
+                Err(ApiError::Rejected(msg)) => {
+                    warn!(executor = %self.options.executor_id, "registration refused: {msg}");
+                    return None;
+                }
+                Err(e) => warn!("registration failed, retrying in {backoff:?}: {e}"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.options.max_backoff);
+        }
+    }
+
+    async fn slot(
+        &self,
+        slot: u32,
+        caps: Capabilities,
+        registration: Arc<tokio::sync::Mutex<Option<super::api::Registration>>>,
+        shutdown: CancellationToken,
+    ) {
+        let id = &self.options.executor_id;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let reg = {
+                let mut guard = registration.lock().await;
+                if guard.is_none() {
+                    *guard = self.register(&caps, &shutdown).await;
+                }
+                match *guard {
+                    Some(r) => r,
+                    None => return,
+                }
+            };
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.api.poll(id, reg.poll_timeout) => r,
+            };
+            match polled {
+                Ok(Some(step)) => {
+                    backoff = Duration::from_millis(100);
+                    let span = tracing::info_span!("step", slot, job = %step.job_id, step = %step.step_id, attempt = step.attempt);
+                    self.run_step(step, reg.heartbeat_interval, &shutdown)
+                        .instrument(span)
+                        .await;
+                }
+                Ok(None) => backoff = Duration::from_millis(100),
+                Err(ApiError::UnknownExecutor(_)) => {
+                    *registration.lock().await = None;
+                }
+                Err(e) => {
+                    warn!("poll failed, retrying in {backoff:?}: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn run_step(
+        &self,
+        step: StepAssignment,
+        heartbeat: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        let id = &self.options.executor_id;
+        let workdir = self
+            .options
+            .workdir
+            .join(step.job_id.as_str())
+            .join(step.step_id.as_str())
+            .join(step.attempt.to_string());
+        let io = Arc::new(
+            self.artifacts
+                .for_step(&step.job_id, &step.step_id, step.attempt),
+        );
+        let (ctx, handle) = StepContext::new(io, workdir.clone(), tracing::Span::current());
+        let Some(executor) = self.executors.get(&step.kind).cloned() else {
+            let err = StepError {
+                kind: StepErrorKind::Internal,
+                message: format!("executor {id} has no executor for kind {}", step.kind),
+                retryable: true,
+            };
+            self.report(Err(err), &step).await;
+            return;
+        };
+        if let Err(e) = tokio::fs::create_dir_all(&workdir).await {
+            let err = StepError {
+                kind: StepErrorKind::Unavailable,
+                message: format!("cannot create work directory {}: {e}", workdir.display()),
+                retryable: true,
+            };
+            self.report(Err(err), &step).await;
+            return;
+        }
+        info!("step started");
+
+        let work = {
+            let (step, ctx) = (step.clone(), ctx.clone());
+            tokio::spawn(
+                async move { executor.run(&step, &ctx).await }.instrument(tracing::Span::current()),
+            )
+        };
+        let mut work = std::pin::pin!(work);
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_lost = false;
+        let result = loop {
+            tokio::select! {
+                joined = &mut work => {
+                    break joined.unwrap_or_else(|e| Err(StepError {
+                        kind: StepErrorKind::Internal,
+                        message: format!("the executor panicked: {e}"),
+                        retryable: true,
+                    }));
+                }
+                _ = shutdown.cancelled(), if !ctx.is_cancelled() => {
+                    info!("shutting down: cancelling the running step");
+                    handle.cancel();
+                }
+                _ = ticker.tick() => {
+                    match self.api.heartbeat(id, &step, handle.latest()).await {
+                        Ok(reply) => {
+                            if reply.cancel && !ctx.is_cancelled() {
+                                info!("the server asked to stop the step");
+                                lease_lost = true;
+                                handle.cancel();
+                            }
+                            if reply.save_now { handle.request_save(); }
+                            if reply.sample_now { handle.request_sample(); }
+                        }
+                        Err(ApiError::LeaseLost { reason, .. }) => {
+                            warn!("lease lost: {reason}");
+                            lease_lost = true;
+                            handle.cancel();
+                        }
+                        Err(e) => warn!("heartbeat failed: {e}"),
+                    }
+                }
+            }
+        };
+        if lease_lost {
+            info!("step stopped: its lease is no longer held");
+        } else {
+            self.report(result, &step).await;
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(&workdir).await {
+            warn!("could not remove {}: {e}", workdir.display());
+        }
+    }
+
+    /// Report a step's outcome, retrying while the server is unreachable.
+    async fn report(&self, result: Result<StepOutput, StepError>, step: &StepAssignment) {
+        let id = &self.options.executor_id;
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..20 {
+            let sent = match &result {
+                Ok(out) => self.api.complete(id, step, out.clone()).await,
+                Err(e) => self.api.fail(id, step, e.clone()).await,
+            };
+            match sent {
+                Ok(()) => {
+                    match &result {
+                        Ok(_) => info!("step completed"),
+                        Err(e) => warn!(kind = %e.kind, "step failed: {}", e.message),
+                    }
+                    return;
+                }
+                Err(ApiError::Unavailable(msg)) => {
+                    warn!("reporting the outcome failed, retrying in {backoff:?}: {msg}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+                Err(e) => {
+                    warn!("the outcome was refused: {e}");
+                    return;
+                }
+            }
+        }
+        warn!("gave up reporting the outcome; the lease will expire and the step be retried");
+    }
+}
