@@ -179,6 +179,32 @@ impl ArtifactStore {
         Ok((self.uri_of(&format!("{dest}/")), files.len()))
     }
 
+    /// The files under `uri` (a dataset folder): relative name and size,
+    /// sorted by name, without downloading them.
+    pub async fn list_dir(&self, uri: &str) -> Result<Vec<(String, u64)>, ArtifactError> {
+        let (store, prefix) = self.locate(uri)?;
+        let objects: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| io_err(uri, e))?;
+        let mut files: Vec<(String, u64)> = objects
+            .into_iter()
+            .map(|m| {
+                let rel: Vec<String> = m
+                    .location
+                    .prefix_match(&prefix)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
+                (rel.join("/"), m.size)
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
     /// Download an artifact's bytes, verifying the digest.
     pub async fn get_verified(&self, artifact: &Artifact) -> Result<bytes::Bytes, ArtifactError> {
         let data = self.read(&artifact.uri).await?;
