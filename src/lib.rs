@@ -2,7 +2,7 @@
 //! image-diffusion models.
 //!
 //! - [`core`]: the domain (re-exported `loraflow-core`).
-//! - [`config`]: `loraflow.toml`.
+//! - [`config`]: the `loraflow.toml` file.
 //! - [`clock`]: the engine's clock (follows tokio time, so tests can pause it).
 //! - `admission`: datasets listed and checked before a job is created.
 
