@@ -1,0 +1,266 @@
+//! `ExecutorService` requests, checked and turned into the job commands they
+//! carry (`Heartbeat`, `CompleteStep`, `FailStep`).
+
+use std::time::Duration;
+
+use loraflow_core::artifact::{Artifact, EpochOutput};
+use loraflow_core::ids::{ExecutorId, JobId, LeaseId};
+use loraflow_core::job::{CompleteStep, FailStep, Heartbeat, StepError, StepProgress};
+use loraflow_core::validation::Violations;
+
+use super::json::from_struct;
+use super::time::non_negative_duration;
+use super::{Fields, invalid, required};
+use crate::pb::v1 as pb;
+
+/// A checked executor call on one lease of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseCall<C> {
+    pub executor_id: ExecutorId,
+    pub job_id: JobId,
+    /// The command for the job; it quotes the lease.
+    pub command: C,
+}
+
+fn non_empty(value: &str, what: &str) -> Result<String, Violations> {
+    if value.trim().is_empty() {
+        Err(invalid(format!("required; give the {what}")))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// Checks the three fields every lease call has.
+fn lease_call<C>(
+    mut f: Fields,
+    executor_id: &str,
+    job_id: &str,
+    lease_id: &str,
+    command: impl FnOnce(LeaseId) -> Option<C>,
+) -> Result<LeaseCall<C>, Violations> {
+    let executor_id = f.take("executor_id", non_empty(executor_id, "executor id"));
+    let lease_id = f.take(
+        "lease_id",
+        non_empty(lease_id, "lease id of the assignment"),
+    );
+    let job_id = f.take("job_id", non_empty(job_id, "job id of the assignment"));
+    let (Some(executor_id), Some(lease_id), Some(job_id)) = (executor_id, lease_id, job_id) else {
+        return Err(f.into_violations());
+    };
+    let Some(command) = command(LeaseId(lease_id)) else {
+        return Err(f.into_violations());
+    };
+    f.finish(LeaseCall {
+        executor_id: ExecutorId(executor_id),
+        job_id: JobId(job_id),
+        command,
+    })
+}
+
+impl pb::HeartbeatRequest {
+    pub fn into_command(self) -> Result<LeaseCall<Heartbeat>, Violations> {
+        let mut f = Fields::default();
+        let progress = f.take("progress", required(self.progress).map(StepProgress::from));
+        lease_call(
+            f,
+            &self.executor_id,
+            &self.job_id,
+            &self.lease_id,
+            |lease_id| {
+                Some(Heartbeat {
+                    lease_id,
+                    progress: progress?,
+                })
+            },
+        )
+    }
+}
+
+impl pb::CompleteStepRequest {
+    pub fn into_command(self) -> Result<LeaseCall<CompleteStep>, Violations> {
+        let mut f = Fields::default();
+        let outputs = f.take("outputs", from_struct(self.outputs));
+        let artifacts = f.each("artifacts", self.artifacts, Artifact::try_from);
+        let epochs = f.each("epochs", self.epochs, EpochOutput::try_from);
+        lease_call(
+            f,
+            &self.executor_id,
+            &self.job_id,
+            &self.lease_id,
+            |lease_id| {
+                Some(CompleteStep {
+                    lease_id,
+                    outputs: outputs?,
+                    artifacts,
+                    epochs,
+                })
+            },
+        )
+    }
+}
+
+impl pb::FailStepRequest {
+    pub fn into_command(self) -> Result<LeaseCall<FailStep>, Violations> {
+        let mut f = Fields::default();
+        let error = f.take("error", required(self.error).and_then(StepError::try_from));
+        lease_call(
+            f,
+            &self.executor_id,
+            &self.job_id,
+            &self.lease_id,
+            |lease_id| {
+                Some(FailStep {
+                    lease_id,
+                    error: error?,
+                })
+            },
+        )
+    }
+}
+
+impl pb::PollStepRequest {
+    /// The executor and how long it is willing to wait, capped at `max`.
+    pub fn parse(&self, max: Duration) -> Result<(ExecutorId, Duration), Violations> {
+        let mut f = Fields::default();
+        let executor_id = f.take("executor_id", non_empty(&self.executor_id, "executor id"));
+        let wait = f.take(
+            "wait",
+            self.wait.map_or(Ok(Duration::ZERO), non_negative_duration),
+        );
+        let (Some(executor_id), Some(wait)) = (executor_id, wait) else {
+            return Err(f.into_violations());
+        };
+        f.finish((ExecutorId(executor_id), wait.min(max)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loraflow_core::job::StepErrorKind;
+    use loraflow_core::job::canned::outputs_for;
+    use loraflow_core::workflow::StepKind;
+
+    fn fields(v: &Violations) -> Vec<&str> {
+        v.iter().map(|v| v.field.as_str()).collect()
+    }
+
+    #[test]
+    fn canned_completions_round_trip() {
+        for kind in StepKind::BUILTIN {
+            let mut c = outputs_for(&StepKind::new(kind), "lease-3".into());
+            c.outputs = serde_json::json!({"images": 12, "tags": {"corgi": 12}});
+            let req = pb::CompleteStepRequest {
+                executor_id: "gpu-0".into(),
+                lease_id: c.lease_id.0.clone(),
+                job_id: "job-1".into(),
+                outputs: super::super::json::to_struct(c.outputs.clone()),
+                artifacts: c.artifacts.iter().cloned().map(Into::into).collect(),
+                epochs: c.epochs.iter().cloned().map(Into::into).collect(),
+            };
+            let call = req.into_command().unwrap();
+            assert_eq!(call.command, c, "{kind}");
+            assert_eq!(call.executor_id, ExecutorId::new("gpu-0"));
+            assert_eq!(call.job_id, JobId::new("job-1"));
+        }
+    }
+
+    #[test]
+    fn completion_paths_match_the_request() {
+        let mut bad = pb::Artifact::from(loraflow_core::job::canned::artifact(
+            loraflow_core::artifact::ArtifactKind::Lora,
+            "e1.safetensors",
+            Some(1),
+        ));
+        bad.sha256 = "00".into();
+        let req = pb::CompleteStepRequest {
+            executor_id: String::new(),
+            lease_id: "l".into(),
+            job_id: "j".into(),
+            outputs: None,
+            artifacts: vec![],
+            epochs: vec![pb::EpochOutput {
+                epoch: 1,
+                lora: Some(bad),
+                samples: vec![],
+                loss: None,
+            }],
+        };
+        let err = req.into_command().unwrap_err();
+        assert_eq!(fields(&err), ["epochs[0].lora.sha256", "executor_id"]);
+    }
+
+    #[test]
+    fn heartbeats_need_progress() {
+        let req = pb::HeartbeatRequest {
+            executor_id: "gpu-0".into(),
+            lease_id: "l".into(),
+            job_id: "j".into(),
+            progress: None,
+        };
+        assert_eq!(
+            fields(&req.clone().into_command().unwrap_err()),
+            ["progress"]
+        );
+        let ok = pb::HeartbeatRequest {
+            progress: Some(pb::StepProgress {
+                percent: 10.0,
+                ..Default::default()
+            }),
+            ..req
+        }
+        .into_command()
+        .unwrap();
+        assert_eq!(ok.command.lease_id, LeaseId::new("l"));
+        assert_eq!(ok.command.progress.percent, 10.0);
+    }
+
+    #[test]
+    fn failures_round_trip_and_need_a_kind() {
+        let error = StepError {
+            kind: StepErrorKind::OutOfMemory,
+            message: "CUDA out of memory at batch 4".into(),
+            retryable: true,
+        };
+        let req = pb::FailStepRequest {
+            executor_id: "gpu-0".into(),
+            lease_id: "l".into(),
+            job_id: "j".into(),
+            error: Some(error.clone().into()),
+        };
+        assert_eq!(req.clone().into_command().unwrap().command.error, error);
+        let no_kind = pb::FailStepRequest {
+            error: Some(pb::StepError::default()),
+            lease_id: String::new(),
+            ..req
+        };
+        assert_eq!(
+            fields(&no_kind.into_command().unwrap_err()),
+            ["error.kind", "lease_id"]
+        );
+    }
+
+    #[test]
+    fn poll_waits_are_capped() {
+        let max = Duration::from_secs(30);
+        let req = pb::PollStepRequest {
+            executor_id: "gpu-0".into(),
+            wait: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+        };
+        assert_eq!(req.parse(max), Ok((ExecutorId::new("gpu-0"), max)));
+        let bad = pb::PollStepRequest {
+            executor_id: String::new(),
+            wait: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+        };
+        assert_eq!(
+            fields(&bad.parse(max).unwrap_err()),
+            ["executor_id", "wait"]
+        );
+    }
+}
