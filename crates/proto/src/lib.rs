@@ -9,15 +9,15 @@
 //! machine needs nothing installed.
 //!
 //! # Modules
-//! - [`pb`]: the generated messages, servers and clients
+//! - [`pb`] — the generated messages, servers and clients
 //!   (`pb::v1::job_service_server::JobServiceServer`,
 //!   `pb::v1::executor_service_client::ExecutorServiceClient`, ...).
-//! - [`convert`]: domain ↔ wire conversions, one file per area; wire → domain
+//! - [`convert`] — domain ↔ wire conversions, one file per area; wire → domain
 //!   reports every bad field as a [`Violations`](loraflow_core::validation::Violations)
 //!   entry with its dotted path.
-//! - [`status`]: domain errors and violations as `tonic::Status`, with
+//! - [`status`] — domain errors and violations as `tonic::Status`, with
 //!   `google.rpc.BadRequest` and `ErrorInfo` details.
-//! - [`aip`]: resource names, etags, request ids and page sizes, as the
+//! - [`aip`] — resource names, etags, request ids and page sizes, as the
 //!   Google API guidelines the contract follows want them.
 //!
 //! [`FILE_DESCRIPTOR_SET`] is what `tonic-reflection` serves.

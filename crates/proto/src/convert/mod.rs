@@ -13,19 +13,19 @@
 //! shape) is not checked here: the aggregate does it, so that a job created
 //! through the library and one created over gRPC are judged alike.
 //!
-//! - [`time`]: `Timestamp` and `Duration`.
-//! - [`json`]: `serde_json::Value` ↔ `google.protobuf.Struct`/`Value`.
-//! - [`params`]: `ParamValue` and parameter maps.
-//! - [`spec`]: `JobSpec`, `DatasetRef`, `Naming`.
-//! - [`workflow`]: `WorkflowSpec`, `StepSpec`, `Requirements`, `Timeouts`, `RetryPolicy`.
-//! - [`artifact`]: `Artifact`, `ArtifactKind`, `EpochOutput`, digests.
-//! - [`step`]: `StepProgress`, `StepError`, `StepErrorKind`, `StepStatus`.
-//! - [`state`]: `JobState`, `FailureReason`, `Failure`.
-//! - [`catalogue`]: `BaseModel`, `EffectiveParam`, `ParamType`, `ServiceStatus`, profiles.
-//! - [`job`]: the output-only `Job` resource, built from a `TrainingJob`.
-//! - [`event`]: `JobEventRecord`.
-//! - [`requests`]: `JobService` requests → ids and commands.
-//! - [`executor`]: `ExecutorService` requests → commands.
+//! - [`time`] — `Timestamp` and `Duration`.
+//! - [`json`] — `serde_json::Value` ↔ `google.protobuf.Struct`/`Value`.
+//! - [`params`] — `ParamValue` and parameter maps.
+//! - [`spec`] — `JobSpec`, `DatasetRef`, `Naming`.
+//! - [`workflow`] — `WorkflowSpec`, `StepSpec`, `Requirements`, `Timeouts`, `RetryPolicy`.
+//! - [`artifact`] — `Artifact`, `ArtifactKind`, `EpochOutput`, digests.
+//! - [`step`] — `StepProgress`, `StepError`, `StepErrorKind`, `StepStatus`.
+//! - [`state`] — `JobState`, `FailureReason`, `Failure`.
+//! - [`catalogue`] — `BaseModel`, `EffectiveParam`, `ParamType`, `ServiceStatus`, profiles.
+//! - [`job`] — the output-only `Job` resource, built from a `TrainingJob`.
+//! - [`event`] — `JobEventRecord`.
+//! - [`requests`] — `JobService` requests → ids and commands.
+//! - [`executor`] — `ExecutorService` requests → commands.
 
 pub mod artifact;
 pub mod catalogue;
