@@ -57,21 +57,35 @@ fn lease_call<C>(
     })
 }
 
+/// A checked heartbeat: renew `lease_id`, with new progress when the
+/// executor sent some.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatCall {
+    pub lease_id: LeaseId,
+    pub progress: Option<StepProgress>,
+}
+
+impl HeartbeatCall {
+    /// The job command. The aggregate's heartbeat always records progress,
+    /// so a renewal without any repeats `last` (the step's latest progress),
+    /// or records zero when the attempt has reported nothing yet.
+    pub fn into_command(self, last: Option<&StepProgress>) -> Heartbeat {
+        Heartbeat {
+            lease_id: self.lease_id,
+            progress: self.progress.or_else(|| last.cloned()).unwrap_or_default(),
+        }
+    }
+}
+
 impl pb::HeartbeatRequest {
-    pub fn into_command(self) -> Result<LeaseCall<Heartbeat>, Violations> {
-        let mut f = Fields::default();
-        let progress = f.take("progress", required(self.progress).map(StepProgress::from));
+    pub fn into_call(self) -> Result<LeaseCall<HeartbeatCall>, Violations> {
+        let progress = self.progress.map(StepProgress::from);
         lease_call(
-            f,
+            Fields::default(),
             &self.executor_id,
             &self.job_id,
             &self.lease_id,
-            |lease_id| {
-                Some(Heartbeat {
-                    lease_id,
-                    progress: progress?,
-                })
-            },
+            |lease_id| Some(HeartbeatCall { lease_id, progress }),
         )
     }
 }
@@ -191,28 +205,36 @@ mod tests {
     }
 
     #[test]
-    fn heartbeats_need_progress() {
+    fn heartbeats_may_omit_progress() {
         let req = pb::HeartbeatRequest {
             executor_id: "gpu-0".into(),
             lease_id: "l".into(),
             job_id: "j".into(),
             progress: None,
         };
-        assert_eq!(
-            fields(&req.clone().into_command().unwrap_err()),
-            ["progress"]
-        );
+        let last = StepProgress {
+            percent: 40.0,
+            ..Default::default()
+        };
+        let renew = req.clone().into_call().unwrap().command;
+        assert_eq!(renew.progress, None);
+        assert_eq!(renew.clone().into_command(Some(&last)).progress, last);
+        assert_eq!(renew.into_command(None).progress, StepProgress::default());
+
         let ok = pb::HeartbeatRequest {
             progress: Some(pb::StepProgress {
-                percent: 10.0,
+                percent: 50.0,
                 ..Default::default()
             }),
             ..req
         }
-        .into_command()
+        .into_call()
         .unwrap();
-        assert_eq!(ok.command.lease_id, LeaseId::new("l"));
-        assert_eq!(ok.command.progress.percent, 10.0);
+        let hb = ok.command.into_command(Some(&last));
+        assert_eq!(hb.lease_id, LeaseId::new("l"));
+        assert_eq!(hb.progress.percent, 50.0);
+        let missing = pb::HeartbeatRequest::default().into_call().unwrap_err();
+        assert_eq!(fields(&missing), ["executor_id", "lease_id", "job_id"]);
     }
 
     #[test]

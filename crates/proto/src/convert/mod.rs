@@ -26,8 +26,10 @@
 //! - [`event`] — `JobEventRecord`.
 //! - [`requests`] — `JobService` requests → ids and commands.
 //! - [`executor`] — `ExecutorService` requests → commands.
+//! - [`assignment`] — `Capabilities`, `StepAssignment`, and the requests a worker sends.
 
 pub mod artifact;
+pub mod assignment;
 pub mod catalogue;
 pub mod event;
 pub mod executor;
