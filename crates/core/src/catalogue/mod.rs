@@ -83,6 +83,19 @@ impl fmt::Display for ModelFamily {
     }
 }
 
+impl FromStr for ModelFamily {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Sd15, Self::Sd2, Self::Sdxl, Self::Flux]
+            .into_iter()
+            .find(|f| f.to_string() == s)
+            .ok_or_else(|| {
+                format!("unknown model family {s:?}; expected one of sd15, sd2, sdxl, flux")
+            })
+    }
+}
+
 /// A base model a LoRA can be trained against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,7 @@ use super::step::{Attempt, AttemptOutcome, StepRecord, StepStatus};
 use crate::artifact::{Artifact, EpochOutput};
 use crate::catalogue::{Catalogue, Params, StatusHandle};
 use crate::clock::Clock;
+use crate::executor::StepAssignment;
 use crate::ids::{JobId, LeaseId, StepId};
 use crate::workflow::{Dag, KnownKinds, Progress, WorkflowSpec};
 
@@ -176,6 +177,48 @@ impl TrainingJob {
             .find_map(|(id, rec)| rec.attempt(lease).map(|a| (id, rec, a)))
     }
 
+    /// What the executor holding `lease` needs to run its step: the job's
+    /// spec, the step's effective parameters, the artifacts of every step it
+    /// depends on (directly or not), and the epochs so far. `None` unless the
+    /// lease is the step's current one.
+    pub fn assignment(&self, lease: &LeaseId, catalogue: &Catalogue) -> Option<StepAssignment> {
+        let (step_id, rec, attempt) = self.find_lease(lease)?;
+        if rec.current_lease() != Some(lease) {
+            return None;
+        }
+        let spec = self.spec.as_ref()?;
+        let dag = self.dag()?;
+        let step = dag.step(step_id)?;
+        let inputs = dag
+            .topological()
+            .filter(|s| dag.is_ancestor(&s.id, step_id))
+            .flat_map(|s| {
+                self.steps
+                    .get(&s.id)
+                    .map(|r| r.artifacts.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        Some(StepAssignment {
+            job_id: self.job_id.clone()?,
+            step_id: step_id.clone(),
+            kind: rec.kind.clone(),
+            attempt: attempt.number,
+            lease_id: lease.clone(),
+            params: self.step_params(step_id),
+            step_params: step.params.clone(),
+            base_model: spec.base_model.clone(),
+            engine: spec.engine,
+            model_family: catalogue.base_model(&spec.base_model).map(|m| m.family),
+            dataset: spec.dataset.clone(),
+            sample_prompts: spec.sample_prompts.clone(),
+            naming: spec.naming.clone(),
+            inputs,
+            epochs: self.epochs.values().cloned().collect(),
+            approved_epoch: self.approved.as_ref().map(|a| a.epoch),
+        })
+    }
+
     pub(crate) fn dag(&self) -> Option<Dag> {
         self.workflow.as_ref().and_then(Dag::build)
     }
@@ -311,6 +354,9 @@ impl Aggregate for TrainingJob {
             }
             JobEvent::StepCompleted(e) => {
                 self.end_attempt(&e.step_id, &e.lease_id, AttemptOutcome::Completed);
+                let rec = self.step_mut(&e.step_id);
+                rec.artifacts = e.artifacts;
+                rec.outputs = e.outputs;
                 for out in e.epochs {
                     let slot = self.epochs.entry(out.epoch).or_insert_with(|| EpochOutput {
                         epoch: out.epoch,

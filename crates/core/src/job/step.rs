@@ -167,6 +167,11 @@ pub struct StepRecord {
     /// Parameter changes made for retries, oldest first.
     pub adjustments: Vec<ParamAdjustment>,
     pub progress: Option<StepProgress>,
+    /// What the completed attempt returned; inputs of the steps after it.
+    #[serde(default)]
+    pub artifacts: Vec<crate::artifact::Artifact>,
+    #[serde(default)]
+    pub outputs: serde_json::Value,
 }
 
 impl StepRecord {
@@ -177,6 +182,8 @@ impl StepRecord {
             attempts: Vec::new(),
             adjustments: Vec::new(),
             progress: None,
+            artifacts: Vec::new(),
+            outputs: serde_json::Value::Null,
         }
     }
 

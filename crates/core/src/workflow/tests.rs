@@ -282,3 +282,14 @@ proptest! {
         prop_assert!(cycle.description.split(&[' ', ','][..]).any(|w| w == hi_named));
     }
 }
+
+#[test]
+fn step_params_must_be_a_table() {
+    let mut t = StepSpec::new("t", "train");
+    t.params = serde_json::json!([1, 2]);
+    let got = fields(&gated(vec![t], &["t"]));
+    assert_eq!(
+        got,
+        ["workflow.steps.t.params: params of step t must be a table of settings, not [1,2]"]
+    );
+}

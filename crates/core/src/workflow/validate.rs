@@ -112,6 +112,15 @@ impl WorkflowSpec {
                     );
                 }
             }
+            if !(step.params.is_null() || step.params.is_object()) {
+                v.push(
+                    format!("{field}.params"),
+                    format!(
+                        "params of step {} must be a table of settings, not {}",
+                        step.id, step.params
+                    ),
+                );
+            }
             let r = &step.requires;
             if r.min_vram_gb.is_some_and(|g| g > 0) && !r.gpu {
                 v.push(

@@ -965,3 +965,36 @@ impl Driver {
         self.clock.now()
     }
 }
+
+// ---------------------------------------------------------------- assignments
+
+#[test]
+fn an_assignment_carries_the_upstream_artifacts_and_effective_params() {
+    let mut d = Driver::new();
+    d.create().submit().run("validate").run("label");
+    let lease = d.lease("train");
+    let a = d.job.assignment(&lease, &d.services.catalogue).unwrap();
+    assert_eq!(a.step_id, StepId::new("train"));
+    assert_eq!(a.kind, StepKind::from(StepKind::TRAIN));
+    assert_eq!(a.model_family, Some(crate::catalogue::ModelFamily::Sd15));
+    let inputs: Vec<_> = a.inputs.iter().map(|i| i.kind).collect();
+    assert_eq!(inputs, [ArtifactKind::Manifest, ArtifactKind::Labels]);
+    assert_eq!(a.params["batch_size"], ParamValue::Int(2));
+    assert!(
+        d.job
+            .assignment(&"ghost".into(), &d.services.catalogue)
+            .is_none()
+    );
+
+    d.complete("train", lease.clone());
+    assert!(
+        d.job.assignment(&lease, &d.services.catalogue).is_none(),
+        "a finished lease gets no assignment"
+    );
+    d.run("sample").approve(2);
+    let publish = d.lease("publish");
+    let a = d.job.assignment(&publish, &d.services.catalogue).unwrap();
+    assert_eq!(a.approved_epoch, Some(2));
+    assert_eq!(a.epochs.len(), 2);
+    assert!(a.inputs.iter().any(|i| i.kind == ArtifactKind::Manifest));
+}
