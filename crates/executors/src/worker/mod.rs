@@ -2,7 +2,9 @@
 //! behind the executor protocol ([`WorkerApi`]), in-process or over gRPC.
 
 mod api;
+mod grpc;
 mod runtime;
 
 pub use api::{ApiError, HeartbeatReply, Registration, WorkerApi};
+pub use grpc::{ConnectError, GrpcWorkerApi, UNKNOWN_EXECUTOR};
 pub use runtime::{Worker, WorkerOptions};

@@ -1,0 +1,205 @@
+//! The executor protocol over gRPC: what `loraflow worker` uses to reach a
+//! server. The worker connects out; the GPU machine needs no open port.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
+use loraflow_core::ids::{ExecutorId, LeaseId};
+use loraflow_core::job::{StepError, StepProgress};
+use loraflow_proto::pb::v1 as pb;
+use loraflow_proto::pb::v1::executor_service_client::ExecutorServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+use super::api::{ApiError, HeartbeatReply, Registration, WorkerApi};
+
+/// The `ErrorInfo` reason a server gives when it does not know an executor.
+pub const UNKNOWN_EXECUTOR: &str = "UNKNOWN_EXECUTOR";
+
+/// A gRPC client of a loraflow server's `ExecutorService`.
+#[derive(Debug, Clone)]
+pub struct GrpcWorkerApi {
+    client: ExecutorServiceClient<Channel>,
+    token: MetadataValue<tonic::metadata::Ascii>,
+}
+
+/// A bad server URL or token.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid server URL {url:?}: {message}; use http://host:port")]
+    Url { url: String, message: String },
+    #[error("the token contains characters that cannot be sent in a header")]
+    Token,
+}
+
+impl GrpcWorkerApi {
+    /// A client for `url` authenticating with the executor's bearer `token`.
+    /// The connection is made lazily and re-made after failures, so a worker
+    /// may start before its server.
+    pub fn connect(url: &str, token: &str) -> Result<Self, ConnectError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| ConnectError::Url {
+                url: url.into(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_keepalive(Some(Duration::from_secs(30)));
+        let token = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ConnectError::Token)?;
+        Ok(Self {
+            client: ExecutorServiceClient::new(endpoint.connect_lazy()),
+            token,
+        })
+    }
+
+    fn request<T>(&self, message: T, timeout: Option<Duration>) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut().insert("authorization", self.token.clone());
+        if let Some(t) = timeout {
+            r.set_timeout(t);
+        }
+        r
+    }
+}
+
+fn reason(status: &Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+}
+
+/// What a worker should do about a failed call.
+fn classify(status: Status, executor: &ExecutorId, lease: Option<&LeaseId>) -> ApiError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Unknown
+        | Code::ResourceExhausted
+        | Code::Cancelled
+        | Code::Aborted => ApiError::Unavailable(format!("{:?}: {message}", status.code())),
+        Code::NotFound if reason(&status).as_deref() == Some(UNKNOWN_EXECUTOR) => {
+            ApiError::UnknownExecutor(executor.clone())
+        }
+        Code::NotFound | Code::FailedPrecondition if lease.is_some() => ApiError::LeaseLost {
+            lease_id: lease.cloned().expect("checked"),
+            reason: message,
+        },
+        code => ApiError::Rejected(format!("{code:?}: {message}")),
+    }
+}
+
+fn bad_reply(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Rejected(format!(
+        "the server sent an answer this worker cannot read: {e}"
+    ))
+}
+
+#[async_trait]
+impl WorkerApi for GrpcWorkerApi {
+    async fn register(
+        &self,
+        executor: &ExecutorId,
+        capabilities: &Capabilities,
+    ) -> Result<Registration, ApiError> {
+        let req = pb::RegisterExecutorRequest {
+            executor_id: executor.to_string(),
+            capabilities: Some(capabilities.clone().into()),
+        };
+        let reply = self
+            .client
+            .clone()
+            .register_executor(self.request(req, Some(Duration::from_secs(30))))
+            .await
+            .map_err(|s| classify(s, executor, None))?
+            .into_inner();
+        let (heartbeat_interval, poll_timeout) = reply.parse().map_err(bad_reply)?;
+        Ok(Registration {
+            heartbeat_interval,
+            poll_timeout,
+        })
+    }
+
+    async fn poll(
+        &self,
+        executor: &ExecutorId,
+        wait: Duration,
+    ) -> Result<Option<StepAssignment>, ApiError> {
+        let req = pb::PollStepRequest {
+            executor_id: executor.to_string(),
+            wait: Some(wait.try_into().map_err(bad_reply)?),
+        };
+        // The call may legitimately last `wait`; give the network some slack.
+        let reply = self
+            .client
+            .clone()
+            .poll_step(self.request(req, Some(wait + Duration::from_secs(15))))
+            .await
+            .map_err(|s| classify(s, executor, None))?
+            .into_inner();
+        reply
+            .assignment
+            .map(StepAssignment::try_from)
+            .transpose()
+            .map_err(bad_reply)
+    }
+
+    async fn heartbeat(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        progress: Option<StepProgress>,
+    ) -> Result<HeartbeatReply, ApiError> {
+        let req = pb::HeartbeatRequest::new(executor, step, progress);
+        let reply = self
+            .client
+            .clone()
+            .heartbeat(self.request(req, Some(Duration::from_secs(30))))
+            .await
+            .map_err(|s| classify(s, executor, Some(&step.lease_id)))?
+            .into_inner();
+        Ok(HeartbeatReply {
+            cancel: reply.cancel,
+            save_now: reply.save_now,
+            sample_now: reply.sample_now,
+            lease_deadline: reply
+                .lease_deadline
+                .and_then(|t| loraflow_proto::convert::time::datetime(t).ok()),
+        })
+    }
+
+    async fn complete(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        output: StepOutput,
+    ) -> Result<(), ApiError> {
+        let req = pb::CompleteStepRequest::new(executor, step, output);
+        self.client
+            .clone()
+            .complete_step(self.request(req, Some(Duration::from_secs(60))))
+            .await
+            .map_err(|s| classify(s, executor, Some(&step.lease_id)))?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        error: StepError,
+    ) -> Result<(), ApiError> {
+        let req = pb::FailStepRequest::new(executor, step, error);
+        self.client
+            .clone()
+            .fail_step(self.request(req, Some(Duration::from_secs(60))))
+            .await
+            .map_err(|s| classify(s, executor, Some(&step.lease_id)))?;
+        Ok(())
+    }
+}
