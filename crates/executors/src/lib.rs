@@ -8,16 +8,19 @@
 //! - [`label`]: `label`: captions and tags from sidecars, a labeller program,
 //!   or a trigger-word template.
 //! - [`publish`]: `publish`: copy the approved LoRA to permanent storage.
+//! - [`kohya`]: `train` on the kohya engine: sd-scripts as a subprocess.
 //! - [`dataset`]: what is in a dataset folder.
 
 pub mod artifacts;
 pub mod dataset;
+pub mod kohya;
 pub mod label;
 pub mod publish;
 mod util;
 pub mod validate;
 
 pub use artifacts::{ArtifactStore, StepArtifacts};
+pub use kohya::{KohyaOptions, KohyaTrainer};
 pub use label::{Label, LabellerCommand, Labels};
 pub use publish::Publish;
 pub use validate::{Manifest, ValidateDataset, ValidateOptions};
