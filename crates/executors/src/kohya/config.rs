@@ -177,7 +177,7 @@ pub fn training_config(
         _ if flux => {
             t.insert("network_train_unet_only".into(), Value::Boolean(true));
         }
-        Some(lr) if lr == 0.0 => {
+        Some(0.0) => {
             t.insert("network_train_unet_only".into(), Value::Boolean(true));
         }
         lr => put(&mut t, "text_encoder_lr", lr.map(Value::Float)),

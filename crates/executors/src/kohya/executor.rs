@@ -260,7 +260,7 @@ impl KohyaTrainer {
             Ended::Exited(_) => {}
         }
 
-        report(ctx, "storing the LoRA files");
+        ctx.report(tracker.current("storing the LoRA files"));
         let last_epoch = tracker.total_epochs().unwrap_or(plan.params.epochs);
         let loras = outputs::find_loras(&paths.output_dir, &paths.output_name, last_epoch)?;
         let samples = outputs::find_samples(&paths.output_dir, &paths.output_name)?;

@@ -233,35 +233,53 @@ impl ProgressTracker {
             }
             Line::TotalSteps(n) => {
                 self.total_steps = Some(*n);
-                Some(self.report("training started"))
+                Some(self.current("training started"))
             }
             Line::Epoch { epoch, total } => {
                 self.epoch = Some(*epoch);
                 self.total_epochs = Some(*total);
-                Some(self.report(&format!("epoch {epoch}/{total}")))
+                Some(self.current(&format!("epoch {epoch}/{total}")))
             }
             Line::Step(s) => {
                 self.total_steps = Some(s.total);
-                if let (Some(epoch), Some(loss)) = (self.epoch, s.avr_loss) {
-                    self.epoch_loss.insert(epoch, loss);
+                if s.step > 0 {
+                    self.epoch = self.epoch_of(s.step).or(self.epoch);
+                    if let (Some(epoch), Some(loss)) = (self.epoch, s.avr_loss) {
+                        self.epoch_loss.insert(epoch, loss);
+                    }
                 }
                 self.last = Some(s.clone());
                 let message = match (self.epoch, self.total_epochs) {
                     (Some(e), Some(t)) => format!("epoch {e}/{t}"),
                     _ => "training".to_owned(),
                 };
-                Some(self.report(&message))
+                Some(self.current(&message))
             }
             Line::Saved(path) => {
                 self.saved.push(path.clone());
                 let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
-                Some(self.report(&format!("saved {name}")))
+                Some(self.current(&format!("saved {name}")))
             }
             Line::OutOfMemory | Line::Other => None,
         }
     }
 
-    fn report(&self, message: &str) -> StepProgress {
+    /// The epoch a step belongs to, from the step count rather than the
+    /// `epoch N/M` line: that line is on stdout and the bar on stderr, and
+    /// two pipes give no order between them. With `max_train_epochs`,
+    /// sd-scripts trains the same number of steps every epoch
+    /// (`max_train_steps = max_train_epochs * ceil(batches / accumulation)`).
+    fn epoch_of(&self, step: u64) -> Option<u32> {
+        let epochs = u64::from(self.total_epochs?);
+        let total = self.total_steps?;
+        if epochs == 0 || total == 0 || total % epochs != 0 {
+            return None;
+        }
+        u32::try_from((step.min(total) - 1) / (total / epochs) + 1).ok()
+    }
+
+    /// Progress as of now, with `message`.
+    pub fn current(&self, message: &str) -> StepProgress {
         let total = self.last.as_ref().map(|s| s.total).or(self.total_steps);
         let step = self.last.as_ref().map(|s| s.step);
         let percent = match (step, total) {
