@@ -288,6 +288,26 @@ async fn cancelling_stops_the_script_and_its_children() {
 }
 
 #[tokio::test]
+async fn a_run_past_the_timeout_is_stopped() {
+    let env = env().await;
+    let step = assignment(&env);
+    let mut o = options(&env, Some("hang"));
+    o.timeout = Duration::from_secs(1);
+    let trainer = KohyaTrainer::new(o).unwrap();
+    let (ctx, _handle) = context(&env, &step, "work");
+    let err = trainer.run(&step, &ctx).await.unwrap_err();
+    assert_eq!(err.kind, StepErrorKind::Internal);
+    assert!(
+        err.message.contains("ran past the timeout of 1s"),
+        "{}",
+        err.message
+    );
+    let pid =
+        std::fs::read_to_string(env.tmp.path().join("work/output/standin_child.pid")).unwrap();
+    assert!(!alive(pid.trim()), "the stand-in's child {pid} still runs");
+}
+
+#[tokio::test]
 async fn a_run_that_saves_no_final_lora_did_not_finish() {
     let env = env().await;
     let step = assignment(&env);

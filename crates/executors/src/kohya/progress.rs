@@ -15,6 +15,11 @@
 //! accelerator.print(f"\nsaving checkpoint: {ckpt_file}")
 //! ```
 //!
+//! `sdxl_train_network.py` and `flux_train_network.py` subclass
+//! `train_network.NetworkTrainer` (`class SdxlNetworkTrainer(train_network.NetworkTrainer)`,
+//! `class FluxNetworkTrainer(train_network.NetworkTrainer)`) and print through
+//! the same training loop.
+//!
 //! The progress bar is tqdm's default format (tqdm/std.py `format_meter`):
 //! `'{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]'`,
 //! where `rate_fmt` is `'{0:5.2f}'.format(rate) + 'it/s'`, or
