@@ -8,11 +8,13 @@
 //! - [`label`]: `label`: captions and tags from sidecars, a labeller program,
 //!   or a trigger-word template.
 //! - [`publish`]: `publish`: copy the approved LoRA to permanent storage.
+//! - [`kohya`]: `train` on the kohya engine: sd-scripts as a subprocess.
 //! - [`dataset`]: what is in a dataset folder.
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
 pub mod artifacts;
 pub mod dataset;
+pub mod kohya;
 pub mod label;
 pub mod publish;
 mod util;
@@ -20,6 +22,7 @@ pub mod validate;
 pub mod worker;
 
 pub use artifacts::{ArtifactStore, StepArtifacts};
+pub use kohya::{KohyaOptions, KohyaTrainer};
 pub use label::{Label, LabellerCommand, Labels};
 pub use publish::Publish;
 pub use validate::{Manifest, ValidateDataset, ValidateOptions};

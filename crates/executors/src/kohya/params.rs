@@ -1,0 +1,307 @@
+//! A job's parameters, checked into the form sd-scripts needs. The catalogue
+//! has already resolved and bounded them; what is checked here is what
+//! sd-scripts itself would refuse (an optimiser or scheduler it does not
+//! know), so the job fails with a clear message before a GPU is touched.
+
+use loraflow_core::catalogue::{ParamValue, Params};
+
+use super::error::{Error, Result};
+
+/// The optimisers the catalogue offers, by their sd-scripts names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimizer {
+    AdamW,
+    AdamW8bit,
+    Prodigy,
+}
+
+impl Optimizer {
+    /// sd-scripts' `--optimizer_type` value. train_util.get_optimizer
+    /// lower-cases it and matches `"AdamW8bit".lower()`, `"Prodigy".lower()`,
+    /// and falls back to AdamW.
+    pub fn kohya_name(self) -> &'static str {
+        match self {
+            Self::AdamW => "AdamW",
+            Self::AdamW8bit => "AdamW8bit",
+            Self::Prodigy => "Prodigy",
+        }
+    }
+}
+
+/// What the model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+}
+
+/// sd-scripts' `--lr_scheduler` choices (train_util.add_optimizer_arguments:
+/// "linear, cosine, cosine_with_restarts, polynomial, constant (default),
+/// constant_with_warmup, adafactor").
+pub const LR_SCHEDULERS: [&str; 7] = [
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "adafactor",
+];
+
+/// The job parameters the kohya engine uses. `None` means the job does not
+/// set it (the parameter is disabled for this model), so sd-scripts' own
+/// default applies and the key is left out of the generated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainParams {
+    pub epochs: u32,
+    pub num_repeats: u32,
+    pub batch_size: Option<u32>,
+    pub resolution: Option<u32>,
+    pub learning_rate: Option<f64>,
+    pub unet_lr: Option<f64>,
+    pub text_encoder_lr: Option<f64>,
+    pub lr_scheduler: Option<String>,
+    pub lr_warmup_steps: Option<u32>,
+    pub optimizer: Option<Optimizer>,
+    pub network_dim: Option<u32>,
+    pub network_alpha: Option<f64>,
+    pub min_snr_gamma: Option<f64>,
+    pub noise_offset: Option<f64>,
+    pub clip_skip: Option<u32>,
+    pub prediction: Option<Prediction>,
+    pub shuffle_tags: Option<bool>,
+    pub keep_tokens: Option<u32>,
+    pub caption_dropout: Option<f64>,
+    pub save_every_n_epochs: Option<u32>,
+    pub max_grad_norm: Option<f64>,
+    pub gradient_accumulation: Option<u32>,
+    pub seed: Option<u64>,
+    pub trigger_word: Option<String>,
+}
+
+struct Reader<'a>(&'a Params);
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> Option<&ParamValue> {
+        self.0.get(name)
+    }
+
+    fn uint(&self, name: &str) -> Result<Option<u64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(ParamValue::Int(v)) if *v >= 0 => Ok(Some(*v as u64)),
+            Some(v) => Err(Error::param(
+                name,
+                format!("{v} must be a whole number of 0 or more"),
+            )),
+        }
+    }
+
+    fn u32(&self, name: &str) -> Result<Option<u32>> {
+        self.uint(name)?
+            .map(|v| u32::try_from(v).map_err(|_| Error::param(name, format!("{v} is too large"))))
+            .transpose()
+    }
+
+    fn positive(&self, name: &str) -> Result<Option<u32>> {
+        match self.u32(name)? {
+            Some(0) => Err(Error::param(name, "0 must be at least 1")),
+            v => Ok(v),
+        }
+    }
+
+    fn float(&self, name: &str) -> Result<Option<f64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+                _ => Err(Error::param(
+                    name,
+                    format!("{v} must be a finite number of 0 or more"),
+                )),
+            },
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(ParamValue::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(Error::param(name, format!("{v} must be true or false"))),
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&str>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(ParamValue::Str(s)) => Ok(Some(s)),
+            Some(v) => Err(Error::param(name, format!("{v} must be a string"))),
+        }
+    }
+}
+
+impl TrainParams {
+    /// Check a job's resolved parameters. `epochs` and `num_repeats` are
+    /// required: the layout and the expected outputs depend on them.
+    pub fn from_params(params: &Params) -> Result<Self> {
+        let r = Reader(params);
+        let required = |name: &'static str| -> Result<u32> {
+            r.positive(name)?.ok_or_else(|| {
+                Error::param(
+                    name,
+                    "is missing; the kohya engine needs it to plan the run",
+                )
+            })
+        };
+        let optimizer = match r.string("optimizer")? {
+            None => None,
+            Some(s) => Some(match s.to_ascii_lowercase().as_str() {
+                "adamw" => Optimizer::AdamW,
+                "adamw8bit" => Optimizer::AdamW8bit,
+                "prodigy" => Optimizer::Prodigy,
+                _ => {
+                    return Err(Error::param(
+                        "optimizer",
+                        format!(
+                            "{s:?} is not one the kohya engine runs; use adamw, adamw8bit or prodigy"
+                        ),
+                    ));
+                }
+            }),
+        };
+        let lr_scheduler = match r.string("lr_scheduler")? {
+            Some(s) if !LR_SCHEDULERS.contains(&s) => {
+                return Err(Error::param(
+                    "lr_scheduler",
+                    format!(
+                        "{s:?} is not an sd-scripts scheduler; use one of {}",
+                        LR_SCHEDULERS.join(", ")
+                    ),
+                ));
+            }
+            s => s.map(str::to_owned),
+        };
+        let prediction = match r.string("prediction_type")? {
+            None => None,
+            Some("epsilon") => Some(Prediction::Epsilon),
+            Some("v_prediction") => Some(Prediction::VPrediction),
+            Some(s) => {
+                return Err(Error::param(
+                    "prediction_type",
+                    format!("{s:?} is not epsilon or v_prediction"),
+                ));
+            }
+        };
+        let caption_dropout = r.float("caption_dropout")?;
+        if let Some(p) = caption_dropout.filter(|p| *p > 1.0) {
+            return Err(Error::param(
+                "caption_dropout",
+                format!("{p} is a probability and must be at most 1"),
+            ));
+        }
+        Ok(Self {
+            epochs: required("epochs")?,
+            num_repeats: required("num_repeats")?,
+            batch_size: r.positive("batch_size")?,
+            resolution: r.positive("resolution")?,
+            learning_rate: r.float("learning_rate")?,
+            unet_lr: r.float("unet_lr")?,
+            text_encoder_lr: r.float("text_encoder_lr")?,
+            lr_scheduler,
+            lr_warmup_steps: r.u32("lr_warmup_steps")?,
+            optimizer,
+            network_dim: r.positive("network_dim")?,
+            network_alpha: r.float("network_alpha")?,
+            min_snr_gamma: r.float("min_snr_gamma")?,
+            noise_offset: r.float("noise_offset")?,
+            clip_skip: r.positive("clip_skip")?,
+            prediction,
+            shuffle_tags: r.bool("shuffle_tags")?,
+            keep_tokens: r.u32("keep_tokens")?,
+            caption_dropout,
+            save_every_n_epochs: r.positive("save_every_n_epochs")?,
+            max_grad_norm: r.float("max_grad_norm")?,
+            gradient_accumulation: r.positive("gradient_accumulation")?,
+            seed: r.uint("seed")?,
+            trigger_word: r
+                .string("trigger_word")?
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        })
+    }
+
+    /// Images per optimiser step, for samples-per-second figures.
+    pub fn samples_per_step(&self) -> u32 {
+        self.batch_size.unwrap_or(1) * self.gradient_accumulation.unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, ParamValue)]) -> Params {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn epochs_and_repeats_are_required() {
+        let err =
+            TrainParams::from_params(&params(&[("num_repeats", ParamValue::Int(2))])).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidParam { name, .. } if name == "epochs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_sd_scripts_would_refuse_are_named() {
+        let base = [
+            ("epochs", ParamValue::Int(2)),
+            ("num_repeats", ParamValue::Int(2)),
+        ];
+        for (name, value, expected) in [
+            (
+                "optimizer",
+                ParamValue::Str("lion".into()),
+                "use adamw, adamw8bit or prodigy",
+            ),
+            (
+                "lr_scheduler",
+                ParamValue::Str("warmup".into()),
+                "not an sd-scripts scheduler",
+            ),
+            ("batch_size", ParamValue::Int(0), "must be at least 1"),
+            ("seed", ParamValue::Float(1.5), "whole number"),
+            ("caption_dropout", ParamValue::Float(1.5), "at most 1"),
+        ] {
+            let mut p = params(&base);
+            p.insert(name.to_owned(), value);
+            let err = TrainParams::from_params(&p).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("parameter {name} ")),
+                "{err}"
+            );
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_int_is_accepted_for_a_float_and_a_blank_trigger_is_none() {
+        let p = TrainParams::from_params(&params(&[
+            ("epochs", ParamValue::Int(2)),
+            ("num_repeats", ParamValue::Int(3)),
+            ("network_alpha", ParamValue::Int(8)),
+            ("trigger_word", ParamValue::Str("  ".into())),
+            ("optimizer", ParamValue::Str("AdamW8bit".into())),
+        ]))
+        .unwrap();
+        assert_eq!(p.network_alpha, Some(8.0));
+        assert_eq!(p.trigger_word, None);
+        assert_eq!(p.optimizer, Some(Optimizer::AdamW8bit));
+    }
+}
