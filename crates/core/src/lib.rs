@@ -21,4 +21,5 @@ pub mod clock;
 pub mod ids;
 pub mod job;
 pub mod validation;
+pub mod views;
 pub mod workflow;
