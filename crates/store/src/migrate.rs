@@ -7,7 +7,7 @@
 //! (`IF NOT EXISTS`, column checks), so a database whose tables were created
 //! by sqlite-es or postgres-es' own scripts is adopted as it is.
 
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 
 use crate::error::{Error, Result};
 
@@ -126,6 +126,7 @@ pub(crate) async fn sqlite(pool: &SqlitePool, migrations: &[Migration]) -> Resul
 /// The versions applied, oldest first (for tests and diagnostics).
 #[cfg(test)]
 pub(crate) async fn applied_sqlite(pool: &SqlitePool) -> Result<Vec<i64>> {
+    use sqlx::Row;
     let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
         .fetch_all(pool)
         .await?;

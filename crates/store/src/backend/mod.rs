@@ -22,7 +22,7 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::views::ListCursor;
 
-const AGGREGATE: &str = <TrainingJob as Aggregate>::TYPE;
+pub(crate) const AGGREGATE: &str = <TrainingJob as Aggregate>::TYPE;
 
 #[derive(Clone)]
 pub(crate) enum Backend {
