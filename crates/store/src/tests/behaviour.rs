@@ -364,7 +364,8 @@ async fn the_feed_reads_in_order_with_filters(t: &TestStore) {
     create(s, "f1", "acme", 0).await;
     create(s, "f2", "globex", 0).await;
     submit(s, "f1").await;
-    submit(s, "f2").await;
+    let last = submit(s, "f2").await;
+    super::support::readable(s, last.position.unwrap()).await;
     let feed = s.feed();
     let all = feed.read(0, 100, &FeedFilter::all()).await.unwrap();
     assert_eq!(all.len(), 6);

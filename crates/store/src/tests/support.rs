@@ -226,3 +226,17 @@ macro_rules! on_every_backend {
     };
 }
 pub(crate) use on_every_backend;
+
+/// Wait until the feed can read `position`. On PostgreSQL a committed event
+/// stays unreadable while an older transaction (of any test sharing the
+/// cluster) is still open.
+pub(crate) async fn readable(store: &Store, position: Position) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.feed().head().await.expect("head") < position {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "position {position} never became readable"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -77,6 +77,8 @@ async fn an_old_event_stored_as_raw_json_is_upcast(t: &TestStore) {
     );
 
     // The feed and the views read it too.
+    let position = t.store.raw_history(&job).await.unwrap()[0].position;
+    super::support::readable(&t.store, position).await;
     let feed = t
         .store
         .feed()
