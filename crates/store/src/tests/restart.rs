@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use loraflow_core::ids::JobId;
-use loraflow_core::views::JobListFilter;
 use tokio_util::sync::CancellationToken;
 
 use super::support::{TestStore, long_history, meta, on_every_backend};
@@ -38,7 +37,7 @@ async fn views_after_restarts_equal_a_rebuild(t: &TestStore) {
     let histories: Vec<_> = (0..JOBS)
         .map(|j| long_history(&format!("r{j}"), EVENTS)[..EVENTS].to_vec())
         .collect();
-    let mut at = vec![0u64; JOBS];
+    let mut at = [0u64; JOBS];
     let mut round = 0;
     let mut last_position = 0;
     let mut runner: Option<(
@@ -137,7 +136,6 @@ async fn views_after_restarts_equal_a_rebuild(t: &TestStore) {
             .unwrap();
         assert_eq!(s.sequence, EVENTS as u64);
     }
-    let _ = JobListFilter::default();
 }
 
 on_every_backend!(views_after_restarts_equal_a_rebuild);
