@@ -344,7 +344,8 @@ async fn main() -> Result<()> {
     // store's migrations create it).
     let raw_url = format!("sqlite://{}", dir.path().join("raw.db").display());
     Store::open(&raw_url, services()).await?.close().await;
-    let pool = sqlx::SqlitePool::connect(&raw_url).await?;
+    // sqlite-es' own pool: WAL, synchronous = NORMAL, 10 connections.
+    let pool = sqlite_es::default_sqlite_pool(&raw_url).await;
     let raw = Raw(Arc::new(sqlite_es::sqlite_cqrs(pool, vec![], services())));
     figures.push(measure("SQLite", store.clone(), raw, secs).await?);
     store.close().await;
