@@ -250,9 +250,17 @@ impl MemoryViews {
             .unwrap_or(0)
     }
 
-    pub(crate) fn apply(&self, name: &str, events: &[crate::event::StoredEvent]) -> Position {
+    pub(crate) fn apply(
+        &self,
+        name: &str,
+        from: Position,
+        events: &[crate::event::StoredEvent],
+    ) -> Position {
         let mut s = lock(&self.state);
         let cp = s.checkpoints.get(name).copied().unwrap_or(0);
+        if cp < from {
+            return cp;
+        }
         let events: Vec<_> = events.iter().filter(|e| e.position > cp).collect();
         let Some(last) = events.last().map(|e| e.position) else {
             return cp;

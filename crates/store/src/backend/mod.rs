@@ -86,15 +86,22 @@ impl Backend {
         }
     }
 
-    /// Fold `events` into the views and move the checkpoint `name`, in one
-    /// transaction. Events at or below the checkpoint found in that
-    /// transaction are skipped, so two runners never apply one twice.
+    /// Fold `events` (the feed read after `from`) into the views and move the
+    /// checkpoint `name`, in one transaction. Events at or below the
+    /// checkpoint found in that transaction are skipped, so two runners never
+    /// apply one twice; a checkpoint below `from` (the views were reset
+    /// meanwhile) applies nothing, since the batch would leave a hole.
     /// Returns the checkpoint after the transaction.
-    pub(crate) async fn apply_views(&self, name: &str, events: &[StoredEvent]) -> Result<Position> {
+    pub(crate) async fn apply_views(
+        &self,
+        name: &str,
+        from: Position,
+        events: &[StoredEvent],
+    ) -> Result<Position> {
         match self {
-            Self::Sqlite(p) => sqlite::apply_views(p, name, events).await,
-            Self::Postgres(p) => postgres::apply_views(p, name, events).await,
-            Self::Memory(_, v) => Ok(v.apply(name, events)),
+            Self::Sqlite(p) => sqlite::apply_views(p, name, from, events).await,
+            Self::Postgres(p) => postgres::apply_views(p, name, from, events).await,
+            Self::Memory(_, v) => Ok(v.apply(name, from, events)),
         }
     }
 

@@ -275,6 +275,7 @@ pub(crate) async fn checkpoint(pool: &PgPool, name: &str) -> Result<Position> {
 pub(crate) async fn apply_views(
     pool: &PgPool,
     name: &str,
+    from: Position,
     events: &[StoredEvent],
 ) -> Result<Position> {
     let mut tx = pool.begin().await?;
@@ -292,6 +293,11 @@ pub(crate) async fn apply_views(
     .fetch_one(&mut *tx)
     .await?;
     let cp = cp as Position;
+    if cp < from {
+        // Reset meanwhile: this batch starts past the checkpoint.
+        tx.commit().await?;
+        return Ok(cp);
+    }
     let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > cp).collect();
     let Some(last) = events.last().map(|e| e.position) else {
         tx.commit().await?;

@@ -238,6 +238,7 @@ pub(crate) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<Position
 pub(crate) async fn apply_views(
     pool: &SqlitePool,
     name: &str,
+    from: Position,
     events: &[StoredEvent],
 ) -> Result<Position> {
     // The write lock first, so the checkpoint read below cannot go stale.
@@ -251,6 +252,11 @@ pub(crate) async fn apply_views(
         .fetch_one(&mut *tx)
         .await?;
     let cp = cp as Position;
+    if cp < from {
+        // Reset meanwhile: this batch starts past the checkpoint.
+        tx.commit().await?;
+        return Ok(cp);
+    }
     let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > cp).collect();
     let Some(last) = events.last().map(|e| e.position) else {
         tx.commit().await?;
