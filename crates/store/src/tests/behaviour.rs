@@ -761,3 +761,19 @@ async fn a_bad_url_says_which_forms_are_accepted() {
     assert!(matches!(err, Error::InvalidUrl { .. }));
     assert!(err.to_string().contains("postgres://"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_sqlite_store_works_end_to_end() {
+    let clock = std::sync::Arc::new(loraflow_core::clock::ManualClock::at_epoch());
+    let s = Store::open("sqlite::memory:", super::support::services(clock))
+        .await
+        .unwrap();
+    assert_eq!(s.backend_name(), "sqlite");
+    create(&s, "mem-1", "acme", 0).await;
+    let c = submit(&s, "mem-1").await;
+    assert_eq!(s.catch_up_views().await.unwrap(), c.position.unwrap());
+    let status = s.views().job_status(&id("mem-1")).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Submitted);
+    assert_eq!(s.views().queue().await.unwrap().len(), 1);
+    s.verify_job(&id("mem-1")).await.unwrap();
+}
