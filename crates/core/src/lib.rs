@@ -25,4 +25,5 @@ pub mod ids;
 pub mod job;
 pub mod schedule;
 pub mod validation;
+pub mod views;
 pub mod workflow;

@@ -1,0 +1,487 @@
+//! PostgreSQL: production. postgres-es writes the events; this module creates
+//! the schema and reads the feed and views with sqlx.
+//!
+//! # Global positions
+//! Each event row records the id of the transaction that wrote it
+//! (`tx_id xid8 DEFAULT pg_current_xact_id()`), and its position is
+//! `tx_id << 20 | sequence`, a generated column. postgres-es' INSERT names
+//! its columns, so both are filled in by default.
+//!
+//! A reader only reads rows whose transaction is older than the oldest one
+//! still running (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`): those
+//! transactions have all ended, and every transaction that commits later has
+//! a larger id, so its events get larger positions than anything already
+//! read. Reading in position order therefore never skips an event.
+//!
+//! An identity column would not do: identity values are drawn while
+//! transactions run, so a transaction with an older id can draw a larger
+//! value than a younger one, commit first, and be read (and checkpointed)
+//! before the younger one commits with the smaller value.
+//!
+//! The price: a long-running transaction anywhere in the cluster holds the
+//! feed back until it ends, and a job holds at most 2^20 - 1 events.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use loraflow_core::ids::JobId;
+use loraflow_core::views::{JobListFilter, JobStatus, QueueChange, QueuedStep};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
+
+use super::{AGGREGATE, plain_label_key};
+use crate::error::{Error, Result};
+use crate::event::{Position, RawEvent, StoredEvent};
+use crate::feed::FeedFilter;
+use crate::migrate::{Migration, Step};
+use crate::options::StoreOptions;
+use crate::projection::fold_batch;
+use crate::views::ListCursor;
+
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events table (the postgres-es schema)",
+        steps: &[Step::Sql(
+            "CREATE TABLE IF NOT EXISTS events (
+                aggregate_type text NOT NULL,
+                aggregate_id   text NOT NULL,
+                sequence       bigint CHECK (sequence >= 0) NOT NULL,
+                event_type     text NOT NULL,
+                event_version  text NOT NULL,
+                payload        json NOT NULL,
+                metadata       json NOT NULL,
+                PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+            )",
+        )],
+    },
+    Migration {
+        version: 2,
+        name: "global position and tenant of events",
+        steps: &[
+            Step::Sql(
+                "ALTER TABLE events ADD COLUMN IF NOT EXISTS
+                 tx_id xid8 NOT NULL DEFAULT pg_current_xact_id()",
+            ),
+            Step::Sql(
+                "ALTER TABLE events ADD COLUMN IF NOT EXISTS
+                 global_position bigint GENERATED ALWAYS AS (((tx_id::text)::bigint << 20) | sequence) STORED",
+            ),
+            Step::Sql("CREATE UNIQUE INDEX IF NOT EXISTS events_global_position ON events (global_position)"),
+            Step::Sql(
+                "ALTER TABLE events ADD COLUMN IF NOT EXISTS
+                 tenant text GENERATED ALWAYS AS (metadata->>'tenant') STORED",
+            ),
+            Step::Sql("CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, global_position)"),
+        ],
+    },
+    Migration {
+        version: 3,
+        name: "views and projection checkpoints",
+        steps: &[
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS job_status (
+                    job_id        text PRIMARY KEY,
+                    tenant        text NOT NULL,
+                    state         text NOT NULL,
+                    base_model    text NOT NULL,
+                    engine        text NOT NULL,
+                    created_us    bigint NOT NULL,
+                    updated_us    bigint NOT NULL,
+                    sequence      bigint NOT NULL,
+                    last_position bigint NOT NULL,
+                    payload       jsonb NOT NULL
+                )",
+            ),
+            Step::Sql("CREATE INDEX IF NOT EXISTS job_status_list ON job_status (created_us DESC, job_id DESC)"),
+            Step::Sql(
+                "CREATE INDEX IF NOT EXISTS job_status_tenant ON job_status (tenant, created_us DESC, job_id DESC)",
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS queue (
+                    job_id   text NOT NULL,
+                    step_id  text NOT NULL,
+                    tenant   text NOT NULL,
+                    priority integer NOT NULL,
+                    position bigint NOT NULL,
+                    payload  jsonb NOT NULL,
+                    PRIMARY KEY (job_id, step_id)
+                )",
+            ),
+            Step::Sql("CREATE INDEX IF NOT EXISTS queue_order ON queue (priority DESC, position)"),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS projection_checkpoints (
+                    name     text PRIMARY KEY,
+                    position bigint NOT NULL
+                )",
+            ),
+        ],
+    },
+];
+
+/// The feed's horizon: positions below it belong to ended transactions.
+const HORIZON: &str = "((pg_snapshot_xmin(pg_current_snapshot())::text)::bigint << 20)";
+
+fn plain_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// A pool on `url`; with a schema in `options`, the schema is created if
+/// missing and every connection's `search_path` is set to it.
+pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool> {
+    let mut connect = PgConnectOptions::from_str(url).map_err(|e| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+        accepted: crate::url::ACCEPTED_URLS,
+    })?;
+    if let Some(schema) = &options.postgres_schema {
+        if !plain_identifier(schema) {
+            return Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: format!("schema {schema:?} must be lower-case letters, digits and '_'"),
+                accepted: crate::url::ACCEPTED_URLS,
+            });
+        }
+        let mut conn = sqlx::PgConnection::connect_with(&connect).await?;
+        // Two processes creating it at once: one of them may see a unique
+        // violation on the catalogue; the schema exists either way.
+        if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut conn)
+            .await
+        {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                    .bind(schema)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if !exists {
+                return Err(e.into());
+            }
+        }
+        conn.close().await?;
+        connect = connect.options([("search_path", schema.as_str())]);
+    }
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections.unwrap_or(24))
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await?)
+}
+
+/// Drop a schema and everything in it (tests clean up with it).
+#[cfg(test)]
+pub(crate) async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    if !plain_identifier(schema) {
+        return Ok(());
+    }
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str =
+    "global_position, aggregate_id, sequence, event_type, event_version, payload, metadata";
+
+fn raw(row: &PgRow) -> Result<RawEvent> {
+    Ok(RawEvent {
+        position: row.try_get::<i64, _>(0)? as Position,
+        job_id: JobId::new(row.try_get::<String, _>(1)?),
+        sequence: row.try_get::<i64, _>(2)? as u64,
+        event_type: row.try_get(3)?,
+        event_version: row.try_get(4)?,
+        payload: row.try_get(5)?,
+        metadata: row.try_get(6)?,
+    })
+}
+
+pub(crate) async fn read_events(
+    pool: &PgPool,
+    after: Position,
+    limit: usize,
+    filter: &FeedFilter,
+) -> Result<Vec<RawEvent>> {
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = "
+    ));
+    q.push_bind(AGGREGATE);
+    q.push(" AND global_position > ").push_bind(after as i64);
+    q.push(format!(" AND global_position < {HORIZON}"));
+    if let Some(t) = &filter.tenant {
+        q.push(" AND tenant = ").push_bind(t.as_str());
+    }
+    if let Some(j) = &filter.job {
+        q.push(" AND aggregate_id = ").push_bind(j.as_str());
+    }
+    q.push(" ORDER BY global_position LIMIT ")
+        .push_bind(limit as i64);
+    q.build().fetch_all(pool).await?.iter().map(raw).collect()
+}
+
+pub(crate) async fn head(pool: &PgPool) -> Result<Position> {
+    let head: i64 = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(MAX(global_position), 0) FROM events WHERE global_position < {HORIZON}"
+    ))
+    .fetch_one(pool)
+    .await?;
+    Ok(head as Position)
+}
+
+pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEvent>> {
+    sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+    ))
+    .bind(AGGREGATE)
+    .bind(job.as_str())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(raw)
+    .collect()
+}
+
+pub(crate) async fn position_of(
+    pool: &PgPool,
+    job: &JobId,
+    sequence: u64,
+) -> Result<Option<Position>> {
+    let p: Option<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(AGGREGATE)
+    .bind(job.as_str())
+    .bind(sequence as i64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(p.map(|p| p as Position))
+}
+
+pub(crate) async fn checkpoint(pool: &PgPool, name: &str) -> Result<Position> {
+    let p: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(p.unwrap_or(0) as Position)
+}
+
+pub(crate) async fn apply_views(
+    pool: &PgPool,
+    name: &str,
+    from: Position,
+    events: &[StoredEvent],
+) -> Result<Position> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    // The row lock makes a second runner wait, then see the new checkpoint.
+    let cp: i64 = sqlx::query_scalar(
+        "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let cp = cp as Position;
+    if cp < from {
+        // Reset meanwhile: this batch starts past the checkpoint.
+        tx.commit().await?;
+        return Ok(cp);
+    }
+    let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > cp).collect();
+    let Some(last) = events.last().map(|e| e.position) else {
+        tx.commit().await?;
+        return Ok(cp);
+    };
+    let mut ids: Vec<&str> = events.iter().map(|e| e.job_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows: Vec<(String, Json<JobStatus>)> =
+        sqlx::query_as("SELECT job_id, payload FROM job_status WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut current: HashMap<JobId, Option<JobStatus>> =
+        ids.iter().map(|id| (JobId::new(*id), None)).collect();
+    for (id, Json(s)) in rows {
+        current.insert(JobId::new(id), Some(s));
+    }
+    let (statuses, changes) = fold_batch(current, events.into_iter());
+    for s in statuses.values() {
+        sqlx::query(
+            "INSERT INTO job_status
+                (job_id, tenant, state, base_model, engine, created_us, updated_us, sequence, last_position, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (job_id) DO UPDATE SET
+                tenant = excluded.tenant, state = excluded.state, base_model = excluded.base_model,
+                engine = excluded.engine, created_us = excluded.created_us, updated_us = excluded.updated_us,
+                sequence = excluded.sequence, last_position = excluded.last_position, payload = excluded.payload",
+        )
+        .bind(s.job_id.as_str())
+        .bind(s.tenant.as_str())
+        .bind(s.state.as_str())
+        .bind(s.base_model.as_str())
+        .bind(s.engine.as_str())
+        .bind(s.created_at.timestamp_micros())
+        .bind(s.updated_at.timestamp_micros())
+        .bind(s.sequence as i64)
+        .bind(s.last_position as i64)
+        .bind(Json(s))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for c in changes {
+        match c {
+            QueueChange::Upsert(q) => {
+                sqlx::query(
+                    "INSERT INTO queue (job_id, step_id, tenant, priority, position, payload)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (job_id, step_id) DO UPDATE SET
+                        tenant = excluded.tenant, priority = excluded.priority,
+                        position = excluded.position, payload = excluded.payload",
+                )
+                .bind(q.job_id.as_str())
+                .bind(q.step_id.as_str())
+                .bind(q.tenant.as_str())
+                .bind(q.priority)
+                .bind(q.position as i64)
+                .bind(Json(&q))
+                .execute(&mut *tx)
+                .await?;
+            }
+            QueueChange::Remove { job_id, step_id } => {
+                sqlx::query("DELETE FROM queue WHERE job_id = $1 AND step_id = $2")
+                    .bind(job_id.as_str())
+                    .bind(step_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            QueueChange::RemoveJob { job_id } => {
+                sqlx::query("DELETE FROM queue WHERE job_id = $1")
+                    .bind(job_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = $2")
+        .bind(last as i64)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(last)
+}
+
+pub(crate) async fn reset_views(pool: &PgPool, name: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    // Lock the checkpoint first so a running projection waits for the reset.
+    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM job_status")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM queue").execute(&mut *tx).await?;
+    sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn job_status(pool: &PgPool, job: &JobId) -> Result<Option<JobStatus>> {
+    let row: Option<Json<JobStatus>> =
+        sqlx::query_scalar("SELECT payload FROM job_status WHERE job_id = $1")
+            .bind(job.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|Json(s)| s))
+}
+
+pub(crate) async fn list_jobs(
+    pool: &PgPool,
+    filter: &JobListFilter,
+    after: Option<&ListCursor>,
+    limit: usize,
+) -> Result<Vec<JobStatus>> {
+    if !filter.labels.keys().all(|k| plain_label_key(k)) {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<Postgres>::new("SELECT payload FROM job_status WHERE true");
+    if let Some(t) = &filter.tenant {
+        q.push(" AND tenant = ").push_bind(t.as_str());
+    }
+    if let Some(s) = filter.state {
+        q.push(" AND state = ").push_bind(s.as_str());
+    }
+    if let Some(m) = &filter.base_model {
+        q.push(" AND base_model = ").push_bind(m.as_str());
+    }
+    if let Some(e) = filter.engine {
+        q.push(" AND engine = ").push_bind(e.as_str());
+    }
+    for (k, v) in &filter.labels {
+        q.push(" AND payload->'labels'->>")
+            .push_bind(k.as_str())
+            .push(" = ")
+            .push_bind(v.as_str());
+    }
+    if let Some(c) = after {
+        q.push(" AND (created_us, job_id) < (")
+            .push_bind(c.created_us)
+            .push(", ")
+            .push_bind(c.job_id.as_str())
+            .push(")");
+    }
+    q.push(" ORDER BY created_us DESC, job_id DESC LIMIT ")
+        .push_bind(limit as i64);
+    let rows: Vec<Json<JobStatus>> = q.build_query_scalar().fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|Json(s)| s).collect())
+}
+
+pub(crate) async fn queue(pool: &PgPool) -> Result<Vec<QueuedStep>> {
+    let rows: Vec<Json<QueuedStep>> =
+        sqlx::query_scalar("SELECT payload FROM queue ORDER BY priority DESC, position")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|Json(s)| s).collect())
+}
+
+/// Write one event row as it is given, without the store's metadata or
+/// checks (tests plant old or tampered events this way).
+#[cfg(test)]
+pub(crate) async fn insert_raw(pool: &PgPool, e: &RawEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(AGGREGATE)
+    .bind(e.job_id.as_str())
+    .bind(e.sequence as i64)
+    .bind(&e.event_type)
+    .bind(&e.event_version)
+    .bind(&e.payload)
+    .bind(&e.metadata)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! SQLite: the embedded default. sqlite-es writes the events; this module
+//! creates the schema and reads the feed and views with sqlx.
+//!
+//! The global position is assigned by a trigger inside the writing
+//! transaction (`MAX + 1`). SQLite has one writer at a time, so positions are
+//! dense and in commit order, and reading `ORDER BY global_position` never
+//! skips an event. It is a real column (not the implicit `rowid`, which
+//! `VACUUM` may renumber), so checkpoints stay valid.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use loraflow_core::ids::JobId;
+use loraflow_core::views::{JobListFilter, JobStatus, QueueChange, QueuedStep};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::{AGGREGATE, plain_label_key};
+use crate::error::Result;
+use crate::event::{Position, RawEvent, StoredEvent};
+use crate::feed::FeedFilter;
+use crate::migrate::{Migration, Step};
+use crate::options::StoreOptions;
+use crate::projection::fold_batch;
+use crate::views::ListCursor;
+
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events table (the sqlite-es schema)",
+        steps: &[Step::Sql(
+            "CREATE TABLE IF NOT EXISTS events (
+                aggregate_type TEXT NOT NULL,
+                aggregate_id   TEXT NOT NULL,
+                sequence       INTEGER CHECK (sequence >= 0) NOT NULL,
+                event_type     TEXT NOT NULL,
+                event_version  TEXT NOT NULL,
+                payload        TEXT NOT NULL,
+                metadata       TEXT NOT NULL,
+                PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+            ) STRICT",
+        )],
+    },
+    Migration {
+        version: 2,
+        name: "global position and tenant of events",
+        steps: &[
+            Step::AddColumn {
+                table: "events",
+                column: "global_position",
+                sql: "ALTER TABLE events ADD COLUMN global_position INTEGER",
+            },
+            // Rows written before this migration keep their insertion order.
+            Step::Sql("UPDATE events SET global_position = rowid WHERE global_position IS NULL"),
+            Step::Sql("CREATE UNIQUE INDEX IF NOT EXISTS events_global_position ON events (global_position)"),
+            Step::Sql(
+                "CREATE TRIGGER IF NOT EXISTS events_assign_global_position
+                 AFTER INSERT ON events FOR EACH ROW WHEN NEW.global_position IS NULL
+                 BEGIN
+                     UPDATE events
+                        SET global_position = (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events)
+                      WHERE rowid = NEW.rowid;
+                 END",
+            ),
+            Step::AddColumn {
+                table: "events",
+                column: "tenant",
+                sql: "ALTER TABLE events ADD COLUMN tenant TEXT
+                      GENERATED ALWAYS AS (json_extract(metadata, '$.tenant')) VIRTUAL",
+            },
+            Step::Sql("CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, global_position)"),
+        ],
+    },
+    Migration {
+        version: 3,
+        name: "views and projection checkpoints",
+        steps: &[
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS job_status (
+                    job_id        TEXT PRIMARY KEY,
+                    tenant        TEXT NOT NULL,
+                    state         TEXT NOT NULL,
+                    base_model    TEXT NOT NULL,
+                    engine        TEXT NOT NULL,
+                    created_us    INTEGER NOT NULL,
+                    updated_us    INTEGER NOT NULL,
+                    sequence      INTEGER NOT NULL,
+                    last_position INTEGER NOT NULL,
+                    payload       TEXT NOT NULL
+                ) STRICT",
+            ),
+            Step::Sql("CREATE INDEX IF NOT EXISTS job_status_list ON job_status (created_us DESC, job_id DESC)"),
+            Step::Sql(
+                "CREATE INDEX IF NOT EXISTS job_status_tenant ON job_status (tenant, created_us DESC, job_id DESC)",
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS queue (
+                    job_id   TEXT NOT NULL,
+                    step_id  TEXT NOT NULL,
+                    tenant   TEXT NOT NULL,
+                    priority INTEGER NOT NULL,
+                    position INTEGER NOT NULL,
+                    payload  TEXT NOT NULL,
+                    PRIMARY KEY (job_id, step_id)
+                ) STRICT",
+            ),
+            Step::Sql("CREATE INDEX IF NOT EXISTS queue_order ON queue (priority DESC, position)"),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS projection_checkpoints (
+                    name     TEXT PRIMARY KEY,
+                    position INTEGER NOT NULL
+                ) STRICT",
+            ),
+        ],
+    },
+];
+
+/// A pool with sqlite-es' settings (WAL, `synchronous = NORMAL`): a file
+/// created on first use with its parent folders, or an in-memory database.
+pub(crate) async fn connect(path: Option<&Path>, options: &StoreOptions) -> Result<SqlitePool> {
+    let connect = SqliteConnectOptions::new()
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new().acquire_timeout(options.acquire_timeout);
+    let pool = match path {
+        Some(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| crate::Error::Unavailable(Box::new(e)))?;
+            }
+            pool.max_connections(options.max_connections.unwrap_or(8))
+                .connect_with(connect.filename(path).create_if_missing(true))
+                .await?
+        }
+        // One connection that never closes: an in-memory database lives as
+        // long as its connection, and each connection would get its own.
+        None => {
+            pool.max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(connect.in_memory(true))
+                .await?
+        }
+    };
+    Ok(pool)
+}
+
+const EVENT_COLUMNS: &str =
+    "global_position, aggregate_id, sequence, event_type, event_version, payload, metadata";
+
+fn raw(row: &SqliteRow) -> Result<RawEvent> {
+    let payload: String = row.try_get(5)?;
+    let metadata: String = row.try_get(6)?;
+    Ok(RawEvent {
+        position: row.try_get::<i64, _>(0)? as Position,
+        job_id: JobId::new(row.try_get::<String, _>(1)?),
+        sequence: row.try_get::<i64, _>(2)? as u64,
+        event_type: row.try_get(3)?,
+        event_version: row.try_get(4)?,
+        payload: serde_json::from_str(&payload)?,
+        metadata: serde_json::from_str(&metadata)?,
+    })
+}
+
+pub(crate) async fn read_events(
+    pool: &SqlitePool,
+    after: Position,
+    limit: usize,
+    filter: &FeedFilter,
+) -> Result<Vec<RawEvent>> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = "
+    ));
+    q.push_bind(AGGREGATE);
+    q.push(" AND global_position > ").push_bind(after as i64);
+    if let Some(t) = &filter.tenant {
+        q.push(" AND tenant = ").push_bind(t.as_str());
+    }
+    if let Some(j) = &filter.job {
+        q.push(" AND aggregate_id = ").push_bind(j.as_str());
+    }
+    q.push(" ORDER BY global_position LIMIT ")
+        .push_bind(limit as i64);
+    q.build().fetch_all(pool).await?.iter().map(raw).collect()
+}
+
+pub(crate) async fn head(pool: &SqlitePool) -> Result<Position> {
+    let head: i64 = sqlx::query_scalar("SELECT IFNULL(MAX(global_position), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
+    Ok(head as Position)
+}
+
+pub(crate) async fn job_events(pool: &SqlitePool, job: &JobId) -> Result<Vec<RawEvent>> {
+    sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY sequence"
+    ))
+    .bind(AGGREGATE)
+    .bind(job.as_str())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(raw)
+    .collect()
+}
+
+pub(crate) async fn position_of(
+    pool: &SqlitePool,
+    job: &JobId,
+    sequence: u64,
+) -> Result<Option<Position>> {
+    let p: Option<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
+    )
+    .bind(AGGREGATE)
+    .bind(job.as_str())
+    .bind(sequence as i64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(p.map(|p| p as Position))
+}
+
+pub(crate) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<Position> {
+    let p: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(p.unwrap_or(0) as Position)
+}
+
+pub(crate) async fn apply_views(
+    pool: &SqlitePool,
+    name: &str,
+    from: Position,
+    events: &[StoredEvent],
+) -> Result<Position> {
+    // The write lock first, so the checkpoint read below cannot go stale.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("INSERT OR IGNORE INTO projection_checkpoints (name, position) VALUES (?, 0)")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let cp: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+    let cp = cp as Position;
+    if cp < from {
+        // Reset meanwhile: this batch starts past the checkpoint.
+        tx.commit().await?;
+        return Ok(cp);
+    }
+    let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > cp).collect();
+    let Some(last) = events.last().map(|e| e.position) else {
+        tx.commit().await?;
+        return Ok(cp);
+    };
+    let mut current = HashMap::new();
+    for e in &events {
+        if current.contains_key(&e.job_id) {
+            continue;
+        }
+        let payload: Option<String> =
+            sqlx::query_scalar("SELECT payload FROM job_status WHERE job_id = ?")
+                .bind(e.job_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let status = payload
+            .map(|p| serde_json::from_str::<JobStatus>(&p))
+            .transpose()?;
+        current.insert(e.job_id.clone(), status);
+    }
+    let (statuses, changes) = fold_batch(current, events.into_iter());
+    for s in statuses.values() {
+        sqlx::query(
+            "INSERT INTO job_status
+                (job_id, tenant, state, base_model, engine, created_us, updated_us, sequence, last_position, payload)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (job_id) DO UPDATE SET
+                tenant = excluded.tenant, state = excluded.state, base_model = excluded.base_model,
+                engine = excluded.engine, created_us = excluded.created_us, updated_us = excluded.updated_us,
+                sequence = excluded.sequence, last_position = excluded.last_position, payload = excluded.payload",
+        )
+        .bind(s.job_id.as_str())
+        .bind(s.tenant.as_str())
+        .bind(s.state.as_str())
+        .bind(s.base_model.as_str())
+        .bind(s.engine.as_str())
+        .bind(s.created_at.timestamp_micros())
+        .bind(s.updated_at.timestamp_micros())
+        .bind(s.sequence as i64)
+        .bind(s.last_position as i64)
+        .bind(serde_json::to_string(s)?)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for c in changes {
+        match c {
+            QueueChange::Upsert(q) => {
+                sqlx::query(
+                    "INSERT INTO queue (job_id, step_id, tenant, priority, position, payload)
+                     VALUES (?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (job_id, step_id) DO UPDATE SET
+                        tenant = excluded.tenant, priority = excluded.priority,
+                        position = excluded.position, payload = excluded.payload",
+                )
+                .bind(q.job_id.as_str())
+                .bind(q.step_id.as_str())
+                .bind(q.tenant.as_str())
+                .bind(q.priority)
+                .bind(q.position as i64)
+                .bind(serde_json::to_string(&q)?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            QueueChange::Remove { job_id, step_id } => {
+                sqlx::query("DELETE FROM queue WHERE job_id = ? AND step_id = ?")
+                    .bind(job_id.as_str())
+                    .bind(step_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            QueueChange::RemoveJob { job_id } => {
+                sqlx::query("DELETE FROM queue WHERE job_id = ?")
+                    .bind(job_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    sqlx::query("UPDATE projection_checkpoints SET position = ? WHERE name = ?")
+        .bind(last as i64)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(last)
+}
+
+pub(crate) async fn reset_views(pool: &SqlitePool, name: &str) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for sql in [
+        "DELETE FROM job_status",
+        "DELETE FROM queue",
+        "INSERT OR REPLACE INTO projection_checkpoints (name, position) VALUES (?, 0)",
+    ] {
+        let q = sqlx::query(sql);
+        let q = if sql.contains('?') { q.bind(name) } else { q };
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn job_status(pool: &SqlitePool, job: &JobId) -> Result<Option<JobStatus>> {
+    let payload: Option<String> =
+        sqlx::query_scalar("SELECT payload FROM job_status WHERE job_id = ?")
+            .bind(job.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(payload.map(|p| serde_json::from_str(&p)).transpose()?)
+}
+
+pub(crate) async fn list_jobs(
+    pool: &SqlitePool,
+    filter: &JobListFilter,
+    after: Option<&ListCursor>,
+    limit: usize,
+) -> Result<Vec<JobStatus>> {
+    if !filter.labels.keys().all(|k| plain_label_key(k)) {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT payload FROM job_status WHERE 1 = 1");
+    if let Some(t) = &filter.tenant {
+        q.push(" AND tenant = ").push_bind(t.as_str());
+    }
+    if let Some(s) = filter.state {
+        q.push(" AND state = ").push_bind(s.as_str());
+    }
+    if let Some(m) = &filter.base_model {
+        q.push(" AND base_model = ").push_bind(m.as_str());
+    }
+    if let Some(e) = filter.engine {
+        q.push(" AND engine = ").push_bind(e.as_str());
+    }
+    for (k, v) in &filter.labels {
+        q.push(" AND json_extract(payload, ")
+            .push_bind(format!("$.labels.\"{k}\""))
+            .push(") = ")
+            .push_bind(v.as_str());
+    }
+    if let Some(c) = after {
+        q.push(" AND (created_us, job_id) < (")
+            .push_bind(c.created_us)
+            .push(", ")
+            .push_bind(c.job_id.as_str())
+            .push(")");
+    }
+    q.push(" ORDER BY created_us DESC, job_id DESC LIMIT ")
+        .push_bind(limit as i64);
+    let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
+    Ok(rows
+        .iter()
+        .map(|p| serde_json::from_str(p))
+        .collect::<Result<_, _>>()?)
+}
+
+pub(crate) async fn queue(pool: &SqlitePool) -> Result<Vec<QueuedStep>> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT payload FROM queue ORDER BY priority DESC, position")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .iter()
+        .map(|p| serde_json::from_str(p))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Write one event row as it is given, without the store's metadata or
+/// checks (tests plant old or tampered events this way).
+#[cfg(test)]
+pub(crate) async fn insert_raw(pool: &SqlitePool, e: &RawEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(AGGREGATE)
+    .bind(e.job_id.as_str())
+    .bind(e.sequence as i64)
+    .bind(&e.event_type)
+    .bind(&e.event_version)
+    .bind(e.payload.to_string())
+    .bind(e.metadata.to_string())
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! loraflow-store: where jobs live. Event stores for the `TrainingJob`
+//! aggregate on SQLite (the embedded default), PostgreSQL (production,
+//! shared by several engine processes) and memory (tests and examples); a
+//! global, gap-free event feed; and views kept by projections of that feed.
+//!
+//! Open a [`Store`] from a URL (`sqlite://path/to/loraflow.db`,
+//! `sqlite::memory:`, `postgres://...`, `memory:`); it creates its tables.
+//! [`Store::execute`] runs a command and tells the new sequence (the job's
+//! etag) and the global position written; [`Store::wait_for`] waits until the
+//! views include that position. The views are kept by the runner that
+//! [`Store::start_projections`] starts.
+//!
+//! # Modules
+//! - [`store`]: `Store`, `execute`, `load`, `history`, projections control.
+//! - [`url`] / [`options`]: how a store is named and opened.
+//! - [`error`]: the crate's `Error`, with gRPC codes.
+//! - [`event`]: `StoredEvent`, `RawEvent`, positions and metadata keys.
+//! - [`chain`]: the audit hash chain and its verification.
+//! - [`retry`]: which commands are retried on conflict.
+//! - [`feed`]: reading and following the global feed.
+//! - [`views`]: job status, job lists with page tokens, the queue.
+//! - `projection`: the runner that keeps the views.
+//! - `repo`: the cqrs-es repositories and the wrapper that writes metadata and hashes.
+//! - `backend`: SQLite, PostgreSQL and memory specifics (schema, SQL).
+//! - `migrate`: versioned schema migrations.
+//! - `page_token`: opaque list cursors.
+
+mod backend;
+pub mod chain;
+pub mod error;
+pub mod event;
+pub mod feed;
+mod migrate;
+pub mod options;
+mod page_token;
+mod projection;
+mod repo;
+pub mod retry;
+pub mod store;
+pub mod url;
+pub mod views;
+
+pub use chain::{ChainError, ChainFault, verify_chain};
+pub use error::{Error, Result};
+pub use event::{Metadata, Position, RawEvent, StoredEvent};
+pub use feed::{Feed, FeedFilter};
+pub use options::StoreOptions;
+pub use repo::ChainRepository;
+pub use store::{Appended, Committed, JobCqrs, JobEventStore, LoadedJob, Store};
+pub use url::{ACCEPTED_URLS, StoreUrl};
+pub use views::{DEFAULT_PAGE_SIZE, JobListQuery, JobPage, MAX_PAGE_SIZE, Views};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,44 @@
+//! How a store is opened: pool sizes, polling, retries, page-token key.
+
+use std::time::Duration;
+
+/// Options for [`Store::open_with`](crate::Store::open_with). `Default` suits
+/// an engine process; tests shorten the poll interval.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most database connections the store opens (PostgreSQL and SQLite files).
+    /// `None`: 24 for PostgreSQL (16 writers plus feed and projections), 8 for SQLite.
+    pub max_connections: Option<u32>,
+    /// How long `acquire` waits for a pooled connection before `Unavailable`.
+    pub acquire_timeout: Duration,
+    /// How often feed subscribers and the projection runner look for events
+    /// written by other processes (this process' own commits wake them at once).
+    pub poll_interval: Duration,
+    /// Attempts in all for a retry-safe command that keeps conflicting.
+    pub max_attempts: u32,
+    /// PostgreSQL only: the schema to keep the tables in (created if missing,
+    /// set as the connections' `search_path`). `None`: the URL's default.
+    pub postgres_schema: Option<String>,
+    /// Key for the MAC on list page tokens. Processes that share a database
+    /// must share the key for tokens to survive a hop between them. `None`:
+    /// a fixed built-in key (tokens are still checked for integrity and for
+    /// the list they belong to, but a forger who reads this source can mint
+    /// them; they only ever select rows the caller's filter allows).
+    pub page_token_key: Option<Vec<u8>>,
+    /// Events per projection transaction.
+    pub projection_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            acquire_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            max_attempts: 8,
+            postgres_schema: None,
+            page_token_key: None,
+            projection_batch: 500,
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The event repositories behind cqrs-es' `PersistedEventStore`: sqlite-es,
+//! postgres-es, or the in-process log, wrapped in [`ChainRepository`], which
+//! writes the store's own metadata (`recorded_at`, `tenant`, and the audit
+//! hash chain) into every event as it is persisted.
+
+use std::sync::Arc;
+
+use cqrs_es::Aggregate;
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use loraflow_core::clock::Clock;
+use postgres_es::PostgresEventRepository;
+use serde_json::{Map, Value};
+use sqlite_es::SqliteEventRepository;
+
+use crate::backend::memory::MemoryLog;
+use crate::chain::{GENESIS_HASH, event_hash};
+use crate::event::{HASH, MAX_JOB_EVENTS, PREV_HASH, RECORDED_AT, TENANT};
+
+/// One of the three repositories; dispatches every call to it.
+pub(crate) enum EventRepo {
+    Sqlite(SqliteEventRepository),
+    Postgres(PostgresEventRepository),
+    Memory(Arc<MemoryLog>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $r:ident => $call:expr) => {
+        match $self {
+            EventRepo::Sqlite($r) => $call,
+            EventRepo::Postgres($r) => $call,
+            EventRepo::Memory($r) => $call,
+        }
+    };
+}
+
+impl PersistedEventRepository for EventRepo {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        dispatch!(self, r => r.get_events::<A>(aggregate_id).await)
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        dispatch!(self, r => r.get_last_events::<A>(aggregate_id, last_sequence).await)
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        dispatch!(self, r => r.get_snapshot::<A>(aggregate_id).await)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        dispatch!(self, r => r.persist::<A>(events, snapshot_update).await)
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        dispatch!(self, r => r.stream_events::<A>(aggregate_id).await)
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        dispatch!(self, r => r.stream_all_events::<A>().await)
+    }
+}
+
+/// The repository every store uses: the backend's, plus the store's metadata
+/// on every event it persists. Cheap to clone.
+///
+/// [`Store`](crate::Store) passes the previous event's hash (it has just
+/// loaded the job) as `prev_hash` metadata. A caller of the plain cqrs-es
+/// framework does not, and the previous event is then read back here.
+#[derive(Clone)]
+pub struct ChainRepository {
+    repo: Arc<EventRepo>,
+    clock: Arc<dyn Clock>,
+}
+
+fn unknown(msg: String) -> PersistenceError {
+    PersistenceError::UnknownError(msg.into())
+}
+
+/// The tenant a `JobCreated` payload names.
+fn created_tenant(payload: &Value) -> Option<String> {
+    payload
+        .get("JobCreated")?
+        .get("spec")?
+        .get("tenant")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+impl ChainRepository {
+    pub(crate) fn new(repo: Arc<EventRepo>, clock: Arc<dyn Clock>) -> Self {
+        Self { repo, clock }
+    }
+
+    /// The hash and tenant of the event before `sequence`.
+    async fn predecessor<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<(String, Option<String>), PersistenceError> {
+        if sequence <= 1 {
+            return Ok((GENESIS_HASH.to_owned(), None));
+        }
+        let events = self
+            .repo
+            .get_last_events::<A>(aggregate_id, sequence - 2)
+            .await?;
+        // Missing: the sequence does not follow the stored history, so the
+        // insert could only conflict.
+        let prev = events
+            .iter()
+            .find(|e| e.sequence == sequence - 1)
+            .ok_or(PersistenceError::OptimisticLockError)?;
+        let field = |k: &str| {
+            prev.metadata
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Ok((
+            field(HASH).unwrap_or_else(|| GENESIS_HASH.to_owned()),
+            field(TENANT),
+        ))
+    }
+
+    /// `events` with the store's metadata and the hash chain filled in.
+    async fn chained<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let first = &events[0];
+        for (i, e) in events.iter().enumerate() {
+            if e.sequence != first.sequence + i || e.aggregate_id != first.aggregate_id {
+                return Err(unknown(format!(
+                    "events of one commit must be one job's, in consecutive sequences; got {}#{} after {}#{}",
+                    e.aggregate_id, e.sequence, first.aggregate_id, first.sequence
+                )));
+            }
+        }
+        let last = events[events.len() - 1].sequence as u64;
+        if last > MAX_JOB_EVENTS {
+            return Err(unknown(format!(
+                "job {} would reach {last} events; the limit is {MAX_JOB_EVENTS}",
+                first.aggregate_id
+            )));
+        }
+        let given = |k: &str| {
+            first
+                .metadata
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (mut prev, stored_tenant) = match given(PREV_HASH) {
+            Some(p) => (p, None),
+            None => {
+                self.predecessor::<A>(&first.aggregate_id, first.sequence)
+                    .await?
+            }
+        };
+        let tenant = given(TENANT)
+            .or(stored_tenant)
+            .or_else(|| created_tenant(&first.payload));
+        let recorded_at = given(RECORDED_AT).unwrap_or_else(|| {
+            self.clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        });
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let mut e = e.clone();
+            let mut meta = match std::mem::take(&mut e.metadata) {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            meta.insert(RECORDED_AT.into(), Value::String(recorded_at.clone()));
+            if let Some(t) = &tenant {
+                meta.insert(TENANT.into(), Value::String(t.clone()));
+            }
+            let hash = event_hash(&prev, &e.event_type, &e.event_version, &e.payload);
+            meta.insert(PREV_HASH.into(), Value::String(prev));
+            meta.insert(HASH.into(), Value::String(hash.clone()));
+            e.metadata = Value::Object(meta);
+            prev = hash;
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+impl PersistedEventRepository for ChainRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.repo.get_events::<A>(aggregate_id).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.repo
+            .get_last_events::<A>(aggregate_id, last_sequence)
+            .await
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        self.repo.get_snapshot::<A>(aggregate_id).await
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        if events.is_empty() {
+            return self.repo.persist::<A>(events, snapshot_update).await;
+        }
+        let events = self.chained::<A>(events).await?;
+        self.repo.persist::<A>(&events, snapshot_update).await
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        self.repo.stream_events::<A>(aggregate_id).await
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        self.repo.stream_all_events::<A>().await
+    }
+}

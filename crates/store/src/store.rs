@@ -1,0 +1,550 @@
+//! [`Store`]: opening a backend, executing commands against jobs, loading
+//! them, and handing out the feed and the views.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::persist::{EventStoreAggregateContext, EventUpcaster, PersistedEventStore};
+use cqrs_es::{Aggregate, CqrsFramework, EventStore};
+use loraflow_core::ids::JobId;
+use loraflow_core::job::upcast::upcasters;
+use loraflow_core::job::{JobCommand, JobEvent, JobServices, TrainingJob};
+use postgres_es::PostgresEventRepository;
+use sqlite_es::SqliteEventRepository;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::memory::{MemoryLog, MemoryViews};
+use crate::backend::{Backend, postgres, sqlite};
+use crate::chain::{GENESIS_HASH, verify_chain};
+use crate::error::{Error, Result};
+use crate::event::{
+    HASH, MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
+    StoredEvent, TENANT,
+};
+use crate::feed::{Feed, FeedFilter};
+use crate::options::StoreOptions;
+use crate::projection::{self, VIEWS};
+use crate::repo::{ChainRepository, EventRepo};
+use crate::retry::retry_safe;
+use crate::url::StoreUrl;
+use crate::views::Views;
+use crate::{migrate, page_token};
+
+/// cqrs-es' event store over the store's repository: events are the only
+/// source of truth (its snapshot and aggregate stores are not used, see
+/// DESIGN.md), upcast on load.
+pub type JobEventStore = PersistedEventStore<ChainRepository, TrainingJob>;
+
+/// A cqrs-es framework for `TrainingJob` on the same repository, for code
+/// that wants cqrs-es' own API. [`Store::execute`] is the engine's path: it
+/// adds etags, bounded retries, and tells the committed position.
+pub type JobCqrs = CqrsFramework<TrainingJob, JobEventStore>;
+
+/// What a successful command did.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The job's sequence after the command: its new etag (unchanged when
+    /// the command emitted nothing).
+    pub sequence: u64,
+    /// The global position of the last event written; `None` when the
+    /// command emitted nothing (an idempotent repeat). Give it to
+    /// [`Store::wait_for`] to read your own write from the views.
+    pub position: Option<Position>,
+    /// The events written, in order.
+    pub events: Vec<JobEvent>,
+    /// The job after the command.
+    pub job: TrainingJob,
+}
+
+/// What [`Store::append_events`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub sequence: u64,
+    pub position: Position,
+}
+
+/// A job rebuilt from its events.
+#[derive(Debug, Clone)]
+pub struct LoadedJob {
+    pub job: TrainingJob,
+    /// The sequence of its last event: the job's etag.
+    pub sequence: u64,
+}
+
+pub(crate) struct Shared {
+    pub backend: Backend,
+    pub event_store: JobEventStore,
+    pub framework: JobCqrs,
+    pub services: JobServices,
+    pub options: StoreOptions,
+    pub upcasters: Vec<Box<dyn EventUpcaster>>,
+    /// Bumped after each commit of this process: wakes subscribers and the
+    /// projection runner without waiting for their next poll.
+    pub commits: watch::Sender<u64>,
+    /// The views' checkpoint as this process last saw it move.
+    pub views_at: watch::Sender<Position>,
+    pub page_key: Vec<u8>,
+    pub url: StoreUrl,
+}
+
+impl Shared {
+    pub(crate) async fn read_feed(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Result<Vec<StoredEvent>> {
+        self.backend
+            .read_events(after, limit, filter)
+            .await?
+            .iter()
+            .map(|raw| raw.to_stored(&self.upcasters))
+            .collect()
+    }
+}
+
+/// The event store of loraflow: one per process, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.shared.url.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Caller metadata with the store's own keys removed.
+fn caller_metadata(metadata: Metadata) -> HashMap<String, String> {
+    metadata
+        .into_iter()
+        .filter(|(k, _)| !RESERVED_METADATA.contains(&k.as_str()))
+        .collect()
+}
+
+impl Store {
+    /// Open the store at `url` with default options (see [`crate::url`] for
+    /// the forms), creating or migrating its tables.
+    pub async fn open(url: &str, services: JobServices) -> Result<Self> {
+        Self::open_with(url, services, StoreOptions::default()).await
+    }
+
+    pub async fn open_with(
+        url: &str,
+        services: JobServices,
+        options: StoreOptions,
+    ) -> Result<Self> {
+        let parsed: StoreUrl = url.parse()?;
+        let (backend, repo) = match &parsed {
+            StoreUrl::Sqlite { path } => {
+                let pool = sqlite::connect(Some(path), &options).await?;
+                migrate::sqlite(&pool, sqlite::MIGRATIONS).await?;
+                (
+                    Backend::Sqlite(pool.clone()),
+                    EventRepo::Sqlite(SqliteEventRepository::new(pool)),
+                )
+            }
+            StoreUrl::SqliteMemory => {
+                let pool = sqlite::connect(None, &options).await?;
+                migrate::sqlite(&pool, sqlite::MIGRATIONS).await?;
+                (
+                    Backend::Sqlite(pool.clone()),
+                    EventRepo::Sqlite(SqliteEventRepository::new(pool)),
+                )
+            }
+            StoreUrl::Postgres { url } => {
+                let pool = postgres::connect(url, &options).await?;
+                migrate::postgres(&pool, postgres::MIGRATIONS).await?;
+                (
+                    Backend::Postgres(pool.clone()),
+                    EventRepo::Postgres(PostgresEventRepository::new(pool)),
+                )
+            }
+            StoreUrl::Memory => {
+                let log = Arc::new(MemoryLog::default());
+                (
+                    Backend::Memory(log.clone(), Arc::new(MemoryViews::default())),
+                    EventRepo::Memory(log),
+                )
+            }
+        };
+        let repo = ChainRepository::new(Arc::new(repo), services.clock.clone());
+        let event_store =
+            PersistedEventStore::new_event_store(repo.clone()).with_upcasters(upcasters());
+        let framework = CqrsFramework::new(
+            PersistedEventStore::new_event_store(repo).with_upcasters(upcasters()),
+            vec![],
+            services.clone(),
+        );
+        let page_key = options
+            .page_token_key
+            .clone()
+            .unwrap_or_else(|| page_token::DEFAULT_KEY.to_vec());
+        let views_at = backend.checkpoint(VIEWS).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                backend,
+                event_store,
+                framework,
+                services,
+                options,
+                upcasters: upcasters(),
+                commits: watch::Sender::new(0),
+                views_at: watch::Sender::new(views_at),
+                page_key,
+                url: parsed,
+            }),
+        })
+    }
+
+    /// `sqlite`, `postgres` or `memory`.
+    pub fn backend_name(&self) -> &'static str {
+        self.shared.url.backend_name()
+    }
+
+    pub fn services(&self) -> &JobServices {
+        &self.shared.services
+    }
+
+    /// cqrs-es' framework on this store's repository (no retries, no etags,
+    /// no positions; the store's metadata and hash chain are still written).
+    pub fn framework(&self) -> &JobCqrs {
+        &self.shared.framework
+    }
+
+    pub fn feed(&self) -> Feed {
+        Feed {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn views(&self) -> Views {
+        Views {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Run `command` against the job. A conflict with another writer is
+    /// retried (reload, decide again) up to `StoreOptions::max_attempts` times
+    /// when the command is safe to retry (see [`crate::retry`]); otherwise it
+    /// is returned as [`Error::Conflict`]. A refusal is [`Error::Domain`] and
+    /// writes nothing; a command that emits nothing returns the unchanged
+    /// sequence and no position.
+    pub async fn execute(
+        &self,
+        job_id: &JobId,
+        command: JobCommand,
+        metadata: Metadata,
+    ) -> Result<Committed> {
+        let attempts = if retry_safe(&command) {
+            self.shared.options.max_attempts.max(1)
+        } else {
+            1
+        };
+        let metadata = caller_metadata(metadata);
+        for attempt in 1..=attempts {
+            match self
+                .try_execute(job_id, None, command.clone(), metadata.clone())
+                .await
+            {
+                Err(Error::Conflict { .. }) if attempt < attempts => {
+                    // A little jitter so that retrying writers spread out.
+                    let ms = rand::random_range(0..=(1u64 << attempt.min(5)));
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Err(Error::Conflict { .. }) => {
+                    return Err(Error::Conflict {
+                        job_id: job_id.clone(),
+                        attempts: attempt,
+                    });
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Like [`execute`](Self::execute), but only if the job is at
+    /// `expected_sequence` (its etag); otherwise [`Error::StaleEtag`] and
+    /// nothing is written. Never retried. A job that does not exist is at
+    /// sequence 0.
+    pub async fn execute_expecting(
+        &self,
+        job_id: &JobId,
+        expected_sequence: u64,
+        command: JobCommand,
+        metadata: Metadata,
+    ) -> Result<Committed> {
+        self.try_execute(
+            job_id,
+            Some(expected_sequence),
+            command,
+            caller_metadata(metadata),
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Conflict { .. } => Error::Conflict {
+                job_id: job_id.clone(),
+                attempts: 1,
+            },
+            e => e,
+        })
+    }
+
+    async fn try_execute(
+        &self,
+        job_id: &JobId,
+        expected: Option<u64>,
+        command: JobCommand,
+        mut metadata: HashMap<String, String>,
+    ) -> Result<Committed> {
+        let s = &self.shared;
+        let envelopes = s.event_store.load_events(job_id.as_str()).await?;
+        let sequence = envelopes.last().map_or(0, |e| e.sequence as u64);
+        let prev_hash = envelopes
+            .last()
+            .and_then(|e| e.metadata.get(HASH).cloned())
+            .unwrap_or_else(|| GENESIS_HASH.to_owned());
+        let mut job = TrainingJob::default();
+        for e in envelopes {
+            job.apply(e.payload);
+        }
+        if let Some(expected) = expected
+            && expected != sequence
+        {
+            return Err(Error::StaleEtag {
+                job_id: job_id.clone(),
+                expected,
+                actual: sequence,
+            });
+        }
+        let events = job.decide(command, &s.services)?;
+        if events.is_empty() {
+            return Ok(Committed {
+                sequence,
+                position: None,
+                events,
+                job,
+            });
+        }
+        if sequence + events.len() as u64 > MAX_JOB_EVENTS {
+            return Err(Error::HistoryFull {
+                job_id: job_id.clone(),
+                limit: MAX_JOB_EVENTS,
+            });
+        }
+        let tenant = job.spec().map(|s| s.tenant.clone()).or_else(|| {
+            events.iter().find_map(|e| match e {
+                JobEvent::JobCreated(c) => Some(c.spec.tenant.clone()),
+                _ => None,
+            })
+        });
+        if let Some(t) = tenant {
+            metadata.insert(TENANT.into(), t.to_string());
+        }
+        metadata.insert(
+            RECORDED_AT.into(),
+            s.services
+                .clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
+        metadata.insert(PREV_HASH.into(), prev_hash);
+        let context = EventStoreAggregateContext {
+            aggregate_id: job_id.to_string(),
+            // In event-store mode `commit` reads only the id and sequence.
+            aggregate: TrainingJob::default(),
+            current_sequence: sequence as usize,
+            current_snapshot: None,
+        };
+        let committed = s
+            .event_store
+            .commit(events.clone(), context, metadata)
+            .await
+            .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let last = committed.last().map_or(sequence, |e| e.sequence as u64);
+        for e in &events {
+            job.apply(e.clone());
+        }
+        let position = s.backend.position_of(job_id, last).await?;
+        s.commits.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Committed {
+            sequence: last,
+            position: Some(position),
+            events,
+            job,
+        })
+    }
+
+    fn conflict_for(&self, job_id: &JobId, e: Error) -> Error {
+        match e {
+            Error::Conflict { attempts, .. } => Error::Conflict {
+                job_id: job_id.clone(),
+                attempts,
+            },
+            e => e,
+        }
+    }
+
+    /// Append events that were decided elsewhere, after `expected_sequence`,
+    /// without running the aggregate: for importing a history, tests and
+    /// benchmarks. The events must be ones the aggregate could have emitted
+    /// in that state (a job that cannot fold them will not load). The
+    /// store's metadata and hash chain are written as for any commit; a
+    /// sequence that does not follow the stored history is a `Conflict`.
+    pub async fn append_events(
+        &self,
+        job_id: &JobId,
+        expected_sequence: u64,
+        events: Vec<JobEvent>,
+        metadata: Metadata,
+    ) -> Result<Appended> {
+        let s = &self.shared;
+        if events.is_empty() {
+            return Err(Error::Database(
+                "append_events needs at least one event".into(),
+            ));
+        }
+        if expected_sequence + events.len() as u64 > MAX_JOB_EVENTS {
+            return Err(Error::HistoryFull {
+                job_id: job_id.clone(),
+                limit: MAX_JOB_EVENTS,
+            });
+        }
+        let context = EventStoreAggregateContext {
+            aggregate_id: job_id.to_string(),
+            aggregate: TrainingJob::default(),
+            current_sequence: expected_sequence as usize,
+            current_snapshot: None,
+        };
+        // No prev_hash given: the repository reads the predecessor's hash
+        // and tenant itself.
+        let committed = s
+            .event_store
+            .commit(events, context, caller_metadata(metadata))
+            .await
+            .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let last = committed
+            .last()
+            .map_or(expected_sequence, |e| e.sequence as u64);
+        let position = s.backend.position_of(job_id, last).await?;
+        s.commits.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Appended {
+            sequence: last,
+            position,
+        })
+    }
+
+    /// The job folded from all its events (upcast), or `None` if it has none.
+    pub async fn load(&self, job_id: &JobId) -> Result<Option<LoadedJob>> {
+        let envelopes = self.shared.event_store.load_events(job_id.as_str()).await?;
+        let Some(sequence) = envelopes.last().map(|e| e.sequence as u64) else {
+            return Ok(None);
+        };
+        let mut job = TrainingJob::default();
+        for e in envelopes {
+            job.apply(e.payload);
+        }
+        Ok(Some(LoadedJob { job, sequence }))
+    }
+
+    /// The job's events with positions and metadata, upcast, in sequence order.
+    pub async fn history(&self, job_id: &JobId) -> Result<Vec<StoredEvent>> {
+        self.raw_history(job_id)
+            .await?
+            .iter()
+            .map(|r| r.to_stored(&self.shared.upcasters))
+            .collect()
+    }
+
+    /// The job's events exactly as stored (what the hash chain covers).
+    pub async fn raw_history(&self, job_id: &JobId) -> Result<Vec<RawEvent>> {
+        self.shared.backend.job_events(job_id).await
+    }
+
+    /// Verify the job's hash chain; [`Error::Chain`] names the first event
+    /// that does not verify.
+    pub async fn verify_job(&self, job_id: &JobId) -> Result<()> {
+        Ok(verify_chain(&self.raw_history(job_id).await?)?)
+    }
+
+    /// Start the projection runner that keeps the views; it stops when
+    /// `shutdown` is cancelled. One per process is enough; several processes
+    /// may each run one on a shared database.
+    pub fn start_projections(&self, shutdown: CancellationToken) -> JoinHandle<Result<()>> {
+        tokio::spawn(projection::run(self.shared.clone(), shutdown))
+    }
+
+    /// Apply every readable event to the views now, without a runner.
+    /// Returns the views' position.
+    pub async fn catch_up_views(&self) -> Result<Position> {
+        let mut from = self.shared.backend.checkpoint(VIEWS).await?;
+        loop {
+            let (cp, any) = projection::step(&self.shared, from).await?;
+            if !any {
+                return Ok(cp);
+            }
+            from = cp;
+        }
+    }
+
+    /// Empty the views and rebuild them from position 0.
+    pub async fn rebuild_views(&self) -> Result<Position> {
+        self.shared.backend.reset_views(VIEWS).await?;
+        self.shared.views_at.send_replace(0);
+        self.catch_up_views().await
+    }
+
+    /// Wait until the views include `position` (from [`Committed::position`]).
+    /// Needs a projection runner somewhere (this process or another sharing
+    /// the database); without one it waits forever, so prefer
+    /// [`wait_for_timeout`](Self::wait_for_timeout) where that can happen.
+    pub async fn wait_for(&self, position: Position) -> Result<()> {
+        let mut moved = self.shared.views_at.subscribe();
+        let mut wait = Duration::from_millis(1);
+        loop {
+            // The database, not the local watch, is the truth: another
+            // process may have rebuilt the views.
+            let cp = self.shared.backend.checkpoint(VIEWS).await?;
+            if cp >= position {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = moved.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(self.shared.options.poll_interval);
+        }
+    }
+
+    /// [`wait_for`](Self::wait_for) with a deadline: [`Error::Timeout`] after `timeout`.
+    pub async fn wait_for_timeout(&self, position: Position, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.wait_for(position)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                wanted: position,
+                reached: self.shared.backend.checkpoint(VIEWS).await?,
+            }),
+        }
+    }
+
+    /// Close the database connections (pending calls fail afterwards).
+    pub async fn close(&self) {
+        match &self.shared.backend {
+            Backend::Sqlite(p) => p.close().await,
+            Backend::Postgres(p) => p.close().await,
+            Backend::Memory(..) => {}
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}

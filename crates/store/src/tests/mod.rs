@@ -1,0 +1,9 @@
+//! The store's tests. The behavioural suite runs against every backend
+//! (memory, a SQLite file, a PostgreSQL schema); PostgreSQL-only proofs (the
+//! gap-free feed under 16 writers) have their own module.
+
+mod behaviour;
+mod gap_free;
+mod restart;
+mod support;
+mod upcasting;
