@@ -5,11 +5,21 @@
 //! - [`config`]: the `loraflow.toml` file.
 //! - [`clock`]: the engine's clock (follows tokio time, so tests can pause it).
 //! - `admission`: datasets listed and checked before a job is created.
+//! - [`engine`]: the [`Engine`]: store, projections, scheduler and in-process executors.
+//! - `scheduler`: the scheduler runtime over the pure policy in `loraflow_core::schedule`.
+//! - [`error`]: the engine's error type.
 
 pub use loraflow_core as core;
 
 mod admission;
 pub mod clock;
 pub mod config;
+pub mod engine;
+pub mod error;
+mod scheduler;
 
 pub use admission::admit;
+pub use engine::{Engine, EngineBuilder, JobView, NewJob};
+pub use error::{Error, Result};
+pub use loraflow_executors as executors;
+pub use loraflow_store as store;

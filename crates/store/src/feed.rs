@@ -79,7 +79,7 @@ impl Feed {
         &self,
         after: Position,
         filter: FeedFilter,
-    ) -> impl Stream<Item = Result<StoredEvent>> + Send + 'static {
+    ) -> impl Stream<Item = Result<StoredEvent>> + Send + 'static + use<> {
         let state = Subscription {
             commits: self.shared.commits.subscribe(),
             shared: self.shared.clone(),

@@ -13,7 +13,7 @@ use crate::executor::Capabilities;
 use crate::ids::{ExecutorId, JobId, LeaseId, StepId, TenantId};
 
 /// Something overdue that the runtime must record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     /// A lease's heartbeat or start-to-close deadline passed.
     ExpireLease { job_id: JobId, lease_id: LeaseId },
@@ -56,12 +56,26 @@ impl SchedulerState {
         caps: &Capabilities,
         now: DateTime<Utc>,
     ) -> Option<&QueuedStep> {
-        if self.running_on(executor) >= caps.max_concurrent_steps {
+        self.pick_excluding(executor, caps, now, 0, |_| false)
+    }
+
+    /// [`pick`](Self::pick) for a runtime with decisions in flight: `pending`
+    /// leases of this executor not yet in the feed count against its limit,
+    /// and steps for which `skip` is true (claimed by another poll) are passed over.
+    pub fn pick_excluding(
+        &self,
+        executor: &ExecutorId,
+        caps: &Capabilities,
+        now: DateTime<Utc>,
+        pending: u32,
+        skip: impl Fn(&QueuedStep) -> bool,
+    ) -> Option<&QueuedStep> {
+        if self.running_on(executor) + pending >= caps.max_concurrent_steps {
             return None;
         }
-        self.ordered_queue()
-            .into_iter()
-            .find(|s| s.not_before <= now && caps.satisfies(&s.kind, &s.requires, s.family))
+        self.ordered_queue().into_iter().find(|s| {
+            s.not_before <= now && caps.satisfies(&s.kind, &s.requires, s.family) && !skip(s)
+        })
     }
 
     /// Position (0 = next) of a queued step in the serving order.

@@ -209,7 +209,9 @@ impl Worker {
             )
         };
         let mut work = std::pin::pin!(work);
-        let mut ticker = tokio::time::interval(heartbeat);
+        // The first heartbeat is due one interval after the start, not at once.
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_lost = false;
         let result = loop {

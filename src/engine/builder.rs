@@ -1,0 +1,219 @@
+//! `Engine::builder()`: choose a store, a catalogue, artifact storage and
+//! executors, then `build()`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use loraflow_core::catalogue::Catalogue;
+use loraflow_core::clock::Clock;
+use loraflow_core::executor::{Capabilities, Executor};
+use loraflow_core::ids::ExecutorId;
+use loraflow_core::job::JobServices;
+use loraflow_core::workflow::KnownKinds;
+use loraflow_executors::ArtifactStore;
+use loraflow_executors::worker::{Worker, WorkerOptions};
+use loraflow_store::{Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{Engine, Inner, fleet::Fleet, in_process::InProcessApi};
+use crate::clock::TokioClock;
+use crate::config::{Config, SchedulerConfig};
+use crate::error::Result;
+use crate::scheduler::Scheduler;
+
+/// Builds an [`Engine`]. Defaults: a SQLite file `loraflow.db` in the current
+/// directory, the built-in catalogue, artifacts under `loraflow-artifacts/`,
+/// no in-process executors.
+pub struct EngineBuilder {
+    store_url: String,
+    store_options: StoreOptions,
+    catalogue: Option<Catalogue>,
+    artifacts_root: String,
+    executors: Vec<Arc<dyn Executor>>,
+    in_process: Capabilities,
+    workdir: Option<PathBuf>,
+    clock: Option<Arc<dyn Clock>>,
+    scheduler: SchedulerConfig,
+    custom_kinds: Vec<String>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        let config = Config::default();
+        Self {
+            store_url: config.store.url,
+            store_options: StoreOptions::default(),
+            catalogue: None,
+            artifacts_root: config.artifacts.root,
+            executors: Vec::new(),
+            in_process: Capabilities {
+                max_concurrent_steps: 2,
+                ..Capabilities::default()
+            },
+            workdir: None,
+            clock: None,
+            scheduler: config.scheduler,
+            custom_kinds: Vec::new(),
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Settings from a `loraflow.toml` (store, artifacts, scheduler).
+    pub fn config(mut self, config: &Config) -> Self {
+        self.store_url = config.store.url.clone();
+        self.artifacts_root = config.artifacts.root.clone();
+        self.scheduler = config.scheduler.clone();
+        self
+    }
+
+    /// `sqlite://path`, `sqlite::memory:`, `postgres://...`, or `memory:`.
+    pub fn store(mut self, url: impl Into<String>) -> Self {
+        self.store_url = url.into();
+        self
+    }
+
+    pub fn store_options(mut self, options: StoreOptions) -> Self {
+        self.store_options = options;
+        self
+    }
+
+    pub fn catalogue(mut self, catalogue: Catalogue) -> Self {
+        self.catalogue = Some(catalogue);
+        self
+    }
+
+    /// Where step artifacts are written: a local folder or a URL.
+    pub fn artifacts(mut self, root: impl Into<String>) -> Self {
+        self.artifacts_root = root.into();
+        self
+    }
+
+    /// Run this executor in-process (it serves the kinds it declares).
+    pub fn executor(mut self, executor: impl Executor) -> Self {
+        self.executors.push(Arc::new(executor));
+        self
+    }
+
+    pub fn executor_arc(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executors.push(executor);
+        self
+    }
+
+    /// Capabilities of the in-process executors (GPU, concurrency, labels);
+    /// their kinds and engines come from the executors themselves.
+    pub fn in_process_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.in_process = capabilities;
+        self
+    }
+
+    /// Scratch space of in-process executors (default: a temporary folder).
+    pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Accept workflows with steps of this kind, run by an executor registered later.
+    pub fn custom_kind(mut self, kind: impl Into<String>) -> Self {
+        self.custom_kinds.push(kind.into());
+        self
+    }
+
+    /// The time source (tests inject one; the default follows tokio time).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    pub fn scheduler(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler = config;
+        self
+    }
+
+    /// Open the store (creating its tables), start the projections and the
+    /// scheduler, and start the in-process executors.
+    pub async fn build(self) -> Result<Engine> {
+        let catalogue = self.catalogue.unwrap_or_else(Catalogue::builtin);
+        let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
+        let mut kinds = KnownKinds::builtin();
+        for k in self
+            .custom_kinds
+            .iter()
+            .cloned()
+            .chain(self.executors.iter().flat_map(|e| e.kinds()).map(|k| k.0))
+        {
+            kinds = kinds.with(k);
+        }
+        let services = JobServices::new(catalogue)
+            .with_clock(clock.clone())
+            .with_kinds(kinds);
+        let store = Store::open_with(&self.store_url, services.clone(), self.store_options).await?;
+        let artifacts = ArtifactStore::open(&self.artifacts_root)?;
+        let shutdown = CancellationToken::new();
+        let scheduler = Scheduler::new(services.catalogue.clone(), clock);
+
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                services,
+                artifacts: artifacts.clone(),
+                scheduler: scheduler.clone(),
+                fleet: Fleet::default(),
+                config: self.scheduler,
+                leases: Mutex::new(Default::default()),
+                signals: Mutex::new(Default::default()),
+                shutdown: shutdown.clone(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+
+        let mut tasks = Vec::new();
+        let projections = store.start_projections(shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            match projections.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("projections stopped: {e}"),
+                Err(e) => warn!("projections task failed: {e}"),
+            }
+        }));
+        tasks.push(tokio::spawn(
+            scheduler.clone().follow(store.clone(), shutdown.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            scheduler
+                .clone()
+                .run_timers(store.clone(), shutdown.clone()),
+        ));
+        scheduler.wait_caught_up().await;
+
+        if !self.executors.is_empty() {
+            let workdir = self
+                .workdir
+                .unwrap_or_else(|| std::env::temp_dir().join("loraflow-work"));
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+            let options = WorkerOptions {
+                executor_id: ExecutorId::new(format!("in-process-{host}-{}", std::process::id())),
+                capabilities: self.in_process,
+                workdir,
+                max_backoff: std::time::Duration::from_secs(5),
+            };
+            let mut worker = Worker::new(
+                Arc::new(InProcessApi::new(engine.clone())),
+                artifacts,
+                options,
+            );
+            for e in self.executors {
+                worker = worker.with(e);
+            }
+            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        engine
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks lock poisoned")
+            .extend(tasks);
+        Ok(engine)
+    }
+}

@@ -1,0 +1,346 @@
+//! The executor API: register, poll for a step, heartbeat, complete, fail.
+//! The gRPC `ExecutorService` and the in-process worker both call these.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use loraflow_core::executor::{Capabilities, StepAssignment};
+use loraflow_core::ids::{ExecutorId, JobId, LeaseId};
+use loraflow_core::job::{
+    self, CompleteStep, FailStep, Heartbeat, JobCommand, JobEvent, LeaseStep, StepProgress,
+};
+use loraflow_executors::worker::{HeartbeatReply, Registration};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{Engine, LeaseTrack, system_metadata};
+use crate::error::{Error, Result};
+
+/// The deadlines of a fresh lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub deadline: DateTime<Utc>,
+    pub close_by: DateTime<Utc>,
+    pub heartbeat_timeout: Duration,
+}
+
+/// A step leased to the polling executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Polled {
+    pub assignment: StepAssignment,
+    pub lease: LeaseInfo,
+}
+
+impl Engine {
+    /// (Re-)register an executor; it may then poll.
+    pub fn register_executor(
+        &self,
+        id: ExecutorId,
+        capabilities: Capabilities,
+    ) -> Result<Registration> {
+        if let Some(problem) = capabilities.problem() {
+            let mut v = loraflow_core::validation::Violations::default();
+            v.push("capabilities", problem);
+            return Err(Error::InvalidArgument(v));
+        }
+        self.inner
+            .fleet
+            .register(id, capabilities, self.inner.services.clock.now());
+        Ok(Registration {
+            heartbeat_interval: self.inner.config.heartbeat_interval,
+            poll_timeout: self.inner.config.poll_timeout,
+        })
+    }
+
+    /// Executors registered with this process.
+    pub fn fleet(&self) -> Vec<super::FleetMember> {
+        let mut members = self.inner.fleet.members();
+        for m in &mut members {
+            m.leases = self.inner.scheduler.leases_of(&m.executor_id);
+        }
+        members
+    }
+
+    /// Wait up to `wait` for a step this executor can run, and lease it.
+    pub async fn poll_step(&self, executor: &ExecutorId, wait: Duration) -> Result<Option<Polled>> {
+        let deadline =
+            Instant::now() + wait.min(self.inner.config.poll_timeout.max(Duration::from_millis(1)));
+        let scheduler = &self.inner.scheduler;
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(Error::ShuttingDown);
+            }
+            let caps = self
+                .inner
+                .fleet
+                .touch(executor, self.inner.services.clock.now())
+                .ok_or_else(|| Error::UnknownExecutor(executor.clone()))?;
+            // Arm the wake-up before looking, so a change in between is not missed.
+            let changed = scheduler.changed();
+            if let Some(key) = scheduler.claim(executor, &caps) {
+                match self.lease(executor, &key.0, &key.1).await {
+                    Ok(polled) => return Ok(Some(polled)),
+                    // Another poll or replica leased it first, or the job moved on.
+                    Err(Error::Domain(_))
+                    | Err(Error::Store(loraflow_store::Error::Conflict { .. })) => {
+                        scheduler.lost(&key);
+                        continue;
+                    }
+                    Err(e) => {
+                        scheduler.release(&key);
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            }
+        }
+    }
+
+    async fn lease(
+        &self,
+        executor: &ExecutorId,
+        job: &JobId,
+        step: &loraflow_core::ids::StepId,
+    ) -> Result<Polled> {
+        let lease_id = LeaseId::new(Uuid::now_v7().to_string());
+        let command = JobCommand::LeaseStep(LeaseStep {
+            step_id: step.clone(),
+            lease_id: lease_id.clone(),
+            executor_id: executor.clone(),
+        });
+        let c = self
+            .inner
+            .store
+            .execute(job, command, system_metadata(executor.as_str()))
+            .await?;
+        let leased = c
+            .events
+            .iter()
+            .find_map(|e| match e {
+                JobEvent::StepLeased(l) => Some(l.clone()),
+                _ => None,
+            })
+            .expect("a lease command that succeeded wrote StepLeased");
+        let assignment = c
+            .job
+            .assignment(&lease_id, &self.inner.services.catalogue)
+            .expect("the lease just written is current");
+        let heartbeat_timeout = (leased.deadline - leased.leased_at)
+            .to_std()
+            .unwrap_or_default();
+        self.inner
+            .leases
+            .lock()
+            .expect("lease lock poisoned")
+            .insert(
+                lease_id,
+                LeaseTrack {
+                    leased_at: c.position.unwrap_or(0),
+                    last_write: Instant::now(),
+                    first: None,
+                    latest: None,
+                    progress: None,
+                },
+            );
+        Ok(Polled {
+            assignment,
+            lease: LeaseInfo {
+                deadline: leased.deadline,
+                close_by: leased.close_by,
+                heartbeat_timeout,
+            },
+        })
+    }
+
+    /// The lease must be the executor's own; checked against the scheduler's
+    /// view when it knows the lease, else left to the job (which refuses
+    /// unknown and stale leases).
+    fn check_holder(&self, executor: &ExecutorId, lease: &LeaseId) -> Result<()> {
+        let holder = self
+            .inner
+            .scheduler
+            .read(|s| s.lease(lease).map(|l| l.executor_id.clone()));
+        match holder {
+            Some(h) if &h != executor => Err(Error::Domain(job::Error::UnknownLease {
+                lease_id: lease.clone(),
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    /// Renew a lease and report progress. Progress is recorded at most every
+    /// `progress_interval`; the answer tells the executor to stop when the
+    /// job was cancelled or the lease is no longer its own.
+    pub async fn heartbeat(
+        &self,
+        executor: &ExecutorId,
+        job: &JobId,
+        lease: &LeaseId,
+        progress: Option<StepProgress>,
+    ) -> Result<HeartbeatReply> {
+        self.check_holder(executor, lease)?;
+        let now = Instant::now();
+        let step_of = |p: &Option<StepProgress>| p.as_ref().and_then(|p| p.step);
+        let (due, progress, leased_at) = {
+            let mut leases = self.inner.leases.lock().expect("lease lock poisoned");
+            let track = leases.get_mut(lease);
+            let due = track.as_ref().is_none_or(|t| {
+                now.duration_since(t.last_write) >= self.inner.config.progress_interval
+            });
+            let progress = match track {
+                Some(t) => {
+                    if let Some(step) = step_of(&progress) {
+                        t.first.get_or_insert((now, step));
+                        t.latest = Some((now, step));
+                    }
+                    if progress.is_some() {
+                        t.progress = progress;
+                    }
+                    t.progress.clone()
+                }
+                None => progress,
+            };
+            let leased_at = leases.get(lease).map(|t| t.leased_at).unwrap_or(u64::MAX);
+            (due, progress, leased_at)
+        };
+        let signals = self.take_signals(job);
+        if !due {
+            // Between recorded heartbeats the scheduler's state answers: the
+            // lease is live unless the state, having read past the lease,
+            // no longer has it.
+            let live = self
+                .inner
+                .scheduler
+                .read(|s| s.lease(lease).is_some() || s.position() < leased_at);
+            return Ok(HeartbeatReply {
+                cancel: !live,
+                save_now: signals.save_now,
+                sample_now: signals.sample_now,
+                lease_deadline: None,
+            });
+        }
+        let command = JobCommand::Heartbeat(Heartbeat {
+            lease_id: lease.clone(),
+            progress: progress.unwrap_or_default(),
+        });
+        match self
+            .inner
+            .store
+            .execute(job, command, system_metadata(executor.as_str()))
+            .await
+        {
+            Ok(c) => {
+                if let Some(t) = self
+                    .inner
+                    .leases
+                    .lock()
+                    .expect("lease lock poisoned")
+                    .get_mut(lease)
+                {
+                    t.last_write = now;
+                }
+                let deadline = c.events.iter().find_map(|e| match e {
+                    JobEvent::StepProgressed(p) => Some(p.deadline),
+                    _ => None,
+                });
+                Ok(HeartbeatReply {
+                    cancel: false,
+                    save_now: signals.save_now,
+                    sample_now: signals.sample_now,
+                    lease_deadline: deadline,
+                })
+            }
+            Err(loraflow_store::Error::Domain(
+                job::Error::IllegalTransition { .. }
+                | job::Error::StaleLease { .. }
+                | job::Error::UnknownLease { .. },
+            )) => {
+                self.forget(lease);
+                Ok(HeartbeatReply {
+                    cancel: true,
+                    ..HeartbeatReply::default()
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn take_signals(&self, job: &JobId) -> super::Signals {
+        self.inner
+            .signals
+            .lock()
+            .expect("signals lock poisoned")
+            .remove(job)
+            .unwrap_or_default()
+    }
+
+    fn forget(&self, lease: &LeaseId) {
+        self.inner
+            .leases
+            .lock()
+            .expect("lease lock poisoned")
+            .remove(lease);
+    }
+
+    /// Estimated time left on a lease with `total` steps, from the pace
+    /// measured between its first and latest reports.
+    pub(crate) fn eta(&self, lease: &LeaseId, total: u64) -> Option<Duration> {
+        let leases = self.inner.leases.lock().expect("lease lock poisoned");
+        let t = leases.get(lease)?;
+        let ((t0, s0), (t1, s1)) = (t.first?, t.latest?);
+        let elapsed = t1.duration_since(t0).as_secs_f64();
+        if s1 <= s0 || elapsed <= 0.0 {
+            return None;
+        }
+        let rate = (s1 - s0) as f64 / elapsed;
+        Some(Duration::from_secs_f64(
+            total.saturating_sub(s1) as f64 / rate,
+        ))
+    }
+
+    /// Record a step's success. A repeat for the same lease is harmless.
+    pub async fn complete_step(
+        &self,
+        executor: &ExecutorId,
+        job: &JobId,
+        command: CompleteStep,
+    ) -> Result<()> {
+        self.check_holder(executor, &command.lease_id)?;
+        let lease = command.lease_id.clone();
+        self.inner
+            .store
+            .execute(
+                job,
+                JobCommand::CompleteStep(command),
+                system_metadata(executor.as_str()),
+            )
+            .await?;
+        self.forget(&lease);
+        Ok(())
+    }
+
+    /// Record a step's failure; the job decides between retry and failure.
+    pub async fn fail_step(
+        &self,
+        executor: &ExecutorId,
+        job: &JobId,
+        command: FailStep,
+    ) -> Result<()> {
+        self.check_holder(executor, &command.lease_id)?;
+        let lease = command.lease_id.clone();
+        self.inner
+            .store
+            .execute(
+                job,
+                JobCommand::FailStep(command),
+                system_metadata(executor.as_str()),
+            )
+            .await?;
+        self.forget(&lease);
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Executors currently registered with this engine process. Registration is
+//! not an event: an executor registers again after a server restart (the
+//! protocol tells it to), and its leases live in the jobs' events.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use loraflow_core::executor::Capabilities;
+use loraflow_core::ids::{ExecutorId, JobId, StepId};
+
+/// One registered executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetMember {
+    pub executor_id: ExecutorId,
+    pub capabilities: Capabilities,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Steps it holds now (job, step).
+    pub leases: Vec<(JobId, StepId)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Fleet {
+    members: RwLock<BTreeMap<ExecutorId, FleetMember>>,
+}
+
+impl Fleet {
+    pub fn register(&self, id: ExecutorId, capabilities: Capabilities, now: DateTime<Utc>) {
+        self.members.write().expect("fleet lock poisoned").insert(
+            id.clone(),
+            FleetMember {
+                executor_id: id,
+                capabilities,
+                registered_at: now,
+                last_seen: now,
+                leases: Vec::new(),
+            },
+        );
+    }
+
+    /// The executor's capabilities, noting that it was seen.
+    pub fn touch(&self, id: &ExecutorId, now: DateTime<Utc>) -> Option<Capabilities> {
+        let mut members = self.members.write().expect("fleet lock poisoned");
+        let m = members.get_mut(id)?;
+        m.last_seen = now;
+        Some(m.capabilities.clone())
+    }
+
+    pub fn members(&self) -> Vec<FleetMember> {
+        self.members
+            .read()
+            .expect("fleet lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,52 @@
+//! The engine's error: what an embedding service or the gRPC layer gets back.
+
+use loraflow_core::ids::{ExecutorId, JobId};
+use loraflow_core::job::JobState;
+use loraflow_core::validation::Violations;
+
+/// Why an engine call failed. Each variant says how to handle it and the
+/// gRPC status it becomes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job refused the command (illegal transition, invalid spec, ...);
+    /// nothing was written. The gRPC status follows the inner error.
+    #[error(transparent)]
+    Domain(#[from] loraflow_core::job::Error),
+
+    /// The request itself is malformed; every bad field is listed.
+    /// `INVALID_ARGUMENT` with `BadRequest` details.
+    #[error("invalid request: {0}")]
+    InvalidArgument(Violations),
+
+    /// No such job for this tenant (also when it belongs to another tenant,
+    /// so that ids do not leak). `NOT_FOUND`.
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+
+    /// The executor must register (again) before polling. `NOT_FOUND` with
+    /// reason `UNKNOWN_EXECUTOR`.
+    #[error("executor {0} is not registered; call RegisterExecutor first")]
+    UnknownExecutor(ExecutorId),
+
+    /// The call needs the job in another state. `FAILED_PRECONDITION`.
+    #[error("cannot {action} a job in state {state}")]
+    WrongState {
+        action: &'static str,
+        state: JobState,
+    },
+
+    /// Storage failed or refused (conflict, stale etag, database down); see
+    /// the inner error for its status.
+    #[error(transparent)]
+    Store(#[from] loraflow_store::Error),
+
+    /// The artifact store failed. `UNAVAILABLE`.
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] loraflow_core::executor::ArtifactError),
+
+    /// The engine is shutting down. `UNAVAILABLE`.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,249 @@
+//! The scheduler runtime. It folds the global feed into the pure
+//! [`SchedulerState`] and turns its decisions into commands: a poll leases the
+//! step the policy picks; a timer records expiries when deadlines pass.
+//!
+//! Nothing here is authoritative. After a restart the state is rebuilt from
+//! the feed; a decision taken twice (two polls, two replicas) is harmless
+//! because the job's optimistic concurrency lets only one lease through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use loraflow_core::catalogue::Catalogue;
+use loraflow_core::clock::Clock;
+use loraflow_core::executor::Capabilities;
+use loraflow_core::ids::{ExecutorId, JobId, StepId};
+use loraflow_core::job::JobEvent;
+use loraflow_core::schedule::{Action, SchedulerState};
+use loraflow_store::{FeedFilter, Store};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+type StepKey = (JobId, StepId);
+
+/// How long a step that lost a lease race is passed over: long enough for
+/// the feed to deliver the winner's lease.
+const LOST_FOR: Duration = Duration::from_secs(2);
+/// How long an expiry that was just recorded is not tried again.
+const EXPIRING_FOR: Duration = Duration::from_secs(2);
+/// The timer wakes at least this often, to catch clock jumps.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+struct Inner {
+    state: SchedulerState,
+    /// Steps a poll is leasing now, by executor.
+    claims: HashMap<StepKey, ExecutorId>,
+    /// Steps whose lease went to someone else, until the feed shows it.
+    lost: HashMap<StepKey, Instant>,
+    expiring: HashMap<Action, Instant>,
+}
+
+pub(crate) struct Scheduler {
+    inner: Mutex<Inner>,
+    changed: Notify,
+    caught_up: watch::Sender<bool>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Scheduler {
+    pub fn new(catalogue: Arc<Catalogue>, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                state: SchedulerState::new(catalogue),
+                claims: HashMap::new(),
+                lost: HashMap::new(),
+                expiring: HashMap::new(),
+            }),
+            changed: Notify::new(),
+            caught_up: watch::channel(false).0,
+            clock,
+        })
+    }
+
+    /// A snapshot read of the state.
+    pub fn read<T>(&self, f: impl FnOnce(&SchedulerState) -> T) -> T {
+        f(&self.inner.lock().expect("scheduler lock poisoned").state)
+    }
+
+    /// Resolves once the feed has been read up to where it was at start.
+    pub async fn wait_caught_up(&self) {
+        let mut rx = self.caught_up.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Follow the feed from the beginning until `shutdown`.
+    pub async fn follow(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
+        let head = match store.feed().head().await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("cannot read the feed head, scheduling from an empty state: {e}");
+                0
+            }
+        };
+        if head == 0 {
+            self.caught_up.send_replace(true);
+        }
+        let mut feed = std::pin::pin!(store.feed().subscribe(0, FeedFilter::all()));
+        loop {
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                item = feed.next() => item,
+            };
+            match item {
+                Some(Ok(e)) => {
+                    self.apply(e.position, &e.job_id, &e.payload);
+                    if e.position >= head && !*self.caught_up.borrow() {
+                        self.caught_up.send_replace(true);
+                    }
+                }
+                Some(Err(e)) => warn!("feed read failed; the subscription retries: {e}"),
+                None => return,
+            }
+        }
+    }
+
+    fn apply(&self, position: u64, job: &JobId, event: &JobEvent) {
+        {
+            let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+            inner.state.apply(position, job, event);
+            if let JobEvent::StepLeased(e) = event {
+                let key = (job.clone(), e.step_id.clone());
+                inner.claims.remove(&key);
+                inner.lost.remove(&key);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Pick a step for `executor` and claim it; `None` if nothing fits now.
+    pub fn claim(&self, executor: &ExecutorId, caps: &Capabilities) -> Option<StepKey> {
+        let now = self.clock.now();
+        let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+        let instant = Instant::now();
+        inner
+            .lost
+            .retain(|_, at| instant.duration_since(*at) < LOST_FOR);
+        let pending = inner.claims.values().filter(|e| *e == executor).count() as u32;
+        let key = {
+            let Inner {
+                state,
+                claims,
+                lost,
+                ..
+            } = &*inner;
+            state
+                .pick_excluding(executor, caps, now, pending, |s| {
+                    let key = (s.job_id.clone(), s.step_id.clone());
+                    claims.contains_key(&key) || lost.contains_key(&key)
+                })
+                .map(|s| (s.job_id.clone(), s.step_id.clone()))?
+        };
+        inner.claims.insert(key.clone(), executor.clone());
+        Some(key)
+    }
+
+    /// Someone else leased the step (or it is no longer queued).
+    pub fn lost(&self, key: &StepKey) {
+        let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+        inner.claims.remove(key);
+        inner.lost.insert(key.clone(), Instant::now());
+    }
+
+    /// The lease could not be written for another reason; release the claim.
+    pub fn release(&self, key: &StepKey) {
+        self.inner
+            .lock()
+            .expect("scheduler lock poisoned")
+            .claims
+            .remove(key);
+    }
+
+    /// Resolves on the next change of the state (or a timer tick).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Overdue actions not tried in the last moments, marked as being tried.
+    fn take_due(&self) -> (Vec<Action>, Option<Duration>) {
+        let now = self.clock.now();
+        let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+        let instant = Instant::now();
+        inner
+            .expiring
+            .retain(|_, at| instant.duration_since(*at) < EXPIRING_FOR);
+        let due: Vec<Action> = inner
+            .state
+            .due(now)
+            .into_iter()
+            .filter(|a| !inner.expiring.contains_key(a))
+            .collect();
+        for a in &due {
+            inner.expiring.insert(a.clone(), instant);
+        }
+        let sleep = inner
+            .state
+            .next_wakeup(now)
+            .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        (due, Some(sleep))
+    }
+
+    /// Record expiries as deadlines pass, and wake polls when a backoff ends.
+    pub async fn run_timers(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
+        self.wait_caught_up().await;
+        loop {
+            let (due, sleep) = self.take_due();
+            for action in due {
+                let (job, command) = match &action {
+                    Action::ExpireLease { job_id, lease_id } => (
+                        job_id,
+                        loraflow_core::job::JobCommand::ExpireLease(
+                            loraflow_core::job::ExpireLease {
+                                lease_id: lease_id.clone(),
+                            },
+                        ),
+                    ),
+                    Action::ExpireQueued { job_id, step_id } => (
+                        job_id,
+                        loraflow_core::job::JobCommand::ExpireQueuedStep(
+                            loraflow_core::job::ExpireQueuedStep {
+                                step_id: step_id.clone(),
+                            },
+                        ),
+                    ),
+                };
+                match store
+                    .execute(job, command, crate::engine::system_metadata("scheduler"))
+                    .await
+                {
+                    Ok(_) => debug!(?action, "recorded"),
+                    // Another replica, or the step's own completion, got there first.
+                    Err(e) => debug!(?action, "not recorded: {e}"),
+                }
+            }
+            // Wake polls: a backoff may have ended.
+            self.changed.notify_waiters();
+            let notified = self.changed.notified();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(sleep.unwrap_or(MAX_SLEEP)) => {}
+                _ = notified => {}
+            }
+        }
+    }
+
+    /// Jobs with a step the given executors hold, for the fleet view.
+    pub fn leases_of(&self, executor: &ExecutorId) -> Vec<(JobId, StepId)> {
+        self.read(|s| {
+            s.leases()
+                .filter(|l| &l.executor_id == executor)
+                .map(|l| (l.job_id.clone(), l.step_id.clone()))
+                .collect()
+        })
+    }
+}
