@@ -22,7 +22,14 @@ pub mod device;
 pub mod error;
 pub mod lora;
 pub mod rng;
+pub mod schedule;
 pub mod tensor_file;
+pub mod train;
+pub mod trainer;
 pub mod unet;
 
 pub use error::{Error, Result};
+pub use trainer::{
+    CancelSignal, NeverCancel, ProgressEvent, ProgressSink, SavedLora, StepProgress, TrainConfig,
+    TrainOutput, Trainer,
+};

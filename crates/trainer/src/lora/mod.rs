@@ -17,9 +17,9 @@
 //! - [`peft`]: diffusers/PEFT-format files (`lora_A`/`lora_B`).
 
 pub mod conv;
-// pub mod kohya;
+pub mod kohya;
 pub mod linear;
-// pub mod peft;
+pub mod peft;
 pub mod targets;
 
 use burn::module::Module;
@@ -27,7 +27,9 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 pub use conv::{ConvAdapter, LoraConv2d, LoraConv2dConfig};
+pub use kohya::{KohyaMetadata, LoadedLora, load_kohya, save_kohya};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
+pub use peft::{load_peft, save_peft};
 pub use targets::TargetPatterns;
 
 use crate::error::{Error, Result};
