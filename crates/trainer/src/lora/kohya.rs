@@ -324,17 +324,13 @@ pub fn load_kohya<M: LoraLayers>(
         }
     }
 
-    let mut layers = model.layers();
-    let index: HashMap<String, usize> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, (path, _))| (kohya_name(path), i))
-        .collect();
+    // Walk the model so that modules come back in model order.
     let mut modules = Vec::new();
-    for (name, entry) in entries {
-        let &i = index
-            .get(&name)
-            .ok_or_else(|| bad(format!("`{name}` names no layer of this model")))?;
+    for (path, mut layer) in model.layers() {
+        let name = kohya_name(&path);
+        let Some(entry) = entries.remove(&name) else {
+            continue;
+        };
         let (Some(down), Some(up)) = (entry.down, entry.up) else {
             return Err(bad(format!(
                 "`{name}` needs both lora_down.weight and lora_up.weight"
@@ -345,9 +341,11 @@ pub fn load_kohya<M: LoraLayers>(
             Some(a) if a != 0.0 => a,
             _ => rank as f64,
         };
-        let (path, layer) = &mut layers[i];
         layer.set_factors(&name, down, up, alpha, device)?;
-        modules.push(path.clone());
+        modules.push(path);
+    }
+    if let Some(name) = entries.keys().next() {
+        return Err(bad(format!("`{name}` names no layer of this model")));
     }
     Ok(LoadedLora {
         modules,

@@ -118,24 +118,21 @@ pub fn load_peft<M: LoraLayers>(
         let t = Some(file.read(&key)?);
         if is_a { entry.0 = t } else { entry.1 = t }
     }
-    let mut layers = model.layers();
-    let index: HashMap<String, usize> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, (p, _))| (p.clone(), i))
-        .collect();
     let mut modules = Vec::new();
-    for (module, (a, b)) in entries {
-        let &i = index
-            .get(&module)
-            .ok_or_else(|| bad(format!("`{module}` names no layer of this model")))?;
+    for (path, mut layer) in model.layers() {
+        let Some((a, b)) = entries.remove(&path) else {
+            continue;
+        };
         let (Some(a), Some(b)) = (a, b) else {
-            return Err(bad(format!("`{module}` needs both lora_A and lora_B")));
+            return Err(bad(format!("`{path}` needs both lora_A and lora_B")));
         };
         let rank = a.shape.first().copied().unwrap_or(0);
         let alpha = alpha.unwrap_or(rank as f64);
-        layers[i].1.set_factors(&module, a, b, alpha, device)?;
-        modules.push(module);
+        layer.set_factors(&path, a, b, alpha, device)?;
+        modules.push(path);
+    }
+    if let Some(module) = entries.keys().next() {
+        return Err(bad(format!("`{module}` names no layer of this model")));
     }
     Ok(LoadedLora {
         modules,

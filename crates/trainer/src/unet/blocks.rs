@@ -186,9 +186,9 @@ impl MidBlock {
 
 impl LoraLayers for MidBlock {
     fn collect_layers<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, LayerMut<'a>)>) {
+        self.resnets.collect_layers(&join(prefix, "resnets"), out);
         self.attentions
             .collect_layers(&join(prefix, "attentions"), out);
-        self.resnets.collect_layers(&join(prefix, "resnets"), out);
     }
 }
 
