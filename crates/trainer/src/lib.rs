@@ -33,3 +33,8 @@ pub use trainer::{
     CancelSignal, NeverCancel, ProgressEvent, ProgressSink, SavedLora, StepProgress, TrainConfig,
     TrainOutput, Trainer,
 };
+
+/// Compiles the README's example as a doctest, so the documented API cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

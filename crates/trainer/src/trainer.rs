@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use sha2::{Digest, Sha256};
 
 pub use crate::train::config::TrainConfig;
@@ -21,8 +20,7 @@ use crate::lora::{KohyaMetadata, adapter_param_count, apply_lora, save_kohya, sa
 use crate::rng::{SeededRng, Stream};
 use crate::schedule::{NoiseSchedule, Prediction};
 use crate::train::dataset::LatentDataset;
-use crate::train::optim::{clip_global_norm, global_grad_norm, scale_grads};
-use crate::train::step::{StepNoise, diffusion_loss};
+use crate::train::step::{MicroBatch, StepNoise, optimizer_step};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 
 /// One optimiser step's figures.
@@ -329,39 +327,36 @@ impl Trainer {
                     });
                 }
                 let step_start = Instant::now();
-                let mut accumulator = GradientsAccumulator::new();
-                let mut loss_sum = 0.0f64;
-                for indices in group {
-                    let (latents, context) = self.dataset.batch(indices, &device);
-                    let noise = StepNoise::sample(
-                        &mut noise_rng,
-                        latents.dims(),
-                        schedule.num_train_timesteps(),
-                    );
-                    let loss =
-                        diffusion_loss(&unet, &schedule, &cfg.objective, latents, context, &noise);
-                    loss_sum += loss.clone().into_scalar::<f32>() as f64;
-                    let grads = GradientsParams::from_grads(loss.backward(), &unet);
-                    accumulator.accumulate(&unet, grads);
-                }
-                let mut grads = accumulator.grads();
-                if group.len() > 1 {
-                    scale_grads(&unet, &mut grads, 1.0 / group.len() as f64);
-                }
-                let loss = (loss_sum / group.len() as f64) as f32;
-                if !loss.is_finite() {
-                    return Err(Error::NonFiniteLoss {
-                        step: step + 1,
-                        loss,
-                    });
-                }
-                let grad_norm = match cfg.max_grad_norm {
-                    Some(max) => clip_global_norm(&unet, &mut grads, max),
-                    None => global_grad_norm(&unet, &grads),
-                };
+                let micro_batches = group
+                    .iter()
+                    .map(|indices| {
+                        let (latents, context) = self.dataset.batch(indices, &device);
+                        let noise = StepNoise::sample(
+                            &mut noise_rng,
+                            latents.dims(),
+                            schedule.num_train_timesteps(),
+                        );
+                        MicroBatch {
+                            latents,
+                            context,
+                            noise,
+                        }
+                    })
+                    .collect();
                 let learning_rate =
                     cfg.optimizer.learning_rate * cfg.lr_schedule.factor(step, total_steps);
-                unet = optim.step(learning_rate, unet, grads);
+                let (updated, stats) = optimizer_step(
+                    unet,
+                    &mut optim,
+                    &schedule,
+                    &cfg.objective,
+                    micro_batches,
+                    learning_rate,
+                    cfg.max_grad_norm,
+                    step + 1,
+                )?;
+                unet = updated;
+                let (loss, grad_norm) = (stats.loss, stats.grad_norm);
                 step += 1;
                 losses.push(loss);
                 sink.report(ProgressEvent::Step(StepProgress {

@@ -12,9 +12,12 @@
 //!
 //! with `w_b` the min-SNR-γ weight of `t_b`, or 1.
 
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::optim::{clip_global_norm, global_grad_norm, scale_grads};
+use crate::error::{Error, Result};
 use crate::rng::SeededRng;
 use crate::schedule::{NoiseSchedule, Prediction};
 use crate::tensor_file::HostTensor;
@@ -112,4 +115,68 @@ pub fn diffusion_loss(
         }
         None => per_sample_mse.mean(),
     }
+}
+
+/// One micro-batch: latents, text states and the noise drawn for them.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    /// `[b, c, h, w]` latents.
+    pub latents: Tensor<4>,
+    /// `[b, tokens, width]` text states.
+    pub context: Tensor<3>,
+    /// Timesteps and noise.
+    pub noise: StepNoise,
+}
+
+/// What one optimiser step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean loss of the micro-batches.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimiser step: forward and backward for each micro-batch, gradients accumulated and
+/// averaged, clipped to `max_grad_norm` (global norm), then an optimiser update of the
+/// adapters at `learning_rate`.
+///
+/// A non-finite loss stops before the update with [`Error::NonFiniteLoss`] (`step` is the
+/// 1-based step number used in that error).
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step(
+    unet: UNet2DConditionModel,
+    optim: &mut ModuleOptimizer,
+    schedule: &NoiseSchedule,
+    objective: &Objective,
+    micro_batches: Vec<MicroBatch>,
+    learning_rate: f64,
+    max_grad_norm: Option<f64>,
+    step: usize,
+) -> Result<(UNet2DConditionModel, StepStats)> {
+    let count = micro_batches.len();
+    let mut accumulator = GradientsAccumulator::new();
+    let mut loss_sum = 0.0f64;
+    for mb in micro_batches {
+        let loss = diffusion_loss(
+            &unet, schedule, objective, mb.latents, mb.context, &mb.noise,
+        );
+        loss_sum += loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &unet);
+        accumulator.accumulate(&unet, grads);
+    }
+    let loss = (loss_sum / count as f64) as f32;
+    if !loss.is_finite() {
+        return Err(Error::NonFiniteLoss { step, loss });
+    }
+    let mut grads = accumulator.grads();
+    if count > 1 {
+        scale_grads(&unet, &mut grads, 1.0 / count as f64);
+    }
+    let grad_norm = match max_grad_norm {
+        Some(max) => clip_global_norm(&unet, &mut grads, max),
+        None => global_grad_norm(&unet, &grads),
+    };
+    let unet = optim.step(learning_rate, unet, grads);
+    Ok((unet, StepStats { loss, grad_norm }))
 }
