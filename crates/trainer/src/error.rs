@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A configuration value is out of range or inconsistent with another one.
     ///
-    /// Not retryable: the caller must fix the configuration.
+    /// Not retryable: the caller must fix the configuration (`InvalidArgument`).
     #[error("invalid value {value} for `{field}`: {reason}")]
     InvalidConfig {
         /// Dotted name of the field, e.g. `network.rank`.
@@ -23,6 +23,9 @@ pub enum Error {
     },
 
     /// A diffusers `config.json` uses a feature this crate does not implement.
+    ///
+    /// Not retryable with this engine; another engine may handle the model
+    /// (`FailedPrecondition`).
     #[error("unsupported model configuration: `{field}` = {value} ({hint})")]
     Unsupported {
         /// The config key.
@@ -35,6 +38,9 @@ pub enum Error {
 
     /// The device string in the configuration cannot be parsed or names a backend this build
     /// was compiled without.
+    ///
+    /// Not retryable on this worker; schedule on one built with the feature
+    /// (`FailedPrecondition`).
     #[error("device `{device}`: {reason}")]
     Device {
         /// The device string as given.
@@ -44,6 +50,8 @@ pub enum Error {
     },
 
     /// A tensor the model needs is absent from a weights file.
+    ///
+    /// The file does not match the model configuration; not retryable (`InvalidArgument`).
     #[error("tensor `{name}` is missing from {}", path.display())]
     MissingTensor {
         /// The key looked up in the file.
@@ -53,6 +61,8 @@ pub enum Error {
     },
 
     /// A tensor exists but its shape is not the one the model expects.
+    ///
+    /// Usually a config for another model family; not retryable (`InvalidArgument`).
     #[error("tensor `{name}` in {} has shape {found:?}, expected {expected:?}", path.display())]
     ShapeMismatch {
         /// The key in the file.
@@ -66,6 +76,8 @@ pub enum Error {
     },
 
     /// A tensor has an element type that cannot be converted to `f32`.
+    ///
+    /// Not retryable (`InvalidArgument`).
     #[error("tensor `{name}` in {} has unsupported dtype {dtype}", path.display())]
     UnsupportedDtype {
         /// The key in the file.
@@ -77,6 +89,8 @@ pub enum Error {
     },
 
     /// A LoRA file holds a key that names no layer of the model, or a malformed LoRA entry.
+    ///
+    /// Not retryable (`InvalidArgument`).
     #[error("LoRA file {}: {reason}", path.display())]
     InvalidLora {
         /// The file.
@@ -86,6 +100,8 @@ pub enum Error {
     },
 
     /// A file is not valid safetensors or JSON.
+    ///
+    /// Not retryable unless the file was still being written (`InvalidArgument`).
     #[error("cannot parse {}: {reason}", path.display())]
     Parse {
         /// The file.
@@ -95,6 +111,8 @@ pub enum Error {
     },
 
     /// Reading or writing a file failed.
+    ///
+    /// May be transient (disk full, network file system); retry with backoff (`Unavailable`).
     #[error("{action} {}: {source}", path.display())]
     Io {
         /// `read` or `write`.
@@ -108,7 +126,8 @@ pub enum Error {
 
     /// The loss became NaN or infinite; training cannot continue.
     ///
-    /// Usually a learning rate too high for the configuration; not retryable as is.
+    /// Usually a learning rate too high for the configuration; not retryable as is
+    /// (`FailedPrecondition`).
     #[error("loss is not finite ({loss}) at step {step}; lower the learning rate")]
     NonFiniteLoss {
         /// The optimizer step at which it happened (1-based).
@@ -118,6 +137,8 @@ pub enum Error {
     },
 
     /// Training stopped because cancellation was requested.
+    ///
+    /// Expected after a cancel; record the job as cancelled, do not retry (`Cancelled`).
     #[error("training cancelled after {completed_steps} steps")]
     Cancelled {
         /// Optimizer steps completed before the stop.

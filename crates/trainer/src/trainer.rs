@@ -214,6 +214,92 @@ impl Trainer {
         Ok(())
     }
 
+    /// sd-scripts' header for this run; `epoch`, `steps` and `training_finished_at` are filled
+    /// in at each save.
+    fn kohya_metadata(
+        &self,
+        unet_config: &UNetConfig,
+        epochs: usize,
+        total_steps: usize,
+        started_at: u64,
+    ) -> KohyaMetadata {
+        let cfg = &self.config;
+        let base_model_version = cfg.model.base_model_version.clone().unwrap_or_else(|| {
+            let sd2 =
+                unet_config.use_linear_projection || unet_config.cross_attention_dim[0] == 1024;
+            if sd2 { "sd_v2" } else { "sd_v1" }.to_string()
+        });
+        let [_, lh, lw] = self.dataset.latent_shape();
+        let mut metadata = KohyaMetadata {
+            v2: base_model_version.starts_with("sd_v2"),
+            base_model_version,
+            v_parameterization: cfg.objective.prediction == Prediction::VPrediction,
+            network: cfg.network.clone(),
+            learning_rate: cfg.optimizer.learning_rate,
+            lr_scheduler: cfg.lr_schedule.name().to_string(),
+            lr_warmup_steps: cfg.lr_schedule.warmup_steps,
+            optimizer: cfg.optimizer.describe(),
+            num_train_images: self.dataset.len(),
+            num_batches_per_epoch: self.dataset.len().div_ceil(cfg.batch_size),
+            num_epochs: epochs,
+            max_train_steps: total_steps,
+            batch_size: cfg.batch_size,
+            gradient_accumulation_steps: cfg.gradient_accumulation_steps,
+            gradient_checkpointing: cfg.gradient_checkpointing,
+            max_grad_norm: cfg.max_grad_norm.unwrap_or(0.0),
+            seed: cfg.seed,
+            noise_offset: cfg.objective.noise_offset,
+            min_snr_gamma: cfg.objective.min_snr_gamma,
+            training_started_at: started_at,
+            output_name: cfg.output.name.clone(),
+            sd_model_name: cfg
+                .model
+                .unet_weights
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map_or_else(
+                    || "random-init".to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                ),
+            // Latents are 1/8 of the image size in the SD VAE.
+            resolution: Some((lw * 8, lh * 8)),
+            session_id: u64::from_le_bytes(
+                Sha256::digest(format!("{}:{started_at}", cfg.seed))[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            ) & 0xffff_ffff,
+            ..KohyaMetadata::default()
+        };
+        metadata.extra.insert(
+            "loraflow_train_config".into(),
+            serde_json::to_string(cfg).expect("the config serialises"),
+        );
+        metadata
+    }
+
+    /// Writes a kohya file of the current adapters and reports it.
+    fn save(
+        &self,
+        unet: &mut UNet2DConditionModel,
+        path: PathBuf,
+        metadata: &mut KohyaMetadata,
+        (epoch, step): (usize, usize),
+        sink: &mut dyn ProgressSink,
+    ) -> Result<SavedLora> {
+        metadata.epoch = epoch;
+        metadata.steps = step;
+        metadata.training_finished_at = unix_now();
+        save_kohya(unet, &path, metadata, self.config.output.dtype)?;
+        let entry = SavedLora {
+            epoch,
+            step,
+            sha256: sha256_file(&path)?,
+            path,
+        };
+        sink.report(ProgressEvent::Saved(entry.clone()));
+        Ok(entry)
+    }
+
     /// Trains, reporting to `sink` and stopping with [`Error::Cancelled`] when `cancel` fires.
     pub fn run(
         &self,
@@ -253,55 +339,7 @@ impl Trainer {
             adapted_modules: adapted_modules.len(),
         });
 
-        let base_model_version = cfg.model.base_model_version.clone().unwrap_or_else(|| {
-            let sd2 =
-                unet_config.use_linear_projection || unet_config.cross_attention_dim[0] == 1024;
-            if sd2 { "sd_v2" } else { "sd_v1" }.to_string()
-        });
-        let [_, lh, lw] = self.dataset.latent_shape();
-        let mut metadata = KohyaMetadata {
-            v2: base_model_version.starts_with("sd_v2"),
-            base_model_version,
-            v_parameterization: cfg.objective.prediction == Prediction::VPrediction,
-            network: cfg.network.clone(),
-            learning_rate: cfg.optimizer.learning_rate,
-            lr_scheduler: cfg.lr_schedule.name().to_string(),
-            lr_warmup_steps: cfg.lr_schedule.warmup_steps,
-            optimizer: cfg.optimizer.describe(),
-            num_train_images: self.dataset.len(),
-            num_batches_per_epoch: self.dataset.len().div_ceil(cfg.batch_size),
-            num_epochs: epochs,
-            max_train_steps: total_steps,
-            batch_size: cfg.batch_size,
-            gradient_accumulation_steps: cfg.gradient_accumulation_steps,
-            gradient_checkpointing: cfg.gradient_checkpointing,
-            max_grad_norm: cfg.max_grad_norm.unwrap_or(0.0),
-            seed: cfg.seed,
-            noise_offset: cfg.objective.noise_offset,
-            min_snr_gamma: cfg.objective.min_snr_gamma,
-            training_started_at: started_at,
-            output_name: cfg.output.name.clone(),
-            sd_model_name: cfg
-                .model
-                .unet_weights
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map_or_else(
-                    || "random-init".to_string(),
-                    |n| n.to_string_lossy().into_owned(),
-                ),
-            resolution: Some((lw * 8, lh * 8)),
-            session_id: u64::from_le_bytes(
-                Sha256::digest(format!("{}:{started_at}", cfg.seed))[..8]
-                    .try_into()
-                    .expect("8 bytes"),
-            ) & 0xffff_ffff,
-            ..KohyaMetadata::default()
-        };
-        metadata.extra.insert(
-            "loraflow_train_config".into(),
-            serde_json::to_string(cfg).expect("serialises"),
-        );
+        let mut metadata = self.kohya_metadata(&unet_config, epochs, total_steps, started_at);
 
         let schedule = NoiseSchedule::stable_diffusion();
         let mut shuffle_rng = SeededRng::new(cfg.seed, Stream::Shuffle);
@@ -380,18 +418,7 @@ impl Trainer {
                     .output
                     .dir
                     .join(format!("{}-{epoch:06}.safetensors", cfg.output.name));
-                metadata.epoch = epoch;
-                metadata.steps = step;
-                metadata.training_finished_at = unix_now();
-                save_kohya(&mut unet, &path, &metadata, cfg.output.dtype)?;
-                let entry = SavedLora {
-                    epoch,
-                    step,
-                    sha256: sha256_file(&path)?,
-                    path,
-                };
-                sink.report(ProgressEvent::Saved(entry.clone()));
-                saved.push(entry);
+                saved.push(self.save(&mut unet, path, &mut metadata, (epoch, step), sink)?);
             }
         }
 
@@ -399,18 +426,7 @@ impl Trainer {
             .output
             .dir
             .join(format!("{}.safetensors", cfg.output.name));
-        metadata.epoch = epoch;
-        metadata.steps = step;
-        metadata.training_finished_at = unix_now();
-        save_kohya(&mut unet, &lora, &metadata, cfg.output.dtype)?;
-        let entry = SavedLora {
-            epoch,
-            step,
-            sha256: sha256_file(&lora)?,
-            path: lora.clone(),
-        };
-        sink.report(ProgressEvent::Saved(entry.clone()));
-        saved.push(entry);
+        saved.push(self.save(&mut unet, lora.clone(), &mut metadata, (epoch, step), sink)?);
         let peft = if cfg.output.peft {
             let path = cfg
                 .output

@@ -363,3 +363,27 @@ fn dataset_files_and_shape_checks() {
     );
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_steps() {
+    let run = |checkpointing: bool, name: &str| {
+        let out = tmp(name);
+        let mut c = config(&out);
+        c.max_train_steps = Some(3);
+        c.gradient_checkpointing = checkpointing;
+        let r = Trainer::with_dataset(c, dataset())
+            .unwrap()
+            .run(&mut |_| {}, &NeverCancel)
+            .unwrap();
+        std::fs::remove_dir_all(&out).ok();
+        r.losses
+    };
+    let plain = run(false, "ckpt-off");
+    let checkpointed = run(true, "ckpt-on");
+    for (a, b) in plain.iter().zip(&checkpointed) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs(),
+            "{plain:?} vs {checkpointed:?}"
+        );
+    }
+}

@@ -62,25 +62,23 @@ impl TargetPatterns {
     /// Whether any pattern matches the module path.
     pub fn matches(&self, path: &str) -> bool {
         let segments: Vec<&str> = path.split('.').collect();
-        self.patterns.iter().any(|p| {
-            // An implicit leading `**` anchors patterns at the end only.
-            (0..=segments.len()).any(|start| glob(p, &segments[start..]))
-        })
+        self.patterns.iter().any(|p| matches_suffix(p, &segments))
     }
 
     /// The patterns that match none of `paths` (to report typos).
     pub fn unmatched(&self, paths: &[String]) -> Vec<String> {
+        let paths: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
         self.patterns
             .iter()
-            .filter(|p| {
-                !paths.iter().any(|path| {
-                    let segments: Vec<&str> = path.split('.').collect();
-                    (0..=segments.len()).any(|start| glob(p, &segments[start..]))
-                })
-            })
+            .filter(|p| !paths.iter().any(|segments| matches_suffix(p, segments)))
             .map(|p| p.join("."))
             .collect()
     }
+}
+
+/// Patterns carry an implicit leading `**`: they are anchored at the end of the path only.
+fn matches_suffix(pattern: &[String], path: &[&str]) -> bool {
+    (0..=path.len()).any(|start| glob(pattern, &path[start..]))
 }
 
 fn glob(pattern: &[String], path: &[&str]) -> bool {
