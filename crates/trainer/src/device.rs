@@ -108,6 +108,7 @@ fn cuda(spec: &str, _index: Option<usize>) -> Result<Device> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "cpu")]
     #[test]
     fn cpu_parses() {
         assert!(parse_device("cpu").is_ok());

@@ -1,4 +1,6 @@
 //! kohya and PEFT files: layout, metadata, round trips, merging, and typed errors.
+// These tests run on the CPU backend.
+#![cfg(feature = "cpu")]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! weights, same initial adapters, same batch, noise and timesteps. The loss and every adapter
 //! gradient must match within 1e-4 relative (fp32), for ε- and v-prediction with min-SNR-5,
 //! and the adapters after global-norm clipping and one AdamW step must match torch's.
+// These tests run on the CPU backend.
+#![cfg(feature = "cpu")]
 
 mod common;
 

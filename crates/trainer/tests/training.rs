@@ -1,6 +1,8 @@
 //! End-to-end training on the tiny fixture UNet: the loss really goes down, only adapters
 //! move, runs are reproducible from the seed, cancellation stops between steps, and gradient
 //! accumulation averages like one big batch.
+// These tests run on the CPU backend.
+#![cfg(feature = "cpu")]
 
 mod common;
 

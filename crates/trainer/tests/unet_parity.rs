@@ -1,6 +1,8 @@
 //! The UNet against diffusers: same weights, same inputs, outputs within 1e-4 (fp32).
 //!
 //! Fixtures come from `fixtures/make_fixtures.py`.
+// These tests run on the CPU backend.
+#![cfg(feature = "cpu")]
 
 mod common;
 

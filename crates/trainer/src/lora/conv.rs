@@ -235,7 +235,7 @@ impl LoraConv2d {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
     use crate::rng::Stream;

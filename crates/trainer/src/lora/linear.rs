@@ -190,7 +190,7 @@ fn adapter_from_kohya(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
     use crate::rng::Stream;

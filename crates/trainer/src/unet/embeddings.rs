@@ -92,7 +92,7 @@ impl LoraLayers for TimestepEmbedding {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
 
