@@ -1,0 +1,40 @@
+//! loraflow's native LoRA trainer for image-diffusion models, on burn.
+//!
+//! It loads the weights users already have (diffusers safetensors), attaches LoRA adapters to a
+//! frozen base, trains them with the usual diffusion objective, and writes LoRA files in the
+//! formats ComfyUI, A1111 and diffusers load (kohya `lora_unet_*` keys with `ss_*` metadata, or
+//! PEFT `lora_A`/`lora_B`). The device (`cpu`, `wgpu`, `vulkan`, `cuda:N`) is chosen at run time.
+//!
+//! # Layout
+//!
+//! - [`error`]: the crate's [`Error`] and [`Result`].
+//! - [`device`]: configuration string → burn device.
+//! - [`tensor_file`]: safetensors reading and writing as `f32` host tensors.
+//! - [`rng`]: seeded host-side random streams (reproducible on every device).
+//! - [`unet`]: diffusers' `UNet2DConditionModel` (SD1.x/SD2.x), config-driven.
+//! - [`lora`]: adaptable layers, target patterns, kohya and PEFT files, merging.
+//! - [`schedule`]: the DDPM noise schedule, noising, targets and min-SNR weights.
+//! - [`train`]: the training step, optimiser, gradient clipping and learning-rate schedules.
+//! - [`trainer`]: [`TrainConfig`] → [`Trainer::run`] → [`TrainOutput`], the API the `train`
+//!   executor wraps.
+
+pub mod device;
+pub mod error;
+pub mod lora;
+pub mod rng;
+pub mod schedule;
+pub mod tensor_file;
+pub mod train;
+pub mod trainer;
+pub mod unet;
+
+pub use error::{Error, Result};
+pub use trainer::{
+    CancelSignal, NeverCancel, ProgressEvent, ProgressSink, SavedLora, StepProgress, TrainConfig,
+    TrainOutput, Trainer,
+};
+
+/// Compiles the README's example as a doctest, so the documented API cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

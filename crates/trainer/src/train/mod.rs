@@ -1,0 +1,13 @@
+//! The pieces of a training step.
+//!
+//! - [`config`]: [`TrainConfig`](config::TrainConfig) and its parts, with validation.
+//! - [`dataset`]: pre-computed latents and text-encoder states.
+//! - [`step`]: noising, targets, the min-SNR-weighted loss.
+//! - [`optim`]: AdamW on the adapters, global-norm gradient clipping.
+//! - [`lr`]: constant, linear and cosine schedules with warm-up.
+
+pub mod config;
+pub mod dataset;
+pub mod lr;
+pub mod optim;
+pub mod step;
