@@ -8,6 +8,7 @@
 //! - [`engine`]: the [`Engine`]: store, projections, scheduler and in-process executors.
 //! - `scheduler`: the scheduler runtime over the pure policy in `loraflow_core::schedule`.
 //! - [`error`]: the engine's error type.
+//! - [`grpc`]: the gRPC server over the engine.
 
 pub use loraflow_core as core;
 
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 mod scheduler;
 
 pub use admission::admit;

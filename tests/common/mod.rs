@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::io::Cursor;
 use std::path::Path;
 use std::time::Duration;

@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 use super::EventMeta;
 use crate::artifact::{Artifact, EpochOutput};
 use crate::catalogue::Engine;
+use crate::catalogue::Params;
 use crate::ids::{BaseModelId, ExecutorId, JobId, StepId, TenantId};
 use crate::job::events::JobCreated;
-use crate::job::{Failure, FailureReason, JobEvent, JobState, Naming, StepProgress, StepStatus};
+use crate::job::{
+    Failure, FailureReason, JobEvent, JobSpec, JobState, Naming, StepError, StepErrorKind,
+    StepProgress, StepStatus,
+};
 use crate::workflow::StepKind;
 
 /// One step of a job as a status page shows it.
@@ -34,7 +38,7 @@ pub struct StepView {
     pub progress: Option<StepProgress>,
     /// Why the last attempt ended without success, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
+    pub last_error: Option<StepError>,
 }
 
 /// A job's status: state, steps, training progress and outputs.
@@ -74,6 +78,9 @@ pub struct JobStatus {
     pub naming: Naming,
     /// The global position of the last event folded in.
     pub last_position: u64,
+    /// The spec as created, and the parameters it resolved to.
+    pub spec: JobSpec,
+    pub params: Params,
 }
 
 impl JobStatus {
@@ -100,6 +107,8 @@ impl JobStatus {
             priority: e.spec.priority,
             naming: e.spec.naming.clone(),
             last_position: meta.position,
+            spec: e.spec.clone(),
+            params: e.params.clone(),
         }
     }
 
@@ -232,16 +241,20 @@ impl JobStatus {
             JobEvent::StepFailed(e) => {
                 if let Some(s) = self.step_mut(&e.step_id) {
                     s.status = StepStatus::Failed;
-                    s.last_error = Some(format!("{}: {}", e.error.kind, e.error.message));
+                    s.last_error = Some(e.error.clone());
                 }
             }
             JobEvent::LeaseExpired(e) => {
                 if let Some(s) = self.step_mut(&e.step_id) {
                     s.status = StepStatus::Failed;
-                    s.last_error = Some(format!(
-                        "lease {} of executor {} expired ({:?})",
-                        e.lease_id, e.executor_id, e.cause
-                    ));
+                    s.last_error = Some(StepError {
+                        kind: StepErrorKind::Unavailable,
+                        message: format!(
+                            "lease {} of executor {} expired ({:?})",
+                            e.lease_id, e.executor_id, e.cause
+                        ),
+                        retryable: true,
+                    });
                 }
             }
             JobEvent::StepRetried(e) => {

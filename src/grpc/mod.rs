@@ -1,0 +1,14 @@
+//! The gRPC face of the engine.
+//!
+//! - [`serve`]: the server (JobService, ExecutorService, health, reflection).
+//! - [`auth`]: bearer tokens per tenant and per executor.
+//! - `jobs` / `executors`: the two services, thin over the engine's API.
+//! - `status`: engine errors as gRPC statuses.
+
+pub mod auth;
+mod executors;
+mod jobs;
+mod server;
+mod status;
+
+pub use server::{ServeError, ServeOptions, serve};

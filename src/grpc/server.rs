@@ -1,0 +1,145 @@
+//! The gRPC server: `JobService` for clients, `ExecutorService` for workers,
+//! health checking and reflection, message size limits, optional TLS.
+
+use std::time::Duration;
+
+use loraflow_proto::pb::v1::executor_service_server::ExecutorServiceServer;
+use loraflow_proto::pb::v1::job_service_server::JobServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use super::auth::Auth;
+use super::executors::Executors;
+use super::jobs::Jobs;
+use crate::config::{Config, TlsConfig};
+use crate::engine::Engine;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read TLS {what} {path}: {source}")]
+    Tls {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// What the server needs besides the engine.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub auth: Auth,
+    pub max_message_bytes: usize,
+    pub tls: Option<TlsConfig>,
+    /// The longest a `PollStep` may wait.
+    pub max_poll: Duration,
+}
+
+impl ServeOptions {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            auth: Auth::from_config(&config.auth),
+            max_message_bytes: config.server.max_message_bytes,
+            tls: config.server.tls.clone(),
+            max_poll: config.scheduler.poll_timeout,
+        }
+    }
+}
+
+/// tonic answers an oversized message with `OUT_OF_RANGE`; the API promises
+/// `RESOURCE_EXHAUSTED` (a limit was hit, not a bad value), so the status of
+/// those answers is rewritten on the way out.
+fn oversized_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if oversized {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
+}
+
+/// Serve on `listener` until `shutdown`; then stop taking calls, finish
+/// the ones in flight, and return.
+pub async fn serve(
+    engine: Engine,
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    if options.auth.is_open() {
+        tracing::warn!(
+            "no tokens configured: the server is OPEN (every client is tenant `default`, every executor trusted); configure [auth] before exposing it"
+        );
+    }
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<JobServiceServer<Jobs>>()
+        .await;
+    health_reporter
+        .set_serving::<ExecutorServiceServer<Executors>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(loraflow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let max = options.max_message_bytes;
+    let jobs = JobServiceServer::new(Jobs {
+        engine: engine.clone(),
+        auth: options.auth.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let executors = ExecutorServiceServer::new(Executors {
+        engine: engine.clone(),
+        auth: options.auth.clone(),
+        max_poll: options.max_poll,
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ));
+    if let Some(tls) = &options.tls {
+        let read = |what, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| ServeError::Tls {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let identity = Identity::from_pem(read("certificate", &tls.cert)?, read("key", &tls.key)?);
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = options.tls.is_some(), "serving gRPC");
+    let stop = shutdown.clone();
+    builder
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(jobs)
+        .add_service(executors)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await
+        })
+        .await?;
+    health_reporter
+        .set_not_serving::<JobServiceServer<Jobs>>()
+        .await;
+    Ok(())
+}

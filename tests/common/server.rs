@@ -1,0 +1,262 @@
+//! A loraflow server on an OS-chosen loopback port, over SQLite or a
+//! PostgreSQL schema of its own, with real tokens.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use loraflow::Engine;
+use loraflow::config::{AuthConfig, ExecutorToken, SchedulerConfig, TenantToken};
+use loraflow::executors::{Label, Publish, ValidateDataset, ValidateOptions};
+use loraflow::grpc::{ServeOptions, auth::Auth};
+use loraflow::store::StoreOptions;
+use loraflow_proto::pb::v1::executor_service_client::ExecutorServiceClient;
+use loraflow_proto::pb::v1::job_service_client::JobServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use super::{FileSampler, FileTrainer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A store URL and options of `backend`, fresh for one test; `None` (after a
+/// notice) when PostgreSQL is unreachable outside CI. Under `CI=true` an
+/// unreachable PostgreSQL fails the test.
+pub async fn store_for(backend: Backend, dir: &std::path::Path) -> Option<(String, StoreOptions)> {
+    let options = StoreOptions {
+        poll_interval: Duration::from_millis(20),
+        ..StoreOptions::default()
+    };
+    match backend {
+        Backend::Sqlite => Some((
+            format!("sqlite://{}", dir.join("loraflow.db").display()),
+            options,
+        )),
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let url = database_url();
+            let reachable = matches!(
+                tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url))
+                    .await,
+                Ok(Ok(_))
+            );
+            if !reachable {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!(
+                        "PostgreSQL at {url} is unreachable, and CI=true requires the PostgreSQL tests to run"
+                    );
+                }
+                eprintln!(
+                    "notice: PostgreSQL at {url} is unreachable; skipping this PostgreSQL test"
+                );
+                return None;
+            }
+            let schema = format!("e2e_{:016x}", rand::random::<u64>());
+            Some((
+                url,
+                StoreOptions {
+                    postgres_schema: Some(schema),
+                    ..options
+                },
+            ))
+        }
+    }
+}
+
+/// Drop a test's PostgreSQL schema.
+pub async fn drop_schema(options: &StoreOptions) {
+    use sqlx::Connection;
+    if let Some(schema) = &options.postgres_schema
+        && let Ok(mut c) = sqlx::PgConnection::connect(&database_url()).await
+    {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        tenants: vec![
+            TenantToken {
+                tenant: "acme".into(),
+                token: "t-acme".into(),
+            },
+            TenantToken {
+                tenant: "globex".into(),
+                token: "t-globex".into(),
+            },
+        ],
+        executors: vec![ExecutorToken {
+            executor: "gpu-1".into(),
+            token: "e-gpu-1".into(),
+        }],
+    }
+}
+
+pub struct TestServer {
+    pub tmp: tempfile::TempDir,
+    pub engine: Engine,
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub store_options: StoreOptions,
+    pub dataset_uri: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// What a test server runs in-process.
+#[derive(Default)]
+pub struct ServerSetup {
+    /// Run the built-in executors (with small train/sample stand-ins) in-process.
+    pub executors: bool,
+    pub trainer: FileTrainer,
+    pub scheduler: Option<SchedulerConfig>,
+    pub max_message_bytes: Option<usize>,
+}
+
+pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type ExecutorClient = ExecutorServiceClient<InterceptedService<Channel, BearerToken>>;
+
+#[derive(Clone)]
+pub struct BearerToken(Option<String>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut()
+                .insert("authorization", t.parse().unwrap());
+        }
+        Ok(req)
+    }
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend, setup: ServerSetup) -> Option<Self> {
+        let tmp = tempfile::tempdir().unwrap();
+        let (url, store_options) = store_for(backend, tmp.path()).await?;
+        let mut b = Engine::builder()
+            .store(url)
+            .store_options(store_options.clone())
+            .artifacts(tmp.path().join("artifacts").display().to_string())
+            .workdir(tmp.path().join("work"));
+        if let Some(s) = setup.scheduler.clone() {
+            b = b.scheduler(s);
+        }
+        if setup.executors {
+            b = b
+                .executor(ValidateDataset {
+                    options: ValidateOptions {
+                        min_side: 32,
+                        ..Default::default()
+                    },
+                })
+                .executor(Label::default())
+                .executor(setup.trainer.clone())
+                .executor(FileSampler)
+                .executor(Publish {
+                    destination: format!("file://{}", tmp.path().join("published").display()),
+                });
+        }
+        let engine = b.build().await.unwrap();
+        super::dataset(&tmp.path().join("upload"), 3);
+        let (dataset_uri, _) = engine
+            .artifacts()
+            .upload_dir(&tmp.path().join("upload"), "datasets/corgi")
+            .await
+            .unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let options = ServeOptions {
+            auth: Auth::from_config(&auth_config()),
+            max_message_bytes: setup.max_message_bytes.unwrap_or(4 * 1024 * 1024),
+            tls: None,
+            max_poll: Duration::from_secs(30),
+        };
+        let server = tokio::spawn({
+            let (engine, stop) = (engine.clone(), shutdown.clone());
+            async move {
+                loraflow::grpc::serve(engine, options, listener, stop)
+                    .await
+                    .unwrap()
+            }
+        });
+        Some(Self {
+            tmp,
+            engine,
+            addr,
+            shutdown,
+            store_options,
+            dataset_uri,
+            server,
+        })
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr)).unwrap();
+        for _ in 0..50 {
+            if let Ok(c) = endpoint.connect().await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the server at {} does not answer", self.addr)
+    }
+
+    /// A client with the tenant's (or any) bearer token.
+    pub async fn client(&self, token: Option<&str>) -> Client {
+        JobServiceClient::with_interceptor(
+            self.channel().await,
+            BearerToken(token.map(|t| format!("Bearer {t}"))),
+        )
+    }
+
+    pub async fn executor_client(&self, token: Option<&str>) -> ExecutorClient {
+        ExecutorServiceClient::with_interceptor(
+            self.channel().await,
+            BearerToken(token.map(|t| format!("Bearer {t}"))),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        self.engine.shutdown().await;
+        drop_schema(&self.store_options).await;
+    }
+}
+
+/// Define a test once and run it on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                async fn run($backend: Backend) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    run(Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    run(Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
