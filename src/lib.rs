@@ -9,10 +9,12 @@
 //! - `scheduler`: the scheduler runtime over the pure policy in `loraflow_core::schedule`.
 //! - [`error`]: the engine's error type.
 //! - [`grpc`]: the gRPC server over the engine.
+//! - [`audit`]: replay a job's events and verify their hash chain.
 
 pub use loraflow_core as core;
 
 mod admission;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod engine;

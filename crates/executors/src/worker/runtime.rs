@@ -152,6 +152,7 @@ impl Worker {
                 Err(ApiError::UnknownExecutor(_)) => {
                     *registration.lock().await = None;
                 }
+                Err(_) if shutdown.is_cancelled() => return,
                 Err(e) => {
                     warn!("poll failed, retrying in {backoff:?}: {e}");
                     tokio::select! {

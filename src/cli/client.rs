@@ -1,0 +1,474 @@
+//! The client commands: submit, status, list, approve, reject, cancel, history.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use loraflow::core::catalogue::{Engine, ParamValue, Params};
+use loraflow::core::job::{DatasetRef, JobSpec, Naming};
+use loraflow::core::workflow::WorkflowSpec;
+use loraflow_proto::pb::v1 as pb;
+use loraflow_proto::pb::v1::job_service_client::JobServiceClient;
+use serde::Deserialize;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use super::output::emit_job;
+use super::{Connection, exit};
+
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = JobServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// An error that carries the exit code it should end the process with.
+#[derive(Debug)]
+pub struct Exit(pub u8, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// A gRPC error as the CLI reports it: the message, every bad field, and
+/// the exit code.
+pub fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let mut msg = format!("{what}: {}", s.message());
+    if let Some(bad) = s.get_error_details().bad_request() {
+        for v in &bad.field_violations {
+            msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    let code = match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded => {
+            msg.push_str("\n  (is the server running? check --server / LORAFLOW_SERVER)");
+            exit::UNREACHABLE
+        }
+        Code::Unauthenticated => {
+            msg.push_str("\n  (pass a valid tenant token with --token or LORAFLOW_TOKEN)");
+            exit::FAILED
+        }
+        _ => exit::FAILED,
+    };
+    Exit(code, msg).into()
+}
+
+pub async fn connect(conn: &Connection) -> anyhow::Result<Client> {
+    let endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
+        .with_context(|| format!("invalid server URL {:?}; use http://host:port", conn.server))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow::Error::from(Exit(
+            exit::UNREACHABLE,
+            format!("cannot reach the server at {}: {e}\n  (start one with `loraflow serve`, or set --server)", conn.server),
+        ))
+    })?;
+    let token = conn
+        .token
+        .as_ref()
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .context("the token contains characters that cannot be sent")?;
+    Ok(JobServiceClient::with_interceptor(channel, Bearer(token))
+        .max_decoding_message_size(64 * 1024 * 1024))
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job id.
+    pub job: String,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// A job file: the spec without the tenant (it comes from the token); the
+/// dataset is a local folder (uploaded) or a URI.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub base_model: Option<String>,
+    pub engine: Option<String>,
+    pub profile: Option<String>,
+    pub dataset: Option<String>,
+    #[serde(default)]
+    pub sample_prompts: Vec<String>,
+    pub priority: Option<i32>,
+    pub naming: Option<Naming>,
+    #[serde(default)]
+    pub params: Params,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub workflow: Option<WorkflowSpec>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A job file in TOML (flags override its values).
+    pub file: Option<PathBuf>,
+    #[arg(long)]
+    pub base_model: Option<String>,
+    #[arg(long)]
+    pub engine: Option<String>,
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// A local folder of images and captions (uploaded), or a dataset URI.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// What the LoRA is of; names the published file.
+    #[arg(long)]
+    pub subject: Option<String>,
+    #[arg(long)]
+    pub version: Option<String>,
+    /// A sample prompt (repeatable).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// A parameter, `name=value` (repeatable).
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    /// A label, `key=value` (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Makes the submission idempotent: repeating it returns the same job.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// The artifact store the server reads datasets from (for uploads).
+    #[arg(long, env = "LORAFLOW_ARTIFACTS", default_value = "loraflow-artifacts")]
+    pub artifacts: String,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+fn parse_value(raw: &str) -> ParamValue {
+    if let Ok(b) = raw.parse::<bool>() {
+        ParamValue::Bool(b)
+    } else if let Ok(i) = raw.parse::<i64>() {
+        ParamValue::Int(i)
+    } else if let Ok(f) = raw.parse::<f64>() {
+        ParamValue::Float(f)
+    } else {
+        ParamValue::Str(raw.to_owned())
+    }
+}
+
+fn key_value(raw: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match raw.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => bail!("{what} {raw:?} must be written key=value"),
+    }
+}
+
+/// Upload a local dataset folder; URIs pass through.
+pub async fn dataset_uri(dataset: &str, artifacts: &str) -> anyhow::Result<String> {
+    let path = Path::new(dataset);
+    if dataset.contains("://") || !path.exists() {
+        if !dataset.contains("://") {
+            bail!("dataset {dataset:?} is neither an existing folder nor a URI");
+        }
+        return Ok(dataset.to_owned());
+    }
+    if !path.is_dir() {
+        bail!("dataset {dataset:?} must be a folder of images and captions");
+    }
+    let store = loraflow::executors::ArtifactStore::open(artifacts)?;
+    let name = format!("datasets/{}", uuid::Uuid::now_v7());
+    let (uri, n) = store.upload_dir(path, &name).await?;
+    eprintln!("uploaded {n} files from {dataset} to {uri}");
+    Ok(uri)
+}
+
+impl SubmitArgs {
+    async fn spec(&self) -> anyhow::Result<JobSpec> {
+        let mut f: JobFile = match &self.file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid job file", p.display()))?
+            }
+            None => JobFile::default(),
+        };
+        let pick = |flag: &Option<String>, file: Option<String>, what: &str| {
+            flag.clone()
+                .or(file)
+                .with_context(|| format!("no {what}: give --{what} or set it in the job file"))
+        };
+        let base_model = pick(&self.base_model, f.base_model.take(), "base-model")?;
+        let engine: Engine = pick(
+            &self.engine,
+            f.engine.take().or(Some("native".into())),
+            "engine",
+        )?
+        .parse()?;
+        let dataset = pick(&self.dataset, f.dataset.take(), "dataset")?;
+        let mut naming = f.naming.take().unwrap_or(Naming {
+            subject: String::new(),
+            version: "v1".into(),
+        });
+        if let Some(s) = &self.subject {
+            naming.subject = s.clone();
+        }
+        if let Some(v) = &self.version {
+            naming.version = v.clone();
+        }
+        if naming.subject.is_empty() {
+            bail!("no subject: give --subject or [naming] subject in the job file");
+        }
+        for p in &self.params {
+            let (k, v) = key_value(p, "--param")?;
+            f.params.insert(k, parse_value(&v));
+        }
+        for l in &self.labels {
+            let (k, v) = key_value(l, "--label")?;
+            f.labels.insert(k, v);
+        }
+        let mut prompts = f.sample_prompts;
+        prompts.extend(self.prompts.iter().cloned());
+        Ok(JobSpec {
+            tenant: "from-token".into(),
+            base_model: base_model.into(),
+            engine,
+            profile: self.profile.clone().or(f.profile),
+            params: f.params,
+            dataset: DatasetRef {
+                uri: dataset_uri(&dataset, &self.artifacts).await?,
+                sha256: None,
+            },
+            sample_prompts: prompts,
+            priority: self.priority.or(f.priority).unwrap_or(0),
+            naming,
+            labels: f.labels,
+            workflow: f.workflow,
+        })
+    }
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let spec = args.spec().await?;
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .create_job(pb::CreateJobRequest {
+            job: Some(spec.into()),
+            request_id: args.request_id.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| status_error("the job was refused", s))?
+        .into_inner();
+    if !args.conn.json {
+        eprintln!("submitted; follow it with `loraflow watch {}`", job.job_id);
+    }
+    emit_job(&job, args.conn.json)
+}
+
+pub async fn status(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .get_job(pb::GetJobRequest {
+            job_id: args.job.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| status_error("cannot get the job", s))?
+        .into_inner();
+    emit_job(&job, args.conn.json)
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state (pending, submitted, processing, in_review, approved, published, failed).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub base_model: Option<String>,
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Only jobs with this label, `key=value` (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Jobs per page.
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i32,
+    /// Follow every page (default: the first only).
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let state = match &args.state {
+        None => 0,
+        Some(s) => {
+            let name = format!("JOB_STATE_{}", s.to_ascii_uppercase());
+            pb::JobState::from_str_name(&name)
+                .with_context(|| format!("unknown state {s:?}; use pending, submitted, processing, in_review, approved, published or failed"))?
+                as i32
+        }
+    };
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_jobs(pb::ListJobsRequest {
+                page_size: args.page_size,
+                page_token: token.clone(),
+                state,
+                base_model: args.base_model.clone().unwrap_or_default(),
+                engine: args.engine.clone().unwrap_or_default(),
+                labels: args.labels.clone(),
+            })
+            .await
+            .map_err(|s| status_error("cannot list jobs", s))?
+            .into_inner();
+        for job in &page.jobs {
+            let out = super::output::JobOut::from(job);
+            if args.conn.json {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!(
+                    "{}  {:<11} {:<8} {}",
+                    out.job_id,
+                    out.state,
+                    out.base_model,
+                    out.published.unwrap_or_default()
+                );
+            }
+        }
+        if page.next_page_token.is_empty() || !args.all {
+            if !page.next_page_token.is_empty() {
+                eprintln!("more jobs follow; pass --all to list them");
+            }
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    pub job: String,
+    /// The epoch to publish.
+    #[arg(long)]
+    pub epoch: u32,
+    /// Act only if the job is still at this etag.
+    #[arg(long)]
+    pub etag: Option<String>,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .approve_job(pb::ApproveJobRequest {
+            job_id: args.job.clone(),
+            epoch: args.epoch,
+            etag: args.etag.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| status_error("the approval was refused", s))?
+        .into_inner();
+    emit_job(&job, args.conn.json)
+}
+
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    pub job: String,
+    #[arg(long)]
+    pub reason: String,
+    #[arg(long)]
+    pub etag: Option<String>,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+pub async fn reject(args: RejectArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .reject_job(pb::RejectJobRequest {
+            job_id: args.job.clone(),
+            reason: args.reason.clone(),
+            etag: args.etag.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| status_error("the rejection was refused", s))?
+        .into_inner();
+    emit_job(&job, args.conn.json)
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub job: String,
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[arg(long)]
+    pub etag: Option<String>,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .cancel_job(pb::CancelJobRequest {
+            job_id: args.job.clone(),
+            reason: args.reason.clone(),
+            etag: args.etag.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| status_error("the cancellation was refused", s))?
+        .into_inner();
+    emit_job(&job, args.conn.json)
+}
+
+pub async fn history(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let events = client
+        .get_job_history(pb::GetJobHistoryRequest {
+            job_id: args.job.clone(),
+        })
+        .await
+        .map_err(|s| status_error("cannot read the history", s))?
+        .into_inner()
+        .events;
+    for e in events {
+        if args.conn.json {
+            let line = serde_json::json!({
+                "position": e.position,
+                "sequence": e.sequence,
+                "event_type": e.event_type,
+                "event_version": e.event_version,
+                "payload": serde_json::from_str::<serde_json::Value>(&e.payload_json)?,
+                "metadata": e.metadata,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:>6} #{:<3} {:<16} {}",
+                e.position,
+                e.sequence,
+                e.event_type,
+                e.metadata
+                    .get("recorded_at")
+                    .map(String::as_str)
+                    .unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The `loraflow` command line: arguments (clap) and one module per group of
+//! commands. Data goes to stdout, progress and logs to stderr.
+
+pub mod client;
+pub mod demo;
+pub mod output;
+pub mod replay;
+pub mod serve;
+pub mod watch;
+pub mod worker;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The request was refused, or the job failed.
+    pub const FAILED: u8 = 1;
+    // 2: bad command-line usage, the code clap exits with.
+    /// The server or the store could not be reached.
+    pub const UNREACHABLE: u8 = 3;
+    /// `replay` found a tampered or unreadable event.
+    pub const TAMPERED: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 refused request or failed job; 2 usage error;
+3 server or store unreachable; 4 audit found a tampered event.
+
+Environment: LORAFLOW_SERVER, LORAFLOW_TOKEN, LORAFLOW_STORE, LORAFLOW_ARTIFACTS,
+RUST_LOG (log filter, default info).";
+
+/// loraflow: an event-sourced workflow engine for LoRA fine-tuning jobs.
+#[derive(Debug, Parser)]
+#[command(name = "loraflow", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine and its gRPC server.
+    Serve(serve::ServeArgs),
+    /// Run executors on this machine for a remote server (connects out).
+    Worker(worker::WorkerArgs),
+    /// Submit a job (from a TOML file or flags); a local dataset folder is
+    /// uploaded to the artifact store first.
+    Submit(client::SubmitArgs),
+    /// Show a job.
+    Status(client::JobArgs),
+    /// List jobs, newest first.
+    List(client::ListArgs),
+    /// Follow a job live until it ends (or reaches review).
+    Watch(watch::WatchArgs),
+    /// Approve an epoch of a job in review; publishing follows.
+    Approve(client::ApproveArgs),
+    /// Reject a job in review.
+    Reject(client::RejectArgs),
+    /// Cancel a job.
+    Cancel(client::CancelArgs),
+    /// Print a job's stored events.
+    History(client::JobArgs),
+    /// Re-apply a job's events from the store, verify the hash chain, and
+    /// export the history as JSON lines.
+    Replay(replay::ReplayArgs),
+}
+
+/// How a client reaches the server.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "LORAFLOW_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// Bearer token (a tenant's for job commands, an executor's for `worker`).
+    #[arg(long, env = "LORAFLOW_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// An optional `loraflow.toml`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArg {
+    /// Configuration file (see `loraflow::config`).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> anyhow::Result<loraflow::config::Config> {
+        Ok(match &self.config {
+            Some(p) => loraflow::config::Config::load(p)?,
+            None => loraflow::config::Config::default(),
+        })
+    }
+}

@@ -1,0 +1,174 @@
+//! Printing jobs and events: plain text for people, JSON for scripts.
+
+use loraflow_proto::pb::v1 as pb;
+use serde::Serialize;
+
+/// A job as the CLI prints it.
+#[derive(Debug, Serialize)]
+pub struct JobOut {
+    pub job_id: String,
+    pub tenant: String,
+    pub state: String,
+    pub etag: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureOut>,
+    pub base_model: String,
+    pub engine: String,
+    pub steps: Vec<StepOut>,
+    pub epochs: Vec<EpochOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_epoch: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<i64>,
+    pub last_position: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailureOut {
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepOut {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EpochOut {
+    pub epoch: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    pub samples: Vec<String>,
+}
+
+fn enum_name(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+impl From<&pb::Job> for JobOut {
+    fn from(j: &pb::Job) -> Self {
+        let state = pb::JobState::try_from(j.state)
+            .map(|s| enum_name(s.as_str_name(), "JOB_STATE_"))
+            .unwrap_or_default();
+        let spec = j.spec.clone().unwrap_or_default();
+        JobOut {
+            job_id: j.job_id.clone(),
+            tenant: j.tenant.clone(),
+            state,
+            etag: j.etag.clone(),
+            failure: j.failure.as_ref().map(|f| FailureOut {
+                reason: pb::FailureReason::try_from(f.reason)
+                    .map(|r| enum_name(r.as_str_name(), "FAILURE_REASON_"))
+                    .unwrap_or_default(),
+                message: f.message.clone(),
+            }),
+            base_model: spec.base_model,
+            engine: spec.engine,
+            steps: j
+                .steps
+                .iter()
+                .map(|s| StepOut {
+                    id: s.id.clone(),
+                    kind: s.kind.clone(),
+                    status: pb::StepStatus::try_from(s.status)
+                        .map(|st| enum_name(st.as_str_name(), "STEP_STATUS_"))
+                        .unwrap_or_default(),
+                    attempt: s.attempt,
+                    percent: s.progress.as_ref().map(|p| p.percent),
+                    last_error: s.last_error.as_ref().map(|e| e.message.clone()),
+                })
+                .collect(),
+            epochs: j
+                .epochs
+                .iter()
+                .map(|e| EpochOut {
+                    epoch: e.epoch,
+                    lora: e.lora.as_ref().map(|a| a.uri.clone()),
+                    loss: e.loss,
+                    samples: e.samples.iter().map(|a| a.uri.clone()).collect(),
+                })
+                .collect(),
+            approved_epoch: j.approved_epoch,
+            published: j.published_artifact.as_ref().map(|a| a.uri.clone()),
+            queue_position: j.queue_position,
+            eta_seconds: j.eta.as_ref().map(|d| d.seconds),
+            last_position: j.last_position,
+        }
+    }
+}
+
+/// Print a job for people.
+pub fn print_job(j: &JobOut) {
+    println!("job       {}", j.job_id);
+    println!(
+        "state     {}{}",
+        j.state,
+        j.failure
+            .as_ref()
+            .map(|f| format!(" ({}: {})", f.reason, f.message))
+            .unwrap_or_default()
+    );
+    println!("model     {} (engine {})", j.base_model, j.engine);
+    println!("etag      {}", j.etag);
+    if let Some(q) = j.queue_position {
+        println!("queue     position {q}");
+    }
+    if let Some(eta) = j.eta_seconds {
+        println!("eta       {eta}s");
+    }
+    for s in &j.steps {
+        let pct = s.percent.map(|p| format!(" {p:.0}%")).unwrap_or_default();
+        let err = s
+            .last_error
+            .as_ref()
+            .map(|e| format!("  last error: {e}"))
+            .unwrap_or_default();
+        println!(
+            "  step {:<10} {:<16} attempt {}{pct}{err}",
+            s.id, s.status, s.attempt
+        );
+    }
+    for e in &j.epochs {
+        let loss = e.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
+        println!(
+            "  epoch {}{loss}  {}",
+            e.epoch,
+            e.lora.as_deref().unwrap_or("-")
+        );
+        for s in &e.samples {
+            println!("    sample {s}");
+        }
+    }
+    if let Some(a) = j.approved_epoch {
+        println!("approved  epoch {a}");
+    }
+    if let Some(p) = &j.published {
+        println!("published {p}");
+    }
+}
+
+pub fn emit_job(job: &pb::Job, json: bool) -> anyhow::Result<()> {
+    let out = JobOut::from(job);
+    if json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        print_job(&out);
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! `loraflow watch`: follow a job live with progress bars (stderr), and
+//! reconnect after a dropped stream from the last position seen, so no event
+//! is missed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use loraflow::core::job::JobEvent;
+use loraflow_proto::pb::v1 as pb;
+
+use super::client::{Exit, connect, status_error};
+use super::{Connection, exit};
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    pub job: String,
+    /// Start after this global position (0: from the job's first event).
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Stop once the job waits for review.
+    #[arg(long)]
+    pub until_review: bool,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// How a followed job ended, as far as the watcher is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    InReview,
+    Published,
+    Failed,
+}
+
+/// Progress bars for a job's steps, driven by its events.
+pub struct Renderer {
+    bars: MultiProgress,
+    steps: HashMap<String, ProgressBar>,
+    style: ProgressStyle,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Renderer {
+    pub fn new() -> Self {
+        Self {
+            bars: MultiProgress::new(),
+            steps: HashMap::new(),
+            style: ProgressStyle::with_template("{prefix:>9} [{bar:30.cyan/blue}] {pos:>3}% {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        }
+    }
+
+    fn bar(&mut self, step: &str) -> &ProgressBar {
+        let (bars, style) = (&self.bars, &self.style);
+        self.steps.entry(step.to_owned()).or_insert_with(|| {
+            let bar = bars.add(ProgressBar::new(100));
+            bar.set_style(style.clone());
+            bar.set_prefix(step.to_owned());
+            bar
+        })
+    }
+
+    fn line(&self, text: String) {
+        let _ = self.bars.println(text);
+    }
+
+    /// Show one event; `Some` when the job reached an outcome.
+    pub fn event(&mut self, event: &JobEvent) -> Option<Outcome> {
+        match event {
+            JobEvent::JobCreated(e) => self.line(format!(
+                "created job {} ({} on {})",
+                e.job_id, e.spec.engine, e.spec.base_model
+            )),
+            JobEvent::JobSubmitted(e) => self.line(format!(
+                "submitted: {} images, {} steps",
+                e.dataset.image_count,
+                e.workflow.steps.len()
+            )),
+            JobEvent::StepQueued(e) => {
+                let attempt = if e.attempt > 1 {
+                    format!(" (attempt {})", e.attempt)
+                } else {
+                    String::new()
+                };
+                self.bar(e.step_id.as_str())
+                    .set_message(format!("queued{attempt}"));
+            }
+            JobEvent::StepLeased(e) => {
+                let bar = self.bar(e.step_id.as_str());
+                bar.set_position(0);
+                bar.set_message(format!("running on {}", e.executor_id));
+            }
+            JobEvent::StepProgressed(e) => {
+                let p = &e.progress;
+                let bar = self.bar(e.step_id.as_str());
+                bar.set_position(p.percent.clamp(0.0, 100.0) as u64);
+                let mut msg = Vec::new();
+                if let Some(ep) = p.epoch {
+                    msg.push(format!("epoch {ep}"));
+                }
+                if let (Some(s), Some(t)) = (p.step, p.total_steps) {
+                    msg.push(format!("step {s}/{t}"));
+                }
+                if let Some(l) = p.loss {
+                    msg.push(format!("loss {l:.4}"));
+                }
+                if let Some(r) = p.samples_per_sec {
+                    msg.push(format!("{r:.1} img/s"));
+                }
+                if let Some(m) = &p.message {
+                    msg.push(m.clone());
+                }
+                bar.set_message(msg.join("  "));
+            }
+            JobEvent::StepCompleted(e) => {
+                let bar = self.bar(e.step_id.as_str()).clone();
+                bar.set_position(100);
+                bar.finish_with_message("done");
+            }
+            JobEvent::StepFailed(e) => {
+                self.bar(e.step_id.as_str())
+                    .set_message(format!("failed: {} ({})", e.error.message, e.error.kind));
+            }
+            JobEvent::LeaseExpired(e) => {
+                self.bar(e.step_id.as_str())
+                    .set_message(format!("lost its executor {}", e.executor_id));
+            }
+            JobEvent::StepRetried(e) => {
+                let adj: Vec<_> = e
+                    .adjustments
+                    .iter()
+                    .map(|a| format!("{} {} -> {}", a.param, a.from, a.to))
+                    .collect();
+                let adj = if adj.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", adj.join(", "))
+                };
+                self.line(format!(
+                    "{}: retry {} of {} in {:.1}s{adj}",
+                    e.step_id,
+                    e.next_attempt,
+                    e.max_attempts,
+                    e.backoff_ms as f64 / 1000.0
+                ));
+            }
+            JobEvent::ReviewRequested(e) => {
+                self.line("ready for review:".into());
+                for ep in &e.epochs {
+                    let loss = ep.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
+                    self.line(format!(
+                        "  epoch {}{loss}  {}",
+                        ep.epoch,
+                        ep.lora.as_ref().map(|a| a.uri.as_str()).unwrap_or("-")
+                    ));
+                }
+                return Some(Outcome::InReview);
+            }
+            JobEvent::JobApproved(e) => {
+                self.line(format!("approved epoch {} by {}", e.epoch, e.approved_by))
+            }
+            JobEvent::JobPublished(e) => {
+                self.line(format!("published epoch {} at {}", e.epoch, e.artifact.uri));
+                return Some(Outcome::Published);
+            }
+            JobEvent::JobRejected(e) => {
+                self.line(format!("rejected by {}: {}", e.rejected_by, e.reason));
+                return Some(Outcome::Failed);
+            }
+            JobEvent::JobFailed(e) => {
+                self.line(format!("failed ({}): {}", e.reason, e.message));
+                return Some(Outcome::Failed);
+            }
+            JobEvent::JobCancelled(e) => {
+                self.line(format!("cancelled by {}: {}", e.cancelled_by, e.reason));
+                return Some(Outcome::Failed);
+            }
+        }
+        None
+    }
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let mut last = args.from;
+    let mut renderer = Renderer::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let stream = client
+            .watch_job(pb::WatchJobRequest {
+                job_id: args.job.clone(),
+                from_position: last,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable) => {
+                eprintln!("connection lost; reconnecting in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            Err(s) => return Err(status_error("cannot watch the job", s)),
+        };
+        while let Some(item) = stream.next().await {
+            let record = match item {
+                Ok(r) => r,
+                Err(s) => {
+                    eprintln!(
+                        "stream interrupted ({}); resuming after position {last}",
+                        s.message()
+                    );
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            last = record.position;
+            if args.conn.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "position": record.position,
+                        "event_type": record.event_type,
+                        "payload": serde_json::from_str::<serde_json::Value>(&record.payload_json)?,
+                    })
+                );
+            }
+            let event = record
+                .event()
+                .map_err(|e| anyhow::anyhow!("event {} cannot be read: {e}", record.position))?;
+            let outcome = if args.conn.json {
+                outcome_of(&event)
+            } else {
+                renderer.event(&event)
+            };
+            match outcome {
+                Some(Outcome::Published) => return Ok(()),
+                Some(Outcome::InReview) if args.until_review => return Ok(()),
+                Some(Outcome::Failed) => {
+                    return Err(Exit(exit::FAILED, format!("job {} failed", args.job)).into());
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        // Reconnect (the server may have restarted).
+        if let Ok(c) = connect(&args.conn).await {
+            client = c;
+        }
+    }
+}
+
+fn outcome_of(e: &JobEvent) -> Option<Outcome> {
+    match e {
+        JobEvent::ReviewRequested(_) => Some(Outcome::InReview),
+        JobEvent::JobPublished(_) => Some(Outcome::Published),
+        JobEvent::JobFailed(_) | JobEvent::JobCancelled(_) | JobEvent::JobRejected(_) => {
+            Some(Outcome::Failed)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,127 @@
+//! `loraflow worker`: run executors on this machine for a remote server. The
+//! worker connects out; the machine needs no open port.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use loraflow::core::executor::Capabilities;
+use loraflow::core::ids::ExecutorId;
+use loraflow::executors::worker::{GrpcWorkerApi, Worker, WorkerOptions};
+use loraflow::executors::{ArtifactStore, Label, Publish, ValidateDataset};
+
+use super::serve::shutdown_on_signals;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "LORAFLOW_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// This executor's bearer token.
+    #[arg(long, env = "LORAFLOW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// This executor's id (default: the host name).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Step kinds to run: validate_dataset, label, train, sample, publish.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "validate_dataset,label,train,sample,publish"
+    )]
+    pub kinds: Vec<String>,
+    /// This machine has a GPU.
+    #[arg(long)]
+    pub gpu: bool,
+    #[arg(long)]
+    pub gpu_name: Option<String>,
+    /// GPU memory in GB.
+    #[arg(long, default_value_t = 0)]
+    pub vram_gb: u32,
+    /// Steps run at once (a GPU runs one training at a time by default).
+    #[arg(long, default_value_t = 1)]
+    pub max_concurrent: u32,
+    /// Capability labels (`region=eu`), repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Artifact store root, shared with the server.
+    #[arg(long, env = "LORAFLOW_ARTIFACTS", default_value = "loraflow-artifacts")]
+    pub artifacts: String,
+    /// Permanent storage for published LoRAs.
+    #[arg(long, default_value = "loraflow-published")]
+    pub publish_root: String,
+    /// Scratch space.
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Base models of the native trainer (folders named by model id).
+    #[arg(long, default_value = "assets")]
+    pub models: PathBuf,
+    /// A kohya sd-scripts configuration (TOML of `KohyaOptions`): enables the
+    /// kohya engine for `train`.
+    #[arg(long)]
+    pub kohya: Option<PathBuf>,
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let token = args.token.clone().unwrap_or_default();
+    let api = GrpcWorkerApi::connect(&args.server, &token)?;
+    let artifacts = ArtifactStore::open(&args.artifacts)?;
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()));
+    let options = WorkerOptions {
+        executor_id: ExecutorId::new(id.clone()),
+        capabilities: Capabilities {
+            gpu: args.gpu,
+            gpu_name: args.gpu_name.clone(),
+            vram_gb: args.vram_gb,
+            max_concurrent_steps: args.max_concurrent,
+            labels: args.labels.iter().cloned().collect(),
+            ..Capabilities::default()
+        },
+        workdir: args
+            .workdir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("loraflow-worker")),
+        max_backoff: Duration::from_secs(30),
+    };
+    let mut worker = Worker::new(Arc::new(api), artifacts, options);
+    for kind in &args.kinds {
+        worker = match kind.as_str() {
+            "validate_dataset" => worker.with(Arc::new(ValidateDataset::default())),
+            "label" => worker.with(Arc::new(Label::default())),
+            "publish" => worker.with(Arc::new(Publish {
+                destination: args.publish_root.clone(),
+            })),
+            "train" | "sample" => worker,
+            other => anyhow::bail!(
+                "unknown step kind {other:?}; use validate_dataset, label, train, sample or publish"
+            ),
+        };
+    }
+    if args.kinds.iter().any(|k| k == "train" || k == "sample") {
+        worker = super::demo::native_worker(worker, &args.models, &args.kinds)?;
+    }
+    if let Some(path) = &args.kohya {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let options: loraflow::executors::KohyaOptions = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid kohya configuration", path.display()))?;
+        worker = worker.with(Arc::new(loraflow::executors::KohyaTrainer::new(options)?));
+    }
+    let caps = worker.capabilities();
+    eprintln!(
+        "worker {id} serving {:?} for {}",
+        caps.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        args.server
+    );
+    worker.run(shutdown_on_signals()).await;
+    Ok(())
+}

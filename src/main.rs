@@ -1,0 +1,59 @@
+//! The `loraflow` command. See `loraflow --help`.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command, client::Exit, exit};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => cli::serve::serve(a).await,
+        Command::Worker(a) => cli::worker::worker(a).await,
+        Command::Submit(a) => cli::client::submit(a).await,
+        Command::Status(a) => cli::client::status(a).await,
+        Command::List(a) => cli::client::list(a).await,
+        Command::Watch(a) => cli::watch::watch(a).await,
+        Command::Approve(a) => cli::client::approve(a).await,
+        Command::Reject(a) => cli::client::reject(a).await,
+        Command::Cancel(a) => cli::client::cancel(a).await,
+        Command::History(a) => cli::client::history(a).await,
+        Command::Replay(a) => cli::replay::replay(a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            let code = e
+                .downcast_ref::<Exit>()
+                .map(|x| x.0)
+                .unwrap_or(exit::FAILED);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
