@@ -18,6 +18,7 @@
 //! - [`trainer`]: [`TrainConfig`] → [`Trainer::run`] → [`TrainOutput`], the API the `train`
 //!   executor wraps.
 
+pub mod clip;
 pub mod device;
 pub mod error;
 pub mod lora;
@@ -27,6 +28,8 @@ pub mod tensor_file;
 pub mod train;
 pub mod trainer;
 pub mod unet;
+pub mod vae;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use trainer::{
