@@ -19,6 +19,10 @@ pub enum Stream {
     Noise = 3,
     /// Random base weights (benchmarks and tests without a checkpoint).
     BaseInit = 4,
+    /// Initial latents of sample images.
+    Sample = 5,
+    /// Caption shuffling and dropout.
+    Caption = 6,
 }
 
 /// A reproducible random source.

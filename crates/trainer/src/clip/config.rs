@@ -106,7 +106,9 @@ impl ClipTextConfig {
 
     /// Checks the shapes the layers rely on.
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(Error::invalid(
                 "num_attention_heads",
                 self.num_attention_heads,

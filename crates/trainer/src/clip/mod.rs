@@ -1,6 +1,6 @@
 //! The text side of Stable Diffusion: transformers' `CLIPTextModel` and CLIP's BPE tokenizer.
 //!
-//! - [`config`]: `text_encoder/config.json`.
+//! - [`config`]: the configuration read from `text_encoder/config.json`.
 //! - [`model`]: the encoder, `clip_skip`, and its adaptable layers (kohya `lora_te_*` keys).
 //! - [`tokenizer`]: `tokenizer/vocab.json` + `merges.txt`, 77-token framing and padding.
 

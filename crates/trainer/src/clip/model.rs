@@ -209,7 +209,7 @@ impl ClipTextModel {
             .position_embedding
             .weight
             .val()
-            .slice([0..tokens])
+            .narrow(0, 0, tokens)
             .unsqueeze_dim::<3>(0);
         emb.token_embedding.forward(input_ids) + positions
     }

@@ -27,7 +27,10 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 pub use conv::{ConvAdapter, LoraConv2d, LoraConv2dConfig};
-pub use kohya::{KohyaMetadata, LoadedLora, load_kohya, save_kohya};
+pub use kohya::{
+    KohyaMetadata, LoadedLora, TE_PREFIX, UNET_PREFIX, load_kohya, load_kohya_parts, save_kohya,
+    save_kohya_parts,
+};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
 pub use peft::{load_peft, save_peft};
 pub use targets::TargetPatterns;
