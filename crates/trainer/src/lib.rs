@@ -19,6 +19,7 @@
 //!   executor wraps.
 
 pub mod clip;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod lora;
@@ -35,8 +36,8 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use trainer::{
-    CancelSignal, NeverCancel, ProgressEvent, ProgressSink, SavedLora, StepProgress, TrainConfig,
-    TrainOutput, Trainer,
+    CancelSignal, Controls, NeverCancel, ProgressEvent, ProgressSink, SaveReason, SavedLora,
+    SavedSamples, StepProgress, TrainConfig, TrainOutput, Trainer, TrainingState,
 };
 
 /// Compiles the README's example as a doctest, so the documented API cannot drift.

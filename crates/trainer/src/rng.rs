@@ -37,6 +37,16 @@ impl SeededRng {
         Self(rng)
     }
 
+    /// The stream's position (to save a run's state).
+    pub fn word_pos(&self) -> u128 {
+        self.0.get_word_pos()
+    }
+
+    /// Moves the stream to a position saved with [`word_pos`](Self::word_pos).
+    pub fn set_word_pos(&mut self, pos: u128) {
+        self.0.set_word_pos(pos);
+    }
+
     /// `n` samples of U(low, high).
     pub fn uniform(&mut self, n: usize, low: f32, high: f32) -> Vec<f32> {
         (0..n).map(|_| self.0.random_range(low..high)).collect()
@@ -83,6 +93,17 @@ mod tests {
         let c = SeededRng::new(7, Stream::LoraInit).normal(5);
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn positions_restore_the_stream() {
+        let mut a = SeededRng::new(9, Stream::Noise);
+        a.normal(7);
+        let pos = a.word_pos();
+        let next = a.normal(3);
+        let mut b = SeededRng::new(9, Stream::Noise);
+        b.set_word_pos(pos);
+        assert_eq!(b.normal(3), next);
     }
 
     #[test]
