@@ -16,6 +16,8 @@ use image::{ImageFormat, Rgb, RgbImage};
 use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::png::read_png_text;
+use loraflow_trainer::sample::scheduler::SamplerKind;
+use loraflow_trainer::sample::{Pipeline, SampleSettings};
 use loraflow_trainer::tensor_file::TensorFile;
 use loraflow_trainer::train::config::{SampleConfig, TextEncoderTraining};
 use loraflow_trainer::{Controls, Error, ProgressEvent, SaveReason, TrainConfig, Trainer};
@@ -220,9 +222,25 @@ fn images_train_with_buckets_text_encoder_and_kohya_metadata() {
     // It loads back into the pipeline, text encoder included.
     let device = Device::flex();
     let base = StableDiffusion::load(fixture("pipeline"), None, &device).unwrap();
-    let (_, loaded) = base.with_lora(&result.lora, 1.0, &device).unwrap();
+    let (adapted, loaded) = base.with_lora(&result.lora, 1.0, &device).unwrap();
     assert_eq!(loaded.modules.len(), result.adapted_modules.len());
     assert!(loaded.skipped.is_empty());
+    // Strength 0 renders the base model; strength 1 changes the image.
+    let settings = SampleSettings {
+        prompt: "sks, red circle".into(),
+        negative_prompt: String::new(),
+        width: 32,
+        height: 32,
+        steps: 3,
+        guidance_scale: 5.0,
+        seed: 2,
+        sampler: SamplerKind::Euler,
+        clip_skip: 1,
+    };
+    let (off, _) = base.with_lora(&result.lora, 0.0, &device).unwrap();
+    let render = |m: &StableDiffusion| Pipeline::new(m).render(&settings, &device).unwrap();
+    assert_eq!(render(&off), render(&base));
+    assert_ne!(render(&adapted), render(&base));
 
     // A second run reuses the cached latents and text states and trains identically.
     let cache = out.join("cache");

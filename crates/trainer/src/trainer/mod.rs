@@ -7,12 +7,16 @@
 //! writes kohya LoRA files per epoch and at the end, each with a training state to resume from.
 //!
 //! - [`prepare`]: loading the models and encoding the dataset.
-//! - [`run`]: the training loop.
+//! - [`run`]: setting a run up, and the training loop.
+//! - [`step`]: one optimiser step over UNet and text-encoder adapters.
+//! - [`samples`]: images rendered during training.
 //! - [`checkpoint`]: kohya metadata, LoRA files, training states and resuming.
 
 mod checkpoint;
 mod prepare;
 mod run;
+mod samples;
+mod step;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

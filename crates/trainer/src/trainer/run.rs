@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::ModuleOptimizer;
+use burn::tensor::Device;
 
 use super::checkpoint::{
     MetadataInputs, TrainingState, kohya_metadata, parts, read_state, restore, save_lora,
@@ -17,7 +16,6 @@ use super::{
     CancelSignal, Data, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
     StepProgress, TrainOutput, Trainer,
 };
-use crate::clip::ids_tensor;
 use crate::data::folder;
 use crate::device::parse_device;
 use crate::error::{Error, Result};
@@ -25,46 +23,43 @@ use crate::lora::{
     KohyaMetadata, NetworkConfig, adapter_param_count, apply_lora, save_peft, set_stable_ids,
 };
 use crate::rng::{SeededRng, Stream};
-use crate::sample::png::write_png;
-use crate::sample::{Pipeline, SampleSettings, png_text};
 use crate::tensor_file::HostTensor;
 use crate::train::config::TrainConfig;
 use crate::train::examples::{Conditioning, TrainingSet};
-use crate::train::optim::{AdamWSettings, global_grad_norm, scale_grads};
-use crate::train::step::{StepNoise, diffusion_loss};
+use crate::train::optim::AdamWSettings;
 use crate::unet::UNetConfig;
 
 /// Where the loop is, everything a state file records.
-struct Position {
-    step: usize,
-    epoch: usize,
-    batch: usize,
-    epoch_shuffle_pos: u128,
-    losses: Vec<f32>,
-    epoch_losses: Vec<f32>,
-    epoch_loss: (f64, usize),
+pub(super) struct Position {
+    pub(super) step: usize,
+    pub(super) epoch: usize,
+    pub(super) batch: usize,
+    pub(super) epoch_shuffle_pos: u128,
+    pub(super) losses: Vec<f32>,
+    pub(super) epoch_losses: Vec<f32>,
+    pub(super) epoch_loss: (f64, usize),
 }
 
 /// One run's mutable state.
-struct Run<'a> {
-    cfg: &'a TrainConfig,
-    models: Models,
-    set: TrainingSet,
-    text_cache: HashMap<String, HostTensor>,
-    train_te: bool,
-    optim: ModuleOptimizer,
-    optim_te: Option<ModuleOptimizer>,
-    shuffle_rng: SeededRng,
-    noise_rng: SeededRng,
-    caption_rng: SeededRng,
-    pos: Position,
-    metadata: KohyaMetadata,
-    device: Device,
-    total_steps: usize,
-    total_epochs: usize,
-    saved: Vec<SavedLora>,
-    samples: Vec<SavedSamples>,
-    sample_size: usize,
+pub(super) struct Run<'a> {
+    pub(super) cfg: &'a TrainConfig,
+    pub(super) models: Models,
+    pub(super) set: TrainingSet,
+    pub(super) text_cache: HashMap<String, HostTensor>,
+    pub(super) train_te: bool,
+    pub(super) optim: ModuleOptimizer,
+    pub(super) optim_te: Option<ModuleOptimizer>,
+    pub(super) shuffle_rng: SeededRng,
+    pub(super) noise_rng: SeededRng,
+    pub(super) caption_rng: SeededRng,
+    pub(super) pos: Position,
+    pub(super) metadata: KohyaMetadata,
+    pub(super) device: Device,
+    pub(super) total_steps: usize,
+    pub(super) total_epochs: usize,
+    pub(super) saved: Vec<SavedLora>,
+    pub(super) samples: Vec<SavedSamples>,
+    pub(super) sample_size: usize,
 }
 
 fn check_latents(set: &TrainingSet, unet: &UNetConfig) -> Result<()> {
@@ -443,136 +438,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The text states of a micro-batch: fixed, cached, or encoded now (with gradients when the
-    /// text encoder trains).
-    fn context(&mut self, indices: &[usize]) -> Result<Tensor<3>> {
-        let options = self
-            .cfg
-            .images
-            .as_ref()
-            .map(|i| i.captions)
-            .unwrap_or_default();
-        let mut states = Vec::new();
-        let mut captions = Vec::new();
-        for &i in indices {
-            match &self.set.examples()[i].conditioning {
-                Conditioning::States(s) => states.push(s.clone()),
-                Conditioning::Caption(c) => {
-                    captions.push(options.apply(c, &mut self.caption_rng));
-                }
-            }
-        }
-        if !captions.is_empty() {
-            let cached: Option<Vec<HostTensor>> = if self.train_te {
-                None
-            } else {
-                captions
-                    .iter()
-                    .map(|c| self.text_cache.get(c).cloned())
-                    .collect()
-            };
-            match cached {
-                Some(s) => states = s,
-                None => {
-                    let tokenizer = self.models.tokenizer.as_ref().expect("a whole model");
-                    let te = self.models.text_encoder.as_ref().expect("a whole model");
-                    let ids: Vec<Vec<u32>> = captions
-                        .iter()
-                        .map(|c| tokenizer.encode_padded(c))
-                        .collect();
-                    return te.forward(ids_tensor(&ids, &self.device), self.cfg.clip_skip);
-                }
-            }
-        }
-        let (t, d) = (states[0].shape[0], states[0].shape[1]);
-        let data: Vec<f32> = states.iter().flat_map(|s| s.data.iter().copied()).collect();
-        Ok(Tensor::from_data(
-            TensorData::new(data, [states.len(), t, d]),
-            &self.device,
-        ))
-    }
-
-    /// One optimiser step over a group of micro-batches; returns loss, UNet learning rate and
-    /// the gradient norm before clipping.
-    fn step(&mut self, group: &[Vec<usize>]) -> Result<(f32, f64, f64)> {
-        let cfg = self.cfg;
-        let factor = cfg.lr_schedule.factor(self.pos.step, self.total_steps);
-        let lr = cfg.optimizer.learning_rate * factor;
-        let mut acc_unet = GradientsAccumulator::new();
-        let mut acc_te = GradientsAccumulator::new();
-        let mut loss_sum = 0.0f64;
-        for indices in group {
-            let latents = self.set.latents(indices, &self.device);
-            let context = self.context(indices)?;
-            let noise = StepNoise::sample(
-                &mut self.noise_rng,
-                latents.dims(),
-                self.models.schedule.num_train_timesteps(),
-            );
-            let m = &self.models;
-            let loss = diffusion_loss(
-                &m.unet,
-                &m.schedule,
-                &cfg.objective,
-                latents,
-                context,
-                &noise,
-            );
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
-            let mut grads = loss.backward();
-            acc_unet.accumulate(&m.unet, GradientsParams::from_module(&mut grads, &m.unet));
-            if self.train_te
-                && let Some(te) = &m.text_encoder
-            {
-                acc_te.accumulate(te, GradientsParams::from_module(&mut grads, te));
-            }
-        }
-        let count = group.len();
-        let loss = (loss_sum / count as f64) as f32;
-        if !loss.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                step: self.pos.step + 1,
-                loss,
-            });
-        }
-        let m = &mut self.models;
-        let mut g_unet = acc_unet.grads();
-        let mut g_te = self.train_te.then(|| acc_te.grads());
-        if count > 1 {
-            scale_grads(&m.unet, &mut g_unet, 1.0 / count as f64);
-            if let (Some(g), Some(te)) = (g_te.as_mut(), m.text_encoder.as_ref()) {
-                scale_grads(te, g, 1.0 / count as f64);
-            }
-        }
-        let n_unet = global_grad_norm(&m.unet, &g_unet);
-        let n_te = match (g_te.as_ref(), m.text_encoder.as_ref()) {
-            (Some(g), Some(te)) => global_grad_norm(te, g),
-            _ => 0.0,
-        };
-        let grad_norm = if self.train_te {
-            (n_unet * n_unet + n_te * n_te).sqrt()
-        } else {
-            n_unet
-        };
-        if let Some(max) = cfg.max_grad_norm {
-            let f = (max / (grad_norm + 1e-6)).min(1.0);
-            if f < 1.0 {
-                scale_grads(&m.unet, &mut g_unet, f);
-                if let (Some(g), Some(te)) = (g_te.as_mut(), m.text_encoder.as_ref()) {
-                    scale_grads(te, g, f);
-                }
-            }
-        }
-        m.unet = self.optim.step(lr, m.unet.clone(), g_unet);
-        if let (Some(g), Some(optim), Some(te_cfg)) =
-            (g_te, self.optim_te.as_mut(), cfg.text_encoder.as_ref())
-        {
-            let te = m.text_encoder.take().expect("trained text encoder");
-            m.text_encoder = Some(optim.step(te_cfg.learning_rate * factor, te, g));
-        }
-        Ok((loss, lr, grad_norm))
-    }
-
     /// The training state at the current position.
     fn state(&self) -> TrainingState {
         TrainingState {
@@ -639,75 +504,6 @@ impl Run<'_> {
         };
         sink.report(ProgressEvent::Saved(entry.clone()));
         self.saved.push(entry);
-        Ok(())
-    }
-
-    fn render_samples(&mut self, sink: &mut dyn ProgressSink) -> Result<()> {
-        self.render_samples_at(self.pos.epoch, sink)
-    }
-
-    /// Renders the configured prompts with the current adapters.
-    fn render_samples_at(&mut self, epoch: usize, sink: &mut dyn ProgressSink) -> Result<()> {
-        let cfg = self.cfg;
-        let Some(sample) = &cfg.sample else {
-            return Ok(());
-        };
-        let (Some(te), Some(vae), Some(tokenizer)) = (
-            self.models.text_encoder.as_ref(),
-            self.models.vae.as_ref(),
-            self.models.tokenizer.as_ref(),
-        ) else {
-            return Err(Error::invalid(
-                "sample",
-                "set",
-                "sampling needs a whole model in model.path",
-            ));
-        };
-        let device = parse_device(&cfg.device)?;
-        // Inference copies, off the autodiff graph.
-        let (unet, te, vae) = (self.models.unet.valid(), te.valid(), vae.valid());
-        let pipeline = Pipeline {
-            unet: &unet,
-            text_encoder: &te,
-            vae: &vae,
-            tokenizer,
-            scheduler: &self.models.scheduler,
-        };
-        let dir = cfg.output.dir.join("samples");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
-        let mut paths = Vec::new();
-        for (i, prompt) in sample.prompts.iter().enumerate() {
-            let settings = SampleSettings {
-                prompt: prompt.clone(),
-                negative_prompt: sample.negative_prompt.clone(),
-                width: self.sample_size,
-                height: self.sample_size,
-                steps: sample.steps,
-                guidance_scale: sample.guidance_scale,
-                seed: sample.seed + i as u64,
-                sampler: sample.sampler,
-                clip_skip: cfg.clip_skip,
-            };
-            let image = pipeline.render(&settings, &device)?;
-            let path = dir.join(format!(
-                "{}-e{epoch:06}-s{:08}-{i:02}.png",
-                cfg.output.name, self.pos.step
-            ));
-            let text = png_text(
-                &settings,
-                &self.models.model_name,
-                Some((&cfg.output.name, 1.0)),
-            );
-            write_png(&path, &image, &text)?;
-            paths.push(path);
-        }
-        let entry = SavedSamples {
-            epoch,
-            step: self.pos.step,
-            paths,
-        };
-        sink.report(ProgressEvent::Sampled(entry.clone()));
-        self.samples.push(entry);
         Ok(())
     }
 }
