@@ -351,3 +351,48 @@ async fn cancel_stops_training_and_bad_parameters_are_named() {
     let err = NativeTrainer::new(NativeOptions::new(assets()).with_device("tpu")).unwrap_err();
     assert!(err.to_string().contains("tpu"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_attempt_resumes_from_the_work_folder() {
+    let env = env().await;
+    let mut options = NativeOptions::new(assets());
+    options.work_dir = Some(env.tmp.path().join("native-work"));
+    let trainer = NativeTrainer::new(options).unwrap();
+    let mut params = tiny_sd_params();
+    params.insert("epochs".into(), ParamValue::Int(3));
+    params.insert("text_encoder_lr".into(), ParamValue::Float(0.0));
+
+    // Attempt 1 is lost after step 7 or a little later (epoch 1 was saved at step 5, epoch 2
+    // at step 10; cancellation reaches the trainer within a poll interval).
+    let step = assignment("train", &env, params.clone());
+    let (ctx, mut handle) = context(&env, &step, "attempt-1");
+    let watcher = tokio::spawn(async move {
+        while handle.changed().await {
+            if handle.latest().and_then(|p| p.step).is_some_and(|s| s >= 7) {
+                handle.cancel();
+                break;
+            }
+        }
+    });
+    let err = trainer.run(&step, &ctx).await.unwrap_err();
+    watcher.await.unwrap();
+    assert_eq!(err.kind, StepErrorKind::Cancelled);
+
+    // Attempt 2 continues from the last epoch state and still reports every epoch.
+    let mut step = assignment("train", &env, params);
+    step.attempt = 2;
+    let (ctx, _h) = context(&env, &step, "attempt-2");
+    let out = trainer.run(&step, &ctx).await.unwrap();
+    let resumed = out.outputs["resumed_from_step"].as_u64().unwrap();
+    assert!(resumed == 5 || resumed == 10, "{resumed}");
+    assert_eq!(out.outputs["steps"], 15);
+    assert_eq!(
+        out.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        out.epochs
+            .iter()
+            .all(|e| e.lora.is_some() && e.loss.is_some())
+    );
+}

@@ -154,3 +154,21 @@ impl From<Error> for StepError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_panics_are_out_of_memory_and_retryable() {
+        let e = Error::from_panic(Box::new(
+            "wgpu: Out of Memory while allocating a buffer".to_string(),
+        ));
+        assert!(matches!(e, Error::OutOfMemory { .. }));
+        let step = StepError::from(e);
+        assert_eq!(step.kind, StepErrorKind::OutOfMemory);
+        assert!(step.retryable);
+        let e = Error::from_panic(Box::new("index out of bounds"));
+        assert_eq!(StepError::from(e).kind, StepErrorKind::Internal);
+    }
+}

@@ -446,14 +446,28 @@ impl TrainConfig {
     /// run continues the same training (device, output and resume path are left out).
     pub fn training_digest(&self) -> String {
         use sha2::Digest;
+        // Folders may differ between attempts (a retried step gets a new scratch folder, a
+        // model store may be mounted elsewhere): only file names count; the dataset's content
+        // is checked separately.
+        let name_only = |p: &mut PathBuf| {
+            *p = p.file_name().map(PathBuf::from).unwrap_or_default();
+        };
         let mut c = self.clone();
         c.device = String::new();
         c.resume = None;
         c.output.dir = PathBuf::new();
         c.output.save_every_n_epochs = None;
         c.sample = None;
+        c.model.config_dir = None;
+        if let Some(p) = &mut c.model.path {
+            name_only(p);
+        }
+        if let Some(p) = &mut c.dataset {
+            name_only(p);
+        }
         if let Some(images) = &mut c.images {
             images.cache_dir = None;
+            images.dir = PathBuf::new();
         }
         hex::encode(sha2::Sha256::digest(
             serde_json::to_vec(&c).expect("the config serialises"),
@@ -482,6 +496,7 @@ mod tests {
         let mut c2 = c.clone();
         c2.device = "cpu ".into();
         c2.resume = Some("x".into());
+        c2.images.as_mut().unwrap().dir = "/elsewhere/imgs".into();
         assert_eq!(c.training_digest(), c2.training_digest());
         c2.seed = 1;
         assert_ne!(c.training_digest(), c2.training_digest());

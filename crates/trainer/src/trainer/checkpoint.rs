@@ -29,6 +29,8 @@ pub struct TrainingState {
     pub version: u32,
     /// [`TrainConfig::training_digest`] of the run that wrote it.
     pub training_digest: String,
+    /// [`Trainer::dataset_digest`](super::Trainer::dataset_digest) of its data.
+    pub dataset_digest: String,
     /// Optimiser steps done.
     pub step: usize,
     /// The epoch to continue in, 1-based.
@@ -202,7 +204,11 @@ pub(super) fn save_state(
 
 /// Reads `state.json` of a state folder (or the file itself) and checks that it belongs to
 /// this training configuration.
-pub(super) fn read_state(path: &Path, cfg: &TrainConfig) -> Result<(PathBuf, TrainingState)> {
+pub(super) fn read_state(
+    path: &Path,
+    cfg: &TrainConfig,
+    dataset_digest: &str,
+) -> Result<(PathBuf, TrainingState)> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
@@ -220,6 +226,14 @@ pub(super) fn read_state(path: &Path, cfg: &TrainConfig) -> Result<(PathBuf, Tra
             path.display(),
             "the state was written by a run with other training settings (seed, data, network, \
              optimiser, ...); resume with the configuration it was saved with",
+        ));
+    }
+    if state.dataset_digest != dataset_digest {
+        return Err(Error::invalid(
+            "resume",
+            path.display(),
+            "the state was written for other training data (images, captions, repeats or \
+             buckets differ); resume with the dataset it was trained on",
         ));
     }
     Ok((dir, state))

@@ -345,6 +345,32 @@ impl Trainer {
         }
     }
 
+    /// A digest of the training data: image names, sizes, captions, repeats and buckets (or
+    /// the latents themselves), recorded in training states.
+    pub fn dataset_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match &self.data {
+            Data::Latents(d) => {
+                for i in 0..d.len() {
+                    for v in d.latent(i).data.iter().chain(d.state(i).data.iter()) {
+                        h.update(v.to_le_bytes());
+                    }
+                }
+            }
+            Data::Images(s) => {
+                for (e, b) in s.entries.iter().zip(&s.buckets) {
+                    let size = std::fs::metadata(&e.path).map_or(0, |m| m.len());
+                    h.update(format!(
+                        "{}\0{size}\0{}\0{}\0{}x{}\n",
+                        e.name, e.caption, e.repeats, b.0, b.1
+                    ));
+                }
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
     /// Micro-batches per epoch.
     fn batches_per_epoch(&self) -> usize {
         let b = self.config.batch_size;

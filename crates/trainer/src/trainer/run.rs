@@ -60,6 +60,7 @@ pub(super) struct Run<'a> {
     pub(super) saved: Vec<SavedLora>,
     pub(super) samples: Vec<SavedSamples>,
     pub(super) sample_size: usize,
+    pub(super) dataset_digest: String,
 }
 
 fn check_latents(set: &TrainingSet, unet: &UNetConfig) -> Result<()> {
@@ -245,6 +246,7 @@ impl Trainer {
                 .as_ref()
                 .and_then(|s| s.size)
                 .unwrap_or(resolution.0),
+            dataset_digest: self.dataset_digest(),
         };
 
         sink.report(ProgressEvent::Started {
@@ -301,7 +303,7 @@ impl Trainer {
 impl Run<'_> {
     /// Continues from a state folder; returns the step it resumes at.
     fn resume(&mut self, path: &std::path::Path, sink: &mut dyn ProgressSink) -> Result<usize> {
-        let (dir, state) = read_state(path, self.cfg)?;
+        let (dir, state) = read_state(path, self.cfg, &self.dataset_digest)?;
         let optim = std::mem::replace(&mut self.optim, self.cfg.optimizer.build());
         let optim_te = self.optim_te.take();
         let (optim, optim_te) = restore(
@@ -443,6 +445,7 @@ impl Run<'_> {
         TrainingState {
             version: 1,
             training_digest: self.cfg.training_digest(),
+            dataset_digest: self.dataset_digest.clone(),
             step: self.pos.step,
             epoch: self.pos.epoch,
             batch: self.pos.batch,
