@@ -6,11 +6,11 @@
 //! [`CancelSignal`] (which also carries `save_now`/`sample_now` requests) between steps. It
 //! writes kohya LoRA files per epoch and at the end, each with a training state to resume from.
 //!
-//! - [`prepare`]: loading the models and encoding the dataset.
-//! - [`run`]: setting a run up, and the training loop.
-//! - [`step`]: one optimiser step over UNet and text-encoder adapters.
-//! - [`samples`]: images rendered during training.
-//! - [`checkpoint`]: kohya metadata, LoRA files, training states and resuming.
+//! - `prepare`: loading the models and encoding the dataset.
+//! - `run`: setting a run up, and the training loop.
+//! - `step`: one optimiser step over UNet and text-encoder adapters.
+//! - `samples`: images rendered during training.
+//! - `checkpoint`: kohya metadata, LoRA files, training states and resuming.
 
 mod checkpoint;
 mod prepare;
