@@ -9,6 +9,8 @@
 //!   or a trigger-word template.
 //! - [`publish`]: `publish`: copy the approved LoRA to permanent storage.
 //! - [`kohya`]: `train` on the kohya engine: sd-scripts as a subprocess.
+//! - [`native`]: `train` and `sample` on the native engine: loraflow's own
+//!   trainer, in-process.
 //! - [`dataset`]: what is in a dataset folder.
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
@@ -16,6 +18,7 @@ pub mod artifacts;
 pub mod dataset;
 pub mod kohya;
 pub mod label;
+pub mod native;
 pub mod publish;
 mod util;
 pub mod validate;
@@ -24,5 +27,6 @@ pub mod worker;
 pub use artifacts::{ArtifactStore, StepArtifacts};
 pub use kohya::{KohyaOptions, KohyaTrainer};
 pub use label::{Label, LabellerCommand, Labels};
+pub use native::{NativeOptions, NativeSampler, NativeTrainer};
 pub use publish::Publish;
 pub use validate::{Manifest, ValidateDataset, ValidateOptions};

@@ -1,9 +1,11 @@
 //! loraflow's native LoRA trainer for image-diffusion models, on burn.
 //!
-//! It loads the weights users already have (diffusers safetensors), attaches LoRA adapters to a
-//! frozen base, trains them with the usual diffusion objective, and writes LoRA files in the
-//! formats ComfyUI, A1111 and diffusers load (kohya `lora_unet_*` keys with `ss_*` metadata, or
-//! PEFT `lora_A`/`lora_B`). The device (`cpu`, `wgpu`, `vulkan`, `cuda:N`) is chosen at run time.
+//! It loads the models users already have (a diffusers folder or an SD1.x single-file
+//! checkpoint), encodes a folder of captioned images once, attaches LoRA adapters to the frozen
+//! UNet (and text encoder), trains them with the usual diffusion objective, renders samples, and
+//! writes LoRA files in the formats ComfyUI, A1111 and diffusers load (kohya `lora_unet_*` /
+//! `lora_te_*` keys with `ss_*` metadata, or PEFT `lora_A`/`lora_B`). The device (`cpu`, `wgpu`,
+//! `vulkan`, `cuda:N`) is chosen at run time.
 //!
 //! # Layout
 //!
@@ -11,27 +13,40 @@
 //! - [`device`]: configuration string → burn device.
 //! - [`tensor_file`]: safetensors reading and writing as `f32` host tensors.
 //! - [`rng`]: seeded host-side random streams (reproducible on every device).
+//! - [`weights`]: loading PyTorch-named weights into any model of the crate.
 //! - [`unet`]: diffusers' `UNet2DConditionModel` (SD1.x/SD2.x), config-driven.
+//! - [`clip`]: transformers' `CLIPTextModel` and CLIP's BPE tokenizer.
+//! - [`vae`]: diffusers' `AutoencoderKL`.
+//! - [`pipeline`]: a whole model from a diffusers folder or a single-file checkpoint.
+//! - [`sample`]: text to image with DDIM or Euler and guidance, PNGs with text chunks.
+//! - [`data`]: kohya-style image folders, captions, buckets, latent and text caches.
 //! - [`lora`]: adaptable layers, target patterns, kohya and PEFT files, merging.
 //! - [`schedule`]: the DDPM noise schedule, noising, targets and min-SNR weights.
-//! - [`train`]: the training step, optimiser, gradient clipping and learning-rate schedules.
+//! - [`train`]: the training step, optimiser, gradient clipping, learning-rate schedules, and the
+//!   examples and batches of a run.
 //! - [`trainer`]: [`TrainConfig`] → [`Trainer::run`] → [`TrainOutput`], the API the `train`
 //!   executor wraps.
 
+pub mod clip;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod lora;
+pub mod pipeline;
 pub mod rng;
+pub mod sample;
 pub mod schedule;
 pub mod tensor_file;
 pub mod train;
 pub mod trainer;
 pub mod unet;
+pub mod vae;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use trainer::{
-    CancelSignal, NeverCancel, ProgressEvent, ProgressSink, SavedLora, StepProgress, TrainConfig,
-    TrainOutput, Trainer,
+    CancelSignal, Controls, NeverCancel, ProgressEvent, ProgressSink, SaveReason, SavedLora,
+    SavedSamples, StepProgress, TrainConfig, TrainOutput, Trainer, TrainingState,
 };
 
 /// Compiles the README's example as a doctest, so the documented API cannot drift.

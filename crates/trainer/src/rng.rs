@@ -19,6 +19,10 @@ pub enum Stream {
     Noise = 3,
     /// Random base weights (benchmarks and tests without a checkpoint).
     BaseInit = 4,
+    /// Initial latents of sample images.
+    Sample = 5,
+    /// Caption shuffling and dropout.
+    Caption = 6,
 }
 
 /// A reproducible random source.
@@ -31,6 +35,16 @@ impl SeededRng {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(stream as u64);
         Self(rng)
+    }
+
+    /// The stream's position (to save a run's state).
+    pub fn word_pos(&self) -> u128 {
+        self.0.get_word_pos()
+    }
+
+    /// Moves the stream to a position saved with [`word_pos`](Self::word_pos).
+    pub fn set_word_pos(&mut self, pos: u128) {
+        self.0.set_word_pos(pos);
     }
 
     /// `n` samples of U(low, high).
@@ -79,6 +93,17 @@ mod tests {
         let c = SeededRng::new(7, Stream::LoraInit).normal(5);
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn positions_restore_the_stream() {
+        let mut a = SeededRng::new(9, Stream::Noise);
+        a.normal(7);
+        let pos = a.word_pos();
+        let next = a.normal(3);
+        let mut b = SeededRng::new(9, Stream::Noise);
+        b.set_word_pos(pos);
+        assert_eq!(b.normal(3), next);
     }
 
     #[test]

@@ -19,20 +19,38 @@ use crate::tensor_file::{self, HostTensor, SaveDtype, TensorFile};
 /// Key prefix of UNet modules.
 pub const UNET_PREFIX: &str = "lora_unet_";
 
-/// The kohya module name of a diffusers module path.
+/// Key prefix of SD1.x/SD2.x text-encoder modules.
+pub const TE_PREFIX: &str = "lora_te_";
+
+/// The kohya module name of a diffusers UNet module path.
 pub fn kohya_name(path: &str) -> String {
-    format!("{UNET_PREFIX}{}", path.replace('.', "_"))
+    kohya_name_with(UNET_PREFIX, path)
 }
+
+/// The kohya module name of a module path under a key prefix (`lora_unet_`, `lora_te_`).
+pub fn kohya_name_with(prefix: &str, path: &str) -> String {
+    format!("{prefix}{}", path.replace('.', "_"))
+}
+
+/// One model of a LoRA file and its key prefix, e.g. `(UNET_PREFIX, &mut unet)`.
+pub type Part<'a> = (&'a str, &'a mut dyn LoraLayers);
 
 /// The adapters of `model` as kohya tensors, in model order.
 pub fn kohya_tensors<M: LoraLayers>(model: &mut M) -> Vec<(String, HostTensor)> {
+    kohya_tensors_of(&mut [(UNET_PREFIX, model)])
+}
+
+/// The adapters of several models (UNet and text encoder) as kohya tensors.
+pub fn kohya_tensors_of(parts: &mut [Part<'_>]) -> Vec<(String, HostTensor)> {
     let mut out = Vec::new();
-    for (path, layer) in model.layers() {
-        if let Some((down, up, alpha)) = layer.factors() {
-            let name = kohya_name(&path);
-            out.push((format!("{name}.lora_down.weight"), down));
-            out.push((format!("{name}.lora_up.weight"), up));
-            out.push((format!("{name}.alpha"), HostTensor::scalar(alpha as f32)));
+    for (prefix, model) in parts.iter_mut() {
+        for (path, layer) in model.layers() {
+            if let Some((down, up, alpha)) = layer.factors() {
+                let name = kohya_name_with(prefix, &path);
+                out.push((format!("{name}.lora_down.weight"), down));
+                out.push((format!("{name}.lora_up.weight"), up));
+                out.push((format!("{name}.alpha"), HostTensor::scalar(alpha as f32)));
+            }
         }
     }
     out
@@ -99,6 +117,15 @@ pub struct KohyaMetadata {
     pub resolution: Option<(usize, usize)>,
     /// Session id (`ss_session_id`).
     pub session_id: u64,
+    /// Text-encoder learning rate when its adapters are trained (`ss_text_encoder_lr`; also
+    /// decides `ss_network_train_unet_only`).
+    pub text_encoder_lr: Option<f64>,
+    /// `clip_skip` (`ss_clip_skip`).
+    pub clip_skip: Option<usize>,
+    /// Tag counts per dataset folder (`ss_tag_frequency`).
+    pub tag_frequency: BTreeMap<String, BTreeMap<String, usize>>,
+    /// `(n_repeats, img_count)` per dataset folder (`ss_dataset_dirs`).
+    pub dataset_dirs: BTreeMap<String, (usize, usize)>,
     /// Additional header pairs.
     pub extra: BTreeMap<String, String>,
 }
@@ -135,8 +162,36 @@ impl KohyaMetadata {
         put("ss_output_name", self.output_name.clone());
         put("ss_learning_rate", py_float(self.learning_rate));
         put("ss_unet_lr", py_float(self.learning_rate));
-        put("ss_text_encoder_lr", "None".into());
-        put("ss_network_train_unet_only", py_bool(true));
+        put(
+            "ss_text_encoder_lr",
+            self.text_encoder_lr.map_or("None".into(), py_float),
+        );
+        put(
+            "ss_network_train_unet_only",
+            py_bool(self.text_encoder_lr.is_none()),
+        );
+        put(
+            "ss_clip_skip",
+            self.clip_skip.map_or("None".into(), |c| c.to_string()),
+        );
+        put(
+            "ss_tag_frequency",
+            serde_json::to_string(&self.tag_frequency).expect("maps serialise"),
+        );
+        let dirs: BTreeMap<&String, serde_json::Value> = self
+            .dataset_dirs
+            .iter()
+            .map(|(dir, (repeats, count))| {
+                (
+                    dir,
+                    serde_json::json!({"n_repeats": repeats, "img_count": count}),
+                )
+            })
+            .collect();
+        put(
+            "ss_dataset_dirs",
+            serde_json::to_string(&dirs).expect("maps serialise"),
+        );
         put("ss_num_train_images", self.num_train_images.to_string());
         put("ss_num_reg_images", "0".into());
         put(
@@ -224,7 +279,7 @@ fn addnet_legacy_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(&bytes[start..end]))[..8].to_string()
 }
 
-/// Writes the adapters of `model` as a kohya LoRA file.
+/// Writes the adapters of `model` (a UNet) as a kohya LoRA file.
 ///
 /// As sd-scripts does, the `sshs_model_hash`/`sshs_legacy_hash` values are computed over the
 /// file as written with only the `ss_*` metadata, so they identify the weights and training
@@ -235,7 +290,17 @@ pub fn save_kohya<M: LoraLayers>(
     metadata: &KohyaMetadata,
     dtype: SaveDtype,
 ) -> Result<()> {
-    let tensors = kohya_tensors(model);
+    save_kohya_parts(&mut [(UNET_PREFIX, model)], path, metadata, dtype)
+}
+
+/// Writes the adapters of several models (UNet and text encoder) as one kohya LoRA file.
+pub fn save_kohya_parts(
+    parts: &mut [Part<'_>],
+    path: &Path,
+    metadata: &KohyaMetadata,
+    dtype: SaveDtype,
+) -> Result<()> {
+    let tensors = kohya_tensors_of(parts);
     if tensors.is_empty() {
         return Err(Error::InvalidLora {
             path: path.to_path_buf(),
@@ -257,7 +322,7 @@ pub fn save_kohya<M: LoraLayers>(
 /// What a LoRA file held and what was done with it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadedLora {
-    /// Module paths that received adapters.
+    /// Module paths that received adapters (text-encoder ones prefixed with `text_encoder.`).
     pub modules: Vec<String>,
     /// Keys of other models (text encoders) that were left alone.
     pub skipped: Vec<String>,
@@ -272,7 +337,7 @@ struct Entry {
     alpha: Option<f64>,
 }
 
-/// Installs the adapters of a kohya LoRA file into `model` (on `device`).
+/// Installs the adapters of a kohya LoRA file into `model` (a UNet, on `device`).
 ///
 /// Text-encoder keys (`lora_te*`) are skipped and listed. A key that is not a LoRA tensor
 /// (LoHa, DoRA, ...), names no module of the model, or has shapes that do not fit is an error
@@ -282,21 +347,38 @@ pub fn load_kohya<M: LoraLayers>(
     path: &Path,
     device: &Device,
 ) -> Result<LoadedLora> {
+    load_kohya_parts(&mut [(UNET_PREFIX, model)], path, 1.0, device)
+}
+
+/// Installs the adapters of a kohya LoRA file into several models (UNet under `lora_unet_`,
+/// text encoder under `lora_te_`), scaled by `strength` (A1111's LoRA weight: every alpha is
+/// multiplied by it).
+///
+/// Keys of prefixes not given (for example `lora_te_` when only the UNet is passed, or SDXL's
+/// `lora_te1_`/`lora_te2_`) are skipped and listed.
+pub fn load_kohya_parts(
+    parts: &mut [Part<'_>],
+    path: &Path,
+    strength: f64,
+    device: &Device,
+) -> Result<LoadedLora> {
     let file = TensorFile::open(path)?;
     let bad = |reason: String| Error::InvalidLora {
         path: path.to_path_buf(),
         reason,
     };
+    let prefixes: Vec<&str> = parts.iter().map(|(p, _)| *p).collect();
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut skipped = Vec::new();
     for key in file.names() {
-        if key.starts_with("lora_te") {
-            skipped.push(key);
-            continue;
-        }
-        if !key.starts_with(UNET_PREFIX) {
+        let owned = prefixes.iter().any(|p| key.starts_with(p));
+        if !owned {
+            if key.starts_with("lora_te") || key.starts_with(UNET_PREFIX) {
+                skipped.push(key);
+                continue;
+            }
             return Err(bad(format!(
-                "key `{key}` is not a kohya UNet key (expected the prefix `{UNET_PREFIX}`)"
+                "key `{key}` is not a kohya key (expected a prefix among {prefixes:?})"
             )));
         }
         let (module, kind) = key
@@ -324,25 +406,31 @@ pub fn load_kohya<M: LoraLayers>(
         }
     }
 
-    // Walk the model so that modules come back in model order.
+    // Walk the models so that modules come back in model order.
     let mut modules = Vec::new();
-    for (path, mut layer) in model.layers() {
-        let name = kohya_name(&path);
-        let Some(entry) = entries.remove(&name) else {
-            continue;
-        };
-        let (Some(down), Some(up)) = (entry.down, entry.up) else {
-            return Err(bad(format!(
-                "`{name}` needs both lora_down.weight and lora_up.weight"
-            )));
-        };
-        let rank = down.shape.first().copied().unwrap_or(0);
-        let alpha = match entry.alpha {
-            Some(a) if a != 0.0 => a,
-            _ => rank as f64,
-        };
-        layer.set_factors(&name, down, up, alpha, device)?;
-        modules.push(path);
+    for (prefix, model) in parts.iter_mut() {
+        for (module_path, mut layer) in model.layers() {
+            let name = kohya_name_with(prefix, &module_path);
+            let Some(entry) = entries.remove(&name) else {
+                continue;
+            };
+            let (Some(down), Some(up)) = (entry.down, entry.up) else {
+                return Err(bad(format!(
+                    "`{name}` needs both lora_down.weight and lora_up.weight"
+                )));
+            };
+            let rank = down.shape.first().copied().unwrap_or(0);
+            let alpha = match entry.alpha {
+                Some(a) if a != 0.0 => a,
+                _ => rank as f64,
+            };
+            layer.set_factors(&name, down, up, alpha * strength, device)?;
+            modules.push(match *prefix {
+                UNET_PREFIX => module_path,
+                TE_PREFIX => format!("text_encoder.{module_path}"),
+                other => format!("{other}{module_path}"),
+            });
+        }
     }
     if let Some(name) = entries.keys().next() {
         return Err(bad(format!("`{name}` names no layer of this model")));

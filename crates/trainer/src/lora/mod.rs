@@ -25,9 +25,13 @@ pub mod targets;
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 pub use conv::{ConvAdapter, LoraConv2d, LoraConv2dConfig};
-pub use kohya::{KohyaMetadata, LoadedLora, load_kohya, save_kohya};
+pub use kohya::{
+    KohyaMetadata, LoadedLora, TE_PREFIX, UNET_PREFIX, load_kohya, load_kohya_parts, save_kohya,
+    save_kohya_parts,
+};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
 pub use peft::{load_peft, save_peft};
 pub use targets::TargetPatterns;
@@ -95,6 +99,31 @@ impl LayerMut<'_> {
         match self {
             LayerMut::Linear(l) => l.merge(),
             LayerMut::Conv(c) => c.merge(),
+        }
+    }
+
+    /// Gives the adapter's factors parameter ids derived from `key`, so that a resumed run's
+    /// optimiser state (keyed by parameter id) finds them again.
+    pub fn set_stable_ids(&mut self, key: &str) {
+        let id = |suffix: &str| {
+            let digest = sha2::Sha256::digest(format!("{key}.{suffix}"));
+            burn::module::ParamId::from(u64::from_le_bytes(
+                digest[..8].try_into().expect("8 bytes"),
+            ))
+        };
+        match self {
+            LayerMut::Linear(l) => {
+                if let Some(a) = &mut l.lora {
+                    a.down.id = id("down");
+                    a.up.id = id("up");
+                }
+            }
+            LayerMut::Conv(c) => {
+                if let Some(a) = &mut c.lora {
+                    a.down.id = id("down");
+                    a.up.id = id("up");
+                }
+            }
         }
     }
 
@@ -291,6 +320,14 @@ pub fn apply_lora<M: Module + LoraLayers>(
         ));
     }
     Ok((model, adapted))
+}
+
+/// Gives every adapter of `model` parameter ids derived from `namespace` and its module path
+/// (see [`LayerMut::set_stable_ids`]).
+pub fn set_stable_ids<M: LoraLayers>(model: &mut M, namespace: &str) {
+    for (path, mut layer) in model.layers() {
+        layer.set_stable_ids(&format!("{namespace}/{path}"));
+    }
 }
 
 /// Folds every adapter into its base weight, leaving a plain model.

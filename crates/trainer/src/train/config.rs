@@ -7,16 +7,29 @@ use serde::{Deserialize, Serialize};
 use super::lr::LrSchedule;
 use super::optim::AdamWSettings;
 use super::step::Objective;
+use crate::clip::TE_TARGETS;
+use crate::data::ImageDatasetConfig;
 use crate::error::{Error, Result};
 use crate::lora::NetworkConfig;
+use crate::sample::scheduler::SamplerKind;
 use crate::tensor_file::SaveDtype;
 
-/// Where the base model comes from.
+/// Where the base model comes from: a whole model (`path`), or a UNet alone (`unet_config`,
+/// for training on pre-computed latents).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// diffusers `unet/config.json`.
-    pub unet_config: PathBuf,
+    /// A diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+    /// `scheduler/`) or an SD1.x single-file checkpoint (`.safetensors`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// For a single-file `path`: a diffusers folder with the component configs and tokenizer
+    /// (weights not needed).
+    #[serde(default)]
+    pub config_dir: Option<PathBuf>,
+    /// diffusers `unet/config.json`, when training a UNet alone.
+    #[serde(default)]
+    pub unet_config: Option<PathBuf>,
     /// diffusers `unet/diffusion_pytorch_model.safetensors` (fp32, fp16 or bf16). Without it the
     /// base is randomly initialised, which only makes sense for tests and benchmarks.
     #[serde(default)]
@@ -44,6 +57,76 @@ pub struct OutputConfig {
     /// Also write `<name>.peft.safetensors` in diffusers/PEFT format.
     #[serde(default)]
     pub peft: bool,
+    /// Write the training state (adapters in f32, optimiser state, step and random streams)
+    /// beside every saved LoRA, as `<file stem>.state/`, so a run can be resumed from it.
+    #[serde(default = "yes")]
+    pub save_state: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Adapters on the text encoder as well (kohya's `lora_te_*` modules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderTraining {
+    /// Its learning rate (sd-scripts' `text_encoder_lr`).
+    pub learning_rate: f64,
+    /// Module-path patterns; the attention projections and MLP by default.
+    #[serde(default = "te_targets")]
+    pub targets: Vec<String>,
+}
+
+fn te_targets() -> Vec<String> {
+    TE_TARGETS.iter().map(|s| s.to_string()).collect()
+}
+
+impl TextEncoderTraining {
+    /// Text-encoder adapters at `learning_rate` on kohya's default modules.
+    pub fn new(learning_rate: f64) -> Self {
+        Self {
+            learning_rate,
+            targets: te_targets(),
+        }
+    }
+}
+
+fn default_sample_steps() -> usize {
+    20
+}
+
+fn default_guidance() -> f64 {
+    7.5
+}
+
+/// Images rendered during training: on a `sample_now` request and every N epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// One image per prompt.
+    pub prompts: Vec<String>,
+    /// Negative prompt for all of them.
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// Inference steps.
+    #[serde(default = "default_sample_steps")]
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    #[serde(default = "default_guidance")]
+    pub guidance_scale: f64,
+    /// DDIM or Euler.
+    #[serde(default)]
+    pub sampler: SamplerKind,
+    /// Seed of the first prompt (the next prompts use the following seeds).
+    #[serde(default)]
+    pub seed: u64,
+    /// Image size; the training resolution (or the model's default) when absent.
+    #[serde(default)]
+    pub size: Option<usize>,
+    /// Also render every N epochs.
+    #[serde(default)]
+    pub every_n_epochs: Option<usize>,
 }
 
 fn default_device() -> String {
@@ -65,13 +148,30 @@ pub struct TrainConfig {
     /// The base model.
     pub model: ModelConfig,
     /// Dataset file of pre-computed latents and text states
-    /// ([`LatentDataset`](super::dataset::LatentDataset)).
-    pub dataset: PathBuf,
+    /// ([`LatentDataset`](super::dataset::LatentDataset)); or use `images`.
+    #[serde(default)]
+    pub dataset: Option<PathBuf>,
+    /// A folder of images and captions (needs a whole model in `model.path`).
+    #[serde(default)]
+    pub images: Option<ImageDatasetConfig>,
     /// Output files.
     pub output: OutputConfig,
     /// Adapter placement, rank and alpha.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Adapters on the text encoder too.
+    #[serde(default)]
+    pub text_encoder: Option<TextEncoderTraining>,
+    /// Text-encoder layer from the end the UNet is conditioned on (1 = last; kohya's count).
+    #[serde(default = "one")]
+    pub clip_skip: usize,
+    /// Images rendered during training.
+    #[serde(default)]
+    pub sample: Option<SampleConfig>,
+    /// Continue from a training state (`<file stem>.state/`) written by an earlier run of the
+    /// same configuration.
+    #[serde(default)]
+    pub resume: Option<PathBuf>,
     /// AdamW settings (PyTorch defaults).
     #[serde(default)]
     pub optimizer: AdamWSettings,
@@ -106,29 +206,59 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// A configuration with defaults for everything but the paths.
+    /// A configuration for training a UNet alone on a latents file, with defaults for
+    /// everything but the paths.
     pub fn new(
         unet_config: impl Into<PathBuf>,
         dataset: impl Into<PathBuf>,
         output_dir: impl Into<PathBuf>,
         output_name: &str,
     ) -> Self {
+        let mut config = Self::for_images(
+            PathBuf::new(),
+            ImageDatasetConfig::new("", 512),
+            output_dir,
+            output_name,
+        );
+        config.model.path = None;
+        config.model.unet_config = Some(unet_config.into());
+        config.images = None;
+        config.dataset = Some(dataset.into());
+        config
+    }
+
+    /// A configuration for training on a folder of images with a whole model (a diffusers
+    /// folder or single file), with defaults for everything else.
+    pub fn for_images(
+        model: impl Into<PathBuf>,
+        images: ImageDatasetConfig,
+        output_dir: impl Into<PathBuf>,
+        output_name: &str,
+    ) -> Self {
         Self {
             device: default_device(),
             model: ModelConfig {
-                unet_config: unet_config.into(),
+                path: Some(model.into()),
+                config_dir: None,
+                unet_config: None,
                 unet_weights: None,
                 base_model_version: None,
             },
-            dataset: dataset.into(),
+            dataset: None,
+            images: Some(images),
             output: OutputConfig {
                 dir: output_dir.into(),
                 name: output_name.to_string(),
                 save_every_n_epochs: None,
                 dtype: SaveDtype::F32,
                 peft: false,
+                save_state: true,
             },
             network: NetworkConfig::default(),
+            text_encoder: None,
+            clip_skip: 1,
+            sample: None,
+            resume: None,
             optimizer: AdamWSettings::default(),
             lr_schedule: LrSchedule::default(),
             objective: Objective::default(),
@@ -213,7 +343,135 @@ impl TrainConfig {
         }
         self.network.validate()?;
         self.optimizer.validate()?;
+        self.validate_sources()?;
+        if let Some(te) = &self.text_encoder {
+            AdamWSettings {
+                learning_rate: te.learning_rate,
+                ..self.optimizer
+            }
+            .validate()
+            .map_err(|_| {
+                Error::invalid(
+                    "text_encoder.learning_rate",
+                    te.learning_rate,
+                    "expected a number in (0, 1], typically 5e-5",
+                )
+            })?;
+            crate::lora::TargetPatterns::new(&te.targets)?;
+        }
+        if self.clip_skip == 0 {
+            return Err(Error::invalid(
+                "clip_skip",
+                0,
+                "counts from the last layer: 1 is the last",
+            ));
+        }
+        if let Some(s) = &self.sample {
+            if self.model.path.is_none() {
+                return Err(Error::invalid(
+                    "sample",
+                    "set",
+                    "sampling needs the whole model in model.path",
+                ));
+            }
+            if s.steps == 0 {
+                return Err(Error::invalid("sample.steps", 0, "must be at least 1"));
+            }
+            if s.every_n_epochs == Some(0) {
+                return Err(Error::invalid(
+                    "sample.every_n_epochs",
+                    0,
+                    "must be at least 1",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Exactly one base-model source and one dataset, and the pairs that work together.
+    fn validate_sources(&self) -> Result<()> {
+        let m = &self.model;
+        match (&m.path, &m.unet_config) {
+            (Some(_), Some(c)) => {
+                return Err(Error::invalid(
+                    "model.unet_config",
+                    c.display(),
+                    "give either model.path (a whole model) or model.unet_config, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "model",
+                    "{}",
+                    "give model.path (a diffusers folder or single-file checkpoint)",
+                ));
+            }
+            _ => {}
+        }
+        match (&self.dataset, &self.images) {
+            (Some(d), Some(_)) => Err(Error::invalid(
+                "dataset",
+                d.display(),
+                "give either dataset (a latents file) or images (a folder), not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                "images",
+                "none",
+                "give images (a folder of images and captions) or dataset (a latents file)",
+            )),
+            (None, Some(images)) => {
+                if m.path.is_none() {
+                    return Err(Error::invalid(
+                        "model.path",
+                        "none",
+                        "training on images needs the whole model (VAE and text encoder)",
+                    ));
+                }
+                images.validate()
+            }
+            (Some(_), None) => {
+                if self.text_encoder.is_some() {
+                    return Err(Error::invalid(
+                        "text_encoder",
+                        "set",
+                        "a latents file has fixed text states; train the text encoder on images",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A digest of the settings that decide the trained weights, for checking that a resumed
+    /// run continues the same training (device, output and resume path are left out).
+    pub fn training_digest(&self) -> String {
+        use sha2::Digest;
+        // Folders may differ between attempts (a retried step gets a new scratch folder, a
+        // model store may be mounted elsewhere): only file names count; the dataset's content
+        // is checked separately.
+        let name_only = |p: &mut PathBuf| {
+            *p = p.file_name().map(PathBuf::from).unwrap_or_default();
+        };
+        let mut c = self.clone();
+        c.device = String::new();
+        c.resume = None;
+        c.output.dir = PathBuf::new();
+        c.output.save_every_n_epochs = None;
+        c.sample = None;
+        c.model.config_dir = None;
+        if let Some(p) = &mut c.model.path {
+            name_only(p);
+        }
+        if let Some(p) = &mut c.dataset {
+            name_only(p);
+        }
+        if let Some(images) = &mut c.images {
+            images.cache_dir = None;
+            images.dir = PathBuf::new();
+        }
+        hex::encode(sha2::Sha256::digest(
+            serde_json::to_vec(&c).expect("the config serialises"),
+        ))
     }
 }
 
@@ -223,6 +481,25 @@ mod tests {
 
     fn base() -> TrainConfig {
         TrainConfig::new("unet/config.json", "data.safetensors", "out", "lora")
+    }
+
+    #[test]
+    fn sources_must_be_one_of_each() {
+        let mut c = base();
+        c.images = Some(ImageDatasetConfig::new("imgs", 64));
+        assert!(c.validate().unwrap_err().to_string().contains("not both"));
+        c.dataset = None;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`model.path`"), "{err}");
+        let c = TrainConfig::for_images("model", ImageDatasetConfig::new("imgs", 64), "o", "n");
+        c.validate().unwrap();
+        let mut c2 = c.clone();
+        c2.device = "cpu ".into();
+        c2.resume = Some("x".into());
+        c2.images.as_mut().unwrap().dir = "/elsewhere/imgs".into();
+        assert_eq!(c.training_digest(), c2.training_digest());
+        c2.seed = 1;
+        assert_ne!(c.training_digest(), c2.training_digest());
     }
 
     #[test]

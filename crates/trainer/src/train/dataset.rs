@@ -76,6 +76,20 @@ impl LatentDataset {
         [self.states.shape[1], self.states.shape[2]]
     }
 
+    /// Example `i`'s latents, `[c · h · w]` flattened.
+    pub fn latent(&self, i: usize) -> HostTensor {
+        let [c, h, w] = self.latent_shape();
+        let n = c * h * w;
+        HostTensor::new(vec![n], self.latents.data[i * n..(i + 1) * n].to_vec())
+    }
+
+    /// Example `i`'s text states, `[tokens · width]` flattened.
+    pub fn state(&self, i: usize) -> HostTensor {
+        let [t, d] = self.state_shape();
+        let n = t * d;
+        HostTensor::new(vec![n], self.states.data[i * n..(i + 1) * n].to_vec())
+    }
+
     /// Gathers examples `indices` into a batch on `device`.
     ///
     /// # Shapes

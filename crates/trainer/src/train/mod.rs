@@ -2,12 +2,14 @@
 //!
 //! - [`config`]: [`TrainConfig`](config::TrainConfig) and its parts, with validation.
 //! - [`dataset`]: pre-computed latents and text-encoder states.
+//! - [`examples`]: the examples of a run and each epoch's bucketed batches.
 //! - [`step`]: noising, targets, the min-SNR-weighted loss.
 //! - [`optim`]: AdamW on the adapters, global-norm gradient clipping.
 //! - [`lr`]: constant, linear and cosine schedules with warm-up.
 
 pub mod config;
 pub mod dataset;
+pub mod examples;
 pub mod lr;
 pub mod optim;
 pub mod step;

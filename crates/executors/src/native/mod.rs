@@ -1,0 +1,22 @@
+//! The native engine: `train` and `sample` steps run by loraflow's own trainer
+//! (`loraflow-trainer`, on burn), in-process, on the CPU or a GPU backend.
+//!
+//! - [`options`]: where base models are, the device, a persistent work folder,
+//!   sampling defaults.
+//! - [`params`]: a job's parameters as the trainer's configuration.
+//! - [`train`]: [`NativeTrainer`], the `train` executor.
+//! - [`sample`]: [`NativeSampler`], the `sample` executor.
+//! - [`report`]: the loss history as JSON and a loss-curve PNG.
+//! - [`error`]: [`Error`], and the step error each failure becomes.
+
+pub mod error;
+pub mod options;
+pub mod params;
+pub mod report;
+pub mod sample;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use options::{NativeModel, NativeOptions, SampleDefaults};
+pub use sample::NativeSampler;
+pub use train::NativeTrainer;

@@ -1,0 +1,332 @@
+//! A job's parameters as the native trainer's configuration.
+//!
+//! The catalogue has resolved and bounded the parameters already; what is checked here is what
+//! the native engine cannot do (an optimiser or schedule it lacks). Parameters the native engine
+//! does not know are ignored. `unet_lr`, when present, sets the UNet adapters' rate and wins over
+//! `learning_rate`, as in sd-scripts; `text_encoder_lr` above 0 trains text-encoder adapters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use loraflow_core::catalogue::{ParamValue, Params};
+use loraflow_trainer::TrainConfig;
+use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
+use loraflow_trainer::schedule::Prediction;
+use loraflow_trainer::train::config::TextEncoderTraining;
+use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
+
+use super::error::{Error, Result};
+
+struct Reader<'a>(&'a Params);
+
+impl Reader<'_> {
+    fn uint(&self, name: &str) -> Result<Option<usize>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(ParamValue::Int(v)) if *v >= 0 => Ok(Some(*v as usize)),
+            Some(v) => Err(Error::param(
+                name,
+                format!("{v} must be a whole number of 0 or more"),
+            )),
+        }
+    }
+
+    fn positive(&self, name: &str) -> Result<Option<usize>> {
+        match self.uint(name)? {
+            Some(0) => Err(Error::param(name, "0 must be at least 1")),
+            v => Ok(v),
+        }
+    }
+
+    fn float(&self, name: &str) -> Result<Option<f64>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+                _ => Err(Error::param(
+                    name,
+                    format!("{v} must be a finite number of 0 or more"),
+                )),
+            },
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(ParamValue::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(Error::param(name, format!("{v} must be true or false"))),
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&str>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(ParamValue::Str(s)) => Ok(Some(s)),
+            Some(v) => Err(Error::param(name, format!("{v} must be a string"))),
+        }
+    }
+}
+
+/// Where a run's inputs and outputs are.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    /// The base model and, for a single file, its config folder.
+    pub model: (PathBuf, Option<PathBuf>),
+    /// The dataset folder.
+    pub dataset: PathBuf,
+    /// Captions replacing sidecars (from a labelling step).
+    pub captions: BTreeMap<String, String>,
+    /// Output folder.
+    pub output: PathBuf,
+    /// File stem of the LoRA files.
+    pub name: String,
+    /// Latent and text cache.
+    pub cache: Option<PathBuf>,
+}
+
+/// The trainer configuration for a job's parameters.
+pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<TrainConfig> {
+    let p = Reader(params);
+    let resolution = p.positive("resolution")?.unwrap_or(512);
+    let mut images = ImageDatasetConfig::new(paths.dataset, resolution);
+    images.num_repeats = p.positive("num_repeats")?.unwrap_or(1);
+    images.trigger_word = p
+        .string("trigger_word")?
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    images.captions = CaptionOptions {
+        shuffle_tags: p.bool("shuffle_tags")?.unwrap_or(false),
+        keep_tokens: p.uint("keep_tokens")?.unwrap_or(0),
+        dropout: p.float("caption_dropout")?.unwrap_or(0.0),
+    };
+    if images.captions.dropout > 1.0 {
+        return Err(Error::param(
+            "caption_dropout",
+            format!(
+                "{} must be a probability between 0 and 1",
+                images.captions.dropout
+            ),
+        ));
+    }
+    images.caption_overrides = paths.captions;
+    images.cache_dir = paths.cache;
+
+    let (model, config_dir) = paths.model;
+    let mut c = TrainConfig::for_images(model, images, paths.output, &paths.name);
+    c.model.config_dir = config_dir;
+    c.device = device.to_string();
+    if let Some(n) = p.positive("epochs")? {
+        c.epochs = n;
+    }
+    if let Some(n) = p.positive("batch_size")? {
+        c.batch_size = n;
+    }
+    if let Some(n) = p.positive("gradient_accumulation")? {
+        c.gradient_accumulation_steps = n;
+    }
+    if let Some(n) = p.positive("network_dim")? {
+        c.network.rank = n;
+    }
+    // kohya: an alpha of 0 means alpha = rank.
+    c.network.alpha = match p.float("network_alpha")? {
+        Some(a) if a > 0.0 => a,
+        _ => c.network.rank as f64,
+    };
+    let lr = p.float("unet_lr")?.or(p.float("learning_rate")?);
+    match lr {
+        Some(v) if v > 0.0 => c.optimizer.learning_rate = v,
+        Some(v) => {
+            let name = if params.contains_key("unet_lr") {
+                "unet_lr"
+            } else {
+                "learning_rate"
+            };
+            return Err(Error::param(name, format!("{v} must be above 0")));
+        }
+        None => c.optimizer.learning_rate = 1e-4,
+    }
+    if let Some(te_lr) = p.float("text_encoder_lr")?
+        && te_lr > 0.0
+    {
+        c.text_encoder = Some(TextEncoderTraining::new(te_lr));
+    }
+    if let Some(name) = p.string("optimizer")?
+        && name != "adamw"
+    {
+        return Err(Error::param(
+            "optimizer",
+            format!("{name:?} is not available in the native engine; use \"adamw\""),
+        ));
+    }
+    let kind = match p.string("lr_scheduler")? {
+        None | Some("constant") | Some("constant_with_warmup") => LrScheduleKind::Constant,
+        Some("linear") => LrScheduleKind::Linear,
+        Some("cosine") => LrScheduleKind::Cosine,
+        Some(other) => {
+            return Err(Error::param(
+                "lr_scheduler",
+                format!(
+                    "{other:?} is not available in the native engine; use constant, constant_with_warmup, linear or cosine"
+                ),
+            ));
+        }
+    };
+    c.lr_schedule = LrSchedule {
+        kind,
+        warmup_steps: p.uint("lr_warmup_steps")?.unwrap_or(0),
+    };
+    c.objective.min_snr_gamma = p.float("min_snr_gamma")?.filter(|g| *g > 0.0);
+    c.objective.noise_offset = p.float("noise_offset")?.unwrap_or(0.0);
+    c.objective.prediction = match p.string("prediction_type")? {
+        None | Some("epsilon") => Prediction::Epsilon,
+        Some("v_prediction") => Prediction::VPrediction,
+        Some(other) => {
+            return Err(Error::param(
+                "prediction_type",
+                format!("{other:?} must be epsilon or v_prediction"),
+            ));
+        }
+    };
+    if let Some(n) = p.positive("clip_skip")? {
+        c.clip_skip = n;
+    }
+    c.output.save_every_n_epochs = p.positive("save_every_n_epochs")?;
+    c.max_grad_norm = p.float("max_grad_norm")?.filter(|n| *n > 0.0);
+    if let Some(seed) = p.uint("seed")? {
+        c.seed = seed as u64;
+    }
+    c.validate().map_err(to_param_error)?;
+    Ok(c)
+}
+
+/// The job parameter behind a trainer configuration field.
+fn param_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "dataset.resolution" | "dataset.buckets" | "dataset.buckets.step" => "resolution",
+        "dataset.num_repeats" => "num_repeats",
+        "dataset.captions.dropout" => "caption_dropout",
+        "network.rank" => "network_dim",
+        "network.alpha" => "network_alpha",
+        "optimizer.learning_rate" => "learning_rate",
+        "text_encoder.learning_rate" => "text_encoder_lr",
+        "batch_size" => "batch_size",
+        "gradient_accumulation_steps" => "gradient_accumulation",
+        "epochs" => "epochs",
+        "max_grad_norm" => "max_grad_norm",
+        "objective.noise_offset" => "noise_offset",
+        "objective.min_snr_gamma" => "min_snr_gamma",
+        "clip_skip" => "clip_skip",
+        "output.save_every_n_epochs" => "save_every_n_epochs",
+        _ => return None,
+    })
+}
+
+/// A trainer configuration error, named by the job parameter when there is one.
+pub fn to_param_error(e: loraflow_trainer::Error) -> Error {
+    match &e {
+        loraflow_trainer::Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        } => match param_of(field) {
+            Some(param) => Error::param(param, format!("{value}: {reason}")),
+            None => Error::Trainer(e),
+        },
+        _ => Error::Trainer(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths() -> RunPaths {
+        RunPaths {
+            model: (PathBuf::from("model"), None),
+            dataset: PathBuf::from("data"),
+            captions: BTreeMap::new(),
+            output: PathBuf::from("out"),
+            name: "lora".into(),
+            cache: None,
+        }
+    }
+
+    fn params(pairs: &[(&str, ParamValue)]) -> Params {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn catalogue_parameters_map_to_the_trainer() {
+        let c = train_config(
+            &params(&[
+                ("epochs", ParamValue::Int(3)),
+                ("resolution", ParamValue::Int(64)),
+                ("network_dim", ParamValue::Int(8)),
+                ("network_alpha", ParamValue::Float(0.0)),
+                ("learning_rate", ParamValue::Float(1e-3)),
+                ("text_encoder_lr", ParamValue::Float(0.0)),
+                ("lr_scheduler", ParamValue::Str("cosine".into())),
+                ("min_snr_gamma", ParamValue::Float(0.0)),
+                ("trigger_word", ParamValue::Str(" ".into())),
+                ("shuffle_tags", ParamValue::Bool(true)),
+                ("keep_tokens", ParamValue::Int(1)),
+                ("auto_adjust", ParamValue::Bool(true)),
+            ]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(c.epochs, 3);
+        assert_eq!(c.images.as_ref().unwrap().resolution, 64);
+        assert_eq!((c.network.rank, c.network.alpha), (8, 8.0));
+        assert_eq!(c.optimizer.learning_rate, 1e-3);
+        assert!(c.text_encoder.is_none());
+        assert_eq!(c.lr_schedule.kind, LrScheduleKind::Cosine);
+        assert_eq!(c.objective.min_snr_gamma, None);
+        assert_eq!(c.images.as_ref().unwrap().trigger_word, None);
+        assert!(c.images.as_ref().unwrap().captions.shuffle_tags);
+    }
+
+    #[test]
+    fn unusable_values_name_the_parameter() {
+        let err = train_config(
+            &params(&[("optimizer", ParamValue::Str("prodigy".into()))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`optimizer`") && err.contains("prodigy"),
+            "{err}"
+        );
+        let err = train_config(&params(&[("epochs", ParamValue::Int(0))]), paths(), "cpu")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`epochs`"), "{err}");
+        let err = train_config(
+            &params(&[("caption_dropout", ParamValue::Float(2.0))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`caption_dropout`"), "{err}");
+        let err = train_config(
+            &params(&[(
+                "lr_scheduler",
+                ParamValue::Str("cosine_with_restarts".into()),
+            )]),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`lr_scheduler`"), "{err}");
+    }
+}

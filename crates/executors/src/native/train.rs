@@ -1,0 +1,429 @@
+//! [`NativeTrainer`]: the `train` executor of the native engine. One attempt: fetch the dataset
+//! (and the labels, whose captions replace sidecars), map the job's parameters, train on a
+//! blocking thread while forwarding progress and control requests, then store every saved
+//! epoch's LoRA, the loss history and its curve.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use loraflow_core::artifact::{Artifact, ArtifactKind, EpochOutput};
+use loraflow_core::catalogue::{Engine, ParamValue};
+use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
+use loraflow_core::job::{StepError, StepProgress};
+use loraflow_core::workflow::StepKind;
+use loraflow_trainer::train::config::SampleConfig;
+use loraflow_trainer::{Controls, ProgressEvent, SaveReason, TrainOutput, Trainer};
+use tracing::Instrument;
+
+use super::error::{Error, Result};
+use super::options::NativeOptions;
+use super::params::{RunPaths, to_param_error, train_config};
+use super::report::{LossHistory, StepLoss};
+use crate::dataset;
+use crate::kohya::layout::safe_name;
+use crate::label::Labels;
+
+/// Trains LoRAs with loraflow's own trainer (`train` steps of jobs on the native engine).
+#[derive(Debug, Clone)]
+pub struct NativeTrainer {
+    options: NativeOptions,
+}
+
+/// How often cancellation and `save_now`/`sample_now` are checked while training.
+const POLL: Duration = Duration::from_millis(100);
+
+fn report(ctx: &StepContext, message: impl Into<String>) {
+    ctx.report(StepProgress {
+        message: Some(message.into()),
+        ..StepProgress::default()
+    });
+}
+
+/// A trainer event as step progress (`None` for events that only update the message).
+fn progress(event: &ProgressEvent) -> Option<StepProgress> {
+    Some(match event {
+        ProgressEvent::Preparing { stage, done, total } => StepProgress {
+            message: Some(format!("encoding {stage} {done}/{total}")),
+            ..StepProgress::default()
+        },
+        ProgressEvent::Started { total_steps, .. } => StepProgress {
+            total_steps: Some(*total_steps as u64),
+            step: Some(0),
+            message: Some(format!("training: {total_steps} steps")),
+            ..StepProgress::default()
+        },
+        ProgressEvent::Step(p) => StepProgress {
+            percent: (p.step as f32 * 100.0 / p.total_steps.max(1) as f32).min(100.0),
+            epoch: Some(p.epoch as u32),
+            step: Some(p.step as u64),
+            total_steps: Some(p.total_steps as u64),
+            loss: p
+                .smoothed_loss
+                .is_finite()
+                .then_some(p.smoothed_loss as f64),
+            samples_per_sec: Some(p.samples_per_sec),
+            message: Some(format!(
+                "epoch {}/{} · step {}/{} · loss {:.4} (avg {:.4}) · {:.1} images/s · ETA {}s",
+                p.epoch,
+                p.total_epochs,
+                p.step,
+                p.total_steps,
+                p.loss,
+                p.smoothed_loss,
+                p.samples_per_sec,
+                p.eta.as_secs()
+            )),
+        },
+        _ => return None,
+    })
+}
+
+/// The newest training state under `out` (by step), to resume a retried attempt from.
+fn latest_state(out: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(out).ok()?;
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p.join("state.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some((v["step"].as_u64()?, p))
+        })
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, p)| p)
+}
+
+/// Epoch LoRA files an earlier attempt left in `out` (`<name>-NNNNNN.safetensors`).
+fn earlier_epoch_files(out: &Path, name: &str) -> Vec<(usize, PathBuf)> {
+    let prefix = format!("{name}-");
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let file = p.file_name()?.to_str()?;
+            let epoch = file
+                .strip_prefix(&prefix)?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((epoch, p))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned())
+}
+
+impl NativeTrainer {
+    /// A trainer with `options`, checked.
+    pub fn new(options: NativeOptions) -> Result<Self> {
+        options.validate()?;
+        Ok(Self { options })
+    }
+
+    pub fn options(&self) -> &NativeOptions {
+        &self.options
+    }
+
+    async fn captions(
+        step: &StepAssignment,
+        ctx: &StepContext,
+        work: &Path,
+    ) -> Result<BTreeMap<String, String>> {
+        let Some(artifact) = step.input(ArtifactKind::Labels) else {
+            return Ok(BTreeMap::new());
+        };
+        let local = work.join(dataset::LABELS_FILE);
+        ctx.artifacts().fetch(artifact, &local).await?;
+        let bytes = tokio::fs::read(&local)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
+        let labels: Labels = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::param(
+                "labels",
+                format!("{} is not a valid labels file: {e}", artifact.uri),
+            )
+        })?;
+        Ok(labels
+            .images
+            .into_iter()
+            .map(|(name, label)| (name, label.caption))
+            .collect())
+    }
+
+    /// One attempt, with typed errors.
+    pub async fn train(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput> {
+        let o = &self.options;
+        let model = o.model(step.base_model.as_str())?;
+        let work = ctx.workdir().to_path_buf();
+        report(ctx, "fetching the dataset");
+        let root = work.join("dataset");
+        ctx.artifacts().fetch_dir(&step.dataset.uri, &root).await?;
+        let captions = Self::captions(step, ctx, &work).await?;
+        if ctx.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        // With a persistent work folder, a retried attempt finds the last state and resumes.
+        let persistent = o.work_dir.as_ref().map(|d| {
+            d.join("jobs")
+                .join(step.job_id.to_string())
+                .join(step.step_id.to_string())
+        });
+        let out = persistent
+            .clone()
+            .unwrap_or_else(|| work.clone())
+            .join("output");
+        let name = safe_name(&step.naming.subject, "lora");
+        let mut config = train_config(
+            &step.params,
+            RunPaths {
+                model,
+                dataset: root,
+                captions,
+                output: out.clone(),
+                name: name.clone(),
+                cache: o.work_dir.as_ref().map(|d| d.join("cache")),
+            },
+            &o.device,
+        )?;
+        if persistent.is_some() {
+            config.resume = latest_state(&out);
+        }
+        if !step.sample_prompts.is_empty() {
+            let s = &o.sample;
+            config.sample = Some(SampleConfig {
+                prompts: step.sample_prompts.clone(),
+                negative_prompt: s.negative_prompt.clone(),
+                steps: s.steps,
+                guidance_scale: s.guidance_scale,
+                sampler: s.sampler,
+                seed: s.seed,
+                size: s.size,
+                every_n_epochs: None,
+            });
+        }
+
+        report(ctx, "loading the model and encoding the dataset");
+        let controls = Arc::new(Controls::default());
+        let remote = controls.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let trainer = Trainer::new(config).map_err(to_param_error)?;
+                let images = trainer.images().len();
+                let (per_epoch, _) = trainer.plan();
+                let output = trainer
+                    .run(
+                        &mut |e: ProgressEvent| {
+                            let _ = tx.send(e);
+                        },
+                        &remote,
+                    )
+                    .map_err(to_param_error)?;
+                Ok((output, per_epoch, images))
+            }));
+            run.unwrap_or_else(|panic| Err(Error::from_panic(panic)))
+        });
+        let mut tick = tokio::time::interval(POLL);
+        let result = loop {
+            tokio::select! {
+                Some(event) = rx.recv() => {
+                    if let Some(p) = progress(&event) {
+                        ctx.report(p);
+                    }
+                }
+                _ = tick.tick() => {
+                    if ctx.is_cancelled() {
+                        controls.cancel();
+                    }
+                    if ctx.take_save_now() {
+                        controls.request_save();
+                    }
+                    if ctx.take_sample_now() {
+                        controls.request_sample();
+                    }
+                }
+                joined = &mut handle => {
+                    break joined.map_err(|e| Error::Panicked { message: e.to_string() })?;
+                }
+            }
+        };
+        while let Ok(event) = rx.try_recv() {
+            if let Some(p) = progress(&event) {
+                ctx.report(p);
+            }
+        }
+        let (output, per_epoch, images) = match result {
+            Ok(r) => r,
+            Err(e)
+                if ctx.is_cancelled()
+                    && e.kind() == loraflow_core::job::StepErrorKind::Cancelled =>
+            {
+                return Err(Error::Cancelled);
+            }
+            Err(e) => return Err(e),
+        };
+        report(ctx, "storing the LoRA files");
+        self.store(ctx, &output, per_epoch, images, &out, &name)
+            .await
+    }
+
+    async fn put(
+        ctx: &StepContext,
+        path: &Path,
+        kind: ArtifactKind,
+        epoch: Option<usize>,
+    ) -> Result<Artifact> {
+        Ok(ctx
+            .artifacts()
+            .put(path, &file_name(path), kind, epoch.map(|e| e as u32))
+            .await?)
+    }
+
+    async fn store(
+        &self,
+        ctx: &StepContext,
+        output: &TrainOutput,
+        per_epoch: usize,
+        images: usize,
+        out: &Path,
+        name: &str,
+    ) -> Result<StepOutput> {
+        let mut epochs: Vec<EpochOutput> = Vec::new();
+        let mut artifacts = Vec::new();
+        let epoch_loss = |epoch: usize, fallback: f32| {
+            output
+                .epoch_losses
+                .get(epoch.wrapping_sub(1))
+                .copied()
+                .unwrap_or(fallback)
+        };
+        // Epoch files of an earlier attempt this run resumed from.
+        let first_epoch = output
+            .saved
+            .iter()
+            .map(|s| s.epoch)
+            .min()
+            .unwrap_or(usize::MAX);
+        if output.resumed_from.is_some() {
+            for (epoch, path) in earlier_epoch_files(out, name) {
+                if epoch < first_epoch {
+                    let lora = Self::put(ctx, &path, ArtifactKind::Lora, Some(epoch)).await?;
+                    epochs.push(EpochOutput {
+                        epoch: epoch as u32,
+                        lora: Some(lora),
+                        samples: Vec::new(),
+                        loss: Some(epoch_loss(epoch, f32::NAN) as f64).filter(|l| l.is_finite()),
+                    });
+                }
+            }
+        }
+        for saved in &output.saved {
+            let lora = Self::put(ctx, &saved.path, ArtifactKind::Lora, Some(saved.epoch)).await?;
+            if saved.reason == SaveReason::Requested {
+                artifacts.push(lora);
+                continue;
+            }
+            let loss = epoch_loss(saved.epoch, saved.loss) as f64;
+            epochs.push(EpochOutput {
+                epoch: saved.epoch as u32,
+                lora: Some(lora),
+                samples: Vec::new(),
+                loss: loss.is_finite().then_some(loss),
+            });
+        }
+        for batch in &output.samples {
+            for path in &batch.paths {
+                let sample = Self::put(ctx, path, ArtifactKind::Sample, Some(batch.epoch)).await?;
+                match epochs.iter_mut().find(|e| e.epoch as usize == batch.epoch) {
+                    Some(e) => e.samples.push(sample),
+                    None => artifacts.push(sample),
+                }
+            }
+        }
+
+        let history = LossHistory {
+            steps: output
+                .losses
+                .iter()
+                .enumerate()
+                .map(|(i, &loss)| StepLoss {
+                    step: i + 1,
+                    epoch: i / per_epoch.max(1) + 1,
+                    loss,
+                })
+                .collect(),
+            epochs: output
+                .epoch_losses
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i + 1, l))
+                .collect(),
+        };
+        let json = out.join("loss_history.json");
+        std::fs::write(&json, history.to_json())
+            .map_err(|e| Error::io(format!("writing {}", json.display()), e))?;
+        let curve = out.join("loss_curve.png");
+        history.write_png(&curve)?;
+        let curve_artifact = Self::put(ctx, &curve, ArtifactKind::Report, None).await?;
+        let curve_uri = curve_artifact.uri.clone();
+        artifacts.push(Self::put(ctx, &json, ArtifactKind::Report, None).await?);
+        artifacts.push(curve_artifact);
+        artifacts.push(Self::put(ctx, &output.config_file, ArtifactKind::Other, None).await?);
+
+        let elapsed = output.elapsed.as_secs_f64();
+        Ok(StepOutput {
+            outputs: serde_json::json!({
+                "engine": Engine::Native.as_str(),
+                "device": self.options.device,
+                "images": images,
+                "examples_per_epoch": output.examples_per_epoch,
+                "epochs": output.epochs,
+                "steps": output.steps,
+                "final_loss": output.losses.last(),
+                "epoch_losses": output.epoch_losses,
+                "adapted_modules": output.adapted_modules.len(),
+                "trainable_params": output.trainable_params,
+                "elapsed_secs": elapsed,
+                "resumed_from_step": output.resumed_from,
+                "loss_curve": curve_uri,
+            }),
+            artifacts,
+            epochs,
+        })
+    }
+}
+
+#[async_trait]
+impl Executor for NativeTrainer {
+    fn kinds(&self) -> Vec<StepKind> {
+        vec![StepKind::TRAIN.into()]
+    }
+
+    fn engines(&self) -> Vec<Engine> {
+        vec![Engine::Native]
+    }
+
+    async fn run(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        self.train(step, ctx)
+            .instrument(ctx.span().clone())
+            .await
+            .map_err(StepError::from)
+    }
+}
+
+/// The job's `seed`, if it sets one.
+pub(crate) fn job_seed(step: &StepAssignment) -> Option<u64> {
+    match step.params.get("seed") {
+        Some(ParamValue::Int(v)) if *v >= 0 => Some(*v as u64),
+        _ => None,
+    }
+}

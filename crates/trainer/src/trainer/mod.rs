@@ -1,0 +1,458 @@
+//! The trainer's public entry point: [`TrainConfig`] → [`Trainer::run`] → [`TrainOutput`].
+//!
+//! A run loads the base model, freezes it, attaches adapters (UNet, and text encoder when
+//! asked), encodes the dataset's images once (latents cached on disk), and performs AdamW steps
+//! on bucketed batches, reporting each step to a [`ProgressSink`] and checking a
+//! [`CancelSignal`] (which also carries `save_now`/`sample_now` requests) between steps. It
+//! writes kohya LoRA files per epoch and at the end, each with a training state to resume from.
+//!
+//! - `prepare`: loading the models and encoding the dataset.
+//! - `run`: setting a run up, and the training loop.
+//! - `step`: one optimiser step over UNet and text-encoder adapters.
+//! - `samples`: images rendered during training.
+//! - `checkpoint`: kohya metadata, LoRA files, training states and resuming.
+
+mod checkpoint;
+mod prepare;
+mod run;
+mod samples;
+mod step;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use crate::train::config::TrainConfig;
+pub use checkpoint::TrainingState;
+
+use crate::data::{Buckets, ImageEntry, folder};
+use crate::error::{Error, Result};
+use crate::pipeline::PipelineConfig;
+use crate::train::dataset::LatentDataset;
+use crate::train::examples::TrainingSet;
+
+/// One optimiser step's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProgress {
+    /// Steps done, 1-based.
+    pub step: usize,
+    /// Steps planned.
+    pub total_steps: usize,
+    /// Current epoch, 1-based.
+    pub epoch: usize,
+    /// Epochs planned.
+    pub total_epochs: usize,
+    /// Mean loss of the step's micro-batches.
+    pub loss: f32,
+    /// Exponential moving average of the loss (0.9 decay, bias-corrected).
+    pub smoothed_loss: f32,
+    /// Learning rate of the UNet adapters for the step.
+    pub learning_rate: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Wall time of the step.
+    pub step_time: Duration,
+    /// Training examples per second since the run (or the resumed run) started.
+    pub samples_per_sec: f64,
+    /// Estimated time to the last step.
+    pub eta: Duration,
+}
+
+/// Why a LoRA file was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveReason {
+    /// `save_every_n_epochs`.
+    Epoch,
+    /// A `save_now` request.
+    Requested,
+    /// The end of training.
+    Final,
+}
+
+/// A LoRA file written during the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedLora {
+    /// Epoch it was saved at (in progress for a requested save).
+    pub epoch: usize,
+    /// Optimiser steps done at that point.
+    pub step: usize,
+    /// The file.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Mean loss of the epoch's steps so far.
+    pub loss: f32,
+    /// The training state written beside it, if any.
+    pub state: Option<PathBuf>,
+    /// Why it was written.
+    pub reason: SaveReason,
+}
+
+/// Images rendered during the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedSamples {
+    /// Epoch they were rendered at.
+    pub epoch: usize,
+    /// Optimiser steps done.
+    pub step: usize,
+    /// One PNG per prompt.
+    pub paths: Vec<PathBuf>,
+}
+
+/// What the trainer reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgressEvent {
+    /// The dataset is being encoded (`stage` is `latents` or `text`).
+    Preparing {
+        /// What is being encoded.
+        stage: &'static str,
+        /// Items done.
+        done: usize,
+        /// Items in all.
+        total: usize,
+    },
+    /// Adapters are attached and training is about to start.
+    Started {
+        /// Steps planned.
+        total_steps: usize,
+        /// Trainable parameters.
+        trainable_params: usize,
+        /// Adapted module paths.
+        adapted_modules: usize,
+    },
+    /// Training continues from a saved state.
+    Resumed {
+        /// Steps already done.
+        step: usize,
+        /// Epoch it continues in.
+        epoch: usize,
+    },
+    /// An optimiser step finished.
+    Step(StepProgress),
+    /// An epoch finished.
+    EpochEnd {
+        /// The epoch.
+        epoch: usize,
+        /// Mean loss of its steps.
+        mean_loss: f32,
+    },
+    /// A LoRA file was written.
+    Saved(SavedLora),
+    /// Sample images were written.
+    Sampled(SavedSamples),
+}
+
+/// Receives progress. Implemented for closures taking a [`ProgressEvent`].
+pub trait ProgressSink {
+    /// Called on the training thread; keep it quick.
+    fn report(&mut self, event: ProgressEvent);
+}
+
+impl<F: FnMut(ProgressEvent)> ProgressSink for F {
+    fn report(&mut self, event: ProgressEvent) {
+        self(event)
+    }
+}
+
+/// Tells the trainer to stop, checked before every optimiser step; it may also ask for a LoRA
+/// file or samples at the next step boundary.
+pub trait CancelSignal {
+    /// Whether the run should stop now.
+    fn is_cancelled(&self) -> bool;
+
+    /// True once per request to save a LoRA file now.
+    fn take_save_now(&self) -> bool {
+        false
+    }
+
+    /// True once per request to render samples now.
+    fn take_sample_now(&self) -> bool {
+        false
+    }
+}
+
+impl CancelSignal for AtomicBool {
+    fn is_cancelled(&self) -> bool {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+impl CancelSignal for Arc<AtomicBool> {
+    fn is_cancelled(&self) -> bool {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// A signal that never fires.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NeverCancel;
+
+impl CancelSignal for NeverCancel {
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Cancel, `save_now` and `sample_now` flags, shared between the training thread and whoever
+/// controls it.
+#[derive(Debug, Default)]
+pub struct Controls {
+    cancel: AtomicBool,
+    save_now: AtomicBool,
+    sample_now: AtomicBool,
+}
+
+impl Controls {
+    /// Stops the run before its next step.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Saves a LoRA file (and state) at the next step boundary.
+    pub fn request_save(&self) {
+        self.save_now.store(true, Ordering::Release);
+    }
+
+    /// Renders samples at the next step boundary.
+    pub fn request_sample(&self) {
+        self.sample_now.store(true, Ordering::Release);
+    }
+}
+
+impl CancelSignal for Controls {
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+    }
+
+    fn take_save_now(&self) -> bool {
+        self.save_now.swap(false, Ordering::AcqRel)
+    }
+
+    fn take_sample_now(&self) -> bool {
+        self.sample_now.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl CancelSignal for Arc<Controls> {
+    fn is_cancelled(&self) -> bool {
+        (**self).is_cancelled()
+    }
+
+    fn take_save_now(&self) -> bool {
+        (**self).take_save_now()
+    }
+
+    fn take_sample_now(&self) -> bool {
+        (**self).take_sample_now()
+    }
+}
+
+/// The result of a completed run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutput {
+    /// The final kohya LoRA file.
+    pub lora: PathBuf,
+    /// The final diffusers/PEFT file, when asked for.
+    pub peft: Option<PathBuf>,
+    /// Every kohya file written, in order, the final one last.
+    pub saved: Vec<SavedLora>,
+    /// Sample images written.
+    pub samples: Vec<SavedSamples>,
+    /// The configuration written beside the files.
+    pub config_file: PathBuf,
+    /// Optimiser steps done.
+    pub steps: usize,
+    /// Epochs started.
+    pub epochs: usize,
+    /// Loss of every step (of the earlier run too when resumed).
+    pub losses: Vec<f32>,
+    /// Mean loss of every finished epoch.
+    pub epoch_losses: Vec<f32>,
+    /// Examples per epoch, repeats included.
+    pub examples_per_epoch: usize,
+    /// Adapted module paths (text-encoder ones prefixed with `text_encoder.`).
+    pub adapted_modules: Vec<String>,
+    /// Trainable (adapter) parameters.
+    pub trainable_params: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// The step this run resumed from, if it did.
+    pub resumed_from: Option<usize>,
+}
+
+/// A dataset folder, listed and bucketed but not yet encoded.
+#[derive(Debug, Clone)]
+pub(crate) struct ScannedImages {
+    pub entries: Vec<ImageEntry>,
+    /// Bucket `(width, height)` per entry.
+    pub buckets: Vec<(usize, usize)>,
+}
+
+#[derive(Debug)]
+enum Data {
+    Latents(LatentDataset),
+    Images(Box<ScannedImages>),
+}
+
+/// A validated training run.
+#[derive(Debug)]
+pub struct Trainer {
+    config: TrainConfig,
+    data: Data,
+}
+
+impl Trainer {
+    /// Validates `config`, reads its latents file or lists its image folder (image headers
+    /// only; images are encoded when the run starts).
+    pub fn new(config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let data = match (&config.dataset, &config.images) {
+            (Some(path), _) => Data::Latents(LatentDataset::open(path)?),
+            (None, Some(images)) => Data::Images(Box::new(scan_images(&config, images)?)),
+            (None, None) => unreachable!("validate() requires a dataset"),
+        };
+        Ok(Self { config, data })
+    }
+
+    /// Validates `config` and trains on `dataset` (its `dataset` path is recorded, not read).
+    pub fn with_dataset(config: TrainConfig, dataset: LatentDataset) -> Result<Self> {
+        config.validate()?;
+        if config.images.is_some() {
+            return Err(Error::invalid(
+                "images",
+                "set",
+                "with_dataset trains on the given latents; leave images unset",
+            ));
+        }
+        Ok(Self {
+            config,
+            data: Data::Latents(dataset),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The images of an image dataset, with their captions and repeats.
+    pub fn images(&self) -> &[ImageEntry] {
+        match &self.data {
+            Data::Images(s) => &s.entries,
+            Data::Latents(_) => &[],
+        }
+    }
+
+    /// A digest of the training data: image names, sizes, captions, repeats and buckets (or
+    /// the latents themselves), recorded in training states.
+    pub fn dataset_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match &self.data {
+            Data::Latents(d) => {
+                for i in 0..d.len() {
+                    for v in d.latent(i).data.iter().chain(d.state(i).data.iter()) {
+                        h.update(v.to_le_bytes());
+                    }
+                }
+            }
+            Data::Images(s) => {
+                for (e, b) in s.entries.iter().zip(&s.buckets) {
+                    let size = std::fs::metadata(&e.path).map_or(0, |m| m.len());
+                    h.update(format!(
+                        "{}\0{size}\0{}\0{}\0{}x{}\n",
+                        e.name, e.caption, e.repeats, b.0, b.1
+                    ));
+                }
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Micro-batches per epoch.
+    fn batches_per_epoch(&self) -> usize {
+        let b = self.config.batch_size;
+        match &self.data {
+            Data::Latents(d) => d.len().div_ceil(b),
+            Data::Images(s) => {
+                let mut counts: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+                for (e, bucket) in s.entries.iter().zip(&s.buckets) {
+                    *counts.entry(*bucket).or_default() += e.repeats;
+                }
+                counts.values().map(|n| n.div_ceil(b)).sum()
+            }
+        }
+    }
+
+    /// Optimiser steps per epoch and in total.
+    pub fn plan(&self) -> (usize, usize) {
+        let c = &self.config;
+        let per_epoch = self
+            .batches_per_epoch()
+            .div_ceil(c.gradient_accumulation_steps);
+        let total = c.max_train_steps.unwrap_or(c.epochs * per_epoch);
+        (per_epoch, total)
+    }
+
+    fn training_set_of_latents(&self) -> Option<TrainingSet> {
+        match &self.data {
+            Data::Latents(d) => Some(TrainingSet::from_latents(d)),
+            Data::Images(_) => None,
+        }
+    }
+}
+
+/// The component configs of the configured model.
+pub(crate) fn pipeline_config(config: &TrainConfig) -> Result<PipelineConfig> {
+    let path = config
+        .model
+        .path
+        .as_ref()
+        .expect("validated: images need model.path");
+    if path.is_dir() {
+        PipelineConfig::from_dir(path)
+    } else {
+        let dir = config.model.config_dir.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "model.config_dir",
+                "none",
+                format!(
+                    "{} is a single-file checkpoint; give a diffusers folder with its configs and tokenizer",
+                    path.display()
+                ),
+            )
+        })?;
+        PipelineConfig::from_dir(dir)
+    }
+}
+
+/// Lists the folder and puts every image in its bucket (reading image headers only).
+fn scan_images(
+    config: &TrainConfig,
+    images: &crate::data::ImageDatasetConfig,
+) -> Result<ScannedImages> {
+    let pipeline = pipeline_config(config)?;
+    let entries = folder::scan(
+        &images.dir,
+        images.num_repeats,
+        images.trigger_word.as_deref(),
+        &images.caption_overrides,
+    )?;
+    let multiple =
+        pipeline.vae.downscale_factor() * (1usize << (pipeline.unet.block_out_channels.len() - 1));
+    let buckets = Buckets::new(images.resolution, &images.buckets, multiple)?;
+    let mut chosen = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let (w, h) = image::image_dimensions(&e.path).map_err(|err| Error::Parse {
+            path: e.path.clone(),
+            reason: format!("not a readable image: {err}"),
+        })?;
+        chosen.push(buckets.select(w as usize, h as usize));
+    }
+    Ok(ScannedImages {
+        entries,
+        buckets: chosen,
+    })
+}

@@ -1,0 +1,203 @@
+//! Loading the models of a run and encoding its dataset.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+
+use super::{CancelSignal, ProgressEvent, ProgressSink, ScannedImages};
+use crate::clip::{ClipTextModel, ClipTokenizer, ids_tensor};
+use crate::data::bucket::fit_to_bucket;
+use crate::data::cache::{Cache, model_identity};
+use crate::error::{Error, Result};
+use crate::pipeline::StableDiffusion;
+use crate::sample::scheduler::SchedulerConfig;
+use crate::schedule::NoiseSchedule;
+use crate::tensor_file::HostTensor;
+use crate::train::config::TrainConfig;
+use crate::train::examples::{Conditioning, Example, TrainingSet};
+use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::vae::AutoencoderKL;
+
+/// Everything a run trains and samples with.
+pub(super) struct Models {
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
+    /// Present with a whole model.
+    pub text_encoder: Option<ClipTextModel>,
+    pub tokenizer: Option<ClipTokenizer>,
+    pub vae: Option<AutoencoderKL>,
+    pub scheduler: SchedulerConfig,
+    pub schedule: NoiseSchedule,
+    /// The base model's file or folder name (`ss_sd_model_name`).
+    pub model_name: String,
+    /// Cache identities of the VAE and text encoder.
+    pub vae_identity: String,
+    pub text_identity: String,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// The weights file of a component (for cache identities), or the single file itself.
+fn component_file(model: &Path, component: &str, stem: &str) -> PathBuf {
+    if model.is_file() {
+        return model.to_path_buf();
+    }
+    ["", ".fp16", ".bf16"]
+        .iter()
+        .map(|v| model.join(component).join(format!("{stem}{v}.safetensors")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| model.join(component))
+}
+
+/// Loads the configured base model on `device` (the training device, with autodiff).
+pub(super) fn load_models(config: &TrainConfig, device: &Device) -> Result<Models> {
+    let m = &config.model;
+    if let Some(path) = &m.path {
+        let sd = StableDiffusion::load(path, m.config_dir.as_deref(), device)?;
+        let scheduler = sd.config.scheduler.clone();
+        return Ok(Models {
+            schedule: scheduler.noise_schedule()?,
+            scheduler,
+            unet_config: sd.config.unet.clone(),
+            vae_identity: model_identity(
+                &sd.config.vae,
+                &component_file(path, "vae", "diffusion_pytorch_model"),
+            ),
+            text_identity: model_identity(
+                &sd.config.text_encoder,
+                &component_file(path, "text_encoder", "model"),
+            ),
+            model_name: file_name(path),
+            unet: sd.unet,
+            text_encoder: Some(sd.text_encoder),
+            tokenizer: Some(sd.tokenizer),
+            vae: Some(sd.vae),
+        });
+    }
+    let config_path = m
+        .unet_config
+        .as_ref()
+        .expect("validated: a model source is set");
+    let unet_config = UNetConfig::from_file(config_path)?;
+    let mut unet = unet_config.init(device);
+    if let Some(weights) = &m.unet_weights {
+        unet = unet.load_diffusers(weights)?;
+    }
+    Ok(Models {
+        unet,
+        unet_config,
+        text_encoder: None,
+        tokenizer: None,
+        vae: None,
+        scheduler: SchedulerConfig::default(),
+        schedule: NoiseSchedule::stable_diffusion(),
+        model_name: m
+            .unet_weights
+            .as_deref()
+            .map_or_else(|| "random-init".to_string(), file_name),
+        vae_identity: String::new(),
+        text_identity: String::new(),
+    })
+}
+
+/// The cache folder of a run.
+pub(super) fn cache_of(config: &TrainConfig) -> Cache {
+    let dir = config
+        .images
+        .as_ref()
+        .and_then(|i| i.cache_dir.clone())
+        .unwrap_or_else(|| config.output.dir.join("cache"));
+    Cache::new(dir)
+}
+
+/// Encodes every image to latents (from the cache when it has them).
+pub(super) fn encode_images(
+    scanned: &ScannedImages,
+    models: &Models,
+    cache: &Cache,
+    sink: &mut dyn ProgressSink,
+    cancel: &dyn CancelSignal,
+    device: &Device,
+) -> Result<TrainingSet> {
+    let vae = models.vae.as_ref().expect("a whole model has a VAE");
+    let total = scanned.entries.len();
+    let mut examples = Vec::with_capacity(total);
+    for (i, (entry, &bucket)) in scanned.entries.iter().zip(&scanned.buckets).enumerate() {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled { completed_steps: 0 });
+        }
+        let bytes = std::fs::read(&entry.path).map_err(|e| Error::read(&entry.path, e))?;
+        let key = Cache::latent_key(&bytes, bucket, &models.vae_identity);
+        let latents = match cache.get("latents", &key) {
+            Some(l) => l,
+            None => {
+                let image = image::load_from_memory(&bytes)
+                    .map_err(|e| Error::Parse {
+                        path: entry.path.clone(),
+                        reason: format!("not a readable image: {e}"),
+                    })?
+                    .to_rgb8();
+                let pixels: Tensor<4> = fit_to_bucket(&image, bucket)
+                    .to_tensor::<3>(device)
+                    .unsqueeze_dim(0);
+                let latents =
+                    HostTensor::from_tensor(vae.encode_latents(pixels).squeeze_dim::<3>(0));
+                cache.put("latents", &key, &latents)?;
+                latents
+            }
+        };
+        examples.push(Example {
+            latents,
+            conditioning: Conditioning::Caption(entry.caption.clone()),
+            repeats: entry.repeats,
+        });
+        sink.report(ProgressEvent::Preparing {
+            stage: "latents",
+            done: i + 1,
+            total,
+        });
+    }
+    Ok(TrainingSet::new(examples))
+}
+
+/// Text states of `captions`, computed once (from the cache when it has them).
+pub(super) fn encode_captions(
+    captions: &[String],
+    models: &Models,
+    clip_skip: usize,
+    cache: &Cache,
+    sink: &mut dyn ProgressSink,
+    device: &Device,
+) -> Result<HashMap<String, HostTensor>> {
+    let te = models.text_encoder.as_ref().expect("a whole model");
+    let tokenizer = models.tokenizer.as_ref().expect("a whole model");
+    let mut out = HashMap::new();
+    for (i, caption) in captions.iter().enumerate() {
+        if out.contains_key(caption) {
+            continue;
+        }
+        let key = Cache::text_key(caption, clip_skip, &models.text_identity);
+        let states = match cache.get("text", &key) {
+            Some(s) => s,
+            None => {
+                let ids = ids_tensor(&[tokenizer.encode_padded(caption)], device);
+                let s = HostTensor::from_tensor(te.forward(ids, clip_skip)?.squeeze_dim::<2>(0));
+                cache.put("text", &key, &s)?;
+                s
+            }
+        };
+        out.insert(caption.clone(), states);
+        sink.report(ProgressEvent::Preparing {
+            stage: "text",
+            done: i + 1,
+            total: captions.len(),
+        });
+    }
+    Ok(out)
+}

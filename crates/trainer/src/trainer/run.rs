@@ -1,0 +1,512 @@
+//! The training loop.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::optim::ModuleOptimizer;
+use burn::tensor::Device;
+
+use super::checkpoint::{
+    MetadataInputs, TrainingState, kohya_metadata, parts, read_state, restore, save_lora,
+    save_state, state_dir, unix_now,
+};
+use super::prepare::{Models, cache_of, encode_captions, encode_images, load_models};
+use super::{
+    CancelSignal, Data, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
+    StepProgress, TrainOutput, Trainer,
+};
+use crate::data::folder;
+use crate::device::parse_device;
+use crate::error::{Error, Result};
+use crate::lora::{
+    KohyaMetadata, NetworkConfig, adapter_param_count, apply_lora, save_peft, set_stable_ids,
+};
+use crate::rng::{SeededRng, Stream};
+use crate::tensor_file::HostTensor;
+use crate::train::config::TrainConfig;
+use crate::train::examples::{Conditioning, TrainingSet};
+use crate::train::optim::AdamWSettings;
+use crate::unet::UNetConfig;
+
+/// Where the loop is, everything a state file records.
+pub(super) struct Position {
+    pub(super) step: usize,
+    pub(super) epoch: usize,
+    pub(super) batch: usize,
+    pub(super) epoch_shuffle_pos: u128,
+    pub(super) losses: Vec<f32>,
+    pub(super) epoch_losses: Vec<f32>,
+    pub(super) epoch_loss: (f64, usize),
+}
+
+/// One run's mutable state.
+pub(super) struct Run<'a> {
+    pub(super) cfg: &'a TrainConfig,
+    pub(super) models: Models,
+    pub(super) set: TrainingSet,
+    pub(super) text_cache: HashMap<String, HostTensor>,
+    pub(super) train_te: bool,
+    pub(super) optim: ModuleOptimizer,
+    pub(super) optim_te: Option<ModuleOptimizer>,
+    pub(super) shuffle_rng: SeededRng,
+    pub(super) noise_rng: SeededRng,
+    pub(super) caption_rng: SeededRng,
+    pub(super) pos: Position,
+    pub(super) metadata: KohyaMetadata,
+    pub(super) device: Device,
+    pub(super) total_steps: usize,
+    pub(super) total_epochs: usize,
+    pub(super) saved: Vec<SavedLora>,
+    pub(super) samples: Vec<SavedSamples>,
+    pub(super) sample_size: usize,
+    pub(super) dataset_digest: String,
+}
+
+fn check_latents(set: &TrainingSet, unet: &UNetConfig) -> Result<()> {
+    let first = &set.examples()[0];
+    let (c, h, w) = (
+        first.latents.shape[0],
+        first.latents.shape[1],
+        first.latents.shape[2],
+    );
+    if c != unet.in_channels {
+        return Err(Error::invalid(
+            "dataset.latents",
+            format!("{c} channels"),
+            format!("the UNet takes {} latent channels", unet.in_channels),
+        ));
+    }
+    if let Conditioning::States(s) = &first.conditioning
+        && s.shape[1] != unet.cross_attention_dim[0]
+    {
+        return Err(Error::invalid(
+            "dataset.encoder_hidden_states",
+            format!("width {}", s.shape[1]),
+            format!(
+                "the UNet cross-attends to width {}",
+                unet.cross_attention_dim[0]
+            ),
+        ));
+    }
+    if h == 0 || w == 0 {
+        return Err(Error::invalid(
+            "dataset.latents",
+            format!("{h}x{w}"),
+            "empty latents",
+        ));
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// Trains, reporting to `sink` and stopping with [`Error::Cancelled`] when `cancel` fires;
+    /// `save_now` and `sample_now` requests are honoured at the next step boundary.
+    pub fn run(
+        &self,
+        sink: &mut dyn ProgressSink,
+        cancel: &dyn CancelSignal,
+    ) -> Result<TrainOutput> {
+        let started = Instant::now();
+        let started_at = unix_now();
+        let cfg = &self.config;
+        let mut device = parse_device(&cfg.device)?.autodiff();
+        if cfg.gradient_checkpointing {
+            device = device.gradient_checkpointing();
+        }
+        let mut models = load_models(cfg, &device)?;
+        let cache = cache_of(cfg);
+
+        // The examples, and what the kohya header says about them.
+        let mut tag_frequency = Default::default();
+        let mut dataset_dirs = Default::default();
+        let (set, resolution) = match &self.data {
+            Data::Latents(_) => {
+                let set = self.training_set_of_latents().expect("a latents dataset");
+                check_latents(&set, &models.unet_config)?;
+                let shape = &set.examples()[0].latents.shape;
+                let (h, w) = (shape[1], shape[2]);
+                // Latents are 1/8 of the image size in the SD VAE.
+                (set, (w * 8, h * 8))
+            }
+            Data::Images(scanned) => {
+                tag_frequency = folder::tag_frequency(&scanned.entries);
+                dataset_dirs = folder::dataset_dirs(&scanned.entries);
+                let set = encode_images(scanned, &models, &cache, sink, cancel, &device)?;
+                let r = cfg.images.as_ref().expect("images").resolution;
+                (set, (r, r))
+            }
+        };
+        let train_te = cfg.text_encoder.is_some();
+        let text_cache = match &cfg.images {
+            Some(images) if !train_te && images.captions.is_static() => {
+                let mut captions: Vec<String> = set
+                    .examples()
+                    .iter()
+                    .filter_map(|e| match &e.conditioning {
+                        Conditioning::Caption(c) => Some(c.clone()),
+                        Conditioning::States(_) => None,
+                    })
+                    .collect();
+                if images.captions.dropout > 0.0 {
+                    captions.push(String::new());
+                }
+                encode_captions(&captions, &models, cfg.clip_skip, &cache, sink, &device)?
+            }
+            _ => HashMap::new(),
+        };
+
+        // Adapters, with parameter ids that survive a restart.
+        let (unet, mut adapted) = apply_lora(models.unet, &cfg.network, cfg.seed, &device)?;
+        models.unet = unet;
+        set_stable_ids(&mut models.unet, "unet");
+        if let Some(te_cfg) = &cfg.text_encoder {
+            let te = models
+                .text_encoder
+                .take()
+                .expect("validated: a whole model");
+            let network = NetworkConfig {
+                targets: te_cfg.targets.clone(),
+                conv_rank: None,
+                conv_alpha: None,
+                ..cfg.network.clone()
+            };
+            let (mut te, te_adapted) = apply_lora(te, &network, cfg.seed.wrapping_add(1), &device)?;
+            set_stable_ids(&mut te, "text_encoder");
+            adapted.extend(te_adapted.into_iter().map(|p| format!("text_encoder.{p}")));
+            models.text_encoder = Some(te);
+        }
+        let mut trainable_params = adapter_param_count(&mut models.unet);
+        if train_te && let Some(te) = models.text_encoder.as_mut() {
+            trainable_params += adapter_param_count(te);
+        }
+
+        let batches_per_epoch = set.batches_per_epoch(cfg.batch_size);
+        let (per_epoch, total_steps) = self.plan();
+        let total_epochs = total_steps.div_ceil(per_epoch);
+
+        std::fs::create_dir_all(&cfg.output.dir).map_err(|e| Error::write(&cfg.output.dir, e))?;
+        let config_file = cfg
+            .output
+            .dir
+            .join(format!("{}.config.json", cfg.output.name));
+        let config_json = serde_json::to_string_pretty(cfg).expect("the config serialises");
+        std::fs::write(&config_file, &config_json).map_err(|e| Error::write(&config_file, e))?;
+
+        let metadata = kohya_metadata(
+            cfg,
+            MetadataInputs {
+                models: &models,
+                examples_per_epoch: set.len_with_repeats(),
+                batches_per_epoch,
+                epochs: total_epochs,
+                total_steps,
+                started_at,
+                resolution: Some(resolution),
+                tag_frequency,
+                dataset_dirs,
+            },
+        );
+        let shuffle_rng = SeededRng::new(cfg.seed, Stream::Shuffle);
+        let pos = Position {
+            step: 0,
+            epoch: 1,
+            batch: 0,
+            epoch_shuffle_pos: shuffle_rng.word_pos(),
+            losses: Vec::with_capacity(total_steps),
+            epoch_losses: Vec::new(),
+            epoch_loss: (0.0, 0),
+        };
+        let mut run = Run {
+            cfg,
+            optim: cfg.optimizer.build(),
+            optim_te: cfg.text_encoder.as_ref().map(|t| {
+                AdamWSettings {
+                    learning_rate: t.learning_rate,
+                    ..cfg.optimizer
+                }
+                .build()
+            }),
+            models,
+            set,
+            text_cache,
+            train_te,
+            shuffle_rng,
+            noise_rng: SeededRng::new(cfg.seed, Stream::Noise),
+            caption_rng: SeededRng::new(cfg.seed, Stream::Caption),
+            pos,
+            metadata,
+            device,
+            total_steps,
+            total_epochs,
+            saved: Vec::new(),
+            samples: Vec::new(),
+            sample_size: cfg
+                .sample
+                .as_ref()
+                .and_then(|s| s.size)
+                .unwrap_or(resolution.0),
+            dataset_digest: self.dataset_digest(),
+        };
+
+        sink.report(ProgressEvent::Started {
+            total_steps,
+            trainable_params,
+            adapted_modules: adapted.len(),
+        });
+        let resumed_from = match &cfg.resume {
+            Some(path) => Some(run.resume(path, sink)?),
+            None => None,
+        };
+        run.train(sink, cancel)?;
+
+        let lora = cfg
+            .output
+            .dir
+            .join(format!("{}.safetensors", cfg.output.name));
+        run.save(lora.clone(), SaveReason::Final, sink)?;
+        if let Some(n) = cfg.sample.as_ref().and_then(|s| s.every_n_epochs)
+            && run.pos.epoch.is_multiple_of(n)
+        {
+            run.render_samples(sink)?;
+        }
+        let peft = if cfg.output.peft {
+            let path = cfg
+                .output
+                .dir
+                .join(format!("{}.peft.safetensors", cfg.output.name));
+            save_peft(&mut run.models.unet, &path, "unet", cfg.output.dtype)?;
+            Some(path)
+        } else {
+            None
+        };
+
+        Ok(TrainOutput {
+            lora,
+            peft,
+            saved: run.saved,
+            samples: run.samples,
+            config_file,
+            steps: run.pos.step,
+            epochs: run.pos.epoch,
+            losses: run.pos.losses,
+            epoch_losses: run.pos.epoch_losses,
+            examples_per_epoch: run.set.len_with_repeats(),
+            adapted_modules: adapted,
+            trainable_params,
+            elapsed: started.elapsed(),
+            resumed_from,
+        })
+    }
+}
+
+impl Run<'_> {
+    /// Continues from a state folder; returns the step it resumes at.
+    fn resume(&mut self, path: &std::path::Path, sink: &mut dyn ProgressSink) -> Result<usize> {
+        let (dir, state) = read_state(path, self.cfg, &self.dataset_digest)?;
+        let optim = std::mem::replace(&mut self.optim, self.cfg.optimizer.build());
+        let optim_te = self.optim_te.take();
+        let (optim, optim_te) = restore(
+            &dir,
+            &mut parts(&mut self.models, self.train_te),
+            (optim, optim_te),
+            &self.device,
+        )?;
+        self.optim = optim;
+        self.optim_te = optim_te;
+        // Restored factors are new parameters; give them their stable ids again.
+        set_stable_ids(&mut self.models.unet, "unet");
+        if let Some(te) = self.models.text_encoder.as_mut() {
+            set_stable_ids(te, "text_encoder");
+        }
+        let parse = |s: &str| {
+            s.parse::<u128>().map_err(|e| Error::Parse {
+                path: dir.join("state.json"),
+                reason: format!("stream position {s:?}: {e}"),
+            })
+        };
+        self.noise_rng.set_word_pos(parse(&state.noise_pos)?);
+        self.caption_rng.set_word_pos(parse(&state.caption_pos)?);
+        self.pos = Position {
+            step: state.step,
+            epoch: state.epoch,
+            batch: state.batch,
+            epoch_shuffle_pos: parse(&state.epoch_shuffle_pos)?,
+            losses: state.losses,
+            epoch_losses: state.epoch_losses,
+            epoch_loss: state.epoch_loss,
+        };
+        sink.report(ProgressEvent::Resumed {
+            step: self.pos.step,
+            epoch: self.pos.epoch,
+        });
+        Ok(self.pos.step)
+    }
+
+    fn train(&mut self, sink: &mut dyn ProgressSink, cancel: &dyn CancelSignal) -> Result<()> {
+        let cfg = self.cfg;
+        let run_start = Instant::now();
+        let (start_step, mut examples) = (self.pos.step, 0usize);
+        let mut ema = (0.0f64, 0i32);
+        while self.pos.step < self.total_steps {
+            self.shuffle_rng.set_word_pos(self.pos.epoch_shuffle_pos);
+            let plan = self
+                .set
+                .epoch_batches(cfg.batch_size, &mut self.shuffle_rng);
+            let next_epoch_pos = self.shuffle_rng.word_pos();
+            let remaining: Vec<Vec<usize>> = plan[self.pos.batch.min(plan.len())..].to_vec();
+            for group in remaining.chunks(cfg.gradient_accumulation_steps) {
+                if self.pos.step >= self.total_steps {
+                    break;
+                }
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled {
+                        completed_steps: self.pos.step,
+                    });
+                }
+                if cancel.take_save_now() {
+                    let path = cfg.output.dir.join(format!(
+                        "{}-step{:08}.safetensors",
+                        cfg.output.name, self.pos.step
+                    ));
+                    self.save(path, SaveReason::Requested, sink)?;
+                }
+                if cancel.take_sample_now() {
+                    self.render_samples(sink)?;
+                }
+                let step_start = Instant::now();
+                let (loss, learning_rate, grad_norm) = self.step(group)?;
+                self.pos.batch += group.len();
+                self.pos.step += 1;
+                self.pos.losses.push(loss);
+                self.pos.epoch_loss.0 += loss as f64;
+                self.pos.epoch_loss.1 += 1;
+                examples += group.iter().map(Vec::len).sum::<usize>();
+                ema = (0.9 * ema.0 + 0.1 * loss as f64, ema.1 + 1);
+                let elapsed = run_start.elapsed();
+                let done = self.pos.step - start_step;
+                sink.report(ProgressEvent::Step(StepProgress {
+                    step: self.pos.step,
+                    total_steps: self.total_steps,
+                    epoch: self.pos.epoch,
+                    total_epochs: self.total_epochs,
+                    loss,
+                    smoothed_loss: (ema.0 / (1.0 - 0.9f64.powi(ema.1))) as f32,
+                    learning_rate,
+                    grad_norm,
+                    step_time: step_start.elapsed(),
+                    samples_per_sec: examples as f64 / elapsed.as_secs_f64().max(1e-9),
+                    eta: elapsed.mul_f64((self.total_steps - self.pos.step) as f64 / done as f64),
+                }));
+            }
+            let (sum, n) = self.pos.epoch_loss;
+            let mean = if n > 0 {
+                (sum / n as f64) as f32
+            } else {
+                f32::NAN
+            };
+            let finished_epoch = self.pos.epoch;
+            if self.pos.batch >= plan.len() {
+                self.pos.epoch_losses.push(mean);
+                sink.report(ProgressEvent::EpochEnd {
+                    epoch: finished_epoch,
+                    mean_loss: mean,
+                });
+            }
+            if self.pos.step >= self.total_steps {
+                break;
+            }
+            self.pos.epoch += 1;
+            self.pos.batch = 0;
+            self.pos.epoch_shuffle_pos = next_epoch_pos;
+            self.pos.epoch_loss = (0.0, 0);
+            if cfg
+                .output
+                .save_every_n_epochs
+                .is_some_and(|n| finished_epoch.is_multiple_of(n))
+            {
+                let path = cfg.output.dir.join(format!(
+                    "{}-{finished_epoch:06}.safetensors",
+                    cfg.output.name
+                ));
+                self.save_as(path, SaveReason::Epoch, finished_epoch, mean, sink)?;
+            }
+            if let Some(n) = cfg.sample.as_ref().and_then(|s| s.every_n_epochs)
+                && finished_epoch.is_multiple_of(n)
+            {
+                self.render_samples_at(finished_epoch, sink)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The training state at the current position.
+    fn state(&self) -> TrainingState {
+        TrainingState {
+            version: 1,
+            training_digest: self.cfg.training_digest(),
+            dataset_digest: self.dataset_digest.clone(),
+            step: self.pos.step,
+            epoch: self.pos.epoch,
+            batch: self.pos.batch,
+            epoch_shuffle_pos: self.pos.epoch_shuffle_pos.to_string(),
+            noise_pos: self.noise_rng.word_pos().to_string(),
+            caption_pos: self.caption_rng.word_pos().to_string(),
+            losses: self.pos.losses.clone(),
+            epoch_losses: self.pos.epoch_losses.clone(),
+            epoch_loss: self.pos.epoch_loss,
+        }
+    }
+
+    fn save(
+        &mut self,
+        path: PathBuf,
+        reason: SaveReason,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
+        let (sum, n) = self.pos.epoch_loss;
+        let loss = if n > 0 {
+            (sum / n as f64) as f32
+        } else {
+            self.pos.epoch_losses.last().copied().unwrap_or(f32::NAN)
+        };
+        self.save_as(path, reason, self.pos.epoch, loss, sink)
+    }
+
+    /// Writes a LoRA file (and the state beside it) labelled with `epoch`.
+    fn save_as(
+        &mut self,
+        path: PathBuf,
+        reason: SaveReason,
+        epoch: usize,
+        loss: f32,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
+        self.metadata.epoch = epoch;
+        self.metadata.steps = self.pos.step;
+        self.metadata.training_finished_at = unix_now();
+        let state = self.state();
+        let train_te = self.train_te;
+        let mut p = parts(&mut self.models, train_te);
+        let sha256 = save_lora(&mut p, &path, &self.metadata, self.cfg.output.dtype)?;
+        let state_path = if self.cfg.output.save_state {
+            let dir = state_dir(&path);
+            save_state(&dir, &mut p, (&self.optim, self.optim_te.as_ref()), &state)?;
+            Some(dir)
+        } else {
+            None
+        };
+        let entry = SavedLora {
+            epoch,
+            step: self.pos.step,
+            path,
+            sha256,
+            loss,
+            state: state_path,
+            reason,
+        };
+        sink.report(ProgressEvent::Saved(entry.clone()));
+        self.saved.push(entry);
+        Ok(())
+    }
+}
