@@ -240,7 +240,21 @@ async fn another_failure_is_internal_with_the_last_lines_of_output() {
     ));
 }
 
+/// Whether the process is still there once a kill has had time to land:
+/// signals are delivered asynchronously, so a process killed a moment ago
+/// may still be running. Waits up to 10 s for it to go.
 fn alive(pid: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running(pid) {
+        if std::time::Instant::now() > deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn running(pid: &str) -> bool {
     // A killed child that nobody has reaped yet is a zombie: it is gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
