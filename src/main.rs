@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use cli::{Cli, Command, client::Exit, exit};
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn".into());
+/// Logs go to stderr, filtered by `RUST_LOG`; without it, `default`.
+fn init_logging(default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -18,6 +19,7 @@ fn init_logging() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(a) => cli::demo::demo(a).await,
         Command::Serve(a) => cli::serve::serve(a).await,
         Command::Worker(a) => cli::worker::worker(a).await,
         Command::Submit(a) => cli::client::submit(a).await,
@@ -34,7 +36,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo draws progress bars on stderr; routine logs would break them.
+    init_logging(match cli.command {
+        Command::Demo(_) => "warn,sqlx=warn",
+        _ => "info,sqlx=warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -216,3 +216,90 @@ fn the_client_commands_drive_a_real_server() {
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(3));
 }
+
+/// `loraflow demo` trains a real LoRA with the native engine on the shipped
+/// demo model and dataset, publishes the best epoch, and leaves an audit
+/// trail that verifies.
+#[test]
+fn the_demo_trains_reviews_and_publishes_a_lora() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = bin()
+        .args(["demo", "--epochs", "2", "--json", "--dir"])
+        .arg(&dir)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let status = json(&out);
+    assert_eq!(status["state"], "Published", "{status:#}");
+    let epochs = status["epochs"].as_object().unwrap();
+    assert_eq!(epochs.len(), 2, "one LoRA per epoch: {status:#}");
+
+    // The approved epoch is the one with the lowest training loss.
+    let loss = |e: &serde_json::Value| e["loss"].as_f64().unwrap();
+    let best = epochs
+        .values()
+        .min_by(|a, b| loss(a).total_cmp(&loss(b)))
+        .unwrap();
+    assert_eq!(status["approved_epoch"], best["epoch"]);
+
+    // Every file the job names exists with the digest the log holds.
+    let path = |uri: &serde_json::Value| {
+        url::Url::parse(uri.as_str().unwrap())
+            .unwrap()
+            .to_file_path()
+            .unwrap()
+    };
+    let check = |artifact: &serde_json::Value| {
+        let bytes = std::fs::read(path(&artifact["uri"])).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            artifact["sha256"].as_str().unwrap()
+        );
+        bytes
+    };
+    let published = check(&status["published"]);
+    assert!(path(&status["published"]["uri"]).starts_with(dir.join("published")));
+    let lora = safetensors::SafeTensors::deserialize(&published).unwrap();
+    assert!(
+        lora.names()
+            .iter()
+            .any(|n| n.starts_with("lora_unet_") && n.ends_with(".lora_down.weight")),
+        "a kohya LoRA"
+    );
+    for e in epochs.values() {
+        check(&e["lora"]);
+        let samples = e["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "both prompts sampled");
+        for s in samples {
+            let png = check(s);
+            image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
+        }
+    }
+    let curve = status["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"].as_str().unwrap().ends_with("loss_curve.png"))
+        .expect("a loss curve");
+    image::load_from_memory(&check(curve)).unwrap();
+
+    // The audit replays the job from the demo's store and verifies its chain.
+    let store = format!("sqlite://{}", dir.join("loraflow.db").display());
+    let replay = bin()
+        .args([
+            "replay",
+            status["job_id"].as_str().unwrap(),
+            "--store",
+            &store,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("JobPublished"));
+}

@@ -1,22 +1,283 @@
-//! The native executors on CPU, shared by `serve --with-executors`, `worker`
-//! and `demo`.
+//! `loraflow demo`: the whole workflow on this machine, with nothing to set
+//! up. It opens a SQLite store in a folder, starts the engine with every
+//! built-in executor in-process (the native trainer on the CPU), submits a
+//! LoRA job for the demo model on the demo dataset that ship with loraflow,
+//! shows its progress, approves the epoch with the lowest loss, waits for the
+//! publication, and prints where the results are.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use loraflow::EngineBuilder;
-use loraflow::executors::worker::Worker;
+use anyhow::{Context, bail};
+use clap::Args;
+use futures::StreamExt;
+use loraflow::config::SchedulerConfig;
+use loraflow::core::artifact::{Artifact, ArtifactKind};
+use loraflow::core::catalogue::{Engine as EngineKind, ParamValue, Params};
+use loraflow::core::ids::{JobId, TenantId};
+use loraflow::core::job::{DatasetRef, JobSpec, JobState, Naming};
+use loraflow::core::views::JobStatus;
+use loraflow::executors::{Label, Publish, ValidateDataset};
+use loraflow::{Engine, NewJob};
 
-/// The in-process engine with the native train and sample executors.
-pub fn with_native(builder: EngineBuilder, _models: &Path) -> anyhow::Result<EngineBuilder> {
-    Ok(builder)
+use super::client::Exit;
+use super::exit;
+use super::watch::{Outcome, Renderer};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the store, the artifacts and the published LoRA (created;
+    /// a second run adds a job to the same store).
+    #[arg(long, default_value = "loraflow-demo")]
+    pub dir: PathBuf,
+    /// Base models and the demo dataset (default: the checkout's `assets/`).
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Training epochs (one LoRA and one set of samples per epoch).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub epochs: u32,
+    /// The burn device: cpu, wgpu, vulkan or cuda:N (GPU ones need a build
+    /// with that feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print the finished job's status as JSON on stdout instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// A worker with the native train and/or sample executors.
-pub fn native_worker(_worker: Worker, _models: &Path, _kinds: &[String]) -> anyhow::Result<Worker> {
-    anyhow::bail!(
-        "this build has no native trainer; run the worker with --kinds validate_dataset,label,publish or --kohya"
-    )
+const TENANT: &str = "demo";
+const PROMPTS: [&str; 2] = [
+    "lfdemo, a red circle, white background, flat shapes",
+    "lfdemo, a blue square, yellow background, flat shapes",
+];
+
+/// The demo job: the `tiny-sd` model, the catalogue's defaults for it, and
+/// enough epochs and repeats for a loss curve worth looking at.
+fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
+    let params: Params = [
+        ("epochs", ParamValue::Int(epochs.into())),
+        ("num_repeats", ParamValue::Int(4)),
+        ("trigger_word", ParamValue::Str("lfdemo".into())),
+        ("seed", ParamValue::Int(42)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    JobSpec {
+        tenant: TenantId::new(TENANT),
+        base_model: "tiny-sd".into(),
+        engine: EngineKind::Native,
+        profile: None,
+        params,
+        dataset: DatasetRef {
+            uri: dataset_uri,
+            sha256: None,
+        },
+        sample_prompts: PROMPTS.iter().map(|p| (*p).to_owned()).collect(),
+        priority: 0,
+        naming: Naming {
+            subject: "demo-shapes".into(),
+            version: "v1".into(),
+        },
+        labels: [("source".to_owned(), "loraflow demo".to_owned())].into(),
+        workflow: None,
+    }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
+/// The saved epoch with the lowest mean training loss.
+pub fn best_epoch(status: &JobStatus) -> Option<u32> {
+    status
+        .epochs
+        .values()
+        .filter(|e| e.lora.is_some())
+        .filter_map(|e| e.loss.filter(|l| l.is_finite()).map(|l| (e.epoch, l)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(epoch, _)| epoch)
+        .or_else(|| status.epochs.keys().next_back().copied())
+}
+
+/// A local path for a `file://` artifact URI (other URIs print as they are).
+fn local(uri: &str) -> String {
+    url::Url::parse(uri)
+        .ok()
+        .filter(|u| u.scheme() == "file")
+        .and_then(|u| u.to_file_path().ok())
+        .map_or_else(|| uri.to_owned(), |p| p.display().to_string())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("cannot create the demo folder {}", path.display()))?;
+    path.canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+async fn engine(dir: &Path, assets: &Path, device: &str) -> anyhow::Result<(Engine, String)> {
+    let store = format!("sqlite://{}", dir.join("loraflow.db").display());
+    let native = super::native::options(Some(assets), device, Some(dir.join("native-work")))?;
+    let builder = Engine::builder()
+        .store(store.clone())
+        .artifacts(dir.join("artifacts").display().to_string())
+        .workdir(dir.join("work"))
+        // Progress is recorded often enough for the bars to move on a run
+        // that takes seconds (a service keeps the default interval).
+        .scheduler(SchedulerConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            progress_interval: Duration::from_millis(200),
+            ..SchedulerConfig::default()
+        })
+        .executor(ValidateDataset::default())
+        .executor(Label::default())
+        .executor(Publish {
+            destination: url::Url::from_directory_path(dir.join("published"))
+                .map_err(|()| anyhow::anyhow!("{} is not an absolute path", dir.display()))?
+                .to_string(),
+        });
+    let engine = super::native::with_native(builder, &native)?
+        .build()
+        .await
+        .with_context(|| format!("cannot open the demo store {store}"))?;
+    Ok((engine, store))
+}
+
+/// Follow the job; approve the best epoch when it reaches review. Returns
+/// the final status.
+async fn follow(engine: &Engine, tenant: &TenantId, job: &JobId) -> anyhow::Result<JobStatus> {
+    let mut renderer = Renderer::new();
+    let mut events = std::pin::pin!(engine.watch(tenant, job, 0).await?);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        match renderer.event(&event.payload) {
+            Some(Outcome::InReview) => {
+                engine.store().wait_for(event.position).await?;
+                let status = engine.get_job(tenant, job).await?.status;
+                let epoch = best_epoch(&status).context("the job reached review with no epoch")?;
+                eprintln!("approving epoch {epoch} (the lowest training loss)");
+                engine
+                    .approve(tenant, job, epoch, "demo (lowest loss)", None)
+                    .await?;
+            }
+            Some(Outcome::Published | Outcome::Failed) => {
+                engine.store().wait_for(event.position).await?;
+                return Ok(engine.get_job(tenant, job).await?.status);
+            }
+            None => {}
+        }
+    }
+    bail!("the engine stopped before the job ended")
+}
+
+fn print_summary(status: &JobStatus, store: &str, took: Duration) {
+    let find = |kind: ArtifactKind, suffix: &str| -> Option<&Artifact> {
+        status
+            .artifacts
+            .iter()
+            .find(|a| a.kind == kind && a.name.ends_with(suffix))
+    };
+    println!(
+        "job {} {} in {:.1} s",
+        status.job_id,
+        status.state,
+        took.as_secs_f64()
+    );
+    if let Some(p) = &status.published {
+        println!(
+            "  published LoRA   {}  ({} bytes, sha256 {})",
+            local(&p.uri),
+            p.size_bytes,
+            p.sha256
+        );
+    }
+    for e in status.epochs.values() {
+        let loss = e.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
+        let mark = if status.approved_epoch == Some(e.epoch) {
+            "  <- approved"
+        } else {
+            ""
+        };
+        println!("  epoch {:>3}  {loss}{mark}", e.epoch);
+        if let Some(l) = &e.lora {
+            println!("      LoRA     {}", local(&l.uri));
+        }
+        for s in &e.samples {
+            println!("      sample   {}", local(&s.uri));
+        }
+    }
+    if let Some(curve) = find(ArtifactKind::Report, ".png") {
+        println!("  loss curve       {}", local(&curve.uri));
+    }
+    if let Some(history) = find(ArtifactKind::Report, ".json") {
+        println!("  loss history     {}", local(&history.uri));
+    }
+    println!("  event store      {store}");
+    println!(
+        "  audit it with    loraflow replay {} --store {store}",
+        status.job_id
+    );
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = absolute(&args.dir)?;
+    let assets = args
+        .assets
+        .clone()
+        .unwrap_or_else(super::native::default_models_root);
+    let dataset = assets.join("demo-dataset");
+    if !dataset.is_dir() || !assets.join("tiny-sd").is_dir() {
+        bail!(
+            "{} does not hold the demo model and dataset (tiny-sd/, demo-dataset/); \
+             run the demo from a loraflow checkout or pass --assets",
+            assets.display()
+        );
+    }
+    let (engine, store) = engine(&dir, &assets, &args.device).await?;
+    let result = run(&engine, &store, &dataset, &args, started).await;
+    engine.shutdown().await;
+    result
+}
+
+async fn run(
+    engine: &Engine,
+    store: &str,
+    dataset: &Path,
+    args: &DemoArgs,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let tenant = TenantId::new(TENANT);
+    let name = format!("datasets/demo-{}", uuid::Uuid::now_v7());
+    let (dataset_uri, files) = engine.artifacts().upload_dir(dataset, &name).await?;
+    eprintln!(
+        "demo: {files} files from {} uploaded; store {store}",
+        dataset.display()
+    );
+    let view = engine
+        .create_job(
+            &tenant,
+            NewJob {
+                spec: job_spec(dataset_uri, args.epochs),
+                request_id: None,
+            },
+        )
+        .await?;
+    let job = view.status.job_id.clone();
+    let status = follow(engine, &tenant, &job).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_summary(&status, store, started.elapsed());
+    }
+    if status.state != JobState::Published {
+        let why = status
+            .failure
+            .as_ref()
+            .map(|f| format!("{}: {}", f.reason, f.message))
+            .unwrap_or_else(|| status.state.to_string());
+        return Err(Exit(
+            exit::FAILED,
+            format!("the demo job did not publish ({why})"),
+        )
+        .into());
+    }
+    Ok(())
+}

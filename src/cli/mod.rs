@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod native;
 pub mod output;
 pub mod replay;
 pub mod serve;
@@ -42,6 +43,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a whole LoRA job on this machine: a SQLite store, the built-in
+    /// executors in-process, the demo model and dataset; prints where the
+    /// LoRA, the samples and the loss curve are.
+    Demo(demo::DemoArgs),
     /// Run the engine and its gRPC server.
     Serve(serve::ServeArgs),
     /// Run executors on this machine for a remote server (connects out).

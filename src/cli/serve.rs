@@ -28,9 +28,13 @@ pub struct ServeArgs {
     /// label, publish, and the native train/sample on CPU).
     #[arg(long)]
     pub with_executors: bool,
-    /// Where `--with-executors` finds base models (folders named by model id).
-    #[arg(long, default_value = "assets")]
-    pub models: PathBuf,
+    /// Where `--with-executors` finds base models (folders named by model
+    /// id; default: the checkout's `assets/`).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// The native trainer's device: cpu, wgpu, vulkan or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -91,7 +95,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .executor(Publish {
                 destination: config.artifacts.publish_root.clone(),
             });
-        builder = super::demo::with_native(builder, &args.models)?;
+        let native = super::native::options(args.models.as_deref(), &args.device, None)?;
+        builder = super::native::with_native(builder, &native)?;
     }
     let engine = builder
         .build()

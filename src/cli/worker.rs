@@ -59,9 +59,17 @@ pub struct WorkerArgs {
     /// Scratch space.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
-    /// Base models of the native trainer (folders named by model id).
-    #[arg(long, default_value = "assets")]
-    pub models: PathBuf,
+    /// Base models of the native trainer (folders named by model id;
+    /// default: the checkout's `assets/`).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// The native trainer's device: cpu, wgpu, vulkan or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// A folder that outlives attempts: caches, and training states a
+    /// retried attempt resumes from.
+    #[arg(long)]
+    pub native_work: Option<PathBuf>,
     /// A kohya sd-scripts configuration (TOML of `KohyaOptions`): enables the
     /// kohya engine for `train`.
     #[arg(long)]
@@ -107,7 +115,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         };
     }
     if args.kinds.iter().any(|k| k == "train" || k == "sample") {
-        worker = super::demo::native_worker(worker, &args.models, &args.kinds)?;
+        let native = super::native::options(
+            args.models.as_deref(),
+            &args.device,
+            args.native_work.clone(),
+        )?;
+        worker = super::native::native_worker(worker, &native, &args.kinds)?;
     }
     if let Some(path) = &args.kohya {
         let text = std::fs::read_to_string(path)

@@ -38,6 +38,9 @@ pub struct JobView {
 
 /// Ids of jobs created with a request id are derived from it, so that a
 /// repeated request finds the first job instead of making a second.
+/// The longest a read waits for the views to catch up.
+const VIEWS_WAIT: Duration = Duration::from_secs(1);
+
 const REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x6c6f_7261_666c_6f77_2d72_6571_7565_7374);
 
 fn metadata(tenant: &TenantId, actor: &str) -> Metadata {
@@ -143,7 +146,21 @@ impl Engine {
         }
     }
 
+    /// Let the views reach every event committed before now, so that a read
+    /// includes what its caller just did or just saw on a watch stream. They
+    /// usually lag by milliseconds; past a second (a projection runner that
+    /// is down or far behind) the read answers with what they hold.
+    async fn fresh_views(&self) -> Result<()> {
+        let store = &self.inner.store;
+        let head = store.feed().head().await?;
+        match store.wait_for_timeout(head, VIEWS_WAIT).await {
+            Ok(()) | Err(loraflow_store::Error::Timeout { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn get_job(&self, tenant: &TenantId, job: &JobId) -> Result<JobView> {
+        self.fresh_views().await?;
         match self.inner.store.views().job_status(job).await? {
             Some(status) if &status.tenant == tenant => Ok(self.view(status)),
             _ => Err(Error::JobNotFound(job.clone())),
@@ -181,6 +198,7 @@ impl Engine {
         page_token: Option<String>,
     ) -> Result<JobPage> {
         filter.tenant = Some(tenant.clone());
+        self.fresh_views().await?;
         Ok(self
             .inner
             .store

@@ -33,7 +33,7 @@ async fn env() -> Env {
         .upload_dir(&assets().join("demo-dataset"), "datasets/demo")
         .await
         .unwrap();
-    assert!(n >= 16, "images and captions");
+    assert_eq!(n, 16, "images and captions");
     Env {
         tmp,
         store,

@@ -179,6 +179,27 @@ mod tests {
             .collect()
     }
 
+    /// Regression: a `loraflow demo` job failed its audit at a progress
+    /// event. serde_json's default float parsing is not correctly rounded,
+    /// so a stored loss read back as a neighbouring f64 and the
+    /// recomputed hash differed; the workspace enables `float_roundtrip`.
+    #[test]
+    fn hashes_survive_storing_floats_as_text() {
+        let payload = json!({"StepProgressed": {
+            "samples_per_sec": 52.39581158361363_f64,
+            "loss": 1.1911007165908813_f64,
+            "percent": 6.25_f64,
+        }});
+        let written = event_hash(GENESIS_HASH, "StepProgressed", "1.0.0", &payload);
+        let stored = payload.to_string();
+        let read: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, payload, "floats read back exactly");
+        assert_eq!(
+            event_hash(GENESIS_HASH, "StepProgressed", "1.0.0", &read),
+            written
+        );
+    }
+
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {
         let v = json!({"b": {"z": 1, "y": [true, null]}, "a": "é\"q", "c": 0.1});
