@@ -20,6 +20,22 @@ pub enum Prediction {
     VPrediction,
 }
 
+impl Prediction {
+    /// diffusers' name (`epsilon`, `v_prediction`), as in `scheduler_config.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prediction::Epsilon => "epsilon",
+            Prediction::VPrediction => "v_prediction",
+        }
+    }
+}
+
+impl std::fmt::Display for Prediction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A discrete-time DDPM schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoiseSchedule {

@@ -1,6 +1,7 @@
 //! Training from a folder of images and captions on the tiny fixture pipeline: buckets, repeat
-//! folders, text-encoder adapters, kohya metadata, caches, progress, `save_now`/`sample_now`,
-//! and resuming a killed run to the same weights.
+//! folders, text-encoder adapters (in kohya and PEFT files), kohya metadata, the model's
+//! prediction type, caches, progress, `save_now`/`sample_now`, and resuming a killed run to the
+//! same weights.
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
@@ -10,15 +11,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::Device;
-use common::fixture;
+use burn::tensor::{Device, Tensor};
+use common::{fixture, max_abs_diff};
 use image::{ImageFormat, Rgb, RgbImage};
+use loraflow_trainer::clip::ids_tensor;
 use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
+use loraflow_trainer::lora::kohya::Part;
+use loraflow_trainer::lora::{PEFT_TEXT_ENCODER, PEFT_UNET, load_peft_parts};
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::png::read_png_text;
 use loraflow_trainer::sample::scheduler::SamplerKind;
 use loraflow_trainer::sample::{Pipeline, SampleSettings};
-use loraflow_trainer::tensor_file::TensorFile;
+use loraflow_trainer::schedule::Prediction;
+use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
 use loraflow_trainer::train::config::{SampleConfig, TextEncoderTraining};
 use loraflow_trainer::{Controls, Error, ProgressEvent, SaveReason, TrainConfig, Trainer};
 
@@ -99,7 +104,14 @@ fn images_train_with_buckets_text_encoder_and_kohya_metadata() {
         size: None,
         every_n_epochs: None,
     });
+    c.output.peft = true;
     let trainer = Trainer::new(c.clone()).unwrap();
+    // The fixture's scheduler config says epsilon; asking for v contradicts it.
+    assert_eq!(trainer.objective().prediction, Prediction::Epsilon);
+    let mut v = c.clone();
+    v.objective.prediction = Some(Prediction::VPrediction);
+    let err = Trainer::new(v).unwrap_err().to_string();
+    assert!(err.contains("says prediction_type epsilon"), "{err}");
     assert_eq!(trainer.images().len(), 3);
     let c_entry = trainer.images().iter().find(|e| e.name == "c.jpg").unwrap();
     assert_eq!((c_entry.caption.as_str(), c_entry.repeats), ("sks", 1));
@@ -225,6 +237,37 @@ fn images_train_with_buckets_text_encoder_and_kohya_metadata() {
     let (adapted, loaded) = base.with_lora(&result.lora, 1.0, &device).unwrap();
     assert_eq!(loaded.modules.len(), result.adapted_modules.len());
     assert!(loaded.skipped.is_empty());
+
+    // The PEFT file has the text encoder's adapters too (diffusers' `text_encoder.` keys) and
+    // loads to the same models as the kohya file.
+    let peft = result.peft.as_ref().unwrap();
+    let names = TensorFile::open(peft).unwrap().names();
+    assert!(names.contains(
+        &"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight".to_string()
+    ));
+    let mut from_peft = base.clone();
+    let mut parts: [Part<'_>; 2] = [
+        (PEFT_UNET, &mut from_peft.unet),
+        (PEFT_TEXT_ENCODER, &mut from_peft.text_encoder),
+    ];
+    let loaded_peft = load_peft_parts(&mut parts, peft, None, &device).unwrap();
+    assert_eq!(loaded_peft.modules, result.adapted_modules);
+    let ids = ids_tensor(&[base.tokenizer.encode_padded("sks, red circle")], &device);
+    let text = |m: &StableDiffusion| {
+        HostTensor::from_tensor(m.text_encoder.forward(ids.clone(), 1).unwrap())
+    };
+    assert!(max_abs_diff(&text(&adapted), &text(&base)) > 0.0);
+    assert!(max_abs_diff(&text(&from_peft), &text(&adapted)) <= 1e-5);
+    let x: Tensor<4> = Tensor::ones([1, 4, 4, 4], &device);
+    let t = Tensor::<1>::from_data([500.0f32], &device);
+    let unet = |m: &StableDiffusion| {
+        HostTensor::from_tensor(m.unet.forward(
+            x.clone(),
+            t.clone(),
+            text(&adapted).to_tensor(&device),
+        ))
+    };
+    assert!(max_abs_diff(&unet(&from_peft), &unet(&adapted)) <= 1e-5);
     // Strength 0 renders the base model; strength 1 changes the image.
     let settings = SampleSettings {
         prompt: "sks, red circle".into(),

@@ -1,4 +1,5 @@
-//! kohya and PEFT files: layout, metadata, round trips, merging, and typed errors.
+//! kohya and PEFT files (UNet and text encoder): layout, metadata, round trips, merging, and
+//! typed errors.
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
@@ -9,11 +10,13 @@ use std::collections::HashMap;
 use burn::tensor::{Device, Tensor};
 use common::{fixture, max_abs_diff};
 use loraflow_trainer::Error;
-use loraflow_trainer::lora::kohya::kohya_name;
+use loraflow_trainer::clip::{TE_TARGETS, ids_tensor};
+use loraflow_trainer::lora::kohya::{Part, kohya_name};
 use loraflow_trainer::lora::{
-    KohyaMetadata, LoraLayers, NetworkConfig, apply_lora, load_kohya, load_peft, merge_lora,
-    save_kohya, save_peft, targets,
+    KohyaMetadata, LoraLayers, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, apply_lora, load_kohya,
+    load_peft, load_peft_parts, merge_lora, save_kohya, save_peft, save_peft_parts, targets,
 };
+use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::tensor_file::{self, HostTensor, SaveDtype, TensorFile};
 use loraflow_trainer::unet::{UNet2DConditionModel, UNetConfig};
@@ -286,6 +289,41 @@ fn missing_or_misshaped_base_tensors_are_named() {
         "{err}"
     );
 
+    // Several missing: the first in model order is named, not the first in the file (whose
+    // keys are sorted) nor the first removed.
+    let gone = [
+        "up_blocks.1.resnets.0.conv1.weight",
+        "conv_out.weight",
+        victim,
+        "time_embedding.linear_1.weight",
+        "down_blocks.1.resnets.0.time_emb_proj.weight",
+    ];
+    let order = config().init(&device).diffusers_keys();
+    let first = order
+        .iter()
+        .find(|k| gone.contains(&k.as_str()))
+        .expect("the removed tensors are parameters");
+    let alphabetical = gone.iter().min().unwrap();
+    assert_ne!(
+        first.as_str(),
+        *alphabetical,
+        "the case must tell the orders apart"
+    );
+    assert_ne!(first.as_str(), gone[0]);
+    let several: Vec<(String, HostTensor)> = tensors
+        .iter()
+        .filter(|(n, _)| !gone.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    let path = dir.join("several-missing.safetensors");
+    tensor_file::write(&path, &several, HashMap::new(), SaveDtype::F32).unwrap();
+    let err = config().init(&device).load_diffusers(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == first),
+        "expected {first} to be named: {err}"
+    );
+    assert!(err.to_string().contains(first.as_str()), "{err}");
+
     tensors.push((
         victim.to_string(),
         HostTensor::new(vec![16, 13], vec![0.0; 208]),
@@ -335,4 +373,134 @@ fn typo_in_targets_is_reported() {
         err.contains("\"attn3.to_k\"") && err.contains("matches no layer"),
         "{err}"
     );
+}
+
+/// The fixture pipeline with random-up adapters on the UNet's attention and the text
+/// encoder's attention and MLP (kohya's text-encoder targets).
+fn adapted_pipeline(device: &Device) -> StableDiffusion {
+    let mut sd = StableDiffusion::load(fixture("pipeline"), None, device).unwrap();
+    let (unet, _) = apply_lora(sd.unet, &NetworkConfig::new(4, 2.0), 1, device).unwrap();
+    let te_network = NetworkConfig::new(2, 1.0).with_targets(TE_TARGETS);
+    let (te, _) = apply_lora(sd.text_encoder, &te_network, 2, device).unwrap();
+    sd.unet = unet;
+    sd.text_encoder = te;
+    let mut rng = SeededRng::new(6, Stream::Noise);
+    let mut parts: [Part<'_>; 2] = [("", &mut sd.unet), ("", &mut sd.text_encoder)];
+    for (_, model) in parts.iter_mut() {
+        for (path, mut layer) in model.layers() {
+            if let Some((down, up, alpha)) = layer.factors() {
+                let up = HostTensor::new(up.shape.clone(), rng.normal(up.data.len()));
+                layer.set_factors(&path, down, up, alpha, device).unwrap();
+            }
+        }
+    }
+    sd
+}
+
+/// Text states and a UNet output of `sd` on fixed inputs.
+fn pipeline_outputs(sd: &StableDiffusion, device: &Device) -> (HostTensor, HostTensor) {
+    let ids = ids_tensor(&[sd.tokenizer.encode_padded("a red circle")], device);
+    let context = sd.text_encoder.forward(ids, 1).unwrap();
+    let mut rng = SeededRng::new(8, Stream::Noise);
+    let x: Tensor<4> = HostTensor::new(vec![1, 4, 8, 8], rng.normal(256)).to_tensor(device);
+    let t = Tensor::<1>::from_data([300.0f32], device);
+    (
+        HostTensor::from_tensor(context.clone()),
+        HostTensor::from_tensor(sd.unet.forward(x, t, context)),
+    )
+}
+
+#[test]
+fn peft_export_holds_the_text_encoder_like_diffusers_save_lora_weights() {
+    let device = Device::flex();
+    let mut sd = adapted_pipeline(&device);
+    let dir = std::env::temp_dir().join(format!("loraflow-peft-te-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pytorch_lora_weights.safetensors");
+    save_peft_parts(
+        &mut [
+            (PEFT_UNET, &mut sd.unet as &mut dyn LoraLayers),
+            (PEFT_TEXT_ENCODER, &mut sd.text_encoder),
+        ],
+        &path,
+        SaveDtype::F32,
+    )
+    .unwrap();
+
+    // One file: `unet.` and `text_encoder.` keys (transformers module paths under the
+    // latter), each component's PEFT config packed under its prefix.
+    let file = TensorFile::open(&path).unwrap();
+    let names = file.names();
+    let q = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj";
+    assert_eq!(
+        file.shape(&format!("{q}.lora_A.weight")),
+        Some(&[2, 32][..])
+    );
+    assert_eq!(
+        file.shape(&format!("{q}.lora_B.weight")),
+        Some(&[32, 2][..])
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("text_encoder.") && n.contains("mlp.fc2"))
+    );
+    let unet_keys = names.iter().filter(|n| n.starts_with("unet.")).count();
+    let te_keys = names
+        .iter()
+        .filter(|n| n.starts_with("text_encoder."))
+        .count();
+    assert_eq!(unet_keys + te_keys, names.len());
+    assert!(unet_keys > 0 && te_keys > 0);
+    let meta: serde_json::Value =
+        serde_json::from_str(&file.metadata()["lora_adapter_metadata"]).unwrap();
+    assert_eq!(meta["unet.r"], 4);
+    assert_eq!(meta["text_encoder.r"], 2);
+    assert_eq!(meta["text_encoder.lora_alpha"], 2);
+    assert!(
+        meta["text_encoder.target_modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "text_model.encoder.layers.1.mlp.fc1")
+    );
+
+    // Both load back into a fresh pipeline and reproduce its text states and UNet output.
+    let (want_text, want_unet) = pipeline_outputs(&sd, &device);
+    let base = StableDiffusion::load(fixture("pipeline"), None, &device).unwrap();
+    let (base_text, _) = pipeline_outputs(&base, &device);
+    assert!(
+        max_abs_diff(&want_text, &base_text) > 1e-3,
+        "adapters must matter"
+    );
+    let mut fresh = base.clone();
+    let loaded = load_peft_parts(
+        &mut [
+            (PEFT_UNET, &mut fresh.unet as &mut dyn LoraLayers),
+            (PEFT_TEXT_ENCODER, &mut fresh.text_encoder),
+        ],
+        &path,
+        None,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(loaded.modules.len() * 2, names.len());
+    assert!(loaded.modules.iter().any(|m| m == q));
+    assert!(loaded.skipped.is_empty());
+    let (text, unet) = pipeline_outputs(&fresh, &device);
+    assert!(max_abs_diff(&text, &want_text) <= 1e-5);
+    assert!(max_abs_diff(&unet, &want_unet) <= 1e-5);
+
+    // Loading the UNet alone leaves the text encoder's keys, listed.
+    let mut unet_only = base.unet.clone();
+    let loaded = load_peft(&mut unet_only, &path, PEFT_UNET, None, &device).unwrap();
+    assert_eq!(loaded.modules.len() * 2, unet_keys);
+    assert_eq!(loaded.skipped.len(), te_keys);
+    assert!(
+        loaded
+            .skipped
+            .iter()
+            .all(|k| k.starts_with("text_encoder."))
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -53,3 +53,34 @@ fn sd_pipeline_test_unet_odd_latent_size() {
 fn sd2_shaped_unet_bf16_weights_linear_projections() {
     check("unet_c", "diffusion_pytorch_model.bf16.safetensors");
 }
+
+/// Regression: the comparison folded with `f32::max`, which returns the other operand when one
+/// is NaN, so an output full of NaN compared as "max abs error 0" and passed every parity test.
+#[test]
+#[should_panic(expected = "is not finite: element 3")]
+fn max_abs_diff_no_longer_skips_nan() {
+    let expected = TensorFile::open(fixture("unet_b/io.safetensors"))
+        .unwrap()
+        .read("out")
+        .unwrap();
+    let mut broken = expected.clone();
+    broken.data[3] = f32::NAN;
+    // The old fold gave 0 here.
+    let skipped = broken.data.iter().map(|x| x.abs()).fold(0.0, f32::max);
+    assert!(skipped.is_finite());
+    max_abs_diff(&broken, &expected);
+}
+
+/// The same bug in the scale helper (relative tolerances divide by it); infinities fail too.
+#[test]
+#[should_panic(expected = "is not finite: element 1")]
+fn max_abs_no_longer_skips_nan() {
+    max_abs(&HostTensor::new(vec![3], vec![0.5, f32::NAN, 1.0]));
+}
+
+#[test]
+#[should_panic(expected = "is not finite: element 0")]
+fn max_abs_diff_fails_on_infinity() {
+    let t = HostTensor::new(vec![2], vec![f32::NEG_INFINITY, 1.0]);
+    max_abs_diff(&HostTensor::new(vec![2], vec![0.0, 1.0]), &t);
+}

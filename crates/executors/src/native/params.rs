@@ -179,9 +179,12 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
     };
     c.objective.min_snr_gamma = p.float("min_snr_gamma")?.filter(|g| *g > 0.0);
     c.objective.noise_offset = p.float("noise_offset")?.unwrap_or(0.0);
+    // Unset follows the model's scheduler config; a value that contradicts it is refused
+    // when the trainer reads the model.
     c.objective.prediction = match p.string("prediction_type")? {
-        None | Some("epsilon") => Prediction::Epsilon,
-        Some("v_prediction") => Prediction::VPrediction,
+        None => None,
+        Some("epsilon") => Some(Prediction::Epsilon),
+        Some("v_prediction") => Some(Prediction::VPrediction),
         Some(other) => {
             return Err(Error::param(
                 "prediction_type",
@@ -217,6 +220,7 @@ fn param_of(field: &str) -> Option<&'static str> {
         "max_grad_norm" => "max_grad_norm",
         "objective.noise_offset" => "noise_offset",
         "objective.min_snr_gamma" => "min_snr_gamma",
+        "objective.prediction" => "prediction_type",
         "clip_skip" => "clip_skip",
         "output.save_every_n_epochs" => "save_every_n_epochs",
         _ => return None,

@@ -33,7 +33,9 @@ pub use kohya::{
     save_kohya_parts,
 };
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
-pub use peft::{load_peft, save_peft};
+pub use peft::{
+    PEFT_TEXT_ENCODER, PEFT_UNET, load_peft, load_peft_parts, save_peft, save_peft_parts,
+};
 pub use targets::TargetPatterns;
 
 use crate::error::{Error, Result};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lr::LrSchedule;
 use super::optim::AdamWSettings;
-use super::step::Objective;
+use super::step::ObjectiveConfig;
 use crate::clip::TE_TARGETS;
 use crate::data::ImageDatasetConfig;
 use crate::error::{Error, Result};
@@ -54,7 +54,8 @@ pub struct OutputConfig {
     /// Element type of the saved factors.
     #[serde(default)]
     pub dtype: SaveDtype,
-    /// Also write `<name>.peft.safetensors` in diffusers/PEFT format.
+    /// Also write `<name>.peft.safetensors` in diffusers/PEFT format (UNet adapters under
+    /// `unet.`, text-encoder adapters, when trained, under `text_encoder.`).
     #[serde(default)]
     pub peft: bool,
     /// Write the training state (adapters in f32, optimiser state, step and random streams)
@@ -178,13 +179,15 @@ pub struct TrainConfig {
     /// Learning-rate schedule.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
-    /// Prediction target, offset noise, min-SNR.
+    /// Prediction target (the model's by default), offset noise, min-SNR.
     #[serde(default)]
-    pub objective: Objective,
+    pub objective: ObjectiveConfig,
     /// Examples per micro-batch.
     #[serde(default = "one")]
     pub batch_size: usize,
-    /// Micro-batches per optimiser step.
+    /// Micro-batches per optimiser step. Their gradients are summed and divided by this
+    /// number, also for the shorter last group of an epoch, as accelerate (and so sd-scripts
+    /// and diffusers) does.
     #[serde(default = "one")]
     pub gradient_accumulation_steps: usize,
     /// Passes over the dataset.
@@ -261,7 +264,7 @@ impl TrainConfig {
             resume: None,
             optimizer: AdamWSettings::default(),
             lr_schedule: LrSchedule::default(),
-            objective: Objective::default(),
+            objective: ObjectiveConfig::default(),
             batch_size: 1,
             gradient_accumulation_steps: 1,
             epochs: 1,
@@ -330,6 +333,13 @@ impl TrainConfig {
                 "objective.noise_offset",
                 offset,
                 "must be zero or positive (typically 0.05–0.1)",
+            ));
+        }
+        if self.objective.override_model_prediction && self.objective.prediction.is_none() {
+            return Err(Error::invalid(
+                "objective.override_model_prediction",
+                true,
+                "overrides the model's prediction type with objective.prediction, which is unset",
             ));
         }
         if let Some(g) = self.objective.min_snr_gamma

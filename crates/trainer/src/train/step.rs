@@ -38,6 +38,60 @@ pub struct Objective {
     pub min_snr_gamma: Option<f64>,
 }
 
+/// The objective as configured: the prediction target follows the model unless it is given.
+///
+/// A model says what its UNet predicts in `scheduler/scheduler_config.json`
+/// (`prediction_type`, diffusers' `epsilon` when the key is absent). Training an ε model on v
+/// targets (or the reverse) silently produces a LoRA that fights its base, so
+/// [`resolve`](Self::resolve) takes the model's value when `prediction` is unset, accepts an
+/// explicit value that agrees with it, and refuses one that contradicts it unless
+/// `override_model_prediction` is set (for deliberately converting a model's parameterisation).
+/// Without a scheduler config (a UNet trained alone on latents), the explicit value or ε is used.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// ε or v target; the model's `prediction_type` when absent.
+    #[serde(default)]
+    pub prediction: Option<Prediction>,
+    /// Train on `prediction` even where the model's scheduler config says otherwise.
+    #[serde(default)]
+    pub override_model_prediction: bool,
+    /// Offset-noise strength (sd-scripts' `noise_offset`; 0 disables it).
+    #[serde(default)]
+    pub noise_offset: f64,
+    /// Min-SNR-γ weighting (sd-scripts' `min_snr_gamma`; typically 5).
+    #[serde(default)]
+    pub min_snr_gamma: Option<f64>,
+}
+
+impl ObjectiveConfig {
+    /// The objective to train with, given what the model predicts (`None` when the model does
+    /// not say).
+    pub fn resolve(&self, model: Option<Prediction>) -> Result<Objective> {
+        let prediction = match (self.prediction, model) {
+            (None, m) => m.unwrap_or_default(),
+            (Some(p), None) => p,
+            (Some(p), Some(m)) if p == m || self.override_model_prediction => p,
+            (Some(p), Some(m)) => {
+                return Err(Error::invalid(
+                    "objective.prediction",
+                    p,
+                    format!(
+                        "the model's scheduler/scheduler_config.json says prediction_type \
+                         {m}; leave objective.prediction unset to train as the model predicts, \
+                         or set objective.override_model_prediction to train {p} targets anyway"
+                    ),
+                ));
+            }
+        };
+        Ok(Objective {
+            prediction,
+            noise_offset: self.noise_offset,
+            min_snr_gamma: self.min_snr_gamma,
+        })
+    }
+}
+
 /// The random parts of one step, drawn on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepNoise {
@@ -50,16 +104,25 @@ pub struct StepNoise {
 }
 
 impl StepNoise {
-    /// Draws timesteps, noise and offset noise, in that order, from `rng`.
+    /// Draws, for each sample in turn, its timestep, noise and offset noise from `rng`.
+    ///
+    /// Drawing sample by sample makes a batch of `n·b` draw exactly what `n` micro-batches of
+    /// `b` draw one after the other, so gradient accumulation sees the same noise as one large
+    /// batch.
     pub fn sample(rng: &mut SeededRng, latent_shape: [usize; 4], num_timesteps: usize) -> Self {
         let [b, c, h, w] = latent_shape;
-        let timesteps = (0..b).map(|_| rng.below(0, num_timesteps)).collect();
-        let noise = HostTensor::new(vec![b, c, h, w], rng.normal(b * c * h * w));
-        let offset = HostTensor::new(vec![b, c, 1, 1], rng.normal(b * c));
+        let mut timesteps = Vec::with_capacity(b);
+        let mut noise = Vec::with_capacity(b * c * h * w);
+        let mut offset = Vec::with_capacity(b * c);
+        for _ in 0..b {
+            timesteps.push(rng.below(0, num_timesteps));
+            noise.extend(rng.normal(c * h * w));
+            offset.extend(rng.normal(c));
+        }
         Self {
             timesteps,
-            noise,
-            offset,
+            noise: HostTensor::new(vec![b, c, h, w], noise),
+            offset: HostTensor::new(vec![b, c, 1, 1], offset),
         }
     }
 }
@@ -179,4 +242,61 @@ pub fn optimizer_step(
     };
     let unet = optim.step(learning_rate, unet, grads);
     Ok((unet, StepStats { loss, grad_norm }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Stream;
+
+    #[test]
+    fn a_batch_draws_what_its_micro_batches_draw() {
+        // Odd sizes: the Box–Muller pairs must not straddle samples.
+        let shape = [3, 3, 3, 1];
+        let batch = StepNoise::sample(&mut SeededRng::new(4, Stream::Noise), shape, 1000);
+        let mut rng = SeededRng::new(4, Stream::Noise);
+        let parts: Vec<StepNoise> = (0..3)
+            .map(|_| StepNoise::sample(&mut rng, [1, 3, 3, 1], 1000))
+            .collect();
+        let cat = |f: fn(&StepNoise) -> &HostTensor| -> Vec<f32> {
+            parts.iter().flat_map(|p| f(p).data.clone()).collect()
+        };
+        let t: Vec<usize> = parts.iter().flat_map(|p| p.timesteps.clone()).collect();
+        assert_eq!(batch.timesteps, t);
+        assert_eq!(batch.noise.data, cat(|p| &p.noise));
+        assert_eq!(batch.offset.data, cat(|p| &p.offset));
+    }
+
+    #[test]
+    fn the_prediction_follows_the_model_unless_overridden() {
+        use Prediction::{Epsilon, VPrediction};
+        let c = |prediction, override_model_prediction| ObjectiveConfig {
+            prediction,
+            override_model_prediction,
+            ..ObjectiveConfig::default()
+        };
+        let p = |cfg: ObjectiveConfig, model| cfg.resolve(model).map(|o| o.prediction);
+        assert_eq!(p(c(None, false), Some(VPrediction)).unwrap(), VPrediction);
+        assert_eq!(p(c(None, false), None).unwrap(), Epsilon);
+        assert_eq!(p(c(Some(VPrediction), false), None).unwrap(), VPrediction);
+        assert_eq!(
+            p(c(Some(VPrediction), false), Some(VPrediction)).unwrap(),
+            VPrediction
+        );
+        assert_eq!(
+            p(c(Some(Epsilon), true), Some(VPrediction)).unwrap(),
+            Epsilon
+        );
+        let err = p(c(Some(Epsilon), false), Some(VPrediction)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::InvalidConfig { field, value, .. }
+                if field == "objective.prediction" && value == "epsilon"),
+            "{text}"
+        );
+        assert!(
+            text.contains("v_prediction") && text.contains("override_model_prediction"),
+            "{text}"
+        );
+    }
 }

@@ -21,6 +21,7 @@ use crate::lora::{KohyaMetadata, LoraLayers, TE_PREFIX, UNET_PREFIX, save_kohya_
 use crate::schedule::Prediction;
 use crate::tensor_file::{SaveDtype, TensorFile};
 use crate::train::config::TrainConfig;
+use crate::train::step::Objective;
 
 /// `state.json` of a training state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +81,8 @@ pub(super) fn parts<'a>(models: &'a mut Models, train_te: bool) -> Vec<Part<'a>>
 /// each save.
 pub(super) struct MetadataInputs<'a> {
     pub models: &'a Models,
+    /// The objective as resolved against the model.
+    pub objective: &'a Objective,
     pub examples_per_epoch: usize,
     pub batches_per_epoch: usize,
     pub epochs: usize,
@@ -100,7 +103,7 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
     let mut metadata = KohyaMetadata {
         v2: base_model_version.starts_with("sd_v2"),
         base_model_version,
-        v_parameterization: cfg.objective.prediction == Prediction::VPrediction,
+        v_parameterization: inputs.objective.prediction == Prediction::VPrediction,
         network: cfg.network.clone(),
         learning_rate: cfg.optimizer.learning_rate,
         lr_scheduler: cfg.lr_schedule.name().to_string(),
@@ -115,8 +118,8 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
         gradient_checkpointing: cfg.gradient_checkpointing,
         max_grad_norm: cfg.max_grad_norm.unwrap_or(0.0),
         seed: cfg.seed,
-        noise_offset: cfg.objective.noise_offset,
-        min_snr_gamma: cfg.objective.min_snr_gamma,
+        noise_offset: inputs.objective.noise_offset,
+        min_snr_gamma: inputs.objective.min_snr_gamma,
         training_started_at: inputs.started_at,
         output_name: cfg.output.name.clone(),
         sd_model_name: inputs.models.model_name.clone(),

@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::pipeline::PipelineConfig;
 use crate::train::dataset::LatentDataset;
 use crate::train::examples::TrainingSet;
+use crate::train::step::Objective;
+use prepare::model_prediction;
 
 /// One optimiser step's figures.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,20 +302,27 @@ enum Data {
 #[derive(Debug)]
 pub struct Trainer {
     config: TrainConfig,
+    objective: Objective,
     data: Data,
 }
 
 impl Trainer {
-    /// Validates `config`, reads its latents file or lists its image folder (image headers
-    /// only; images are encoded when the run starts).
+    /// Validates `config`, reads the model's scheduler config (for its prediction type) and
+    /// its latents file or lists its image folder (image headers only; images are encoded when
+    /// the run starts).
     pub fn new(config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        let objective = config.objective.resolve(model_prediction(&config)?)?;
         let data = match (&config.dataset, &config.images) {
             (Some(path), _) => Data::Latents(LatentDataset::open(path)?),
             (None, Some(images)) => Data::Images(Box::new(scan_images(&config, images)?)),
             (None, None) => unreachable!("validate() requires a dataset"),
         };
-        Ok(Self { config, data })
+        Ok(Self {
+            config,
+            objective,
+            data,
+        })
     }
 
     /// Validates `config` and trains on `dataset` (its `dataset` path is recorded, not read).
@@ -326,8 +335,10 @@ impl Trainer {
                 "with_dataset trains on the given latents; leave images unset",
             ));
         }
+        let objective = config.objective.resolve(model_prediction(&config)?)?;
         Ok(Self {
             config,
+            objective,
             data: Data::Latents(dataset),
         })
     }
@@ -335,6 +346,12 @@ impl Trainer {
     /// The configuration.
     pub fn config(&self) -> &TrainConfig {
         &self.config
+    }
+
+    /// The objective the run trains with: the configured one, with the prediction type the
+    /// model's scheduler config gives when the configuration leaves it open.
+    pub fn objective(&self) -> &Objective {
+        &self.objective
     }
 
     /// The images of an image dataset, with their captions and repeats.

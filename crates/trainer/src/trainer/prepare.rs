@@ -12,7 +12,7 @@ use crate::data::cache::{Cache, model_identity};
 use crate::error::{Error, Result};
 use crate::pipeline::StableDiffusion;
 use crate::sample::scheduler::SchedulerConfig;
-use crate::schedule::NoiseSchedule;
+use crate::schedule::{NoiseSchedule, Prediction};
 use crate::tensor_file::HostTensor;
 use crate::train::config::TrainConfig;
 use crate::train::examples::{Conditioning, Example, TrainingSet};
@@ -55,6 +55,31 @@ fn component_file(model: &Path, component: &str, stem: &str) -> PathBuf {
         .unwrap_or_else(|| model.join(component))
 }
 
+/// The model's `scheduler/scheduler_config.json`, if it has one: in the diffusers folder, in the
+/// config folder of a single file, or beside the `unet/` folder of a UNet trained alone.
+pub(super) fn scheduler_file(config: &TrainConfig) -> Option<PathBuf> {
+    let m = &config.model;
+    let root = match (&m.path, &m.unet_config) {
+        (Some(p), _) if p.is_dir() => Some(p.clone()),
+        (Some(_), _) => m.config_dir.clone(),
+        (None, Some(unet)) => unet
+            .parent()
+            .filter(|dir| dir.file_name().is_some_and(|n| n == "unet"))
+            .and_then(Path::parent)
+            .map(Path::to_path_buf),
+        (None, None) => None,
+    };
+    root.map(|r| r.join("scheduler").join("scheduler_config.json"))
+        .filter(|f| f.is_file())
+}
+
+/// What the configured model predicts, when its scheduler config says.
+pub(super) fn model_prediction(config: &TrainConfig) -> Result<Option<Prediction>> {
+    scheduler_file(config)
+        .map(|f| SchedulerConfig::from_file(f).map(|s| s.prediction_type))
+        .transpose()
+}
+
 /// Loads the configured base model on `device` (the training device, with autodiff).
 pub(super) fn load_models(config: &TrainConfig, device: &Device) -> Result<Models> {
     let m = &config.model;
@@ -89,14 +114,18 @@ pub(super) fn load_models(config: &TrainConfig, device: &Device) -> Result<Model
     if let Some(weights) = &m.unet_weights {
         unet = unet.load_diffusers(weights)?;
     }
+    let scheduler = match scheduler_file(config) {
+        Some(file) => SchedulerConfig::from_file(file)?,
+        None => SchedulerConfig::default(),
+    };
     Ok(Models {
         unet,
         unet_config,
         text_encoder: None,
         tokenizer: None,
         vae: None,
-        scheduler: SchedulerConfig::default(),
-        schedule: NoiseSchedule::stable_diffusion(),
+        schedule: scheduler.noise_schedule()?,
+        scheduler,
         model_name: m
             .unet_weights
             .as_deref()

@@ -19,14 +19,17 @@ use super::{
 use crate::data::folder;
 use crate::device::parse_device;
 use crate::error::{Error, Result};
+use crate::lora::kohya::Part;
 use crate::lora::{
-    KohyaMetadata, NetworkConfig, adapter_param_count, apply_lora, save_peft, set_stable_ids,
+    KohyaMetadata, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, adapter_param_count, apply_lora,
+    save_peft_parts, set_stable_ids,
 };
 use crate::rng::{SeededRng, Stream};
 use crate::tensor_file::HostTensor;
 use crate::train::config::TrainConfig;
 use crate::train::examples::{Conditioning, TrainingSet};
 use crate::train::optim::AdamWSettings;
+use crate::train::step::Objective;
 use crate::unet::UNetConfig;
 
 /// Where the loop is, everything a state file records.
@@ -43,6 +46,8 @@ pub(super) struct Position {
 /// One run's mutable state.
 pub(super) struct Run<'a> {
     pub(super) cfg: &'a TrainConfig,
+    /// `cfg.objective` resolved against the model.
+    pub(super) objective: Objective,
     pub(super) models: Models,
     pub(super) set: TrainingSet,
     pub(super) text_cache: HashMap<String, HostTensor>,
@@ -100,6 +105,18 @@ fn check_latents(set: &TrainingSet, unet: &UNetConfig) -> Result<()> {
 }
 
 impl Trainer {
+    /// The device the run trains on: the configured one with autodiff, and burn's balanced
+    /// gradient checkpointing (recomputing memory-bound activations in the backward pass) when
+    /// `gradient_checkpointing` is set.
+    pub fn training_device(&self) -> Result<Device> {
+        let device = parse_device(&self.config.device)?.autodiff();
+        Ok(if self.config.gradient_checkpointing {
+            device.gradient_checkpointing()
+        } else {
+            device
+        })
+    }
+
     /// Trains, reporting to `sink` and stopping with [`Error::Cancelled`] when `cancel` fires;
     /// `save_now` and `sample_now` requests are honoured at the next step boundary.
     pub fn run(
@@ -110,11 +127,11 @@ impl Trainer {
         let started = Instant::now();
         let started_at = unix_now();
         let cfg = &self.config;
-        let mut device = parse_device(&cfg.device)?.autodiff();
-        if cfg.gradient_checkpointing {
-            device = device.gradient_checkpointing();
-        }
+        let device = self.training_device()?;
         let mut models = load_models(cfg, &device)?;
+        // Samples are rendered as the adapted model predicts: the trained target, which
+        // differs from the scheduler config's only under override_model_prediction.
+        models.scheduler.prediction_type = self.objective.prediction;
         let cache = cache_of(cfg);
 
         // The examples, and what the kohya header says about them.
@@ -197,6 +214,7 @@ impl Trainer {
             cfg,
             MetadataInputs {
                 models: &models,
+                objective: &self.objective,
                 examples_per_epoch: set.len_with_repeats(),
                 batches_per_epoch,
                 epochs: total_epochs,
@@ -219,6 +237,7 @@ impl Trainer {
         };
         let mut run = Run {
             cfg,
+            objective: self.objective,
             optim: cfg.optimizer.build(),
             optim_te: cfg.text_encoder.as_ref().map(|t| {
                 AdamWSettings {
@@ -275,7 +294,13 @@ impl Trainer {
                 .output
                 .dir
                 .join(format!("{}.peft.safetensors", cfg.output.name));
-            save_peft(&mut run.models.unet, &path, "unet", cfg.output.dtype)?;
+            let mut parts: Vec<Part<'_>> = vec![(PEFT_UNET, &mut run.models.unet)];
+            if run.train_te
+                && let Some(te) = run.models.text_encoder.as_mut()
+            {
+                parts.push((PEFT_TEXT_ENCODER, te));
+            }
+            save_peft_parts(&mut parts, &path, cfg.output.dtype)?;
             Some(path)
         } else {
             None

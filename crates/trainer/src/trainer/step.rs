@@ -62,8 +62,9 @@ impl Run<'_> {
         ))
     }
 
-    /// One optimiser step over a group of micro-batches; returns loss, UNet learning rate and
-    /// the gradient norm before clipping.
+    /// One optimiser step over a group of micro-batches (`gradient_accumulation_steps` of
+    /// them, fewer at the end of an epoch); returns the mean loss of the group, the UNet
+    /// learning rate and the gradient norm before clipping.
     pub(super) fn step(&mut self, group: &[Vec<usize>]) -> Result<(f32, f64, f64)> {
         let cfg = self.cfg;
         let factor = cfg.lr_schedule.factor(self.pos.step, self.total_steps);
@@ -83,7 +84,7 @@ impl Run<'_> {
             let loss = diffusion_loss(
                 &m.unet,
                 &m.schedule,
-                &cfg.objective,
+                &self.objective,
                 latents,
                 context,
                 &noise,
@@ -108,10 +109,17 @@ impl Run<'_> {
         let m = &mut self.models;
         let mut g_unet = acc_unet.grads();
         let mut g_te = self.train_te.then(|| acc_te.grads());
-        if count > 1 {
-            scale_grads(&m.unet, &mut g_unet, 1.0 / count as f64);
+        // The sum over the group divided by the configured number of micro-batches, not by the
+        // group's: accelerate's `backward` divides every loss by `gradient_accumulation_steps`
+        // and steps at the end of the epoch with whatever has accumulated, so in sd-scripts and
+        // diffusers the shorter last group of an epoch weighs k/N of a full one. Matching it
+        // keeps runs comparable with theirs.
+        let accumulation = cfg.gradient_accumulation_steps;
+        if accumulation > 1 {
+            let f = 1.0 / accumulation as f64;
+            scale_grads(&m.unet, &mut g_unet, f);
             if let (Some(g), Some(te)) = (g_te.as_mut(), m.text_encoder.as_ref()) {
-                scale_grads(te, g, 1.0 / count as f64);
+                scale_grads(te, g, f);
             }
         }
         let n_unet = global_grad_norm(&m.unet, &g_unet);
