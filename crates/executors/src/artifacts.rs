@@ -42,8 +42,16 @@ pub fn file_url(path: &Path) -> Result<Url, ArtifactError> {
 fn parse(uri: &str) -> Result<Url, ArtifactError> {
     let url = match Url::parse(uri) {
         Ok(u) => u,
-        // A bare path means the local filesystem.
+        // A bare path (absolute, or relative to the current folder, such as
+        // the default `loraflow-artifacts`) means the local filesystem.
         Err(_) if uri.starts_with('/') || uri.starts_with('.') => Url::from_file_path(
+            std::path::absolute(uri).map_err(|e| io_err(uri, e))?,
+        )
+        .map_err(|()| ArtifactError::Unsupported {
+            uri: uri.into(),
+            hint: "not a valid local path".into(),
+        })?,
+        Err(url::ParseError::RelativeUrlWithoutBase) if !uri.is_empty() => Url::from_file_path(
             std::path::absolute(uri).map_err(|e| io_err(uri, e))?,
         )
         .map_err(|()| ArtifactError::Unsupported {
@@ -337,4 +345,35 @@ async fn write_local(dest: &Path, data: &[u8]) -> Result<(), ArtifactError> {
     tokio::fs::write(dest, data)
         .await
         .map_err(|e| io_err(&uri, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `loraflow serve` with its default artifact root
+    /// (`loraflow-artifacts`, a path relative to the current folder) refused
+    /// to start, because only paths starting with `/` or `.` were local.
+    #[test]
+    fn a_relative_folder_is_a_local_path() {
+        let url = parse("loraflow-artifacts").unwrap();
+        assert_eq!(url.scheme(), "file");
+        let path = url.to_file_path().unwrap();
+        assert_eq!(
+            path,
+            std::env::current_dir().unwrap().join("loraflow-artifacts")
+        );
+        assert_eq!(
+            parse("data/published").unwrap().to_file_path().unwrap(),
+            std::env::current_dir().unwrap().join("data/published")
+        );
+    }
+
+    #[test]
+    fn urls_and_absolute_paths_parse_as_they_are() {
+        assert_eq!(parse("/srv/a").unwrap().as_str(), "file:///srv/a");
+        assert_eq!(parse("file:///srv/a").unwrap().as_str(), "file:///srv/a");
+        assert_eq!(parse("s3://bucket/p").unwrap().scheme(), "s3");
+        assert!(matches!(parse(""), Err(ArtifactError::Unsupported { .. })));
+    }
 }

@@ -148,12 +148,21 @@ fn a_typical_job_gives_this_dataset_config() {
 fn each_family_gets_only_the_options_that_apply_to_it() {
     let (options, model) = options();
 
-    // SD2: v2 checkpoints, v-prediction by the catalogue's default, no clip_skip.
+    // SD2: v2 checkpoints, v-prediction when the job says auto (the default), no clip_skip.
     let sd2 = TrainParams::from_params(&resolved("sd21", &[])).unwrap();
     let t = config::training_config(&sd2, ModelFamily::Sd2, &paths(), &options, &model);
     assert_eq!(t["v2"].as_bool(), Some(true));
     assert_eq!(t["v_parameterization"].as_bool(), Some(true));
     assert!(!t.contains_key("clip_skip"));
+    // An SD2 base (epsilon) model says so explicitly.
+    let sd2_base = TrainParams::from_params(&resolved(
+        "sd21",
+        &[("prediction_type", ParamValue::Str("epsilon".into()))],
+    ))
+    .unwrap();
+    let t = config::training_config(&sd2_base, ModelFamily::Sd2, &paths(), &options, &model);
+    assert_eq!(t["v2"].as_bool(), Some(true));
+    assert!(!t.contains_key("v_parameterization"));
 
     // SDXL: 1024 px buckets, no clip_skip.
     let sdxl = TrainParams::from_params(&resolved("sdxl", &[])).unwrap();

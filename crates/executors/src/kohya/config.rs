@@ -131,7 +131,11 @@ pub fn training_config(
     if family == ModelFamily::Sd2 {
         t.insert("v2".into(), Value::Boolean(true));
     }
-    if !flux && params.prediction == Some(Prediction::VPrediction) {
+    // Without an explicit target, SD2 models train as the 768-v checkpoints
+    // most SD2 LoRAs are made for.
+    let v_prediction = params.prediction == Some(Prediction::VPrediction)
+        || (params.prediction.is_none() && family == ModelFamily::Sd2);
+    if !flux && v_prediction {
         t.insert("v_parameterization".into(), Value::Boolean(true));
     }
     // Only SD1.x takes clip_skip: sd-scripts warns "v2 with clip_skip will

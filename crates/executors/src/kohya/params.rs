@@ -182,13 +182,13 @@ impl TrainParams {
             s => s.map(str::to_owned),
         };
         let prediction = match r.string("prediction_type")? {
-            None => None,
+            None | Some("auto") => None,
             Some("epsilon") => Some(Prediction::Epsilon),
             Some("v_prediction") => Some(Prediction::VPrediction),
             Some(s) => {
                 return Err(Error::param(
                     "prediction_type",
-                    format!("{s:?} is not epsilon or v_prediction"),
+                    format!("{s:?} is not auto, epsilon or v_prediction"),
                 ));
             }
         };

@@ -182,13 +182,13 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
     // Unset follows the model's scheduler config; a value that contradicts it is refused
     // when the trainer reads the model.
     c.objective.prediction = match p.string("prediction_type")? {
-        None => None,
+        None | Some("auto") => None,
         Some("epsilon") => Some(Prediction::Epsilon),
         Some("v_prediction") => Some(Prediction::VPrediction),
         Some(other) => {
             return Err(Error::param(
                 "prediction_type",
-                format!("{other:?} must be epsilon or v_prediction"),
+                format!("{other:?} must be auto, epsilon or v_prediction"),
             ));
         }
     };
