@@ -40,32 +40,31 @@ pub fn file_url(path: &Path) -> Result<Url, ArtifactError> {
 }
 
 fn parse(uri: &str) -> Result<Url, ArtifactError> {
-    let url = match Url::parse(uri) {
-        Ok(u) => u,
+    match Url::parse(uri) {
+        Ok(u) => Ok(u),
         // A bare path (absolute, or relative to the current folder, such as
         // the default `loraflow-artifacts`) means the local filesystem.
-        Err(_) if uri.starts_with('/') || uri.starts_with('.') => Url::from_file_path(
-            std::path::absolute(uri).map_err(|e| io_err(uri, e))?,
-        )
-        .map_err(|()| ArtifactError::Unsupported {
-            uri: uri.into(),
-            hint: "not a valid local path".into(),
-        })?,
-        Err(url::ParseError::RelativeUrlWithoutBase) if !uri.is_empty() => Url::from_file_path(
-            std::path::absolute(uri).map_err(|e| io_err(uri, e))?,
-        )
-        .map_err(|()| ArtifactError::Unsupported {
-            uri: uri.into(),
-            hint: "not a valid local path".into(),
-        })?,
-        Err(e) => {
-            return Err(ArtifactError::Unsupported {
+        Err(e)
+            if uri.starts_with('/')
+                || uri.starts_with('.')
+                || (e == url::ParseError::RelativeUrlWithoutBase && !uri.is_empty()) =>
+        {
+            let local = Url::from_file_path(std::path::absolute(uri).map_err(|e| io_err(uri, e))?)
+                .map_err(|()| ArtifactError::Unsupported {
+                    uri: uri.into(),
+                    hint: "not a valid local path".into(),
+                })?;
+            // Parsing the URL again resolves `..` and `.` segments.
+            Url::parse(local.as_str()).map_err(|e| ArtifactError::Unsupported {
                 uri: uri.into(),
-                hint: format!("{e}; use file:///absolute/path or s3://bucket/prefix"),
-            });
+                hint: e.to_string(),
+            })
         }
-    };
-    Ok(url)
+        Err(e) => Err(ArtifactError::Unsupported {
+            uri: uri.into(),
+            hint: format!("{e}; use file:///absolute/path or s3://bucket/prefix"),
+        }),
+    }
 }
 
 /// An object store for `url` and the path inside it.
@@ -318,6 +317,10 @@ impl ArtifactIo for StepArtifacts {
         artifact: &Artifact,
         dest_uri: &str,
     ) -> Result<Artifact, ArtifactError> {
+        // The log records where the LoRA is for good: an absolute URL, not a
+        // path relative to this process's folder.
+        let dest = parse(dest_uri)?.to_string();
+        let dest_uri = dest.as_str();
         let data = self.store.get_verified(artifact).await?;
         self.store.write(dest_uri, data).await?;
         // Read the copy back: a publish is only done when the bytes at the

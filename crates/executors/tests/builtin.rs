@@ -273,6 +273,31 @@ async fn publish_copies_the_approved_epoch_and_verifies_it() {
     let on_disk = dest_root.join("corgi/v2/job-1/corgi-v2.safetensors");
     assert_eq!(std::fs::read(on_disk).unwrap(), b"weights-2");
 
+    // A destination relative to the current folder is recorded as the
+    // absolute URL it resolved to, so the log says where the LoRA is for good.
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = format!(
+        "{up}{}",
+        dest_root
+            .join("rel")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    let out = Publish {
+        destination: relative,
+    }
+    .run(&step, &context(&env, &step))
+    .await
+    .unwrap();
+    let uri = &out.artifacts[0].uri;
+    assert!(uri.starts_with("file:///") && !uri.contains(".."), "{uri}");
+    assert_eq!(
+        url::Url::parse(uri).unwrap().to_file_path().unwrap(),
+        dest_root.join("rel/corgi/v2/job-1/corgi-v2.safetensors")
+    );
+
     // A LoRA whose bytes changed after training is refused, never published.
     step.epochs[1].lora.as_mut().unwrap().sha256 = Sha256::of(b"something else");
     let err = publish.run(&step, &context(&env, &step)).await.unwrap_err();
