@@ -26,6 +26,50 @@ use loraflow_store::{FeedFilter, Metadata, Store, StoreOptions};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
+/// sqlite-es 0.5.0's own tables (its `migrations/20221114171845_init.sql`).
+const SQLITE_ES_TABLES: [&str; 2] = [
+    "CREATE TABLE events (
+        aggregate_type text NOT NULL,
+        aggregate_id   text NOT NULL,
+        sequence       integer CHECK (sequence >= 0) NOT NULL,
+        event_type     text NOT NULL,
+        event_version  text NOT NULL,
+        payload        text NOT NULL,
+        metadata       text NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+    ) STRICT",
+    "CREATE TABLE snapshots (
+        aggregate_type   text NOT NULL,
+        aggregate_id     text NOT NULL,
+        last_sequence    integer CHECK (last_sequence >= 0) NOT NULL,
+        current_snapshot integer CHECK (current_snapshot >= 0) NOT NULL,
+        payload          text NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
+    ) STRICT",
+];
+
+/// postgres-es 0.5.0's own tables (its `db/init.sql`).
+const POSTGRES_ES_TABLES: [&str; 2] = [
+    "CREATE TABLE events (
+        aggregate_type text NOT NULL,
+        aggregate_id   text NOT NULL,
+        sequence       bigint CHECK (sequence >= 0) NOT NULL,
+        event_type     text NOT NULL,
+        event_version  text NOT NULL,
+        payload        json NOT NULL,
+        metadata       json NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+    )",
+    "CREATE TABLE snapshots (
+        aggregate_type   text NOT NULL,
+        aggregate_id     text NOT NULL,
+        last_sequence    bigint CHECK (last_sequence >= 0) NOT NULL,
+        current_snapshot bigint CHECK (current_snapshot >= 0) NOT NULL,
+        payload          json NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
+    )",
+];
+
 /// Heartbeats per job before a client starts a new one, so that loads stay
 /// the size of a typical job.
 const HEARTBEATS_PER_JOB: u64 = 50;
@@ -168,6 +212,8 @@ struct Figures {
     backend: &'static str,
     raw_1: f64,
     raw_16: f64,
+    schema_1: f64,
+    schema_16: f64,
     store_1: f64,
     store_16: f64,
     catch_up: f64,
@@ -177,16 +223,30 @@ struct Figures {
     load_10k: Duration,
 }
 
-async fn measure<R>(backend: &'static str, store: Store, raw: Raw<R>, secs: f64) -> Result<Figures>
+/// `raw`: the framework on the backend's own tables; `on_schema`: the same
+/// framework on tables made by the store's migrations (its extra columns,
+/// indexes and triggers, without its code path), which tells the schema's
+/// share of the overhead from the code's.
+async fn measure<R>(
+    backend: &'static str,
+    store: Store,
+    raw: Raw<R>,
+    on_schema: Raw<R>,
+    secs: f64,
+) -> Result<Figures>
 where
     R: cqrs_es::persist::PersistedEventRepository + 'static,
 {
     eprintln!("{backend}: raw cqrs-es, 1 client");
     let raw_1 = throughput(raw.clone(), 1, secs, "raw1", None).await?;
-    eprintln!("{backend}: raw cqrs-es, 16 clients");
-    let raw_16 = throughput(raw, 16, secs, "raw16", None).await?;
+    eprintln!("{backend}: raw cqrs-es on the store's tables, 1 client");
+    let schema_1 = throughput(on_schema.clone(), 1, secs, "sch1", None).await?;
     eprintln!("{backend}: store, 1 client");
     let store_1 = throughput(StorePath(store.clone()), 1, secs, "s1", None).await?;
+    eprintln!("{backend}: raw cqrs-es, 16 clients");
+    let raw_16 = throughput(raw, 16, secs, "raw16", None).await?;
+    eprintln!("{backend}: raw cqrs-es on the store's tables, 16 clients");
+    let schema_16 = throughput(on_schema, 16, secs, "sch16", None).await?;
     eprintln!("{backend}: store, 16 clients");
     let store_16 = throughput(StorePath(store.clone()), 16, secs, "s16", None).await?;
 
@@ -260,6 +320,8 @@ where
         backend,
         raw_1,
         raw_16,
+        schema_1,
+        schema_16,
         store_1,
         store_16,
         catch_up,
@@ -289,6 +351,13 @@ fn print(figures: &[Figures]) {
     row("raw cqrs-es, 1 client (commands/s)", &|f| {
         format!("{:.0}", f.raw_1)
     });
+    row("raw cqrs-es on the store's tables, 1 client", &|f| {
+        format!(
+            "{:.0} ({:.0}% of raw)",
+            f.schema_1,
+            100.0 * f.schema_1 / f.raw_1
+        )
+    });
     row("store, 1 client (commands/s)", &|f| {
         format!(
             "{:.0} ({:.0}% of raw)",
@@ -298,6 +367,13 @@ fn print(figures: &[Figures]) {
     });
     row("raw cqrs-es, 16 clients (commands/s)", &|f| {
         format!("{:.0}", f.raw_16)
+    });
+    row("raw cqrs-es on the store's tables, 16 clients", &|f| {
+        format!(
+            "{:.0} ({:.0}% of raw)",
+            f.schema_16,
+            100.0 * f.schema_16 / f.raw_16
+        )
     });
     row("store, 16 clients (commands/s)", &|f| {
         format!(
@@ -326,6 +402,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+fn pg_raw(pool: sqlx::PgPool) -> Raw<postgres_es::PostgresEventRepository> {
+    let repo = postgres_es::PostgresEventRepository::new(pool);
+    Raw(Arc::new(CqrsFramework::new(
+        PersistedEventStore::new_event_store(repo).with_upcasters(upcasters()),
+        vec![],
+        services(),
+    )))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let secs: f64 = std::env::var("BENCH_SECONDS")
@@ -340,14 +425,20 @@ async fn main() -> Result<()> {
         services(),
     )
     .await?;
-    // The raw framework gets its own file with the sqlite-es schema (the
-    // store's migrations create it).
+    // The raw framework: a file of its own, sqlite-es' pool (WAL,
+    // synchronous = NORMAL, 10 connections) and sqlite-es' own tables, none
+    // of the store's columns, indexes or triggers.
     let raw_url = format!("sqlite://{}", dir.path().join("raw.db").display());
-    Store::open(&raw_url, services()).await?.close().await;
-    // sqlite-es' own pool: WAL, synchronous = NORMAL, 10 connections.
     let pool = sqlite_es::default_sqlite_pool(&raw_url).await;
+    for sql in SQLITE_ES_TABLES {
+        sqlx::query(sql).execute(&pool).await?;
+    }
     let raw = Raw(Arc::new(sqlite_es::sqlite_cqrs(pool, vec![], services())));
-    figures.push(measure("SQLite", store.clone(), raw, secs).await?);
+    let schema_url = format!("sqlite://{}", dir.path().join("schema.db").display());
+    Store::open(&schema_url, services()).await?.close().await;
+    let pool = sqlite_es::default_sqlite_pool(&schema_url).await;
+    let on_schema = Raw(Arc::new(sqlite_es::sqlite_cqrs(pool, vec![], services())));
+    figures.push(measure("SQLite", store.clone(), raw, on_schema, secs).await?);
     store.close().await;
 
     let url = std::env::var("DATABASE_URL")
@@ -358,6 +449,7 @@ async fn main() -> Result<()> {
             conn.close().await?;
             let schema = format!("bench_{:08x}", rand::random::<u32>());
             let raw_schema = format!("{schema}_raw");
+            let store_schema = format!("{schema}_tables");
             let open = |schema: String| {
                 let url = url.clone();
                 async move {
@@ -373,7 +465,13 @@ async fn main() -> Result<()> {
                 }
             };
             let store = open(schema.clone()).await?;
-            open(raw_schema.clone()).await?.close().await;
+            // The raw framework: a schema of its own with postgres-es' own
+            // tables, none of the store's columns, indexes or triggers.
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(&format!("CREATE SCHEMA {raw_schema}"))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(24)
                 .connect_with(
@@ -381,16 +479,23 @@ async fn main() -> Result<()> {
                         .options([("search_path", raw_schema.as_str())]),
                 )
                 .await?;
-            let repo = postgres_es::PostgresEventRepository::new(pool);
-            let raw = Raw(Arc::new(CqrsFramework::new(
-                PersistedEventStore::new_event_store(repo).with_upcasters(upcasters()),
-                vec![],
-                services(),
-            )));
-            let result = measure("PostgreSQL", store.clone(), raw, secs).await;
+            for sql in POSTGRES_ES_TABLES {
+                sqlx::query(sql).execute(&pool).await?;
+            }
+            let raw = pg_raw(pool);
+            open(store_schema.clone()).await?.close().await;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(24)
+                .connect_with(
+                    url.parse::<sqlx::postgres::PgConnectOptions>()?
+                        .options([("search_path", store_schema.as_str())]),
+                )
+                .await?;
+            let on_schema = pg_raw(pool);
+            let result = measure("PostgreSQL", store.clone(), raw, on_schema, secs).await;
             store.close().await;
             let mut conn = sqlx::PgConnection::connect(&url).await?;
-            for s in [&schema, &raw_schema] {
+            for s in [&schema, &raw_schema, &store_schema] {
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
                     .execute(&mut conn)
                     .await?;

@@ -158,6 +158,24 @@ impl MemoryLog {
         Ok(())
     }
 
+    /// Append one job's events; the position of the last.
+    pub(crate) fn insert(
+        &self,
+        aggregate_type: &str,
+        events: &[SerializedEvent],
+    ) -> Result<Position, PersistenceError> {
+        self.append(aggregate_type, events)?;
+        let last = events.last().ok_or_else(|| {
+            PersistenceError::UnknownError("an insert needs at least one event".into())
+        })?;
+        self.position_of(
+            aggregate_type,
+            &JobId::new(&last.aggregate_id),
+            last.sequence as u64,
+        )
+        .ok_or_else(|| PersistenceError::UnknownError("an appended event vanished".into()))
+    }
+
     /// Overwrite a stored event's payload (tests of the hash chain).
     #[cfg(test)]
     pub(crate) fn tamper(&self, position: Position, payload: Value) {

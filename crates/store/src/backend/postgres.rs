@@ -30,7 +30,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
 
-use super::{AGGREGATE, plain_label_key};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+
+use super::{AGGREGATE, persistence_error, plain_label_key};
 use crate::error::{Error, Result};
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -247,20 +249,36 @@ pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEven
     .collect()
 }
 
-pub(crate) async fn position_of(
+/// Write one job's events in one transaction: postgres-es' statement, with
+/// `RETURNING` the generated global position; the position of the last.
+pub(crate) async fn insert_events(
     pool: &PgPool,
-    job: &JobId,
-    sequence: u64,
-) -> Result<Option<Position>> {
-    let p: Option<i64> = sqlx::query_scalar(
-        "SELECT global_position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-    )
-    .bind(AGGREGATE)
-    .bind(job.as_str())
-    .bind(sequence as i64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(p.map(|p| p as Position))
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+) -> Result<Position, PersistenceError> {
+    let mut tx = pool.begin().await.map_err(persistence_error)?;
+    let mut last = None;
+    for e in events {
+        let p: i64 = sqlx::query_scalar(
+            "INSERT INTO events
+                (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING global_position",
+        )
+        .bind(aggregate_type)
+        .bind(e.aggregate_id.as_str())
+        .bind(e.sequence as i64)
+        .bind(&e.event_type)
+        .bind(&e.event_version)
+        .bind(&e.payload)
+        .bind(&e.metadata)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(persistence_error)?;
+        last = Some(p as Position);
+    }
+    tx.commit().await.map_err(persistence_error)?;
+    last.ok_or_else(|| PersistenceError::UnknownError("an insert needs at least one event".into()))
 }
 
 pub(crate) async fn checkpoint(pool: &PgPool, name: &str) -> Result<Position> {

@@ -1,10 +1,11 @@
 //! SQLite: the embedded default. sqlite-es writes the events; this module
 //! creates the schema and reads the feed and views with sqlx.
 //!
-//! The global position is assigned by a trigger inside the writing
-//! transaction (`MAX + 1`). SQLite has one writer at a time, so positions are
-//! dense and in commit order, and reading `ORDER BY global_position` never
-//! skips an event. It is a real column (not the implicit `rowid`, which
+//! The global position is assigned inside the writing transaction
+//! (`MAX + 1`): by the store's INSERT itself, and by a trigger for rows that
+//! other writers (sqlite-es' own INSERT) leave without one. SQLite has one
+//! writer at a time, so positions are dense and in commit order, and reading
+//! `ORDER BY global_position` never skips an event. It is a real column (not the implicit `rowid`, which
 //! `VACUUM` may renumber), so checkpoints stay valid.
 
 use std::collections::HashMap;
@@ -18,7 +19,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::{AGGREGATE, plain_label_key};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+
+use super::{AGGREGATE, persistence_error, plain_label_key};
 use crate::error::Result;
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -210,20 +213,38 @@ pub(crate) async fn job_events(pool: &SqlitePool, job: &JobId) -> Result<Vec<Raw
     .collect()
 }
 
-pub(crate) async fn position_of(
+/// Write one job's events in one transaction, each with the next global
+/// position (`MAX + 1`: SQLite has one writer at a time, so this is commit
+/// order), which the trigger would otherwise set in a second write of the
+/// row. sqlite-es' statement, plus the position; the position of the last.
+pub(crate) async fn insert_events(
     pool: &SqlitePool,
-    job: &JobId,
-    sequence: u64,
-) -> Result<Option<Position>> {
-    let p: Option<i64> = sqlx::query_scalar(
-        "SELECT global_position FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
-    )
-    .bind(AGGREGATE)
-    .bind(job.as_str())
-    .bind(sequence as i64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(p.map(|p| p as Position))
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+) -> Result<Position, PersistenceError> {
+    let mut tx = pool.begin().await.map_err(persistence_error)?;
+    let mut last = None;
+    for e in events {
+        let p: i64 = sqlx::query_scalar(
+            "INSERT INTO events
+                (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
+             VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
+             RETURNING global_position",
+        )
+        .bind(aggregate_type)
+        .bind(e.aggregate_id.as_str())
+        .bind(e.sequence as i64)
+        .bind(&e.event_type)
+        .bind(&e.event_version)
+        .bind(e.payload.to_string())
+        .bind(e.metadata.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(persistence_error)?;
+        last = Some(p as Position);
+    }
+    tx.commit().await.map_err(persistence_error)?;
+    last.ok_or_else(|| PersistenceError::UnknownError("an insert needs at least one event".into()))
 }
 
 pub(crate) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<Position> {

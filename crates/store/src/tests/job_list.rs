@@ -8,7 +8,7 @@ use loraflow_core::job::canned::sample_spec;
 use loraflow_core::job::{CreateJob, JobCommand};
 use loraflow_core::views::JobListFilter;
 
-use super::support::{TestStore, meta, on_every_backend};
+use super::support::{TestStore, meta, on_every_backend, readable};
 use crate::{Error, JobListQuery};
 
 /// Jobs of every (model, engine) pair the tests filter on, oldest first.
@@ -22,13 +22,15 @@ const JOBS: [(&str, &str, &str, Engine); 6] = [
 ];
 
 async fn seed(t: &TestStore) {
+    let mut last = 0;
     for (job, tenant, model, engine) in JOBS {
         t.clock.advance(ChronoDuration::seconds(1));
         let mut spec = sample_spec();
         spec.tenant = TenantId::new(tenant);
         spec.base_model = model.into();
         spec.engine = engine;
-        t.store
+        last = t
+            .store
             .execute(
                 &JobId::new(job),
                 JobCommand::Create(CreateJob {
@@ -38,8 +40,13 @@ async fn seed(t: &TestStore) {
                 meta(),
             )
             .await
-            .unwrap_or_else(|e| panic!("create {job}: {e}"));
+            .unwrap_or_else(|e| panic!("create {job}: {e}"))
+            .position
+            .expect("a create writes");
     }
+    // On PostgreSQL the feed shows a commit only once older transactions of
+    // the cluster (other tests') have ended.
+    readable(&t.store, last).await;
     t.store.catch_up_views().await.expect("views catch up");
 }
 
