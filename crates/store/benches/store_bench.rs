@@ -6,7 +6,10 @@
 //! `cargo bench -p loraflow-store --bench store_bench` (PostgreSQL from
 //! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`; a
 //! schema of its own, dropped at the end). `BENCH_SECONDS` sets each
-//! throughput run's length (default 3).
+//! throughput run's length (default 3), `BENCH_ROUNDS` how many rounds of
+//! raw / raw on the store's tables / store runs (default 3): the table gives
+//! the median and the range, and each round's ratio to raw, whose runs
+//! follow each other and so share the machine's load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -208,14 +211,45 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Commands/s of the three paths, one value per round.
+#[derive(Default)]
+struct Rounds {
+    raw: Vec<f64>,
+    schema: Vec<f64>,
+    store: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Rounds {
+    /// Median, lowest and highest.
+    fn spread(v: &[f64]) -> (f64, f64, f64) {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(v.to_vec()), lo, hi)
+    }
+
+    /// `path / raw` of each round (a round's runs follow each other, so they
+    /// share the machine's load), in percent.
+    fn ratios(&self, path: &[f64]) -> Vec<f64> {
+        path.iter()
+            .zip(&self.raw)
+            .map(|(p, r)| 100.0 * p / r)
+            .collect()
+    }
+}
+
 struct Figures {
     backend: &'static str,
-    raw_1: f64,
-    raw_16: f64,
-    schema_1: f64,
-    schema_16: f64,
-    store_1: f64,
-    store_16: f64,
+    one: Rounds,
+    sixteen: Rounds,
     catch_up: f64,
     lag_p50: Duration,
     lag_p99: Duration,
@@ -226,29 +260,33 @@ struct Figures {
 /// `raw`: the framework on the backend's own tables; `on_schema`: the same
 /// framework on tables made by the store's migrations (its extra columns,
 /// indexes and triggers, without its code path), which tells the schema's
-/// share of the overhead from the code's.
+/// share of the overhead from the code's. Each round runs the three one
+/// after the other, for 1 client, then for 16.
 async fn measure<R>(
     backend: &'static str,
     store: Store,
     raw: Raw<R>,
     on_schema: Raw<R>,
     secs: f64,
+    rounds: usize,
 ) -> Result<Figures>
 where
     R: cqrs_es::persist::PersistedEventRepository + 'static,
 {
-    eprintln!("{backend}: raw cqrs-es, 1 client");
-    let raw_1 = throughput(raw.clone(), 1, secs, "raw1", None).await?;
-    eprintln!("{backend}: raw cqrs-es on the store's tables, 1 client");
-    let schema_1 = throughput(on_schema.clone(), 1, secs, "sch1", None).await?;
-    eprintln!("{backend}: store, 1 client");
-    let store_1 = throughput(StorePath(store.clone()), 1, secs, "s1", None).await?;
-    eprintln!("{backend}: raw cqrs-es, 16 clients");
-    let raw_16 = throughput(raw, 16, secs, "raw16", None).await?;
-    eprintln!("{backend}: raw cqrs-es on the store's tables, 16 clients");
-    let schema_16 = throughput(on_schema, 16, secs, "sch16", None).await?;
-    eprintln!("{backend}: store, 16 clients");
-    let store_16 = throughput(StorePath(store.clone()), 16, secs, "s16", None).await?;
+    let mut one = Rounds::default();
+    let mut sixteen = Rounds::default();
+    for (clients, into) in [(1, &mut one), (16, &mut sixteen)] {
+        for r in 0..rounds {
+            eprintln!("{backend}: {clients} client(s), round {}/{rounds}", r + 1);
+            let tag = |path: &str| format!("{path}{clients}r{r}");
+            into.raw
+                .push(throughput(raw.clone(), clients, secs, &tag("raw"), None).await?);
+            into.schema
+                .push(throughput(on_schema.clone(), clients, secs, &tag("sch"), None).await?);
+            into.store
+                .push(throughput(StorePath(store.clone()), clients, secs, &tag("s"), None).await?);
+        }
+    }
 
     eprintln!("{backend}: feed catch-up");
     let t0 = Instant::now();
@@ -318,12 +356,8 @@ where
 
     Ok(Figures {
         backend,
-        raw_1,
-        raw_16,
-        schema_1,
-        schema_16,
-        store_1,
-        store_16,
+        one,
+        sixteen,
         catch_up,
         lag_p50: percentile(&lags, 0.5),
         lag_p99: percentile(&lags, 0.99),
@@ -348,40 +382,36 @@ fn print(figures: &[Figures]) {
             figures.iter().map(cell).collect::<Vec<_>>().join(" | ")
         );
     };
-    row("raw cqrs-es, 1 client (commands/s)", &|f| {
-        format!("{:.0}", f.raw_1)
-    });
-    row("raw cqrs-es on the store's tables, 1 client", &|f| {
-        format!(
-            "{:.0} ({:.0}% of raw)",
-            f.schema_1,
-            100.0 * f.schema_1 / f.raw_1
-        )
-    });
-    row("store, 1 client (commands/s)", &|f| {
-        format!(
-            "{:.0} ({:.0}% of raw)",
-            f.store_1,
-            100.0 * f.store_1 / f.raw_1
-        )
-    });
-    row("raw cqrs-es, 16 clients (commands/s)", &|f| {
-        format!("{:.0}", f.raw_16)
-    });
-    row("raw cqrs-es on the store's tables, 16 clients", &|f| {
-        format!(
-            "{:.0} ({:.0}% of raw)",
-            f.schema_16,
-            100.0 * f.schema_16 / f.raw_16
-        )
-    });
-    row("store, 16 clients (commands/s)", &|f| {
-        format!(
-            "{:.0} ({:.0}% of raw)",
-            f.store_16,
-            100.0 * f.store_16 / f.raw_16
-        )
-    });
+    let cps = |v: &[f64]| {
+        let (m, lo, hi) = Rounds::spread(v);
+        format!("{m:.0} [{lo:.0}–{hi:.0}]")
+    };
+    let pct = |v: Vec<f64>| {
+        let (m, lo, hi) = Rounds::spread(&v);
+        format!("{m:.0}% [{lo:.0}–{hi:.0}%]")
+    };
+    for (n, many) in [("1 client", false), ("16 clients", true)] {
+        fn pick(f: &Figures, many: bool) -> &Rounds {
+            if many { &f.sixteen } else { &f.one }
+        }
+        row(&format!("raw cqrs-es, {n} (commands/s)"), &|f| {
+            cps(&pick(f, many).raw)
+        });
+        row(&format!("raw cqrs-es on the store's tables, {n}"), &|f| {
+            cps(&pick(f, many).schema)
+        });
+        row(&format!("store, {n} (commands/s)"), &|f| {
+            cps(&pick(f, many).store)
+        });
+        row(&format!("store / raw, {n}"), &|f| {
+            let r = pick(f, many);
+            pct(r.ratios(&r.store))
+        });
+        row(&format!("raw on the store's tables / raw, {n}"), &|f| {
+            let r = pick(f, many);
+            pct(r.ratios(&r.schema))
+        });
+    }
     row("feed catch-up (events/s)", &|f| {
         format!("{:.0}", f.catch_up)
     });
@@ -417,6 +447,11 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let mut figures = Vec::new();
 
     let dir = tempfile::tempdir()?;
@@ -438,7 +473,7 @@ async fn main() -> Result<()> {
     Store::open(&schema_url, services()).await?.close().await;
     let pool = sqlite_es::default_sqlite_pool(&schema_url).await;
     let on_schema = Raw(Arc::new(sqlite_es::sqlite_cqrs(pool, vec![], services())));
-    figures.push(measure("SQLite", store.clone(), raw, on_schema, secs).await?);
+    figures.push(measure("SQLite", store.clone(), raw, on_schema, secs, rounds).await?);
     store.close().await;
 
     let url = std::env::var("DATABASE_URL")
@@ -492,7 +527,7 @@ async fn main() -> Result<()> {
                 )
                 .await?;
             let on_schema = pg_raw(pool);
-            let result = measure("PostgreSQL", store.clone(), raw, on_schema, secs).await;
+            let result = measure("PostgreSQL", store.clone(), raw, on_schema, secs, rounds).await;
             store.close().await;
             let mut conn = sqlx::PgConnection::connect(&url).await?;
             for s in [&schema, &raw_schema, &store_schema] {

@@ -38,7 +38,36 @@ macro_rules! dispatch {
     };
 }
 
+/// One event of a job as the command path needs it: the payload as stored
+/// (JSON text) and, for the job's last event only, its chain hash.
+pub(crate) struct LoadRow {
+    pub sequence: u64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub hash: Option<String>,
+}
+
 impl EventRepo {
+    /// A job's events in sequence order, for the command path: one query,
+    /// reading the metadata of the last event only (for its hash), and the
+    /// payloads as text to decode straight into events.
+    pub(crate) async fn load(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<LoadRow>, PersistenceError> {
+        match self {
+            EventRepo::Sqlite(_, pool) => {
+                sqlite::load_job(pool, aggregate_type, aggregate_id).await
+            }
+            EventRepo::Postgres(_, pool) => {
+                postgres::load_job(pool, aggregate_type, aggregate_id).await
+            }
+            EventRepo::Memory(log) => Ok(log.load_job(aggregate_type, aggregate_id)),
+        }
+    }
+
     /// Write one job's consecutive events in one transaction, as the
     /// backend's repository would (same table, columns and values; a taken
     /// sequence is `OptimisticLockError`), and return the global position of
@@ -162,6 +191,14 @@ impl ChainRepository {
             field(HASH).unwrap_or_else(|| GENESIS_HASH.to_owned()),
             field(TENANT),
         ))
+    }
+
+    pub(crate) async fn load(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<LoadRow>, PersistenceError> {
+        self.repo.load(aggregate_type, aggregate_id).await
     }
 
     /// Chain `events` (the store's metadata and hashes) and write them in one

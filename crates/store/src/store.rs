@@ -5,15 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_es::persist::{
-    EventUpcaster, PersistedEventRepository, PersistedEventStore, SerializedEvent,
-};
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, CqrsFramework, DomainEvent};
 use loraflow_core::ids::JobId;
 use loraflow_core::job::upcast::upcasters;
 use loraflow_core::job::{JobCommand, JobEvent, JobServices, TrainingJob};
 use postgres_es::PostgresEventRepository;
-use serde::Deserialize;
 use sqlite_es::SqliteEventRepository;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,7 +21,7 @@ use crate::backend::{Backend, postgres, sqlite};
 use crate::chain::{GENESIS_HASH, verify_chain};
 use crate::error::{Error, Result};
 use crate::event::{
-    HASH, MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
+    MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
     StoredEvent, TENANT,
 };
 use crate::feed::{Feed, FeedFilter};
@@ -465,32 +462,52 @@ impl Store {
 
     /// The job folded from its events, its sequence, and the hash of its
     /// last event (the genesis hash for a job with none). What cqrs-es'
-    /// `load_events` does, without turning every event's metadata into a
-    /// map: only the last event's hash is needed.
+    /// `load_events` does, reading only what a command needs: payloads,
+    /// decoded straight from their text unless an upcaster applies, and the
+    /// last event's hash instead of every event's metadata.
     async fn fold(&self, job_id: &JobId) -> Result<(TrainingJob, u64, String)> {
         let s = &self.shared;
-        let stored = s.repo.get_events::<TrainingJob>(job_id.as_str()).await?;
-        let sequence = stored.last().map_or(0, |e| e.sequence as u64);
-        let prev_hash = stored
+        let rows = s
+            .repo
+            .load(<TrainingJob as Aggregate>::TYPE, job_id.as_str())
+            .await?;
+        let sequence = rows.last().map_or(0, |r| r.sequence);
+        let prev_hash = rows
             .last()
-            .and_then(|e| e.metadata.get(HASH))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(GENESIS_HASH)
-            .to_owned();
+            .and_then(|r| r.hash.clone())
+            .unwrap_or_else(|| GENESIS_HASH.to_owned());
         let mut job = TrainingJob::default();
-        for mut e in stored {
-            // The same fold cqrs-es applies on load.
-            for u in &s.upcasters {
-                if u.can_upcast(&e.event_type, &e.event_version) {
-                    e = u.upcast(e);
-                }
-            }
-            let event = JobEvent::deserialize(&e.payload).map_err(|err| {
+        for r in rows {
+            let bad = |err: serde_json::Error| {
                 Error::serialization(format!(
                     "event {} of job {job_id} ({} {}): {err}",
-                    e.sequence, e.event_type, e.event_version
+                    r.sequence, r.event_type, r.event_version
                 ))
-            })?;
+            };
+            let old = s
+                .upcasters
+                .iter()
+                .any(|u| u.can_upcast(&r.event_type, &r.event_version));
+            let event: JobEvent = if old {
+                let mut e = SerializedEvent::new(
+                    job_id.to_string(),
+                    r.sequence as usize,
+                    <TrainingJob as Aggregate>::TYPE.to_owned(),
+                    r.event_type.clone(),
+                    r.event_version.clone(),
+                    serde_json::from_str(&r.payload).map_err(bad)?,
+                    serde_json::Value::Null,
+                );
+                // The same fold cqrs-es applies on load.
+                for u in &s.upcasters {
+                    if u.can_upcast(&e.event_type, &e.event_version) {
+                        e = u.upcast(e);
+                    }
+                }
+                serde_json::from_value(e.payload).map_err(bad)?
+            } else {
+                serde_json::from_str(&r.payload).map_err(bad)?
+            };
             job.apply(event);
         }
         Ok((job, sequence, prev_hash))

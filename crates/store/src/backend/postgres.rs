@@ -249,36 +249,74 @@ pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEven
     .collect()
 }
 
-/// Write one job's events in one transaction: postgres-es' statement, with
-/// `RETURNING` the generated global position; the position of the last.
+/// Write one job's events atomically: postgres-es' statement and values,
+/// all rows in one INSERT (one round trip, where postgres-es sends BEGIN,
+/// an INSERT per event and COMMIT), with `RETURNING` the generated global
+/// positions; returns the last.
 pub(crate) async fn insert_events(
     pool: &PgPool,
     aggregate_type: &str,
     events: &[SerializedEvent],
 ) -> Result<Position, PersistenceError> {
-    let mut tx = pool.begin().await.map_err(persistence_error)?;
-    let mut last = None;
-    for e in events {
-        let p: i64 = sqlx::query_scalar(
-            "INSERT INTO events
-                (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING global_position",
-        )
-        .bind(aggregate_type)
-        .bind(e.aggregate_id.as_str())
-        .bind(e.sequence as i64)
-        .bind(&e.event_type)
-        .bind(&e.event_version)
-        .bind(&e.payload)
-        .bind(&e.metadata)
-        .fetch_one(&mut *tx)
+    if events.is_empty() {
+        return Err(PersistenceError::UnknownError(
+            "an insert needs at least one event".into(),
+        ));
+    }
+    let mut q = QueryBuilder::<Postgres>::new(
+        "INSERT INTO events
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
+    );
+    q.push_values(events, |mut row, e| {
+        row.push_bind(aggregate_type)
+            .push_bind(e.aggregate_id.as_str())
+            .push_bind(e.sequence as i64)
+            .push_bind(e.event_type.as_str())
+            .push_bind(e.event_version.as_str())
+            .push_bind(&e.payload)
+            .push_bind(&e.metadata);
+    });
+    q.push(" RETURNING global_position");
+    let positions: Vec<i64> = q
+        .build_query_scalar()
+        .fetch_all(pool)
         .await
         .map_err(persistence_error)?;
-        last = Some(p as Position);
-    }
-    tx.commit().await.map_err(persistence_error)?;
-    last.ok_or_else(|| PersistenceError::UnknownError("an insert needs at least one event".into()))
+    positions
+        .into_iter()
+        .max()
+        .map(|p| p as Position)
+        .ok_or_else(|| PersistenceError::UnknownError("the insert returned no position".into()))
+}
+
+/// A job's events for the command path (see `EventRepo::load`).
+pub(crate) async fn load_job(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<crate::repo::LoadRow>, PersistenceError> {
+    let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT sequence, event_type, event_version, payload::text,
+                CASE WHEN sequence = MAX(sequence) OVER () THEN metadata->>'hash' END
+           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_all(pool)
+    .await
+    .map_err(persistence_error)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sequence, event_type, event_version, payload, hash)| crate::repo::LoadRow {
+                sequence: sequence as u64,
+                event_type,
+                event_version,
+                payload,
+                hash,
+            },
+        )
+        .collect())
 }
 
 pub(crate) async fn checkpoint(pool: &PgPool, name: &str) -> Result<Position> {

@@ -213,38 +213,82 @@ pub(crate) async fn job_events(pool: &SqlitePool, job: &JobId) -> Result<Vec<Raw
     .collect()
 }
 
-/// Write one job's events in one transaction, each with the next global
-/// position (`MAX + 1`: SQLite has one writer at a time, so this is commit
-/// order), which the trigger would otherwise set in a second write of the
-/// row. sqlite-es' statement, plus the position; the position of the last.
+/// Write one job's events atomically, each with the next global position
+/// (`MAX + 1`: SQLite has one writer at a time, so this is commit order),
+/// which the trigger would otherwise set in a second write of the row.
+/// sqlite-es' statement, plus the position; returns the last position. One
+/// event (most commands) is one statement in its own implicit transaction:
+/// one call to the connection's worker instead of three.
 pub(crate) async fn insert_events(
     pool: &SqlitePool,
     aggregate_type: &str,
     events: &[SerializedEvent],
 ) -> Result<Position, PersistenceError> {
-    let mut tx = pool.begin().await.map_err(persistence_error)?;
-    let mut last = None;
-    for e in events {
-        let p: i64 = sqlx::query_scalar(
-            "INSERT INTO events
-                (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
-             VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
-             RETURNING global_position",
+    const INSERT: &str = "INSERT INTO events
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
+         VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
+         RETURNING global_position";
+    let insert = |e: &SerializedEvent| {
+        sqlx::query_scalar::<_, i64>(INSERT)
+            .bind(aggregate_type.to_owned())
+            .bind(e.aggregate_id.clone())
+            .bind(e.sequence as i64)
+            .bind(e.event_type.clone())
+            .bind(e.event_version.clone())
+            .bind(e.payload.to_string())
+            .bind(e.metadata.to_string())
+    };
+    let p = match events {
+        [] => {
+            return Err(PersistenceError::UnknownError(
+                "an insert needs at least one event".into(),
+            ));
+        }
+        [e] => insert(e).fetch_one(pool).await.map_err(persistence_error)?,
+        events => {
+            let mut tx = pool.begin().await.map_err(persistence_error)?;
+            let mut last = 0;
+            for e in events {
+                last = insert(e)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(persistence_error)?;
+            }
+            tx.commit().await.map_err(persistence_error)?;
+            last
+        }
+    };
+    Ok(p as Position)
+}
+
+/// A job's events for the command path (see `EventRepo::load`).
+pub(crate) async fn load_job(
+    pool: &SqlitePool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<crate::repo::LoadRow>, PersistenceError> {
+    let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT sequence, event_type, event_version, payload,
+                CASE WHEN sequence = MAX(sequence) OVER () THEN json_extract(metadata, '$.hash') END
+           FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_all(pool)
+    .await
+    .map_err(persistence_error)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sequence, event_type, event_version, payload, hash)| crate::repo::LoadRow {
+                sequence: sequence as u64,
+                event_type,
+                event_version,
+                payload,
+                hash,
+            },
         )
-        .bind(aggregate_type)
-        .bind(e.aggregate_id.as_str())
-        .bind(e.sequence as i64)
-        .bind(&e.event_type)
-        .bind(&e.event_version)
-        .bind(e.payload.to_string())
-        .bind(e.metadata.to_string())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(persistence_error)?;
-        last = Some(p as Position);
-    }
-    tx.commit().await.map_err(persistence_error)?;
-    last.ok_or_else(|| PersistenceError::UnknownError("an insert needs at least one event".into()))
+        .collect())
 }
 
 pub(crate) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<Position> {
