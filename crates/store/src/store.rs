@@ -79,6 +79,12 @@ pub(crate) struct Shared {
     /// The engine's path reads and writes through it directly: one query
     /// to load a job, one transaction to write.
     pub repo: ChainRepository,
+    /// SQLite takes one writer at a time, and its busy handler is not a
+    /// queue: a writer that waits sleeps and retries, and under a stream of
+    /// short commits the projection runner starved for half a second. This
+    /// process' writers therefore take turns here, in arrival order
+    /// (other processes still meet at the database's lock).
+    pub sqlite_writer: Option<tokio::sync::Mutex<()>>,
     pub framework: JobCqrs,
     pub services: JobServices,
     pub options: StoreOptions,
@@ -93,6 +99,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// This process' turn to write, on SQLite (see `sqlite_writer`).
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+
     pub(crate) async fn read_feed(
         &self,
         after: Position,
@@ -220,6 +234,8 @@ impl Store {
         let views_at = backend.checkpoint(VIEWS).await?;
         Ok(Self {
             shared: Arc::new(Shared {
+                sqlite_writer: matches!(backend, Backend::Sqlite(_))
+                    .then(|| tokio::sync::Mutex::new(())),
                 backend,
                 repo,
                 framework,
@@ -381,11 +397,11 @@ impl Store {
         metadata.insert(PREV_HASH.into(), prev_hash);
         let serialized = serialize(job_id, sequence, &events, metadata)?;
         let last = sequence + events.len() as u64;
-        let position = s
-            .repo
-            .commit::<TrainingJob>(&serialized)
-            .await
-            .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let position = {
+            let _turn = s.write_turn().await;
+            s.repo.commit::<TrainingJob>(&serialized).await
+        }
+        .map_err(|e| self.conflict_for(job_id, e.into()))?;
         for e in &events {
             job.apply(e.clone());
         }
@@ -442,11 +458,11 @@ impl Store {
             caller_metadata(metadata),
         )?;
         let last = expected_sequence + events.len() as u64;
-        let position = s
-            .repo
-            .commit::<TrainingJob>(&serialized)
-            .await
-            .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let position = {
+            let _turn = s.write_turn().await;
+            s.repo.commit::<TrainingJob>(&serialized).await
+        }
+        .map_err(|e| self.conflict_for(job_id, e.into()))?;
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             sequence: last,
@@ -555,7 +571,10 @@ impl Store {
 
     /// Empty the views and rebuild them from position 0.
     pub async fn rebuild_views(&self) -> Result<Position> {
-        self.shared.backend.reset_views(VIEWS).await?;
+        {
+            let _turn = self.shared.write_turn().await;
+            self.shared.backend.reset_views(VIEWS).await?;
+        }
         self.shared.views_at.send_replace(0);
         self.catch_up_views().await
     }
