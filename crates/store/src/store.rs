@@ -352,8 +352,7 @@ impl Store {
         mut metadata: HashMap<String, String>,
     ) -> Result<Committed> {
         let s = &self.shared;
-        let (job, sequence, prev_hash) = self.fold(job_id).await?;
-        let mut job = job;
+        let (mut job, sequence, prev_hash) = self.fold(job_id).await?;
         if let Some(expected) = expected
             && expected != sequence
         {
