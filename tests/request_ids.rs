@@ -143,7 +143,7 @@ async fn create_and_retry_with_one_request_id_make_two_jobs() {
     assert_eq!(retried_again.status.job_id, retried.status.job_id);
     let created_again = s.engine.create_job(&tenant, new(Some(rid))).await.unwrap();
     assert_eq!(created_again.status.job_id, created.status.job_id);
-    assert!(created_again.status.labels.get("retry_of").is_none());
+    assert!(!created_again.status.labels.contains_key("retry_of"));
 
     // The same request id retrying another failed job is another request.
     let other = s
