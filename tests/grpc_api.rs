@@ -1,6 +1,8 @@
 //! The gRPC API over real loopback sockets, on SQLite and PostgreSQL:
 //! idempotent creation, pagination, watch with reconnect, cancel, review,
-//! every error mapping, tenant isolation, tokens, limits and etags.
+//! every error mapping, tenant isolation, tokens and etags. Transport
+//! matters (size limits, health, reflection, TLS, spans) are in
+//! `grpc_transport.rs`.
 
 mod common;
 
@@ -291,11 +293,76 @@ on_both_backends! {
         assert!(schema.params.iter().any(|p| p.name == "learning_rate"));
         assert!(!schema.params.iter().any(|p| p.name == "text_encoder_lr"), "disabled for flux");
         assert!(schema.profiles.iter().any(|p| p.name == "quick_test"));
+        // An unknown model is NOT_FOUND; a known one the engine cannot train
+        // is INVALID_ARGUMENT on `engine`.
         let err = c
             .get_parameter_schema(pb::GetParameterSchemaRequest { base_model: "nope".into(), engine: "native".into() })
             .await
             .unwrap_err();
-        assert_eq!(fields(&err), ["base_model"]);
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert!(err.message().contains("\"nope\""), "{}", err.message());
+        assert_eq!(err.get_error_details().error_info().unwrap().reason, "BASE_MODEL_NOT_FOUND");
+        let err = c
+            .get_parameter_schema(pb::GetParameterSchemaRequest { base_model: "flux-dev".into(), engine: "native".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(fields(&err), ["engine"]);
+        s.stop().await;
+    }
+
+    async fn watching_a_finished_job_from_its_last_position_ends(backend: Backend) {
+        let Some(s) = server(backend).await else { return };
+        let mut c = s.client(Some("t-acme")).await;
+        let job = c.create_job(create(&s.dataset_uri, "")).await.unwrap().into_inner();
+        let watcher = c.clone();
+        let watch = |from_position: u64| {
+            let mut c = watcher.clone();
+            let job_id = job.job_id.clone();
+            async move {
+                let stream = c
+                    .watch_job(pb::WatchJobRequest { job_id, from_position })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                // Bounded: a stream that never ends fails the test, not CI.
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    stream.map(|e| e.unwrap()).collect::<Vec<_>>(),
+                )
+                .await
+                .expect("the stream of a finished job ends")
+            }
+        };
+        // Followed live from the last event while running: the stream ends
+        // after the cancel.
+        let head = c
+            .get_job_history(pb::GetJobHistoryRequest { job_id: job.job_id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .last()
+            .unwrap()
+            .position;
+        // Whichever of the watch and the cancel reaches the server first,
+        // the watch reads after `head` and so sees the cancel.
+        let live = tokio::spawn(watch(head));
+        c.cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone(), reason: "done".into(), etag: String::new() })
+            .await
+            .unwrap();
+        let live = live.await.unwrap();
+        let types: Vec<_> = live.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["JobCancelled"]);
+        let last = live[0].position;
+        // From the finished job's last position, or any later one: nothing
+        // more will come, so the stream ends at once, empty.
+        assert!(watch(last).await.is_empty());
+        assert!(watch(last + 1_000_000).await.is_empty());
+        // From before it: the missed events, then the end.
+        let all = watch(0).await;
+        assert_eq!(all.last().unwrap().event_type, "JobCancelled");
+        assert_eq!(all.last().unwrap().position, last);
         s.stop().await;
     }
 }
@@ -359,75 +426,4 @@ on_both_backends! {
         assert_eq!(err.code(), Code::FailedPrecondition);
         s.stop().await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_request_is_resource_exhausted() {
-    let s = TestServer::start(
-        Backend::Sqlite,
-        ServerSetup {
-            max_message_bytes: Some(64 * 1024),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let mut c = s.client(Some("t-acme")).await;
-    let mut big = create(&s.dataset_uri, "");
-    big.job.as_mut().unwrap().sample_prompts = vec!["x".repeat(100 * 1024)];
-    let err = c.create_job(big).await.unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    // The server is still there.
-    assert!(c.list_jobs(pb::ListJobsRequest::default()).await.is_ok());
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_reflection_are_served() {
-    let s = TestServer::start(Backend::Sqlite, ServerSetup::default())
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "loraflow.v1.JobService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        reply.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(s.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = reflection
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        replies.next().await.unwrap().unwrap().message_response
-    else {
-        panic!("no service list")
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"loraflow.v1.JobService".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"loraflow.v1.ExecutorService".to_owned()),
-        "{names:?}"
-    );
-    s.stop().await;
 }

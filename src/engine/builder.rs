@@ -25,6 +25,18 @@ use crate::scheduler::Scheduler;
 /// Builds an [`Engine`]. Defaults: a SQLite file `loraflow.db` in the current
 /// directory, the built-in catalogue, artifacts under `loraflow-artifacts/`,
 /// no in-process executors.
+///
+/// There is no authentication setting, by design. The in-process API is
+/// called by the embedding program, which is trusted: every job call names
+/// its tenant ([`Engine::create_job`], [`Engine::get_job`], ...) and is
+/// scoped to it exactly as over gRPC (another tenant's job is not found),
+/// but nothing checks who the caller is. Bearer tokens belong to the network
+/// boundary: give them to the gRPC server in
+/// [`ServeOptions::auth`](crate::grpc::ServeOptions) (from the `[auth]`
+/// section of the configuration, [`Auth::from_config`](crate::grpc::auth::Auth::from_config)),
+/// which maps each token to its tenant or executor before calling the engine.
+/// An embedding program that accepts requests from others must do the same
+/// mapping itself before it calls the engine.
 pub struct EngineBuilder {
     store_url: String,
     store_options: StoreOptions,

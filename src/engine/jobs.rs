@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use loraflow_core::catalogue::{Catalogue, ServiceStatus};
 use loraflow_core::ids::{JobId, TenantId};
 use loraflow_core::job::{
@@ -43,6 +43,11 @@ const VIEWS_WAIT: Duration = Duration::from_secs(1);
 
 const REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x6c6f_7261_666c_6f77_2d72_6571_7565_7374);
 
+/// Retries derive their ids in a namespace of their own, from the failed job
+/// and the request id: a request id a client also used for a `create_job`
+/// (or for retrying another job) names another job.
+const RETRY_NAMESPACE: Uuid = Uuid::from_u128(0x6c6f_7261_666c_6f77_2d72_6574_7279_0001);
+
 fn metadata(tenant: &TenantId, actor: &str) -> Metadata {
     Metadata::from([
         ("tenant".to_owned(), tenant.to_string()),
@@ -64,19 +69,63 @@ impl Engine {
         self.inner.services.status.set(status);
     }
 
+    /// The id [`create_job`](Self::create_job) gives the job that `tenant`
+    /// creates with `request_id`: the same for every repeat of the request.
+    pub fn job_id_for_request(tenant: &TenantId, request_id: &str) -> JobId {
+        JobId::new(
+            Uuid::new_v5(
+                &REQUEST_NAMESPACE,
+                format!("{tenant}/{request_id}").as_bytes(),
+            )
+            .to_string(),
+        )
+    }
+
+    /// The id [`retry`](Self::retry) gives the job that retries `job` under
+    /// `request_id`.
+    pub fn retry_job_id(tenant: &TenantId, job: &JobId, request_id: &str) -> JobId {
+        JobId::new(
+            Uuid::new_v5(
+                &RETRY_NAMESPACE,
+                format!("{tenant}/{job}/{request_id}").as_bytes(),
+            )
+            .to_string(),
+        )
+    }
+
     /// Create a job and submit it: the dataset is listed and checked first,
-    /// so a bad one is refused with nothing written.
+    /// so a bad one is refused with nothing written. With a request id, a
+    /// repeat returns the job the first call made, and finishes its
+    /// submission if that call stopped between the two writes.
     pub async fn create_job(&self, tenant: &TenantId, new: NewJob) -> Result<JobView> {
-        let job_id = match &new.request_id {
-            Some(r) => JobId::new(
-                Uuid::new_v5(&REQUEST_NAMESPACE, format!("{tenant}/{r}").as_bytes()).to_string(),
-            ),
-            None => JobId::new(Uuid::now_v7().to_string()),
-        };
-        if new.request_id.is_some() && self.owned(tenant, &job_id).await.is_ok() {
-            return self.get_job_after(tenant, &job_id).await;
+        match &new.request_id {
+            Some(r) => {
+                let id = Self::job_id_for_request(tenant, r);
+                self.create_as(tenant, id, new.spec, true, "job").await
+            }
+            None => {
+                let id = JobId::new(Uuid::now_v7().to_string());
+                self.create_as(tenant, id, new.spec, false, "job").await
+            }
         }
-        let mut spec = new.spec;
+    }
+
+    /// Create and submit job `job_id`. `repeatable`: the id comes from a
+    /// request id, so an existing job under it is this request's. The id is
+    /// recorded as `span_field` of the caller's span (the gRPC layer's span
+    /// declares it empty: the id is only known here).
+    async fn create_as(
+        &self,
+        tenant: &TenantId,
+        job_id: JobId,
+        mut spec: JobSpec,
+        repeatable: bool,
+        span_field: &'static str,
+    ) -> Result<JobView> {
+        tracing::Span::current().record(span_field, tracing::field::display(&job_id));
+        if repeatable && let Ok(existing) = self.owned(tenant, &job_id).await {
+            return self.resume(tenant, &job_id, existing).await;
+        }
         spec.tenant = tenant.clone();
         let create = JobCommand::Create(CreateJob {
             job_id: job_id.clone(),
@@ -113,21 +162,64 @@ impl Engine {
             // A concurrent repeat of the same request won the race.
             Err(loraflow_store::Error::Domain(loraflow_core::job::Error::AlreadyExists {
                 ..
-            })) if new.request_id.is_some() => {
-                return self.get_job_after(tenant, &job_id).await;
+            })) if repeatable => {
+                let existing = self.owned(tenant, &job_id).await?;
+                return self.resume(tenant, &job_id, existing).await;
             }
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
-        let c = self
-            .inner
-            .store
-            .execute(&job_id, JobCommand::Submit(SubmitJob { dataset }), meta)
-            .await?;
-        if let Some(p) = c.position {
-            self.inner.store.wait_for(p).await?;
+        self.submit_created(tenant, &job_id, dataset).await
+    }
+
+    /// Submit a job this engine created: `Pending` to `Submitted`.
+    async fn submit_created(
+        &self,
+        tenant: &TenantId,
+        job_id: &JobId,
+        dataset: loraflow_core::job::AdmittedDataset,
+    ) -> Result<JobView> {
+        let meta = metadata(tenant, tenant.as_str());
+        let submit = JobCommand::Submit(SubmitJob { dataset });
+        match self.inner.store.execute(job_id, submit, meta).await {
+            Ok(c) => {
+                if let Some(p) = c.position {
+                    self.inner.store.wait_for(p).await?;
+                }
+                self.get_job(tenant, job_id).await
+            }
+            // A repeat of the request submitted it meanwhile (or a client
+            // cancelled it): the job is past Pending either way.
+            Err(loraflow_store::Error::Domain(loraflow_core::job::Error::IllegalTransition {
+                command: "submit",
+                ..
+            })) => self.get_job_after(tenant, job_id).await,
+            Err(e) => Err(e.into()),
         }
-        self.get_job(tenant, &job_id).await
+    }
+
+    /// A repeated request found its job. If the first call stopped (a crash,
+    /// a lost connection) after creating the job and before submitting it,
+    /// the job is still `Pending`: admit its dataset and submit it now, so
+    /// the repeat ends where the first call would have. A dataset that can
+    /// no longer be admitted is `InvalidArgument`, and the job stays
+    /// `Pending` (a later repeat tries again; a cancel ends it).
+    async fn resume(
+        &self,
+        tenant: &TenantId,
+        job_id: &JobId,
+        existing: LoadedJob,
+    ) -> Result<JobView> {
+        if existing.job.state() != Some(JobState::Pending) {
+            return self.get_job_after(tenant, job_id).await;
+        }
+        let spec = existing.job.spec().expect("a created job has a spec");
+        let status = self.service_status();
+        let dataset = crate::admission::admit(&self.inner.artifacts, &spec.dataset, &status)
+            .await
+            .map_err(Error::InvalidArgument)?;
+        tracing::info!(job = %job_id, "a repeated request resumes the submission of its job");
+        self.submit_created(tenant, job_id, dataset).await
     }
 
     /// The job, once the views include everything written to it so far.
@@ -213,19 +305,44 @@ impl Engine {
 
     /// The job's events after position `after`, then each new one as it is
     /// written. A client that reconnects with the last position it saw misses
-    /// nothing.
+    /// nothing. The stream ends after the job's last event (the one that
+    /// makes it Published or Failed), so a follower learns that the job is
+    /// over; it is empty when the job was over before `after`.
     pub async fn watch(
         &self,
         tenant: &TenantId,
         job: &JobId,
         after: u64,
     ) -> Result<impl Stream<Item = loraflow_store::Result<StoredEvent>> + Send + 'static> {
-        self.owned(tenant, job).await?;
-        Ok(self
-            .inner
-            .store
-            .feed()
-            .subscribe(after, FeedFilter::job(job.clone())))
+        let loaded = self.owned(tenant, job).await?;
+        // A finished job writes nothing more: waiting past its last event
+        // would wait forever. Its position comes from the job's own log,
+        // which (unlike the feed on PostgreSQL) never lags behind a commit.
+        let over_before = loaded.job.is_terminal()
+            && self
+                .inner
+                .store
+                .history(job)
+                .await?
+                .last()
+                .is_some_and(|last| last.position <= after);
+        let feed = Box::pin(
+            self.inner
+                .store
+                .feed()
+                .subscribe(after, FeedFilter::job(job.clone())),
+        );
+        Ok(futures::stream::unfold(
+            (feed, over_before),
+            |(mut feed, over)| async move {
+                if over {
+                    return None;
+                }
+                let item = feed.next().await?;
+                let ends = matches!(&item, Ok(e) if e.payload.ends_job());
+                Some((item, (feed, ends)))
+            },
+        ))
     }
 
     /// The job's stored events, oldest first.
@@ -306,7 +423,10 @@ impl Engine {
     }
 
     /// Start a failed job again, as a new job with the same spec (labelled
-    /// `retry_of`). A failed job itself never changes again.
+    /// `retry_of`). A failed job itself never changes again. With a request
+    /// id, a repeat returns the same new job; the id is that request's for
+    /// this failed job only (see [`retry_job_id`](Self::retry_job_id)), never
+    /// the job a `create_job` with the same request id made.
     pub async fn retry(
         &self,
         tenant: &TenantId,
@@ -323,7 +443,16 @@ impl Engine {
         }
         let mut spec = loaded.job.spec().expect("an owned job has a spec").clone();
         spec.labels.insert("retry_of".into(), job.to_string());
-        self.create_job(tenant, NewJob { spec, request_id }).await
+        match request_id {
+            Some(r) => {
+                let id = Self::retry_job_id(tenant, job, &r);
+                self.create_as(tenant, id, spec, true, "new_job").await
+            }
+            None => {
+                let id = JobId::new(Uuid::now_v7().to_string());
+                self.create_as(tenant, id, spec, false, "new_job").await
+            }
+        }
     }
 
     /// Ask the job's running training step to save a checkpoint now.

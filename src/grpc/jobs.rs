@@ -5,17 +5,16 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use loraflow_core::ids::TenantId;
-use loraflow_core::job::JobEvent;
 use loraflow_core::views::JobListFilter;
 use loraflow_proto::convert::catalogue::parameter_schema;
 use loraflow_proto::convert::job::{JobMeta, job_to_wire};
 use loraflow_proto::pb::v1 as pb;
 use loraflow_proto::pb::v1::job_service_server::JobService;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use super::auth::Auth;
-use super::status::to_status;
+use super::status::{to_status, with_reason};
 use crate::engine::{Engine, JobView};
 
 pub struct Jobs {
@@ -37,8 +36,20 @@ fn bad(v: loraflow_core::validation::Violations) -> Status {
     to_status(crate::Error::InvalidArgument(v), None)
 }
 
+/// The span of one call about one job.
 fn span(method: &'static str, tenant: &TenantId, job: &str) -> tracing::Span {
     tracing::info_span!("grpc", method, %tenant, job)
+}
+
+/// The span of a call whose job id is not known yet: the engine records it
+/// (`job`) once it is.
+fn span_new_job(method: &'static str, tenant: &TenantId) -> tracing::Span {
+    tracing::info_span!("grpc", method, %tenant, job = tracing::field::Empty)
+}
+
+/// The span of a call about no job in particular.
+fn span_tenant(method: &'static str, tenant: &TenantId) -> tracing::Span {
+    tracing::info_span!("grpc", method, %tenant)
 }
 
 fn record(e: &loraflow_store::StoredEvent) -> Result<pb::JobEventRecord, Status> {
@@ -51,16 +62,6 @@ fn record(e: &loraflow_store::StoredEvent) -> Result<pb::JobEventRecord, Status>
         e.metadata.clone(),
     )
     .map_err(|err| Status::internal(format!("event {} cannot be encoded: {err}", e.position)))
-}
-
-fn ends_job(e: &JobEvent) -> bool {
-    matches!(
-        e,
-        JobEvent::JobPublished(_)
-            | JobEvent::JobFailed(_)
-            | JobEvent::JobCancelled(_)
-            | JobEvent::JobRejected(_)
-    )
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEventRecord, Status>> + Send>>;
@@ -80,7 +81,7 @@ impl JobService for Jobs {
         let view = self
             .engine
             .create_job(&tenant, new)
-            .instrument(span("CreateJob", &tenant, ""))
+            .instrument(span_new_job("CreateJob", &tenant))
             .await
             .map_err(|e| to_status(e, Some("job")))?;
         Ok(Response::new(job(view)))
@@ -121,6 +122,7 @@ impl JobService for Jobs {
         };
         let token = (!r.page_token.is_empty()).then_some(r.page_token);
         let engine = &self.engine;
+        let call_span = span_tenant("ListJobs", &tenant);
         async move {
             let page = engine
                 .list_jobs(&tenant, filter, page_size as u32, token)
@@ -139,7 +141,7 @@ impl JobService for Jobs {
                 next_page_token: page.next_page_token.unwrap_or_default(),
             }))
         }
-        .instrument(tracing::info_span!("grpc", method = "ListJobs"))
+        .instrument(call_span)
         .await
     }
 
@@ -158,21 +160,16 @@ impl JobService for Jobs {
             .instrument(span("WatchJob", &tenant, id.as_str()))
             .await
             .map_err(|e| to_status(e, None))?;
-        // The stream ends right after the job's last event, so a client
-        // following a job learns that it is over.
-        let events = Box::pin(events);
-        let stream = futures::stream::unfold(Some(events), |state| async move {
-            let mut events = state?;
-            let item = match events.next().await? {
-                Ok(e) if ends_job(&e.payload) => return Some((record(&e), None)),
+        // The engine's stream ends right after the job's last event, so a
+        // client following a job learns that it is over.
+        let stream = events
+            .map(|item| match item {
                 Ok(e) => record(&e),
                 Err(err) => Err(Status::unavailable(format!(
                     "reading the event feed failed: {err}"
                 ))),
-            };
-            Some((item, Some(events)))
-        })
-        .boxed();
+            })
+            .boxed();
         Ok(Response::new(stream))
     }
 
@@ -273,7 +270,13 @@ impl JobService for Jobs {
         let view = self
             .engine
             .retry(&tenant, &call.job_id, call.request_id)
-            .instrument(span("RetryJob", &tenant, call.job_id.as_str()))
+            .instrument(tracing::info_span!(
+                "grpc",
+                method = "RetryJob",
+                %tenant,
+                job = call.job_id.as_str(),
+                new_job = tracing::field::Empty
+            ))
             .await
             .map_err(|e| to_status(e, None))?;
         Ok(Response::new(job(view)))
@@ -283,7 +286,9 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::GetServiceStatusRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        self.auth.tenant(&req)?;
+        let tenant = self.auth.tenant(&req)?;
+        let _span = span_tenant("GetServiceStatus", &tenant).entered();
+        tracing::debug!("service status asked");
         Ok(Response::new(self.engine.service_status().into()))
     }
 
@@ -291,8 +296,9 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::ListBaseModelsRequest>,
     ) -> Result<Response<pb::ListBaseModelsResponse>, Status> {
-        self.auth.tenant(&req)?;
-        let base_models = self
+        let tenant = self.auth.tenant(&req)?;
+        let _span = span_tenant("ListBaseModels", &tenant).entered();
+        let base_models: Vec<pb::BaseModel> = self
             .engine
             .catalogue()
             .base_models
@@ -300,6 +306,7 @@ impl JobService for Jobs {
             .cloned()
             .map(Into::into)
             .collect();
+        tracing::debug!(count = base_models.len(), "base models listed");
         Ok(Response::new(pb::ListBaseModelsResponse { base_models }))
     }
 
@@ -307,20 +314,46 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::GetParameterSchemaRequest>,
     ) -> Result<Response<pb::GetParameterSchemaResponse>, Status> {
-        self.auth.tenant(&req)?;
-        let (model, engine) = req.get_ref().parse().map_err(bad)?;
+        let tenant = self.auth.tenant(&req)?;
+        let r = req.get_ref();
+        let _span = tracing::info_span!(
+            "grpc",
+            method = "GetParameterSchema",
+            %tenant,
+            base_model = r.base_model.as_str(),
+            engine = r.engine.as_str()
+        )
+        .entered();
+        let (model, engine) = r.parse().map_err(bad)?;
         let catalogue = self.engine.catalogue();
+        // An unknown model is a resource that does not exist; a known one the
+        // engine cannot train is a bad combination of arguments.
         let Some(m) = catalogue.base_model(&model) else {
+            return Err(with_reason(
+                Code::NotFound,
+                format!(
+                    "base model {:?} is not in the catalogue; see ListBaseModels",
+                    model.as_str()
+                ),
+                "BASE_MODEL_NOT_FOUND",
+            ));
+        };
+        if !m.supports(engine) {
             let mut v = loraflow_core::validation::Violations::default();
             v.push(
-                "base_model",
+                "engine",
                 format!(
-                    "unknown base model {:?}; see ListBaseModels",
-                    model.as_str()
+                    "engine {engine} cannot train base model {}; it supports {}",
+                    m.id,
+                    m.engines
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             );
             return Err(bad(v));
-        };
+        }
         Ok(Response::new(parameter_schema(
             &catalogue.schema,
             m,

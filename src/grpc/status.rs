@@ -7,7 +7,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
 
-fn with_reason(code: Code, message: String, reason: &str) -> Status {
+/// A status with an `ErrorInfo` naming `reason` in loraflow's error domain.
+pub(crate) fn with_reason(code: Code, message: String, reason: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, wire::ERROR_DOMAIN, []);
     Status::with_error_details(code, message, details)
@@ -65,6 +66,113 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
         Error::Artifacts(e) => Status::unavailable(e.to_string()),
         Error::ShuttingDown => {
             Status::unavailable("the server is shutting down; retry on another replica")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loraflow_core::job::{Error as JobError, JobState};
+    use loraflow_core::validation::Violations;
+    use loraflow_store::Error as S;
+
+    use super::*;
+
+    /// One of each engine and store error (domain errors have their own
+    /// table in the proto crate). The match is exhaustive, so a new variant
+    /// does not compile until it is listed here.
+    fn every_error() -> Vec<Error> {
+        let boxed = || -> Box<dyn std::error::Error + Send + Sync> { "down".into() };
+        let errors = vec![
+            Error::Domain(JobError::NotFound),
+            Error::Domain(JobError::IllegalTransition {
+                command: "approve",
+                state: JobState::Published,
+            }),
+            Error::InvalidArgument(Violations::default()),
+            Error::JobNotFound("j".into()),
+            Error::UnknownExecutor("gpu-1".into()),
+            Error::WrongState {
+                action: "retry",
+                state: JobState::Published,
+            },
+            Error::Store(S::Domain(JobError::NotFound)),
+            Error::Store(S::Conflict {
+                job_id: "j".into(),
+                attempts: 8,
+            }),
+            Error::Store(S::StaleEtag {
+                job_id: "j".into(),
+                expected: 1,
+                actual: 2,
+            }),
+            Error::Store(S::HistoryFull {
+                job_id: "j".into(),
+                limit: 9,
+            }),
+            Error::Store(S::Unavailable(boxed())),
+            Error::Store(S::Database(boxed())),
+            Error::Store(S::Serialization(boxed())),
+            Error::Store(S::InvalidUrl {
+                url: "x".into(),
+                reason: "y".into(),
+                accepted: "z",
+            }),
+            Error::Store(S::InvalidPageToken { reason: "r".into() }),
+            Error::Store(S::Migration {
+                version: 1,
+                name: "n",
+                source: boxed(),
+            }),
+            Error::Store(S::Timeout {
+                wanted: 2,
+                reached: 1,
+            }),
+            Error::Store(S::Chain(loraflow_store::ChainError {
+                job_id: "j".into(),
+                sequence: 1,
+                position: 1,
+                fault: loraflow_store::ChainFault::Unhashed,
+            })),
+            Error::Artifacts(loraflow_core::executor::ArtifactError::NotFound { uri: "u".into() }),
+            Error::ShuttingDown,
+        ];
+        for e in &errors {
+            match e {
+                Error::Domain(_)
+                | Error::InvalidArgument(_)
+                | Error::JobNotFound(_)
+                | Error::UnknownExecutor(_)
+                | Error::WrongState { .. }
+                | Error::Artifacts(_)
+                | Error::ShuttingDown => {}
+                Error::Store(s) => match s {
+                    S::Domain(_)
+                    | S::Conflict { .. }
+                    | S::StaleEtag { .. }
+                    | S::HistoryFull { .. }
+                    | S::Unavailable(_)
+                    | S::Database(_)
+                    | S::Serialization(_)
+                    | S::InvalidUrl { .. }
+                    | S::InvalidPageToken { .. }
+                    | S::Migration { .. }
+                    | S::Timeout { .. }
+                    | S::Chain(_) => {}
+                },
+            }
+        }
+        errors
+    }
+
+    /// The server turns every `OUT_OF_RANGE` into `RESOURCE_EXHAUSTED`,
+    /// taking it for tonic's size limit; no error of ours may be one.
+    #[test]
+    fn never_out_of_range() {
+        for e in every_error() {
+            let shown = e.to_string();
+            let status = to_status(e, Some("job"));
+            assert_ne!(status.code(), Code::OutOfRange, "{shown}");
         }
     }
 }

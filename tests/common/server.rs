@@ -121,6 +121,8 @@ pub struct ServerSetup {
     pub trainer: FileTrainer,
     pub scheduler: Option<SchedulerConfig>,
     pub max_message_bytes: Option<usize>,
+    /// Serve TLS with this certificate and key.
+    pub tls: Option<loraflow::config::TlsConfig>,
 }
 
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -180,7 +182,7 @@ impl TestServer {
         let options = ServeOptions {
             auth: Auth::from_config(&auth_config()),
             max_message_bytes: setup.max_message_bytes.unwrap_or(4 * 1024 * 1024),
-            tls: None,
+            tls: setup.tls.clone(),
             max_poll: Duration::from_secs(30),
         };
         let server = tokio::spawn({

@@ -6,7 +6,10 @@
 //! `cargo bench -p loraflow-store --bench store_bench` (PostgreSQL from
 //! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`; a
 //! schema of its own, dropped at the end). `BENCH_SECONDS` sets each
-//! throughput run's length (default 3).
+//! throughput run's length (default 3), `BENCH_ROUNDS` how many rounds of
+//! raw / raw on the store's tables / store runs (default 3): the table gives
+//! the median and the range, and each round's ratio to raw, whose runs
+//! follow each other and so share the machine's load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +28,50 @@ use loraflow_core::job::{
 use loraflow_store::{FeedFilter, Metadata, Store, StoreOptions};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
+
+/// sqlite-es 0.5.0's own tables (its `migrations/20221114171845_init.sql`).
+const SQLITE_ES_TABLES: [&str; 2] = [
+    "CREATE TABLE events (
+        aggregate_type text NOT NULL,
+        aggregate_id   text NOT NULL,
+        sequence       integer CHECK (sequence >= 0) NOT NULL,
+        event_type     text NOT NULL,
+        event_version  text NOT NULL,
+        payload        text NOT NULL,
+        metadata       text NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+    ) STRICT",
+    "CREATE TABLE snapshots (
+        aggregate_type   text NOT NULL,
+        aggregate_id     text NOT NULL,
+        last_sequence    integer CHECK (last_sequence >= 0) NOT NULL,
+        current_snapshot integer CHECK (current_snapshot >= 0) NOT NULL,
+        payload          text NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
+    ) STRICT",
+];
+
+/// postgres-es 0.5.0's own tables (its `db/init.sql`).
+const POSTGRES_ES_TABLES: [&str; 2] = [
+    "CREATE TABLE events (
+        aggregate_type text NOT NULL,
+        aggregate_id   text NOT NULL,
+        sequence       bigint CHECK (sequence >= 0) NOT NULL,
+        event_type     text NOT NULL,
+        event_version  text NOT NULL,
+        payload        json NOT NULL,
+        metadata       json NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+    )",
+    "CREATE TABLE snapshots (
+        aggregate_type   text NOT NULL,
+        aggregate_id     text NOT NULL,
+        last_sequence    bigint CHECK (last_sequence >= 0) NOT NULL,
+        current_snapshot bigint CHECK (current_snapshot >= 0) NOT NULL,
+        payload          json NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
+    )",
+];
 
 /// Heartbeats per job before a client starts a new one, so that loads stay
 /// the size of a typical job.
@@ -164,12 +211,45 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Commands/s of the three paths, one value per round.
+#[derive(Default)]
+struct Rounds {
+    raw: Vec<f64>,
+    schema: Vec<f64>,
+    store: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Rounds {
+    /// Median, lowest and highest.
+    fn spread(v: &[f64]) -> (f64, f64, f64) {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(v.to_vec()), lo, hi)
+    }
+
+    /// `path / raw` of each round (a round's runs follow each other, so they
+    /// share the machine's load), in percent.
+    fn ratios(&self, path: &[f64]) -> Vec<f64> {
+        path.iter()
+            .zip(&self.raw)
+            .map(|(p, r)| 100.0 * p / r)
+            .collect()
+    }
+}
+
 struct Figures {
     backend: &'static str,
-    raw_1: f64,
-    raw_16: f64,
-    store_1: f64,
-    store_16: f64,
+    one: Rounds,
+    sixteen: Rounds,
     catch_up: f64,
     lag_p50: Duration,
     lag_p99: Duration,
@@ -177,18 +257,36 @@ struct Figures {
     load_10k: Duration,
 }
 
-async fn measure<R>(backend: &'static str, store: Store, raw: Raw<R>, secs: f64) -> Result<Figures>
+/// `raw`: the framework on the backend's own tables; `on_schema`: the same
+/// framework on tables made by the store's migrations (its extra columns,
+/// indexes and triggers, without its code path), which tells the schema's
+/// share of the overhead from the code's. Each round runs the three one
+/// after the other, for 1 client, then for 16.
+async fn measure<R>(
+    backend: &'static str,
+    store: Store,
+    raw: Raw<R>,
+    on_schema: Raw<R>,
+    secs: f64,
+    rounds: usize,
+) -> Result<Figures>
 where
     R: cqrs_es::persist::PersistedEventRepository + 'static,
 {
-    eprintln!("{backend}: raw cqrs-es, 1 client");
-    let raw_1 = throughput(raw.clone(), 1, secs, "raw1", None).await?;
-    eprintln!("{backend}: raw cqrs-es, 16 clients");
-    let raw_16 = throughput(raw, 16, secs, "raw16", None).await?;
-    eprintln!("{backend}: store, 1 client");
-    let store_1 = throughput(StorePath(store.clone()), 1, secs, "s1", None).await?;
-    eprintln!("{backend}: store, 16 clients");
-    let store_16 = throughput(StorePath(store.clone()), 16, secs, "s16", None).await?;
+    let mut one = Rounds::default();
+    let mut sixteen = Rounds::default();
+    for (clients, into) in [(1, &mut one), (16, &mut sixteen)] {
+        for r in 0..rounds {
+            eprintln!("{backend}: {clients} client(s), round {}/{rounds}", r + 1);
+            let tag = |path: &str| format!("{path}{clients}r{r}");
+            into.raw
+                .push(throughput(raw.clone(), clients, secs, &tag("raw"), None).await?);
+            into.schema
+                .push(throughput(on_schema.clone(), clients, secs, &tag("sch"), None).await?);
+            into.store
+                .push(throughput(StorePath(store.clone()), clients, secs, &tag("s"), None).await?);
+        }
+    }
 
     eprintln!("{backend}: feed catch-up");
     let t0 = Instant::now();
@@ -258,10 +356,8 @@ where
 
     Ok(Figures {
         backend,
-        raw_1,
-        raw_16,
-        store_1,
-        store_16,
+        one,
+        sixteen,
         catch_up,
         lag_p50: percentile(&lags, 0.5),
         lag_p99: percentile(&lags, 0.99),
@@ -286,26 +382,36 @@ fn print(figures: &[Figures]) {
             figures.iter().map(cell).collect::<Vec<_>>().join(" | ")
         );
     };
-    row("raw cqrs-es, 1 client (commands/s)", &|f| {
-        format!("{:.0}", f.raw_1)
-    });
-    row("store, 1 client (commands/s)", &|f| {
-        format!(
-            "{:.0} ({:.0}% of raw)",
-            f.store_1,
-            100.0 * f.store_1 / f.raw_1
-        )
-    });
-    row("raw cqrs-es, 16 clients (commands/s)", &|f| {
-        format!("{:.0}", f.raw_16)
-    });
-    row("store, 16 clients (commands/s)", &|f| {
-        format!(
-            "{:.0} ({:.0}% of raw)",
-            f.store_16,
-            100.0 * f.store_16 / f.raw_16
-        )
-    });
+    let cps = |v: &[f64]| {
+        let (m, lo, hi) = Rounds::spread(v);
+        format!("{m:.0} [{lo:.0}–{hi:.0}]")
+    };
+    let pct = |v: Vec<f64>| {
+        let (m, lo, hi) = Rounds::spread(&v);
+        format!("{m:.0}% [{lo:.0}–{hi:.0}%]")
+    };
+    for (n, many) in [("1 client", false), ("16 clients", true)] {
+        fn pick(f: &Figures, many: bool) -> &Rounds {
+            if many { &f.sixteen } else { &f.one }
+        }
+        row(&format!("raw cqrs-es, {n} (commands/s)"), &|f| {
+            cps(&pick(f, many).raw)
+        });
+        row(&format!("raw cqrs-es on the store's tables, {n}"), &|f| {
+            cps(&pick(f, many).schema)
+        });
+        row(&format!("store, {n} (commands/s)"), &|f| {
+            cps(&pick(f, many).store)
+        });
+        row(&format!("store / raw, {n}"), &|f| {
+            let r = pick(f, many);
+            pct(r.ratios(&r.store))
+        });
+        row(&format!("raw on the store's tables / raw, {n}"), &|f| {
+            let r = pick(f, many);
+            pct(r.ratios(&r.schema))
+        });
+    }
     row("feed catch-up (events/s)", &|f| {
         format!("{:.0}", f.catch_up)
     });
@@ -326,12 +432,26 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+fn pg_raw(pool: sqlx::PgPool) -> Raw<postgres_es::PostgresEventRepository> {
+    let repo = postgres_es::PostgresEventRepository::new(pool);
+    Raw(Arc::new(CqrsFramework::new(
+        PersistedEventStore::new_event_store(repo).with_upcasters(upcasters()),
+        vec![],
+        services(),
+    )))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let mut figures = Vec::new();
 
     let dir = tempfile::tempdir()?;
@@ -340,14 +460,20 @@ async fn main() -> Result<()> {
         services(),
     )
     .await?;
-    // The raw framework gets its own file with the sqlite-es schema (the
-    // store's migrations create it).
+    // The raw framework: a file of its own, sqlite-es' pool (WAL,
+    // synchronous = NORMAL, 10 connections) and sqlite-es' own tables, none
+    // of the store's columns, indexes or triggers.
     let raw_url = format!("sqlite://{}", dir.path().join("raw.db").display());
-    Store::open(&raw_url, services()).await?.close().await;
-    // sqlite-es' own pool: WAL, synchronous = NORMAL, 10 connections.
     let pool = sqlite_es::default_sqlite_pool(&raw_url).await;
+    for sql in SQLITE_ES_TABLES {
+        sqlx::query(sql).execute(&pool).await?;
+    }
     let raw = Raw(Arc::new(sqlite_es::sqlite_cqrs(pool, vec![], services())));
-    figures.push(measure("SQLite", store.clone(), raw, secs).await?);
+    let schema_url = format!("sqlite://{}", dir.path().join("schema.db").display());
+    Store::open(&schema_url, services()).await?.close().await;
+    let pool = sqlite_es::default_sqlite_pool(&schema_url).await;
+    let on_schema = Raw(Arc::new(sqlite_es::sqlite_cqrs(pool, vec![], services())));
+    figures.push(measure("SQLite", store.clone(), raw, on_schema, secs, rounds).await?);
     store.close().await;
 
     let url = std::env::var("DATABASE_URL")
@@ -358,6 +484,7 @@ async fn main() -> Result<()> {
             conn.close().await?;
             let schema = format!("bench_{:08x}", rand::random::<u32>());
             let raw_schema = format!("{schema}_raw");
+            let store_schema = format!("{schema}_tables");
             let open = |schema: String| {
                 let url = url.clone();
                 async move {
@@ -373,7 +500,13 @@ async fn main() -> Result<()> {
                 }
             };
             let store = open(schema.clone()).await?;
-            open(raw_schema.clone()).await?.close().await;
+            // The raw framework: a schema of its own with postgres-es' own
+            // tables, none of the store's columns, indexes or triggers.
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(&format!("CREATE SCHEMA {raw_schema}"))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(24)
                 .connect_with(
@@ -381,16 +514,23 @@ async fn main() -> Result<()> {
                         .options([("search_path", raw_schema.as_str())]),
                 )
                 .await?;
-            let repo = postgres_es::PostgresEventRepository::new(pool);
-            let raw = Raw(Arc::new(CqrsFramework::new(
-                PersistedEventStore::new_event_store(repo).with_upcasters(upcasters()),
-                vec![],
-                services(),
-            )));
-            let result = measure("PostgreSQL", store.clone(), raw, secs).await;
+            for sql in POSTGRES_ES_TABLES {
+                sqlx::query(sql).execute(&pool).await?;
+            }
+            let raw = pg_raw(pool);
+            open(store_schema.clone()).await?.close().await;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(24)
+                .connect_with(
+                    url.parse::<sqlx::postgres::PgConnectOptions>()?
+                        .options([("search_path", store_schema.as_str())]),
+                )
+                .await?;
+            let on_schema = pg_raw(pool);
+            let result = measure("PostgreSQL", store.clone(), raw, on_schema, secs, rounds).await;
             store.close().await;
             let mut conn = sqlx::PgConnection::connect(&url).await?;
-            for s in [&schema, &raw_schema] {
+            for s in [&schema, &raw_schema, &store_schema] {
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
                     .execute(&mut conn)
                     .await?;

@@ -132,3 +132,13 @@ pub(crate) async fn applied_sqlite(pool: &SqlitePool) -> Result<Vec<i64>> {
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// The versions applied, oldest first (for tests and diagnostics).
+#[cfg(test)]
+pub(crate) async fn applied_postgres(pool: &PgPool) -> Result<Vec<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await?,
+    )
+}

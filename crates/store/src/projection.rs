@@ -54,7 +54,10 @@ pub(crate) async fn step(shared: &Shared, from: Position) -> Result<(Position, b
     if events.is_empty() {
         return Ok((from, false));
     }
-    let cp = shared.backend.apply_views(VIEWS, from, &events).await?;
+    let cp = {
+        let _turn = shared.write_turn().await;
+        shared.backend.apply_views(VIEWS, from, &events).await?
+    };
     shared.views_at.send_if_modified(|at| {
         let moved = cp > *at;
         *at = (*at).max(cp);

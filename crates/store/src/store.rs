@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_es::persist::{EventStoreAggregateContext, EventUpcaster, PersistedEventStore};
-use cqrs_es::{Aggregate, CqrsFramework, EventStore};
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
+use cqrs_es::{Aggregate, CqrsFramework, DomainEvent};
 use loraflow_core::ids::JobId;
 use loraflow_core::job::upcast::upcasters;
 use loraflow_core::job::{JobCommand, JobEvent, JobServices, TrainingJob};
@@ -21,7 +21,7 @@ use crate::backend::{Backend, postgres, sqlite};
 use crate::chain::{GENESIS_HASH, verify_chain};
 use crate::error::{Error, Result};
 use crate::event::{
-    HASH, MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
+    MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
     StoredEvent, TENANT,
 };
 use crate::feed::{Feed, FeedFilter};
@@ -76,7 +76,15 @@ pub struct LoadedJob {
 
 pub(crate) struct Shared {
     pub backend: Backend,
-    pub event_store: JobEventStore,
+    /// The engine's path reads and writes through it directly: one query
+    /// to load a job, one transaction to write.
+    pub repo: ChainRepository,
+    /// SQLite takes one writer at a time, and its busy handler is not a
+    /// queue: a writer that waits sleeps and retries, and under a stream of
+    /// short commits the projection runner starved for half a second. This
+    /// process' writers therefore take turns here, in arrival order
+    /// (other processes still meet at the database's lock).
+    pub sqlite_writer: Option<tokio::sync::Mutex<()>>,
     pub framework: JobCqrs,
     pub services: JobServices,
     pub options: StoreOptions,
@@ -91,6 +99,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// This process' turn to write, on SQLite (see `sqlite_writer`).
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+
     pub(crate) async fn read_feed(
         &self,
         after: Position,
@@ -120,6 +136,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// `events` as cqrs-es serialises them for the repository, after
+/// `sequence`, each with `metadata`.
+fn serialize(
+    job_id: &JobId,
+    sequence: u64,
+    events: &[JobEvent],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<SerializedEvent>> {
+    let metadata = serde_json::Value::Object(
+        metadata
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    );
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(SerializedEvent::new(
+                job_id.to_string(),
+                sequence as usize + 1 + i,
+                <TrainingJob as Aggregate>::TYPE.to_owned(),
+                e.event_type(),
+                e.event_version(),
+                serde_json::to_value(e)?,
+                metadata.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Caller metadata with the store's own keys removed.
 fn caller_metadata(metadata: Metadata) -> HashMap<String, String> {
     metadata
@@ -147,7 +194,7 @@ impl Store {
                 migrate::sqlite(&pool, sqlite::MIGRATIONS).await?;
                 (
                     Backend::Sqlite(pool.clone()),
-                    EventRepo::Sqlite(SqliteEventRepository::new(pool)),
+                    EventRepo::Sqlite(SqliteEventRepository::new(pool.clone()), pool),
                 )
             }
             StoreUrl::SqliteMemory => {
@@ -155,7 +202,7 @@ impl Store {
                 migrate::sqlite(&pool, sqlite::MIGRATIONS).await?;
                 (
                     Backend::Sqlite(pool.clone()),
-                    EventRepo::Sqlite(SqliteEventRepository::new(pool)),
+                    EventRepo::Sqlite(SqliteEventRepository::new(pool.clone()), pool),
                 )
             }
             StoreUrl::Postgres { url } => {
@@ -163,7 +210,7 @@ impl Store {
                 migrate::postgres(&pool, postgres::MIGRATIONS).await?;
                 (
                     Backend::Postgres(pool.clone()),
-                    EventRepo::Postgres(PostgresEventRepository::new(pool)),
+                    EventRepo::Postgres(PostgresEventRepository::new(pool.clone()), pool),
                 )
             }
             StoreUrl::Memory => {
@@ -175,10 +222,8 @@ impl Store {
             }
         };
         let repo = ChainRepository::new(Arc::new(repo), services.clock.clone());
-        let event_store =
-            PersistedEventStore::new_event_store(repo.clone()).with_upcasters(upcasters());
         let framework = CqrsFramework::new(
-            PersistedEventStore::new_event_store(repo).with_upcasters(upcasters()),
+            PersistedEventStore::new_event_store(repo.clone()).with_upcasters(upcasters()),
             vec![],
             services.clone(),
         );
@@ -189,8 +234,10 @@ impl Store {
         let views_at = backend.checkpoint(VIEWS).await?;
         Ok(Self {
             shared: Arc::new(Shared {
+                sqlite_writer: matches!(backend, Backend::Sqlite(_))
+                    .then(|| tokio::sync::Mutex::new(())),
                 backend,
-                event_store,
+                repo,
                 framework,
                 services,
                 options,
@@ -305,16 +352,7 @@ impl Store {
         mut metadata: HashMap<String, String>,
     ) -> Result<Committed> {
         let s = &self.shared;
-        let envelopes = s.event_store.load_events(job_id.as_str()).await?;
-        let sequence = envelopes.last().map_or(0, |e| e.sequence as u64);
-        let prev_hash = envelopes
-            .last()
-            .and_then(|e| e.metadata.get(HASH).cloned())
-            .unwrap_or_else(|| GENESIS_HASH.to_owned());
-        let mut job = TrainingJob::default();
-        for e in envelopes {
-            job.apply(e.payload);
-        }
+        let (mut job, sequence, prev_hash) = self.fold(job_id).await?;
         if let Some(expected) = expected
             && expected != sequence
         {
@@ -356,23 +394,16 @@ impl Store {
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         );
         metadata.insert(PREV_HASH.into(), prev_hash);
-        let context = EventStoreAggregateContext {
-            aggregate_id: job_id.to_string(),
-            // In event-store mode `commit` reads only the id and sequence.
-            aggregate: TrainingJob::default(),
-            current_sequence: sequence as usize,
-            current_snapshot: None,
-        };
-        let committed = s
-            .event_store
-            .commit(events.clone(), context, metadata)
-            .await
-            .map_err(|e| self.conflict_for(job_id, e.into()))?;
-        let last = committed.last().map_or(sequence, |e| e.sequence as u64);
+        let serialized = serialize(job_id, sequence, &events, metadata)?;
+        let last = sequence + events.len() as u64;
+        let position = {
+            let _turn = s.write_turn().await;
+            s.repo.commit::<TrainingJob>(&serialized).await
+        }
+        .map_err(|e| self.conflict_for(job_id, e.into()))?;
         for e in &events {
             job.apply(e.clone());
         }
-        let position = s.backend.position_of(job_id, last).await?;
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Committed {
             sequence: last,
@@ -417,23 +448,20 @@ impl Store {
                 limit: MAX_JOB_EVENTS,
             });
         }
-        let context = EventStoreAggregateContext {
-            aggregate_id: job_id.to_string(),
-            aggregate: TrainingJob::default(),
-            current_sequence: expected_sequence as usize,
-            current_snapshot: None,
-        };
         // No prev_hash given: the repository reads the predecessor's hash
         // and tenant itself.
-        let committed = s
-            .event_store
-            .commit(events, context, caller_metadata(metadata))
-            .await
-            .map_err(|e| self.conflict_for(job_id, e.into()))?;
-        let last = committed
-            .last()
-            .map_or(expected_sequence, |e| e.sequence as u64);
-        let position = s.backend.position_of(job_id, last).await?;
+        let serialized = serialize(
+            job_id,
+            expected_sequence,
+            &events,
+            caller_metadata(metadata),
+        )?;
+        let last = expected_sequence + events.len() as u64;
+        let position = {
+            let _turn = s.write_turn().await;
+            s.repo.commit::<TrainingJob>(&serialized).await
+        }
+        .map_err(|e| self.conflict_for(job_id, e.into()))?;
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             sequence: last,
@@ -443,15 +471,61 @@ impl Store {
 
     /// The job folded from all its events (upcast), or `None` if it has none.
     pub async fn load(&self, job_id: &JobId) -> Result<Option<LoadedJob>> {
-        let envelopes = self.shared.event_store.load_events(job_id.as_str()).await?;
-        let Some(sequence) = envelopes.last().map(|e| e.sequence as u64) else {
-            return Ok(None);
-        };
+        let (job, sequence, _) = self.fold(job_id).await?;
+        Ok((sequence > 0).then_some(LoadedJob { job, sequence }))
+    }
+
+    /// The job folded from its events, its sequence, and the hash of its
+    /// last event (the genesis hash for a job with none). What cqrs-es'
+    /// `load_events` does, reading only what a command needs: payloads,
+    /// decoded straight from their text unless an upcaster applies, and the
+    /// last event's hash instead of every event's metadata.
+    async fn fold(&self, job_id: &JobId) -> Result<(TrainingJob, u64, String)> {
+        let s = &self.shared;
+        let rows = s
+            .repo
+            .load(<TrainingJob as Aggregate>::TYPE, job_id.as_str())
+            .await?;
+        let sequence = rows.last().map_or(0, |r| r.sequence);
+        let prev_hash = rows
+            .last()
+            .and_then(|r| r.hash.clone())
+            .unwrap_or_else(|| GENESIS_HASH.to_owned());
         let mut job = TrainingJob::default();
-        for e in envelopes {
-            job.apply(e.payload);
+        for r in rows {
+            let bad = |err: serde_json::Error| {
+                Error::serialization(format!(
+                    "event {} of job {job_id} ({} {}): {err}",
+                    r.sequence, r.event_type, r.event_version
+                ))
+            };
+            let old = s
+                .upcasters
+                .iter()
+                .any(|u| u.can_upcast(&r.event_type, &r.event_version));
+            let event: JobEvent = if old {
+                let mut e = SerializedEvent::new(
+                    job_id.to_string(),
+                    r.sequence as usize,
+                    <TrainingJob as Aggregate>::TYPE.to_owned(),
+                    r.event_type.clone(),
+                    r.event_version.clone(),
+                    serde_json::from_str(&r.payload).map_err(bad)?,
+                    serde_json::Value::Null,
+                );
+                // The same fold cqrs-es applies on load.
+                for u in &s.upcasters {
+                    if u.can_upcast(&e.event_type, &e.event_version) {
+                        e = u.upcast(e);
+                    }
+                }
+                serde_json::from_value(e.payload).map_err(bad)?
+            } else {
+                serde_json::from_str(&r.payload).map_err(bad)?
+            };
+            job.apply(event);
         }
-        Ok(Some(LoadedJob { job, sequence }))
+        Ok((job, sequence, prev_hash))
     }
 
     /// The job's events with positions and metadata, upcast, in sequence order.
@@ -496,7 +570,10 @@ impl Store {
 
     /// Empty the views and rebuild them from position 0.
     pub async fn rebuild_views(&self) -> Result<Position> {
-        self.shared.backend.reset_views(VIEWS).await?;
+        {
+            let _turn = self.shared.write_turn().await;
+            self.shared.backend.reset_views(VIEWS).await?;
+        }
         self.shared.views_at.send_replace(0);
         self.catch_up_views().await
     }

@@ -243,9 +243,36 @@ pub mod histories {
         Driver::new().create().submit().events.clone()
     }
 
+    /// JobCreated, JobSubmitted, StepQueued(validate), StepLeased(validate, `lease-1`).
+    pub fn processing() -> Vec<JobEvent> {
+        let mut d = Driver::new();
+        d.create().submit();
+        d.lease("validate");
+        d.events
+    }
+
     /// Through validate, label, train and sample to ReviewRequested with two epochs.
     pub fn in_review() -> Vec<JobEvent> {
         Driver::new().run_to_review().events.clone()
+    }
+
+    /// Epoch 2 approved; the publish step is queued.
+    pub fn approved() -> Vec<JobEvent> {
+        let mut d = Driver::new();
+        d.run_to_review().approve(2);
+        d.events
+    }
+
+    /// In review, then rejected by the reviewer.
+    pub fn rejected() -> Vec<JobEvent> {
+        let mut d = Driver::new();
+        d.run_to_review();
+        d.exec(JobCommand::Reject(RejectJob {
+            reason: "the samples are blurry".into(),
+            rejected_by: "reviewer@acme".into(),
+        }))
+        .expect("reject");
+        d.events
     }
 
     /// The whole happy path to JobPublished (epoch 2 approved).

@@ -222,6 +222,18 @@ impl JobEvent {
         }
     }
 
+    /// Whether the job is over after this event (Published or Failed): it is
+    /// the last event the job ever has.
+    pub fn ends_job(&self) -> bool {
+        matches!(
+            self,
+            Self::JobPublished(_)
+                | Self::JobFailed(_)
+                | Self::JobCancelled(_)
+                | Self::JobRejected(_)
+        )
+    }
+
     /// The step this event is about, if any.
     pub fn step_id(&self) -> Option<&StepId> {
         match self {

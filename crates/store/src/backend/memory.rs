@@ -53,6 +53,28 @@ impl MemoryLog {
             .unwrap_or_default()
     }
 
+    pub(crate) fn load_job(&self, aggregate_type: &str, id: &str) -> Vec<crate::repo::LoadRow> {
+        let events = self.events_of(aggregate_type, id, 0);
+        let last = events.last().map(|e| e.sequence);
+        events
+            .into_iter()
+            .map(|e| crate::repo::LoadRow {
+                sequence: e.sequence as u64,
+                hash: (Some(e.sequence) == last)
+                    .then(|| {
+                        e.metadata
+                            .get(crate::event::HASH)?
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .flatten(),
+                event_type: e.event_type,
+                event_version: e.event_version,
+                payload: e.payload.to_string(),
+            })
+            .collect()
+    }
+
     fn raw(position: usize, e: &SerializedEvent) -> RawEvent {
         RawEvent {
             position: position as Position,
@@ -156,6 +178,24 @@ impl MemoryLog {
             s.by_aggregate.entry(key.clone()).or_default().push(at);
         }
         Ok(())
+    }
+
+    /// Append one job's events; the position of the last.
+    pub(crate) fn insert(
+        &self,
+        aggregate_type: &str,
+        events: &[SerializedEvent],
+    ) -> Result<Position, PersistenceError> {
+        self.append(aggregate_type, events)?;
+        let last = events.last().ok_or_else(|| {
+            PersistenceError::UnknownError("an insert needs at least one event".into())
+        })?;
+        self.position_of(
+            aggregate_type,
+            &JobId::new(&last.aggregate_id),
+            last.sequence as u64,
+        )
+        .ok_or_else(|| PersistenceError::UnknownError("an appended event vanished".into()))
     }
 
     /// Overwrite a stored event's payload (tests of the hash chain).

@@ -17,7 +17,7 @@ use loraflow_core::job::TrainingJob;
 use loraflow_core::views::{JobListFilter, JobStatus, QueuedStep};
 use sqlx::{PgPool, SqlitePool};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::views::ListCursor;
@@ -62,20 +62,6 @@ impl Backend {
             Self::Postgres(p) => postgres::job_events(p, job).await,
             Self::Memory(log, _) => Ok(log.job_events(AGGREGATE, job)),
         }
-    }
-
-    /// The global position of a committed event.
-    pub(crate) async fn position_of(&self, job: &JobId, sequence: u64) -> Result<Position> {
-        let found = match self {
-            Self::Sqlite(p) => sqlite::position_of(p, job, sequence).await?,
-            Self::Postgres(p) => postgres::position_of(p, job, sequence).await?,
-            Self::Memory(log, _) => log.position_of(AGGREGATE, job, sequence),
-        };
-        found.ok_or_else(|| {
-            Error::Database(
-                format!("event {sequence} of job {job} was committed but cannot be found").into(),
-            )
-        })
     }
 
     pub(crate) async fn checkpoint(&self, name: &str) -> Result<Position> {
@@ -146,6 +132,24 @@ impl Backend {
             Self::Postgres(p) => postgres::queue(p).await,
             Self::Memory(_, v) => Ok(v.queue()),
         }
+    }
+}
+
+/// A write's error as cqrs-es wants it: a taken key (another writer got the
+/// sequence first) is the optimistic-lock conflict, as in sqlite-es and
+/// postgres-es.
+pub(crate) fn persistence_error(e: sqlx::Error) -> cqrs_es::persist::PersistenceError {
+    use cqrs_es::persist::PersistenceError;
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            PersistenceError::OptimisticLockError
+        }
+        e @ (sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed) => PersistenceError::ConnectionError(Box::new(e)),
+        e => PersistenceError::UnknownError(Box::new(e)),
     }
 }
 

@@ -30,7 +30,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
 
-use super::{AGGREGATE, plain_label_key};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+
+use super::{AGGREGATE, persistence_error, plain_label_key};
 use crate::error::{Error, Result};
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -247,20 +249,74 @@ pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEven
     .collect()
 }
 
-pub(crate) async fn position_of(
+/// Write one job's events atomically: postgres-es' statement and values,
+/// all rows in one INSERT (one round trip, where postgres-es sends BEGIN,
+/// an INSERT per event and COMMIT), with `RETURNING` the generated global
+/// positions; returns the last.
+pub(crate) async fn insert_events(
     pool: &PgPool,
-    job: &JobId,
-    sequence: u64,
-) -> Result<Option<Position>> {
-    let p: Option<i64> = sqlx::query_scalar(
-        "SELECT global_position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+) -> Result<Position, PersistenceError> {
+    if events.is_empty() {
+        return Err(PersistenceError::UnknownError(
+            "an insert needs at least one event".into(),
+        ));
+    }
+    let mut q = QueryBuilder::<Postgres>::new(
+        "INSERT INTO events
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
+    );
+    q.push_values(events, |mut row, e| {
+        row.push_bind(aggregate_type)
+            .push_bind(e.aggregate_id.as_str())
+            .push_bind(e.sequence as i64)
+            .push_bind(e.event_type.as_str())
+            .push_bind(e.event_version.as_str())
+            .push_bind(&e.payload)
+            .push_bind(&e.metadata);
+    });
+    q.push(" RETURNING global_position");
+    let positions: Vec<i64> = q
+        .build_query_scalar()
+        .fetch_all(pool)
+        .await
+        .map_err(persistence_error)?;
+    positions
+        .into_iter()
+        .max()
+        .map(|p| p as Position)
+        .ok_or_else(|| PersistenceError::UnknownError("the insert returned no position".into()))
+}
+
+/// A job's events for the command path (see `EventRepo::load`).
+pub(crate) async fn load_job(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<crate::repo::LoadRow>, PersistenceError> {
+    let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT sequence, event_type, event_version, payload::text,
+                CASE WHEN sequence = MAX(sequence) OVER () THEN metadata->>'hash' END
+           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
-    .bind(AGGREGATE)
-    .bind(job.as_str())
-    .bind(sequence as i64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(p.map(|p| p as Position))
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_all(pool)
+    .await
+    .map_err(persistence_error)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sequence, event_type, event_version, payload, hash)| crate::repo::LoadRow {
+                sequence: sequence as u64,
+                event_type,
+                event_version,
+                payload,
+                hash,
+            },
+        )
+        .collect())
 }
 
 pub(crate) async fn checkpoint(pool: &PgPool, name: &str) -> Result<Position> {

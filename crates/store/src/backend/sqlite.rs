@@ -1,10 +1,11 @@
 //! SQLite: the embedded default. sqlite-es writes the events; this module
 //! creates the schema and reads the feed and views with sqlx.
 //!
-//! The global position is assigned by a trigger inside the writing
-//! transaction (`MAX + 1`). SQLite has one writer at a time, so positions are
-//! dense and in commit order, and reading `ORDER BY global_position` never
-//! skips an event. It is a real column (not the implicit `rowid`, which
+//! The global position is assigned inside the writing transaction
+//! (`MAX + 1`): by the store's INSERT itself, and by a trigger for rows that
+//! other writers (sqlite-es' own INSERT) leave without one. SQLite has one
+//! writer at a time, so positions are dense and in commit order, and reading
+//! `ORDER BY global_position` never skips an event. It is a real column (not the implicit `rowid`, which
 //! `VACUUM` may renumber), so checkpoints stay valid.
 
 use std::collections::HashMap;
@@ -18,7 +19,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::{AGGREGATE, plain_label_key};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+
+use super::{AGGREGATE, persistence_error, plain_label_key};
 use crate::error::Result;
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -210,20 +213,82 @@ pub(crate) async fn job_events(pool: &SqlitePool, job: &JobId) -> Result<Vec<Raw
     .collect()
 }
 
-pub(crate) async fn position_of(
+/// Write one job's events atomically, each with the next global position
+/// (`MAX + 1`: SQLite has one writer at a time, so this is commit order),
+/// which the trigger would otherwise set in a second write of the row.
+/// sqlite-es' statement, plus the position; returns the last position. One
+/// event (most commands) is one statement in its own implicit transaction:
+/// one call to the connection's worker instead of three.
+pub(crate) async fn insert_events(
     pool: &SqlitePool,
-    job: &JobId,
-    sequence: u64,
-) -> Result<Option<Position>> {
-    let p: Option<i64> = sqlx::query_scalar(
-        "SELECT global_position FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+) -> Result<Position, PersistenceError> {
+    const INSERT: &str = "INSERT INTO events
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
+         VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
+         RETURNING global_position";
+    let insert = |e: &SerializedEvent| {
+        sqlx::query_scalar::<_, i64>(INSERT)
+            .bind(aggregate_type.to_owned())
+            .bind(e.aggregate_id.clone())
+            .bind(e.sequence as i64)
+            .bind(e.event_type.clone())
+            .bind(e.event_version.clone())
+            .bind(e.payload.to_string())
+            .bind(e.metadata.to_string())
+    };
+    let p = match events {
+        [] => {
+            return Err(PersistenceError::UnknownError(
+                "an insert needs at least one event".into(),
+            ));
+        }
+        [e] => insert(e).fetch_one(pool).await.map_err(persistence_error)?,
+        events => {
+            let mut tx = pool.begin().await.map_err(persistence_error)?;
+            let mut last = 0;
+            for e in events {
+                last = insert(e)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(persistence_error)?;
+            }
+            tx.commit().await.map_err(persistence_error)?;
+            last
+        }
+    };
+    Ok(p as Position)
+}
+
+/// A job's events for the command path (see `EventRepo::load`).
+pub(crate) async fn load_job(
+    pool: &SqlitePool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<crate::repo::LoadRow>, PersistenceError> {
+    let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT sequence, event_type, event_version, payload,
+                CASE WHEN sequence = MAX(sequence) OVER () THEN json_extract(metadata, '$.hash') END
+           FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY sequence",
     )
-    .bind(AGGREGATE)
-    .bind(job.as_str())
-    .bind(sequence as i64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(p.map(|p| p as Position))
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_all(pool)
+    .await
+    .map_err(persistence_error)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sequence, event_type, event_version, payload, hash)| crate::repo::LoadRow {
+                sequence: sequence as u64,
+                event_type,
+                event_version,
+                payload,
+                hash,
+            },
+        )
+        .collect())
 }
 
 pub(crate) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<Position> {

@@ -4,6 +4,7 @@
 
 mod behaviour;
 mod gap_free;
+mod job_list;
 mod restart;
 mod support;
 mod upcasting;

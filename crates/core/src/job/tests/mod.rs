@@ -1,3 +1,5 @@
+mod base_models;
 mod given_when_then;
+mod matrix;
 mod props;
 mod upcasting;
