@@ -1,3 +1,4 @@
 mod given_when_then;
 mod props;
 mod upcasting;
+mod webhooks;
