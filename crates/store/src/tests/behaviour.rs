@@ -705,7 +705,7 @@ async fn opening_again_migrates_nothing(t: &TestStore) {
     if let crate::backend::Backend::Sqlite(pool) = &a.shared().backend {
         assert_eq!(
             crate::migrate::applied_sqlite(pool).await.unwrap(),
-            [1, 2, 3]
+            [1, 2, 3, 4]
         );
     }
     a.close().await;

@@ -7,3 +7,4 @@ mod gap_free;
 mod restart;
 mod support;
 mod upcasting;
+mod webhooks;
