@@ -338,6 +338,9 @@ mod tests {
             Path::new("two.toml"),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("tenant acme has two different"), "{err}");
+        assert!(
+            err.to_string().contains("tenant acme has two different"),
+            "{err}"
+        );
     }
 }

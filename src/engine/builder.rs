@@ -93,7 +93,11 @@ impl EngineBuilder {
 
     /// The key that signs `tenant`'s webhook requests; a tenant without one
     /// cannot give its jobs webhooks.
-    pub fn webhook_secret(mut self, tenant: impl Into<TenantId>, secret: impl Into<String>) -> Self {
+    pub fn webhook_secret(
+        mut self,
+        tenant: impl Into<TenantId>,
+        secret: impl Into<String>,
+    ) -> Self {
         self.webhook_secrets.insert(tenant.into(), secret.into());
         self
     }

@@ -95,7 +95,10 @@ impl HttpClient {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let body_start: String = String::from_utf8_lossy(&body).chars().take(BODY_START).collect();
+            let body_start: String = String::from_utf8_lossy(&body)
+                .chars()
+                .take(BODY_START)
+                .collect();
             Ok(Answer { status, body_start })
         };
         match tokio::time::timeout(timeout, exchange).await {

@@ -84,9 +84,7 @@ impl Engine {
         };
         let attempts = match (page.first(), page.last()) {
             (Some(first), Some(last)) => {
-                outbox
-                    .attempts(job, first.sequence..=last.sequence)
-                    .await?
+                outbox.attempts(job, first.sequence..=last.sequence).await?
             }
             _ => Vec::new(),
         };
@@ -98,10 +96,7 @@ impl Engine {
                     .filter(|a| a.sequence == delivery.sequence && a.url == delivery.url)
                     .cloned()
                     .collect();
-                WebhookDelivery {
-                    delivery,
-                    attempts,
-                }
+                WebhookDelivery { delivery, attempts }
             })
             .collect();
         Ok(DeliveryPage {

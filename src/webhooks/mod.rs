@@ -59,7 +59,10 @@ impl std::fmt::Debug for Webhooks {
         // Never the secrets themselves.
         f.debug_struct("Webhooks")
             .field("config", &self.config)
-            .field("tenants_with_secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field(
+                "tenants_with_secrets",
+                &self.secrets.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -133,7 +133,12 @@ mod tests {
         };
         assert_eq!(ok("1767225600", &sig, b"{\"a\":1}", b"secret"), Ok(()));
         assert_eq!(
-            ok("1767225600", &format!("v1=00, {sig}"), b"{\"a\":1}", b"secret"),
+            ok(
+                "1767225600",
+                &format!("v1=00, {sig}"),
+                b"{\"a\":1}",
+                b"secret"
+            ),
             Ok(())
         );
         assert_eq!(
@@ -157,8 +162,18 @@ mod tests {
             Err(SignatureError::BadTimestamp(_))
         ));
         assert!(matches!(
-            verify(b"secret", "1767225600", &sig, b"{\"a\":1}", T + 3600, DEFAULT_TOLERANCE),
-            Err(SignatureError::Stale { skew_secs: 3600, .. })
+            verify(
+                b"secret",
+                "1767225600",
+                &sig,
+                b"{\"a\":1}",
+                T + 3600,
+                DEFAULT_TOLERANCE
+            ),
+            Err(SignatureError::Stale {
+                skew_secs: 3600,
+                ..
+            })
         ));
     }
 }

@@ -74,22 +74,7 @@ impl Worker {
             changes.borrow_and_update();
             let mut wait = config.poll_interval;
             let free = config.concurrency.max(1).saturating_sub(in_flight.len());
-            if free > 0 {
-                let now = self.now();
-                match outbox.due(now, free).await {
-                    Ok(due) => {
-                        for d in due {
-                            match outbox.claim(&d, now + lease).await {
-                                Ok(true) => {
-                                    in_flight.spawn(self.clone().attempt(d));
-                                }
-                                Ok(false) => {} // another process took it
-                                Err(e) => warn!(error = %e, "cannot claim a webhook delivery"),
-                            }
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "cannot read due webhook deliveries"),
-                }
+            if free > 0 && self.start_due(&mut in_flight, free, lease).await {
                 match outbox.next_due().await {
                     Ok(Some(at)) => {
                         let until = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
@@ -111,6 +96,39 @@ impl Worker {
             }
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Claim and start up to `free` due deliveries. `false` when the
+    /// database failed: the caller then waits a poll interval rather than
+    /// for a due time it could not act on.
+    async fn start_due(
+        &self,
+        in_flight: &mut JoinSet<()>,
+        free: usize,
+        lease: chrono::Duration,
+    ) -> bool {
+        let outbox = self.store.webhooks();
+        let now = self.now();
+        let due = match outbox.due(now, free).await {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "cannot read due webhook deliveries");
+                return false;
+            }
+        };
+        for d in due {
+            match outbox.claim(&d, now + lease).await {
+                Ok(true) => {
+                    in_flight.spawn(self.clone().attempt(d));
+                }
+                Ok(false) => {} // another process took it
+                Err(e) => {
+                    warn!(error = %e, "cannot claim a webhook delivery");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// One attempt of a claimed delivery: sign, send, record.
@@ -168,9 +186,7 @@ impl Worker {
         let give_up = chrono::Duration::from_std(config.give_up_after).ok();
         let after = match &outcome.error {
             None => AfterAttempt::Delivered,
-            Some(_)
-                if give_up.is_some_and(|g| !g.is_zero() && at - d.enqueued_at >= g) =>
-            {
+            Some(_) if give_up.is_some_and(|g| !g.is_zero() && at - d.enqueued_at >= g) => {
                 AfterAttempt::Abandon
             }
             Some(_) => {
@@ -180,7 +196,9 @@ impl Worker {
                     config.max_backoff,
                     rand::random::<f64>(),
                 );
-                AfterAttempt::RetryAt(at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+                AfterAttempt::RetryAt(
+                    at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+                )
             }
         };
         match (&outcome.error, after) {

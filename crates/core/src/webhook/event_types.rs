@@ -103,7 +103,16 @@ mod tests {
 
     #[test]
     fn unknown_filters_are_refused() {
-        for f in ["", "step", "step:", "step:done", "workflow:**", "job:*", "STEP:*", "**"] {
+        for f in [
+            "",
+            "step",
+            "step:",
+            "step:done",
+            "workflow:**",
+            "job:*",
+            "STEP:*",
+            "**",
+        ] {
             assert!(!is_filter(f), "{f:?}");
         }
         assert!(!filter_matches("step:queued", "step:leased"));
@@ -122,6 +131,9 @@ mod tests {
         assert!(types.contains(&"workflow:in_review"));
         assert!(types.contains(&"step:completed"));
         // Approval queues the publish step.
-        assert_eq!(types[types.len() - 2..], ["workflow:approved", "step:queued"]);
+        assert_eq!(
+            types[types.len() - 2..],
+            ["workflow:approved", "step:queued"]
+        );
     }
 }

@@ -24,7 +24,10 @@ pub struct WebhookSpec {
 }
 
 impl WebhookSpec {
-    pub fn new(url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        events: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self {
             url: url.into(),
             events: events.into_iter().map(Into::into).collect(),
@@ -45,7 +48,9 @@ fn check_url(raw: &str) -> Result<(), String> {
         ));
     }
     let url = url::Url::parse(raw).map_err(|e| {
-        format!("url {raw:?} is not a valid URL ({e}); give e.g. https://example.com/hooks/loraflow")
+        format!(
+            "url {raw:?} is not a valid URL ({e}); give e.g. https://example.com/hooks/loraflow"
+        )
     })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
@@ -167,7 +172,10 @@ mod tests {
             .map(|i| WebhookSpec::new(format!("https://example.com/{i}"), ["*"]))
             .collect();
         assert_eq!(fields(&many), ["webhooks"]);
-        let long = WebhookSpec::new(format!("https://example.com/{}", "a".repeat(MAX_URL_CHARS)), ["*"]);
+        let long = WebhookSpec::new(
+            format!("https://example.com/{}", "a".repeat(MAX_URL_CHARS)),
+            ["*"],
+        );
         assert_eq!(fields(&[long]), ["webhooks[0].url"]);
     }
 }

@@ -241,7 +241,10 @@ async fn the_outbox_runner_follows_the_feed(t: &TestStore) {
     let last = job_with_hooks(s, "job-r").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while s.webhooks().position().await.unwrap() < last {
-        assert!(tokio::time::Instant::now() < deadline, "the outbox never caught up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox never caught up"
+        );
         let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
     }
     assert_eq!(

@@ -211,13 +211,19 @@ impl MemoryOutbox {
             .deliveries
             .values()
             .filter(|d| &d.job_id == job)
-            .filter(|d| after.is_none_or(|c| (d.sequence, d.url.as_str()) > (c.sequence, c.url.as_str())))
+            .filter(|d| {
+                after.is_none_or(|c| (d.sequence, d.url.as_str()) > (c.sequence, c.url.as_str()))
+            })
             .collect();
         all.sort_by(|a, b| (a.sequence, &a.url).cmp(&(b.sequence, &b.url)));
         all.into_iter().take(limit).cloned().collect()
     }
 
-    pub(crate) fn attempts(&self, job: &JobId, sequences: RangeInclusive<u64>) -> Vec<DeliveryAttempt> {
+    pub(crate) fn attempts(
+        &self,
+        job: &JobId,
+        sequences: RangeInclusive<u64>,
+    ) -> Vec<DeliveryAttempt> {
         let s = self.lock();
         s.attempts
             .values()

@@ -183,7 +183,10 @@ impl Webhooks {
         if events.is_empty() {
             return Ok((from, false));
         }
-        let (cp, _) = s.outbox.apply(from, &events, s.services.clock.now()).await?;
+        let (cp, _) = s
+            .outbox
+            .apply(from, &events, s.services.clock.now())
+            .await?;
         Ok((cp, true))
     }
 

@@ -183,7 +183,11 @@ pub(crate) async fn apply(
     Ok((last, deliveries.len()))
 }
 
-pub(crate) async fn due(pool: &SqlitePool, now: DateTime<Utc>, limit: usize) -> Result<Vec<Delivery>> {
+pub(crate) async fn due(
+    pool: &SqlitePool,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Delivery>> {
     sqlx::query(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
          WHERE state = 'pending' AND next_attempt_us <= ?

@@ -35,7 +35,10 @@ fn bad_webhooks_are_refused_by_field_and_write_nothing() {
     let mut spec = sample_spec();
     spec.webhooks = vec![
         WebhookSpec::new("file:///etc/passwd", ["workflow:started"]),
-        WebhookSpec::new("https://example.com/ok", ["workflow:started", "step:finished"]),
+        WebhookSpec::new(
+            "https://example.com/ok",
+            ["workflow:started", "step:finished"],
+        ),
     ];
     let err = TestFramework::<TrainingJob>::with(d.services.clone())
         .given_no_previous_events()
