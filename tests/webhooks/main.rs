@@ -6,22 +6,17 @@
 //! Backoffs are configured short (tens of milliseconds) so the tests are
 //! quick; waits follow the receiver's and the outbox's change signals.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod receiver;
 
-use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::server::{ACME_WEBHOOK_SECRET, Backend, auth_config, drop_schema, store_for};
 use common::*;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use loraflow::Engine;
 use loraflow::NewJob;
 use loraflow::config::WebhooksConfig;
@@ -32,192 +27,11 @@ use loraflow::core::webhook::{
 };
 use loraflow::executors::{Label, Publish, ValidateDataset, ValidateOptions};
 use loraflow::store::StoreOptions;
-use loraflow::webhooks::{
-    ATTEMPT_HEADER, DEFAULT_TOLERANCE, EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER,
-    TIMESTAMP_HEADER, WebhookDelivery,
-};
+use loraflow::webhooks::{DEFAULT_TOLERANCE, WebhookDelivery};
 use loraflow_proto::pb::v1 as pb;
+use receiver::{Received, Receiver};
 use sha2::Sha256;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-// ------------------------------------------------------------- the receiver
-
-/// One request as the receiver saw it, and what it answered.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    event_id: String,
-    event_type: String,
-    timestamp: String,
-    signature: String,
-    attempt: u32,
-    body: Bytes,
-    status: u16,
-}
-
-#[derive(Default)]
-struct RecvState {
-    /// Statuses for the next requests, in order; then `default`.
-    script: VecDeque<u16>,
-    default: u16,
-    requests: Vec<Received>,
-}
-
-impl RecvState {
-    /// Acknowledged (2xx) event ids at `path`, in arrival order.
-    fn acked(&self, path: &str) -> Vec<String> {
-        self.requests
-            .iter()
-            .filter(|r| r.path == path && (200..300).contains(&r.status))
-            .map(|r| r.event_id.clone())
-            .collect()
-    }
-}
-
-/// An HTTP receiver that can be taken down (listener closed, connections
-/// cut) and brought back on the same port.
-struct Receiver {
-    addr: SocketAddr,
-    state: Arc<Mutex<RecvState>>,
-    seen: watch::Sender<usize>,
-    running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
-}
-
-impl Receiver {
-    async fn start(script: &[u16]) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut r = Self {
-            addr: listener.local_addr().unwrap(),
-            state: Arc::new(Mutex::new(RecvState {
-                script: script.iter().copied().collect(),
-                default: 200,
-                requests: Vec::new(),
-            })),
-            seen: watch::Sender::new(0),
-            running: None,
-        };
-        r.serve(listener);
-        r
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let stop = CancellationToken::new();
-        let (state, seen, token) = (self.state.clone(), self.seen.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = token.cancelled() => break,
-                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-                };
-                let (state, seen) = (state.clone(), seen.clone());
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(state.clone(), seen.clone(), req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-            // Down: the listener is dropped and open connections are cut.
-            conns.abort_all();
-            while conns.join_next().await.is_some() {}
-        });
-        self.running = Some((stop, task));
-    }
-
-    async fn stop(&mut self) {
-        if let Some((stop, task)) = self.running.take() {
-            stop.cancel();
-            task.await.unwrap();
-        }
-    }
-
-    async fn restart(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-
-    fn set_default(&self, status: u16) {
-        self.state.lock().unwrap().default = status;
-    }
-
-    /// Wait until `cond` holds of what the receiver saw.
-    async fn wait(&self, what: &str, cond: impl Fn(&RecvState) -> bool) {
-        let mut seen = self.seen.subscribe();
-        let ok = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                seen.borrow_and_update();
-                if cond(&self.state.lock().unwrap()) {
-                    return;
-                }
-                seen.changed().await.unwrap();
-            }
-        })
-        .await;
-        if ok.is_err() {
-            let s = self.state.lock().unwrap();
-            let seen: Vec<_> = s
-                .requests
-                .iter()
-                .map(|r| format!("{} {} {}", r.path, r.event_id, r.status))
-                .collect();
-            panic!("timed out waiting for {what}; requests: {seen:?}");
-        }
-    }
-
-    fn requests(&self) -> Vec<Received> {
-        self.state.lock().unwrap().requests.clone()
-    }
-}
-
-async fn handle(
-    state: Arc<Mutex<RecvState>>,
-    seen: watch::Sender<usize>,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let h = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let status = {
-        let mut s = state.lock().unwrap();
-        let status = s.script.pop_front().unwrap_or(s.default);
-        s.requests.push(Received {
-            path: parts.uri.path().to_owned(),
-            event_id: h(EVENT_ID_HEADER),
-            event_type: h(EVENT_TYPE_HEADER),
-            timestamp: h(TIMESTAMP_HEADER),
-            signature: h(SIGNATURE_HEADER),
-            attempt: h(ATTEMPT_HEADER).parse().unwrap_or(0),
-            body,
-            status,
-        });
-        status
-    };
-    seen.send_modify(|n| *n += 1);
-    let text = if status < 300 { "" } else { "try again later" };
-    Ok(hyper::Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::from(text)))
-        .unwrap())
-}
 
 // --------------------------------------------------------------- the engine
 
