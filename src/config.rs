@@ -16,12 +16,17 @@
 //! [[auth.tenants]]
 //! tenant = "acme"
 //! token = "…"
+//! webhook_secret = "…"   # signs the tenant's webhook requests
+//!
+//! [webhooks]
+//! max_backoff = "5m"
 //!
 //! [[auth.executors]]
 //! executor = "gpu-node-1"
 //! token = "…"
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +53,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub scheduler: SchedulerConfig,
+    pub webhooks: WebhooksConfig,
     /// A catalogue file replacing the built-in one (same shape as the
     /// built-in `default.toml`).
     pub catalogue: Option<PathBuf>,
@@ -117,6 +123,11 @@ impl Default for ServerConfig {
 pub struct TenantToken {
     pub tenant: String,
     pub token: String,
+    /// The key of the HMAC-SHA256 signature on the tenant's webhook
+    /// requests (see `docs/webhooks.md`). Without one, the tenant's jobs
+    /// cannot have webhooks.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -149,6 +160,77 @@ pub struct SchedulerConfig {
     pub progress_interval: Duration,
 }
 
+/// Webhook delivery: retries, limits, polling.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Whether this process fills the outbox and sends deliveries. Events of
+    /// a time it was off are sent once it (or another process) is on again.
+    pub enabled: bool,
+    /// Delay before the first retry; it doubles with each failure.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest delay between two attempts; jitter takes up to half of a
+    /// delay off, so retries of many URLs spread out.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Longest an attempt may take, connecting included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Give up on an event this long after it was queued, and let the URL's
+    /// later events go ahead; 0 retries for ever.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Attempts in flight at once (each to a different URL).
+    pub concurrency: usize,
+    /// How often to look for deliveries queued by other processes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5 * 60),
+            request_timeout: Duration::from_secs(10),
+            give_up_after: Duration::from_secs(3 * 24 * 3600),
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Each tenant's webhook secret. Two entries of one tenant that give
+    /// different secrets are an error naming the tenant.
+    pub fn webhook_secrets(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
+        for t in &self.tenants {
+            let Some(secret) = t.webhook_secret.as_ref() else {
+                continue;
+            };
+            if secret.is_empty() {
+                return Err(format!(
+                    "auth.tenants: the webhook_secret of tenant {} is empty; give a long random string or leave it out",
+                    t.tenant
+                ));
+            }
+            match out.insert(t.tenant.clone(), secret.clone()) {
+                Some(other) if &other != secret => {
+                    return Err(format!(
+                        "auth.tenants: tenant {} has two different webhook_secret values; give one",
+                        t.tenant
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
@@ -161,10 +243,13 @@ impl Default for SchedulerConfig {
 
 impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        config.auth.webhook_secrets().map_err(invalid)?;
+        Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -209,5 +294,53 @@ mod tests {
             Config::from_toml("[store]\nurl = 'x'\npool = 3\n", Path::new("bad.toml")).unwrap_err();
         assert!(err.to_string().contains("bad.toml"), "{err}");
         assert!(err.to_string().contains("pool"), "{err}");
+    }
+
+    #[test]
+    fn webhook_secrets_sit_next_to_tenant_tokens() {
+        let c = Config::from_toml(
+            r#"
+            [[auth.tenants]]
+            tenant = "acme"
+            token = "t1"
+            webhook_secret = "s-acme"
+            [[auth.tenants]]
+            tenant = "acme"
+            token = "t2"
+            [[auth.tenants]]
+            tenant = "globex"
+            token = "t3"
+            [webhooks]
+            max_backoff = "30s"
+            give_up_after = "0s"
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let secrets = c.auth.webhook_secrets().unwrap();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets["acme"], "s-acme");
+        assert_eq!(c.webhooks.max_backoff, Duration::from_secs(30));
+        assert_eq!(c.webhooks.give_up_after, Duration::ZERO);
+        assert_eq!(c.webhooks.initial_backoff, Duration::from_secs(1));
+
+        let err = Config::from_toml(
+            r#"
+            [[auth.tenants]]
+            tenant = "acme"
+            token = "t1"
+            webhook_secret = "a"
+            [[auth.tenants]]
+            tenant = "acme"
+            token = "t2"
+            webhook_secret = "b"
+            "#,
+            Path::new("two.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("tenant acme has two different"),
+            "{err}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`error`]: the engine's error type.
 //! - [`grpc`]: the gRPC server over the engine.
 //! - [`audit`]: replay a job's events and verify their hash chain.
+//! - [`webhooks`]: signed, ordered, retried delivery of job events to callback URLs.
 
 pub use loraflow_core as core;
 
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 mod scheduler;
+pub mod webhooks;
 
 pub use admission::admit;
 pub use engine::{Engine, EngineBuilder, JobView, NewJob};

@@ -254,6 +254,7 @@ impl SubmitArgs {
             naming,
             labels: f.labels,
             workflow: f.workflow,
+            webhooks: Vec::new(),
         })
     }
 }

@@ -1,13 +1,14 @@
 //! `Engine::builder()`: choose a store, a catalogue, artifact storage and
 //! executors, then `build()`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use loraflow_core::catalogue::Catalogue;
 use loraflow_core::clock::Clock;
 use loraflow_core::executor::{Capabilities, Executor};
-use loraflow_core::ids::ExecutorId;
+use loraflow_core::ids::{ExecutorId, TenantId};
 use loraflow_core::job::JobServices;
 use loraflow_core::workflow::KnownKinds;
 use loraflow_executors::ArtifactStore;
@@ -18,8 +19,8 @@ use tracing::warn;
 
 use super::{Engine, Inner, fleet::Fleet, in_process::InProcessApi};
 use crate::clock::TokioClock;
-use crate::config::{Config, SchedulerConfig};
-use crate::error::Result;
+use crate::config::{Config, SchedulerConfig, WebhooksConfig};
+use crate::error::{Error, Result};
 use crate::scheduler::Scheduler;
 
 /// Builds an [`Engine`]. Defaults: a SQLite file `loraflow.db` in the current
@@ -48,6 +49,9 @@ pub struct EngineBuilder {
     clock: Option<Arc<dyn Clock>>,
     scheduler: SchedulerConfig,
     custom_kinds: Vec<String>,
+    webhooks: WebhooksConfig,
+    webhook_secrets: HashMap<TenantId, String>,
+    config_error: Option<String>,
 }
 
 impl Default for EngineBuilder {
@@ -67,16 +71,46 @@ impl Default for EngineBuilder {
             clock: None,
             scheduler: config.scheduler,
             custom_kinds: Vec::new(),
+            webhooks: config.webhooks,
+            webhook_secrets: HashMap::new(),
+            config_error: None,
         }
     }
 }
 
 impl EngineBuilder {
-    /// Settings from a `loraflow.toml` (store, artifacts, scheduler).
+    /// Settings from a `loraflow.toml` (store, artifacts, scheduler,
+    /// webhooks and the tenants' webhook secrets).
     pub fn config(mut self, config: &Config) -> Self {
         self.store_url = config.store.url.clone();
         self.artifacts_root = config.artifacts.root.clone();
         self.scheduler = config.scheduler.clone();
+        self.webhooks = config.webhooks.clone();
+        match config.auth.webhook_secrets() {
+            Ok(secrets) => {
+                for (tenant, secret) in secrets {
+                    self.webhook_secrets.insert(TenantId::new(tenant), secret);
+                }
+            }
+            Err(e) => self.config_error = Some(e),
+        }
+        self
+    }
+
+    /// Webhook delivery settings (backoff, timeouts, concurrency).
+    pub fn webhooks(mut self, config: WebhooksConfig) -> Self {
+        self.webhooks = config;
+        self
+    }
+
+    /// The key that signs `tenant`'s webhook requests; a tenant without one
+    /// cannot give its jobs webhooks.
+    pub fn webhook_secret(
+        mut self,
+        tenant: impl Into<TenantId>,
+        secret: impl Into<String>,
+    ) -> Self {
+        self.webhook_secrets.insert(tenant.into(), secret.into());
         self
     }
 
@@ -143,9 +177,14 @@ impl EngineBuilder {
         self
     }
 
-    /// Open the store (creating its tables), start the projections and the
-    /// scheduler, and start the in-process executors.
+    /// Open the store (creating its tables), start the projections, the
+    /// scheduler and webhook delivery, and start the in-process executors.
     pub async fn build(self) -> Result<Engine> {
+        if let Some(e) = self.config_error {
+            let mut v = loraflow_core::validation::Violations::default();
+            v.push("auth.tenants", e);
+            return Err(Error::InvalidArgument(v));
+        }
         let catalogue = self.catalogue.unwrap_or_else(Catalogue::builtin);
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
         let mut kinds = KnownKinds::builtin();
@@ -164,6 +203,10 @@ impl EngineBuilder {
         let artifacts = ArtifactStore::open(&self.artifacts_root)?;
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::new(services.catalogue.clone(), clock);
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            self.webhooks,
+            self.webhook_secrets,
+        ));
 
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -177,6 +220,7 @@ impl EngineBuilder {
                 signals: Mutex::new(Default::default()),
                 shutdown: shutdown.clone(),
                 tasks: Mutex::new(Vec::new()),
+                webhooks: webhooks.clone(),
             }),
         };
 
@@ -198,6 +242,7 @@ impl EngineBuilder {
                 .run_timers(store.clone(), shutdown.clone()),
         ));
         scheduler.wait_caught_up().await;
+        tasks.extend(webhooks.start(&store, &shutdown));
 
         if !self.executors.is_empty() {
             let workdir = self

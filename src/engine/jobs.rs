@@ -140,6 +140,7 @@ impl Engine {
             Err(loraflow_core::job::Error::InvalidSpec(v)) => violations.extend(v),
             Err(e) => return Err(e.into()),
         }
+        violations.extend(self.inner.webhooks.check(tenant, &spec));
         let status = self.service_status();
         let dataset =
             match crate::admission::admit(&self.inner.artifacts, &spec.dataset, &status).await {

@@ -63,6 +63,7 @@ pub(crate) struct Inner {
     signals: Mutex<HashMap<JobId, Signals>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// A running engine. Clone it freely: every clone is the same engine.
@@ -102,8 +103,8 @@ impl Engine {
         self.inner.shutdown.clone()
     }
 
-    /// Stop the scheduler, projections and in-process executors, and wait
-    /// for them. Steps running in-process are cancelled and will be retried.
+    /// Stop the scheduler, projections, webhook delivery and in-process
+    /// executors, and wait for them (webhook attempts in flight finish). Steps running in-process are cancelled and will be retried.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         let tasks: Vec<_> =

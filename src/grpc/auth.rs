@@ -127,6 +127,7 @@ mod tests {
             tenants: vec![TenantToken {
                 tenant: "acme".into(),
                 token: "t-acme".into(),
+                webhook_secret: None,
             }],
             executors: vec![ExecutorToken {
                 executor: "gpu-1".into(),

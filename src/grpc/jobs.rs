@@ -8,6 +8,7 @@ use loraflow_core::ids::TenantId;
 use loraflow_core::views::JobListFilter;
 use loraflow_proto::convert::catalogue::parameter_schema;
 use loraflow_proto::convert::job::{JobMeta, job_to_wire};
+use loraflow_proto::convert::webhook::delivery_to_wire;
 use loraflow_proto::pb::v1 as pb;
 use loraflow_proto::pb::v1::job_service_server::JobService;
 use tonic::{Code, Request, Response, Status};
@@ -68,6 +69,37 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEventRecord, Status>>
 
 #[tonic::async_trait]
 impl JobService for Jobs {
+    async fn list_webhook_deliveries(
+        &self,
+        req: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let r = req.into_inner();
+        let (id, page_size) = match (r.job_id(), r.page_size()) {
+            (Ok(id), Ok(n)) => (id, n),
+            (id, n) => {
+                let mut v = id.err().unwrap_or_default();
+                v.extend(n.err().unwrap_or_default());
+                return Err(bad(v));
+            }
+        };
+        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let page = self
+            .engine
+            .webhook_deliveries(&tenant, &id, page_size, token)
+            .instrument(span("ListWebhookDeliveries", &tenant, id.as_str()))
+            .await
+            .map_err(|e| to_status(e, None))?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            deliveries: page
+                .deliveries
+                .iter()
+                .map(|d| delivery_to_wire(&d.delivery, &d.attempts))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
     async fn create_job(
         &self,
         req: Request<pb::CreateJobRequest>,

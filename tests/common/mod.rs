@@ -59,6 +59,7 @@ pub fn spec(dataset_uri: &str) -> JobSpec {
         },
         labels: Default::default(),
         workflow: None,
+        webhooks: Vec::new(),
     }
 }
 

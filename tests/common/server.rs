@@ -84,16 +84,21 @@ pub async fn drop_schema(options: &StoreOptions) {
     }
 }
 
+/// The key that signs tenant acme's webhook requests.
+pub const ACME_WEBHOOK_SECRET: &str = "whsec-acme-test";
+
 pub fn auth_config() -> AuthConfig {
     AuthConfig {
         tenants: vec![
             TenantToken {
                 tenant: "acme".into(),
                 token: "t-acme".into(),
+                webhook_secret: Some(ACME_WEBHOOK_SECRET.into()),
             },
             TenantToken {
                 tenant: "globex".into(),
                 token: "t-globex".into(),
+                webhook_secret: None,
             },
         ],
         executors: vec![ExecutorToken {

@@ -16,6 +16,7 @@
 //! - [`schedule`]: the scheduler's state (folded from the feed) and its policy.
 //! - [`clock`]: injected time.
 //! - [`validation`]: field violations, reported all at once.
+//! - [`webhook`]: per-job callback URLs, event types and filters, delivery records.
 
 pub mod artifact;
 pub mod catalogue;
@@ -26,4 +27,5 @@ pub mod job;
 pub mod schedule;
 pub mod validation;
 pub mod views;
+pub mod webhook;
 pub mod workflow;

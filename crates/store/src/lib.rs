@@ -8,7 +8,8 @@
 //! [`Store::execute`] runs a command and tells the new sequence (the job's
 //! etag) and the global position written; [`Store::wait_for`] waits until the
 //! views include that position. The views are kept by the runner that
-//! [`Store::start_projections`] starts.
+//! [`Store::start_projections`] starts. [`Store::webhooks`] is the webhook
+//! outbox, filled from the feed the same way, and its delivery log.
 //!
 //! # Modules
 //! - [`store`]: `Store`, `execute`, `load`, `history`, projections control.
@@ -19,6 +20,7 @@
 //! - [`retry`]: which commands are retried on conflict.
 //! - [`feed`]: reading and following the global feed.
 //! - [`views`]: job status, job lists with page tokens, the queue.
+//! - [`webhooks`]: the webhook outbox (filled from the feed), claims, attempts.
 //! - `projection`: the runner that keeps the views.
 //! - `repo`: the cqrs-es repositories and the wrapper that writes metadata and hashes.
 //! - `backend`: SQLite, PostgreSQL and memory specifics (schema, SQL).
@@ -39,6 +41,7 @@ pub mod retry;
 pub mod store;
 pub mod url;
 pub mod views;
+pub mod webhooks;
 
 pub use chain::{ChainError, ChainFault, verify_chain};
 pub use error::{Error, Result};

@@ -96,6 +96,7 @@ pub(crate) struct Shared {
     pub views_at: watch::Sender<Position>,
     pub page_key: Vec<u8>,
     pub url: StoreUrl,
+    pub outbox: crate::webhooks::Outbox,
 }
 
 impl Shared {
@@ -232,6 +233,7 @@ impl Store {
             .clone()
             .unwrap_or_else(|| page_token::DEFAULT_KEY.to_vec());
         let views_at = backend.checkpoint(VIEWS).await?;
+        let outbox = crate::webhooks::Outbox::new(&backend);
         Ok(Self {
             shared: Arc::new(Shared {
                 sqlite_writer: matches!(backend, Backend::Sqlite(_))
@@ -246,6 +248,7 @@ impl Store {
                 views_at: watch::Sender::new(views_at),
                 page_key,
                 url: parsed,
+                outbox,
             }),
         })
     }
@@ -273,6 +276,13 @@ impl Store {
 
     pub fn views(&self) -> Views {
         Views {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The webhook outbox and delivery log.
+    pub fn webhooks(&self) -> crate::webhooks::Webhooks {
+        crate::webhooks::Webhooks {
             shared: self.shared.clone(),
         }
     }

@@ -34,6 +34,7 @@ pub fn sample_spec() -> JobSpec {
         },
         labels: Default::default(),
         workflow: None,
+        webhooks: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::artifact::Sha256;
 use crate::catalogue::{Catalogue, Engine, Params};
 use crate::ids::{BaseModelId, TenantId};
 use crate::validation::Violations;
+use crate::webhook::WebhookSpec;
 use crate::workflow::WorkflowSpec;
 
 /// Where the training images are (a folder or archive in the artifact store).
@@ -58,6 +59,10 @@ pub struct JobSpec {
     /// Replaces the standard LoRA workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<WorkflowSpec>,
+    /// Callback URLs and the events each receives (see [`crate::webhook`]).
+    /// Specs stored before webhooks existed load with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSpec>,
 }
 
 pub const MAX_SAMPLE_PROMPTS: usize = 16;
@@ -169,6 +174,7 @@ impl JobSpec {
                 );
             }
         }
+        crate::webhook::spec::validate(&self.webhooks, &mut v);
         match (v.is_empty(), resolved) {
             (true, Some(p)) => Ok(p),
             _ => Err(v),

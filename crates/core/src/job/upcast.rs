@@ -4,6 +4,10 @@
 //! `JobCreated` 1.0 was flat:
 //! `{"JobCreated": {"job_id", "tenant", "model", "engine", "params", "dataset_uri", "created_at"}}`.
 //! 2.0 nests the client's request in `spec` and keeps the resolved `params`.
+//!
+//! Fields added later with a serde default need no new version: a payload
+//! written before them loads as it is (`spec.webhooks` was added this way,
+//! and a 2.0 `JobCreated` without it has no webhooks).
 
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{Value, json};

@@ -27,6 +27,7 @@
 //! - [`requests`] — `JobService` requests → ids and commands.
 //! - [`executor`] — `ExecutorService` requests → commands.
 //! - [`assignment`] — `Capabilities`, `StepAssignment`, and the requests a worker sends.
+//! - [`webhook`] — `Webhook` in specs, and the webhook delivery log.
 
 pub mod artifact;
 pub mod assignment;
@@ -41,6 +42,7 @@ pub mod spec;
 pub mod state;
 pub mod step;
 pub mod time;
+pub mod webhook;
 pub mod workflow;
 
 use loraflow_core::validation::{FieldViolation, Violations};

@@ -88,6 +88,7 @@ impl From<JobSpec> for pb::JobSpec {
             priority: s.priority,
             naming: Some(s.naming.into()),
             labels: s.labels,
+            webhooks: s.webhooks.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -126,6 +127,7 @@ impl pb::JobSpec {
             naming,
             labels: self.labels,
             workflow,
+            webhooks: self.webhooks.into_iter().map(Into::into).collect(),
         })
     }
 }
@@ -153,6 +155,10 @@ mod tests {
         s.priority = -5;
         s.naming.version = "v7".into();
         s.labels.insert("team".into(), "vision".into());
+        s.webhooks = vec![loraflow_core::webhook::WebhookSpec::new(
+            "https://hooks.example/loraflow",
+            ["workflow:*", "step:completed"],
+        )];
         let mut wf = standard_lora(model, Engine::Kohya);
         wf.steps[0].params = serde_json::json!({"min_side": 512});
         s.workflow = Some(wf);

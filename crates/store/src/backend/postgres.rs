@@ -120,6 +120,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 4,
+        name: "webhook subscriptions, outbox and delivery log",
+        steps: crate::webhooks::postgres::SCHEMA,
+    },
 ];
 
 /// The feed's horizon: positions below it belong to ended transactions.

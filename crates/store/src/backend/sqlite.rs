@@ -119,6 +119,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 4,
+        name: "webhook subscriptions, outbox and delivery log",
+        steps: crate::webhooks::sqlite::SCHEMA,
+    },
 ];
 
 /// A pool with sqlite-es' settings (WAL, `synchronous = NORMAL`): a file

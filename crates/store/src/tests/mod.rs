@@ -8,3 +8,4 @@ mod job_list;
 mod restart;
 mod support;
 mod upcasting;
+mod webhooks;

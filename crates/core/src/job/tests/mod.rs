@@ -3,3 +3,4 @@ mod given_when_then;
 mod matrix;
 mod props;
 mod upcasting;
+mod webhooks;
