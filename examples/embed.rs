@@ -173,6 +173,7 @@ async fn train(engine: &Engine, min_words: u64) -> anyhow::Result<Outcome> {
         },
         labels: Default::default(),
         workflow: Some(workflow),
+        webhooks: Vec::new(),
     };
     let job = engine
         .create_job(

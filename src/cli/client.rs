@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use loraflow::core::catalogue::{Engine, ParamValue, Params};
 use loraflow::core::job::{DatasetRef, JobSpec, Naming};
+use loraflow::core::webhook::WebhookSpec;
 use loraflow::core::workflow::WorkflowSpec;
 use loraflow_proto::pb::v1 as pb;
 use loraflow_proto::pb::v1::job_service_client::JobServiceClient;
@@ -113,6 +114,9 @@ pub struct JobFile {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub workflow: Option<WorkflowSpec>,
+    /// `[[webhooks]]` tables: `url` and `events`.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSpec>,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +148,11 @@ pub struct SubmitArgs {
     pub labels: Vec<String>,
     #[arg(long)]
     pub priority: Option<i32>,
+    /// A callback URL for the job's events, `URL` (every event) or
+    /// `URL=workflow:completed,workflow:failed` (repeatable; see
+    /// docs/webhooks.md for the event names).
+    #[arg(long = "webhook")]
+    pub webhooks: Vec<String>,
     /// Makes the submission idempotent: repeating it returns the same job.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -170,6 +179,20 @@ fn key_value(raw: &str, what: &str) -> anyhow::Result<(String, String)> {
     match raw.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => bail!("{what} {raw:?} must be written key=value"),
+    }
+}
+
+/// `--webhook URL[=event,event]`. The URL itself may contain `=` (in its
+/// query), so the events follow the last `=` only when they read as event
+/// names; the engine validates both.
+fn webhook_flag(raw: &str) -> WebhookSpec {
+    match raw.rsplit_once('=') {
+        Some((url, events))
+            if !events.is_empty() && events.split(',').all(|e| e == "*" || e.contains(':')) =>
+        {
+            WebhookSpec::new(url, events.split(','))
+        }
+        _ => WebhookSpec::new(raw, ["*"]),
     }
 }
 
@@ -254,7 +277,11 @@ impl SubmitArgs {
             naming,
             labels: f.labels,
             workflow: f.workflow,
-            webhooks: Vec::new(),
+            webhooks: f
+                .webhooks
+                .into_iter()
+                .chain(self.webhooks.iter().map(|w| webhook_flag(w)))
+                .collect(),
         })
     }
 }
@@ -472,4 +499,26 @@ pub async fn history(args: JobArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_flags_take_optional_event_filters() {
+        assert_eq!(
+            webhook_flag("https://hooks.example/x"),
+            WebhookSpec::new("https://hooks.example/x", ["*"])
+        );
+        assert_eq!(
+            webhook_flag("https://hooks.example/x=workflow:completed,step:*"),
+            WebhookSpec::new("https://hooks.example/x", ["workflow:completed", "step:*"])
+        );
+        // A query string is part of the URL.
+        assert_eq!(
+            webhook_flag("https://hooks.example/x?token=abc"),
+            WebhookSpec::new("https://hooks.example/x?token=abc", ["*"])
+        );
+    }
 }

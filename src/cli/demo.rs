@@ -81,6 +81,7 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
         },
         labels: [("source".to_owned(), "loraflow demo".to_owned())].into(),
         workflow: None,
+        webhooks: Vec::new(),
     }
 }
 

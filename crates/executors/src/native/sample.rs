@@ -145,19 +145,22 @@ impl NativeSampler {
         });
 
         let mut rendered: Vec<(u32, usize, PathBuf)> = Vec::new();
+        let report = |rendered: &[(u32, usize, PathBuf)]| {
+            ctx.report(StepProgress {
+                percent: rendered.len() as f32 * 100.0 / total as f32,
+                step: Some(rendered.len() as u64),
+                total_steps: Some(total as u64),
+                epoch: rendered.last().map(|r| r.0),
+                message: Some(format!("rendered {}/{total} samples", rendered.len())),
+                ..StepProgress::default()
+            });
+        };
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         let result = loop {
             tokio::select! {
                 Some(done) = rx.recv() => {
                     rendered.push(done);
-                    ctx.report(StepProgress {
-                        percent: rendered.len() as f32 * 100.0 / total as f32,
-                        step: Some(rendered.len() as u64),
-                        total_steps: Some(total as u64),
-                        epoch: rendered.last().map(|r| r.0),
-                        message: Some(format!("rendered {}/{total} samples", rendered.len())),
-                        ..StepProgress::default()
-                    });
+                    report(&rendered);
                 }
                 _ = tick.tick() => {
                     if ctx.is_cancelled() {
@@ -169,8 +172,14 @@ impl NativeSampler {
                 }
             }
         };
+        // The renderer may finish before its last images were counted above;
+        // those are reported here, so the step ends at 100%.
+        let counted = rendered.len();
         while let Ok(done) = rx.try_recv() {
             rendered.push(done);
+        }
+        if rendered.len() > counted {
+            report(&rendered);
         }
         result?;
 

@@ -161,3 +161,14 @@ pub(crate) fn plain_label_key(key: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
+
+/// Whether a connection comes back to the pool inside a transaction that
+/// nobody owns any more, as far as sqlx knows. A future dropped while its
+/// `BEGIN` ran (a cancelled request, an aborted task) leaves it so: on
+/// SQLite the write lock stays taken and every other writer waits out its
+/// busy timeout and fails with "database is locked"; on PostgreSQL the next
+/// caller's writes would run inside it and never commit. Such a connection
+/// is closed, which rolls back (and releases the lock), instead of reused.
+pub(crate) fn abandoned(conn: &impl sqlx::Connection) -> bool {
+    conn.is_in_transaction()
+}

@@ -175,6 +175,7 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool>
     }
     Ok(PgPoolOptions::new()
         .max_connections(options.max_connections.unwrap_or(24))
+        .after_release(|conn, _| Box::pin(async move { Ok(!abandoned(conn).await?) }))
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await?)
@@ -322,6 +323,25 @@ pub(crate) async fn load_job(
             },
         )
         .collect())
+}
+
+/// Whether a connection comes back to the pool inside a transaction nobody
+/// owns (see [`super::abandoned`]). sqlx 0.8 counts a transaction only once
+/// its `BEGIN` has been answered, so a future dropped in between leaves the
+/// server in a transaction that sqlx does not know of; the next caller's
+/// statements would run inside it and never commit. The server knows: in a
+/// transaction begun earlier, `now()` (its start) is before this
+/// statement's own timestamp.
+async fn abandoned(conn: &mut sqlx::PgConnection) -> std::result::Result<bool, sqlx::Error> {
+    if super::abandoned(conn) {
+        return Ok(true);
+    }
+    // The simple query protocol: with the extended one, the statement's
+    // timestamp is taken after the implicit transaction began, and the two
+    // differ even outside any transaction.
+    // (A query without arguments goes out as a simple query.)
+    let row = sqlx::Executor::fetch_one(conn, "SELECT now() <> statement_timestamp()").await?;
+    row.try_get(0)
 }
 
 pub(crate) async fn checkpoint(pool: &PgPool, name: &str) -> Result<Position> {

@@ -142,6 +142,7 @@ pub(crate) async fn connect(path: Option<&Path>, options: &StoreOptions) -> Resu
                     .map_err(|e| crate::Error::Unavailable(Box::new(e)))?;
             }
             pool.max_connections(options.max_connections.unwrap_or(8))
+                .after_release(|conn, _| Box::pin(async move { Ok(!super::abandoned(conn)) }))
                 .connect_with(connect.filename(path).create_if_missing(true))
                 .await?
         }

@@ -3,6 +3,7 @@
 //! gap-free feed under 16 writers) have their own module.
 
 mod behaviour;
+mod cancelled;
 mod gap_free;
 mod job_list;
 mod restart;
