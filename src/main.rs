@@ -29,6 +29,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approve(a) => cli::client::approve(a).await,
         Command::Reject(a) => cli::client::reject(a).await,
         Command::Cancel(a) => cli::client::cancel(a).await,
+        Command::SaveNow(a) => cli::client::save_now(a).await,
+        Command::SampleNow(a) => cli::client::sample_now(a).await,
         Command::History(a) => cli::client::history(a).await,
         Command::Replay(a) => cli::replay::replay(a).await,
     }

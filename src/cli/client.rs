@@ -464,6 +464,38 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     emit_job(&job, args.conn.json)
 }
 
+/// `save-now`: the running training saves its LoRA at its next step.
+pub async fn save_now(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .save_now(pb::SaveNowRequest {
+            job_id: args.job.clone(),
+        })
+        .await
+        .map_err(|s| status_error("the save was refused", s))?
+        .into_inner();
+    if !args.conn.json {
+        eprintln!("asked the running training to save; the file appears among the epochs");
+    }
+    emit_job(&job, args.conn.json)
+}
+
+/// `sample-now`: the running training renders samples at its next step.
+pub async fn sample_now(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.conn).await?;
+    let job = client
+        .sample_now(pb::SampleNowRequest {
+            job_id: args.job.clone(),
+        })
+        .await
+        .map_err(|s| status_error("the sampling request was refused", s))?
+        .into_inner();
+    if !args.conn.json {
+        eprintln!("asked the running training to render samples");
+    }
+    emit_job(&job, args.conn.json)
+}
+
 pub async fn history(args: JobArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.conn).await?;
     let events = client

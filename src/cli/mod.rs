@@ -66,6 +66,10 @@ pub enum Command {
     Reject(client::RejectArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// Ask a job's running training to save its LoRA now.
+    SaveNow(client::JobArgs),
+    /// Ask a job's running training to render samples now.
+    SampleNow(client::JobArgs),
     /// Print a job's stored events.
     History(client::JobArgs),
     /// Re-apply a job's events from the store, verify the hash chain, and

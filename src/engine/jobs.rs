@@ -457,28 +457,40 @@ impl Engine {
     }
 
     /// Ask the job's running training step to save a checkpoint now.
+    /// Ask the job's running training to save a checkpoint at its next step
+    /// boundary; its executor hears of it at its next heartbeat. The job
+    /// must be `Processing`.
     pub async fn request_save(&self, tenant: &TenantId, job: &JobId) -> Result<()> {
-        self.owned(tenant, job).await?;
-        self.inner
-            .signals
-            .lock()
-            .expect("signals lock poisoned")
-            .entry(job.clone())
-            .or_default()
-            .save_now = true;
-        Ok(())
+        self.signal(tenant, job, "save a checkpoint of", |s| s.save_now = true)
+            .await
+    }
+    /// Ask the job's running training step to render samples now.
+    /// Ask the job's running training to render samples at its next step
+    /// boundary, like [`request_save`](Self::request_save).
+    pub async fn request_sample(&self, tenant: &TenantId, job: &JobId) -> Result<()> {
+        self.signal(tenant, job, "sample", |s| s.sample_now = true)
+            .await
     }
 
-    /// Ask the job's running training step to render samples now.
-    pub async fn request_sample(&self, tenant: &TenantId, job: &JobId) -> Result<()> {
-        self.owned(tenant, job).await?;
-        self.inner
+    async fn signal(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        action: &'static str,
+        set: impl FnOnce(&mut super::Signals),
+    ) -> Result<()> {
+        let loaded = self.owned(tenant, job).await?;
+        let state = loaded.job.state().expect("an owned job exists");
+        if state != JobState::Processing {
+            return Err(Error::WrongState { action, state });
+        }
+        set(self
+            .inner
             .signals
             .lock()
             .expect("signals lock poisoned")
             .entry(job.clone())
-            .or_default()
-            .sample_now = true;
+            .or_default());
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use loraflow_core::ids::TenantId;
+use loraflow_core::ids::{JobId, TenantId};
 use loraflow_core::views::JobListFilter;
 use loraflow_proto::convert::catalogue::parameter_schema;
 use loraflow_proto::convert::job::{JobMeta, job_to_wire};
@@ -35,6 +35,11 @@ fn job(view: JobView) -> pb::Job {
 
 fn bad(v: loraflow_core::validation::Violations) -> Status {
     to_status(crate::Error::InvalidArgument(v), None)
+}
+
+/// A request's required `job_id`.
+fn parse_job_id(id: &str) -> Result<JobId, Status> {
+    loraflow_proto::aip::job_id(id).map_err(|v| bad(v.nested("job_id")))
 }
 
 /// The span of one call about one job.
@@ -185,7 +190,7 @@ impl JobService for Jobs {
     ) -> Result<Response<EventStream>, Status> {
         let tenant = self.auth.tenant(&req)?;
         let r = req.into_inner();
-        let id = loraflow_proto::aip::job_id(&r.job_id).map_err(|v| bad(v.nested("job_id")))?;
+        let id = parse_job_id(&r.job_id)?;
         let events = self
             .engine
             .watch(&tenant, &id, r.from_position)
@@ -242,6 +247,38 @@ impl JobService for Jobs {
             .instrument(span("CancelJob", &tenant, call.job_id.as_str()))
             .await
             .map_err(|e| to_status(e, None))?;
+        Ok(Response::new(job(view)))
+    }
+
+    async fn save_now(
+        &self,
+        req: Request<pb::SaveNowRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let job_id = parse_job_id(&req.get_ref().job_id)?;
+        let view = async {
+            self.engine.request_save(&tenant, &job_id).await?;
+            self.engine.get_job(&tenant, &job_id).await
+        }
+        .instrument(span("SaveNow", &tenant, job_id.as_str()))
+        .await
+        .map_err(|e| to_status(e, None))?;
+        Ok(Response::new(job(view)))
+    }
+
+    async fn sample_now(
+        &self,
+        req: Request<pb::SampleNowRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let job_id = parse_job_id(&req.get_ref().job_id)?;
+        let view = async {
+            self.engine.request_sample(&tenant, &job_id).await?;
+            self.engine.get_job(&tenant, &job_id).await
+        }
+        .instrument(span("SampleNow", &tenant, job_id.as_str()))
+        .await
+        .map_err(|e| to_status(e, None))?;
         Ok(Response::new(job(view)))
     }
 
