@@ -17,17 +17,13 @@ mod grpc_client;
 mod replay_audit;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::server::{Backend, ServerSetup, TestServer};
-use loraflow::core::executor::Capabilities;
-use loraflow::core::ids::ExecutorId;
+use common::worker::remote_worker;
 use loraflow::core::job::{FailureReason, JobState};
 use loraflow::executors::native::NativeOptions;
-use loraflow::executors::worker::{GrpcWorkerApi, Worker, WorkerOptions};
-use loraflow::executors::{
-    ArtifactStore, Label, NativeSampler, NativeTrainer, Publish, ValidateDataset, ValidateOptions,
-};
+use loraflow::executors::worker::Worker;
+use loraflow::executors::{NativeSampler, NativeTrainer};
 use loraflow_proto::pb::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
@@ -86,38 +82,12 @@ async fn embed_refuses_short_captions_before_training() {
     );
 }
 
-/// A worker on "another machine": it shares only the artifact store with the
-/// server and reaches it over gRPC with its executor token.
+/// The remote worker with the native trainer and sampler.
 fn native_worker(server: &TestServer) -> Worker {
-    let api = GrpcWorkerApi::connect(&format!("http://{}", server.addr), "e-gpu-1").unwrap();
-    let artifacts =
-        ArtifactStore::open(&server.tmp.path().join("artifacts").display().to_string()).unwrap();
     let native = NativeOptions::new(embed::assets());
-    Worker::new(
-        Arc::new(api),
-        artifacts,
-        WorkerOptions {
-            executor_id: ExecutorId::new("gpu-1"),
-            capabilities: Capabilities {
-                max_concurrent_steps: 1,
-                ..Capabilities::default()
-            },
-            workdir: server.tmp.path().join("worker"),
-            max_backoff: Duration::from_millis(200),
-        },
-    )
-    .with(Arc::new(ValidateDataset {
-        options: ValidateOptions {
-            min_side: 32,
-            ..Default::default()
-        },
-    }))
-    .with(Arc::new(Label::default()))
-    .with(Arc::new(NativeTrainer::new(native.clone()).unwrap()))
-    .with(Arc::new(NativeSampler::new(native).unwrap()))
-    .with(Arc::new(Publish {
-        destination: format!("file://{}", server.tmp.path().join("published").display()),
-    }))
+    remote_worker(server)
+        .with(Arc::new(NativeTrainer::new(native.clone()).unwrap()))
+        .with(Arc::new(NativeSampler::new(native).unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::server::{Backend, ServerSetup, TestServer};
+use common::worker::remote_worker;
 use common::{FileSampler, spec};
 use loraflow::config::SchedulerConfig;
 use loraflow::core::artifact::{ArtifactKind, EpochOutput};
-use loraflow::core::executor::{Capabilities, Executor, StepAssignment, StepContext, StepOutput};
-use loraflow::core::ids::ExecutorId;
+use loraflow::core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow::core::job::{StepError, StepErrorKind, StepProgress};
 use loraflow::core::workflow::StepKind;
-use loraflow::executors::worker::{GrpcWorkerApi, Worker, WorkerOptions};
-use loraflow::executors::{ArtifactStore, Label, Publish, ValidateDataset, ValidateOptions};
 use loraflow_proto::pb::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
@@ -86,37 +84,6 @@ impl Executor for SavesOnRequest {
     }
 }
 
-fn worker(server: &TestServer) -> Worker {
-    let api = GrpcWorkerApi::connect(&format!("http://{}", server.addr), "e-gpu-1").unwrap();
-    let artifacts =
-        ArtifactStore::open(&server.tmp.path().join("artifacts").display().to_string()).unwrap();
-    Worker::new(
-        Arc::new(api),
-        artifacts,
-        WorkerOptions {
-            executor_id: ExecutorId::new("gpu-1"),
-            capabilities: Capabilities {
-                max_concurrent_steps: 1,
-                ..Capabilities::default()
-            },
-            workdir: server.tmp.path().join("worker"),
-            max_backoff: Duration::from_millis(100),
-        },
-    )
-    .with(Arc::new(ValidateDataset {
-        options: ValidateOptions {
-            min_side: 32,
-            ..Default::default()
-        },
-    }))
-    .with(Arc::new(Label::default()))
-    .with(Arc::new(SavesOnRequest))
-    .with(Arc::new(FileSampler))
-    .with(Arc::new(Publish {
-        destination: format!("file://{}", server.tmp.path().join("published").display()),
-    }))
-}
-
 async fn wait_for(
     client: &mut common::server::Client,
     job_id: &str,
@@ -155,7 +122,10 @@ async fn save_now_and_sample_now_reach_the_running_training() {
     .await
     .unwrap();
     let stop = CancellationToken::new();
-    let running = tokio::spawn(worker(&server).run(stop.clone()));
+    let worker = remote_worker(&server)
+        .with(Arc::new(SavesOnRequest))
+        .with(Arc::new(FileSampler));
+    let running = tokio::spawn(worker.run(stop.clone()));
     let mut client = server.client(Some("t-acme")).await;
 
     // An unknown job is not found; a job not yet training cannot be asked.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod server;
+pub mod worker;
 
 use std::io::Cursor;
 use std::path::Path;
