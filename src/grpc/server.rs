@@ -6,8 +6,8 @@ use std::time::Duration;
 use loraflow_proto::pb::v1::executor_service_server::ExecutorServiceServer;
 use loraflow_proto::pb::v1::job_service_server::JobServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use super::auth::Auth;
@@ -134,9 +134,12 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(jobs)
         .add_service(executors)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await
-        })
+        // Small request/response pairs: Nagle's algorithm with delayed ACKs
+        // would hold each for tens of milliseconds.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move { stop.cancelled().await },
+        )
         .await?;
     health_reporter
         .set_not_serving::<JobServiceServer<Jobs>>()

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod noop;
 pub mod server;
 pub mod worker;
 

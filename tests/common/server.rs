@@ -2,6 +2,7 @@
 //! PostgreSQL schema of its own, with real tokens.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use loraflow::Engine;
@@ -101,15 +102,46 @@ pub fn auth_config() -> AuthConfig {
                 webhook_secret: None,
             },
         ],
-        executors: vec![ExecutorToken {
-            executor: "gpu-1".into(),
-            token: "e-gpu-1".into(),
-        }],
+        executors: (1..=4)
+            .map(|i| ExecutorToken {
+                executor: format!("gpu-{i}"),
+                token: format!("e-gpu-{i}"),
+            })
+            .collect(),
+    }
+}
+
+/// What servers of one deployment share: the store and the artifact root
+/// (under `tmp`). Replicas and restarts reuse it.
+#[derive(Clone)]
+pub struct Deployment {
+    pub tmp: Arc<tempfile::TempDir>,
+    pub store_url: String,
+    pub store_options: StoreOptions,
+}
+
+impl Deployment {
+    /// A fresh store of `backend` and a temporary artifact root; `None`
+    /// when PostgreSQL is unreachable outside CI (see [`store_for`]).
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store_url, store_options) = store_for(backend, tmp.path()).await?;
+        Some(Self {
+            tmp: Arc::new(tmp),
+            store_url,
+            store_options,
+        })
+    }
+
+    /// Drop the PostgreSQL schema (the temporary folder goes with the last clone).
+    pub async fn remove(self) {
+        drop_schema(&self.store_options).await;
     }
 }
 
 pub struct TestServer {
-    pub tmp: tempfile::TempDir,
+    pub deployment: Deployment,
+    pub tmp: Arc<tempfile::TempDir>,
     pub engine: Engine,
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
@@ -128,6 +160,10 @@ pub struct ServerSetup {
     pub max_message_bytes: Option<usize>,
     /// Serve TLS with this certificate and key.
     pub tls: Option<loraflow::config::TlsConfig>,
+    /// Step kinds that only remote workers run.
+    pub custom_kinds: Vec<String>,
+    /// Listen here (a restarted server takes its predecessor's address).
+    pub addr: Option<SocketAddr>,
 }
 
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -148,15 +184,25 @@ impl tonic::service::Interceptor for BearerToken {
 
 impl TestServer {
     pub async fn start(backend: Backend, setup: ServerSetup) -> Option<Self> {
-        let tmp = tempfile::tempdir().unwrap();
-        let (url, store_options) = store_for(backend, tmp.path()).await?;
+        let deployment = Deployment::new(backend).await?;
+        Some(Self::start_in(&deployment, setup).await)
+    }
+
+    /// A server (a new process, as far as the store can tell) on an
+    /// existing deployment.
+    pub async fn start_in(deployment: &Deployment, setup: ServerSetup) -> Self {
+        let tmp = deployment.tmp.clone();
+        let store_options = deployment.store_options.clone();
         let mut b = Engine::builder()
-            .store(url)
+            .store(deployment.store_url.clone())
             .store_options(store_options.clone())
             .artifacts(tmp.path().join("artifacts").display().to_string())
             .workdir(tmp.path().join("work"));
         if let Some(s) = setup.scheduler.clone() {
             b = b.scheduler(s);
+        }
+        for kind in &setup.custom_kinds {
+            b = b.custom_kind(kind.clone());
         }
         if setup.executors {
             b = b
@@ -174,14 +220,33 @@ impl TestServer {
                 });
         }
         let engine = b.build().await.unwrap();
-        super::dataset(&tmp.path().join("upload"), 3);
+        let upload = tmp.path().join("upload");
+        if !upload.exists() {
+            super::dataset(&upload, 3);
+        }
         let (dataset_uri, _) = engine
             .artifacts()
-            .upload_dir(&tmp.path().join("upload"), "datasets/corgi")
+            .upload_dir(&upload, "datasets/corgi")
             .await
             .unwrap();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = match setup.addr {
+            // The previous server's socket may take a moment to be released.
+            Some(addr) => {
+                let mut tries = 0;
+                loop {
+                    match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => break l,
+                        Err(_) if tries < 100 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("cannot listen on {addr} again: {e}"),
+                    }
+                }
+            }
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let options = ServeOptions {
@@ -198,7 +263,8 @@ impl TestServer {
                     .unwrap()
             }
         });
-        Some(Self {
+        Self {
+            deployment: deployment.clone(),
             tmp,
             engine,
             addr,
@@ -206,7 +272,7 @@ impl TestServer {
             store_options,
             dataset_uri,
             server,
-        })
+        }
     }
 
     pub async fn channel(&self) -> Channel {
@@ -236,11 +302,19 @@ impl TestServer {
         )
     }
 
+    /// Stop this server and drop its store.
     pub async fn stop(self) {
+        self.halt().await.remove().await;
+    }
+
+    /// Stop this server and leave its store for another: long polls end
+    /// at once (UNAVAILABLE), calls in flight finish, connections close.
+    pub async fn halt(self) -> Deployment {
+        self.engine.shutdown_token().cancel();
         self.shutdown.cancel();
         let _ = self.server.await;
         self.engine.shutdown().await;
-        drop_schema(&self.store_options).await;
+        self.deployment
     }
 }
 

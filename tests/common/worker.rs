@@ -1,7 +1,9 @@
 //! A worker on "another machine": it shares only the artifact store with a
-//! test server, and reaches the server over gRPC with the `gpu-1` executor
-//! token. Tests add the executors it runs.
+//! test server, and reaches the server over gRPC with an executor token
+//! (`gpu-N` holds `e-gpu-N`). Tests add the executors it runs.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,33 +14,39 @@ use loraflow::executors::{ArtifactStore, Label, Publish, ValidateDataset, Valida
 
 use super::server::TestServer;
 
-/// A one-step-at-a-time worker with the built-in validate, label and
-/// publish executors; add `train` and `sample` ones.
+/// A one-step-at-a-time worker `gpu-1` with the built-in validate, label
+/// and publish executors; add `train` and `sample` ones.
 pub fn remote_worker(server: &TestServer) -> Worker {
-    let api = GrpcWorkerApi::connect(&format!("http://{}", server.addr), "e-gpu-1").unwrap();
-    let artifacts =
-        ArtifactStore::open(&server.tmp.path().join("artifacts").display().to_string()).unwrap();
+    let root = server.tmp.path();
+    bare_worker(server.addr, root, 1, 1)
+        .with(Arc::new(ValidateDataset {
+            options: ValidateOptions {
+                min_side: 32,
+                ..Default::default()
+            },
+        }))
+        .with(Arc::new(Label::default()))
+        .with(Arc::new(Publish {
+            destination: format!("file://{}", root.join("published").display()),
+        }))
+}
+
+/// Worker `gpu-{n}` with no executors, running up to `slots` steps at once,
+/// against the server at `addr` and the artifacts under `root`.
+pub fn bare_worker(addr: SocketAddr, root: &Path, n: u32, slots: u32) -> Worker {
+    let api = GrpcWorkerApi::connect(&format!("http://{addr}"), &format!("e-gpu-{n}")).unwrap();
+    let artifacts = ArtifactStore::open(&root.join("artifacts").display().to_string()).unwrap();
     Worker::new(
         Arc::new(api),
         artifacts,
         WorkerOptions {
-            executor_id: ExecutorId::new("gpu-1"),
+            executor_id: ExecutorId::new(format!("gpu-{n}")),
             capabilities: Capabilities {
-                max_concurrent_steps: 1,
+                max_concurrent_steps: slots,
                 ..Capabilities::default()
             },
-            workdir: server.tmp.path().join("worker"),
+            workdir: root.join(format!("worker-{n}")),
             max_backoff: Duration::from_millis(100),
         },
     )
-    .with(Arc::new(ValidateDataset {
-        options: ValidateOptions {
-            min_side: 32,
-            ..Default::default()
-        },
-    }))
-    .with(Arc::new(Label::default()))
-    .with(Arc::new(Publish {
-        destination: format!("file://{}", server.tmp.path().join("published").display()),
-    }))
 }

@@ -75,9 +75,10 @@ pub enum FailureReason {
     InvalidDataset,
     /// Training ran out of memory and nothing was left to lower.
     OutOfMemory,
-    /// A step failed on every attempt it was allowed.
+    /// A step failed, or its lease expired, on every attempt it was allowed.
     RetriesExhausted,
-    /// A step's executor stopped heartbeating on its last attempt.
+    /// A step allowed one attempt only lost its executor (no heartbeat, or
+    /// past its start-to-close timeout); or an operator said so.
     ExecutorLost,
     /// Cancelled by a client or operator.
     Cancelled,

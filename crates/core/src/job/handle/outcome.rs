@@ -181,7 +181,11 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
     let mut adjustments = Vec::new();
     if let AttemptEnd::Failed(e) = &end {
         if !e.retryable || e.kind == StepErrorKind::InvalidInput {
-            d.fail_job(final_reason(&kind, &end), story, Some(step_id));
+            d.fail_job(
+                final_reason(&kind, &end, max_attempts),
+                story,
+                Some(step_id),
+            );
             return;
         }
         if e.kind == StepErrorKind::OutOfMemory
@@ -202,7 +206,11 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
         }
     }
     if attempt.number >= max_attempts {
-        d.fail_job(final_reason(&kind, &end), story, Some(step_id));
+        d.fail_job(
+            final_reason(&kind, &end, max_attempts),
+            story,
+            Some(step_id),
+        );
         return;
     }
 
@@ -232,10 +240,14 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
     }));
 }
 
-/// Why the job fails when this attempt was its step's last.
-fn final_reason(kind: &StepKind, end: &AttemptEnd) -> FailureReason {
+/// Why the job fails when this attempt was its step's last. A lease that
+/// expired on the last of several attempts exhausted the retries; with a
+/// single attempt allowed, there was nothing to retry and the executor was
+/// simply lost.
+fn final_reason(kind: &StepKind, end: &AttemptEnd, max_attempts: u32) -> FailureReason {
     match end {
         _ if kind.is(StepKind::PUBLISH) => FailureReason::PublishFailed,
+        AttemptEnd::Expired(_) if max_attempts > 1 => FailureReason::RetriesExhausted,
         AttemptEnd::Expired(_) => FailureReason::ExecutorLost,
         AttemptEnd::Failed(e) => match e.kind {
             StepErrorKind::OutOfMemory => FailureReason::OutOfMemory,

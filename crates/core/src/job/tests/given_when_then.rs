@@ -646,7 +646,7 @@ fn lease_expiry_is_refused_early_and_retries_when_due() {
 }
 
 #[test]
-fn losing_the_executor_on_the_last_attempt_fails_as_executor_lost() {
+fn losing_the_executor_on_every_attempt_fails_as_retries_exhausted() {
     let mut d = Driver::new();
     d.create().submit();
     for _ in 0..3 {
@@ -656,7 +656,13 @@ fn losing_the_executor_on_the_last_attempt_fails_as_executor_lost() {
         d.exec(JobCommand::ExpireLease(ExpireLease { lease_id: lease }))
             .unwrap();
     }
-    assert_eq!(d.job.failure().unwrap().reason, FailureReason::ExecutorLost);
+    let failure = d.job.failure().unwrap();
+    assert_eq!(failure.reason, FailureReason::RetriesExhausted);
+    assert!(
+        failure.message.contains("lost its executor") && failure.message.contains("attempt 3 of 3"),
+        "{}",
+        failure.message
+    );
 }
 
 #[test]

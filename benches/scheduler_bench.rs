@@ -1,0 +1,277 @@
+//! Scheduler figures over loopback gRPC, on SQLite and PostgreSQL: three-step
+//! jobs (`s1 → s2 → s3 → review`) run by `noop` workers, so what is measured
+//! is the engine: every lease and completion is an event committed to the
+//! store and read back through the feed.
+//!
+//! - **burst**: `BENCH_JOBS` jobs (default 1,000) are queued with no worker
+//!   connected; then 4 workers of 4 slots each connect, and the time until
+//!   the last job reaches review gives steps/s.
+//! - **paced**: with the workers idle, jobs arrive at `BENCH_RATE` jobs/s
+//!   (default 30, i.e. 90 steps/s) for `BENCH_PACED` jobs (default 300);
+//!   per step, ready → leased is `StepQueued.queued_at` → `StepLeased.leased_at`
+//!   (both taken by the engine's clock when it decides), and per job, end to
+//!   end is from the `CreateJob` call to the moment the feed delivers its
+//!   `ReviewRequested` to this process.
+//!
+//! `cargo bench --bench scheduler_bench` (a release build). PostgreSQL from
+//! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
+//! schema of its own, dropped at the end; skipped with a notice if it is
+//! unreachable.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::noop::{NOOP, Noop, quick_retries, three_step_spec, three_steps};
+use common::server::{Backend, Deployment, ServerSetup, TestServer};
+use common::worker::bare_worker;
+use futures::StreamExt;
+use loraflow::config::SchedulerConfig;
+use loraflow::core::ids::{JobId, TenantId};
+use loraflow::core::job::JobEvent;
+use loraflow::engine::NewJob;
+use loraflow::store::FeedFilter;
+use tokio_util::sync::CancellationToken;
+
+const WORKERS: u32 = 4;
+const SLOTS: u32 = 4;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn describe(name: &str, mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    format!(
+        "{name}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n = {})",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN),
+        ms.len()
+    )
+}
+
+struct Bench {
+    server: TestServer,
+    stop: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Bench {
+    async fn start(backend: Backend) -> Option<Self> {
+        let deployment = Deployment::new(backend).await?;
+        let server = TestServer::start_in(
+            &deployment,
+            ServerSetup {
+                custom_kinds: vec![NOOP.into()],
+                scheduler: Some(SchedulerConfig {
+                    poll_timeout: Duration::from_secs(30),
+                    ..SchedulerConfig::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+        Some(Self {
+            server,
+            stop: CancellationToken::new(),
+            workers: Vec::new(),
+        })
+    }
+
+    fn connect_workers(&mut self) {
+        for n in 1..=WORKERS {
+            let w = bare_worker(self.server.addr, self.server.tmp.path(), n, SLOTS)
+                .with(Arc::new(Noop::default()));
+            self.workers.push(tokio::spawn(w.run(self.stop.clone())));
+        }
+    }
+
+    async fn create(&self) -> JobId {
+        self.clone_handle().create().await
+    }
+
+    /// Follow the feed from its head; report each job's review as it comes.
+    async fn reviews(&self) -> tokio::sync::mpsc::UnboundedReceiver<(JobId, Instant)> {
+        let store = self.server.engine.store().clone();
+        let head = store.feed().head().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let feed = store.feed().subscribe(head, FeedFilter::all());
+            let mut feed = std::pin::pin!(feed);
+            while let Some(Ok(e)) = feed.next().await {
+                if matches!(e.payload, JobEvent::ReviewRequested(_))
+                    && tx.send((e.job_id.clone(), Instant::now())).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    async fn burst(&mut self, jobs: usize) -> String {
+        let mut reviews = self.reviews().await;
+        let t = Instant::now();
+        for _ in 0..jobs {
+            self.create().await;
+        }
+        let queued_in = t.elapsed();
+        let t = Instant::now();
+        self.connect_workers();
+        for _ in 0..jobs {
+            reviews.recv().await.expect("reviews follow");
+        }
+        let took = t.elapsed().as_secs_f64();
+        format!(
+            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots",
+            queued_in.as_secs_f64(),
+            jobs * 3,
+            (jobs * 3) as f64 / took,
+            jobs as f64 / took,
+            WORKERS,
+        )
+    }
+
+    async fn paced(&self, jobs: usize, rate: u64) -> Vec<String> {
+        let mut reviews = self.reviews().await;
+        let mut started = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        let (tx, mut created) = tokio::sync::mpsc::unbounded_channel();
+        let first = self.server.engine.store().feed().head().await.unwrap();
+        for _ in 0..jobs {
+            tick.tick().await;
+            let (b, tx) = (self.clone_handle(), tx.clone());
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let id = b.create().await;
+                let _ = tx.send((id, t0));
+            });
+        }
+        drop(tx);
+        while let Some((id, t0)) = created.recv().await {
+            started.insert(id, t0);
+        }
+        let mut e2e = Vec::new();
+        while e2e.len() < jobs {
+            let (id, at) = reviews.recv().await.expect("reviews follow");
+            if let Some(t0) = started.get(&id) {
+                e2e.push(at.duration_since(*t0).as_secs_f64() * 1e3);
+            }
+        }
+        let events = self
+            .server
+            .engine
+            .store()
+            .feed()
+            .read(first, 1_000_000, &FeedFilter::all())
+            .await
+            .unwrap();
+        let mut queued = HashMap::new();
+        let mut ready_to_leased = Vec::new();
+        for e in &events {
+            match &e.payload {
+                JobEvent::StepQueued(q) => {
+                    queued.insert(
+                        (e.job_id.clone(), q.step_id.clone(), q.attempt),
+                        q.queued_at,
+                    );
+                }
+                JobEvent::StepLeased(l) => {
+                    if let Some(q) = queued.get(&(e.job_id.clone(), l.step_id.clone(), l.attempt)) {
+                        ready_to_leased.push((l.leased_at - *q).as_seconds_f64() * 1e3);
+                    }
+                }
+                _ => {}
+            }
+        }
+        vec![
+            format!("paced: {jobs} jobs at {rate} jobs/s ({} steps/s)", rate * 3),
+            describe("  ready -> leased", ready_to_leased),
+            describe("  three-step job, CreateJob -> review (end to end)", e2e),
+        ]
+    }
+
+    fn clone_handle(&self) -> BenchHandle {
+        BenchHandle {
+            engine: self.server.engine.clone(),
+            dataset_uri: self.server.dataset_uri.clone(),
+        }
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        for w in self.workers {
+            let _ = w.await;
+        }
+        self.server.stop().await;
+    }
+}
+
+#[derive(Clone)]
+struct BenchHandle {
+    engine: loraflow::Engine,
+    dataset_uri: String,
+}
+
+impl BenchHandle {
+    async fn create(&self) -> JobId {
+        let spec = three_step_spec(
+            &self.dataset_uri,
+            three_steps(Duration::from_secs(60), quick_retries(3)),
+        );
+        self.engine
+            .create_job(
+                &TenantId::new("acme"),
+                NewJob {
+                    spec,
+                    request_id: None,
+                },
+            )
+            .await
+            .expect("create a job")
+            .status
+            .job_id
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (jobs, paced, rate) = (
+        env("BENCH_JOBS", 1000) as usize,
+        env("BENCH_PACED", 300) as usize,
+        env("BENCH_RATE", 30),
+    );
+    rt.block_on(async {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let Some(mut bench) = Bench::start(backend).await else {
+                continue;
+            };
+            println!("== {backend:?}");
+            println!("{}", bench.burst(jobs).await);
+            for line in bench.paced(paced, rate).await {
+                println!("{line}");
+            }
+            bench.finish().await;
+        }
+    });
+}
