@@ -6,12 +6,14 @@
 //! - **burst**: `BENCH_JOBS` jobs (default 1,000) are queued with no worker
 //!   connected; then 4 workers of 4 slots each connect, and the time until
 //!   the last job reaches review gives steps/s.
-//! - **paced**: with the workers idle, jobs arrive at `BENCH_RATE` jobs/s
-//!   (default 30, i.e. 90 steps/s) for `BENCH_PACED` jobs (default 300);
-//!   per step, ready → leased is `StepQueued.queued_at` → `StepLeased.leased_at`
-//!   (both taken by the engine's clock when it decides), and per job, end to
-//!   end is from the `CreateJob` call to the moment the feed delivers its
-//!   `ReviewRequested` to this process.
+//! - **paced**: with the workers idle, jobs arrive at each rate of
+//!   `BENCH_RATES` jobs/s (default `3,30`: 9 and 90 steps/s) for
+//!   `BENCH_PACED_SECONDS` (default 10). Per step, ready → leased is
+//!   `StepQueued.queued_at` → `StepLeased.leased_at` (both taken by the
+//!   engine's clock as it decides). Per job: the three steps,
+//!   `JobSubmitted.submitted_at` → `ReviewRequested.requested_at`; and end to
+//!   end, from the `create_job` call (which returns once the views show the
+//!   job) to the moment the feed delivers its `ReviewRequested` here.
 //!
 //! `cargo bench --bench scheduler_bench` (a release build). PostgreSQL from
 //! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
@@ -26,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::noop::{NOOP, Noop, quick_retries, three_step_spec, three_steps};
+use common::noop::{NOOP, Noop, quick_retries, spec_with, three_steps};
 use common::server::{Backend, Deployment, ServerSetup, TestServer};
 use common::worker::bare_worker;
 use futures::StreamExt;
@@ -183,9 +185,19 @@ impl Bench {
             .await
             .unwrap();
         let mut queued = HashMap::new();
+        let mut submitted = HashMap::new();
         let mut ready_to_leased = Vec::new();
+        let mut three_steps = Vec::new();
         for e in &events {
             match &e.payload {
+                JobEvent::JobSubmitted(s) => {
+                    submitted.insert(e.job_id.clone(), s.submitted_at);
+                }
+                JobEvent::ReviewRequested(r) => {
+                    if let Some(s) = submitted.get(&e.job_id) {
+                        three_steps.push((r.requested_at - *s).as_seconds_f64() * 1e3);
+                    }
+                }
                 JobEvent::StepQueued(q) => {
                     queued.insert(
                         (e.job_id.clone(), q.step_id.clone(), q.attempt),
@@ -203,7 +215,8 @@ impl Bench {
         vec![
             format!("paced: {jobs} jobs at {rate} jobs/s ({} steps/s)", rate * 3),
             describe("  ready -> leased", ready_to_leased),
-            describe("  three-step job, CreateJob -> review (end to end)", e2e),
+            describe("  three steps, submitted -> review", three_steps),
+            describe("  end to end, create_job call -> review seen", e2e),
         ]
     }
 
@@ -231,7 +244,7 @@ struct BenchHandle {
 
 impl BenchHandle {
     async fn create(&self) -> JobId {
-        let spec = three_step_spec(
+        let spec = spec_with(
             &self.dataset_uri,
             three_steps(Duration::from_secs(60), quick_retries(3)),
         );
@@ -256,11 +269,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (jobs, paced, rate) = (
-        env("BENCH_JOBS", 1000) as usize,
-        env("BENCH_PACED", 300) as usize,
-        env("BENCH_RATE", 30),
-    );
+    let jobs = env("BENCH_JOBS", 1000) as usize;
+    let seconds = env("BENCH_PACED_SECONDS", 10);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "3,30".into())
+        .split(',')
+        .map(|r| {
+            r.trim()
+                .parse()
+                .expect("BENCH_RATES: jobs per second, comma-separated")
+        })
+        .collect();
     rt.block_on(async {
         for backend in [Backend::Sqlite, Backend::Postgres] {
             let Some(mut bench) = Bench::start(backend).await else {
@@ -268,8 +287,10 @@ fn main() {
             };
             println!("== {backend:?}");
             println!("{}", bench.burst(jobs).await);
-            for line in bench.paced(paced, rate).await {
-                println!("{line}");
+            for &rate in &rates {
+                for line in bench.paced((rate * seconds) as usize, rate).await {
+                    println!("{line}");
+                }
             }
             bench.finish().await;
         }

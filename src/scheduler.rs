@@ -226,12 +226,17 @@ impl Scheduler {
                     Err(e) => debug!(?action, "not recorded: {e}"),
                 }
             }
-            // Wake polls: a backoff may have ended.
-            self.changed.notify_waiters();
+            // A change of the state may bring a deadline closer: wake on it
+            // too (enabled now, so one arriving before the select counts).
             let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(sleep.unwrap_or(MAX_SLEEP)) => {}
+                _ = tokio::time::sleep(sleep.unwrap_or(MAX_SLEEP)) => {
+                    // Wake polls: a backoff may have ended.
+                    self.changed.notify_waiters();
+                }
                 _ = notified => {}
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::noop::{NOOP, Noop, quick_retries, three_step_spec, three_steps};
+use common::noop::{NOOP, Noop, quick_retries, spec_with, three_steps};
 use common::server::{Backend, Deployment, ServerSetup, TestServer};
 use common::wait_event;
 use common::worker::bare_worker;
@@ -79,7 +79,7 @@ impl Drop for Machine {
 }
 
 async fn create(server: &TestServer, heartbeat: Duration, max_attempts: u32) -> JobId {
-    let spec = three_step_spec(
+    let spec = spec_with(
         &server.dataset_uri,
         three_steps(heartbeat, quick_retries(max_attempts)),
     );

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::noop::{NOOP, three_step_spec, three_steps};
+use common::noop::{NOOP, spec_with, three_steps};
 use loraflow::Engine;
 use loraflow::core::executor::Capabilities;
 use loraflow::core::ids::{ExecutorId, JobId, TenantId};
@@ -95,7 +95,7 @@ async fn a_silent_lease_expires_after_its_heartbeat_timeout_and_retries_back_off
         max_backoff: Duration::from_secs(600),
         jitter: 0.0,
     };
-    let spec = three_step_spec(&dataset, three_steps(HEARTBEAT, retry));
+    let spec = spec_with(&dataset, three_steps(HEARTBEAT, retry));
     let tenant = TenantId::new("acme");
     let job = engine
         .create_job(
@@ -201,7 +201,7 @@ async fn a_step_no_executor_takes_in_time_fails_its_schedule_to_start_timeout() 
         )
         .unwrap();
     let tenant = TenantId::new("acme");
-    let spec = three_step_spec(&dataset, workflow);
+    let spec = spec_with(&dataset, workflow);
     let job = engine
         .create_job(
             &tenant,
@@ -234,5 +234,88 @@ async fn a_step_no_executor_takes_in_time_fails_its_schedule_to_start_timeout() 
     );
     assert_eq!(failed.reason, FailureReason::ScheduleTimeout);
     assert_eq!(failed.step_id.as_ref().map(|s| s.as_str()), Some("s1"));
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_step_s_eta_comes_from_its_measured_pace_and_queued_jobs_know_their_place() {
+    use loraflow::config::SchedulerConfig;
+    use loraflow::core::catalogue::ParamValue;
+    use loraflow::core::workflow::{StepSpec, WorkflowSpec};
+
+    let tmp = tempfile::tempdir().unwrap();
+    // One in-process training slot: 10 epochs of 1 s each, 10 steps an epoch.
+    let engine = Engine::builder()
+        .store("memory:")
+        .artifacts(tmp.path().join("artifacts").display().to_string())
+        .workdir(tmp.path().join("work"))
+        .scheduler(SchedulerConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            poll_timeout: Duration::from_secs(30),
+            progress_interval: Duration::from_millis(100),
+        })
+        .executor(common::FileTrainer {
+            epoch_time: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    common::dataset(&tmp.path().join("upload"), 3);
+    let (dataset, _) = engine
+        .artifacts()
+        .upload_dir(&tmp.path().join("upload"), "datasets/corgi")
+        .await
+        .unwrap();
+    let workflow = WorkflowSpec {
+        steps: vec![
+            StepSpec::new("train", StepKind::TRAIN),
+            StepSpec::new("review", StepKind::REVIEW).after(&["train"]),
+            StepSpec::new("publish", StepKind::PUBLISH).after(&["review"]),
+        ],
+    };
+    let mut spec = spec_with(&dataset, workflow);
+    spec.params.insert("epochs".into(), ParamValue::Int(10));
+    let tenant = TenantId::new("acme");
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        let new = NewJob {
+            spec: spec.clone(),
+            request_id: None,
+        };
+        jobs.push(engine.create_job(&tenant, new).await.unwrap().status.job_id);
+    }
+    let (a, b) = (&jobs[0], &jobs[1]);
+    first(&engine, a, |e| {
+        matches!(e, JobEvent::StepLeased(_)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let running = engine.get_job(&tenant, a).await.unwrap();
+    let eta = running
+        .eta
+        .expect("an ETA once two progress reports came in");
+    // 3 of 10 epochs done at one epoch a second: about 6.5 s left (the
+    // pace is sampled at heartbeats, 100 ms apart).
+    assert!(
+        (5.5..7.5).contains(&eta.as_secs_f64()),
+        "ETA {eta:?} after 3.5 s of a 10 s step"
+    );
+    assert_eq!(running.queue_position, None, "a running job is not queued");
+    let waiting = engine.get_job(&tenant, b).await.unwrap();
+    assert_eq!(
+        waiting.queue_position,
+        Some(0),
+        "the second job is next in line"
+    );
+    assert_eq!(waiting.eta, None);
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = engine.get_job(&tenant, a).await.unwrap().eta.unwrap();
+    assert!(
+        later < eta,
+        "the ETA falls as training advances: {later:?} after {eta:?}"
+    );
     engine.shutdown().await;
 }

@@ -75,8 +75,11 @@ impl Engine {
                 .fleet
                 .touch(executor, self.inner.services.clock.now())
                 .ok_or_else(|| Error::UnknownExecutor(executor.clone()))?;
-            // Arm the wake-up before looking, so a change in between is not missed.
+            // Arm the wake-up before looking, so a change in between is not
+            // missed: `notify_waiters` wakes only futures already enabled.
             let changed = scheduler.changed();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
             if let Some(key) = scheduler.claim(executor, &caps) {
                 match self.lease(executor, &key.0, &key.1).await {
                     Ok(polled) => return Ok(Some(polled)),

@@ -107,8 +107,8 @@ pub fn quick_retries(max_attempts: u32) -> RetryPolicy {
     }
 }
 
-/// A job spec on `dataset_uri` running [`three_steps`].
-pub fn three_step_spec(dataset_uri: &str, workflow: WorkflowSpec) -> JobSpec {
+/// A job spec on `dataset_uri` running `workflow` (such as [`three_steps`]).
+pub fn spec_with(dataset_uri: &str, workflow: WorkflowSpec) -> JobSpec {
     JobSpec {
         workflow: Some(workflow),
         ..super::spec(dataset_uri)
