@@ -290,7 +290,8 @@ impl Engine {
     }
 
     /// Estimated time left on a lease with `total` steps, from the pace
-    /// measured between its first and latest reports.
+    /// measured between its first and latest reports, less the time since
+    /// the latest.
     pub(crate) fn eta(&self, lease: &LeaseId, total: u64) -> Option<Duration> {
         let leases = self.inner.leases.lock().expect("lease lock poisoned");
         let t = leases.get(lease)?;
@@ -300,9 +301,10 @@ impl Engine {
             return None;
         }
         let rate = (s1 - s0) as f64 / elapsed;
-        Some(Duration::from_secs_f64(
-            total.saturating_sub(s1) as f64 / rate,
-        ))
+        // Counted from now, not from the latest report.
+        let since = Instant::now().saturating_duration_since(t1).as_secs_f64();
+        let left = total.saturating_sub(s1) as f64 / rate - since;
+        Some(Duration::from_secs_f64(left.max(0.0)))
     }
 
     /// Record a step's success. A repeat for the same lease is harmless.
