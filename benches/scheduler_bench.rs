@@ -32,9 +32,8 @@ use common::server::{Backend, Deployment, ServerSetup, TestServer};
 use common::worker::bare_worker;
 use futures::StreamExt;
 use loraflow::config::SchedulerConfig;
-use loraflow::core::ids::{JobId, TenantId};
+use loraflow::core::ids::JobId;
 use loraflow::core::job::JobEvent;
-use loraflow::engine::NewJob;
 use loraflow::store::FeedFilter;
 use tokio_util::sync::CancellationToken;
 
@@ -103,8 +102,10 @@ impl Bench {
         }
     }
 
-    async fn create(&self) -> JobId {
-        self.clone_handle().create().await
+    /// A three-step job's spec (60 s heartbeat timeout, quick retries).
+    fn spec(&self) -> loraflow::core::job::JobSpec {
+        let workflow = three_steps(Duration::from_secs(60), quick_retries(3));
+        spec_with(&self.server.dataset_uri, workflow)
     }
 
     /// Follow the feed from its head; report each job's review as it comes.
@@ -130,7 +131,7 @@ impl Bench {
         let mut reviews = self.reviews().await;
         let t = Instant::now();
         for _ in 0..jobs {
-            self.create().await;
+            common::create_job(&self.server.engine, self.spec()).await;
         }
         let queued_in = t.elapsed();
         let t = Instant::now();
@@ -157,10 +158,10 @@ impl Bench {
         let first = self.server.engine.store().feed().head().await.unwrap();
         for _ in 0..jobs {
             tick.tick().await;
-            let (b, tx) = (self.clone_handle(), tx.clone());
+            let (engine, spec, tx) = (self.server.engine.clone(), self.spec(), tx.clone());
             tokio::spawn(async move {
                 let t0 = Instant::now();
-                let id = b.create().await;
+                let id = common::create_job(&engine, spec).await;
                 let _ = tx.send((id, t0));
             });
         }
@@ -219,46 +220,12 @@ impl Bench {
         ]
     }
 
-    fn clone_handle(&self) -> BenchHandle {
-        BenchHandle {
-            engine: self.server.engine.clone(),
-            dataset_uri: self.server.dataset_uri.clone(),
-        }
-    }
-
     async fn finish(self) {
         self.stop.cancel();
         for w in self.workers {
             let _ = w.await;
         }
         self.server.stop().await;
-    }
-}
-
-#[derive(Clone)]
-struct BenchHandle {
-    engine: loraflow::Engine,
-    dataset_uri: String,
-}
-
-impl BenchHandle {
-    async fn create(&self) -> JobId {
-        let spec = spec_with(
-            &self.dataset_uri,
-            three_steps(Duration::from_secs(60), quick_retries(3)),
-        );
-        self.engine
-            .create_job(
-                &TenantId::new("acme"),
-                NewJob {
-                    spec,
-                    request_id: None,
-                },
-            )
-            .await
-            .expect("create a job")
-            .status
-            .job_id
     }
 }
 

@@ -21,7 +21,6 @@ use loraflow::core::ids::{ExecutorId, JobId, TenantId};
 use loraflow::core::job::JobEvent;
 use loraflow::core::job::step::ExpiryCause;
 use loraflow::core::workflow::StepKind;
-use loraflow::engine::NewJob;
 use loraflow::executors::worker::{ApiError, GrpcWorkerApi, Worker, WorkerApi};
 use loraflow::store::{FeedFilter, StoredEvent};
 use tokio_util::sync::CancellationToken;
@@ -79,23 +78,8 @@ impl Drop for Machine {
 }
 
 async fn create(server: &TestServer, heartbeat: Duration, max_attempts: u32) -> JobId {
-    let spec = spec_with(
-        &server.dataset_uri,
-        three_steps(heartbeat, quick_retries(max_attempts)),
-    );
-    server
-        .engine
-        .create_job(
-            &acme(),
-            NewJob {
-                spec,
-                request_id: None,
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .job_id
+    let workflow = three_steps(heartbeat, quick_retries(max_attempts));
+    common::create_job(&server.engine, spec_with(&server.dataset_uri, workflow)).await
 }
 
 async fn history(server: &TestServer, job: &JobId) -> Vec<JobEvent> {

@@ -9,32 +9,39 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::noop::{NOOP, spec_with, three_steps};
-use loraflow::Engine;
 use loraflow::core::executor::Capabilities;
 use loraflow::core::ids::{ExecutorId, JobId, TenantId};
 use loraflow::core::job::step::ExpiryCause;
 use loraflow::core::job::{FailureReason, JobEvent};
 use loraflow::core::workflow::{RetryPolicy, StepKind, Timeouts};
-use loraflow::engine::NewJob;
+use loraflow::{Engine, EngineBuilder};
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const BACKOFF: Duration = Duration::from_secs(60);
 
-async fn engine(dir: &std::path::Path) -> (Engine, String) {
-    let engine = Engine::builder()
+/// An engine on the in-process log, configured further by `configure`,
+/// with the test dataset uploaded; the dataset's URI.
+async fn engine_with(
+    dir: &std::path::Path,
+    configure: impl FnOnce(EngineBuilder) -> EngineBuilder,
+) -> (Engine, String) {
+    let builder = Engine::builder()
         .store("memory:")
         .artifacts(dir.join("artifacts").display().to_string())
-        .workdir(dir.join("work"))
-        .custom_kind(NOOP)
-        .build()
-        .await
-        .unwrap();
+        .workdir(dir.join("work"));
+    let engine = configure(builder).build().await.unwrap();
     common::dataset(&dir.join("upload"), 3);
     let (uri, _) = engine
         .artifacts()
         .upload_dir(&dir.join("upload"), "datasets/corgi")
         .await
         .unwrap();
+    (engine, uri)
+}
+
+/// An engine that knows the `noop` kind, and executor `x`, which runs it.
+async fn engine(dir: &std::path::Path) -> (Engine, String) {
+    let (engine, uri) = engine_with(dir, |b| b.custom_kind(NOOP)).await;
     engine
         .register_executor(
             ExecutorId::new("x"),
@@ -96,19 +103,7 @@ async fn a_silent_lease_expires_after_its_heartbeat_timeout_and_retries_back_off
         jitter: 0.0,
     };
     let spec = spec_with(&dataset, three_steps(HEARTBEAT, retry));
-    let tenant = TenantId::new("acme");
-    let job = engine
-        .create_job(
-            &tenant,
-            NewJob {
-                spec,
-                request_id: None,
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .job_id;
+    let job = common::create_job(&engine, spec).await;
     let x = ExecutorId::new("x");
 
     let lease1 = engine
@@ -200,20 +195,8 @@ async fn a_step_no_executor_takes_in_time_fails_its_schedule_to_start_timeout() 
             },
         )
         .unwrap();
-    let tenant = TenantId::new("acme");
     let spec = spec_with(&dataset, workflow);
-    let job = engine
-        .create_job(
-            &tenant,
-            NewJob {
-                spec,
-                request_id: None,
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .job_id;
+    let job = common::create_job(&engine, spec).await;
     let failed = first(&engine, &job, |e| match e {
         JobEvent::JobFailed(f) => Some(f.clone()),
         _ => None,
@@ -245,11 +228,8 @@ async fn a_running_step_s_eta_comes_from_its_measured_pace_and_queued_jobs_know_
 
     let tmp = tempfile::tempdir().unwrap();
     // One in-process training slot: 10 epochs of 1 s each, 10 steps an epoch.
-    let engine = Engine::builder()
-        .store("memory:")
-        .artifacts(tmp.path().join("artifacts").display().to_string())
-        .workdir(tmp.path().join("work"))
-        .scheduler(SchedulerConfig {
+    let (engine, dataset) = engine_with(tmp.path(), |b| {
+        b.scheduler(SchedulerConfig {
             heartbeat_interval: Duration::from_millis(100),
             poll_timeout: Duration::from_secs(30),
             progress_interval: Duration::from_millis(100),
@@ -262,15 +242,8 @@ async fn a_running_step_s_eta_comes_from_its_measured_pace_and_queued_jobs_know_
             max_concurrent_steps: 1,
             ..Capabilities::default()
         })
-        .build()
-        .await
-        .unwrap();
-    common::dataset(&tmp.path().join("upload"), 3);
-    let (dataset, _) = engine
-        .artifacts()
-        .upload_dir(&tmp.path().join("upload"), "datasets/corgi")
-        .await
-        .unwrap();
+    })
+    .await;
     let workflow = WorkflowSpec {
         steps: vec![
             StepSpec::new("train", StepKind::TRAIN),
@@ -281,15 +254,8 @@ async fn a_running_step_s_eta_comes_from_its_measured_pace_and_queued_jobs_know_
     let mut spec = spec_with(&dataset, workflow);
     spec.params.insert("epochs".into(), ParamValue::Int(10));
     let tenant = TenantId::new("acme");
-    let mut jobs = Vec::new();
-    for _ in 0..2 {
-        let new = NewJob {
-            spec: spec.clone(),
-            request_id: None,
-        };
-        jobs.push(engine.create_job(&tenant, new).await.unwrap().status.job_id);
-    }
-    let (a, b) = (&jobs[0], &jobs[1]);
+    let a = &common::create_job(&engine, spec.clone()).await;
+    let b = &common::create_job(&engine, spec).await;
     first(&engine, a, |e| {
         matches!(e, JobEvent::StepLeased(_)).then_some(())
     })

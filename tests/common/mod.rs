@@ -176,6 +176,16 @@ impl Executor for FileSampler {
     }
 }
 
+/// Create and submit a job of tenant `acme`; its id.
+pub async fn create_job(engine: &Engine, spec: JobSpec) -> JobId {
+    let new = loraflow::engine::NewJob {
+        spec,
+        request_id: None,
+    };
+    let view = engine.create_job(&TenantId::new("acme"), new).await;
+    view.expect("create a job").status.job_id
+}
+
 /// Wait until the job writes an event matching `pred`, and the views include
 /// it; returns it.
 pub async fn wait_event(
