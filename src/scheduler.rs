@@ -162,6 +162,23 @@ impl Scheduler {
             .remove(key);
     }
 
+    /// Resolves once the state has read the feed up to `position`, or
+    /// after `timeout` (a scheduler far behind answers with what it has).
+    pub async fn wait_for(&self, position: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.read(|s| s.position()) >= position {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Resolves on the next change of the state (or a timer tick).
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()

@@ -255,7 +255,15 @@ impl Engine {
     pub async fn get_job(&self, tenant: &TenantId, job: &JobId) -> Result<JobView> {
         self.fresh_views().await?;
         match self.inner.store.views().job_status(job).await? {
-            Some(status) if &status.tenant == tenant => Ok(self.view(status)),
+            Some(status) if &status.tenant == tenant => {
+                // Queue position and ETA come from the scheduler, which
+                // follows the feed on its own: let it see the job's events too.
+                self.inner
+                    .scheduler
+                    .wait_for(status.last_position, VIEWS_WAIT)
+                    .await;
+                Ok(self.view(status))
+            }
             _ => Err(Error::JobNotFound(job.clone())),
         }
     }
