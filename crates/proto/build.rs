@@ -41,6 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // map type as the domain (`BTreeMap`), so conversions move maps as
         // they are.
         .btree_map(".")
+        // Undecodable bytes are the sender's fault: `INVALID_ARGUMENT`
+        // (src/codec.rs), not tonic-prost's `INTERNAL`.
+        .codec_path("crate::codec::WireCodec")
         .file_descriptor_set_path(out.join("loraflow_v1_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
     Ok(())

@@ -28,7 +28,8 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
                 Some(p) => v.nested(p),
                 None => v,
             };
-            wire::invalid_argument(&v, format!("invalid request: {v}"))
+            // `invalid_argument` appends the violations to the message once.
+            wire::invalid_argument(&v, "invalid request")
         }
         Error::JobNotFound(id) => with_reason(
             Code::NotFound,

@@ -17,12 +17,15 @@
 //!   entry with its dotted path.
 //! - [`status`] — domain errors and violations as `tonic::Status`, with
 //!   `google.rpc.BadRequest` and `ErrorInfo` details.
+//! - [`codec`] — the protobuf codec of the generated services: bytes that do
+//!   not decode are `INVALID_ARGUMENT`, not tonic-prost's `INTERNAL`.
 //! - [`aip`] — resource names, etags, request ids and page sizes, as the
 //!   Google API guidelines the contract follows want them.
 //!
 //! [`FILE_DESCRIPTOR_SET`] is what `tonic-reflection` serves.
 
 pub mod aip;
+pub mod codec;
 pub mod convert;
 pub mod status;
 

@@ -129,8 +129,13 @@ impl pb::CancelJobRequest {
 impl pb::ApproveJobRequest {
     pub fn into_command(self, approved_by: &str) -> Result<JobCall<ApproveJob>, Violations> {
         let mut f = Fields::default();
+        // proto3 cannot tell an unset epoch from 0, so the message covers
+        // both and says what was received.
         if self.epoch == 0 {
-            f.push("epoch", "required; epochs count from 1");
+            f.push(
+                "epoch",
+                "0 was given (an unset epoch reads as 0); epochs count from 1: name a saved epoch",
+            );
         }
         let command = ApproveJob {
             epoch: self.epoch,
@@ -379,6 +384,11 @@ mod tests {
         .into_command("r")
         .unwrap_err();
         assert_eq!(fields(&err), ["epoch", "job_id", "etag"]);
+        let epoch = err.iter().next().unwrap().description.clone();
+        assert!(
+            epoch.starts_with("0 was given") && epoch.contains("epochs count from 1"),
+            "{epoch}"
+        );
 
         let err = pb::RejectJobRequest {
             job_id: "j1".into(),
