@@ -5,6 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use cli::output::StdoutClosed;
 use cli::{Cli, Command, client::Exit, exit};
 
 /// Logs go to stderr, filtered by `RUST_LOG`; without it, `default`.
@@ -55,13 +56,55 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::from(exit::OK),
+        // The reader of our output went away (`| head -1`): stop quietly.
+        Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => ExitCode::from(exit::OK),
         Err(e) => {
             let code = e
                 .downcast_ref::<Exit>()
                 .map(|x| x.0)
                 .unwrap_or(exit::FAILED);
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::from(code)
         }
+    }
+}
+
+/// An error and its causes, each said once. `{:#}` prints every source after
+/// its error, but an error that already quotes its source in its own message
+/// (`cannot open the store: <source>`) would then say the source twice; a
+/// cause whose text is already there is left out.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if said.is_empty() || text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the gRPC server failed: {0}")]
+    struct Quotes(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = anyhow::Error::new(Quotes(std::io::Error::other("address in use")))
+            .context("cannot serve");
+        assert_eq!(
+            report(&e),
+            "cannot serve: the gRPC server failed: address in use"
+        );
+        let plain = anyhow::anyhow!("disk full").context("cannot write the export");
+        assert_eq!(report(&plain), "cannot write the export: disk full");
     }
 }

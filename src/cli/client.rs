@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use super::output::emit_job;
+use super::output::{emit_job, out};
 use super::{Connection, exit};
 
 #[derive(Clone)]
@@ -45,15 +45,24 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// A gRPC error as the CLI reports it: the message, every bad field, and
-/// the exit code.
+/// A gRPC error as the CLI reports it, once: every bad field on its own
+/// line with its path when the status lists them (the server's message
+/// repeats them for clients that ignore details, so it is left out then),
+/// else the message; and the exit code.
 pub fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     use tonic::Code;
-    let mut msg = format!("{what}: {}", s.message());
-    if let Some(bad) = s.get_error_details().bad_request() {
-        for v in &bad.field_violations {
-            msg.push_str(&format!("\n  {}: {}", v.field, v.description));
-        }
+    let fields = s
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.clone())
+        .unwrap_or_default();
+    let mut msg = if fields.is_empty() {
+        format!("{what}: {}", s.message())
+    } else {
+        format!("{what}:")
+    };
+    for v in &fields {
+        msg.push_str(&format!("\n  {}: {}", v.field, v.description));
     }
     let code = match s.code() {
         Code::Unavailable | Code::DeadlineExceeded => {
@@ -364,17 +373,17 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
             .map_err(|s| status_error("cannot list jobs", s))?
             .into_inner();
         for job in &page.jobs {
-            let out = super::output::JobOut::from(job);
+            let shown = super::output::JobOut::from(job);
             if args.conn.json {
-                println!("{}", serde_json::to_string(&out)?);
+                out!("{}", serde_json::to_string(&shown)?)?;
             } else {
-                println!(
+                out!(
                     "{}  {:<11} {:<8} {}",
-                    out.job_id,
-                    out.state,
-                    out.base_model,
-                    out.published.unwrap_or_default()
-                );
+                    shown.job_id,
+                    shown.state,
+                    shown.base_model,
+                    shown.published.unwrap_or_default()
+                )?;
             }
         }
         if page.next_page_token.is_empty() || !args.all {
@@ -516,9 +525,9 @@ pub async fn history(args: JobArgs) -> anyhow::Result<()> {
                 "payload": serde_json::from_str::<serde_json::Value>(&e.payload_json)?,
                 "metadata": e.metadata,
             });
-            println!("{line}");
+            out!("{line}")?;
         } else {
-            println!(
+            out!(
                 "{:>6} #{:<3} {:<16} {}",
                 e.position,
                 e.sequence,
@@ -527,7 +536,7 @@ pub async fn history(args: JobArgs) -> anyhow::Result<()> {
                     .get("recorded_at")
                     .map(String::as_str)
                     .unwrap_or("")
-            );
+            )?;
         }
     }
     Ok(())

@@ -22,6 +22,7 @@ use loraflow::{Engine, NewJob};
 
 use super::client::Exit;
 use super::exit;
+use super::output::out;
 use super::watch::{Outcome, Renderer};
 
 #[derive(Debug, Args)]
@@ -168,26 +169,26 @@ async fn follow(engine: &Engine, tenant: &TenantId, job: &JobId) -> anyhow::Resu
     bail!("the engine stopped before the job ended")
 }
 
-fn print_summary(status: &JobStatus, store: &str, took: Duration) {
+fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Result<()> {
     let find = |kind: ArtifactKind, suffix: &str| -> Option<&Artifact> {
         status
             .artifacts
             .iter()
             .find(|a| a.kind == kind && a.name.ends_with(suffix))
     };
-    println!(
+    out!(
         "job {} {} in {:.1} s",
         status.job_id,
         status.state,
         took.as_secs_f64()
-    );
+    )?;
     if let Some(p) = &status.published {
-        println!(
+        out!(
             "  published LoRA   {}  ({} bytes, sha256 {})",
             local(&p.uri),
             p.size_bytes,
             p.sha256
-        );
+        )?;
     }
     for e in status.epochs.values() {
         let loss = e.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
@@ -196,25 +197,26 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) {
         } else {
             ""
         };
-        println!("  epoch {:>3}  {loss}{mark}", e.epoch);
+        out!("  epoch {:>3}  {loss}{mark}", e.epoch)?;
         if let Some(l) = &e.lora {
-            println!("      LoRA     {}", local(&l.uri));
+            out!("      LoRA     {}", local(&l.uri))?;
         }
         for s in &e.samples {
-            println!("      sample   {}", local(&s.uri));
+            out!("      sample   {}", local(&s.uri))?;
         }
     }
     if let Some(curve) = find(ArtifactKind::Report, ".png") {
-        println!("  loss curve       {}", local(&curve.uri));
+        out!("  loss curve       {}", local(&curve.uri))?;
     }
     if let Some(history) = find(ArtifactKind::Report, ".json") {
-        println!("  loss history     {}", local(&history.uri));
+        out!("  loss history     {}", local(&history.uri))?;
     }
-    println!("  event store      {store}");
-    println!(
+    out!("  event store      {store}")?;
+    out!(
         "  audit it with    loraflow replay {} --store {store}",
         status.job_id
-    );
+    )?;
+    Ok(())
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -264,9 +266,9 @@ async fn run(
     let job = view.status.job_id.clone();
     let status = follow(engine, &tenant, &job).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        out!("{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        print_summary(&status, store, started.elapsed());
+        print_summary(&status, store, started.elapsed())?;
     }
     if status.state != JobState::Published {
         let why = status

@@ -20,15 +20,18 @@ pub mod exit {
     /// The request was refused, or the job failed.
     pub const FAILED: u8 = 1;
     // 2: bad command-line usage, the code clap exits with.
-    /// The server or the store could not be reached.
+    /// The server or the store could not be reached, or the server
+    /// refused a worker's registration (bad token).
     pub const UNREACHABLE: u8 = 3;
     /// `replay` found a tampered or unreadable event.
     pub const TAMPERED: u8 = 4;
 }
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 refused request or failed job; 2 usage error;
-3 server or store unreachable; 4 audit found a tampered event.
+Exit codes: 0 success, also when stdout is closed early (`| head -1`);
+1 refused request or failed job; 2 usage error; 3 server or store
+unreachable, or a worker's registration refused; 4 audit found a tampered
+event. `serve` exits 0 after SIGTERM/SIGINT, within --shutdown-grace.
 
 Environment: LORAFLOW_SERVER, LORAFLOW_TOKEN, LORAFLOW_STORE, LORAFLOW_ARTIFACTS,
 RUST_LOG (log filter, default info).";

@@ -1,7 +1,45 @@
 //! Printing jobs and events: plain text for people, JSON for scripts.
+//!
+//! Every line of data goes through [`line`] (or the [`out!`] macro), which
+//! turns a closed stdout into [`StdoutClosed`]; `main` answers that with a
+//! quiet exit 0, as Unix tools stop when their reader goes away
+//! (`loraflow history ID --json | head -1`). `println!` would panic there.
+//!
+//! Why not reset SIGPIPE to its default action at the start of `main`, as
+//! some Rust tools do: the process would then die of the signal (status 141
+//! in a shell, a failure under `set -o pipefail`), in the middle of whatever
+//! it was doing (an open store in `demo`), and it takes an `unsafe` call into
+//! libc. An error that travels up like any other ends the command through
+//! its normal path, and is handled in one place.
+
+use std::io::Write;
 
 use loraflow_proto::pb::v1 as pb;
 use serde::Serialize;
+
+/// Standard output was closed by its reader. Not a failure: the command
+/// stops quietly with exit 0.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed by its reader")]
+pub struct StdoutClosed;
+
+/// Write one line of data to stdout; a closed stdout is [`StdoutClosed`].
+pub fn line(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
+/// `println!` for data: `out!("{x}")?` writes through [`line`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
 
 /// A job as the CLI prints it.
 #[derive(Debug, Serialize)]
@@ -114,23 +152,23 @@ impl From<&pb::Job> for JobOut {
 }
 
 /// Print a job for people.
-pub fn print_job(j: &JobOut) {
-    println!("job       {}", j.job_id);
-    println!(
+pub fn print_job(j: &JobOut) -> anyhow::Result<()> {
+    out!("job       {}", j.job_id)?;
+    out!(
         "state     {}{}",
         j.state,
         j.failure
             .as_ref()
             .map(|f| format!(" ({}: {})", f.reason, f.message))
             .unwrap_or_default()
-    );
-    println!("model     {} (engine {})", j.base_model, j.engine);
-    println!("etag      {}", j.etag);
+    )?;
+    out!("model     {} (engine {})", j.base_model, j.engine)?;
+    out!("etag      {}", j.etag)?;
     if let Some(q) = j.queue_position {
-        println!("queue     position {q}");
+        out!("queue     position {q}")?;
     }
     if let Some(eta) = j.eta_seconds {
-        println!("eta       {eta}s");
+        out!("eta       {eta}s")?;
     }
     for s in &j.steps {
         let pct = s.percent.map(|p| format!(" {p:.0}%")).unwrap_or_default();
@@ -139,36 +177,39 @@ pub fn print_job(j: &JobOut) {
             .as_ref()
             .map(|e| format!("  last error: {e}"))
             .unwrap_or_default();
-        println!(
+        out!(
             "  step {:<10} {:<16} attempt {}{pct}{err}",
-            s.id, s.status, s.attempt
-        );
+            s.id,
+            s.status,
+            s.attempt
+        )?;
     }
     for e in &j.epochs {
         let loss = e.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
-        println!(
+        out!(
             "  epoch {}{loss}  {}",
             e.epoch,
             e.lora.as_deref().unwrap_or("-")
-        );
+        )?;
         for s in &e.samples {
-            println!("    sample {s}");
+            out!("    sample {s}")?;
         }
     }
     if let Some(a) = j.approved_epoch {
-        println!("approved  epoch {a}");
+        out!("approved  epoch {a}")?;
     }
     if let Some(p) = &j.published {
-        println!("published {p}");
+        out!("published {p}")?;
     }
+    Ok(())
 }
 
 pub fn emit_job(job: &pb::Job, json: bool) -> anyhow::Result<()> {
-    let out = JobOut::from(job);
+    let shown = JobOut::from(job);
     if json {
-        println!("{}", serde_json::to_string(&out)?);
+        out!("{}", serde_json::to_string(&shown)?)?;
     } else {
-        print_job(&out);
+        print_job(&shown)?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use loraflow::core::job::JobEvent;
 use loraflow_proto::pb::v1 as pb;
 
 use super::client::{Exit, connect, status_error};
+use super::output::out;
 use super::{Connection, exit};
 
 #[derive(Debug, Args)]
@@ -225,14 +226,14 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             backoff = Duration::from_millis(200);
             last = record.position;
             if args.conn.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "position": record.position,
                         "event_type": record.event_type,
                         "payload": serde_json::from_str::<serde_json::Value>(&record.payload_json)?,
                     })
-                );
+                )?;
             }
             let event = record
                 .event()
