@@ -12,6 +12,8 @@ use loraflow::core::ids::ExecutorId;
 use loraflow::executors::worker::{GrpcWorkerApi, Worker, WorkerOptions};
 use loraflow::executors::{ArtifactStore, Label, Publish, ValidateDataset};
 
+use super::client::Exit;
+use super::exit;
 use super::serve::shutdown_on_signals;
 
 #[derive(Debug, Args)]
@@ -135,6 +137,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         caps.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
         args.server
     );
-    worker.run(shutdown_on_signals()).await;
+    worker
+        .serve(shutdown_on_signals())
+        .await
+        .map_err(|refused| {
+            Exit(
+                exit::UNREACHABLE,
+                format!("{refused}\n  (check the executor token in --token / LORAFLOW_TOKEN and the [[auth.executors]] entry for this id on the server)"),
+            )
+        })?;
     Ok(())
 }

@@ -7,4 +7,4 @@ mod runtime;
 
 pub use api::{ApiError, HeartbeatReply, Registration, WorkerApi};
 pub use grpc::{ConnectError, GrpcWorkerApi, UNKNOWN_EXECUTOR};
-pub use runtime::{Worker, WorkerOptions};
+pub use runtime::{RegistrationRefused, Worker, WorkerOptions};

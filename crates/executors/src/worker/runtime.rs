@@ -36,6 +36,18 @@ pub struct Worker {
     executors: BTreeMap<StepKind, Arc<dyn Executor>>,
     artifacts: ArtifactStore,
     options: WorkerOptions,
+    /// Why the server refused the registration for good, once it has.
+    refused: std::sync::OnceLock<String>,
+}
+
+/// The server refused this worker's registration for good (a bad token, an
+/// executor id the token may not speak for): it will not work for that
+/// server. `loraflow worker` exits 3 on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the server refused to register executor {executor}: {reason}")]
+pub struct RegistrationRefused {
+    pub executor: ExecutorId,
+    pub reason: String,
 }
 
 impl Worker {
@@ -45,6 +57,7 @@ impl Worker {
             executors: BTreeMap::new(),
             artifacts,
             options,
+            refused: std::sync::OnceLock::new(),
         }
     }
 
@@ -68,7 +81,15 @@ impl Worker {
 
     /// Run until `shutdown`. Steps running at shutdown are cancelled and
     /// reported as failed (retryable), so the server retries them elsewhere.
+    /// A refused registration ends the run (it is logged); see
+    /// [`Worker::serve`] to learn of it.
     pub async fn run(self, shutdown: CancellationToken) {
+        let _ = self.serve(shutdown).await;
+    }
+
+    /// As [`Worker::run`], and say whether the server refused the
+    /// registration (then every slot has stopped).
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), RegistrationRefused> {
         let caps = self.capabilities();
         let slots = caps.max_concurrent_steps.max(1);
         let this = Arc::new(self);
@@ -88,6 +109,13 @@ impl Worker {
         for t in tasks {
             let _ = t.await;
         }
+        match this.refused.get() {
+            Some(reason) => Err(RegistrationRefused {
+                executor: this.options.executor_id.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn register(
@@ -97,6 +125,11 @@ impl Worker {
     ) -> Option<super::api::Registration> {
         let mut backoff = Duration::from_millis(100);
         loop {
+            // Another slot was refused already: asking again would only be
+            // refused again.
+            if self.refused.get().is_some() {
+                return None;
+            }
             match self.api.register(&self.options.executor_id, caps).await {
                 Ok(r) => {
                     info!(executor = %self.options.executor_id, kinds = ?caps.kinds, "registered");
@@ -104,6 +137,7 @@ impl Worker {
                 }
                 Err(ApiError::Rejected(msg)) => {
                     warn!(executor = %self.options.executor_id, "registration refused: {msg}");
+                    let _ = self.refused.set(msg);
                     return None;
                 }
                 Err(e) => warn!("registration failed, retrying in {backoff:?}: {e}"),
