@@ -11,6 +11,7 @@
 //!
 //! [server]
 //! listen = "0.0.0.0:50051"
+//! shutdown_grace = "10s"   # SIGTERM: stop within this
 //! tls = { cert = "/etc/loraflow/tls.crt", key = "/etc/loraflow/tls.key" }
 //!
 //! [[auth.tenants]]
@@ -106,6 +107,12 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
+    /// How long `loraflow serve` may take to stop after SIGTERM or SIGINT:
+    /// it stops accepting at once, ends open `WatchJob` streams (clients
+    /// reconnect and resume), lets calls in flight finish, and exits when
+    /// the grace is over even if some have not (`"10s"` by default).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +121,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:50051".parse().expect("valid address"),
             tls: None,
             max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -270,6 +278,10 @@ mod tests {
         let c = Config::from_toml("", Path::new("x.toml")).unwrap();
         assert_eq!(c.store.url, "sqlite://loraflow.db");
         assert_eq!(c.scheduler.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
+        let c =
+            Config::from_toml("[server]\nshutdown_grace = \"2s\"", Path::new("x.toml")).unwrap();
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(2));
     }
 
     #[test]

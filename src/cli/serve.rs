@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -35,6 +36,12 @@ pub struct ServeArgs {
     /// The native trainer's device: cpu, wgpu, vulkan or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// After SIGTERM or SIGINT, the longest the server takes to stop
+    /// (`10s`, `500ms`; default `[server] shutdown_grace`, else 10s): it
+    /// stops accepting at once, ends open watch streams (clients reconnect),
+    /// lets calls in flight finish, and exits when the grace is over.
+    #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -85,6 +92,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(a) = args.artifacts {
         config.artifacts.root = a;
     }
+    if let Some(g) = args.shutdown_grace {
+        config.server.shutdown_grace = g;
+    }
     let mut builder = Engine::builder()
         .config(&config)
         .catalogue(catalogue(&config)?);
@@ -111,13 +121,58 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.store.url
     );
     let shutdown = shutdown_on_signals();
-    let result = loraflow::grpc::serve(
+    let server = loraflow::grpc::serve(
         engine.clone(),
         loraflow::grpc::ServeOptions::from_config(&config),
         listener,
-        shutdown,
-    )
-    .await;
-    engine.shutdown().await;
-    result.map_err(Into::into)
+        shutdown.clone(),
+    );
+    stop_within_grace(&engine, server, &shutdown, config.server.shutdown_grace).await
+}
+
+/// Run `server` until it returns; once `shutdown` is cancelled, give it and
+/// the engine `grace` in all to stop. The engine is told at once, so long
+/// polls end (`UNAVAILABLE`: workers retry elsewhere) and the scheduler stops
+/// leasing; the server has already stopped accepting and ended watch
+/// streams. Calls still running when the grace is over are dropped: their
+/// clients see the connection close, and steps whose lease was in flight are
+/// retried after their heartbeat timeout, as after a crash.
+async fn stop_within_grace(
+    engine: &Engine,
+    server: impl std::future::Future<Output = Result<(), loraflow::grpc::ServeError>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let mut server = std::pin::pin!(server);
+    let stopping = tokio::select! {
+        result = &mut server => {
+            // The server stopped by itself (an error): no grace to count.
+            engine.shutdown().await;
+            return result.map_err(Into::into);
+        }
+        () = shutdown.cancelled() => tokio::time::Instant::now(),
+    };
+    let deadline = stopping + grace;
+    engine.shutdown_token().cancel();
+    let served = match tokio::time::timeout_at(deadline, &mut server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "calls were still open when the shutdown grace ended; closing them"
+            );
+            Ok(())
+        }
+    };
+    if tokio::time::timeout_at(deadline, engine.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "the engine had not stopped when the shutdown grace ended; exiting anyway"
+        );
+    }
+    tracing::info!(took = ?stopping.elapsed(), "stopped");
+    served.map_err(Into::into)
 }

@@ -21,6 +21,10 @@ use crate::engine::{Engine, JobView};
 pub struct Jobs {
     pub engine: Engine,
     pub auth: Auth,
+    /// The server's shutdown: open `WatchJob` streams end with
+    /// `UNAVAILABLE` when it is cancelled, so that clients reconnect (to
+    /// this server's successor) rather than hold the old process open.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn job(view: JobView) -> pb::Job {
@@ -198,7 +202,17 @@ impl JobService for Jobs {
             .await
             .map_err(|e| to_status(e, None))?;
         // The engine's stream ends right after the job's last event, so a
-        // client following a job learns that it is over.
+        // client following a job learns that it is over. A server shutting
+        // down ends it early with UNAVAILABLE instead: not over, reconnect.
+        let stopping = self.shutdown.clone();
+        let interrupted = futures::stream::once(async move { stopping.is_cancelled() })
+            .filter_map(|stopped| async move {
+                stopped.then(|| {
+                    Err(Status::unavailable(
+                        "the server is shutting down; reconnect and resume after the last position you received",
+                    ))
+                })
+            });
         let stream = events
             .map(|item| match item {
                 Ok(e) => record(&e),
@@ -206,6 +220,8 @@ impl JobService for Jobs {
                     "reading the event feed failed: {err}"
                 ))),
             })
+            .take_until(self.shutdown.clone().cancelled_owned())
+            .chain(interrupted)
             .boxed();
         Ok(Response::new(stream))
     }

@@ -71,8 +71,12 @@ fn oversized_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Resp
     resp
 }
 
-/// Serve on `listener` until `shutdown`; then stop taking calls, finish
-/// the ones in flight, and return.
+/// Serve on `listener` until `shutdown`; then stop taking calls, end open
+/// `WatchJob` streams with `UNAVAILABLE` (their clients reconnect and resume
+/// from the last position they saw), finish the calls in flight, and return.
+/// A `PollStep` in flight waits out its poll unless the engine is shutting
+/// down too; `loraflow serve` stops both and bounds the whole by
+/// `[server] shutdown_grace`.
 pub async fn serve(
     engine: Engine,
     options: ServeOptions,
@@ -100,6 +104,7 @@ pub async fn serve(
     let jobs = JobServiceServer::new(Jobs {
         engine: engine.clone(),
         auth: options.auth.clone(),
+        shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
