@@ -185,7 +185,17 @@ impl EngineBuilder {
             v.push("auth.tenants", e);
             return Err(Error::InvalidArgument(v));
         }
-        let catalogue = self.catalogue.unwrap_or_else(Catalogue::builtin);
+        // The schema offers each engine exactly what that engine runs: the
+        // engines' parameter mappings declare it (`engine_rules`).
+        let catalogue = self
+            .catalogue
+            .unwrap_or_else(Catalogue::builtin)
+            .with_engine_rules(loraflow_executors::engine_rules())
+            .map_err(|e| {
+                let mut v = loraflow_core::validation::Violations::default();
+                v.push("catalogue", e.to_string());
+                Error::InvalidArgument(v)
+            })?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
         let mut kinds = KnownKinds::builtin();
         for k in self

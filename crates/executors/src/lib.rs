@@ -30,3 +30,10 @@ pub use label::{Label, LabellerCommand, Labels};
 pub use native::{NativeOptions, NativeSampler, NativeTrainer};
 pub use publish::Publish;
 pub use validate::{Manifest, ValidateDataset, ValidateOptions};
+
+/// What each built-in training engine runs, from the tables its parameter
+/// mapping reads: for [`Catalogue::with_engine_rules`](loraflow_core::catalogue::Catalogue::with_engine_rules),
+/// which the engine builder applies, so the schema offers exactly these.
+pub fn engine_rules() -> Vec<loraflow_core::catalogue::EngineRules> {
+    vec![native::params::rules(), kohya::params::rules()]
+}

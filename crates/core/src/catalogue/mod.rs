@@ -1,6 +1,7 @@
 //! The catalogue: which base models can be trained, by which engines, with which
 //! parameters. Loaded from TOML; [`Catalogue::builtin`] is the default.
 
+pub mod engine_rules;
 mod params;
 mod service_status;
 
@@ -9,6 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use engine_rules::{EngineRules, Multiple};
 pub use params::{
     EffectiveParam, ParamOverride, ParamSchema, ParamSpec, ParamType, ParamValue, Params,
 };
@@ -72,6 +74,21 @@ pub enum ModelFamily {
     Flux,
 }
 
+impl ModelFamily {
+    /// What the family's VAE and UNet downsample an image by, together:
+    /// training and sampling sizes are multiples of it. SD1.x and SD2.x: a
+    /// VAE of 8 and a UNet of four levels (8); SDXL: three levels (4); Flux:
+    /// 2×2 patches of 8× latents. A model of a smaller shape sets its own
+    /// ([`BaseModel::pixel_multiple`]).
+    pub fn pixel_multiple(self) -> u32 {
+        match self {
+            Self::Sd15 | Self::Sd2 => 64,
+            Self::Sdxl => 32,
+            Self::Flux => 16,
+        }
+    }
+}
+
 impl fmt::Display for ModelFamily {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -110,11 +127,22 @@ pub struct BaseModel {
     /// Closed by the operator; jobs against it are refused.
     #[serde(default)]
     pub disabled: bool,
+    /// What this model's VAE and UNet downsample an image by, together, when
+    /// it differs from its family's ([`ModelFamily::pixel_multiple`]); the
+    /// native engine trains at multiples of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_multiple: Option<u32>,
 }
 
 impl BaseModel {
     pub fn supports(&self, engine: Engine) -> bool {
         self.engines.contains(&engine)
+    }
+
+    /// Training and sampling sizes of this model are multiples of this.
+    pub fn pixel_multiple(&self) -> u32 {
+        self.pixel_multiple
+            .unwrap_or_else(|| self.family.pixel_multiple())
     }
 }
 
@@ -167,6 +195,7 @@ impl Catalogue {
             schema: ParamSchema {
                 params: file.params,
                 profiles: file.profiles,
+                engine_rules: Default::default(),
             },
             service: file.service.unwrap_or_default(),
         };
@@ -184,6 +213,22 @@ impl Catalogue {
             }
         }
         v.into_result(catalogue).map_err(CatalogueError::Invalid)
+    }
+
+    /// The catalogue with what each engine runs applied to its schema
+    /// (see [`engine_rules`]); refused if the catalogue then contradicts
+    /// itself (a default or bound the engine cannot run, no choice left).
+    pub fn with_engine_rules(
+        mut self,
+        rules: impl IntoIterator<Item = EngineRules>,
+    ) -> Result<Self, CatalogueError> {
+        for r in rules {
+            self.schema.engine_rules.insert(r.engine, r);
+        }
+        self.schema
+            .check_consistency(&self.base_models)
+            .into_result(self)
+            .map_err(CatalogueError::Invalid)
     }
 
     pub fn base_model(&self, id: &BaseModelId) -> Option<&BaseModel> {

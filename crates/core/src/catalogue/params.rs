@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::engine_rules::{EngineRules, Multiple};
 use super::{BaseModel, Engine};
 use crate::validation::Violations;
 
@@ -144,6 +145,10 @@ pub struct EffectiveParam {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub choices: Option<Vec<String>>,
+    /// An int parameter's value must be a multiple of this (from the
+    /// engine's rules: the native engine's resolution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiple_of: Option<u32>,
     pub description: String,
 }
 
@@ -168,6 +173,7 @@ impl ParamSpec {
             min: self.min,
             max: self.max,
             choices: self.choices.clone(),
+            multiple_of: None,
             description: self.description.clone(),
         };
         for o in overrides.into_iter().flatten() {
@@ -220,6 +226,27 @@ impl EffectiveParam {
                 ));
             }
         }
+        if let (Some(step), Some(v)) = (self.multiple_of, value.as_i64())
+            && (step == 0 || v % i64::from(step) != 0)
+        {
+            let below = v.div_euclid(i64::from(step.max(1))) * i64::from(step);
+            let nearest = [below, below + i64::from(step)]
+                .into_iter()
+                .filter(|n| {
+                    self.min.is_none_or(|min| *n as f64 >= min)
+                        && self.max.is_none_or(|max| *n as f64 <= max)
+                })
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>();
+            let suggestion = if nearest.is_empty() {
+                String::new()
+            } else {
+                format!("; use {}", nearest.join(" or "))
+            };
+            return Err(format!(
+                "{name} {value} is not a multiple of {step} {context}, which the engine needs{suggestion}"
+            ));
+        }
         if let (Some(choices), Some(s)) = (&self.choices, value.as_str())
             && !choices.iter().any(|c| c == s)
         {
@@ -232,20 +259,52 @@ impl EffectiveParam {
     }
 }
 
-/// The whole schema: parameters and profiles.
+/// The whole schema: parameters and profiles, and what each engine runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ParamSchema {
     pub params: BTreeMap<String, ParamSpec>,
     pub profiles: BTreeMap<String, Params>,
+    /// Declared by the engines, not read from TOML (see
+    /// [`engine_rules`](super::engine_rules)).
+    #[serde(skip)]
+    pub engine_rules: BTreeMap<Engine, EngineRules>,
 }
 
 impl ParamSchema {
     /// All parameters as they apply to `model` and `engine` (disabled ones left out).
     pub fn effective_for(&self, model: &BaseModel, engine: Engine) -> Vec<EffectiveParam> {
         self.params
-            .iter()
-            .filter_map(|(name, spec)| spec.effective(name, model, engine))
+            .keys()
+            .filter_map(|name| self.effective(name, model, engine))
             .collect()
+    }
+
+    /// One parameter as it applies to `model` and `engine`: the catalogue's
+    /// overrides, then the engine's rules (its choices narrow the
+    /// catalogue's, its steps add `multiple_of`). `None` if the parameter is
+    /// unknown or disabled there.
+    pub fn effective(
+        &self,
+        name: &str,
+        model: &BaseModel,
+        engine: Engine,
+    ) -> Option<EffectiveParam> {
+        let mut p = self.params.get(name)?.effective(name, model, engine)?;
+        if let Some(rules) = self.engine_rules.get(&engine) {
+            if let Some(runs) = rules.choices.get(name) {
+                p.choices = Some(match p.choices.take() {
+                    Some(offered) => offered.into_iter().filter(|c| runs.contains(c)).collect(),
+                    None => runs.clone(),
+                });
+            }
+            if let Some(step) = rules.multiples.get(name) {
+                p.multiple_of = Some(match step {
+                    Multiple::Of(n) => *n,
+                    Multiple::ModelPixels => model.pixel_multiple(),
+                });
+            }
+        }
+        Some(p)
     }
 
     /// Resolve a job's parameters: defaults, then the profile, then the user's
@@ -262,8 +321,8 @@ impl ParamSchema {
         let context = format!("for base model {} (engine {engine})", model.id);
         let effective: BTreeMap<&str, EffectiveParam> = self
             .params
-            .iter()
-            .filter_map(|(name, spec)| Some((name.as_str(), spec.effective(name, model, engine)?)))
+            .keys()
+            .filter_map(|name| Some((name.as_str(), self.effective(name, model, engine)?)))
             .collect();
 
         let mut resolved: Params = effective
@@ -329,13 +388,34 @@ impl ParamSchema {
         let mut v = Violations::default();
         for model in models {
             for engine in &model.engines {
-                for (name, spec) in &self.params {
-                    if let Some(p) = spec.effective(name, model, *engine)
-                        && let Err(msg) = p.check(&p.default, "")
-                    {
+                for name in self.params.keys() {
+                    let Some(p) = self.effective(name, model, *engine) else {
+                        continue;
+                    };
+                    if let Err(msg) = p.check(&p.default, "") {
                         v.push(
                             format!("params.{name}"),
                             format!("default for {} ({engine}): {msg}", model.id),
+                        );
+                    }
+                    // Bounds are values a user may give: the engine must run them.
+                    for bound in [p.min, p.max].into_iter().flatten() {
+                        if p.ty == ParamType::Int
+                            && let Err(msg) = p.check(&ParamValue::Int(bound as i64), "")
+                        {
+                            v.push(
+                                format!("params.{name}"),
+                                format!("bound for {} ({engine}): {msg}", model.id),
+                            );
+                        }
+                    }
+                    if p.choices.as_ref().is_some_and(Vec::is_empty) {
+                        v.push(
+                            format!("params.{name}"),
+                            format!(
+                                "for {} ({engine}) none of the catalogue's choices is one the engine runs",
+                                model.id
+                            ),
                         );
                     }
                 }

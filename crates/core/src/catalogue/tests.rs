@@ -118,17 +118,87 @@ fn parameter_disabled_for_engine_is_rejected_and_absent() {
     );
 }
 
+/// Rules as an engine declares them (the real ones are the executors';
+/// `tests/params_truth.rs` walks those).
+fn native_rules() -> EngineRules {
+    EngineRules::new(Engine::Native)
+        .choices("optimizer", ["adamw"])
+        .choices(
+            "lr_scheduler",
+            ["constant", "cosine", "not_in_the_catalogue"],
+        )
+        .multiple("resolution", Multiple::ModelPixels)
+}
+
 #[test]
-fn engine_override_narrows_choices() {
-    let c = builtin();
+fn engine_rules_narrow_choices_to_what_the_engine_runs() {
+    let c = builtin().with_engine_rules([native_rules()]).unwrap();
     let sd15 = model(&c, "sd15");
     let given = Params::from([("optimizer".to_owned(), ParamValue::Str("prodigy".into()))]);
     assert!(c.schema.resolve(&sd15, Engine::Kohya, None, &given).is_ok());
+    let err = c
+        .schema
+        .resolve(&sd15, Engine::Native, None, &given)
+        .unwrap_err();
+    assert_eq!(err.0[0].field, "params.optimizer");
+    assert!(err.0[0].description.contains("prodigy"), "{err}");
+    // The catalogue's choices narrow the engine's: a value the catalogue
+    // does not offer stays out.
+    let scheduler = c
+        .schema
+        .effective("lr_scheduler", &sd15, Engine::Native)
+        .unwrap();
+    assert_eq!(
+        scheduler.choices.unwrap(),
+        ["constant", "cosine"].map(String::from)
+    );
+}
+
+#[test]
+fn a_model_pixel_rule_refuses_sizes_between_multiples_naming_the_nearest() {
+    let c = builtin().with_engine_rules([native_rules()]).unwrap();
+    let tiny = model(&c, "tiny-sd");
+    assert_eq!(tiny.pixel_multiple(), 16);
+    assert_eq!(model(&c, "sd15").pixel_multiple(), 64);
+    let at = |v: i64| Params::from([("resolution".to_owned(), ParamValue::Int(v))]);
     assert!(
         c.schema
-            .resolve(&sd15, Engine::Native, None, &given)
-            .is_err()
+            .resolve(&tiny, Engine::Native, None, &at(48))
+            .is_ok()
     );
+    let err = c
+        .schema
+        .resolve(&tiny, Engine::Native, None, &at(63))
+        .unwrap_err();
+    assert_eq!(err.0[0].field, "params.resolution");
+    assert_eq!(
+        err.0[0].description,
+        "resolution 63 is not a multiple of 16 for base model tiny-sd (engine native), which the engine needs; use 48 or 64"
+    );
+    let p = c
+        .schema
+        .effective("resolution", &tiny, Engine::Native)
+        .unwrap();
+    assert_eq!(p.multiple_of, Some(16));
+    // Another engine without the rule takes it.
+    let sd15 = model(&c, "sd15");
+    assert!(
+        c.schema
+            .resolve(&sd15, Engine::Kohya, None, &at(520))
+            .is_ok()
+    );
+}
+
+#[test]
+fn engine_rules_that_contradict_the_catalogue_are_refused() {
+    // The default (cosine) is not one the engine runs.
+    let rules = EngineRules::new(Engine::Native).choices("lr_scheduler", ["linear"]);
+    let err = builtin().with_engine_rules([rules]).unwrap_err();
+    assert!(err.to_string().contains("params.lr_scheduler"), "{err}");
+    // A bound the engine cannot run (sd15's minimum 64 is not a multiple of 48).
+    let rules = EngineRules::new(Engine::Native).multiple("resolution", Multiple::Of(48));
+    let err = builtin().with_engine_rules([rules]).unwrap_err();
+    assert!(err.to_string().contains("bound for sd15"), "{err}");
 }
 
 #[test]

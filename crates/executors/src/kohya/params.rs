@@ -1,9 +1,12 @@
 //! A job's parameters, checked into the form sd-scripts needs. The catalogue
-//! has already resolved and bounded them; what is checked here is what
-//! sd-scripts itself would refuse (an optimiser or scheduler it does not
-//! know), so the job fails with a clear message before a GPU is touched.
+//! has already resolved and bounded them. What the kohya engine runs (its
+//! optimisers, schedulers and prediction types) is in the tables below, which
+//! this mapping reads and [`rules`] hands to the catalogue, so the schema
+//! offers for `kohya` exactly these and other values are refused at submit;
+//! the checks here still refuse what sd-scripts would, for a job created
+//! before a catalogue change, before a GPU is touched.
 
-use loraflow_core::catalogue::{ParamValue, Params};
+use loraflow_core::catalogue::{Engine, EngineRules, ParamValue, Params};
 
 use super::error::{Error, Result};
 
@@ -35,18 +38,43 @@ pub enum Prediction {
     VPrediction,
 }
 
+/// The optimisers the kohya engine runs, by catalogue name (matched without
+/// regard to case).
+pub const OPTIMIZERS: [(&str, Optimizer); 3] = [
+    ("adamw", Optimizer::AdamW),
+    ("adamw8bit", Optimizer::AdamW8bit),
+    ("prodigy", Optimizer::Prodigy),
+];
+
 /// sd-scripts' `--lr_scheduler` choices (train_util.add_optimizer_arguments:
 /// "linear, cosine, cosine_with_restarts, polynomial, constant (default),
-/// constant_with_warmup, adafactor").
-pub const LR_SCHEDULERS: [&str; 7] = [
+/// constant_with_warmup, adafactor") less `adafactor`, which sd-scripts
+/// allows only with the Adafactor optimiser, not one of [`OPTIMIZERS`].
+pub const LR_SCHEDULERS: [&str; 6] = [
     "linear",
     "cosine",
     "cosine_with_restarts",
     "polynomial",
     "constant",
     "constant_with_warmup",
-    "adafactor",
 ];
+
+/// What the model is trained to predict; `auto` is the family's usual target.
+pub const PREDICTION_TYPES: [(&str, Option<Prediction>); 3] = [
+    ("auto", None),
+    ("epsilon", Some(Prediction::Epsilon)),
+    ("v_prediction", Some(Prediction::VPrediction)),
+];
+
+/// What the kohya engine runs, for the catalogue (see
+/// [`loraflow_core::catalogue::engine_rules`]). sd-scripts buckets any
+/// resolution in the catalogue's range, so no step is imposed on it.
+pub fn rules() -> EngineRules {
+    EngineRules::new(Engine::Kohya)
+        .choices("optimizer", OPTIMIZERS.map(|(name, _)| name))
+        .choices("lr_scheduler", LR_SCHEDULERS)
+        .choices("prediction_type", PREDICTION_TYPES.map(|(name, _)| name))
+}
 
 /// The job parameters the kohya engine uses. `None` means the job does not
 /// set it (the parameter is disabled for this model), so sd-scripts' own
@@ -155,19 +183,21 @@ impl TrainParams {
         };
         let optimizer = match r.string("optimizer")? {
             None => None,
-            Some(s) => Some(match s.to_ascii_lowercase().as_str() {
-                "adamw" => Optimizer::AdamW,
-                "adamw8bit" => Optimizer::AdamW8bit,
-                "prodigy" => Optimizer::Prodigy,
-                _ => {
-                    return Err(Error::param(
-                        "optimizer",
-                        format!(
-                            "{s:?} is not one the kohya engine runs; use adamw, adamw8bit or prodigy"
-                        ),
-                    ));
-                }
-            }),
+            Some(s) => Some(
+                OPTIMIZERS
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(s))
+                    .map(|(_, o)| *o)
+                    .ok_or_else(|| {
+                        Error::param(
+                            "optimizer",
+                            format!(
+                                "{s:?} is not one the kohya engine runs; use {}",
+                                OPTIMIZERS.map(|(n, _)| n).join(", ")
+                            ),
+                        )
+                    })?,
+            ),
         };
         let lr_scheduler = match r.string("lr_scheduler")? {
             Some(s) if !LR_SCHEDULERS.contains(&s) => {
@@ -182,15 +212,20 @@ impl TrainParams {
             s => s.map(str::to_owned),
         };
         let prediction = match r.string("prediction_type")? {
-            None | Some("auto") => None,
-            Some("epsilon") => Some(Prediction::Epsilon),
-            Some("v_prediction") => Some(Prediction::VPrediction),
-            Some(s) => {
-                return Err(Error::param(
-                    "prediction_type",
-                    format!("{s:?} is not auto, epsilon or v_prediction"),
-                ));
-            }
+            None => None,
+            Some(s) => PREDICTION_TYPES
+                .iter()
+                .find(|(name, _)| *name == s)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| {
+                    Error::param(
+                        "prediction_type",
+                        format!(
+                            "{s:?} is not one of {}",
+                            PREDICTION_TYPES.map(|(n, _)| n).join(", ")
+                        ),
+                    )
+                })?,
         };
         let caption_dropout = r.float("caption_dropout")?;
         if let Some(p) = caption_dropout.filter(|p| *p > 1.0) {
@@ -268,7 +303,7 @@ mod tests {
             (
                 "optimizer",
                 ParamValue::Str("lion".into()),
-                "use adamw, adamw8bit or prodigy",
+                "use adamw, adamw8bit, prodigy",
             ),
             (
                 "lr_scheduler",

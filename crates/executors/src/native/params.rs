@@ -1,14 +1,18 @@
 //! A job's parameters as the native trainer's configuration.
 //!
-//! The catalogue has resolved and bounded the parameters already; what is checked here is what
-//! the native engine cannot do (an optimiser or schedule it lacks). Parameters the native engine
-//! does not know are ignored. `unet_lr`, when present, sets the UNet adapters' rate and wins over
-//! `learning_rate`, as in sd-scripts; `text_encoder_lr` above 0 trains text-encoder adapters.
+//! The catalogue has resolved and bounded the parameters already. What the native engine runs
+//! (its schedules, optimisers, prediction types, and its resolution rule) is in the tables
+//! below, which this mapping reads and [`rules`] hands to the catalogue: the schema offers for
+//! `native` exactly these, and a job asking for anything else is refused at submit. The checks
+//! here still refuse them, for a job created before a catalogue change. Parameters the native
+//! engine does not know are ignored. `unet_lr`, when present, sets the UNet adapters' rate and
+//! wins over `learning_rate`, as in sd-scripts; `text_encoder_lr` above 0 trains text-encoder
+//! adapters.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use loraflow_core::catalogue::{ParamValue, Params};
+use loraflow_core::catalogue::{Engine, EngineRules, Multiple, ParamValue, Params};
 use loraflow_trainer::TrainConfig;
 use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
 use loraflow_trainer::schedule::Prediction;
@@ -16,6 +20,42 @@ use loraflow_trainer::train::config::TextEncoderTraining;
 use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
 
 use super::error::{Error, Result};
+
+/// The learning-rate schedules the native engine runs, by catalogue name. `constant_with_warmup`
+/// is `constant`: every schedule warms up over `lr_warmup_steps`.
+pub const LR_SCHEDULERS: [(&str, LrScheduleKind); 4] = [
+    ("constant", LrScheduleKind::Constant),
+    ("constant_with_warmup", LrScheduleKind::Constant),
+    ("linear", LrScheduleKind::Linear),
+    ("cosine", LrScheduleKind::Cosine),
+];
+
+/// The optimisers the native engine runs (the trainer has AdamW only).
+pub const OPTIMIZERS: [&str; 1] = ["adamw"];
+
+/// What the UNet is trained to predict; `auto` follows the model's scheduler config.
+pub const PREDICTION_TYPES: [(&str, Option<Prediction>); 3] = [
+    ("auto", None),
+    ("epsilon", Some(Prediction::Epsilon)),
+    ("v_prediction", Some(Prediction::VPrediction)),
+];
+
+/// What the native engine runs, for the catalogue (see
+/// [`loraflow_core::catalogue::engine_rules`]): the tables above, and the resolution rule the
+/// trainer's buckets enforce (a positive multiple of what the model's VAE and UNet downsample
+/// by, `PipelineConfig::pixel_multiple`).
+pub fn rules() -> EngineRules {
+    EngineRules::new(Engine::Native)
+        .choices("lr_scheduler", LR_SCHEDULERS.map(|(name, _)| name))
+        .choices("optimizer", OPTIMIZERS)
+        .choices("prediction_type", PREDICTION_TYPES.map(|(name, _)| name))
+        .multiple("resolution", Multiple::ModelPixels)
+}
+
+/// `value` in a `(name, value)` table.
+fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
+    table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
 
 struct Reader<'a>(&'a Params);
 
@@ -153,25 +193,27 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
         c.text_encoder = Some(TextEncoderTraining::new(te_lr));
     }
     if let Some(name) = p.string("optimizer")?
-        && name != "adamw"
+        && !OPTIMIZERS.contains(&name)
     {
         return Err(Error::param(
             "optimizer",
-            format!("{name:?} is not available in the native engine; use \"adamw\""),
+            format!(
+                "{name:?} is not available in the native engine; use {}",
+                OPTIMIZERS.join(", ")
+            ),
         ));
     }
     let kind = match p.string("lr_scheduler")? {
-        None | Some("constant") | Some("constant_with_warmup") => LrScheduleKind::Constant,
-        Some("linear") => LrScheduleKind::Linear,
-        Some("cosine") => LrScheduleKind::Cosine,
-        Some(other) => {
-            return Err(Error::param(
+        None => LrScheduleKind::Constant,
+        Some(name) => lookup(&LR_SCHEDULERS, name).ok_or_else(|| {
+            Error::param(
                 "lr_scheduler",
                 format!(
-                    "{other:?} is not available in the native engine; use constant, constant_with_warmup, linear or cosine"
+                    "{name:?} is not available in the native engine; use {}",
+                    LR_SCHEDULERS.map(|(n, _)| n).join(", ")
                 ),
-            ));
-        }
+            )
+        })?,
     };
     c.lr_schedule = LrSchedule {
         kind,
@@ -182,15 +224,16 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
     // Unset follows the model's scheduler config; a value that contradicts it is refused
     // when the trainer reads the model.
     c.objective.prediction = match p.string("prediction_type")? {
-        None | Some("auto") => None,
-        Some("epsilon") => Some(Prediction::Epsilon),
-        Some("v_prediction") => Some(Prediction::VPrediction),
-        Some(other) => {
-            return Err(Error::param(
+        None => None,
+        Some(name) => lookup(&PREDICTION_TYPES, name).ok_or_else(|| {
+            Error::param(
                 "prediction_type",
-                format!("{other:?} must be auto, epsilon or v_prediction"),
-            ));
-        }
+                format!(
+                    "{name:?} must be one of {}",
+                    PREDICTION_TYPES.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })?,
     };
     if let Some(n) = p.positive("clip_skip")? {
         c.clip_skip = n;

@@ -48,6 +48,7 @@ impl From<BaseModel> for pb::BaseModel {
             engines: m.engines.iter().map(|e| e.as_str().to_owned()).collect(),
             min_vram_gb: m.min_vram_gb,
             disabled: m.disabled,
+            pixel_multiple: m.pixel_multiple.unwrap_or(0),
         }
     }
 }
@@ -72,6 +73,7 @@ impl TryFrom<pb::BaseModel> for BaseModel {
             engines,
             min_vram_gb: m.min_vram_gb,
             disabled: m.disabled,
+            pixel_multiple: (m.pixel_multiple > 0).then_some(m.pixel_multiple),
         })
     }
 }
@@ -86,6 +88,7 @@ impl From<EffectiveParam> for pb::EffectiveParam {
             max: p.max,
             choices: p.choices.unwrap_or_default(),
             description: p.description,
+            multiple_of: p.multiple_of,
         }
     }
 }
@@ -115,6 +118,7 @@ impl TryFrom<pb::EffectiveParam> for EffectiveParam {
             min: p.min,
             max: p.max,
             choices: (!p.choices.is_empty()).then_some(p.choices),
+            multiple_of: p.multiple_of,
             description: p.description,
         })
     }

@@ -33,6 +33,13 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// What the VAE and the UNet downsample an image by, together: training
+    /// and sample sizes must be multiples of it (16 for the tiny demo model,
+    /// 64 for SD1.x and SD2.x).
+    pub fn pixel_multiple(&self) -> usize {
+        self.vae.downscale_factor() * (1usize << (self.unet.block_out_channels.len() - 1))
+    }
+
     /// Reads every component's config from a diffusers folder (weights are not read).
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();

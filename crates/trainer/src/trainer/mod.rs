@@ -457,9 +457,11 @@ fn scan_images(
         images.trigger_word.as_deref(),
         &images.caption_overrides,
     )?;
-    let multiple =
-        pipeline.vae.downscale_factor() * (1usize << (pipeline.unet.block_out_channels.len() - 1));
-    let buckets = Buckets::new(images.resolution, &images.buckets, multiple)?;
+    let buckets = Buckets::new(
+        images.resolution,
+        &images.buckets,
+        pipeline.pixel_multiple(),
+    )?;
     let mut chosen = Vec::with_capacity(entries.len());
     for e in &entries {
         let (w, h) = image::image_dimensions(&e.path).map_err(|err| Error::Parse {

@@ -289,26 +289,29 @@ fn oom_adjustment(d: &Decision, step: &StepId) -> Option<ParamAdjustment> {
     let spec = d.job.spec.as_ref()?;
     let model = d.services.catalogue.base_model(&spec.base_model)?;
     let params = d.job.step_params(step);
-    let lower =
-        |name: &str, round: fn(i64) -> i64| -> Option<ParamAdjustment> {
-            let current = params.get(name)?.as_i64()?;
-            let p = d.services.catalogue.schema.params.get(name)?.effective(
-                name,
-                model,
-                spec.engine,
-            )?;
-            let min = p.min.map(|m| m.ceil() as i64).unwrap_or(1).max(1);
-            let next = round(current / 2).max(min);
-            (next < current).then(|| ParamAdjustment {
-                param: name.to_owned(),
-                from: ParamValue::Int(current),
-                to: ParamValue::Int(next),
-            })
-        };
-    lower("batch_size", |b| b).or_else(|| {
-        lower("resolution", |r| {
-            let unit = if r >= 64 { 64 } else { 8 };
-            r / unit * unit
+    // A halved value is rounded down to the parameter's step (the engine's
+    // `multiple_of`), else to `unit(value)`.
+    let lower = |name: &str, unit: fn(i64) -> i64| -> Option<ParamAdjustment> {
+        let current = params.get(name)?.as_i64()?;
+        let p = d
+            .services
+            .catalogue
+            .schema
+            .effective(name, model, spec.engine)?;
+        let half = current / 2;
+        let step = p
+            .multiple_of
+            .map(i64::from)
+            .unwrap_or_else(|| unit(half))
+            .max(1);
+        let mut min = p.min.map(|m| m.ceil() as i64).unwrap_or(1).max(1);
+        min = (min + step - 1) / step * step;
+        let next = (half / step * step).max(min);
+        (next < current).then(|| ParamAdjustment {
+            param: name.to_owned(),
+            from: ParamValue::Int(current),
+            to: ParamValue::Int(next),
         })
-    })
+    };
+    lower("batch_size", |_| 1).or_else(|| lower("resolution", |r| if r >= 64 { 64 } else { 8 }))
 }
