@@ -185,11 +185,11 @@ pub fn verify_job(
         detail,
     };
     let mut prev = GENESIS_HASH.to_owned();
-    let mut next = 1u64;
     let mut signed_seen = false;
     // Full depth: the first signed event whose signature fails.
     let mut bad_sig: Option<ChainError> = None;
     for (i, e) in events.iter().enumerate() {
+        let next = i as u64 + 1;
         if e.sequence > next {
             report.fault = Some(fail(
                 e,
@@ -292,7 +292,6 @@ pub fn verify_job(
                 return report;
             }
         }
-        next += 1;
     }
     let last = events.last();
     let last_position = last.map_or(0, |e| e.position);
