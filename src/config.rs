@@ -55,9 +55,31 @@ pub struct Config {
     pub auth: AuthConfig,
     pub scheduler: SchedulerConfig,
     pub webhooks: WebhooksConfig,
+    pub audit: AuditConfig,
     /// A catalogue file replacing the built-in one (same shape as the
     /// built-in `default.toml`).
     pub catalogue: Option<PathBuf>,
+}
+
+/// The signed audit log (`docs/audit.md`).
+///
+/// ```toml
+/// [audit]
+/// signing_key = "/etc/loraflow/audit.key"      # `loraflow audit keygen --out FILE`
+/// trusted_keys = ["/etc/loraflow/audit-2025.pub", "3b6a27bc…(64 hex digits)"]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A PKCS#8 PEM file holding the Ed25519 key that signs events, job
+    /// heads and feed checkpoints. Unset: a SQLite store keeps its key in
+    /// `<file>.audit-key` (created on first start), a PostgreSQL store in
+    /// `<artifacts root>.audit-key` when the artifact root is a local
+    /// folder; servers that share a database must share the key.
+    pub signing_key: Option<PathBuf>,
+    /// Public keys that verify besides the signing key's (the keys of
+    /// earlier rotations): SPKI PEM files, or 64 hex digits.
+    pub trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

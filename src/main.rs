@@ -34,6 +34,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SampleNow(a) => cli::client::sample_now(a).await,
         Command::History(a) => cli::client::history(a).await,
         Command::Replay(a) => cli::replay::replay(a).await,
+        Command::Audit(a) => cli::audit::audit(a).await,
     }
 }
 

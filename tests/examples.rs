@@ -145,7 +145,7 @@ async fn grpc_client_follows_a_job_trained_by_a_remote_worker_and_the_audit_veri
     // The auditor opens the same SQLite file beside the running server.
     let audit = replay_audit::run(&store, &out.job.job_id).await.unwrap();
     server.stop().await;
-    assert!(audit.is_intact(), "{:?}", audit.chain);
+    assert!(audit.is_intact(), "{:?}", audit.report);
     let lines = replay_audit::lines(&audit);
     assert_eq!(lines.len(), types.len());
     assert!(lines.last().unwrap().ends_with("-> Published"), "{lines:?}");

@@ -1,6 +1,7 @@
 //! The `loraflow` command line: arguments (clap) and one module per group of
 //! commands. Data goes to stdout, progress and logs to stderr.
 
+pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod native;
@@ -23,15 +24,16 @@ pub mod exit {
     /// The server or the store could not be reached, or the server
     /// refused a worker's registration (bad token).
     pub const UNREACHABLE: u8 = 3;
-    /// `replay` found a tampered or unreadable event.
+    /// `replay` or `audit verify` found a tampered, unsigned or unreadable event.
     pub const TAMPERED: u8 = 4;
 }
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, also when stdout is closed early (`| head -1`);
 1 refused request or failed job; 2 usage error; 3 server or store
-unreachable, or a worker's registration refused; 4 audit found a tampered
-event. `serve` exits 0 after SIGTERM/SIGINT, within --shutdown-grace.
+unreachable (or missing), or a worker's registration refused; 4 audit found
+a tampered, removed or unsigned event. `serve` exits 0 after SIGTERM/SIGINT,
+within --shutdown-grace.
 
 Environment: LORAFLOW_SERVER, LORAFLOW_TOKEN, LORAFLOW_STORE, LORAFLOW_ARTIFACTS,
 RUST_LOG (log filter, default info).";
@@ -75,9 +77,11 @@ pub enum Command {
     SampleNow(client::JobArgs),
     /// Print a job's stored events.
     History(client::JobArgs),
-    /// Re-apply a job's events from the store, verify the hash chain, and
-    /// export the history as JSON lines.
+    /// Re-apply a job's events from the store, verify its signed chain,
+    /// and export the history as JSON lines.
     Replay(replay::ReplayArgs),
+    /// The signed audit log: verify, export, make a signing key.
+    Audit(audit::AuditArgs),
 }
 
 /// How a client reaches the server.

@@ -1,17 +1,16 @@
 //! `loraflow replay`: re-apply a job's events from the store, show the state
-//! after each, verify the hash chain, and export JSON lines.
+//! after each, verify its chain, head and signatures, and export JSON lines.
+//! Never creates a store: a missing one is exit 3.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use loraflow::audit::audit_job;
-use loraflow::core::catalogue::Catalogue;
+use loraflow::audit::audit_job_with;
 use loraflow::core::ids::JobId;
-use loraflow::core::job::JobServices;
-use loraflow::store::Store;
 
+use super::audit::Source;
 use super::client::Exit;
 use super::exit;
 
@@ -19,25 +18,17 @@ use super::exit;
 pub struct ReplayArgs {
     /// The job id.
     pub job: String,
-    /// The event store to read.
-    #[arg(long, env = "LORAFLOW_STORE", default_value = "sqlite://loraflow.db")]
-    pub store: String,
+    #[command(flatten)]
+    pub source: Source,
     /// Write the history as JSON lines to this file (`-`: stdout).
     #[arg(long)]
     pub jsonl: Option<PathBuf>,
 }
 
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.store, JobServices::new(Catalogue::builtin()))
-        .await
-        .map_err(|e| {
-            Exit(
-                exit::UNREACHABLE,
-                format!("cannot open the store {}: {e}", args.store),
-            )
-        })?;
+    let (store, keys, _) = super::audit::open(&args.source, false).await?;
     let job = JobId::new(args.job.clone());
-    let audit = audit_job(&store, &job).await?.ok_or_else(|| {
+    let audit = audit_job_with(&store, &job, &keys).await?.ok_or_else(|| {
         Exit(
             exit::FAILED,
             format!("the store has no events of job {job}"),
@@ -75,30 +66,19 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             eprintln!("history written to {}", path.display());
         }
     }
-    match audit.first_tampered() {
+    match audit.verdict() {
         None => {
             eprintln!(
-                "hash chain verified: {} events, final state {}",
+                "chain verified: {} events, every one signed, the head holds; final state {}",
                 audit.events.len(),
                 audit.job.state().map(|s| s.to_string()).unwrap_or_default()
             );
             Ok(())
         }
-        Some(position) => {
-            let why = match &audit.chain {
-                Err(e) if e.position == position => format!("{:?}", e.fault),
-                _ => audit
-                    .unreadable
-                    .iter()
-                    .find(|(p, _)| *p == position)
-                    .map(|(_, why)| why.clone())
-                    .unwrap_or_default(),
-            };
-            Err(Exit(
-                exit::TAMPERED,
-                format!("TAMPERED: the first bad event is at position {position}: {why}"),
-            )
-            .into())
-        }
+        Some(verdict) => Err(Exit(
+            exit::TAMPERED,
+            format!("TAMPERED: the first bad event: {verdict}"),
+        )
+        .into()),
     }
 }

@@ -13,13 +13,13 @@ use loraflow_core::job::JobServices;
 use loraflow_core::workflow::KnownKinds;
 use loraflow_executors::ArtifactStore;
 use loraflow_executors::worker::{Worker, WorkerOptions};
-use loraflow_store::{Store, StoreOptions};
+use loraflow_store::{AuditKey, PublicKey, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Engine, Inner, fleet::Fleet, in_process::InProcessApi};
 use crate::clock::TokioClock;
-use crate::config::{Config, SchedulerConfig, WebhooksConfig};
+use crate::config::{AuditConfig, Config, SchedulerConfig, WebhooksConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::Scheduler;
 
@@ -52,6 +52,9 @@ pub struct EngineBuilder {
     webhooks: WebhooksConfig,
     webhook_secrets: HashMap<TenantId, String>,
     config_error: Option<String>,
+    audit_key: Option<AuditKey>,
+    trusted_keys: Vec<PublicKey>,
+    audit_config: AuditConfig,
 }
 
 impl Default for EngineBuilder {
@@ -74,6 +77,9 @@ impl Default for EngineBuilder {
             webhooks: config.webhooks,
             webhook_secrets: HashMap::new(),
             config_error: None,
+            audit_key: None,
+            trusted_keys: Vec::new(),
+            audit_config: AuditConfig::default(),
         }
     }
 }
@@ -86,6 +92,7 @@ impl EngineBuilder {
         self.artifacts_root = config.artifacts.root.clone();
         self.scheduler = config.scheduler.clone();
         self.webhooks = config.webhooks.clone();
+        self.audit_config = config.audit.clone();
         match config.auth.webhook_secrets() {
             Ok(secrets) => {
                 for (tenant, secret) in secrets {
@@ -94,6 +101,22 @@ impl EngineBuilder {
             }
             Err(e) => self.config_error = Some(e),
         }
+        self
+    }
+
+    /// The key that signs the audit log (events, job heads, feed
+    /// checkpoints); it wins over `[audit] signing_key`. Without either: a
+    /// SQLite store's `<file>.audit-key`, created on first start; for
+    /// PostgreSQL with a local artifact root, `<artifacts root>.audit-key`;
+    /// otherwise a key that dies with the process (memory stores, tests).
+    pub fn audit_key(mut self, key: AuditKey) -> Self {
+        self.audit_key = Some(key);
+        self
+    }
+
+    /// Trust signatures by this public key too (a key used before a rotation).
+    pub fn trusted_key(mut self, key: PublicKey) -> Self {
+        self.trusted_keys.push(key);
         self
     }
 
@@ -209,7 +232,23 @@ impl EngineBuilder {
         let services = JobServices::new(catalogue)
             .with_clock(clock.clone())
             .with_kinds(kinds);
-        let store = Store::open_with(&self.store_url, services.clone(), self.store_options).await?;
+        let mut store_options = self.store_options;
+        let configured =
+            crate::audit::configured_keys(&self.audit_config).map_err(|(field, e)| {
+                let mut v = loraflow_core::validation::Violations::default();
+                v.push(field, e);
+                Error::InvalidArgument(v)
+            })?;
+        store_options.trusted_keys.extend(configured.trusted);
+        store_options.trusted_keys.extend(self.trusted_keys);
+        store_options.audit_key = match (self.audit_key, store_options.audit_key.take()) {
+            (Some(k), _) | (None, Some(k)) => Some(k),
+            (None, None) => match configured.signing {
+                Some(k) => Some(k),
+                None => shared_store_key(&self.store_url, &self.artifacts_root)?,
+            },
+        };
+        let store = Store::open_with(&self.store_url, services.clone(), store_options).await?;
         let artifacts = ArtifactStore::open(&self.artifacts_root)?;
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::new(services.catalogue.clone(), clock);
@@ -283,4 +322,33 @@ impl EngineBuilder {
             .extend(tasks);
         Ok(engine)
     }
+}
+
+/// The key of a PostgreSQL store without a configured one: a file beside a
+/// local artifact root (`<root>.audit-key`, created on first start), which
+/// every server of one deployment on one machine shares. `None` for other
+/// stores (the store chooses; see `StoreOptions::audit_key`) and for a
+/// remote artifact root (the store then warns that its key dies with the
+/// process).
+fn shared_store_key(store_url: &str, artifacts_root: &str) -> Result<Option<AuditKey>> {
+    if !store_url.starts_with("postgres") {
+        return Ok(None);
+    }
+    let root = match artifacts_root.strip_prefix("file://") {
+        Some(path) => path,
+        None if artifacts_root.contains("://") => return Ok(None),
+        None => artifacts_root,
+    };
+    let path = PathBuf::from(format!("{}.audit-key", root.trim_end_matches('/')));
+    let (key, created) = AuditKey::load_or_create(&path).map_err(loraflow_store::Error::from)?;
+    if created {
+        tracing::info!(
+            key_file = %path.display(),
+            key_id = key.key_id(),
+            "created the audit signing key {}; its public key (give it to auditors): {}",
+            path.display(),
+            key.public_key().to_hex()
+        );
+    }
+    Ok(Some(key))
 }

@@ -89,6 +89,12 @@ impl Engine {
                         scheduler.lost(&key);
                         continue;
                     }
+                    // A tampered job (logged by the store) is dropped from
+                    // the queue; it must not hold the executor up.
+                    Err(Error::Store(loraflow_store::Error::TamperedLog(_))) => {
+                        scheduler.lost(&key);
+                        continue;
+                    }
                     Err(e) => {
                         scheduler.release(&key);
                         return Err(e);

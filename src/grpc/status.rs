@@ -62,7 +62,10 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
         Error::Store(e @ (S::Unavailable { .. } | S::Database { .. })) => {
             Status::unavailable(e.to_string())
         }
-        Error::Store(e @ S::Chain(_)) => Status::data_loss(e.to_string()),
+        Error::Store(e @ S::TamperedLog(_)) => {
+            with_reason(Code::DataLoss, e.to_string(), "TAMPERED_LOG")
+        }
+        Error::Store(e @ S::Missing { .. }) => Status::not_found(e.to_string()),
         Error::Store(e) => Status::internal(e.to_string()),
         Error::Artifacts(e) => Status::unavailable(e.to_string()),
         Error::ShuttingDown => {
@@ -129,11 +132,21 @@ mod tests {
                 wanted: 2,
                 reached: 1,
             }),
-            Error::Store(S::Chain(loraflow_store::ChainError {
+            Error::Store(S::TamperedLog(loraflow_store::ChainError {
                 job_id: "j".into(),
                 sequence: 1,
                 position: 1,
-                fault: loraflow_store::ChainFault::Unhashed,
+                fault: loraflow_store::ChainFault::Edited,
+                detail: "d".into(),
+            })),
+            Error::Store(S::Missing {
+                url: "sqlite://nope.db".into(),
+                reason: "no file".into(),
+            }),
+            Error::Store(S::Key(loraflow_store::KeyError::Invalid {
+                what: "k".into(),
+                expected: "e",
+                reason: "r".into(),
             })),
             Error::Artifacts(loraflow_core::executor::ArtifactError::NotFound { uri: "u".into() }),
             Error::ShuttingDown,
@@ -159,7 +172,9 @@ mod tests {
                     | S::InvalidPageToken { .. }
                     | S::Migration { .. }
                     | S::Timeout { .. }
-                    | S::Chain(_) => {}
+                    | S::TamperedLog(_)
+                    | S::Missing { .. }
+                    | S::Key(_) => {}
                 },
             }
         }

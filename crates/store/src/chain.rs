@@ -1,26 +1,42 @@
-//! The audit hash chain. Each event's `hash` metadata is
+//! The audit chain: how each event's link is computed, and what the server
+//! key signs.
+//!
+//! # Links (chain `2`, written since events are signed)
+//! Each event's `hash` metadata is its link:
 //!
 //! ```text
-//! hex(SHA-256(prev_hash ‖ "\n" ‖ event_type ‖ "\n" ‖ event_version ‖ "\n" ‖ canonical_json(payload)))
+//! hex(SHA-256(canonical_json(["loraflow/chain/2", prev_link, job_id, sequence,
+//!                             event_type, event_version, payload, metadata])))
 //! ```
 //!
-//! where `prev_hash` is the `hash` of the job's previous event (64 zeros for
-//! its first) and `canonical_json` writes the payload as stored (before any
-//! upcasting) with object keys sorted and no whitespace. The newline
-//! separators keep type and version from running into each other (neither
-//! can contain one).
+//! where `prev_link` is the `hash` of the job's previous event (64 zeros for
+//! its first), `payload` is the payload as stored (before any upcasting) and
+//! `metadata` is every metadata key except the link fields themselves
+//! (`hash`, `prev_hash`, `sig`): actor, tenant, `recorded_at`, request id,
+//! `chain` and `key_id` are all covered. `canonical_json` writes object keys
+//! sorted and no whitespace. `sig` is the Ed25519 signature (hex) of
+//! [`event_message`] by the key `key_id`; a job's head and the feed's
+//! checkpoints are signed the same way ([`head_message`],
+//! [`checkpoint_message`]). Each message starts with its own tag, so no
+//! signature can be passed off as another kind.
+//!
+//! # Links of chain 1 (before signing)
+//! Events written before signing carry no `chain` key and an unkeyed hash
+//! over the previous hash, type, version and payload ([`event_hash_v1`]).
+//! They still verify as a chain, but anyone with write access to the
+//! database can recompute them, so an audit reports them as unsigned, never
+//! as valid. Signed events continue a job's chain from its last unkeyed hash.
 //!
 //! Concurrency needs no lock: two writers that chain from the same
 //! predecessor write the same (job, sequence) and one of them conflicts.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use loraflow_core::ids::JobId;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::event::{HASH, PREV_HASH, Position, RawEvent};
+use crate::event::{HASH, PREV_HASH, Position, SIG};
 
 /// The `prev_hash` of a job's first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -65,8 +81,11 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
-/// The chain hash of one event.
-pub fn event_hash(
+/// The current chain scheme, as written in the `chain` metadata.
+pub const CHAIN_VERSION: &str = "2";
+
+/// The unkeyed hash of an event written before signing (chain 1).
+pub fn event_hash_v1(
     prev_hash: &str,
     event_type: &str,
     event_version: &str,
@@ -83,73 +102,104 @@ pub fn event_hash(
     hex::encode(h.finalize())
 }
 
-/// What is wrong at the first event that does not verify.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChainFault {
-    /// The event carries no `hash` (or no `prev_hash`).
-    Unhashed,
-    /// A sequence is missing before this event (an event was removed).
-    Gap { expected_sequence: u64 },
-    /// `prev_hash` is not the previous event's `hash`.
-    BrokenLink { expected: String, found: String },
-    /// `hash` does not match the event's content (it was altered).
-    Altered { expected: String, found: String },
-}
-
-/// The first event of a job whose chain does not verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "hash chain of job {job_id} breaks at sequence {sequence} (position {position}): {fault:?}"
-)]
-pub struct ChainError {
-    pub job_id: JobId,
-    pub sequence: u64,
-    pub position: Position,
-    pub fault: ChainFault,
-}
-
-/// Verify the chains of the jobs in `events` (each job's events in sequence
-/// order, from its first; jobs may be interleaved, as in the feed). Returns
-/// the first event, in the order given, that does not verify.
-pub fn verify_chain<'a>(events: impl IntoIterator<Item = &'a RawEvent>) -> Result<(), ChainError> {
-    // Per job: the next sequence expected and the hash to chain from.
-    let mut heads: HashMap<&JobId, (u64, String)> = HashMap::new();
-    for e in events {
-        let (next, prev) = heads
-            .entry(&e.job_id)
-            .or_insert_with(|| (1, GENESIS_HASH.to_owned()));
-        let fail = |fault| ChainError {
-            job_id: e.job_id.clone(),
-            sequence: e.sequence,
-            position: e.position,
-            fault,
-        };
-        if e.sequence != *next {
-            return Err(fail(ChainFault::Gap {
-                expected_sequence: *next,
-            }));
-        }
-        let field = |k: &str| e.metadata.get(k).and_then(Value::as_str);
-        let (Some(hash), Some(prev_hash)) = (field(HASH), field(PREV_HASH)) else {
-            return Err(fail(ChainFault::Unhashed));
-        };
-        if prev_hash != prev {
-            return Err(fail(ChainFault::BrokenLink {
-                expected: prev.clone(),
-                found: prev_hash.to_owned(),
-            }));
-        }
-        let expected = event_hash(prev, &e.event_type, &e.event_version, &e.payload);
-        if hash != expected {
-            return Err(fail(ChainFault::Altered {
-                expected,
-                found: hash.to_owned(),
-            }));
-        }
-        *next += 1;
-        *prev = hash.to_owned();
+/// The metadata a link covers: all of it but `hash`, `prev_hash` and `sig`.
+pub fn covered_metadata(metadata: &Value) -> Value {
+    let mut m = match metadata {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    for k in [HASH, PREV_HASH, SIG] {
+        m.remove(k);
     }
-    Ok(())
+    Value::Object(m)
+}
+
+/// The link of an event (chain 2); `metadata` as stored (the link fields
+/// are left out here).
+#[allow(clippy::too_many_arguments)]
+pub fn event_link(
+    prev_link: &str,
+    job_id: &str,
+    sequence: u64,
+    event_type: &str,
+    event_version: &str,
+    payload: &Value,
+    metadata: &Value,
+) -> String {
+    let covered = covered_metadata(metadata);
+    let text = canonical_json(&json!([
+        "loraflow/chain/2",
+        prev_link,
+        job_id,
+        sequence,
+        event_type,
+        event_version,
+        payload,
+        covered
+    ]));
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// What an event's `sig` signs: its link.
+pub fn event_message(link: &str) -> Vec<u8> {
+    canonical_json(&json!(["loraflow/event/2", link])).into_bytes()
+}
+
+/// What a job head's signature signs.
+pub fn head_message(job_id: &str, sequence: u64, link: &str) -> Vec<u8> {
+    canonical_json(&json!(["loraflow/head/1", job_id, sequence, link])).into_bytes()
+}
+
+/// What a feed checkpoint's signature signs.
+pub fn checkpoint_message(position: Position, root: &str) -> Vec<u8> {
+    canonical_json(&json!(["loraflow/checkpoint/1", position, root])).into_bytes()
+}
+
+/// The feed's running root after one more event: SHA-256 over the root so
+/// far, the event's position, job, sequence and link. The root of an empty
+/// feed is [`GENESIS_HASH`].
+pub fn next_root(
+    root: &str,
+    position: Position,
+    job_id: &str,
+    sequence: u64,
+    link: &str,
+) -> String {
+    let text = canonical_json(&json!([
+        "loraflow/root/1",
+        root,
+        position,
+        job_id,
+        sequence,
+        link
+    ]));
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A job's signed head: the last sequence and link the store wrote for it,
+/// kept apart from the events (table `job_heads`) and written in the same
+/// transaction. A head ahead of the events reveals a truncated tail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub job_id: String,
+    pub sequence: u64,
+    pub link: String,
+    pub key_id: String,
+    /// Ed25519 signature (hex) of [`head_message`].
+    pub sig: String,
+}
+
+/// A signed checkpoint of the global feed: the running root (see
+/// [`next_root`]) over every event up to `position`, in feed order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub position: Position,
+    pub root: String,
+    pub key_id: String,
+    /// Ed25519 signature (hex) of [`checkpoint_message`].
+    pub sig: String,
+    /// When it was signed (RFC 3339).
+    pub signed_at: String,
 }
 
 #[cfg(test)]
@@ -157,27 +207,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn chain(n: u64) -> Vec<RawEvent> {
-        let mut prev = GENESIS_HASH.to_owned();
-        (1..=n)
-            .map(|seq| {
-                let payload = json!({"StepProgressed": {"b": seq, "a": [1.5, "x"]}});
-                let hash = event_hash(&prev, "StepProgressed", "1.0.0", &payload);
-                let e = RawEvent {
-                    position: seq * 10,
-                    job_id: JobId::new("j"),
-                    sequence: seq,
-                    event_type: "StepProgressed".into(),
-                    event_version: "1.0.0".into(),
-                    payload,
-                    metadata: json!({ "hash": hash, "prev_hash": prev }),
-                };
-                prev = hash;
-                e
-            })
-            .collect()
-    }
 
     /// Regression: a `loraflow demo` job failed its audit at a progress
     /// event. serde_json's default float parsing is not correctly rounded,
@@ -190,12 +219,29 @@ mod tests {
             "loss": 1.1911007165908813_f64,
             "percent": 6.25_f64,
         }});
-        let written = event_hash(GENESIS_HASH, "StepProgressed", "1.0.0", &payload);
+        let meta = json!({"recorded_at": "2026-01-01T00:00:00Z", "chain": "2"});
+        let written = event_link(
+            GENESIS_HASH,
+            "j",
+            1,
+            "StepProgressed",
+            "1.0.0",
+            &payload,
+            &meta,
+        );
         let stored = payload.to_string();
         let read: Value = serde_json::from_str(&stored).unwrap();
         assert_eq!(read, payload, "floats read back exactly");
         assert_eq!(
-            event_hash(GENESIS_HASH, "StepProgressed", "1.0.0", &read),
+            event_link(
+                GENESIS_HASH,
+                "j",
+                1,
+                "StepProgressed",
+                "1.0.0",
+                &read,
+                &meta
+            ),
             written
         );
     }
@@ -210,44 +256,41 @@ mod tests {
     }
 
     #[test]
-    fn an_intact_chain_verifies() {
-        assert_eq!(verify_chain(&chain(5)), Ok(()));
-    }
-
-    #[test]
-    fn the_first_altered_event_is_reported() {
-        let mut events = chain(5);
-        events[2].payload = json!({"StepProgressed": {"b": 99}});
-        let err = verify_chain(&events).unwrap_err();
-        assert_eq!((err.sequence, err.position), (3, 30));
-        assert!(matches!(err.fault, ChainFault::Altered { .. }));
-    }
-
-    #[test]
-    fn a_removed_event_is_reported() {
-        let mut events = chain(5);
-        events.remove(1);
-        let err = verify_chain(&events).unwrap_err();
-        assert_eq!(err.sequence, 3);
+    fn the_link_covers_every_field_but_the_link_fields() {
+        let p = json!({"JobCancelled": {"reason": "r"}});
+        let m = json!({"actor": "alice", "tenant": "acme", "recorded_at": "t", "chain": "2", "key_id": "k"});
+        let base = event_link("p", "j", 3, "JobCancelled", "1.0", &p, &m);
+        let mut differs = vec![
+            event_link("q", "j", 3, "JobCancelled", "1.0", &p, &m),
+            event_link("p", "k", 3, "JobCancelled", "1.0", &p, &m),
+            event_link("p", "j", 4, "JobCancelled", "1.0", &p, &m),
+            event_link("p", "j", 3, "JobCreated", "1.0", &p, &m),
+            event_link("p", "j", 3, "JobCancelled", "1.1", &p, &m),
+            event_link(
+                "p",
+                "j",
+                3,
+                "JobCancelled",
+                "1.0",
+                &json!({"JobCancelled": {"reason": "s"}}),
+                &m,
+            ),
+        ];
+        for key in ["actor", "tenant", "recorded_at", "chain", "key_id"] {
+            let mut m2 = m.clone();
+            m2[key] = json!("forged");
+            differs.push(event_link("p", "j", 3, "JobCancelled", "1.0", &p, &m2));
+        }
+        for d in &differs {
+            assert_ne!(d, &base);
+        }
+        let mut with_links = m.clone();
+        with_links["hash"] = json!("h");
+        with_links["prev_hash"] = json!("p");
+        with_links["sig"] = json!("s");
         assert_eq!(
-            err.fault,
-            ChainFault::Gap {
-                expected_sequence: 2
-            }
+            event_link("p", "j", 3, "JobCancelled", "1.0", &p, &with_links),
+            base
         );
-    }
-
-    #[test]
-    fn a_rehashed_event_breaks_the_next_link() {
-        let mut events = chain(4);
-        // A forger recomputes the altered event's own hash ...
-        events[1].payload = json!({"forged": true});
-        let prev = events[0].metadata["hash"].as_str().unwrap().to_owned();
-        let h = event_hash(&prev, "StepProgressed", "1.0.0", &events[1].payload);
-        events[1].metadata["hash"] = json!(h);
-        // ... and the next event's link gives it away.
-        let err = verify_chain(&events).unwrap_err();
-        assert_eq!(err.sequence, 3);
-        assert!(matches!(err.fault, ChainFault::BrokenLink { .. }));
     }
 }

@@ -5,8 +5,9 @@ use cqrs_es::AggregateError;
 use cqrs_es::persist::PersistenceError;
 use loraflow_core::ids::JobId;
 
-use crate::chain::ChainError;
 use crate::event::Position;
+use crate::keys::KeyError;
+use crate::verify::ChainError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -86,10 +87,26 @@ pub enum Error {
     #[error("views reached position {reached}, not {wanted}, before the deadline")]
     Timeout { wanted: Position, reached: Position },
 
-    /// A job's hash chain does not verify: an event was altered or removed
-    /// outside the store. Report it; `DATA_LOSS`.
+    /// A job's log does not verify: an event was edited, removed,
+    /// reordered or written outside the store, its tail was cut, or a
+    /// signature does not verify (the error names the first bad event and
+    /// the kind). Nothing was written and the command was not run; the
+    /// store has logged it as an error. Do not retry: investigate with
+    /// `loraflow audit verify`. `DATA_LOSS` (reason `TAMPERED_LOG`).
     #[error(transparent)]
-    Chain(#[from] ChainError),
+    TamperedLog(#[from] ChainError),
+
+    /// An audit opened a store that does not exist (a SQLite file that is
+    /// not there, a PostgreSQL schema without events); nothing was created.
+    /// Fix the store URL; `NOT_FOUND` (the CLI exits 3).
+    #[error("the store {url} does not exist ({reason}); check --store or LORAFLOW_STORE")]
+    Missing { url: String, reason: String },
+
+    /// The audit signing key could not be read or created. Fix the
+    /// configuration (`[audit] signing_key`); `INTERNAL` (it never reaches
+    /// a client in practice).
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -26,12 +26,19 @@ pub type Metadata = BTreeMap<String, String>;
 pub const RECORDED_AT: &str = "recorded_at";
 /// The job's tenant.
 pub const TENANT: &str = "tenant";
-/// Hex SHA-256 of this event in the job's hash chain.
+/// Hex SHA-256 of this event in the job's hash chain: its link.
 pub const HASH: &str = "hash";
 /// `HASH` of the job's previous event (64 zeros for the first).
 pub const PREV_HASH: &str = "prev_hash";
+/// The chain scheme of the event: `"2"` (keyed: the link covers the
+/// metadata, and `sig` signs it). Events written before signing have none.
+pub const CHAIN: &str = "chain";
+/// The Ed25519 signature of the event's link (hex), by the key `key_id`.
+pub const SIG: &str = "sig";
+/// The id of the key that signed the event (see `crate::keys`).
+pub const KEY_ID: &str = "key_id";
 /// Metadata keys the store writes; a caller's values for them are replaced.
-pub const RESERVED_METADATA: [&str; 4] = [RECORDED_AT, TENANT, HASH, PREV_HASH];
+pub const RESERVED_METADATA: [&str; 7] = [RECORDED_AT, TENANT, HASH, PREV_HASH, CHAIN, SIG, KEY_ID];
 
 /// The most events one job may have. Positions on PostgreSQL keep the
 /// sequence in their low 20 bits.

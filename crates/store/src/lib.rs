@@ -16,22 +16,29 @@
 //! - [`url`] / [`options`]: how a store is named and opened.
 //! - [`error`]: the crate's `Error`, with gRPC codes.
 //! - [`event`]: `StoredEvent`, `RawEvent`, positions and metadata keys.
-//! - [`chain`]: the audit hash chain and its verification.
+//! - [`chain`]: the audit chain: links, heads, checkpoints, what is signed.
+//! - [`verify`]: verifying a job's chain and head; the kinds of tampering.
+//! - [`checkpoint`]: feed roots and checking signed checkpoints.
+//! - [`keys`]: the Ed25519 signing key, public keys, keyrings.
+//! - `audit_log`: the store's audit API (verify a job, heads, checkpoints, export reads).
 //! - [`retry`]: which commands are retried on conflict.
 //! - [`feed`]: reading and following the global feed.
 //! - [`views`]: job status, job lists with page tokens, the queue.
 //! - [`webhooks`]: the webhook outbox (filled from the feed), claims, attempts.
 //! - `projection`: the runner that keeps the views.
-//! - `repo`: the cqrs-es repositories and the wrapper that writes metadata and hashes.
+//! - `repo`: the cqrs-es repositories and the wrapper that writes metadata, links, signatures and heads.
 //! - `backend`: SQLite, PostgreSQL and memory specifics (schema, SQL).
 //! - `migrate`: versioned schema migrations.
 //! - `page_token`: opaque list cursors.
 
+mod audit_log;
 mod backend;
 pub mod chain;
+pub mod checkpoint;
 pub mod error;
 pub mod event;
 pub mod feed;
+pub mod keys;
 mod migrate;
 pub mod options;
 mod page_token;
@@ -40,17 +47,21 @@ mod repo;
 pub mod retry;
 pub mod store;
 pub mod url;
+pub mod verify;
 pub mod views;
 pub mod webhooks;
 
-pub use chain::{ChainError, ChainFault, verify_chain};
+pub use chain::{Checkpoint, Head};
+pub use checkpoint::{CheckpointError, verify_checkpoints};
 pub use error::{Error, Result};
 pub use event::{Metadata, Position, RawEvent, StoredEvent};
 pub use feed::{Feed, FeedFilter};
+pub use keys::{AuditKey, KeyError, Keyring, PublicKey};
 pub use options::StoreOptions;
 pub use repo::ChainRepository;
 pub use store::{Appended, Committed, JobCqrs, JobEventStore, LoadedJob, Store};
 pub use url::{ACCEPTED_URLS, StoreUrl};
+pub use verify::{ChainError, ChainFault, ChainReport, Depth, verify_job};
 pub use views::{DEFAULT_PAGE_SIZE, JobListQuery, JobPage, MAX_PAGE_SIZE, Views};
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! How a store is opened: pool sizes, polling, retries, page-token key.
+//! How a store is opened: pool sizes, polling, retries, page-token key,
+//! audit keys.
 
 use std::time::Duration;
+
+use crate::keys::{AuditKey, PublicKey};
 
 /// Options for [`Store::open_with`](crate::Store::open_with). `Default` suits
 /// an engine process; tests shorten the poll interval.
@@ -27,6 +30,16 @@ pub struct StoreOptions {
     pub page_token_key: Option<Vec<u8>>,
     /// Events per projection transaction.
     pub projection_batch: usize,
+    /// The key that signs events, job heads and feed checkpoints (see
+    /// `docs/audit.md`). `None`: for a SQLite file, the key in
+    /// `<file>.audit-key`, created (mode 0600) on first open; otherwise a
+    /// key made for this process, which dies with it (fine for memory
+    /// stores and tests; a PostgreSQL store used by more than one process
+    /// or run needs a configured key, or its jobs stop verifying).
+    pub audit_key: Option<AuditKey>,
+    /// Public keys whose signatures verify too: the keys used before a
+    /// rotation. The signing key's own public key is always trusted.
+    pub trusted_keys: Vec<PublicKey>,
 }
 
 impl Default for StoreOptions {
@@ -39,6 +52,8 @@ impl Default for StoreOptions {
             postgres_schema: None,
             page_token_key: None,
             projection_batch: 500,
+            audit_key: None,
+            trusted_keys: Vec::new(),
         }
     }
 }

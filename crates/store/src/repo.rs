@@ -1,7 +1,8 @@
 //! The event repositories behind cqrs-es' `PersistedEventStore`: sqlite-es,
 //! postgres-es, or the in-process log, wrapped in [`ChainRepository`], which
-//! writes the store's own metadata (`recorded_at`, `tenant`, and the audit
-//! hash chain) into every event as it is persisted.
+//! writes the store's own metadata (`recorded_at`, `tenant`, the audit chain
+//! link and signature) into every event as it is persisted, and the job's
+//! signed head beside them.
 
 use std::sync::Arc;
 
@@ -17,8 +18,11 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::backend::memory::MemoryLog;
 use crate::backend::{postgres, sqlite};
-use crate::chain::{GENESIS_HASH, event_hash};
-use crate::event::{HASH, MAX_JOB_EVENTS, PREV_HASH, Position, RECORDED_AT, TENANT};
+use crate::chain::{CHAIN_VERSION, GENESIS_HASH, Head, event_link, event_message, head_message};
+use crate::event::{
+    CHAIN, HASH, KEY_ID, MAX_JOB_EVENTS, PREV_HASH, Position, RECORDED_AT, SIG, TENANT,
+};
+use crate::keys::AuditKey;
 
 /// One of the three repositories; dispatches every read to it. Writes go
 /// through [`EventRepo::insert`], on the same pool.
@@ -38,52 +42,26 @@ macro_rules! dispatch {
     };
 }
 
-/// One event of a job as the command path needs it: the payload as stored
-/// (JSON text) and, for the job's last event only, its chain hash.
-pub(crate) struct LoadRow {
-    pub sequence: u64,
-    pub event_type: String,
-    pub event_version: String,
-    pub payload: String,
-    pub hash: Option<String>,
-}
-
 impl EventRepo {
-    /// A job's events in sequence order, for the command path: one query,
-    /// reading the metadata of the last event only (for its hash), and the
-    /// payloads as text to decode straight into events.
-    pub(crate) async fn load(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<Vec<LoadRow>, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(_, pool) => {
-                sqlite::load_job(pool, aggregate_type, aggregate_id).await
-            }
-            EventRepo::Postgres(_, pool) => {
-                postgres::load_job(pool, aggregate_type, aggregate_id).await
-            }
-            EventRepo::Memory(log) => Ok(log.load_job(aggregate_type, aggregate_id)),
-        }
-    }
-
-    /// Write one job's consecutive events in one transaction, as the
-    /// backend's repository would (same table, columns and values; a taken
-    /// sequence is `OptimisticLockError`), and return the global position of
-    /// the last one. sqlite-es' and postgres-es' `persist` return nothing,
+    /// Write one job's consecutive events and its new head in one
+    /// transaction, as the backend's repository would (same table, columns
+    /// and values; a taken sequence is `OptimisticLockError`), and return the
+    /// global position of the last one. sqlite-es' and postgres-es' `persist` return nothing,
     /// so the position would take a second query per command.
     pub(crate) async fn insert(
         &self,
         aggregate_type: &str,
         events: &[SerializedEvent],
+        head: &Head,
     ) -> Result<Position, PersistenceError> {
         match self {
-            EventRepo::Sqlite(_, pool) => sqlite::insert_events(pool, aggregate_type, events).await,
-            EventRepo::Postgres(_, pool) => {
-                postgres::insert_events(pool, aggregate_type, events).await
+            EventRepo::Sqlite(_, pool) => {
+                sqlite::insert_events(pool, aggregate_type, events, head).await
             }
-            EventRepo::Memory(log) => log.insert(aggregate_type, events),
+            EventRepo::Postgres(_, pool) => {
+                postgres::insert_events(pool, aggregate_type, events, head).await
+            }
+            EventRepo::Memory(log) => log.insert(aggregate_type, events, head),
         }
     }
 }
@@ -132,15 +110,19 @@ impl PersistedEventRepository for EventRepo {
 }
 
 /// The repository every store uses: the backend's, plus the store's metadata
-/// on every event it persists. Cheap to clone.
+/// on every event it persists: `recorded_at`, `tenant`, the chain link and
+/// the server key's signature (see [`crate::chain`]), and the job's signed
+/// head, written in the same transaction. Cheap to clone.
 ///
-/// [`Store`](crate::Store) passes the previous event's hash (it has just
-/// loaded the job) as `prev_hash` metadata. A caller of the plain cqrs-es
-/// framework does not, and the previous event is then read back here.
+/// [`Store`](crate::Store) passes the previous event's link (it has just
+/// loaded and verified the job) as `prev_hash` metadata. A caller of the
+/// plain cqrs-es framework does not, and the previous event is then read
+/// back here.
 #[derive(Clone)]
 pub struct ChainRepository {
     repo: Arc<EventRepo>,
     clock: Arc<dyn Clock>,
+    key: AuditKey,
 }
 
 fn unknown(msg: String) -> PersistenceError {
@@ -158,8 +140,13 @@ fn created_tenant(payload: &Value) -> Option<String> {
 }
 
 impl ChainRepository {
-    pub(crate) fn new(repo: Arc<EventRepo>, clock: Arc<dyn Clock>) -> Self {
-        Self { repo, clock }
+    pub(crate) fn new(repo: Arc<EventRepo>, clock: Arc<dyn Clock>, key: AuditKey) -> Self {
+        Self { repo, clock, key }
+    }
+
+    /// The key that signs what this repository writes.
+    pub(crate) fn key(&self) -> &AuditKey {
+        &self.key
     }
 
     /// The hash and tenant of the event before `sequence`.
@@ -193,29 +180,22 @@ impl ChainRepository {
         ))
     }
 
-    pub(crate) async fn load(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<Vec<LoadRow>, PersistenceError> {
-        self.repo.load(aggregate_type, aggregate_id).await
-    }
-
-    /// Chain `events` (the store's metadata and hashes) and write them in one
-    /// transaction; the global position of the last.
+    /// Chain and sign `events` and write them with the job's new head in
+    /// one transaction; the global position of the last.
     pub(crate) async fn commit<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
     ) -> Result<Position, PersistenceError> {
-        let events = self.chained::<A>(events).await?;
-        self.repo.insert(A::TYPE, &events).await
+        let (events, head) = self.chained::<A>(events).await?;
+        self.repo.insert(A::TYPE, &events, &head).await
     }
 
-    /// `events` with the store's metadata and the hash chain filled in.
+    /// `events` with the store's metadata, links and signatures filled in,
+    /// and the job's head after them.
     async fn chained<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    ) -> Result<(Vec<SerializedEvent>, Head), PersistenceError> {
         let first = &events[0];
         for (i, e) in events.iter().enumerate() {
             if e.sequence != first.sequence + i || e.aggregate_id != first.aggregate_id {
@@ -265,14 +245,44 @@ impl ChainRepository {
             if let Some(t) = &tenant {
                 meta.insert(TENANT.into(), Value::String(t.clone()));
             }
-            let hash = event_hash(&prev, &e.event_type, &e.event_version, &e.payload);
+            meta.insert(CHAIN.into(), Value::String(CHAIN_VERSION.into()));
+            meta.insert(KEY_ID.into(), Value::String(self.key.key_id().into()));
+            for k in [HASH, PREV_HASH, SIG] {
+                meta.remove(k);
+            }
+            let meta = Value::Object(meta);
+            let link = event_link(
+                &prev,
+                &e.aggregate_id,
+                e.sequence as u64,
+                &e.event_type,
+                &e.event_version,
+                &e.payload,
+                &meta,
+            );
+            let Value::Object(mut meta) = meta else {
+                unreachable!("built as an object above")
+            };
             meta.insert(PREV_HASH.into(), Value::String(prev));
-            meta.insert(HASH.into(), Value::String(hash.clone()));
+            meta.insert(HASH.into(), Value::String(link.clone()));
+            meta.insert(
+                SIG.into(),
+                Value::String(self.key.sign(&event_message(&link))),
+            );
             e.metadata = Value::Object(meta);
-            prev = hash;
+            prev = link;
             out.push(e);
         }
-        Ok(out)
+        let job_id = first.aggregate_id.clone();
+        let sequence = last;
+        let head = Head {
+            sig: self.key.sign(&head_message(&job_id, sequence, &prev)),
+            job_id,
+            sequence,
+            link: prev,
+            key_id: self.key.key_id().into(),
+        };
+        Ok((out, head))
     }
 }
 
@@ -312,7 +322,7 @@ impl PersistedEventRepository for ChainRepository {
             let events = if events.is_empty() {
                 events.to_vec()
             } else {
-                self.chained::<A>(events).await?
+                self.chained::<A>(events).await?.0
             };
             return self.repo.persist::<A>(&events, snapshot_update).await;
         }

@@ -11,6 +11,7 @@ use loraflow_core::ids::JobId;
 use loraflow_core::job::upcast::upcasters;
 use loraflow_core::job::{JobCommand, JobEvent, JobServices, TrainingJob};
 use postgres_es::PostgresEventRepository;
+use serde::Deserialize;
 use sqlite_es::SqliteEventRepository;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,18 +19,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::memory::{MemoryLog, MemoryViews};
 use crate::backend::{Backend, postgres, sqlite};
-use crate::chain::{GENESIS_HASH, verify_chain};
+use crate::chain::GENESIS_HASH;
 use crate::error::{Error, Result};
 use crate::event::{
-    MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
+    HASH, MAX_JOB_EVENTS, Metadata, PREV_HASH, Position, RECORDED_AT, RESERVED_METADATA, RawEvent,
     StoredEvent, TENANT,
 };
 use crate::feed::{Feed, FeedFilter};
+use crate::keys::Keyring;
 use crate::options::StoreOptions;
 use crate::projection::{self, VIEWS};
 use crate::repo::{ChainRepository, EventRepo};
 use crate::retry::retry_safe;
 use crate::url::StoreUrl;
+use crate::verify::{Depth, verify_job};
 use crate::views::Views;
 use crate::{migrate, page_token};
 
@@ -97,6 +100,13 @@ pub(crate) struct Shared {
     pub page_key: Vec<u8>,
     pub url: StoreUrl,
     pub outbox: crate::webhooks::Outbox,
+    /// The public keys whose signatures this store accepts: the signing
+    /// key's and `StoreOptions::trusted_keys`.
+    pub keys: Keyring,
+    /// The feed position where this store began signing (its first
+    /// checkpoint): a job without a head whose unsigned events all lie at or
+    /// before it was written before signing, and is still served.
+    pub signing_began: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -188,7 +198,60 @@ impl Store {
         services: JobServices,
         options: StoreOptions,
     ) -> Result<Self> {
+        Self::open_inner(url, services, options, false).await
+    }
+
+    /// Open an existing store to audit it: a SQLite file that is not there
+    /// or a PostgreSQL schema without events is [`Error::Missing`], and
+    /// nothing is created (no database, no key file, no checkpoint).
+    /// Without `options.audit_key`, a SQLite store's key file is read if it
+    /// is there; only its public key is used.
+    pub async fn open_existing(
+        url: &str,
+        services: JobServices,
+        options: StoreOptions,
+    ) -> Result<Self> {
         let parsed: StoreUrl = url.parse()?;
+        let missing = |reason: String| Error::Missing {
+            url: url.to_owned(),
+            reason,
+        };
+        match &parsed {
+            StoreUrl::Sqlite { path } => {
+                if !path.is_file() {
+                    return Err(missing(format!("no file {}", path.display())));
+                }
+                if !sqlite::events_table_exists(path).await? {
+                    return Err(missing(format!("{} holds no events table", path.display())));
+                }
+            }
+            StoreUrl::Postgres { url: pg } => {
+                if !postgres::events_table_exists(pg, options.postgres_schema.as_deref()).await? {
+                    return Err(missing(match &options.postgres_schema {
+                        Some(schema) => format!("no table {schema}.events"),
+                        None => "no events table in the default schema".into(),
+                    }));
+                }
+            }
+            StoreUrl::SqliteMemory | StoreUrl::Memory => {
+                return Err(missing(
+                    "a memory store only lives inside its process".into(),
+                ));
+            }
+        }
+        Self::open_inner(url, services, options, true).await
+    }
+
+    async fn open_inner(
+        url: &str,
+        services: JobServices,
+        options: StoreOptions,
+        audit_only: bool,
+    ) -> Result<Self> {
+        let parsed: StoreUrl = url.parse()?;
+        let key = crate::audit_log::signing_key(&parsed, &options, audit_only)?;
+        let mut keys = Keyring::new(options.trusted_keys.iter().copied());
+        keys.add(key.public_key());
         let (backend, repo) = match &parsed {
             StoreUrl::Sqlite { path } => {
                 let pool = sqlite::connect(Some(path), &options).await?;
@@ -222,7 +285,7 @@ impl Store {
                 )
             }
         };
-        let repo = ChainRepository::new(Arc::new(repo), services.clock.clone());
+        let repo = ChainRepository::new(Arc::new(repo), services.clock.clone(), key);
         let framework = CqrsFramework::new(
             PersistedEventStore::new_event_store(repo.clone()).with_upcasters(upcasters()),
             vec![],
@@ -234,6 +297,14 @@ impl Store {
             .unwrap_or_else(|| page_token::DEFAULT_KEY.to_vec());
         let views_at = backend.checkpoint(VIEWS).await?;
         let outbox = crate::webhooks::Outbox::new(&backend);
+        let signing_began = match backend.audit_checkpoints().await?.first() {
+            Some(c) => c.position,
+            None if audit_only => 0,
+            None => {
+                let c = crate::audit_log::sign_checkpoint(&backend, repo.key(), None).await?;
+                c.position
+            }
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 sqlite_writer: matches!(backend, Backend::Sqlite(_))
@@ -249,6 +320,8 @@ impl Store {
                 page_key,
                 url: parsed,
                 outbox,
+                keys,
+                signing_began: signing_began.into(),
             }),
         })
     }
@@ -485,24 +558,41 @@ impl Store {
         Ok((sequence > 0).then_some(LoadedJob { job, sequence }))
     }
 
-    /// The job folded from its events, its sequence, and the hash of its
-    /// last event (the genesis hash for a job with none). What cqrs-es'
-    /// `load_events` does, reading only what a command needs: payloads,
-    /// decoded straight from their text unless an upcaster applies, and the
-    /// last event's hash instead of every event's metadata.
+    /// The job folded from its events, its sequence, and the link of its
+    /// last event (the genesis hash for a job with none), after verifying
+    /// its chain and head ([`Depth::Links`]: every link recomputed, one
+    /// signature checked). A log that does not verify is
+    /// [`Error::TamperedLog`], logged as an error: the job is not acted on.
     async fn fold(&self, job_id: &JobId) -> Result<(TrainingJob, u64, String)> {
         let s = &self.shared;
-        let rows = s
-            .repo
-            .load(<TrainingJob as Aggregate>::TYPE, job_id.as_str())
-            .await?;
-        let sequence = rows.last().map_or(0, |r| r.sequence);
-        let prev_hash = rows
+        let log = s.backend.job_log(job_id).await?;
+        let report = verify_job(
+            job_id,
+            &log.events,
+            log.head.as_ref(),
+            &s.keys,
+            Depth::Links,
+            Some(s.signing_began.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+        if let Some(f) = report.fault {
+            tracing::error!(
+                job = %job_id,
+                fault = %f.fault,
+                sequence = f.sequence,
+                position = f.position,
+                "TAMPERED LOG: refusing to act on job {job_id}: {f}"
+            );
+            return Err(Error::TamperedLog(f));
+        }
+        let sequence = log.events.last().map_or(0, |e| e.sequence);
+        let prev_hash = log
+            .events
             .last()
-            .and_then(|r| r.hash.clone())
-            .unwrap_or_else(|| GENESIS_HASH.to_owned());
+            .and_then(|e| e.metadata.get(HASH).and_then(serde_json::Value::as_str))
+            .unwrap_or(GENESIS_HASH)
+            .to_owned();
         let mut job = TrainingJob::default();
-        for r in rows {
+        for r in log.events {
             let bad = |err: serde_json::Error| {
                 Error::serialization(format!(
                     "event {} of job {job_id} ({} {}): {err}",
@@ -520,7 +610,7 @@ impl Store {
                     <TrainingJob as Aggregate>::TYPE.to_owned(),
                     r.event_type.clone(),
                     r.event_version.clone(),
-                    serde_json::from_str(&r.payload).map_err(bad)?,
+                    r.payload.clone(),
                     serde_json::Value::Null,
                 );
                 // The same fold cqrs-es applies on load.
@@ -531,7 +621,7 @@ impl Store {
                 }
                 serde_json::from_value(e.payload).map_err(bad)?
             } else {
-                serde_json::from_str(&r.payload).map_err(bad)?
+                JobEvent::deserialize(&r.payload).map_err(bad)?
             };
             job.apply(event);
         }
@@ -552,10 +642,17 @@ impl Store {
         self.shared.backend.job_events(job_id).await
     }
 
-    /// Verify the job's hash chain; [`Error::Chain`] names the first event
-    /// that does not verify.
+    /// Verify the job's chain, head and every signature with this store's
+    /// keys; [`Error::TamperedLog`] names the first event that does not
+    /// verify (an unsigned prefix, written before signing, counts).
     pub async fn verify_job(&self, job_id: &JobId) -> Result<()> {
-        Ok(verify_chain(&self.raw_history(job_id).await?)?)
+        let report = self
+            .verify_job_with(job_id, &self.shared.keys, Depth::Full)
+            .await?;
+        match report.first_problem() {
+            Some(f) => Err(Error::TamperedLog(f)),
+            None => Ok(()),
+        }
     }
 
     /// Start the projection runner that keeps the views; it stops when
@@ -630,7 +727,6 @@ impl Store {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
     }

@@ -13,6 +13,8 @@ use loraflow_core::ids::JobId;
 use loraflow_core::views::{JobListFilter, JobStatus, QueueView, QueuedStep};
 use serde_json::Value;
 
+use super::JobLog;
+use crate::chain::{Checkpoint, Head};
 use crate::event::{Position, RawEvent, TENANT};
 use crate::feed::FeedFilter;
 use crate::projection::fold_batch;
@@ -24,6 +26,9 @@ struct LogState {
     rows: Vec<(String, SerializedEvent)>,
     /// Row indexes of each aggregate, in sequence order.
     by_aggregate: HashMap<(String, String), Vec<usize>>,
+    /// Each job's signed head, written with its events.
+    heads: HashMap<String, Head>,
+    checkpoints: Vec<Checkpoint>,
 }
 
 /// The event log. A std `Mutex`: it is never held across an await point.
@@ -53,26 +58,40 @@ impl MemoryLog {
             .unwrap_or_default()
     }
 
-    pub(crate) fn load_job(&self, aggregate_type: &str, id: &str) -> Vec<crate::repo::LoadRow> {
-        let events = self.events_of(aggregate_type, id, 0);
-        let last = events.last().map(|e| e.sequence);
-        events
-            .into_iter()
-            .map(|e| crate::repo::LoadRow {
-                sequence: e.sequence as u64,
-                hash: (Some(e.sequence) == last)
-                    .then(|| {
-                        e.metadata
-                            .get(crate::event::HASH)?
-                            .as_str()
-                            .map(str::to_owned)
-                    })
-                    .flatten(),
-                event_type: e.event_type,
-                event_version: e.event_version,
-                payload: e.payload.to_string(),
+    /// A job's events and head, under one lock.
+    pub(crate) fn job_log(&self, aggregate_type: &str, id: &JobId) -> JobLog {
+        let s = lock(&self.state);
+        let events = s
+            .by_aggregate
+            .get(&(aggregate_type.to_owned(), id.to_string()))
+            .map(|idx| {
+                idx.iter()
+                    .map(|&i| Self::raw(i + 1, &s.rows[i].1))
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default();
+        JobLog {
+            events,
+            head: s.heads.get(id.as_str()).cloned(),
+        }
+    }
+
+    pub(crate) fn heads(&self) -> Vec<Head> {
+        let mut heads: Vec<Head> = lock(&self.state).heads.values().cloned().collect();
+        heads.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        heads
+    }
+
+    pub(crate) fn checkpoints(&self) -> Vec<Checkpoint> {
+        lock(&self.state).checkpoints.clone()
+    }
+
+    pub(crate) fn insert_checkpoint(&self, c: Checkpoint) {
+        let mut s = lock(&self.state);
+        if s.checkpoints.iter().all(|x| x.position != c.position) {
+            s.checkpoints.push(c);
+            s.checkpoints.sort_by_key(|c| c.position);
+        }
     }
 
     fn raw(position: usize, e: &SerializedEvent) -> RawEvent {
@@ -152,13 +171,14 @@ impl MemoryLog {
         aggregate_type: &str,
         e: SerializedEvent,
     ) -> Result<(), PersistenceError> {
-        self.append(aggregate_type, &[e])
+        self.append(aggregate_type, &[e], None)
     }
 
     fn append(
         &self,
         aggregate_type: &str,
         events: &[SerializedEvent],
+        head: Option<&Head>,
     ) -> Result<(), PersistenceError> {
         let mut s = lock(&self.state);
         let Some(first) = events.first() else {
@@ -177,16 +197,20 @@ impl MemoryLog {
             s.rows.push((aggregate_type.to_owned(), e.clone()));
             s.by_aggregate.entry(key.clone()).or_default().push(at);
         }
+        if let Some(h) = head {
+            s.heads.insert(h.job_id.clone(), h.clone());
+        }
         Ok(())
     }
 
-    /// Append one job's events; the position of the last.
+    /// Append one job's events and set its head; the position of the last.
     pub(crate) fn insert(
         &self,
         aggregate_type: &str,
         events: &[SerializedEvent],
+        head: &Head,
     ) -> Result<Position, PersistenceError> {
-        self.append(aggregate_type, events)?;
+        self.append(aggregate_type, events, Some(head))?;
         let last = events.last().ok_or_else(|| {
             PersistenceError::UnknownError("an insert needs at least one event".into())
         })?;
@@ -246,7 +270,7 @@ impl PersistedEventRepository for MemoryLog {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        self.append(A::TYPE, events)
+        self.append(A::TYPE, events, None)
     }
 
     async fn stream_events<A: Aggregate>(

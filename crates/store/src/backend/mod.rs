@@ -17,6 +17,7 @@ use loraflow_core::job::TrainingJob;
 use loraflow_core::views::{JobListFilter, JobStatus, QueuedStep};
 use sqlx::{PgPool, SqlitePool};
 
+use crate::chain::{Checkpoint, Head};
 use crate::error::Result;
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -61,6 +62,45 @@ impl Backend {
             Self::Sqlite(p) => sqlite::job_events(p, job).await,
             Self::Postgres(p) => postgres::job_events(p, job).await,
             Self::Memory(log, _) => Ok(log.job_events(AGGREGATE, job)),
+        }
+    }
+
+    /// A job's events (in sequence order) and its head, in one snapshot.
+    pub(crate) async fn job_log(&self, job: &JobId) -> Result<JobLog> {
+        match self {
+            Self::Sqlite(p) => sqlite::job_log(p, AGGREGATE, job.as_str()).await,
+            Self::Postgres(p) => postgres::job_log(p, AGGREGATE, job.as_str()).await,
+            Self::Memory(log, _) => Ok(log.job_log(AGGREGATE, job)),
+        }
+    }
+
+    /// Every job's head, by job id.
+    pub(crate) async fn heads(&self) -> Result<Vec<Head>> {
+        match self {
+            Self::Sqlite(p) => sqlite::heads(p).await,
+            Self::Postgres(p) => postgres::heads(p).await,
+            Self::Memory(log, _) => Ok(log.heads()),
+        }
+    }
+
+    /// The feed checkpoints, oldest first.
+    pub(crate) async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        match self {
+            Self::Sqlite(p) => sqlite::checkpoints(p).await,
+            Self::Postgres(p) => postgres::checkpoints(p).await,
+            Self::Memory(log, _) => Ok(log.checkpoints()),
+        }
+    }
+
+    /// Store a checkpoint (one at a position already taken is kept as it is).
+    pub(crate) async fn insert_audit_checkpoint(&self, c: &Checkpoint) -> Result<()> {
+        match self {
+            Self::Sqlite(p) => sqlite::insert_checkpoint(p, c).await,
+            Self::Postgres(p) => postgres::insert_checkpoint(p, c).await,
+            Self::Memory(log, _) => {
+                log.insert_checkpoint(c.clone());
+                Ok(())
+            }
         }
     }
 
@@ -171,4 +211,65 @@ pub(crate) fn plain_label_key(key: &str) -> bool {
 /// is closed, which rolls back (and releases the lock), instead of reused.
 pub(crate) fn abandoned(conn: &impl sqlx::Connection) -> bool {
     conn.is_in_transaction()
+}
+
+/// A job's events and head as one read returns them.
+#[derive(Debug, Default)]
+pub(crate) struct JobLog {
+    pub events: Vec<RawEvent>,
+    pub head: Option<Head>,
+}
+
+/// One row of the job-log read: (0, sequence, position, type, version,
+/// payload, metadata) for an event, (1, sequence, 0, link, key id, sig, '')
+/// for the head.
+pub(crate) type LogRow = (i64, i64, i64, String, String, String, String);
+
+/// Rows of the job-log read as events and head. A payload or metadata that
+/// is not JSON (edited by hand) is kept as a JSON string, so that the chain
+/// check reports the event as edited instead of the read failing.
+pub(crate) fn log_from_rows(job: &str, rows: Vec<LogRow>) -> Result<JobLog> {
+    let mut log = JobLog::default();
+    let json =
+        |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    for (kind, sequence, position, a, b, c, d) in rows {
+        if kind == 1 {
+            log.head = Some(head_from_row((job.to_owned(), sequence, a, b, c)));
+        } else {
+            log.events.push(RawEvent {
+                position: position as Position,
+                job_id: JobId::new(job),
+                sequence: sequence as u64,
+                event_type: a,
+                event_version: b,
+                payload: json(c),
+                metadata: json(d),
+            });
+        }
+    }
+    Ok(log)
+}
+
+pub(crate) fn head_from_row(
+    (job_id, sequence, link, key_id, sig): (String, i64, String, String, String),
+) -> Head {
+    Head {
+        job_id,
+        sequence: sequence as u64,
+        link,
+        key_id,
+        sig,
+    }
+}
+
+pub(crate) fn checkpoint_from_row(
+    (position, root, key_id, sig, signed_at): (i64, String, String, String, String),
+) -> Checkpoint {
+    Checkpoint {
+        position: position as Position,
+        root,
+        key_id,
+        sig,
+        signed_at,
+    }
 }

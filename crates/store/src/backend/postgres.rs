@@ -32,7 +32,11 @@ use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 
-use super::{AGGREGATE, persistence_error, plain_label_key};
+use super::{
+    AGGREGATE, JobLog, LogRow, checkpoint_from_row, head_from_row, log_from_rows,
+    persistence_error, plain_label_key,
+};
+use crate::chain::{Checkpoint, Head};
 use crate::error::{Error, Result};
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -124,6 +128,30 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "webhook subscriptions, outbox and delivery log",
         steps: crate::webhooks::postgres::SCHEMA,
+    },
+    Migration {
+        version: 5,
+        name: "signed audit log: job heads and feed checkpoints",
+        steps: &[
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS job_heads (
+                    job_id   text PRIMARY KEY,
+                    sequence bigint NOT NULL,
+                    link     text NOT NULL,
+                    key_id   text NOT NULL,
+                    sig      text NOT NULL
+                )",
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+                    position  bigint PRIMARY KEY,
+                    root      text NOT NULL,
+                    key_id    text NOT NULL,
+                    sig       text NOT NULL,
+                    signed_at text NOT NULL
+                )",
+            ),
+        ],
     },
 ];
 
@@ -265,14 +293,16 @@ pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEven
     .collect()
 }
 
-/// Write one job's events atomically: postgres-es' statement and values,
-/// all rows in one INSERT (one round trip, where postgres-es sends BEGIN,
-/// an INSERT per event and COMMIT), with `RETURNING` the generated global
+/// Write one job's events and its new head atomically: postgres-es'
+/// statement and values, all rows in one INSERT, and the head's upsert in
+/// the same statement (one round trip, where postgres-es sends BEGIN, an
+/// INSERT per event and COMMIT), with `RETURNING` the generated global
 /// positions; returns the last.
 pub(crate) async fn insert_events(
     pool: &PgPool,
     aggregate_type: &str,
     events: &[SerializedEvent],
+    head: &Head,
 ) -> Result<Position, PersistenceError> {
     if events.is_empty() {
         return Err(PersistenceError::UnknownError(
@@ -280,7 +310,7 @@ pub(crate) async fn insert_events(
         ));
     }
     let mut q = QueryBuilder::<Postgres>::new(
-        "INSERT INTO events
+        "WITH ins AS (INSERT INTO events
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
     );
     q.push_values(events, |mut row, e| {
@@ -292,7 +322,21 @@ pub(crate) async fn insert_events(
             .push_bind(&e.payload)
             .push_bind(&e.metadata);
     });
-    q.push(" RETURNING global_position");
+    q.push(" RETURNING global_position), head AS (INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (")
+        .push_bind(head.job_id.as_str())
+        .push(", ")
+        .push_bind(head.sequence as i64)
+        .push(", ")
+        .push_bind(head.link.as_str())
+        .push(", ")
+        .push_bind(head.key_id.as_str())
+        .push(", ")
+        .push_bind(head.sig.as_str())
+        .push(
+            ") ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
+                key_id = excluded.key_id, sig = excluded.sig)
+             SELECT global_position FROM ins",
+        );
     let positions: Vec<i64> = q
         .build_query_scalar()
         .fetch_all(pool)
@@ -305,34 +349,74 @@ pub(crate) async fn insert_events(
         .ok_or_else(|| PersistenceError::UnknownError("the insert returned no position".into()))
 }
 
-/// A job's events for the command path (see `EventRepo::load`).
-pub(crate) async fn load_job(
+/// A job's events in sequence order and its head, read in one statement
+/// (one snapshot).
+pub(crate) async fn job_log(
     pool: &PgPool,
     aggregate_type: &str,
     aggregate_id: &str,
-) -> Result<Vec<crate::repo::LoadRow>, PersistenceError> {
-    let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT sequence, event_type, event_version, payload::text,
-                CASE WHEN sequence = MAX(sequence) OVER () THEN metadata->>'hash' END
-           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+) -> Result<JobLog> {
+    let rows: Vec<LogRow> = sqlx::query_as(
+        "SELECT 0::bigint, sequence, global_position, event_type, event_version, payload::text, metadata::text
+           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+         UNION ALL
+         SELECT 1::bigint, sequence, 0::bigint, link, key_id, sig, '' FROM job_heads WHERE job_id = $2
+         ORDER BY 1, 2",
     )
     .bind(aggregate_type)
     .bind(aggregate_id)
     .fetch_all(pool)
-    .await
-    .map_err(persistence_error)?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(sequence, event_type, event_version, payload, hash)| crate::repo::LoadRow {
-                sequence: sequence as u64,
-                event_type,
-                event_version,
-                payload,
-                hash,
-            },
-        )
-        .collect())
+    .await?;
+    log_from_rows(aggregate_id, rows)
+}
+
+pub(crate) async fn heads(pool: &PgPool) -> Result<Vec<Head>> {
+    let rows: Vec<(String, i64, String, String, String)> =
+        sqlx::query_as("SELECT job_id, sequence, link, key_id, sig FROM job_heads ORDER BY job_id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(head_from_row).collect())
+}
+
+pub(crate) async fn checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>> {
+    let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT position, root, key_id, sig, signed_at FROM audit_checkpoints ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(checkpoint_from_row).collect())
+}
+
+pub(crate) async fn insert_checkpoint(pool: &PgPool, c: &Checkpoint) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (position, root, key_id, sig, signed_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (position) DO NOTHING",
+    )
+    .bind(c.position as i64)
+    .bind(c.root.as_str())
+    .bind(c.key_id.as_str())
+    .bind(c.sig.as_str())
+    .bind(c.signed_at.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether `schema` (or the URL's default) has an events table, asked on
+/// a connection of its own so that nothing is created (an audit never
+/// creates a store).
+pub(crate) async fn events_table_exists(url: &str, schema: Option<&str>) -> Result<bool> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let table = match schema {
+        Some(s) => format!("{s}.events"),
+        None => "events".to_owned(),
+    };
+    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(table)
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(found.is_some())
 }
 
 /// Whether a connection comes back to the pool inside a transaction nobody

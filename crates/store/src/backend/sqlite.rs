@@ -21,7 +21,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 
-use super::{AGGREGATE, persistence_error, plain_label_key};
+use super::{
+    AGGREGATE, JobLog, LogRow, checkpoint_from_row, head_from_row, log_from_rows,
+    persistence_error, plain_label_key,
+};
+use crate::chain::{Checkpoint, Head};
 use crate::error::Result;
 use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
@@ -123,6 +127,30 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "webhook subscriptions, outbox and delivery log",
         steps: crate::webhooks::sqlite::SCHEMA,
+    },
+    Migration {
+        version: 5,
+        name: "signed audit log: job heads and feed checkpoints",
+        steps: &[
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS job_heads (
+                    job_id   TEXT PRIMARY KEY,
+                    sequence INTEGER NOT NULL,
+                    link     TEXT NOT NULL,
+                    key_id   TEXT NOT NULL,
+                    sig      TEXT NOT NULL
+                ) STRICT",
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+                    position  INTEGER PRIMARY KEY,
+                    root      TEXT NOT NULL,
+                    key_id    TEXT NOT NULL,
+                    sig       TEXT NOT NULL,
+                    signed_at TEXT NOT NULL
+                ) STRICT",
+            ),
+        ],
     },
 ];
 
@@ -240,82 +268,125 @@ pub(crate) async fn job_events(pool: &SqlitePool, job: &JobId) -> Result<Vec<Raw
     .collect()
 }
 
-/// Write one job's events atomically, each with the next global position
-/// (`MAX + 1`: SQLite has one writer at a time, so this is commit order),
-/// which the trigger would otherwise set in a second write of the row.
-/// sqlite-es' statement, plus the position; returns the last position. One
-/// event (most commands) is one statement in its own implicit transaction:
-/// one call to the connection's worker instead of three.
+/// Write one job's events and its new head atomically, each event with the
+/// next global position (`MAX + 1`: SQLite has one writer at a time, so
+/// this is commit order), which the trigger would otherwise set in a second
+/// write of the row. sqlite-es' statement, plus the position; returns the
+/// last position.
 pub(crate) async fn insert_events(
     pool: &SqlitePool,
     aggregate_type: &str,
     events: &[SerializedEvent],
+    head: &Head,
 ) -> Result<Position, PersistenceError> {
     const INSERT: &str = "INSERT INTO events
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
          VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
          RETURNING global_position";
-    let insert = |e: &SerializedEvent| {
-        sqlx::query_scalar::<_, i64>(INSERT)
-            .bind(aggregate_type.to_owned())
-            .bind(e.aggregate_id.clone())
+    if events.is_empty() {
+        return Err(PersistenceError::UnknownError(
+            "an insert needs at least one event".into(),
+        ));
+    }
+    let mut tx = pool.begin().await.map_err(persistence_error)?;
+    let mut last = 0;
+    for e in events {
+        last = sqlx::query_scalar::<_, i64>(INSERT)
+            .bind(aggregate_type)
+            .bind(e.aggregate_id.as_str())
             .bind(e.sequence as i64)
-            .bind(e.event_type.clone())
-            .bind(e.event_version.clone())
+            .bind(e.event_type.as_str())
+            .bind(e.event_version.as_str())
             .bind(e.payload.to_string())
             .bind(e.metadata.to_string())
-    };
-    let p = match events {
-        [] => {
-            return Err(PersistenceError::UnknownError(
-                "an insert needs at least one event".into(),
-            ));
-        }
-        [e] => insert(e).fetch_one(pool).await.map_err(persistence_error)?,
-        events => {
-            let mut tx = pool.begin().await.map_err(persistence_error)?;
-            let mut last = 0;
-            for e in events {
-                last = insert(e)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(persistence_error)?;
-            }
-            tx.commit().await.map_err(persistence_error)?;
-            last
-        }
-    };
-    Ok(p as Position)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(persistence_error)?;
+    }
+    sqlx::query(
+        "INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
+            key_id = excluded.key_id, sig = excluded.sig",
+    )
+    .bind(head.job_id.as_str())
+    .bind(head.sequence as i64)
+    .bind(head.link.as_str())
+    .bind(head.key_id.as_str())
+    .bind(head.sig.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(persistence_error)?;
+    tx.commit().await.map_err(persistence_error)?;
+    Ok(last as Position)
 }
 
-/// A job's events for the command path (see `EventRepo::load`).
-pub(crate) async fn load_job(
+/// A job's events in sequence order and its head, read in one statement
+/// (one snapshot: a writer that commits meanwhile is seen in both or neither).
+pub(crate) async fn job_log(
     pool: &SqlitePool,
     aggregate_type: &str,
     aggregate_id: &str,
-) -> Result<Vec<crate::repo::LoadRow>, PersistenceError> {
-    let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT sequence, event_type, event_version, payload,
-                CASE WHEN sequence = MAX(sequence) OVER () THEN json_extract(metadata, '$.hash') END
-           FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY sequence",
+) -> Result<JobLog> {
+    let rows: Vec<LogRow> = sqlx::query_as(
+        "SELECT 0, sequence, global_position, event_type, event_version, payload, metadata
+           FROM events WHERE aggregate_type = ? AND aggregate_id = ?
+         UNION ALL
+         SELECT 1, sequence, 0, link, key_id, sig, '' FROM job_heads WHERE job_id = ?
+         ORDER BY 1, 2",
     )
     .bind(aggregate_type)
     .bind(aggregate_id)
+    .bind(aggregate_id)
     .fetch_all(pool)
-    .await
-    .map_err(persistence_error)?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(sequence, event_type, event_version, payload, hash)| crate::repo::LoadRow {
-                sequence: sequence as u64,
-                event_type,
-                event_version,
-                payload,
-                hash,
-            },
-        )
-        .collect())
+    .await?;
+    log_from_rows(aggregate_id, rows)
+}
+
+pub(crate) async fn heads(pool: &SqlitePool) -> Result<Vec<Head>> {
+    let rows: Vec<(String, i64, String, String, String)> =
+        sqlx::query_as("SELECT job_id, sequence, link, key_id, sig FROM job_heads ORDER BY job_id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(head_from_row).collect())
+}
+
+pub(crate) async fn checkpoints(pool: &SqlitePool) -> Result<Vec<Checkpoint>> {
+    let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT position, root, key_id, sig, signed_at FROM audit_checkpoints ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(checkpoint_from_row).collect())
+}
+
+pub(crate) async fn insert_checkpoint(pool: &SqlitePool, c: &Checkpoint) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (position, root, key_id, sig, signed_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (position) DO NOTHING",
+    )
+    .bind(c.position as i64)
+    .bind(c.root.as_str())
+    .bind(c.key_id.as_str())
+    .bind(c.sig.as_str())
+    .bind(c.signed_at.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether the file at `path` holds an events table, asked on a read-only
+/// connection of its own so that nothing is created (an audit never
+/// creates a store).
+pub(crate) async fn events_table_exists(path: &Path) -> Result<bool> {
+    use sqlx::Connection;
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+    let found = sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'")
+        .fetch_optional(&mut conn)
+        .await?
+        .is_some();
+    conn.close().await?;
+    Ok(found)
 }
 
 pub(crate) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<Position> {

@@ -17,8 +17,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::support::{TestStore, long_history, meta, on_every_backend};
-use crate::chain::ChainFault;
 use crate::event::{HASH, PREV_HASH, RECORDED_AT, TENANT};
+use crate::verify::ChainFault;
 use crate::{Error, FeedFilter, JobListQuery, Store};
 
 fn id(s: &str) -> JobId {
@@ -607,11 +607,11 @@ async fn a_tampered_event_is_found(t: &TestStore) {
     forged["JobSubmitted"]["dataset"]["image_count"] = json!(9999);
     t.tamper(history[1].position, forged).await;
     let err = s.verify_job(&id("job-t")).await.unwrap_err();
-    let Error::Chain(c) = err else {
+    let Error::TamperedLog(c) = err else {
         panic!("{err:?}")
     };
     assert_eq!((c.sequence, c.position), (2, history[1].position));
-    assert!(matches!(c.fault, ChainFault::Altered { .. }));
+    assert_eq!(c.fault, ChainFault::Edited);
 }
 
 /// cqrs-es' own framework on the store still writes the chain and metadata.
@@ -706,11 +706,11 @@ async fn opening_again_migrates_nothing(t: &TestStore) {
     match &a.shared().backend {
         crate::backend::Backend::Sqlite(pool) => assert_eq!(
             crate::migrate::applied_sqlite(pool).await.unwrap(),
-            [1, 2, 3, 4]
+            [1, 2, 3, 4, 5]
         ),
         crate::backend::Backend::Postgres(pool) => assert_eq!(
             crate::migrate::applied_postgres(pool).await.unwrap(),
-            [1, 2, 3, 4]
+            [1, 2, 3, 4, 5]
         ),
         crate::backend::Backend::Memory(..) => {}
     }

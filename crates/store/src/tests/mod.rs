@@ -8,5 +8,6 @@ mod gap_free;
 mod job_list;
 mod restart;
 mod support;
+mod tampering;
 mod upcasting;
 mod webhooks;

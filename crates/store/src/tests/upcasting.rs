@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::support::{TestStore, meta, on_every_backend};
 use crate::backend::{AGGREGATE, Backend, postgres as pg_backend, sqlite as sqlite_backend};
-use crate::chain::ChainFault;
 use crate::event::RawEvent;
+use crate::verify::ChainFault;
 use crate::{Error, FeedFilter};
 
 fn old_job_created() -> RawEvent {
@@ -57,6 +57,9 @@ async fn an_old_event_stored_as_raw_json_is_upcast(t: &TestStore) {
             .unwrap(),
     }
     let job = JobId::new("job-legacy");
+    // An old release wrote it before this store began signing.
+    let planted = t.store.raw_history(&job).await.unwrap()[0].position;
+    t.store.set_signing_began(planted);
     let loaded = t.store.load(&job).await.unwrap().expect("loads");
     assert_eq!(loaded.job.state(), Some(JobState::Pending));
     assert_eq!(loaded.job.spec().unwrap().engine, Engine::Kohya);
@@ -113,10 +116,10 @@ async fn an_old_event_stored_as_raw_json_is_upcast(t: &TestStore) {
     let history = t.store.history(&job).await.unwrap();
     assert_eq!(history[1].tenant().unwrap().as_str(), "acme");
     let err = t.store.verify_job(&job).await.unwrap_err();
-    let Error::Chain(e) = err else {
+    let Error::TamperedLog(e) = err else {
         panic!("{err:?}")
     };
-    assert_eq!((e.sequence, e.fault), (1, ChainFault::Unhashed));
+    assert_eq!((e.sequence, e.fault), (1, ChainFault::Unsigned));
 }
 
 on_every_backend!(an_old_event_stored_as_raw_json_is_upcast);
