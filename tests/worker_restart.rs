@@ -17,6 +17,7 @@ use common::server::{Backend, ServerSetup, TestServer};
 use common::worker::bare_worker;
 use common::{FileSampler, wait_event};
 use loraflow::config::SchedulerConfig;
+use loraflow::core::catalogue::ParamValue;
 use loraflow::core::executor::{Capabilities, StepOutput};
 use loraflow::core::ids::{ExecutorId, InstanceId, JobId, TenantId};
 use loraflow::core::job::JobEvent;
@@ -184,7 +185,11 @@ on_both_backends! {
 
         // gpu-1, a real `loraflow worker` process, trains on the native engine.
         let mut gpu1 = WorkerProcess::start(&server, &root, "first");
-        let job = common::create_job(&server.engine, common::spec(&server.dataset_uri)).await;
+        // Two epochs of 30 optimiser steps each: long enough to be killed
+        // in the middle of, short enough to finish on the retry.
+        let mut spec = common::spec(&server.dataset_uri);
+        spec.params.insert("num_repeats".into(), ParamValue::Int(10));
+        let job = common::create_job(&server.engine, spec).await;
         let is_train = |e: &JobEvent, attempt: u32| match e {
             JobEvent::StepLeased(l) => l.step_id.as_str() == "train" && l.attempt == attempt,
             _ => false,
@@ -195,9 +200,10 @@ on_both_backends! {
             unreachable!()
         };
         assert_eq!(first.executor_id.as_str(), "gpu-1");
-        // Its heartbeat shows that it is at work; then it dies without a word.
+        // Its heartbeat shows that it is training; then it dies without a word.
         wait_event(&server.engine, &acme(), &job, |e| {
-            matches!(e, JobEvent::StepProgressed(p) if p.lease_id == first.lease_id)
+            matches!(e, JobEvent::StepProgressed(p)
+                if p.lease_id == first.lease_id && p.progress.step.is_some_and(|s| s >= 1))
         })
         .await;
         gpu1.kill();
