@@ -23,6 +23,14 @@ pub enum Error {
     #[error("job {0} not found")]
     JobNotFound(JobId),
 
+    /// No job was created with this request id (by this tenant): there is
+    /// nothing to resume; submit the job again. `NOT_FOUND` with reason
+    /// `UNKNOWN_REQUEST`.
+    #[error(
+        "no job was created with request id {0:?}; submit the job again (with --request-id {0} to keep it idempotent)"
+    )]
+    UnknownRequest(String),
+
     /// The executor must register (again) before polling. `NOT_FOUND` with
     /// reason `UNKNOWN_EXECUTOR`.
     #[error("executor {0} is not registered; call RegisterExecutor first")]

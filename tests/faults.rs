@@ -206,7 +206,7 @@ on_both_backends! {
             max_concurrent_steps: 1,
             ..Capabilities::default()
         };
-        api.register(&me, &caps).await.unwrap();
+        api.register(&me, &"faults-test".into(), &caps).await.unwrap();
         let job = create(&server, Duration::from_millis(500), 3).await;
         let first = api.poll(&me, Duration::from_secs(5)).await.unwrap().expect("s1 is leased");
         assert_eq!((first.step_id.as_str(), first.attempt), ("s1", 1));

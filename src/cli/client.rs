@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::output::{emit_job, out};
+use super::retry::{Failure, with_retries};
 use super::{Connection, exit};
 
 #[derive(Clone)]
@@ -76,6 +77,25 @@ pub fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
         _ => exit::FAILED,
     };
     Exit(code, msg).into()
+}
+
+/// A client whose connection is made on its first call (and made again
+/// after it breaks): an unreachable server is a failed call, which a caller
+/// that retries can try again.
+pub fn connect_lazy(conn: &Connection) -> anyhow::Result<Client> {
+    let endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
+        .with_context(|| format!("invalid server URL {:?}; use http://host:port", conn.server))?
+        .connect_timeout(std::time::Duration::from_secs(10));
+    let token = conn
+        .token
+        .as_ref()
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .context("the token contains characters that cannot be sent")?;
+    Ok(
+        JobServiceClient::with_interceptor(endpoint.connect_lazy(), Bearer(token))
+            .max_decoding_message_size(64 * 1024 * 1024),
+    )
 }
 
 pub async fn connect(conn: &Connection) -> anyhow::Result<Client> {
@@ -162,9 +182,29 @@ pub struct SubmitArgs {
     /// docs/webhooks.md for the event names).
     #[arg(long = "webhook")]
     pub webhooks: Vec<String>,
-    /// Makes the submission idempotent: repeating it returns the same job.
+    /// The submission's idempotency key (at most 36 printable ASCII
+    /// characters; default: a fresh UUID). Every try sends it, so repeating
+    /// the submission returns the same job instead of making a second.
     #[arg(long)]
     pub request_id: Option<String>,
+    /// Finish an earlier submission whose answer was lost (the server
+    /// crashed, the connection broke): the job made with this request id,
+    /// submitted now if it was left pending. Creates nothing; takes no job
+    /// file or flags.
+    #[arg(
+        long,
+        value_name = "REQUEST_ID",
+        conflicts_with_all = [
+            "file", "base_model", "engine", "profile", "dataset", "subject", "version",
+            "prompts", "params", "labels", "priority", "webhooks", "request_id",
+        ]
+    )]
+    pub resume: Option<String>,
+    /// How often a call that got no answer (server unreachable, connection
+    /// reset, deadline passed) is tried again with the same request id,
+    /// pausing 0.5 s, 1 s, 2 s, ... (at most 8 s) between tries.
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
     /// The artifact store the server reads datasets from (for uploads).
     #[arg(long, env = "LORAFLOW_ARTIFACTS", default_value = "loraflow-artifacts")]
     pub artifacts: String,
@@ -296,20 +336,95 @@ impl SubmitArgs {
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let spec = args.spec().await?;
-    let mut client = connect(&args.conn).await?;
-    let job = client
-        .create_job(pb::CreateJobRequest {
-            job: Some(spec.into()),
-            request_id: args.request_id.clone().unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| status_error("the job was refused", s))?
-        .into_inner();
-    if !args.conn.json {
+    if let Some(request_id) = &args.resume {
+        return resume(&args, request_id).await;
+    }
+    let spec: pb::JobSpec = args.spec().await?.into();
+    let request_id = args
+        .request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    eprintln!("submitting with request id {request_id}");
+    let client = connect_lazy(&args.conn)?;
+    let answer = with_retries(args.retries, &request_id, || {
+        let (mut client, job) = (client.clone(), spec.clone());
+        let request_id = request_id.clone();
+        async move {
+            client
+                .create_job(pb::CreateJobRequest {
+                    job: Some(job),
+                    request_id,
+                })
+                .await
+        }
+    })
+    .await;
+    finish_submit(answer, &request_id, "the job was refused", args.conn.json)
+}
+
+/// `submit --resume`: finish the submission made with `request_id`.
+async fn resume(args: &SubmitArgs, request_id: &str) -> anyhow::Result<()> {
+    let client = connect_lazy(&args.conn)?;
+    let answer = with_retries(args.retries, request_id, || {
+        let mut client = client.clone();
+        let request_id = request_id.to_owned();
+        async move { client.resume_job(pb::ResumeJobRequest { request_id }).await }
+    })
+    .await;
+    finish_submit(
+        answer,
+        request_id,
+        "the job cannot be resumed",
+        args.conn.json,
+    )
+}
+
+/// Report a submission: the job, or what is known of it when the server did
+/// not confirm it. The command to finish it later is always named.
+fn finish_submit(
+    answer: Result<tonic::Response<pb::Job>, Failure>,
+    request_id: &str,
+    refused: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let rerun = format!("rerun with `loraflow submit --resume {request_id}`");
+    let job = match answer {
+        Ok(job) => job.into_inner(),
+        Err(Failure::NoAnswer { status, tries }) => {
+            return Err(Exit(
+                exit::UNREACHABLE,
+                format!(
+                    "the server did not confirm the submission after {tries} tries ({:?}: {}); if it created the job, the job waits as pending under request id {request_id}: {rerun} once the server is back (it never makes a second job)",
+                    status.code(),
+                    status.message()
+                ),
+            )
+            .into());
+        }
+        Err(Failure::Refused { status, retried }) => {
+            let mut e = status_error(refused, status);
+            if retried && let Some(Exit(_, message)) = e.downcast_mut::<Exit>() {
+                message.push_str(&format!(
+                    "\n  (an earlier try got no answer, so a job may exist under request id {request_id}: {rerun}, or cancel it)"
+                ));
+            }
+            return Err(e);
+        }
+    };
+    if job.state == pb::JobState::Pending as i32 {
+        return Err(Exit(
+            exit::FAILED,
+            format!(
+                "created as {}, the server did not confirm admission; {rerun}",
+                job.job_id
+            ),
+        )
+        .into());
+    }
+    if !json {
         eprintln!("submitted; follow it with `loraflow watch {}`", job.job_id);
     }
-    emit_job(&job, args.conn.json)
+    emit_job(&job, json)
 }
 
 pub async fn status(args: JobArgs) -> anyhow::Result<()> {

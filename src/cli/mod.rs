@@ -7,6 +7,7 @@ pub mod demo;
 pub mod native;
 pub mod output;
 pub mod replay;
+pub mod retry;
 pub mod serve;
 pub mod watch;
 pub mod worker;
@@ -57,7 +58,9 @@ pub enum Command {
     /// Run executors on this machine for a remote server (connects out).
     Worker(worker::WorkerArgs),
     /// Submit a job (from a TOML file or flags); a local dataset folder is
-    /// uploaded to the artifact store first.
+    /// uploaded to the artifact store first. Every try sends one request id,
+    /// so a submission that got no answer is retried safely; `--resume
+    /// REQUEST_ID` finishes one later.
     Submit(client::SubmitArgs),
     /// Show a job.
     Status(client::JobArgs),

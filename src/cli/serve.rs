@@ -82,6 +82,8 @@ pub fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Test hooks named in `FAILPOINTS` (docs/liveness.md); none without it.
+    let _failpoints = fail::FailScenario::setup();
     let mut config = args.config.load()?;
     if let Some(s) = args.store {
         config.store.url = s;

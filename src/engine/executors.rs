@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use loraflow_core::executor::{Capabilities, StepAssignment};
-use loraflow_core::ids::{ExecutorId, JobId, LeaseId};
+use loraflow_core::ids::{ExecutorId, InstanceId, JobId, LeaseId};
 use loraflow_core::job::{
     self, CompleteStep, FailStep, Heartbeat, JobCommand, JobEvent, LeaseStep, StepProgress,
 };
@@ -32,10 +32,23 @@ pub struct Polled {
 }
 
 impl Engine {
-    /// (Re-)register an executor; it may then poll.
+    /// (Re-)register an executor that names no process; it may then poll.
+    /// Its earlier leases are left to expire: without a process id a
+    /// restart cannot be told from a reconnect (see
+    /// [`register_instance`](Self::register_instance)).
     pub fn register_executor(
         &self,
         id: ExecutorId,
+        capabilities: Capabilities,
+    ) -> Result<Registration> {
+        self.enrol(id, None, capabilities)
+    }
+
+    /// Check the capabilities and record the executor in the fleet.
+    pub(super) fn enrol(
+        &self,
+        id: ExecutorId,
+        instance: Option<InstanceId>,
         capabilities: Capabilities,
     ) -> Result<Registration> {
         if let Some(problem) = capabilities.problem() {
@@ -45,7 +58,7 @@ impl Engine {
         }
         self.inner
             .fleet
-            .register(id, capabilities, self.inner.services.clock.now());
+            .register(id, instance, capabilities, self.inner.services.clock.now());
         Ok(Registration {
             heartbeat_interval: self.inner.config.heartbeat_interval,
             poll_timeout: self.inner.config.poll_timeout,
@@ -70,7 +83,7 @@ impl Engine {
             if self.inner.shutdown.is_cancelled() {
                 return Err(Error::ShuttingDown);
             }
-            let caps = self
+            let (caps, instance) = self
                 .inner
                 .fleet
                 .touch(executor, self.inner.services.clock.now())
@@ -81,7 +94,7 @@ impl Engine {
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
             if let Some(key) = scheduler.claim(executor, &caps) {
-                match self.lease(executor, &key.0, &key.1).await {
+                match self.lease(executor, instance, &key.0, &key.1).await {
                     Ok(polled) => return Ok(Some(polled)),
                     // Another poll or replica leased it first, or the job moved on.
                     Err(Error::Domain(_))
@@ -112,6 +125,7 @@ impl Engine {
     async fn lease(
         &self,
         executor: &ExecutorId,
+        instance: Option<InstanceId>,
         job: &JobId,
         step: &loraflow_core::ids::StepId,
     ) -> Result<Polled> {
@@ -120,6 +134,7 @@ impl Engine {
             step_id: step.clone(),
             lease_id: lease_id.clone(),
             executor_id: executor.clone(),
+            instance,
         });
         let c = self
             .inner
@@ -287,7 +302,7 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    fn forget(&self, lease: &LeaseId) {
+    pub(super) fn forget(&self, lease: &LeaseId) {
         self.inner
             .leases
             .lock()

@@ -1,18 +1,21 @@
 //! Executors currently registered with this engine process. Registration is
 //! not an event: an executor registers again after a server restart (the
-//! protocol tells it to), and its leases live in the jobs' events.
+//! protocol tells it to), and its leases live in the jobs' events, each
+//! with the executor process (instance) that took it.
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 use loraflow_core::executor::Capabilities;
-use loraflow_core::ids::{ExecutorId, JobId, StepId};
+use loraflow_core::ids::{ExecutorId, InstanceId, JobId, StepId};
 
 /// One registered executor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetMember {
     pub executor_id: ExecutorId,
+    /// The process that registered last, when it named itself.
+    pub instance: Option<InstanceId>,
     pub capabilities: Capabilities,
     pub registered_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
@@ -26,11 +29,18 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    pub fn register(&self, id: ExecutorId, capabilities: Capabilities, now: DateTime<Utc>) {
+    pub fn register(
+        &self,
+        id: ExecutorId,
+        instance: Option<InstanceId>,
+        capabilities: Capabilities,
+        now: DateTime<Utc>,
+    ) {
         self.members.write().expect("fleet lock poisoned").insert(
             id.clone(),
             FleetMember {
                 executor_id: id,
+                instance,
                 capabilities,
                 registered_at: now,
                 last_seen: now,
@@ -39,12 +49,16 @@ impl Fleet {
         );
     }
 
-    /// The executor's capabilities, noting that it was seen.
-    pub fn touch(&self, id: &ExecutorId, now: DateTime<Utc>) -> Option<Capabilities> {
+    /// The executor's capabilities and process, noting that it was seen.
+    pub fn touch(
+        &self,
+        id: &ExecutorId,
+        now: DateTime<Utc>,
+    ) -> Option<(Capabilities, Option<InstanceId>)> {
         let mut members = self.members.write().expect("fleet lock poisoned");
         let m = members.get_mut(id)?;
         m.last_seen = now;
-        Some(m.capabilities.clone())
+        Some((m.capabilities.clone(), m.instance.clone()))
     }
 
     pub fn members(&self) -> Vec<FleetMember> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
-use loraflow_core::ids::ExecutorId;
+use loraflow_core::ids::{ExecutorId, InstanceId};
 use loraflow_core::job::{self, CompleteStep, FailStep, StepError, StepProgress};
 use loraflow_executors::worker::{ApiError, HeartbeatReply, Registration, WorkerApi};
 
@@ -55,10 +55,12 @@ impl WorkerApi for InProcessApi {
     async fn register(
         &self,
         executor: &ExecutorId,
+        instance: &InstanceId,
         capabilities: &Capabilities,
     ) -> Result<Registration, ApiError> {
         self.engine
-            .register_executor(executor.clone(), capabilities.clone())
+            .register_instance(executor.clone(), instance.clone(), capabilities.clone())
+            .await
             .map_err(|e| to_api(e, None))
     }
 

@@ -110,6 +110,20 @@ impl Engine {
         }
     }
 
+    /// Finish the [`create_job`](Self::create_job) that `tenant` made with
+    /// `request_id`, whose answer was lost: the job it created, submitted
+    /// now if that call stopped before admitting the dataset. Creates
+    /// nothing; `UnknownRequest` when no job was created with the id.
+    pub async fn resume_request(&self, tenant: &TenantId, request_id: &str) -> Result<JobView> {
+        let id = Self::job_id_for_request(tenant, request_id);
+        tracing::Span::current().record("job", tracing::field::display(&id));
+        match self.owned(tenant, &id).await {
+            Ok(existing) => self.resume(tenant, &id, existing).await,
+            Err(Error::JobNotFound(_)) => Err(Error::UnknownRequest(request_id.to_owned())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Create and submit job `job_id`. `repeatable`: the id comes from a
     /// request id, so an existing job under it is this request's. The id is
     /// recorded as `span_field` of the caller's span (the gRPC layer's span
@@ -170,6 +184,10 @@ impl Engine {
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
+        // A test hook (docs/liveness.md): with `FAILPOINTS` set to
+        // `create-job-after-created=return` the process dies here, between
+        // the two writes, as a crash would leave it: the job `Pending`.
+        fail::fail_point!("create-job-after-created", |_| std::process::abort());
         self.submit_created(tenant, &job_id, dataset).await
     }
 

@@ -8,6 +8,7 @@ mod executors;
 mod fleet;
 mod in_process;
 mod jobs;
+mod restarts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

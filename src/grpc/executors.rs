@@ -30,13 +30,20 @@ impl ExecutorService for Executors {
         req: Request<pb::RegisterExecutorRequest>,
     ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
         let caller = self.auth.executor(&req)?;
+        let instance = req.get_ref().instance().map_err(bad)?;
         let (id, caps) = req.into_inner().into_domain().map_err(bad)?;
         check_executor(&caller, &id)?;
-        tracing::info!(executor = %id, kinds = ?caps.kinds, gpu = caps.gpu, "executor registered");
-        let reg = self
-            .engine
-            .register_executor(id, caps)
-            .map_err(|e| to_status(e, None))?;
+        tracing::info!(executor = %id, instance = ?instance, kinds = ?caps.kinds, gpu = caps.gpu, "executor registered");
+        let reg = match instance {
+            Some(instance) => {
+                self.engine
+                    .register_instance(id, instance, caps)
+                    .instrument(tracing::info_span!("grpc", method = "RegisterExecutor"))
+                    .await
+            }
+            None => self.engine.register_executor(id, caps),
+        }
+        .map_err(|e| to_status(e, None))?;
         Ok(Response::new(pb::RegisterExecutorResponse::new(
             reg.heartbeat_interval,
             reg.poll_timeout,

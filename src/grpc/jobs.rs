@@ -128,6 +128,21 @@ impl JobService for Jobs {
         Ok(Response::new(job(view)))
     }
 
+    async fn resume_job(
+        &self,
+        req: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let request_id = req.get_ref().request_id().map_err(bad)?;
+        let view = self
+            .engine
+            .resume_request(&tenant, &request_id)
+            .instrument(span_new_job("ResumeJob", &tenant))
+            .await
+            .map_err(|e| to_status(e, None))?;
+        Ok(Response::new(job(view)))
+    }
+
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = self.auth.tenant(&req)?;
         let id = req.get_ref().job_id().map_err(bad)?;

@@ -36,6 +36,9 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
             format!("job {id} not found"),
             "JOB_NOT_FOUND",
         ),
+        e @ Error::UnknownRequest(_) => {
+            with_reason(Code::NotFound, e.to_string(), "UNKNOWN_REQUEST")
+        }
         Error::UnknownExecutor(id) => with_reason(
             Code::NotFound,
             format!("executor {id} is not registered; call RegisterExecutor first"),
@@ -96,6 +99,7 @@ mod tests {
             Error::InvalidArgument(Violations::default()),
             Error::JobNotFound("j".into()),
             Error::UnknownExecutor("gpu-1".into()),
+            Error::UnknownRequest("r".into()),
             Error::WrongState {
                 action: "retry",
                 state: JobState::Published,
@@ -157,6 +161,7 @@ mod tests {
                 | Error::InvalidArgument(_)
                 | Error::JobNotFound(_)
                 | Error::UnknownExecutor(_)
+                | Error::UnknownRequest(_)
                 | Error::WrongState { .. }
                 | Error::Artifacts(_)
                 | Error::ShuttingDown => {}

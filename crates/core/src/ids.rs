@@ -65,6 +65,13 @@ string_id!(
     ExecutorId
 );
 string_id!(
+    /// One process of an executor: a worker makes a fresh one each time it
+    /// starts and sends it when it registers, so the server can tell a
+    /// reconnect of the same process (its leases live on) from a restart
+    /// (the old process's leases are dead and end at once).
+    InstanceId
+);
+string_id!(
     /// A base model of the catalogue (`sd15`, `sdxl`, ...).
     BaseModelId
 );

@@ -185,6 +185,23 @@ pub fn job_error_at(err: &Error, prefix: &str) -> Status {
                 vec![("step", step.to_string())],
                 None,
             ),
+            Error::LeaseHolderLive {
+                lease_id,
+                executor_id,
+                instance,
+            } => (
+                Code::FailedPrecondition,
+                "LEASE_HOLDER_LIVE",
+                vec![
+                    ("lease_id", lease_id.to_string()),
+                    ("executor_id", executor_id.to_string()),
+                    (
+                        "instance",
+                        instance.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                    ),
+                ],
+                None,
+            ),
             Error::InvalidProgress(problem) => (
                 Code::InvalidArgument,
                 "INVALID_PROGRESS",
@@ -384,6 +401,14 @@ mod tests {
             (
                 Error::QueueNotExpired {
                     step: "train".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::LeaseHolderLive {
+                    lease_id: "l".into(),
+                    executor_id: "gpu-1".into(),
+                    instance: Some("p1".into()),
                 },
                 Code::FailedPrecondition,
             ),

@@ -95,6 +95,7 @@ fn setup_commands(job: &JobId) -> [JobCommand; 3] {
             step_id: StepId::new("validate"),
             lease_id: LeaseId::new("lease-1"),
             executor_id: ExecutorId::new("gpu-0"),
+            instance: None,
         }),
     ]
 }

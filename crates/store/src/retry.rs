@@ -13,6 +13,7 @@
 //! | `LeaseStep` (fresh lease id) | yes | the retry re-checks that the step is still queued; a double lease is refused |
 //! | `CompleteStep`, `FailStep` | yes | idempotent by lease id; a superseded lease is refused as stale |
 //! | `ExpireLease`, `ExpireQueuedStep` | yes | the deadline is checked again against the new state |
+//! | `ExpireRestartedLease` | yes | the lease's holder is checked again; an ended lease is refused as stale |
 //! | `Cancel` | yes | cancelling twice is a no-op |
 //! | `Create`, `Submit` | no | a conflict means someone else created or submitted the job |
 //! | `Approve`, `Reject`, `Fail` | no | a person's decision; they should see what changed |
@@ -30,6 +31,7 @@ pub fn retry_safe(command: &JobCommand) -> bool {
         | JobCommand::FailStep(_)
         | JobCommand::ExpireLease(_)
         | JobCommand::ExpireQueuedStep(_)
+        | JobCommand::ExpireRestartedLease(_)
         | JobCommand::Cancel(_) => true,
         JobCommand::Create(_)
         | JobCommand::Submit(_)

@@ -338,6 +338,7 @@ impl Aggregate for TrainingJob {
                     number: e.attempt,
                     lease_id: e.lease_id,
                     executor_id: e.executor_id,
+                    instance: e.instance,
                     leased_at: e.leased_at,
                     outcome: None,
                 });

@@ -189,6 +189,7 @@ impl Driver {
             step_id: StepId::new(step),
             lease_id: lease_id.clone(),
             executor_id: ExecutorId::new("gpu-0"),
+            instance: None,
         }))
         .unwrap_or_else(|e| panic!("lease {step}: {e}"));
         lease_id

@@ -7,7 +7,7 @@ use super::spec::{AdmittedDataset, JobSpec};
 use super::state::FailureReason;
 use super::step::{StepError, StepProgress};
 use crate::artifact::{Artifact, EpochOutput};
-use crate::ids::{ExecutorId, JobId, LeaseId, StepId};
+use crate::ids::{ExecutorId, InstanceId, JobId, LeaseId, StepId};
 
 /// Create the job from a client's spec (validated against the catalogue).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,9 @@ pub struct LeaseStep {
     /// Fresh and unique; the executor quotes it in every later call.
     pub lease_id: LeaseId,
     pub executor_id: ExecutorId,
+    /// The executor process that polled, when it named one.
+    #[serde(default)]
+    pub instance: Option<InstanceId>,
 }
 
 /// Renew a lease and record progress. Callers throttle these.
@@ -61,6 +64,18 @@ pub struct FailStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExpireLease {
     pub lease_id: LeaseId,
+}
+
+/// The executor holding this lease registered again from another process
+/// (`instance`): the process that held it is gone, so the lease ends now
+/// instead of at its heartbeat deadline, and the step is retried at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpireRestartedLease {
+    pub lease_id: LeaseId,
+    /// The executor that registered; it must be the lease's.
+    pub executor_id: ExecutorId,
+    /// The process that registered; the lease must be another's.
+    pub instance: InstanceId,
 }
 
 /// A queued step waited past its schedule-to-start timeout.
@@ -106,6 +121,7 @@ pub enum JobCommand {
     CompleteStep(CompleteStep),
     FailStep(FailStep),
     ExpireLease(ExpireLease),
+    ExpireRestartedLease(ExpireRestartedLease),
     ExpireQueuedStep(ExpireQueuedStep),
     Approve(ApproveJob),
     Reject(RejectJob),
@@ -124,6 +140,7 @@ impl JobCommand {
             Self::CompleteStep(_) => "complete_step",
             Self::FailStep(_) => "fail_step",
             Self::ExpireLease(_) => "expire_lease",
+            Self::ExpireRestartedLease(_) => "expire_restarted_lease",
             Self::ExpireQueuedStep(_) => "expire_queued_step",
             Self::Approve(_) => "approve",
             Self::Reject(_) => "reject",

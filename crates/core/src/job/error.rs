@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::state::JobState;
-use crate::ids::{BaseModelId, JobId, LeaseId, StepId};
+use crate::ids::{BaseModelId, ExecutorId, InstanceId, JobId, LeaseId, StepId};
 use crate::validation::Violations;
 
 /// A command the job refused. Each variant says how a caller should handle it
@@ -83,6 +83,20 @@ pub enum Error {
     LeaseNotExpired {
         lease_id: LeaseId,
         deadline: DateTime<Utc>,
+    },
+
+    /// A restart was reported for a lease whose holder has not restarted:
+    /// the registering process is the holder (a reconnect keeps its
+    /// leases), or the lease is another executor's. Nothing to end;
+    /// `FAILED_PRECONDITION`.
+    #[error(
+        "lease {lease_id} is held by executor {executor_id} (process {}), which has not restarted",
+        instance.as_ref().map_or("unnamed", |i| i.as_str())
+    )]
+    LeaseHolderLive {
+        lease_id: LeaseId,
+        executor_id: ExecutorId,
+        instance: Option<InstanceId>,
     },
 
     /// Expiry of a queued step asked before its schedule-to-start timeout. `FAILED_PRECONDITION`.

@@ -15,7 +15,7 @@ use super::state::FailureReason;
 use super::step::{ExpiryCause, ParamAdjustment, StepError, StepProgress};
 use crate::artifact::{Artifact, EpochOutput};
 use crate::catalogue::Params;
-use crate::ids::{ExecutorId, JobId, LeaseId, StepId, TenantId};
+use crate::ids::{ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
 use crate::workflow::{Requirements, StepKind, WorkflowSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,11 @@ pub struct StepLeased {
     pub attempt: u32,
     pub lease_id: LeaseId,
     pub executor_id: ExecutorId,
+    /// The executor process the step went to (since 1.1; absent when the
+    /// executor named none). A registration from another process of the
+    /// same executor ends this lease at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
     pub leased_at: DateTime<Utc>,
     /// Heartbeat deadline; each heartbeat moves it.
     pub deadline: DateTime<Utc>,
@@ -106,6 +111,10 @@ pub struct LeaseExpired {
     pub lease_id: LeaseId,
     pub executor_id: ExecutorId,
     pub cause: ExpiryCause,
+    /// For [`ExpiryCause::ExecutorRestarted`] (since 1.1): the new process
+    /// of the executor, whose registration ended the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_as: Option<InstanceId>,
     pub expired_at: DateTime<Utc>,
 }
 
@@ -254,6 +263,14 @@ impl JobEvent {
 /// The current version of `JobCreated`; 1.0 had a flat shape (see `upcast`).
 pub const JOB_CREATED_VERSION: &str = "2.0.0";
 
+/// The current version of `StepLeased`: 1.1 added the executor's
+/// `instance`; a 1.0 payload loads as it is, with none.
+pub const STEP_LEASED_VERSION: &str = "1.1.0";
+
+/// The current version of `LeaseExpired`: 1.1 added the cause
+/// `ExecutorRestarted` and `restarted_as`; a 1.0 payload loads as it is.
+pub const LEASE_EXPIRED_VERSION: &str = "1.1.0";
+
 impl DomainEvent for JobEvent {
     fn event_type(&self) -> String {
         self.name().to_owned()
@@ -262,6 +279,8 @@ impl DomainEvent for JobEvent {
     fn event_version(&self) -> String {
         match self {
             Self::JobCreated(_) => JOB_CREATED_VERSION,
+            Self::StepLeased(_) => STEP_LEASED_VERSION,
+            Self::LeaseExpired(_) => LEASE_EXPIRED_VERSION,
             _ => "1.0.0",
         }
         .to_owned()

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::ParamValue;
-use crate::ids::{ExecutorId, LeaseId};
+use crate::ids::{ExecutorId, InstanceId, LeaseId};
 use crate::workflow::StepKind;
 
 /// Progress an executor reports in a heartbeat.
@@ -94,6 +94,10 @@ pub enum ExpiryCause {
     HeartbeatTimeout,
     /// The attempt ran past its start-to-close timeout.
     StartToCloseTimeout,
+    /// The executor registered again from a new process: the process that
+    /// held the lease is gone. Recorded at once, not after the heartbeat
+    /// timeout, and the step is retried without backoff.
+    ExecutorRestarted,
 }
 
 /// How one attempt ended.
@@ -110,6 +114,9 @@ pub struct Attempt {
     pub number: u32,
     pub lease_id: LeaseId,
     pub executor_id: ExecutorId,
+    /// The executor process that holds it, when the executor named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
     pub leased_at: DateTime<Utc>,
     pub outcome: Option<AttemptOutcome>,
 }

@@ -7,7 +7,10 @@
 //!
 //! Fields added later with a serde default need no new version: a payload
 //! written before them loads as it is (`spec.webhooks` was added this way,
-//! and a 2.0 `JobCreated` without it has no webhooks).
+//! and a 2.0 `JobCreated` without it has no webhooks). They still bump the
+//! minor version, so a reader can tell which payloads may carry them:
+//! `StepLeased` 1.1 (`instance`) and `LeaseExpired` 1.1 (`restarted_as`, and
+//! the cause `ExecutorRestarted`) load 1.0 payloads unchanged.
 
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{Value, json};

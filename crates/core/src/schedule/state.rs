@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::catalogue::{Catalogue, ModelFamily};
-use crate::ids::{ExecutorId, JobId, LeaseId, StepId, TenantId};
+use crate::ids::{ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
 use crate::job::JobEvent;
 use crate::workflow::{Requirements, StepKind};
 
@@ -37,6 +37,8 @@ pub struct LiveLease {
     pub step_id: StepId,
     pub lease_id: LeaseId,
     pub executor_id: ExecutorId,
+    /// The executor process holding it, when the executor named one.
+    pub instance: Option<InstanceId>,
     pub kind: StepKind,
     pub tenant: TenantId,
     pub leased_at: DateTime<Utc>,
@@ -108,6 +110,18 @@ impl SchedulerState {
             .count() as u32
     }
 
+    /// Leases of `executor` held by processes other than `instance`: dead
+    /// once that process registers (the executor restarted).
+    pub fn leases_of_other_processes<'a>(
+        &'a self,
+        executor: &'a ExecutorId,
+        instance: &'a InstanceId,
+    ) -> impl Iterator<Item = &'a LiveLease> + 'a {
+        self.leases
+            .values()
+            .filter(move |l| &l.executor_id == executor && l.instance.as_ref() != Some(instance))
+    }
+
     /// The schedule-to-start timeout of a step, if it has one.
     pub(super) fn schedule_to_start(&self, job: &JobId, step: &StepId) -> Option<Duration> {
         self.jobs.get(job)?.schedule_to_start.get(step).copied()
@@ -174,6 +188,7 @@ impl SchedulerState {
                         step_id: e.step_id.clone(),
                         lease_id: e.lease_id.clone(),
                         executor_id: e.executor_id.clone(),
+                        instance: e.instance.clone(),
                         kind: e.kind.clone(),
                         tenant,
                         leased_at: e.leased_at,

@@ -71,6 +71,7 @@ impl Fleet {
             step_id: StepId::new(step),
             lease_id,
             executor_id: ExecutorId::new(executor),
+            instance: None,
         }))
         .unwrap();
         self.sync();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
-use loraflow_core::ids::{ExecutorId, LeaseId};
+use loraflow_core::ids::{ExecutorId, InstanceId, LeaseId};
 use loraflow_core::job::{StepError, StepProgress};
 
 /// How the server wants the worker to pace itself.
@@ -45,9 +45,13 @@ pub enum ApiError {
 
 #[async_trait]
 pub trait WorkerApi: Send + Sync + 'static {
+    /// Register `instance`, this process of `executor`. A new process ends
+    /// the leases of the executor's earlier ones (their steps are retried at
+    /// once); the same process registering again keeps its leases.
     async fn register(
         &self,
         executor: &ExecutorId,
+        instance: &InstanceId,
         capabilities: &Capabilities,
     ) -> Result<Registration, ApiError>;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
-use loraflow_core::ids::{ExecutorId, LeaseId};
+use loraflow_core::ids::{ExecutorId, InstanceId, LeaseId};
 use loraflow_core::job::{StepError, StepProgress};
 use loraflow_proto::pb::v1 as pb;
 use loraflow_proto::pb::v1::executor_service_client::ExecutorServiceClient;
@@ -105,11 +105,13 @@ impl WorkerApi for GrpcWorkerApi {
     async fn register(
         &self,
         executor: &ExecutorId,
+        instance: &InstanceId,
         capabilities: &Capabilities,
     ) -> Result<Registration, ApiError> {
         let req = pb::RegisterExecutorRequest {
             executor_id: executor.to_string(),
             capabilities: Some(capabilities.clone().into()),
+            instance_id: instance.to_string(),
         };
         let reply = self
             .client

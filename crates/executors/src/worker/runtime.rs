@@ -2,6 +2,11 @@
 //! slots polling for steps; run each with its executor while heartbeating
 //! (forwarding progress, and cancel/save/sample signals back); report the
 //! outcome, retrying transient failures (completions are idempotent by lease).
+//!
+//! Each worker names its process with an instance id made when it is
+//! created: registering again after a lost connection keeps its leases,
+//! while a new process under the same executor id (a restart) ends the
+//! leases its predecessor held, so their steps are retried at once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loraflow_core::executor::{Capabilities, Executor, StepAssignment, StepContext, StepOutput};
-use loraflow_core::ids::ExecutorId;
+use loraflow_core::ids::{ExecutorId, InstanceId};
 use loraflow_core::job::{StepError, StepErrorKind};
 use loraflow_core::workflow::StepKind;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +43,8 @@ pub struct Worker {
     options: WorkerOptions,
     /// Why the server refused the registration for good, once it has.
     refused: std::sync::OnceLock<String>,
+    /// This process of the executor: fresh for every worker made.
+    instance: InstanceId,
 }
 
 /// The server refused this worker's registration for good (a bad token, an
@@ -58,7 +65,13 @@ impl Worker {
             artifacts,
             options,
             refused: std::sync::OnceLock::new(),
+            instance: InstanceId::new(uuid::Uuid::now_v7().to_string()),
         }
+    }
+
+    /// The instance id this worker registers with.
+    pub fn instance_id(&self) -> &InstanceId {
+        &self.instance
     }
 
     /// Add an executor for the kinds it declares (a later one wins a kind).
@@ -130,9 +143,13 @@ impl Worker {
             if self.refused.get().is_some() {
                 return None;
             }
-            match self.api.register(&self.options.executor_id, caps).await {
+            match self
+                .api
+                .register(&self.options.executor_id, &self.instance, caps)
+                .await
+            {
                 Ok(r) => {
-                    info!(executor = %self.options.executor_id, kinds = ?caps.kinds, "registered");
+                    info!(executor = %self.options.executor_id, instance = %self.instance, kinds = ?caps.kinds, "registered");
                     return Some(r);
                 }
                 Err(ApiError::Rejected(msg)) => {

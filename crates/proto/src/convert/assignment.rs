@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use loraflow_core::artifact::{Artifact, EpochOutput};
 use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
-use loraflow_core::ids::{ExecutorId, JobId, LeaseId};
+use loraflow_core::ids::{ExecutorId, InstanceId, JobId, LeaseId};
 use loraflow_core::job::{DatasetRef, Naming, StepError, StepProgress};
 use loraflow_core::validation::Violations;
 use loraflow_core::workflow::StepKind;
@@ -86,7 +86,29 @@ impl pb::RegisterExecutorRequest {
         };
         f.finish((ExecutorId(self.executor_id), caps))
     }
+    /// The registering process, if the worker named one: at most
+    /// [`MAX_INSTANCE_ID_LEN`] printable ASCII characters.
+    pub fn instance(&self) -> Result<Option<InstanceId>, Violations> {
+        let id = self.instance_id.as_str();
+        if id.is_empty() {
+            Ok(None)
+        } else if id.len() > MAX_INSTANCE_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            let mut v = Violations::default();
+            v.push(
+                "instance_id",
+                format!(
+                    "instance id {id:?} must be at most {MAX_INSTANCE_ID_LEN} printable ASCII characters; use a UUID made when the worker starts"
+                ),
+            );
+            Err(v)
+        } else {
+            Ok(Some(InstanceId::new(id)))
+        }
+    }
 }
+
+/// The longest `RegisterExecutorRequest.instance_id`.
+pub const MAX_INSTANCE_ID_LEN: usize = 64;
 
 /// How the server paces a worker: heartbeat interval and longest poll.
 impl pb::RegisterExecutorResponse {
@@ -360,6 +382,7 @@ mod tests {
         let ok = pb::RegisterExecutorRequest {
             executor_id: "gpu-box-3/0".into(),
             capabilities: Some(gpu_caps().into()),
+            instance_id: String::new(),
         };
         assert_eq!(ok.into_domain(), Ok(("gpu-box-3/0".into(), gpu_caps())));
 
@@ -369,6 +392,7 @@ mod tests {
         let bad = pb::RegisterExecutorRequest {
             executor_id: String::new(),
             capabilities: Some(wire),
+            instance_id: String::new(),
         };
         assert_eq!(
             fields(&bad.into_domain().unwrap_err()),
@@ -382,10 +406,28 @@ mod tests {
         let senseless = pb::RegisterExecutorRequest {
             executor_id: "cpu-1".into(),
             capabilities: Some(pb::ExecutorCapabilities::default()),
+            instance_id: String::new(),
         };
         let err = senseless.into_domain().unwrap_err();
         assert_eq!(fields(&err), ["capabilities"]);
         assert!(err.0[0].description.contains("step kind"), "{err}");
+    }
+
+    #[test]
+    fn registration_names_the_process_or_none() {
+        let with = |id: &str| pb::RegisterExecutorRequest {
+            executor_id: "gpu-1".into(),
+            capabilities: Some(gpu_caps().into()),
+            instance_id: id.into(),
+        };
+        assert_eq!(with("").instance(), Ok(None));
+        let uuid = "0191d2c4-9c5e-7b7a-8f00-3c2a1b0e9d11";
+        assert_eq!(with(uuid).instance(), Ok(Some(uuid.into())));
+        for bad in ["has space", &"x".repeat(65)] {
+            let err = with(bad).instance().unwrap_err();
+            assert_eq!(fields(&err), ["instance_id"]);
+            assert!(err.0[0].description.contains("at most 64"), "{err}");
+        }
     }
 
     #[test]

@@ -51,6 +51,25 @@ impl pb::CreateJobRequest {
     }
 }
 
+impl pb::ResumeJobRequest {
+    /// The request id of the `CreateJob` to finish; required.
+    pub fn request_id(&self) -> Result<String, Violations> {
+        let mut f = Fields::default();
+        let id = f.take("request_id", aip::request_id(&self.request_id));
+        match id {
+            Some(Some(id)) => f.finish(id),
+            Some(None) => {
+                f.push(
+                    "request_id",
+                    "required; give the request id the job was submitted with",
+                );
+                Err(f.into_violations())
+            }
+            None => Err(f.into_violations()),
+        }
+    }
+}
+
 impl pb::GetJobRequest {
     /// The job named by `name` or `job_id` (if both, they must agree).
     pub fn job_id(&self) -> Result<JobId, Violations> {
@@ -285,6 +304,21 @@ mod tests {
             new.request_id.as_deref(),
             Some("0191d2c4-9c5e-7b7a-8f00-3c2a1b0e9d11")
         );
+    }
+
+    #[test]
+    fn resume_requires_a_well_formed_request_id() {
+        let with = |id: &str| pb::ResumeJobRequest {
+            request_id: id.into(),
+        };
+        let uuid = "0191d2c4-9c5e-7b7a-8f00-3c2a1b0e9d11";
+        assert_eq!(with(uuid).request_id(), Ok(uuid.to_owned()));
+        for bad in ["", "has space"] {
+            let err = with(bad).request_id().unwrap_err();
+            assert_eq!(fields(&err), ["request_id"], "{bad:?}");
+        }
+        let err = with("").request_id().unwrap_err();
+        assert!(err.0[0].description.starts_with("required"), "{err}");
     }
 
     #[test]

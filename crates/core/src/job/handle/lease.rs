@@ -1,11 +1,14 @@
-//! Leasing a step to an executor, heartbeats, and expiry.
+//! Leasing a step to an executor, heartbeats, and expiry (at a deadline, or
+//! at once when the executor restarted).
 
 use chrono::Duration;
 
 use super::Decision;
 use super::outcome::{AttemptEnd, end_attempt};
 use crate::ids::{LeaseId, StepId};
-use crate::job::commands::{ExpireLease, ExpireQueuedStep, Heartbeat, LeaseStep};
+use crate::job::commands::{
+    ExpireLease, ExpireQueuedStep, ExpireRestartedLease, Heartbeat, LeaseStep,
+};
 use crate::job::error::Error;
 use crate::job::events::{JobEvent, StepLeased, StepProgressed};
 use crate::job::state::{FailureReason, JobState};
@@ -60,6 +63,7 @@ pub(super) fn lease(d: &mut Decision, c: LeaseStep) -> Result<(), Error> {
         attempt,
         lease_id: c.lease_id,
         executor_id: c.executor_id,
+        instance: c.instance,
         leased_at: d.now,
         deadline: d.now + to_chrono(spec.timeouts.heartbeat),
         close_by: d.now + to_chrono(spec.timeouts.start_to_close),
@@ -122,6 +126,26 @@ pub(super) fn expire_lease(d: &mut Decision, c: ExpireLease) -> Result<(), Error
         });
     };
     end_attempt(d, step_id, c.lease_id, AttemptEnd::Expired(cause));
+    Ok(())
+}
+
+/// End a lease whose executor registered again from another process. The
+/// attempt counts (a step that kills its worker each time must not loop
+/// forever), but the retry waits no backoff: the executor is back now.
+pub(super) fn expire_restarted(d: &mut Decision, c: ExpireRestartedLease) -> Result<(), Error> {
+    d.require(&RUNNING)?;
+    let (step_id, _) = current(d, &c.lease_id)?;
+    let attempt = d.job.steps[&step_id]
+        .attempt(&c.lease_id)
+        .expect("a current lease has an attempt");
+    if attempt.executor_id != c.executor_id || attempt.instance.as_ref() == Some(&c.instance) {
+        return Err(Error::LeaseHolderLive {
+            lease_id: c.lease_id,
+            executor_id: attempt.executor_id.clone(),
+            instance: attempt.instance.clone(),
+        });
+    }
+    end_attempt(d, step_id, c.lease_id, AttemptEnd::Restarted(c.instance));
     Ok(())
 }
 

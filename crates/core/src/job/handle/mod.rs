@@ -148,6 +148,7 @@ pub(crate) fn decide(
         JobCommand::LeaseStep(c) => lease::lease(&mut d, c)?,
         JobCommand::Heartbeat(c) => lease::heartbeat(&mut d, c)?,
         JobCommand::ExpireLease(c) => lease::expire_lease(&mut d, c)?,
+        JobCommand::ExpireRestartedLease(c) => lease::expire_restarted(&mut d, c)?,
         JobCommand::ExpireQueuedStep(c) => lease::expire_queued(&mut d, c)?,
         JobCommand::CompleteStep(c) => outcome::complete(&mut d, c)?,
         JobCommand::FailStep(c) => outcome::fail(&mut d, c)?,

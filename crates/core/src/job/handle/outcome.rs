@@ -8,7 +8,7 @@ use super::Decision;
 use super::lease::{RUNNING, current};
 use crate::artifact::{Artifact, ArtifactKind};
 use crate::catalogue::ParamValue;
-use crate::ids::{LeaseId, StepId};
+use crate::ids::{InstanceId, LeaseId, StepId};
 use crate::job::commands::{CompleteStep, FailStep};
 use crate::job::error::Error;
 use crate::job::events::*;
@@ -127,6 +127,8 @@ pub(super) fn fail(d: &mut Decision, c: FailStep) -> Result<(), Error> {
 pub(super) enum AttemptEnd {
     Failed(StepError),
     Expired(ExpiryCause),
+    /// The executor registered again as this new process.
+    Restarted(InstanceId),
 }
 
 /// Record the end of an unsuccessful attempt, then retry or fail the job.
@@ -152,6 +154,16 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
             lease_id,
             executor_id: attempt.executor_id.clone(),
             cause: *cause,
+            restarted_as: None,
+            expired_at: d.now,
+        })),
+        AttemptEnd::Restarted(instance) => d.emit(JobEvent::LeaseExpired(LeaseExpired {
+            step_id: step_id.clone(),
+            attempt: attempt.number,
+            lease_id,
+            executor_id: attempt.executor_id.clone(),
+            cause: ExpiryCause::ExecutorRestarted,
+            restarted_as: Some(instance.clone()),
             expired_at: d.now,
         })),
     }
@@ -171,6 +183,12 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
         }
         AttemptEnd::Expired(ExpiryCause::StartToCloseTimeout) => {
             "ran past its start-to-close timeout".to_owned()
+        }
+        AttemptEnd::Expired(ExpiryCause::ExecutorRestarted) | AttemptEnd::Restarted(_) => {
+            format!(
+                "lost its executor {} (it restarted as a new process)",
+                attempt.executor_id
+            )
         }
     };
     let story = format!(
@@ -215,9 +233,13 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
     }
 
     let next_attempt = attempt.number + 1;
-    let backoff = spec
-        .retry
-        .backoff(next_attempt, jitter_seed(d, &step_id, next_attempt));
+    // The executor of a restart is back already: waiting helps nobody.
+    let backoff = match &end {
+        AttemptEnd::Restarted(_) => std::time::Duration::ZERO,
+        _ => spec
+            .retry
+            .backoff(next_attempt, jitter_seed(d, &step_id, next_attempt)),
+    };
     let not_before = d.now + Duration::from_std(backoff).unwrap_or(Duration::MAX);
     let job = d.job.spec.as_ref().expect("a running job has a spec");
     let (tenant, priority) = (job.tenant.clone(), job.priority);
@@ -247,8 +269,10 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
 fn final_reason(kind: &StepKind, end: &AttemptEnd, max_attempts: u32) -> FailureReason {
     match end {
         _ if kind.is(StepKind::PUBLISH) => FailureReason::PublishFailed,
-        AttemptEnd::Expired(_) if max_attempts > 1 => FailureReason::RetriesExhausted,
-        AttemptEnd::Expired(_) => FailureReason::ExecutorLost,
+        AttemptEnd::Expired(_) | AttemptEnd::Restarted(_) if max_attempts > 1 => {
+            FailureReason::RetriesExhausted
+        }
+        AttemptEnd::Expired(_) | AttemptEnd::Restarted(_) => FailureReason::ExecutorLost,
         AttemptEnd::Failed(e) => match e.kind {
             StepErrorKind::OutOfMemory => FailureReason::OutOfMemory,
             StepErrorKind::InvalidInput

@@ -26,6 +26,7 @@ fn lease_cmd(step: &str, lease: &str) -> JobCommand {
         step_id: StepId::new(step),
         lease_id: LeaseId::new(lease),
         executor_id: ExecutorId::new("gpu-0"),
+        instance: None,
     })
 }
 

@@ -5,13 +5,13 @@
 
 use cqrs_es::test::TestFramework;
 
-use crate::ids::{ExecutorId, LeaseId, StepId};
+use crate::ids::{ExecutorId, InstanceId, LeaseId, StepId};
 use crate::job::canned::{Driver, histories, outputs_for, sample_dataset, sample_spec};
 use crate::job::*;
 use crate::workflow::StepKind;
 
 /// The commands, one per kind, in this order (see [`kind`]).
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "create",
     "submit",
     "lease_step",
@@ -24,6 +24,7 @@ const KINDS: [&str; 12] = [
     "reject",
     "cancel",
     "fail",
+    "expire_restarted_lease",
 ];
 
 /// The place of a command in [`KINDS`]. The match is exhaustive, so a new
@@ -42,6 +43,7 @@ fn kind(c: &JobCommand) -> usize {
         JobCommand::Reject(_) => 9,
         JobCommand::Cancel(_) => 10,
         JobCommand::Fail(_) => 11,
+        JobCommand::ExpireRestartedLease(_) => 12,
     }
 }
 
@@ -73,6 +75,14 @@ fn commands(job: &TrainingJob) -> Vec<JobCommand> {
     let (lease, lease_kind) =
         current_lease(job).unwrap_or_else(|| (never_issued(), StepKind::TRAIN.into()));
     let step = target_step(job);
+    let holder = job
+        .steps()
+        .values()
+        .find_map(|s| match &s.status {
+            StepStatus::Leased { executor_id, .. } => Some(executor_id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| ExecutorId::new("gpu-9"));
     vec![
         JobCommand::Create(CreateJob {
             job_id: "job-1".into(),
@@ -85,6 +95,7 @@ fn commands(job: &TrainingJob) -> Vec<JobCommand> {
             step_id: step.clone(),
             lease_id: LeaseId::new("fresh-lease"),
             executor_id: ExecutorId::new("gpu-9"),
+            instance: None,
         }),
         JobCommand::Heartbeat(Heartbeat {
             lease_id: lease.clone(),
@@ -102,7 +113,9 @@ fn commands(job: &TrainingJob) -> Vec<JobCommand> {
                 retryable: true,
             },
         }),
-        JobCommand::ExpireLease(ExpireLease { lease_id: lease }),
+        JobCommand::ExpireLease(ExpireLease {
+            lease_id: lease.clone(),
+        }),
         JobCommand::ExpireQueuedStep(ExpireQueuedStep { step_id: step }),
         JobCommand::Approve(ApproveJob {
             epoch: 2,
@@ -119,6 +132,11 @@ fn commands(job: &TrainingJob) -> Vec<JobCommand> {
         JobCommand::Fail(FailJob {
             reason: FailureReason::ExecutorLost,
             message: "node gone".into(),
+        }),
+        JobCommand::ExpireRestartedLease(ExpireRestartedLease {
+            lease_id: lease,
+            executor_id: holder,
+            instance: InstanceId::new("restarted-process"),
         }),
     ]
 }
@@ -159,7 +177,7 @@ fn rows() -> Vec<(&'static str, Vec<JobEvent>)> {
 }
 
 /// The expected outcome of each command of [`commands`], in [`KINDS`] order.
-fn expected(row: &str, job: &TrainingJob) -> [Expect; 12] {
+fn expected(row: &str, job: &TrainingJob) -> [Expect; 13] {
     let exists = || {
         refused(Error::AlreadyExists {
             job_id: "job-1".into(),
@@ -185,8 +203,9 @@ fn expected(row: &str, job: &TrainingJob) -> [Expect; 12] {
             nf(),
             nf(),
             nf(),
+            nf(),
         ],
-        "Pending" => [exists(), A, I, I, I, I, I, I, I, I, A, A],
+        "Pending" => [exists(), A, I, I, I, I, I, I, I, I, A, A, I],
         "Submitted" => [
             exists(),
             I,
@@ -202,6 +221,7 @@ fn expected(row: &str, job: &TrainingJob) -> [Expect; 12] {
             I,
             A,
             A,
+            unknown_lease(),
         ],
         "Processing" => {
             let StepStatus::Leased {
@@ -234,9 +254,10 @@ fn expected(row: &str, job: &TrainingJob) -> [Expect; 12] {
                 I,
                 A,
                 A,
+                A,
             ]
         }
-        "InReview" => [exists(), I, I, I, I, I, I, I, A, A, A, A],
+        "InReview" => [exists(), I, I, I, I, I, I, I, A, A, A, A, I],
         "Approved" => [
             exists(),
             I,
@@ -252,9 +273,10 @@ fn expected(row: &str, job: &TrainingJob) -> [Expect; 12] {
             I,
             A,
             A,
+            unknown_lease(),
         ],
-        "Published" | "Failed (rejected)" => [exists(), I, I, I, I, I, I, I, I, I, I, I],
-        "Failed (cancelled)" => [exists(), I, I, I, I, I, I, I, I, I, R, I],
+        "Published" | "Failed (rejected)" => [exists(), I, I, I, I, I, I, I, I, I, I, I, I],
+        "Failed (cancelled)" => [exists(), I, I, I, I, I, I, I, I, I, R, I, I],
         other => panic!("no expectations for {other}"),
     }
 }

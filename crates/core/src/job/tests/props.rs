@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::catalogue::ParamValue;
-use crate::ids::{ExecutorId, LeaseId, StepId};
+use crate::ids::{ExecutorId, InstanceId, LeaseId, StepId};
 use crate::job::canned::{Driver, outputs_for, sample_dataset, sample_spec};
 use crate::job::events::JobEvent;
 use crate::job::upcast::upcasters;
@@ -56,6 +56,12 @@ enum Op {
     Expire {
         pick: usize,
     },
+    /// The executor registers again: from a new process, or (`same`) from
+    /// the one that holds the leases, which must keep them.
+    Restart {
+        pick: usize,
+        same: bool,
+    },
     ExpireQueued {
         pick: usize,
     },
@@ -86,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (any::<usize>(), prop::bool::weighted(0.85), 0u8..5, any::<bool>())
             .prop_map(|(pick, current, kind, retryable)| Op::Fail { pick, current, kind, retryable }),
         3 => any::<usize>().prop_map(|pick| Op::Expire { pick }),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, same)| Op::Restart { pick, same }),
         3 => any::<usize>().prop_map(|pick| Op::ExpireQueued { pick }),
         10 => (0u32..4).prop_map(|epoch| Op::Approve { epoch }),
         2 => Just(Op::Reject),
@@ -100,9 +107,15 @@ struct World {
     d: Driver,
     leases: Vec<LeaseId>,
     next_lease: u32,
+    /// The executor's current process, `p{process}`.
+    process: u32,
 }
 
 impl World {
+    fn instance(&self) -> Option<InstanceId> {
+        Some(InstanceId::new(format!("p{}", self.process)))
+    }
+
     fn pick_lease(&self, pick: usize, current: bool) -> LeaseId {
         let currents: Vec<&LeaseId> = self
             .d
@@ -157,6 +170,7 @@ impl World {
                     step_id: self.queued_step(pick),
                     lease_id,
                     executor_id: ExecutorId::new("gpu"),
+                    instance: self.instance(),
                 })
             }
             Op::Heartbeat {
@@ -202,6 +216,16 @@ impl World {
             Op::Expire { pick } => JobCommand::ExpireLease(ExpireLease {
                 lease_id: self.pick_lease(pick, true),
             }),
+            Op::Restart { pick, same } => {
+                if !same {
+                    self.process += 1;
+                }
+                JobCommand::ExpireRestartedLease(ExpireRestartedLease {
+                    lease_id: self.pick_lease(pick, true),
+                    executor_id: ExecutorId::new("gpu"),
+                    instance: self.instance().expect("a process"),
+                })
+            }
             Op::ExpireQueued { pick } => JobCommand::ExpireQueuedStep(ExpireQueuedStep {
                 step_id: self.queued_step(pick),
             }),
@@ -273,6 +297,7 @@ impl World {
             step_id: step,
             lease_id: LeaseId::new(format!("l{}", self.next_lease)),
             executor_id: ExecutorId::new("gpu"),
+            instance: self.instance(),
         }))
     }
 }
@@ -338,6 +363,7 @@ fn run_case(
         d: Driver::new(),
         leases: vec![],
         next_lease: 0,
+        process: 0,
     };
     if short_retries {
         world.d.services.status.update(|s| s.max_retries = 1);
@@ -370,6 +396,19 @@ fn run_case(
                         events,
                         cmd
                     );
+                }
+                // (e) a restart ends only another process's lease, and
+                // its retry waits no backoff.
+                if let JobCommand::ExpireRestartedLease(c) = &cmd {
+                    let (_, _, attempt) = before.find_lease(&c.lease_id).expect("a known lease");
+                    prop_assert_ne!(attempt.instance.as_ref(), Some(&c.instance));
+                }
+                for pair in events.windows(2) {
+                    if let [JobEvent::LeaseExpired(x), JobEvent::StepRetried(r)] = pair
+                        && x.cause == step::ExpiryCause::ExecutorRestarted
+                    {
+                        prop_assert_eq!(r.backoff_ms, 0, "a restart's retry waits no backoff");
+                    }
                 }
                 for e in &events {
                     if let JobEvent::StepLeased(l) = e {
