@@ -1,7 +1,7 @@
 //! The client commands: submit, status, list, approve, reject, cancel, history.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -196,27 +196,12 @@ fn webhook_flag(raw: &str) -> WebhookSpec {
     }
 }
 
-/// Upload a local dataset folder; URIs pass through.
-pub async fn dataset_uri(dataset: &str, artifacts: &str) -> anyhow::Result<String> {
-    let path = Path::new(dataset);
-    if dataset.contains("://") || !path.exists() {
-        if !dataset.contains("://") {
-            bail!("dataset {dataset:?} is neither an existing folder nor a URI");
-        }
-        return Ok(dataset.to_owned());
-    }
-    if !path.is_dir() {
-        bail!("dataset {dataset:?} must be a folder of images and captions");
-    }
-    let store = loraflow::executors::ArtifactStore::open(artifacts)?;
-    let name = format!("datasets/{}", uuid::Uuid::now_v7());
-    let (uri, n) = store.upload_dir(path, &name).await?;
-    eprintln!("uploaded {n} files from {dataset} to {uri}");
-    Ok(uri)
-}
-
 impl SubmitArgs {
-    async fn spec(&self) -> anyhow::Result<JobSpec> {
+    /// The spec, and the local dataset folder still to upload (if any).
+    async fn spec(
+        &self,
+        client: &mut Client,
+    ) -> anyhow::Result<(JobSpec, Option<super::upload::PendingUpload>)> {
         let mut f: JobFile = match &self.file {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -262,14 +247,16 @@ impl SubmitArgs {
         }
         let mut prompts = f.sample_prompts;
         prompts.extend(self.prompts.iter().cloned());
-        Ok(JobSpec {
+        let (dataset_uri, upload) =
+            super::upload::dataset_ref(client, &dataset, &self.artifacts).await?;
+        let spec = JobSpec {
             tenant: "from-token".into(),
             base_model: base_model.into(),
             engine,
             profile: self.profile.clone().or(f.profile),
             params: f.params,
             dataset: DatasetRef {
-                uri: dataset_uri(&dataset, &self.artifacts).await?,
+                uri: dataset_uri,
                 sha256: None,
             },
             sample_prompts: prompts,
@@ -282,17 +269,33 @@ impl SubmitArgs {
                 .into_iter()
                 .chain(self.webhooks.iter().map(|w| webhook_flag(w)))
                 .collect(),
-        })
+        };
+        Ok((spec, upload))
     }
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let spec = args.spec().await?;
     let mut client = connect(&args.conn).await?;
+    let (spec, upload) = args.spec(&mut client).await?;
+    let spec: pb::JobSpec = spec.into();
+    if let Some(upload) = upload {
+        // Every check but the dataset listing first: a refused submit
+        // uploads nothing.
+        client
+            .create_job(pb::CreateJobRequest {
+                job: Some(spec.clone()),
+                request_id: args.request_id.clone().unwrap_or_default(),
+                validate_only: true,
+            })
+            .await
+            .map_err(|s| status_error("the job was refused", s))?;
+        upload.upload().await?;
+    }
     let job = client
         .create_job(pb::CreateJobRequest {
-            job: Some(spec.into()),
+            job: Some(spec),
             request_id: args.request_id.clone().unwrap_or_default(),
+            validate_only: false,
         })
         .await
         .map_err(|s| status_error("the job was refused", s))?

@@ -7,6 +7,7 @@ pub mod native;
 pub mod output;
 pub mod replay;
 pub mod serve;
+pub mod upload;
 pub mod watch;
 pub mod worker;
 
@@ -52,7 +53,9 @@ pub enum Command {
     /// Run executors on this machine for a remote server (connects out).
     Worker(worker::WorkerArgs),
     /// Submit a job (from a TOML file or flags); a local dataset folder is
-    /// uploaded to the artifact store first.
+    /// uploaded to the tenant's own namespace of the artifact store
+    /// (`datasets/<tenant>/<sha256>/`, once per folder) after the server
+    /// has checked the request.
     Submit(client::SubmitArgs),
     /// Show a job.
     Status(client::JobArgs),

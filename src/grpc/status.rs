@@ -30,6 +30,13 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
             };
             wire::invalid_argument(&v, format!("invalid request: {v}"))
         }
+        Error::PermissionDenied(v) => {
+            let v = match prefix {
+                Some(p) => v.nested(p),
+                None => v,
+            };
+            wire::permission_denied(&v, format!("permission denied: {v}"), "URI_NOT_ALLOWED")
+        }
         Error::JobNotFound(id) => with_reason(
             Code::NotFound,
             format!("job {id} not found"),
@@ -90,6 +97,7 @@ mod tests {
                 state: JobState::Published,
             }),
             Error::InvalidArgument(Violations::default()),
+            Error::PermissionDenied(Violations::default()),
             Error::JobNotFound("j".into()),
             Error::UnknownExecutor("gpu-1".into()),
             Error::WrongState {
@@ -141,6 +149,7 @@ mod tests {
             match e {
                 Error::Domain(_)
                 | Error::InvalidArgument(_)
+                | Error::PermissionDenied(_)
                 | Error::JobNotFound(_)
                 | Error::UnknownExecutor(_)
                 | Error::WrongState { .. }
