@@ -137,7 +137,7 @@ async fn train(engine: &Engine, min_words: u64) -> anyhow::Result<Outcome> {
     let tenant = TenantId::new("studio");
     let (dataset, _) = engine
         .artifacts()
-        .upload_dir(&assets().join("demo-dataset"), "datasets/shapes")
+        .upload_dir(&assets().join("demo-dataset"), "datasets/studio/shapes")
         .await?;
 
     // The standard workflow with our step between `label` and `train`.

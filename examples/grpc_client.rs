@@ -77,6 +77,7 @@ pub async fn run(server: &str, token: &str, dataset_uri: &str) -> anyhow::Result
         .create_job(pb::CreateJobRequest {
             job: Some(spec),
             request_id,
+            validate_only: false,
         })
         .await?
         .into_inner();

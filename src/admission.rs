@@ -6,16 +6,22 @@ use loraflow_core::artifact::Sha256;
 use loraflow_core::catalogue::ServiceStatus;
 use loraflow_core::executor::ArtifactError;
 use loraflow_core::job::{AdmittedDataset, DatasetRef};
+use loraflow_core::limits::Limits;
 use loraflow_core::validation::Violations;
 use loraflow_executors::ArtifactStore;
 use loraflow_executors::dataset::{FileKind, classify};
 
-/// List the dataset and check the limits. The manifest digest covers the
+/// List the dataset and check the limits (images and bytes from the service
+/// status, files of any kind from `limits`). The manifest digest covers the
 /// names and sizes of every file, so a changed dataset gets a new digest.
+///
+/// The caller checks first that the tenant may name the URI
+/// ([`crate::tenancy`]): this lists it.
 pub async fn admit(
     artifacts: &ArtifactStore,
     dataset: &DatasetRef,
     status: &ServiceStatus,
+    limits: &Limits,
 ) -> Result<AdmittedDataset, Violations> {
     let mut v = Violations::default();
     let files = match artifacts.list_dir(&dataset.uri).await {
@@ -55,6 +61,16 @@ pub async fn admit(
         );
     }
     let total_bytes: u64 = files.iter().map(|(_, size)| size).sum();
+    if files.len() > limits.dataset_files {
+        v.push(
+            "dataset.uri",
+            format!(
+                "the dataset has {} files; this service accepts at most {} (limits.dataset_files); remove what is not an image or a caption",
+                files.len(),
+                limits.dataset_files
+            ),
+        );
+    }
     if images.len() > status.max_images as usize {
         v.push(
             "dataset.uri",

@@ -18,6 +18,11 @@
 //! tenant = "acme"
 //! token = "…"
 //! webhook_secret = "…"   # signs the tenant's webhook requests
+//! # datasets the tenant may name besides its uploads (docs/limits.md)
+//! allowed_roots = ["file:///srv/data/acme/", "s3://bucket/acme/"]
+//!
+//! [limits]               # every input's limit (docs/limits.md)
+//! subject_chars = 100
 //!
 //! [webhooks]
 //! max_backoff = "5m"
@@ -56,6 +61,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub webhooks: WebhooksConfig,
     pub audit: AuditConfig,
+    /// Limits on every input (sizes, counts, nesting); see `docs/limits.md`.
+    pub limits: loraflow_core::limits::Limits,
     /// A catalogue file replacing the built-in one (same shape as the
     /// built-in `default.toml`).
     pub catalogue: Option<PathBuf>,
@@ -158,6 +165,12 @@ pub struct TenantToken {
     /// cannot have webhooks.
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// URI roots the tenant's jobs may name as datasets besides its own
+    /// uploads (`<artifacts>/datasets/<tenant>/`): `file:///srv/data/acme/`,
+    /// `s3://bucket/acme/`. Matched on whole path segments after
+    /// normalisation; see `docs/limits.md`.
+    #[serde(default)]
+    pub allowed_roots: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -233,6 +246,17 @@ impl Default for WebhooksConfig {
 }
 
 impl AuthConfig {
+    /// Each tenant's allowed roots (entries of one tenant add up).
+    pub fn allowed_roots(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in &self.tenants {
+            out.entry(t.tenant.clone())
+                .or_default()
+                .extend(t.allowed_roots.iter().cloned());
+        }
+        out
+    }
+
     /// Each tenant's webhook secret. Two entries of one tenant that give
     /// different secrets are an error naming the tenant.
     pub fn webhook_secrets(&self) -> Result<BTreeMap<String, String>, String> {
@@ -279,6 +303,13 @@ impl Config {
         };
         let config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         config.auth.webhook_secrets().map_err(invalid)?;
+        let roots = config
+            .auth
+            .allowed_roots()
+            .into_iter()
+            .map(|(t, r)| (loraflow_core::ids::TenantId::new(t), r))
+            .collect();
+        crate::tenancy::Tenancy::new(&config.artifacts.root, &roots).map_err(invalid)?;
         Ok(config)
     }
 
@@ -376,5 +407,40 @@ mod tests {
             err.to_string().contains("tenant acme has two different"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_and_allowed_roots_are_configured() {
+        let c = Config::from_toml(
+            r#"
+            [[auth.tenants]]
+            tenant = "studio"
+            token = "t1"
+            allowed_roots = ["file:///srv/data/studio/", "s3://bucket/studio/"]
+            [[auth.tenants]]
+            tenant = "studio"
+            token = "t2"
+            allowed_roots = ["file:///srv/more/"]
+            [limits]
+            subject_chars = 40
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.subject_chars, 40);
+        assert_eq!(
+            c.limits.labels,
+            loraflow_core::limits::Limits::default().labels
+        );
+        assert_eq!(c.auth.allowed_roots()["studio"].len(), 3);
+
+        let err = Config::from_toml(
+            "[[auth.tenants]]\ntenant = 'x'\ntoken = 't'\nallowed_roots = ['file:///']\n",
+            Path::new("root.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("whole filesystem"), "{err}");
+        let err = Config::from_toml("[limits]\nsubject = 3\n", Path::new("l.toml")).unwrap_err();
+        assert!(err.to_string().contains("subject"), "{err}");
     }
 }

@@ -18,6 +18,13 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidArgument(Violations),
 
+    /// The request names something the tenant may not touch (a dataset
+    /// URI outside its uploads and allowed roots); every such field is
+    /// listed. Nothing was read or written. `PERMISSION_DENIED` with
+    /// `BadRequest` details and reason `URI_NOT_ALLOWED`.
+    #[error("permission denied: {0}")]
+    PermissionDenied(Violations),
+
     /// No such job for this tenant (also when it belongs to another tenant,
     /// so that ids do not leak). `NOT_FOUND`.
     #[error("job {0} not found")]

@@ -8,6 +8,7 @@
 //! - [`engine`]: the [`Engine`]: store, projections, scheduler and in-process executors.
 //! - `scheduler`: the scheduler runtime over the pure policy in `loraflow_core::schedule`.
 //! - [`error`]: the engine's error type.
+//! - [`tenancy`]: which URIs a tenant may name (its uploads, its allowed roots).
 //! - [`grpc`]: the gRPC server over the engine.
 //! - [`audit`]: replay a job's events and verify their hash chain.
 //! - [`webhooks`]: signed, ordered, retried delivery of job events to callback URLs.
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 mod scheduler;
+pub mod tenancy;
 pub mod webhooks;
 
 pub use admission::admit;

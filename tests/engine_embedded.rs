@@ -49,7 +49,7 @@ async fn setup_with(trainer: FileTrainer, scheduler: loraflow::config::Scheduler
     dataset(&tmp.path().join("upload"), 3);
     let (dataset_uri, _) = engine
         .artifacts()
-        .upload_dir(&tmp.path().join("upload"), "datasets/corgi")
+        .upload_dir(&tmp.path().join("upload"), "datasets/acme/corgi")
         .await
         .unwrap();
     Setup {
@@ -186,7 +186,7 @@ async fn a_bad_dataset_fails_the_job_naming_the_file() {
     let (uri, _) = s
         .engine
         .artifacts()
-        .upload_dir(&s.tmp.path().join("bad"), "datasets/bad")
+        .upload_dir(&s.tmp.path().join("bad"), "datasets/acme/bad")
         .await
         .unwrap();
     let tenant = TenantId::new("acme");
@@ -254,9 +254,18 @@ async fn a_repeated_request_returns_the_same_job_and_tenants_are_isolated() {
     let a = s.engine.create_job(&acme, new()).await.unwrap();
     let b = s.engine.create_job(&acme, new()).await.unwrap();
     assert_eq!(a.status.job_id, b.status.job_id);
-    // The same request id from another tenant is another job.
+    // The same request id from another tenant is another job (of its own
+    // upload of the same folder: it may not name acme's).
     let other = TenantId::new("globex");
-    let c = s.engine.create_job(&other, new()).await.unwrap();
+    let (globex_uri, _) = s
+        .engine
+        .artifacts()
+        .upload_dir(&s.tmp.path().join("upload"), "datasets/globex/corgi")
+        .await
+        .unwrap();
+    let mut of_globex = new();
+    of_globex.spec.dataset.uri = globex_uri;
+    let c = s.engine.create_job(&other, of_globex).await.unwrap();
     assert_ne!(c.status.job_id, a.status.job_id);
     assert!(matches!(
         s.engine.get_job(&other, &a.status.job_id).await,

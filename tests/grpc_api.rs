@@ -21,6 +21,7 @@ fn create(uri: &str, request_id: &str) -> pb::CreateJobRequest {
     pb::CreateJobRequest {
         job: Some(spec),
         request_id: request_id.into(),
+        validate_only: false,
     }
 }
 

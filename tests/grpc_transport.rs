@@ -21,6 +21,7 @@ fn create(uri: &str) -> pb::CreateJobRequest {
     pb::CreateJobRequest {
         job: Some(spec(uri).into()),
         request_id: String::new(),
+        validate_only: false,
     }
 }
 

@@ -32,7 +32,7 @@ async fn setup() -> Setup {
     dataset(&tmp.path().join("upload"), 3);
     let (dataset_uri, _) = engine
         .artifacts()
-        .upload_dir(&tmp.path().join("upload"), "datasets/corgi")
+        .upload_dir(&tmp.path().join("upload"), "datasets/acme/corgi")
         .await
         .unwrap();
     Setup {

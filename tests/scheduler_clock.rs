@@ -33,7 +33,7 @@ async fn engine_with(
     common::dataset(&dir.join("upload"), 3);
     let (uri, _) = engine
         .artifacts()
-        .upload_dir(&dir.join("upload"), "datasets/corgi")
+        .upload_dir(&dir.join("upload"), "datasets/acme/corgi")
         .await
         .unwrap();
     (engine, uri)

@@ -141,6 +141,7 @@ async fn save_now_and_sample_now_reach_the_running_training() {
         .create_job(pb::CreateJobRequest {
             job: Some(spec(&server.dataset_uri).into()),
             request_id: String::new(),
+            validate_only: false,
         })
         .await
         .unwrap()

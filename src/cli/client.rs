@@ -1,7 +1,7 @@
 //! The client commands: submit, status, list, approve, reject, cancel, history.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -245,27 +245,12 @@ fn webhook_flag(raw: &str) -> WebhookSpec {
     }
 }
 
-/// Upload a local dataset folder; URIs pass through.
-pub async fn dataset_uri(dataset: &str, artifacts: &str) -> anyhow::Result<String> {
-    let path = Path::new(dataset);
-    if dataset.contains("://") || !path.exists() {
-        if !dataset.contains("://") {
-            bail!("dataset {dataset:?} is neither an existing folder nor a URI");
-        }
-        return Ok(dataset.to_owned());
-    }
-    if !path.is_dir() {
-        bail!("dataset {dataset:?} must be a folder of images and captions");
-    }
-    let store = loraflow::executors::ArtifactStore::open(artifacts)?;
-    let name = format!("datasets/{}", uuid::Uuid::now_v7());
-    let (uri, n) = store.upload_dir(path, &name).await?;
-    eprintln!("uploaded {n} files from {dataset} to {uri}");
-    Ok(uri)
-}
-
 impl SubmitArgs {
-    async fn spec(&self) -> anyhow::Result<JobSpec> {
+    /// The spec, and the local dataset folder still to upload (if any).
+    async fn spec(
+        &self,
+        client: &mut Client,
+    ) -> anyhow::Result<(JobSpec, Option<super::upload::PendingUpload>)> {
         let mut f: JobFile = match &self.file {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -311,14 +296,16 @@ impl SubmitArgs {
         }
         let mut prompts = f.sample_prompts;
         prompts.extend(self.prompts.iter().cloned());
-        Ok(JobSpec {
+        let (dataset_uri, upload) =
+            super::upload::dataset_ref(client, &dataset, &self.artifacts).await?;
+        let spec = JobSpec {
             tenant: "from-token".into(),
             base_model: base_model.into(),
             engine,
             profile: self.profile.clone().or(f.profile),
             params: f.params,
             dataset: DatasetRef {
-                uri: dataset_uri(&dataset, &self.artifacts).await?,
+                uri: dataset_uri,
                 sha256: None,
             },
             sample_prompts: prompts,
@@ -331,7 +318,8 @@ impl SubmitArgs {
                 .into_iter()
                 .chain(self.webhooks.iter().map(|w| webhook_flag(w)))
                 .collect(),
-        })
+        };
+        Ok((spec, upload))
     }
 }
 
@@ -339,26 +327,52 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     if let Some(request_id) = &args.resume {
         return resume(&args, request_id).await;
     }
-    let spec: pb::JobSpec = args.spec().await?.into();
     let request_id = args
         .request_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    eprintln!("submitting with request id {request_id}");
     let client = connect_lazy(&args.conn)?;
-    let answer = with_retries(args.retries, &request_id, || {
-        let (mut client, job) = (client.clone(), spec.clone());
-        let request_id = request_id.clone();
-        async move {
-            client
-                .create_job(pb::CreateJobRequest {
-                    job: Some(job),
-                    request_id,
-                })
-                .await
+    let (spec, upload) = args.spec(&mut client.clone()).await?;
+    let spec: pb::JobSpec = spec.into();
+    let create = |validate_only: bool| {
+        with_retries(args.retries, &request_id, move || {
+            let (mut client, job) = (client.clone(), spec.clone());
+            let request_id = request_id.clone();
+            async move {
+                client
+                    .create_job(pb::CreateJobRequest {
+                        job: Some(job),
+                        request_id,
+                        validate_only,
+                    })
+                    .await
+            }
+        })
+    };
+    if let Some(upload) = upload {
+        // Every check but the dataset listing first: a refused submit
+        // uploads nothing.
+        match create(true).await {
+            Ok(_) => {}
+            Err(Failure::Refused { status, .. }) => {
+                return Err(status_error("the job was refused", status));
+            }
+            Err(Failure::NoAnswer { status, tries }) => {
+                return Err(Exit(
+                    exit::UNREACHABLE,
+                    format!(
+                        "the server did not answer the request check after {tries} tries ({:?}: {}); nothing was uploaded or created",
+                        status.code(),
+                        status.message()
+                    ),
+                )
+                .into());
+            }
         }
-    })
-    .await;
+        upload.upload().await?;
+    }
+    eprintln!("submitting with request id {request_id}");
+    let answer = create(false).await;
     finish_submit(answer, &request_id, "the job was refused", args.conn.json)
 }
 

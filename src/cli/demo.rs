@@ -248,8 +248,11 @@ async fn run(
     started: Instant,
 ) -> anyhow::Result<()> {
     let tenant = TenantId::new(TENANT);
-    let name = format!("datasets/demo-{}", uuid::Uuid::now_v7());
-    let (dataset_uri, files) = engine.artifacts().upload_dir(dataset, &name).await?;
+    // The demo tenant's own namespace, named by content (the rule every
+    // tenant's dataset follows; see loraflow::tenancy).
+    let local = loraflow::executors::LocalDataset::read(dataset)?;
+    let files = local.files.len();
+    let dataset_uri = engine.artifacts().upload_dataset(TENANT, &local).await?.uri;
     eprintln!(
         "demo: {files} files from {} uploaded; store {store}",
         dataset.display()

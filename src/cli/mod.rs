@@ -9,6 +9,7 @@ pub mod output;
 pub mod replay;
 pub mod retry;
 pub mod serve;
+pub mod upload;
 pub mod watch;
 pub mod worker;
 
@@ -58,7 +59,9 @@ pub enum Command {
     /// Run executors on this machine for a remote server (connects out).
     Worker(worker::WorkerArgs),
     /// Submit a job (from a TOML file or flags); a local dataset folder is
-    /// uploaded to the artifact store first. Every try sends one request id,
+    /// uploaded to the tenant's own namespace of the artifact store
+    /// (`datasets/<tenant>/<sha256>/`, once per folder) after the server
+    /// has checked the request. Every try sends one request id,
     /// so a submission that got no answer is retried safely; `--resume
     /// REQUEST_ID` finishes one later.
     Submit(client::SubmitArgs),

@@ -51,6 +51,8 @@ pub struct EngineBuilder {
     custom_kinds: Vec<String>,
     webhooks: WebhooksConfig,
     webhook_secrets: HashMap<TenantId, String>,
+    allowed_roots: HashMap<TenantId, Vec<String>>,
+    limits: loraflow_core::limits::Limits,
     config_error: Option<String>,
     audit_key: Option<AuditKey>,
     trusted_keys: Vec<PublicKey>,
@@ -76,6 +78,8 @@ impl Default for EngineBuilder {
             custom_kinds: Vec::new(),
             webhooks: config.webhooks,
             webhook_secrets: HashMap::new(),
+            allowed_roots: HashMap::new(),
+            limits: config.limits,
             config_error: None,
             audit_key: None,
             trusted_keys: Vec::new(),
@@ -86,8 +90,12 @@ impl Default for EngineBuilder {
 
 impl EngineBuilder {
     /// Settings from a `loraflow.toml` (store, artifacts, scheduler,
-    /// webhooks and the tenants' webhook secrets).
+    /// webhooks, limits, and the tenants' webhook secrets and allowed roots).
     pub fn config(mut self, config: &Config) -> Self {
+        self.limits = config.limits.clone();
+        for (tenant, roots) in config.auth.allowed_roots() {
+            self = self.allowed_roots(tenant, roots);
+        }
         self.store_url = config.store.url.clone();
         self.artifacts_root = config.artifacts.root.clone();
         self.scheduler = config.scheduler.clone();
@@ -134,6 +142,31 @@ impl EngineBuilder {
         secret: impl Into<String>,
     ) -> Self {
         self.webhook_secrets.insert(tenant.into(), secret.into());
+        self
+    }
+
+    /// URI roots `tenant` may name as a dataset besides its own uploads
+    /// (`<artifacts>/datasets/<tenant>/`, always allowed): `file:///srv/data/studio/`,
+    /// `s3://bucket/studio/`. This is how an embedding program lets its
+    /// tenants read data it did not upload through the artifact store; the
+    /// rule itself (see [`crate::tenancy`]) holds for embedded callers as
+    /// it does over gRPC. Repeatable; roots add up.
+    pub fn allowed_roots(
+        mut self,
+        tenant: impl Into<TenantId>,
+        roots: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.allowed_roots
+            .entry(tenant.into())
+            .or_default()
+            .extend(roots.into_iter().map(Into::into));
+        self
+    }
+
+    /// Limits on every input (the `[limits]` section of `loraflow.toml`);
+    /// default: [`Limits::default`](loraflow_core::limits::Limits).
+    pub fn limits(mut self, limits: loraflow_core::limits::Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -231,7 +264,8 @@ impl EngineBuilder {
         }
         let services = JobServices::new(catalogue)
             .with_clock(clock.clone())
-            .with_kinds(kinds);
+            .with_kinds(kinds)
+            .with_limits(self.limits.clone());
         let mut store_options = self.store_options;
         let configured =
             crate::audit::configured_keys(&self.audit_config).map_err(|(field, e)| {
@@ -250,6 +284,12 @@ impl EngineBuilder {
         };
         let store = Store::open_with(&self.store_url, services.clone(), store_options).await?;
         let artifacts = ArtifactStore::open(&self.artifacts_root)?;
+        let tenancy = crate::tenancy::Tenancy::new(artifacts.root().as_str(), &self.allowed_roots)
+            .map_err(|e| {
+                let mut v = loraflow_core::validation::Violations::default();
+                v.push("auth.tenants.allowed_roots", e);
+                Error::InvalidArgument(v)
+            })?;
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::new(services.catalogue.clone(), clock);
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(
@@ -270,6 +310,7 @@ impl EngineBuilder {
                 shutdown: shutdown.clone(),
                 tasks: Mutex::new(Vec::new()),
                 webhooks: webhooks.clone(),
+                tenancy,
             }),
         };
 
@@ -312,6 +353,7 @@ impl EngineBuilder {
             for e in self.executors {
                 worker = worker.with(e);
             }
+            worker = worker.with_outcome_limits((&self.limits).into());
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         engine

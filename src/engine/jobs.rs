@@ -64,6 +64,12 @@ impl Engine {
         self.inner.services.status.get()
     }
 
+    /// Where `tenant`'s dataset uploads go (`<artifacts>/datasets/<tenant>/`),
+    /// the namespace its jobs may always name; see [`crate::tenancy`].
+    pub fn dataset_root(&self, tenant: &TenantId) -> Option<String> {
+        self.inner.tenancy.uploads_uri(tenant)
+    }
+
     /// Change what the service accepts (close it, block a model, limits).
     pub fn set_service_status(&self, status: ServiceStatus) {
         self.inner.services.status.set(status);
@@ -97,9 +103,18 @@ impl Engine {
     /// so a bad one is refused with nothing written. With a request id, a
     /// repeat returns the job the first call made, and finishes its
     /// submission if that call stopped between the two writes.
+    ///
+    /// Every URI of the spec must be one the tenant may name (see
+    /// [`crate::tenancy`]); that is checked before anything is listed, and a
+    /// refusal is [`Error::PermissionDenied`]. Every input is checked
+    /// against the engine's [`Limits`](loraflow_core::limits::Limits).
     pub async fn create_job(&self, tenant: &TenantId, new: NewJob) -> Result<JobView> {
         match &new.request_id {
             Some(r) => {
+                let v = self.services().limits.check_request_id(r);
+                if !v.is_empty() {
+                    return Err(Error::InvalidArgument(v));
+                }
                 let id = Self::job_id_for_request(tenant, r);
                 self.create_as(tenant, id, new.spec, true, "job").await
             }
@@ -122,6 +137,65 @@ impl Engine {
             Err(Error::JobNotFound(_)) => Err(Error::UnknownRequest(request_id.to_owned())),
             Err(e) => Err(e),
         }
+    /// Check a new job as [`create_job`](Self::create_job) would, every
+    /// check but the dataset listing (the dataset may not be uploaded
+    /// yet), and write nothing: AIP-163's `validate_only`. A client uploads
+    /// its dataset only once this passes, so a refused submit leaves no
+    /// upload behind.
+    pub async fn validate_job(&self, tenant: &TenantId, new: &NewJob) -> Result<()> {
+        if let Some(r) = &new.request_id {
+            let v = self.services().limits.check_request_id(r);
+            if !v.is_empty() {
+                return Err(Error::InvalidArgument(v));
+            }
+        }
+        let mut spec = new.spec.clone();
+        spec.tenant = tenant.clone();
+        self.check_uris(tenant, &spec)?;
+        let violations = self.check_spec(tenant, &JobId::new("validate-only"), &spec)?;
+        violations.into_result(()).map_err(Error::InvalidArgument)
+    }
+
+    /// Every URI the spec carries must be one the tenant may name. Runs
+    /// before anything is listed or read: a refusal reads no directory.
+    /// (Webhook URLs are not read from: they are checked as URLs, with the
+    /// other webhook rules.)
+    fn check_uris(&self, tenant: &TenantId, spec: &JobSpec) -> Result<()> {
+        use crate::tenancy::Refusal;
+        let mut denied = loraflow_core::validation::Violations::default();
+        let mut invalid = loraflow_core::validation::Violations::default();
+        match self.inner.tenancy.check(tenant, &spec.dataset.uri) {
+            Ok(()) => {}
+            Err(Refusal::Denied(m)) => denied.push("dataset.uri", m),
+            Err(Refusal::Invalid(m)) => invalid.push("dataset.uri", m),
+        }
+        if !denied.is_empty() {
+            tracing::warn!(%tenant, uri = %loraflow_core::limits::quote(&spec.dataset.uri), "a dataset URI outside the tenant's roots was refused");
+            return Err(Error::PermissionDenied(denied));
+        }
+        invalid.into_result(()).map_err(Error::InvalidArgument)
+    }
+
+    /// The spec's problems (a dry run of the create decision, limits
+    /// included, and the webhook rules); nothing is written.
+    fn check_spec(
+        &self,
+        tenant: &TenantId,
+        job_id: &JobId,
+        spec: &JobSpec,
+    ) -> Result<loraflow_core::validation::Violations> {
+        let create = JobCommand::Create(CreateJob {
+            job_id: job_id.clone(),
+            spec: spec.clone(),
+        });
+        let mut violations = loraflow_core::validation::Violations::default();
+        match TrainingJob::default().decide(create, &self.inner.services) {
+            Ok(_) => {}
+            Err(loraflow_core::job::Error::InvalidSpec(v)) => violations.extend(v),
+            Err(e) => return Err(e.into()),
+        }
+        violations.extend(self.inner.webhooks.check(tenant, spec));
+        Ok(violations)
     }
 
     /// Create and submit job `job_id`. `repeatable`: the id comes from a
@@ -141,29 +215,32 @@ impl Engine {
             return self.resume(tenant, &job_id, existing).await;
         }
         spec.tenant = tenant.clone();
+        // The URIs first: a dataset the tenant may not name is never listed.
+        self.check_uris(tenant, &spec)?;
+        // Check the spec (a dry run of the decision, nothing written) and the
+        // dataset together, so a client learns every problem at once and a
+        // refused request leaves no trace.
+        let mut violations = self.check_spec(tenant, &job_id, &spec)?;
         let create = JobCommand::Create(CreateJob {
             job_id: job_id.clone(),
             spec: spec.clone(),
         });
-        // Check the spec (a dry run of the decision, nothing written) and the
-        // dataset together, so a client learns every problem at once and a
-        // refused request leaves no trace.
-        let mut violations = loraflow_core::validation::Violations::default();
-        match TrainingJob::default().decide(create.clone(), &self.inner.services) {
-            Ok(_) => {}
-            Err(loraflow_core::job::Error::InvalidSpec(v)) => violations.extend(v),
-            Err(e) => return Err(e.into()),
-        }
-        violations.extend(self.inner.webhooks.check(tenant, &spec));
         let status = self.service_status();
-        let dataset =
-            match crate::admission::admit(&self.inner.artifacts, &spec.dataset, &status).await {
-                Ok(d) => Some(d),
-                Err(v) => {
-                    violations.extend(v);
-                    None
-                }
-            };
+        let limits = self.services().limits.clone();
+        // An over-long URI is not listed (nor quoted back whole).
+        let uri_ok = !violations.iter().any(|v| v.field == "dataset.uri");
+        let admitted = if uri_ok {
+            crate::admission::admit(&self.inner.artifacts, &spec.dataset, &status, &limits).await
+        } else {
+            Err(Default::default())
+        };
+        let dataset = match admitted {
+            Ok(d) => Some(d),
+            Err(v) => {
+                violations.extend(v);
+                None
+            }
+        };
         let Some(dataset) = dataset.filter(|_| violations.is_empty()) else {
             return Err(Error::InvalidArgument(violations));
         };
@@ -233,10 +310,14 @@ impl Engine {
             return self.get_job_after(tenant, job_id).await;
         }
         let spec = existing.job.spec().expect("a created job has a spec");
+        // The operator may have narrowed the tenant's roots since.
+        self.check_uris(tenant, spec)?;
         let status = self.service_status();
-        let dataset = crate::admission::admit(&self.inner.artifacts, &spec.dataset, &status)
-            .await
-            .map_err(Error::InvalidArgument)?;
+        let limits = self.services().limits.clone();
+        let dataset =
+            crate::admission::admit(&self.inner.artifacts, &spec.dataset, &status, &limits)
+                .await
+                .map_err(Error::InvalidArgument)?;
         tracing::info!(job = %job_id, "a repeated request resumes the submission of its job");
         self.submit_created(tenant, job_id, dataset).await
     }

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Which URIs each tenant may name.
+    tenancy: crate::tenancy::Tenancy,
 }
 
 /// A running engine. Clone it freely: every clone is the same engine.

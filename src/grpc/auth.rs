@@ -128,6 +128,7 @@ mod tests {
                 tenant: "acme".into(),
                 token: "t-acme".into(),
                 webhook_secret: None,
+                allowed_roots: vec![],
             }],
             executors: vec![ExecutorToken {
                 executor: "gpu-1".into(),

@@ -114,11 +114,26 @@ impl JobService for Jobs {
         req: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let tenant = self.auth.tenant(&req)?;
+        let validate_only = req.get_ref().validate_only;
         let new = req.into_inner().into_domain(tenant.clone()).map_err(bad)?;
         let new = crate::engine::NewJob {
             spec: new.spec,
             request_id: new.request_id,
         };
+        if validate_only {
+            self.engine
+                .validate_job(&tenant, &new)
+                .instrument(span_new_job("CreateJob", &tenant))
+                .await
+                .map_err(|e| to_status(e, Some("job")))?;
+            // AIP-163: the job as it would be created, without an id.
+            return Ok(Response::new(pb::Job {
+                tenant: tenant.to_string(),
+                state: pb::JobState::Pending as i32,
+                spec: Some(new.spec.into()),
+                ..Default::default()
+            }));
+        }
         let view = self
             .engine
             .create_job(&tenant, new)
@@ -389,7 +404,10 @@ impl JobService for Jobs {
         let tenant = self.auth.tenant(&req)?;
         let _span = span_tenant("GetServiceStatus", &tenant).entered();
         tracing::debug!("service status asked");
-        Ok(Response::new(self.engine.service_status().into()))
+        let mut status: pb::ServiceStatus = self.engine.service_status().into();
+        status.dataset_root = self.engine.dataset_root(&tenant).unwrap_or_default();
+        status.tenant = tenant.to_string();
+        Ok(Response::new(status))
     }
 
     async fn list_base_models(

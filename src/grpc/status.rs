@@ -31,6 +31,13 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
             // `invalid_argument` appends the violations to the message once.
             wire::invalid_argument(&v, "invalid request")
         }
+        Error::PermissionDenied(v) => {
+            let v = match prefix {
+                Some(p) => v.nested(p),
+                None => v,
+            };
+            wire::permission_denied(&v, format!("permission denied: {v}"), "URI_NOT_ALLOWED")
+        }
         Error::JobNotFound(id) => with_reason(
             Code::NotFound,
             format!("job {id} not found"),
@@ -97,6 +104,7 @@ mod tests {
                 state: JobState::Published,
             }),
             Error::InvalidArgument(Violations::default()),
+            Error::PermissionDenied(Violations::default()),
             Error::JobNotFound("j".into()),
             Error::UnknownExecutor("gpu-1".into()),
             Error::UnknownRequest("r".into()),
@@ -159,6 +167,7 @@ mod tests {
             match e {
                 Error::Domain(_)
                 | Error::InvalidArgument(_)
+                | Error::PermissionDenied(_)
                 | Error::JobNotFound(_)
                 | Error::UnknownExecutor(_)
                 | Error::UnknownRequest(_)

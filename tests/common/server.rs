@@ -95,11 +95,13 @@ pub fn auth_config() -> AuthConfig {
                 tenant: "acme".into(),
                 token: "t-acme".into(),
                 webhook_secret: Some(ACME_WEBHOOK_SECRET.into()),
+                allowed_roots: vec![],
             },
             TenantToken {
                 tenant: "globex".into(),
                 token: "t-globex".into(),
                 webhook_secret: None,
+                allowed_roots: vec![],
             },
         ],
         executors: (1..=4)
@@ -226,7 +228,7 @@ impl TestServer {
         }
         let (dataset_uri, _) = engine
             .artifacts()
-            .upload_dir(&upload, "datasets/corgi")
+            .upload_dir(&upload, "datasets/acme/corgi")
             .await
             .unwrap();
 

@@ -77,7 +77,7 @@ async fn upload(engine: &Engine, dir: &Path) -> String {
     dataset(&dir.join("upload"), 3);
     engine
         .artifacts()
-        .upload_dir(&dir.join("upload"), "datasets/corgi")
+        .upload_dir(&dir.join("upload"), "datasets/acme/corgi")
         .await
         .unwrap()
         .0
@@ -467,6 +467,11 @@ async fn bad_webhooks_are_refused_with_the_field_named_and_nothing_written() {
     // A tenant without a webhook secret cannot have webhooks at all.
     let mut ok = new.spec.clone();
     ok.webhooks = vec![WebhookSpec::new("https://example.com/hook", ["*"])];
+    // In globex's own namespace (acme's is not globex's to name).
+    ok.dataset.uri = ok
+        .dataset
+        .uri
+        .replace("/datasets/acme/", "/datasets/globex/");
     let err = engine
         .create_job(
             &TenantId::new("globex"),

@@ -16,6 +16,7 @@
 //! - [`schedule`]: the scheduler's state (folded from the feed) and its policy.
 //! - [`clock`]: injected time.
 //! - [`validation`]: field violations, reported all at once.
+//! - [`limits`]: limits on every input (sizes, counts, nesting), one set for every front-end.
 //! - [`webhook`]: per-job callback URLs, event types and filters, delivery records.
 
 pub mod artifact;
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod executor;
 pub mod ids;
 pub mod job;
+pub mod limits;
 pub mod schedule;
 pub mod validation;
 pub mod views;

@@ -59,12 +59,20 @@ impl Violations {
         }
     }
 
-    /// Prefix every field with `prefix.`.
+    /// Prefix every field with `prefix.` (a violation of the whole input,
+    /// field `""`, becomes `prefix`).
     pub fn nested(self, prefix: &str) -> Self {
         Self(
             self.0
                 .into_iter()
-                .map(|v| FieldViolation::new(format!("{prefix}.{}", v.field), v.description))
+                .map(|v| {
+                    let field = if v.field.is_empty() {
+                        prefix.to_owned()
+                    } else {
+                        format!("{prefix}.{}", v.field)
+                    };
+                    FieldViolation::new(field, v.description)
+                })
                 .collect(),
         )
     }

@@ -23,7 +23,7 @@ pub struct ArtifactStore {
     prefix: ObjPath,
 }
 
-fn io_err(uri: &str, e: impl std::fmt::Display) -> ArtifactError {
+pub(crate) fn io_err(uri: &str, e: impl std::fmt::Display) -> ArtifactError {
     ArtifactError::Io {
         uri: uri.to_owned(),
         message: e.to_string(),
@@ -124,13 +124,16 @@ impl ArtifactStore {
         }
     }
 
-    fn uri_of(&self, rel: &str) -> String {
+    pub(crate) fn uri_of(&self, rel: &str) -> String {
         format!("{}{rel}", self.root)
     }
 
     /// The object store and path holding `uri`: ours when `uri` is under the
     /// root, otherwise one opened for it.
-    fn locate(&self, uri: &str) -> Result<(Arc<dyn ObjectStore>, ObjPath), ArtifactError> {
+    pub(crate) fn locate(
+        &self,
+        uri: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, ObjPath), ArtifactError> {
         if let Some(rel) = uri.strip_prefix(self.root.as_str()) {
             let path = self
                 .prefix
@@ -151,7 +154,7 @@ impl ArtifactStore {
         got.bytes().await.map_err(|e| io_err(uri, e))
     }
 
-    async fn write(&self, uri: &str, data: bytes::Bytes) -> Result<(), ArtifactError> {
+    pub(crate) async fn write(&self, uri: &str, data: bytes::Bytes) -> Result<(), ArtifactError> {
         let (store, path) = self.locate(uri)?;
         store
             .put(&path, PutPayload::from(data))
@@ -162,7 +165,9 @@ impl ArtifactStore {
 
     /// Upload every file under the local folder `local` to
     /// `<root>/<dest>/...`; returns the folder's URI (what a job's dataset
-    /// reference names) and the number of files.
+    /// reference names) and the number of files. A tenant's datasets go
+    /// through [`upload_dataset`](Self::upload_dataset) instead, which
+    /// names them by content in the tenant's namespace.
     pub async fn upload_dir(
         &self,
         local: &Path,
@@ -227,7 +232,7 @@ impl ArtifactStore {
     }
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+pub(crate) fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {

@@ -12,10 +12,13 @@
 //! - [`native`]: `train` and `sample` on the native engine: loraflow's own
 //!   trainer, in-process.
 //! - [`dataset`]: what is in a dataset folder.
+//! - [`dataset_upload`]: uploads into a tenant's content-addressed namespace,
+//!   staged and then moved into place.
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
 pub mod artifacts;
 pub mod dataset;
+pub mod dataset_upload;
 pub mod kohya;
 pub mod label;
 pub mod native;
@@ -25,6 +28,7 @@ pub mod validate;
 pub mod worker;
 
 pub use artifacts::{ArtifactStore, StepArtifacts};
+pub use dataset_upload::{DatasetUpload, LocalDataset};
 pub use kohya::{KohyaOptions, KohyaTrainer};
 pub use label::{Label, LabellerCommand, Labels};
 pub use native::{NativeOptions, NativeSampler, NativeTrainer};

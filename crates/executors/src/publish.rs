@@ -17,9 +17,11 @@ pub struct Publish {
     pub destination: String,
 }
 
-/// Names are used in paths: keep them to safe characters.
+/// Names are used in paths: keep them to safe characters, and short (see
+/// [`MAX_NAME_BYTES`](crate::kohya::layout::MAX_NAME_BYTES)).
 fn path_safe(s: &str) -> String {
-    s.chars()
+    let safe: String = s
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c
@@ -27,7 +29,8 @@ fn path_safe(s: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    crate::kohya::layout::fit_file_name(&safe)
 }
 
 impl Publish {

@@ -136,6 +136,35 @@ fn check_image(root: PathBuf, path: PathBuf, opts: ValidateOptions) -> Checked {
     })
 }
 
+/// At most this many problems are quoted in the step's error message; the
+/// full list is written as an artifact (`problems.txt`) and referenced.
+pub const PROBLEMS_SHOWN: usize = 20;
+
+/// The step's error for `problems`: the first [`PROBLEMS_SHOWN`], the count,
+/// and where the full list is, when it was written.
+fn problems_error(
+    problems: &[String],
+    full_list: Option<&loraflow_core::artifact::Artifact>,
+) -> StepError {
+    let shown = problems.len().min(PROBLEMS_SHOWN);
+    let mut message = format!(
+        "{} problem{} in the dataset: {}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems[..shown].join("; ")
+    );
+    if problems.len() > shown {
+        message.push_str(&format!("; and {} more", problems.len() - shown));
+        if let Some(a) = full_list {
+            message.push_str(&format!(
+                " (every one is listed in {}, sha256 {})",
+                a.uri, a.sha256
+            ));
+        }
+    }
+    invalid_input(message)
+}
+
 impl ValidateDataset {
     /// Check the dataset under `root` (files already local).
     pub async fn check(
@@ -144,6 +173,19 @@ impl ValidateDataset {
         files: Vec<PathBuf>,
         ctx: Option<&StepContext>,
     ) -> Result<Manifest, StepError> {
+        self.inspect(root, files, ctx)
+            .await?
+            .map_err(|problems| problems_error(&problems, None))
+    }
+
+    /// The manifest, or every problem found (the outer error: cancelled,
+    /// or the check itself failed).
+    async fn inspect(
+        &self,
+        root: PathBuf,
+        files: Vec<PathBuf>,
+        ctx: Option<&StepContext>,
+    ) -> Result<Result<Manifest, Vec<String>>, StepError> {
         let mut problems = Vec::new();
         let mut images = Vec::new();
         let total = files.len().max(1);
@@ -199,19 +241,14 @@ impl ValidateDataset {
             ));
         }
         if !problems.is_empty() {
-            return Err(invalid_input(format!(
-                "{} problem{} in the dataset: {}",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" },
-                problems.join("; ")
-            )));
+            return Ok(Err(problems));
         }
         let total_bytes = images.iter().map(|i| i.size_bytes).sum();
-        Ok(Manifest {
+        Ok(Ok(Manifest {
             image_count: images.len(),
             total_bytes,
             images,
-        })
+        }))
     }
 }
 
@@ -228,7 +265,29 @@ impl Executor for ValidateDataset {
             .fetch_dir(&step.dataset.uri, &root)
             .await
             .map_err(from_artifact)?;
-        let manifest = self.check(root, files, Some(ctx)).await?;
+        let manifest = match self.inspect(root, files, Some(ctx)).await? {
+            Ok(m) => m,
+            Err(problems) => {
+                // A long list travels as an artifact, not in the message.
+                let list = if problems.len() > PROBLEMS_SHOWN {
+                    let path = ctx.workdir().join("problems.txt");
+                    let text: String = problems.iter().map(|p| format!("{p}\n")).collect();
+                    match tokio::fs::write(&path, text).await {
+                        Ok(()) => ctx
+                            .artifacts()
+                            .put(&path, "problems.txt", ArtifactKind::Report, None)
+                            .await
+                            .ok(),
+                        Err(_) => None,
+                    }
+                } else {
+                    None
+                };
+                return Err(problems_error(&problems, list.as_ref()));
+            }
+        };
+        // The manifest (every image with its digest) is an artifact; the
+        // outcome carries its reference and counts only.
         let path = ctx.workdir().join("manifest.json");
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| internal(e.to_string()))?;
         tokio::fs::write(&path, json)

@@ -66,7 +66,8 @@ pub fn request_id(id: &str) -> Result<Option<String>, Violations> {
         Ok(None)
     } else if id.len() > MAX_REQUEST_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
         Err(invalid(format!(
-            "request id {id:?} must be at most {MAX_REQUEST_ID_LEN} printable ASCII characters; use a UUID"
+            "request id {} must be at most {MAX_REQUEST_ID_LEN} printable ASCII characters; use a UUID",
+            loraflow_core::limits::quote(id)
         )))
     } else {
         Ok(Some(id.to_owned()))

@@ -35,6 +35,18 @@ pub fn invalid_argument(violations: &Violations, message: impl Into<String>) -> 
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// `PERMISSION_DENIED` listing every refused field as a `BadRequest` field
+/// violation, with `reason` in the `ErrorInfo` (`URI_NOT_ALLOWED`).
+pub fn permission_denied(
+    violations: &Violations,
+    message: impl Into<String>,
+    reason: &str,
+) -> Status {
+    let mut details = bad_request(violations);
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(Code::PermissionDenied, message, details)
+}
+
 fn bad_request(violations: &Violations) -> ErrorDetails {
     ErrorDetails::with_bad_request(
         violations

@@ -30,6 +30,8 @@ pub struct JobServices {
     pub status: StatusHandle,
     pub kinds: KnownKinds,
     pub clock: Arc<dyn Clock>,
+    /// Limits on every input, checked when a job is created.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl JobServices {
@@ -42,7 +44,13 @@ impl JobServices {
             status,
             kinds: KnownKinds::builtin(),
             clock: Arc::new(crate::clock::SystemClock),
+            limits: Arc::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: crate::limits::Limits) -> Self {
+        self.limits = Arc::new(limits);
+        self
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {

@@ -65,7 +65,9 @@ pub struct JobSpec {
     pub webhooks: Vec<WebhookSpec>,
 }
 
+/// The default of [`Limits::sample_prompts`](crate::limits::Limits::sample_prompts).
 pub const MAX_SAMPLE_PROMPTS: usize = 16;
+/// The default of [`Limits::prompt_chars`](crate::limits::Limits::prompt_chars).
 pub const MAX_PROMPT_CHARS: usize = 1000;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
 
@@ -124,26 +126,11 @@ impl JobSpec {
         if self.dataset.uri.trim().is_empty() {
             v.push("dataset.uri", "dataset uri must not be empty");
         }
-        if self.sample_prompts.len() > MAX_SAMPLE_PROMPTS {
-            v.push(
-                "sample_prompts",
-                format!(
-                    "{} sample prompts given; at most {MAX_SAMPLE_PROMPTS} are allowed",
-                    self.sample_prompts.len()
-                ),
-            );
-        }
+        // Counts and lengths are the limits' (`crate::limits`), checked
+        // with the spec by the `create` decision.
         for (i, p) in self.sample_prompts.iter().enumerate() {
             if p.trim().is_empty() {
                 v.push(format!("sample_prompts[{i}]"), "sample prompt is empty");
-            } else if p.chars().count() > MAX_PROMPT_CHARS {
-                v.push(
-                    format!("sample_prompts[{i}]"),
-                    format!(
-                        "sample prompt has {} characters; at most {MAX_PROMPT_CHARS}",
-                        p.chars().count()
-                    ),
-                );
             }
         }
         if !PRIORITY_RANGE.contains(&self.priority) {
@@ -163,14 +150,17 @@ impl JobSpec {
         }
         for key in self.labels.keys() {
             if key.is_empty()
-                || key.len() > 63
                 || !key
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
             {
+                let shown: String = key.chars().take(40).collect();
                 v.push(
-                    format!("labels.{key}"),
-                    format!("label key {key:?} must be 1-63 characters of letters, digits, '-', '_', '.', '/'"),
+                    format!("labels.{shown}"),
+                    format!(
+                        "label key {} must be letters, digits, '-', '_', '.', '/' (at least one)",
+                        crate::limits::quote(key)
+                    ),
                 );
             }
         }

@@ -64,8 +64,25 @@ pub fn safe_name(name: &str, fallback: &str) -> String {
     if cleaned.is_empty() {
         fallback.to_owned()
     } else {
-        cleaned.to_owned()
+        fit_file_name(cleaned)
     }
+}
+
+/// Longest part of a file name taken from user input, in bytes: whatever
+/// the limits allow a subject to be, names built from it stay well below
+/// the 255 bytes a file name may have.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// `name` cut (at a character boundary) to [`MAX_NAME_BYTES`].
+pub fn fit_file_name(name: &str) -> String {
+    let mut end = 0;
+    for (i, c) in name.char_indices() {
+        if i + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    name[..end].to_owned()
 }
 
 fn one_line(text: &str) -> String {
@@ -202,4 +219,25 @@ pub fn write_layout(
             .collect();
     }
     Ok(layout)
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    /// Regression: a 10 KB subject failed training with "File name too
+    /// long (os error 36)": names made from it are cut.
+    #[test]
+    fn a_10_kb_subject_makes_short_file_names() {
+        let subject = "corgi".repeat(2048);
+        let name = safe_name(&subject, "lora");
+        assert_eq!(name.len(), MAX_NAME_BYTES);
+        assert!(folder_name(10, &subject).len() <= MAX_NAME_BYTES + 3);
+        // Multi-byte characters are cut at a boundary.
+        let wide = safe_name(&"é".repeat(100), "lora");
+        assert!(wide.len() <= MAX_NAME_BYTES && wide.chars().all(|c| c == 'é'));
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(format!("{name}.safetensors")), b"x").unwrap();
+        assert_eq!(safe_name("corgi", "lora"), "corgi");
+    }
 }

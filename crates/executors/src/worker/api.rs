@@ -41,6 +41,10 @@ pub enum ApiError {
     /// The server refused the call for good (bad token, invalid output).
     #[error("refused: {0}")]
     Rejected(String),
+    /// The message was over the server's size limit (`RESOURCE_EXHAUSTED`
+    /// on a completion): sending it again cannot help.
+    #[error("the message is too large for the server: {0}")]
+    TooLarge(String),
 }
 
 #[async_trait]
@@ -68,6 +72,18 @@ pub trait WorkerApi: Send + Sync + 'static {
         step: &StepAssignment,
         progress: Option<StepProgress>,
     ) -> Result<HeartbeatReply, ApiError>;
+
+    /// The size of `output` as [`complete`](Self::complete) sends it, in
+    /// bytes; by default its JSON encoding (the in-process API).
+    fn outcome_size(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        output: &StepOutput,
+    ) -> usize {
+        let _ = (executor, step);
+        serde_json::to_vec(output).map_or(usize::MAX, |b| b.len())
+    }
 
     /// Idempotent by lease: a repeat after a lost answer is harmless.
     async fn complete(

@@ -175,6 +175,16 @@ impl WorkerApi for GrpcWorkerApi {
         })
     }
 
+    fn outcome_size(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        output: &StepOutput,
+    ) -> usize {
+        use prost::Message;
+        pb::CompleteStepRequest::new(executor, step, output.clone()).encoded_len()
+    }
+
     async fn complete(
         &self,
         executor: &ExecutorId,
@@ -186,7 +196,11 @@ impl WorkerApi for GrpcWorkerApi {
             .clone()
             .complete_step(self.request(req, Some(Duration::from_secs(60))))
             .await
-            .map_err(|s| classify(s, executor, Some(&step.lease_id)))?;
+            .map_err(|s| match s.code() {
+                // The server's size limit: resending cannot help.
+                Code::ResourceExhausted => ApiError::TooLarge(s.message().to_owned()),
+                _ => classify(s, executor, Some(&step.lease_id)),
+            })?;
         Ok(())
     }
 

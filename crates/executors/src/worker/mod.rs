@@ -3,8 +3,10 @@
 
 mod api;
 mod grpc;
+mod outcome;
 mod runtime;
 
 pub use api::{ApiError, HeartbeatReply, Registration, WorkerApi};
 pub use grpc::{ConnectError, GrpcWorkerApi, UNKNOWN_EXECUTOR};
+pub use outcome::{OutcomeLimits, OutcomeTooLarge};
 pub use runtime::{RegistrationRefused, Worker, WorkerOptions};

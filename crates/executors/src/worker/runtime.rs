@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use super::api::{ApiError, WorkerApi};
+use super::outcome::OutcomeLimits;
 use crate::ArtifactStore;
 
 /// How a worker runs.
@@ -41,6 +42,7 @@ pub struct Worker {
     executors: BTreeMap<StepKind, Arc<dyn Executor>>,
     artifacts: ArtifactStore,
     options: WorkerOptions,
+    outcome_limits: OutcomeLimits,
     /// Why the server refused the registration for good, once it has.
     refused: std::sync::OnceLock<String>,
     /// This process of the executor: fresh for every worker made.
@@ -64,6 +66,7 @@ impl Worker {
             executors: BTreeMap::new(),
             artifacts,
             options,
+            outcome_limits: OutcomeLimits::default(),
             refused: std::sync::OnceLock::new(),
             instance: InstanceId::new(uuid::Uuid::now_v7().to_string()),
         }
@@ -72,6 +75,14 @@ impl Worker {
     /// The instance id this worker registers with.
     pub fn instance_id(&self) -> &InstanceId {
         &self.instance
+    }
+
+    /// Bounds on what this worker reports (default: the default
+    /// [`Limits`](loraflow_core::limits::Limits)); keep the outcome limit
+    /// below the server's message limit.
+    pub fn with_outcome_limits(mut self, limits: OutcomeLimits) -> Self {
+        self.outcome_limits = limits;
+        self
     }
 
     /// Add an executor for the kinds it declares (a later one wins a kind).
@@ -311,8 +322,28 @@ impl Worker {
     }
 
     /// Report a step's outcome, retrying while the server is unreachable.
+    /// An outcome over the size limit is not sent: the step fails with
+    /// [`OutcomeTooLarge`](super::OutcomeTooLarge) (not retryable), as it does when the server
+    /// finds the completion too large.
     async fn report(&self, result: Result<StepOutput, StepError>, step: &StepAssignment) {
         let id = &self.options.executor_id;
+        let mut result = match result {
+            Ok(out) => {
+                let size = self.api.outcome_size(id, step, &out);
+                self.outcome_limits
+                    .check(step.step_id.as_str(), step.kind.as_str(), out, size)
+                    .map_err(|e| {
+                        warn!(
+                            bytes = e.bytes,
+                            limit = e.limit,
+                            "the step's outcome is too large to report; failing the step"
+                        );
+                        StepError::from(e)
+                    })
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| self.outcome_limits.bound_error(e));
         let mut backoff = Duration::from_millis(100);
         for _ in 0..20 {
             let sent = match &result {
@@ -326,6 +357,20 @@ impl Worker {
                         Err(e) => warn!(kind = %e.kind, "step failed: {}", e.message),
                     }
                     return;
+                }
+                Err(ApiError::TooLarge(msg)) if result.is_ok() => {
+                    warn!("the server refused the outcome as too large: {msg}; failing the step");
+                    result = Err(StepError {
+                        kind: StepErrorKind::Internal,
+                        message: loraflow_core::limits::truncate(
+                            &format!(
+                                "OUTCOME_TOO_LARGE: the server refused the outcome of step {} ({}) as too large ({msg}). Large results must be written as artifacts and referenced by URI and SHA-256",
+                                step.step_id, step.kind
+                            ),
+                            self.outcome_limits.max_error_chars,
+                        ),
+                        retryable: false,
+                    });
                 }
                 Err(ApiError::Unavailable(msg)) => {
                     warn!("reporting the outcome failed, retrying in {backoff:?}: {msg}");

@@ -133,6 +133,8 @@ impl From<ServiceStatus> for pb::ServiceStatus {
             max_images: s.max_images,
             max_dataset_bytes: s.max_dataset_bytes,
             max_retries: s.max_retries,
+            tenant: String::new(),
+            dataset_root: String::new(),
         }
     }
 }

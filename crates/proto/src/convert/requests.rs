@@ -297,6 +297,7 @@ mod tests {
         let req = pb::CreateJobRequest {
             job: Some(spec.clone().into()),
             request_id: "0191d2c4-9c5e-7b7a-8f00-3c2a1b0e9d11".into(),
+            validate_only: false,
         };
         let new = req.into_domain(spec.tenant.clone()).unwrap();
         assert_eq!(new.spec, spec);
@@ -341,6 +342,7 @@ mod tests {
         let req = pb::CreateJobRequest {
             job: Some(job),
             request_id: "not a uuid because it is far too long".into(),
+            validate_only: false,
         };
         let err = req.into_domain("acme".into()).unwrap_err();
         assert_eq!(

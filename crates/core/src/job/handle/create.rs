@@ -36,7 +36,7 @@ pub(super) fn create(d: &mut Decision, c: CreateJob) -> Result<(), Error> {
         });
     }
     check_service(d, &c.spec.base_model)?;
-    let mut violations = Violations::default();
+    let mut violations = d.services.limits.check_spec(&c.spec);
     let params = c.spec.validate(&d.services.catalogue).map_err(|v| {
         violations.extend(v);
     });
