@@ -118,6 +118,7 @@ on_both_backends! {
         let mut cut = pb::CreateJobRequest {
             job: Some(spec(&s.dataset_uri).into()),
             request_id: String::new(),
+            validate_only: false,
         }
         .encode_to_vec();
         cut.truncate(cut.len() / 2);
@@ -134,7 +135,7 @@ on_both_backends! {
                 ..Default::default()
             }],
         });
-        let deep = pb::CreateJobRequest { job: Some(job), request_id: String::new() }.encode_to_vec();
+        let deep = pb::CreateJobRequest { job: Some(job), request_id: String::new(), validate_only: false }.encode_to_vec();
         let status = raw_call(&s, "/loraflow.v1.JobService/CreateJob", deep).await;
         assert_malformed(&status, "CreateJobRequest");
         assert!(status.message().contains("recursion limit"), "{}", status.message());
@@ -151,7 +152,7 @@ on_both_backends! {
         let Some(s) = TestServer::start(backend, ServerSetup::default()).await else { return };
         let mut c = s.client(Some("t-acme")).await;
         let job = c
-            .create_job(pb::CreateJobRequest { job: Some(spec(&s.dataset_uri).into()), request_id: String::new() })
+            .create_job(pb::CreateJobRequest { job: Some(spec(&s.dataset_uri).into()), request_id: String::new(), validate_only: false })
             .await
             .unwrap()
             .into_inner();

@@ -58,7 +58,7 @@ on_both_backends! {
             let mut job: pb::JobSpec = spec(&s.dataset_uri).into();
             job.params.insert(name.into(), pb::ParamValue { kind: Some(value) });
             let err = c
-                .create_job(pb::CreateJobRequest { job: Some(job), request_id: String::new() })
+                .create_job(pb::CreateJobRequest { job: Some(job), request_id: String::new(), validate_only: false })
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument);
@@ -72,7 +72,7 @@ on_both_backends! {
         // The same values on an engine that runs them are accepted.
         let mut job: pb::JobSpec = spec(&s.dataset_uri).into();
         job.params.insert("resolution".into(), pb::ParamValue { kind: Some(pb::param_value::Kind::IntValue(48)) });
-        c.create_job(pb::CreateJobRequest { job: Some(job), request_id: String::new() }).await.unwrap();
+        c.create_job(pb::CreateJobRequest { job: Some(job), request_id: String::new(), validate_only: false }).await.unwrap();
         s.stop().await;
     }
 }

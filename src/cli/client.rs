@@ -334,25 +334,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = connect_lazy(&args.conn)?;
     let (spec, upload) = args.spec(&mut client.clone()).await?;
     let spec: pb::JobSpec = spec.into();
-    let create = |validate_only: bool| {
-        with_retries(args.retries, &request_id, move || {
-            let (mut client, job) = (client.clone(), spec.clone());
-            let request_id = request_id.clone();
-            async move {
-                client
-                    .create_job(pb::CreateJobRequest {
-                        job: Some(job),
-                        request_id,
-                        validate_only,
-                    })
-                    .await
-            }
-        })
-    };
     if let Some(upload) = upload {
         // Every check but the dataset listing first: a refused submit
         // uploads nothing.
-        match create(true).await {
+        match create(&client, &args, &request_id, &spec, true).await {
             Ok(_) => {}
             Err(Failure::Refused { status, .. }) => {
                 return Err(status_error("the job was refused", status));
@@ -372,8 +357,32 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         upload.upload().await?;
     }
     eprintln!("submitting with request id {request_id}");
-    let answer = create(false).await;
+    let answer = create(&client, &args, &request_id, &spec, false).await;
     finish_submit(answer, &request_id, "the job was refused", args.conn.json)
+}
+
+/// `CreateJob` with `request_id`, retried while it gets no answer.
+async fn create(
+    client: &Client,
+    args: &SubmitArgs,
+    request_id: &str,
+    spec: &pb::JobSpec,
+    validate_only: bool,
+) -> Result<tonic::Response<pb::Job>, Failure> {
+    with_retries(args.retries, request_id, || {
+        let (mut client, job) = (client.clone(), spec.clone());
+        let request_id = request_id.to_owned();
+        async move {
+            client
+                .create_job(pb::CreateJobRequest {
+                    job: Some(job),
+                    request_id,
+                    validate_only,
+                })
+                .await
+        }
+    })
+    .await
 }
 
 /// `submit --resume`: finish the submission made with `request_id`.

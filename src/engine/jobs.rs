@@ -137,6 +137,8 @@ impl Engine {
             Err(Error::JobNotFound(_)) => Err(Error::UnknownRequest(request_id.to_owned())),
             Err(e) => Err(e),
         }
+    }
+
     /// Check a new job as [`create_job`](Self::create_job) would, every
     /// check but the dataset listing (the dataset may not be uploaded
     /// yet), and write nothing: AIP-163's `validate_only`. A client uploads
