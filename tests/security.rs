@@ -401,7 +401,7 @@ async fn the_embedded_api_refuses_deep_params_and_foreign_uris() {
     };
     assert!(
         v.iter()
-            .any(|f| f.field == "workflow.steps[2].params" && f.description.contains("46 levels")),
+            .any(|f| f.field == "workflow.steps[2].params" && f.description.contains("45 levels")),
         "{v}"
     );
     let err = h
