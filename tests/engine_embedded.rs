@@ -229,7 +229,7 @@ async fn a_missing_dataset_is_refused_before_anything_is_written() {
         .create_job(
             &tenant,
             NewJob {
-                spec: spec("file:///nowhere/at/all/"),
+                spec: spec(&s.dataset_uri.replace("/corgi/", "/nowhere/")),
                 request_id: None,
             },
         )

@@ -195,9 +195,12 @@ on_both_backends! {
         assert_eq!(fields(&err), ["job.params.epochs", "job.params.learning_rate", "job.priority"]);
         assert!(err.message().contains("learning_rate 5 is above the maximum 0.01"), "{}", err.message());
 
-        // A missing dataset: INVALID_ARGUMENT on job.dataset.uri, and nothing written.
+        // A missing dataset (in the tenant's own namespace: one outside it is
+        // PERMISSION_DENIED, see security.rs): INVALID_ARGUMENT on
+        // job.dataset.uri, and nothing written.
         let head = s.engine.store().feed().head().await.unwrap();
-        let err = c.create_job(create("file:///no/such/dataset/", "")).await.unwrap_err();
+        let missing = s.dataset_uri.replace("/corgi/", "/no-such-dataset/");
+        let err = c.create_job(create(&missing, "")).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(fields(&err), ["job.dataset.uri"]);
         assert_eq!(s.engine.store().feed().head().await.unwrap(), head);

@@ -401,7 +401,7 @@ async fn the_embedded_api_refuses_deep_params_and_foreign_uris() {
     };
     assert!(
         v.iter()
-            .any(|f| f.field == "workflow.steps[2].params" && f.description.contains("46 levels")),
+            .any(|f| f.field == "workflow.steps[2].params" && f.description.contains("45 levels")),
         "{v}"
     );
     let err = h
@@ -492,4 +492,55 @@ async fn the_same_folder_submitted_twice_is_stored_once_and_a_refused_submit_upl
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["state"], "submitted", "{job}");
     h.stop().await;
+}
+
+/// Files of any kind count at admission, so a dataset of a few images and
+/// tens of thousands of other files (the stalled workers) is
+/// refused at submit, naming the limit, with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_with_too_many_files_is_refused_at_submit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .store(format!("sqlite://{}", tmp.path().join("lf.db").display()))
+        .artifacts(tmp.path().join("artifacts").display().to_string())
+        .limits(loraflow::core::limits::Limits {
+            dataset_files: 5,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    dataset(&tmp.path().join("photos"), 3);
+    let local = LocalDataset::read(&tmp.path().join("photos")).unwrap();
+    let uri = engine
+        .artifacts()
+        .upload_dataset("acme", &local)
+        .await
+        .unwrap()
+        .uri;
+    let new = loraflow::NewJob {
+        spec: spec(&uri),
+        request_id: None,
+    };
+    let err = engine
+        .create_job(&TenantId::new("acme"), new)
+        .await
+        .unwrap_err();
+    let loraflow::Error::InvalidArgument(v) = err else {
+        panic!("{err:?}")
+    };
+    let files = v
+        .iter()
+        .find(|f| f.field == "dataset.uri")
+        .expect("dataset.uri named");
+    assert!(
+        files.description.contains("6 files") && files.description.contains("limits.dataset_files"),
+        "{v}"
+    );
+    assert_eq!(
+        engine.store().feed().head().await.unwrap(),
+        0,
+        "nothing written"
+    );
+    engine.shutdown().await;
 }

@@ -130,19 +130,26 @@ pub fn truncate(text: &str, max: usize) -> String {
     out
 }
 
-/// How deeply objects and lists nest in `value` (`1` is a scalar or an
-/// empty container; `{"a": {}}` is 2). Iterative, so a hostile depth cannot
+/// How deeply objects and lists nest in `value`: `{}` and `[1]` are 1,
+/// `{"a": {}}` is 2, a scalar is 0. Iterative, so a hostile depth cannot
 /// overflow the stack.
 pub fn json_depth(value: &serde_json::Value) -> usize {
+    fn children(v: &serde_json::Value) -> Box<dyn Iterator<Item = &serde_json::Value> + '_> {
+        match v {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(map) => Box::new(map.values()),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+    let is_container = |v: &serde_json::Value| v.is_array() || v.is_object();
+    if !is_container(value) {
+        return 0;
+    }
     let mut deepest = 0;
     let mut stack = vec![(value, 1usize)];
     while let Some((v, d)) = stack.pop() {
         deepest = deepest.max(d);
-        match v {
-            serde_json::Value::Array(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
-            serde_json::Value::Object(map) => stack.extend(map.values().map(|i| (i, d + 1))),
-            _ => {}
-        }
+        stack.extend(children(v).filter(|c| is_container(c)).map(|c| (c, d + 1)));
     }
     deepest
 }
@@ -507,7 +514,7 @@ mod tests {
             .iter()
             .find(|x| x.field == "workflow.steps[0].params")
             .unwrap();
-        assert!(depth.description.contains("46 levels"), "{depth}");
+        assert!(depth.description.contains("45 levels"), "{depth}");
 
         let mut big = spec();
         big.naming.subject = "s".repeat(3 * 1024 * 1024);
@@ -536,8 +543,9 @@ mod tests {
 
     #[test]
     fn depth_quote_and_truncate() {
-        assert_eq!(json_depth(&serde_json::json!(1)), 1);
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
         assert_eq!(json_depth(&serde_json::json!({})), 1);
+        assert_eq!(json_depth(&serde_json::json!({"a": {}})), 2);
         assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": 2}]})), 3);
         assert_eq!(quote("abc"), "\"abc\"");
         assert!(quote(&"x".repeat(1000)).ends_with("(1000 characters)"));

@@ -166,6 +166,50 @@ async fn every_bad_file_is_named_with_its_reason() {
     }
 }
 
+/// A long problem list travels as an artifact: the step's error quotes the
+/// first problems and references the full list by URI and SHA-256, so the
+/// failure report stays small however bad the dataset.
+#[tokio::test]
+async fn a_long_problem_list_is_an_artifact_the_error_references() {
+    let mut files = vec![("good.png".to_owned(), png(96, 96, 7))];
+    for i in 0..500 {
+        files.push((format!("junk/file-{i:04}.bin"), vec![0u8; 4]));
+    }
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let env = env(&refs).await;
+    let step = assignment("validate_dataset", &env.dataset_uri);
+    let err = ValidateDataset::default()
+        .run(&step, &context(&env, &step))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, StepErrorKind::InvalidInput);
+    let m = &err.message;
+    assert!(m.starts_with("500 problems in the dataset"), "{m}");
+    assert!(m.contains("; and 480 more (every one is listed in "), "{m}");
+    assert!(m.len() < 4096, "{} bytes", m.len());
+    let uri = m
+        .split("listed in ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap();
+    assert!(uri.ends_with("/problems.txt"), "{uri}");
+    let sha = m.split("sha256 ").nth(1).unwrap().trim_end_matches(')');
+    let list = Artifact {
+        kind: ArtifactKind::Report,
+        name: "problems.txt".into(),
+        uri: uri.to_owned(),
+        sha256: Sha256(sha.to_owned()),
+        size_bytes: 0,
+        epoch: None,
+    };
+    let text = String::from_utf8(env.store.get_verified(&list).await.unwrap().to_vec()).unwrap();
+    assert_eq!(text.lines().count(), 500);
+    assert!(
+        text.contains("junk/file-0499.bin: unsupported file type"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn labels_come_from_sidecars_then_the_template_with_the_trigger_first() {
     let env = env(&[
