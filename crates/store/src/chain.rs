@@ -30,7 +30,7 @@
 //! Concurrency needs no lock: two writers that chain from the same
 //! predecessor write the same (job, sequence) and one of them conflicts.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -44,36 +44,44 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// `value` as canonical JSON: sorted keys, no whitespace, serde_json's
 /// number and string formatting.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
+    let mut out = Vec::new();
+    write_canonical(value, &[], &mut out);
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// A string as JSON, escaped as serde_json escapes it.
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+}
+
+/// `value` as canonical JSON into `out`, leaving out the top-level object
+/// keys in `skip`. Writes into one buffer, without copying the value.
+fn write_canonical(value: &Value, skip: &[&str], out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
+            let mut keys: Vec<&String> =
+                map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
+                write_str(k, out);
+                out.push(b':');
+                write_canonical(&map[k], &[], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                write_canonical(v, out);
+                write_canonical(v, &[], out);
             }
-            out.push(']');
+            out.push(b']');
         }
         scalar => {
             let _ = write!(out, "{scalar}");
@@ -115,8 +123,11 @@ pub fn covered_metadata(metadata: &Value) -> Value {
 }
 
 /// The link of an event (chain 2); `metadata` as stored (the link fields
-/// are left out here).
-#[allow(clippy::too_many_arguments)]
+/// are left out here). The hashed text is
+/// `canonical_json(["loraflow/chain/2", prev_link, job_id, sequence,
+/// event_type, event_version, payload, covered_metadata(metadata)])`,
+/// written straight into one buffer (this runs for every event of a job on
+/// every command).
 pub fn event_link(
     prev_link: &str,
     job_id: &str,
@@ -126,18 +137,25 @@ pub fn event_link(
     payload: &Value,
     metadata: &Value,
 ) -> String {
-    let covered = covered_metadata(metadata);
-    let text = canonical_json(&json!([
-        "loraflow/chain/2",
-        prev_link,
-        job_id,
-        sequence,
-        event_type,
-        event_version,
-        payload,
-        covered
-    ]));
-    hex::encode(Sha256::digest(text.as_bytes()))
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"[\"loraflow/chain/2\",");
+    for s in [prev_link, job_id] {
+        write_str(s, &mut out);
+        out.push(b',');
+    }
+    let _ = write!(out, "{sequence},");
+    for s in [event_type, event_version] {
+        write_str(s, &mut out);
+        out.push(b',');
+    }
+    write_canonical(payload, &[], &mut out);
+    out.push(b',');
+    match metadata {
+        Value::Object(_) => write_canonical(metadata, &[HASH, PREV_HASH, SIG], &mut out),
+        _ => out.extend_from_slice(b"{}"),
+    }
+    out.push(b']');
+    hex::encode(Sha256::digest(&out))
 }
 
 /// What an event's `sig` signs: its link.
@@ -252,6 +270,26 @@ mod tests {
         assert_eq!(
             canonical_json(&v),
             r#"{"a":"é\"q","b":{"y":[true,null],"z":1},"c":0.1}"#
+        );
+    }
+
+    #[test]
+    fn the_link_is_the_hash_of_its_canonical_definition() {
+        let p = json!({"B": {"z": [1, 2.5, "é\"q"], "a": null}});
+        let m = json!({"actor": "a", "hash": "h", "sig": "s", "prev_hash": "x", "tenant": "t"});
+        let text = canonical_json(&json!([
+            "loraflow/chain/2",
+            "p",
+            "j",
+            7,
+            "T",
+            "1.0",
+            p,
+            covered_metadata(&m)
+        ]));
+        assert_eq!(
+            event_link("p", "j", 7, "T", "1.0", &p, &m),
+            hex::encode(Sha256::digest(text.as_bytes()))
         );
     }
 

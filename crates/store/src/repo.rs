@@ -185,9 +185,10 @@ impl ChainRepository {
     pub(crate) async fn commit<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
-    ) -> Result<Position, PersistenceError> {
+    ) -> Result<(Position, Head), PersistenceError> {
         let (events, head) = self.chained::<A>(events).await?;
-        self.repo.insert(A::TYPE, &events, &head).await
+        let position = self.repo.insert(A::TYPE, &events, &head).await?;
+        Ok((position, head))
     }
 
     /// `events` with the store's metadata, links and signatures filled in,

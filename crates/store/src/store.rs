@@ -32,7 +32,7 @@ use crate::projection::{self, VIEWS};
 use crate::repo::{ChainRepository, EventRepo};
 use crate::retry::retry_safe;
 use crate::url::StoreUrl;
-use crate::verify::{Depth, verify_job};
+use crate::verify::{Depth, verify_job_inner};
 use crate::views::Views;
 use crate::{migrate, page_token};
 
@@ -107,6 +107,30 @@ pub(crate) struct Shared {
     /// checkpoint): a job without a head whose unsigned events all lie at or
     /// before it was written before signing, and is still served.
     pub signing_began: std::sync::atomic::AtomicU64,
+    /// Per job, the signature of the last head this process wrote or
+    /// verified: a load that finds it again skips the Ed25519 check.
+    pub known_heads: std::sync::Mutex<HashMap<JobId, String>>,
+}
+
+/// Entries of `Shared::known_heads` before it is cleared.
+const KNOWN_HEADS: usize = 100_000;
+
+impl Shared {
+    fn known_head(&self, job: &JobId) -> Option<String> {
+        self.known_heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job)
+            .cloned()
+    }
+
+    fn remember_head(&self, job: &JobId, sig: String) {
+        let mut heads = self.known_heads.lock().unwrap_or_else(|p| p.into_inner());
+        if heads.len() >= KNOWN_HEADS {
+            heads.clear();
+        }
+        heads.insert(job.clone(), sig);
+    }
 }
 
 impl Shared {
@@ -322,6 +346,7 @@ impl Store {
                 outbox,
                 keys,
                 signing_began: signing_began.into(),
+                known_heads: Default::default(),
             }),
         })
     }
@@ -479,11 +504,12 @@ impl Store {
         metadata.insert(PREV_HASH.into(), prev_hash);
         let serialized = serialize(job_id, sequence, &events, metadata)?;
         let last = sequence + events.len() as u64;
-        let position = {
+        let (position, head) = {
             let _turn = s.write_turn().await;
             s.repo.commit::<TrainingJob>(&serialized).await
         }
         .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        s.remember_head(job_id, head.sig);
         for e in &events {
             job.apply(e.clone());
         }
@@ -540,11 +566,12 @@ impl Store {
             caller_metadata(metadata),
         )?;
         let last = expected_sequence + events.len() as u64;
-        let position = {
+        let (position, head) = {
             let _turn = s.write_turn().await;
             s.repo.commit::<TrainingJob>(&serialized).await
         }
         .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        s.remember_head(job_id, head.sig);
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             sequence: last,
@@ -566,13 +593,15 @@ impl Store {
     async fn fold(&self, job_id: &JobId) -> Result<(TrainingJob, u64, String)> {
         let s = &self.shared;
         let log = s.backend.job_log(job_id).await?;
-        let report = verify_job(
+        let known = s.known_head(job_id);
+        let report = verify_job_inner(
             job_id,
             &log.events,
             log.head.as_ref(),
             &s.keys,
             Depth::Links,
             Some(s.signing_began.load(std::sync::atomic::Ordering::Relaxed)),
+            known.as_deref(),
         );
         if let Some(f) = report.fault {
             tracing::error!(
@@ -583,6 +612,11 @@ impl Store {
                 "TAMPERED LOG: refusing to act on job {job_id}: {f}"
             );
             return Err(Error::TamperedLog(f));
+        }
+        if let Some(h) = &log.head
+            && known.as_deref() != Some(h.sig.as_str())
+        {
+            s.remember_head(job_id, h.sig.clone());
         }
         let sequence = log.events.last().map_or(0, |e| e.sequence);
         let prev_hash = log
