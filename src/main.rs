@@ -55,7 +55,12 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // The command is over (`serve` has stopped its engine, or given up on it
+    // when its shutdown grace ended): dropping the runtime would wait for
+    // blocking work still running (a training step on CPU), past that grace.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         // The reader of our output went away (`| head -1`): stop quietly.
         Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => ExitCode::from(exit::OK),
