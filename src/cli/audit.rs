@@ -13,6 +13,7 @@ use loraflow::core::job::JobServices;
 use loraflow::store::{AuditKey, Depth, Keyring, PublicKey, Store, StoreOptions};
 
 use super::client::Exit;
+use super::output::out;
 use super::{ConfigArg, exit};
 
 #[derive(Debug, Args)]
@@ -145,7 +146,7 @@ pub(crate) async fn open(source: &Source, sign: bool) -> anyhow::Result<(Store, 
 
 fn report(report: &LogReport, what: &str) -> anyhow::Result<()> {
     for p in &report.problems {
-        println!("TAMPERED {p}");
+        out!("TAMPERED {p}")?;
     }
     if report.is_valid() {
         eprintln!(
@@ -209,10 +210,10 @@ async fn verify_one(store: &Store, job: &JobId, keys: &Keyring) -> anyhow::Resul
             Ok(())
         }
         Some(p) => {
-            println!(
+            out!(
                 "TAMPERED job {job}: {} at position {} (sequence {}): {}",
                 p.fault, p.position, p.sequence, p.detail
-            );
+            )?;
             Err(Exit(
                 exit::TAMPERED,
                 format!(
@@ -237,7 +238,7 @@ async fn export_cmd(args: ExportArgs) -> anyhow::Result<()> {
             summary.checkpoints
         );
     }
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    out!("{}", serde_json::to_string_pretty(&summary)?)?;
     eprintln!(
         "exported {} event(s), {} head(s), {} checkpoint(s) to {}; verify with `loraflow audit verify --export {} --public-key FILE`",
         summary.events,
@@ -258,7 +259,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let public = PathBuf::from(public);
     std::fs::write(&public, key.public_key().to_pem())
         .with_context(|| format!("cannot write {}", public.display()))?;
-    print!("{}", key.public_key().to_pem());
+    out!("{}", key.public_key().to_pem().trim_end())?;
     eprintln!(
         "wrote the signing key {} (mode 0600; set [audit] signing_key to it) and its public key {}; key id {}",
         args.out.display(),

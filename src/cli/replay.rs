@@ -12,6 +12,7 @@ use loraflow::core::ids::JobId;
 
 use super::audit::Source;
 use super::client::Exit;
+use super::output::{StdoutClosed, out};
 use super::exit;
 
 #[derive(Debug, Args)]
@@ -47,7 +48,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         if to_stdout {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            out!("{line}")?;
         }
     }
     if let Some(path) = &args.jsonl {
@@ -60,7 +61,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             )
         };
         for e in &audit.events {
-            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            writeln!(out, "{}", serde_json::to_string(e)?).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    anyhow::Error::new(StdoutClosed)
+                } else {
+                    anyhow::Error::new(e).context("cannot write the history")
+                }
+            })?;
         }
         if !to_stdout {
             eprintln!("history written to {}", path.display());
