@@ -414,10 +414,14 @@ fn finish_submit(
     let job = match answer {
         Ok(job) => job.into_inner(),
         Err(Failure::NoAnswer { status, tries }) => {
+            let tries = match tries {
+                1 => "one try".to_owned(),
+                n => format!("{n} tries"),
+            };
             return Err(Exit(
                 exit::UNREACHABLE,
                 format!(
-                    "the server did not confirm the submission after {tries} tries ({:?}: {}); if it created the job, the job waits as pending under request id {request_id}: {rerun} once the server is back (it never makes a second job)",
+                    "the server did not confirm the submission after {tries} ({:?}: {}); if it created the job, the job waits as pending under request id {request_id}: {rerun} once the server is back (it never makes a second job)\n  (is the server running? check --server / LORAFLOW_SERVER)",
                     status.code(),
                     status.message()
                 ),
