@@ -212,7 +212,10 @@ async fn verify_one(store: &Store, job: &JobId, keys: &Keyring) -> anyhow::Resul
         Some(p) => {
             out!(
                 "TAMPERED job {job}: {} at position {} (sequence {}): {}",
-                p.fault, p.position, p.sequence, p.detail
+                p.fault,
+                p.position,
+                p.sequence,
+                p.detail
             )?;
             Err(Exit(
                 exit::TAMPERED,

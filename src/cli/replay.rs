@@ -12,8 +12,8 @@ use loraflow::core::ids::JobId;
 
 use super::audit::Source;
 use super::client::Exit;
-use super::output::{StdoutClosed, out};
 use super::exit;
+use super::output::{StdoutClosed, out};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
