@@ -35,6 +35,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(a) => cli::client::history(a).await,
         Command::Replay(a) => cli::replay::replay(a).await,
         Command::Audit(a) => cli::audit::audit(a).await,
+        Command::Models(a) => cli::models::models(a).await,
+        Command::Params(a) => cli::params::params(a).await,
+        Command::ServiceStatus(a) => cli::service_status::service_status(a).await,
+        Command::Retry(a) => cli::retry_job::retry_job(a).await,
+        Command::Webhooks(a) => cli::webhooks::webhooks(a).await,
+        Command::Executors(a) => cli::executors::executors(a).await,
     }
 }
 

@@ -4,13 +4,21 @@
 pub mod audit;
 pub mod client;
 pub mod demo;
+pub mod executors;
+pub mod models;
 pub mod native;
 pub mod output;
+pub mod params;
 pub mod replay;
 pub mod retry;
+pub mod retry_job;
 pub mod serve;
+pub mod service_status;
+pub mod times;
 pub mod upload;
 pub mod watch;
+pub mod watch_lines;
+pub mod webhooks;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -69,7 +77,8 @@ pub enum Command {
     Status(client::JobArgs),
     /// List jobs, newest first.
     List(client::ListArgs),
-    /// Follow a job live until it ends (or reaches review).
+    /// Follow a job live until it ends (or reaches review): progress bars
+    /// on a terminal, else one plain line per change.
     Watch(watch::WatchArgs),
     /// Approve an epoch of a job in review; publishing follows.
     Approve(client::ApproveArgs),
@@ -88,6 +97,19 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// The signed audit log: verify, export, make a signing key.
     Audit(audit::AuditArgs),
+    /// The base models of the server's catalogue.
+    Models(models::ModelsArgs),
+    /// The parameters a job on a base model accepts with an engine: type,
+    /// default, bounds or choices; and the profiles.
+    Params(params::ParamsArgs),
+    /// Whether the server takes new jobs, its admission limits, your tenant.
+    ServiceStatus(service_status::ServiceStatusArgs),
+    /// Run a failed job again as a new job, from its spec as given.
+    Retry(retry_job::RetryJobArgs),
+    /// The delivery log of a job's webhooks.
+    Webhooks(webhooks::WebhooksArgs),
+    /// The executors connected to the server: engines, GPU, slots, leases.
+    Executors(executors::ExecutorsArgs),
 }
 
 /// How a client reaches the server.

@@ -1,6 +1,8 @@
-//! `loraflow watch`: follow a job live with progress bars (stderr), and
-//! reconnect after a dropped stream from the last position seen, so no event
-//! is missed.
+//! `loraflow watch`: follow a job live with progress bars (stderr), or one
+//! plain line per change on stdout when stdout is not a terminal
+//! (`watch_lines.rs`), and reconnect after a dropped stream from the last
+//! position seen, so no event is missed. A job that ends badly is an error
+//! naming its reason.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -191,9 +193,13 @@ impl Renderer {
 }
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let mut client = connect(&args.conn).await?;
     let mut last = args.from;
-    let mut renderer = Renderer::new();
+    // Progress bars only where someone looks at them.
+    let mut lines = (!args.conn.json && !std::io::stdout().is_terminal())
+        .then(super::watch_lines::PlainLines::default);
+    let mut renderer = (!args.conn.json && lines.is_none()).then(Renderer::new);
     let mut backoff = Duration::from_millis(200);
     loop {
         let stream = client
@@ -238,16 +244,21 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             let event = record
                 .event()
                 .map_err(|e| anyhow::anyhow!("event {} cannot be read: {e}", record.position))?;
-            let outcome = if args.conn.json {
-                outcome_of(&event)
-            } else {
-                renderer.event(&event)
+            if let Some(lines) = &mut lines {
+                let at = super::times::rfc3339(record.recorded_at.as_ref());
+                out!("{}", lines.line(&at, &event))?;
+            }
+            let outcome = match &mut renderer {
+                Some(r) => r.event(&event),
+                None => outcome_of(&event),
             };
             match outcome {
                 Some(Outcome::Published) => return Ok(()),
                 Some(Outcome::InReview) if args.until_review => return Ok(()),
                 Some(Outcome::Failed) => {
-                    return Err(Exit(exit::FAILED, format!("job {} failed", args.job)).into());
+                    let why = super::watch_lines::failure(&event)
+                        .unwrap_or_else(|| "failed".into());
+                    return Err(Exit(exit::FAILED, format!("job {} {why}", args.job)).into());
                 }
                 _ => {}
             }

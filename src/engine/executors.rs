@@ -207,6 +207,10 @@ impl Engine {
         progress: Option<StepProgress>,
     ) -> Result<HeartbeatReply> {
         self.check_holder(executor, lease)?;
+        // A busy executor polls seldom: its heartbeats say it is alive.
+        self.inner
+            .fleet
+            .touch(executor, self.inner.services.clock.now());
         let now = Instant::now();
         let step_of = |p: &Option<StepProgress>| p.as_ref().and_then(|p| p.step);
         let (due, progress, leased_at) = {

@@ -6,6 +6,7 @@
 mod builder;
 mod executors;
 mod fleet;
+mod fleet_view;
 mod in_process;
 mod jobs;
 mod restarts;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use builder::EngineBuilder;
 pub use executors::{LeaseInfo, Polled};
 pub use fleet::FleetMember;
+pub use fleet_view::{FleetEntry, FleetPage};
 pub use in_process::InProcessApi;
 pub use jobs::{JobView, NewJob};
 

@@ -478,4 +478,13 @@ impl JobService for Jobs {
             engine,
         )))
     }
+
+    async fn list_executors(
+        &self,
+        req: Request<pb::ListExecutorsRequest>,
+    ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let _span = span_tenant("ListExecutors", &tenant).entered();
+        super::fleet::list_executors(&self.engine, &tenant, req.get_ref()).map(Response::new)
+    }
 }

@@ -3,10 +3,12 @@
 //! - [`serve`]: the server (JobService, ExecutorService, health, reflection).
 //! - [`auth`]: bearer tokens per tenant and per executor.
 //! - `jobs` / `executors`: the two services, thin over the engine's API.
+//! - `fleet`: `ListExecutors`, the connected executors a tenant may see.
 //! - `status`: engine errors as gRPC statuses.
 
 pub mod auth;
 mod executors;
+mod fleet;
 mod jobs;
 mod server;
 mod status;

@@ -95,10 +95,16 @@ pub async fn serve(
     health_reporter
         .set_serving::<ExecutorServiceServer<Executors>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(loraflow_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both versions of reflection: grpcurl and grpc_cli ask v1, but many
+    // tools (older grpcurl, Postman, Evans, Kreya) ask v1alpha first and
+    // give up on UNIMPLEMENTED.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(loraflow_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
 
     let max = options.max_message_bytes;
     let jobs = JobServiceServer::new(Jobs {
@@ -137,6 +143,7 @@ pub async fn serve(
     builder
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(executors)
         // Small request/response pairs: Nagle's algorithm with delayed ACKs

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod noop;
+pub mod process;
 pub mod server;
 pub mod worker;
 

@@ -1,0 +1,80 @@
+//! `loraflow models`: the base models of the server's catalogue
+//! (`ListBaseModels`), disabled ones included and marked.
+
+use clap::{Args, Subcommand};
+use loraflow_proto::pb::v1 as pb;
+
+use super::Connection;
+use super::client::{connect, status_error};
+use super::output::out;
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: Option<ModelsCommand>,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the catalogue's base models (the default).
+    List,
+}
+
+pub async fn models(args: ModelsArgs) -> anyhow::Result<()> {
+    match args.command {
+        None | Some(ModelsCommand::List) => list(&args.conn).await,
+    }
+}
+
+fn json(m: &pb::BaseModel) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id,
+        "label": m.label,
+        "family": m.family,
+        "engines": m.engines,
+        "min_vram_gb": m.min_vram_gb,
+        "disabled": m.disabled,
+    })
+}
+
+async fn list(conn: &Connection) -> anyhow::Result<()> {
+    let mut client = connect(conn).await?;
+    let models = client
+        .list_base_models(pb::ListBaseModelsRequest {})
+        .await
+        .map_err(|s| status_error("cannot list the base models", s))?
+        .into_inner()
+        .base_models;
+    if conn.json {
+        for m in &models {
+            out!("{}", json(m))?;
+        }
+        return Ok(());
+    }
+    out!(
+        "{:<14} {:<7} {:<22} {:>8}  {}",
+        "MODEL",
+        "FAMILY",
+        "ENGINES",
+        "VRAM",
+        "LABEL"
+    )?;
+    for m in &models {
+        let vram = match m.min_vram_gb {
+            0 => "cpu".to_owned(),
+            n => format!("{n} GB"),
+        };
+        let disabled = if m.disabled { "  (disabled)" } else { "" };
+        out!(
+            "{:<14} {:<7} {:<22} {:>8}  {}{disabled}",
+            m.id,
+            m.family,
+            m.engines.join(","),
+            vram,
+            m.label
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! `loraflow watch` when stdout is not a terminal (a pipe, a file, a CI
+//! log): one plain line per change instead of progress bars, each with the
+//! event's time, the job's state, the step, and what changed (progress,
+//! epoch, loss). Also the one-line story of how a job ended badly, which
+//! `watch` prints in every mode.
+
+use loraflow::core::job::JobEvent;
+
+/// The job's state as far as its events tell, followed event by event.
+#[derive(Debug)]
+pub struct PlainLines {
+    state: &'static str,
+}
+
+impl Default for PlainLines {
+    fn default() -> Self {
+        Self { state: "pending" }
+    }
+}
+
+impl PlainLines {
+    /// The line for one event recorded at `at` (RFC 3339).
+    pub fn line(&mut self, at: &str, event: &JobEvent) -> String {
+        self.state = match (self.state, event) {
+            (_, JobEvent::JobCreated(_)) => "pending",
+            (_, JobEvent::JobSubmitted(_)) => "submitted",
+            ("submitted", JobEvent::StepLeased(_)) => "processing",
+            (_, JobEvent::ReviewRequested(_)) => "in_review",
+            (_, JobEvent::JobApproved(_)) => "approved",
+            (_, JobEvent::JobPublished(_)) => "published",
+            (_, JobEvent::JobFailed(_) | JobEvent::JobRejected(_) | JobEvent::JobCancelled(_)) => {
+                "failed"
+            }
+            (s, _) => s,
+        };
+        let (step, what) = describe(event);
+        format!(
+            "{at}  {:<10}  {:<16}  {what}",
+            self.state,
+            step.unwrap_or_else(|| "-".into())
+        )
+    }
+}
+
+/// The step an event is about, and what it says.
+fn describe(event: &JobEvent) -> (Option<String>, String) {
+    match event {
+        JobEvent::JobCreated(e) => (
+            None,
+            format!(
+                "created job {} ({} on {})",
+                e.job_id, e.spec.engine, e.spec.base_model
+            ),
+        ),
+        JobEvent::JobSubmitted(e) => (
+            None,
+            format!(
+                "submitted: {} images, {} steps",
+                e.dataset.image_count,
+                e.workflow.steps.len()
+            ),
+        ),
+        JobEvent::StepQueued(e) => (
+            Some(e.step_id.to_string()),
+            format!("queued (attempt {})", e.attempt),
+        ),
+        JobEvent::StepLeased(e) => (
+            Some(e.step_id.to_string()),
+            format!("running on {}", e.executor_id),
+        ),
+        JobEvent::StepProgressed(e) => {
+            let p = &e.progress;
+            let mut parts = vec![format!("{:.0}%", p.percent.clamp(0.0, 100.0))];
+            if let Some(ep) = p.epoch {
+                parts.push(format!("epoch {ep}"));
+            }
+            if let (Some(s), Some(t)) = (p.step, p.total_steps) {
+                parts.push(format!("step {s}/{t}"));
+            }
+            if let Some(l) = p.loss {
+                parts.push(format!("loss {l:.4}"));
+            }
+            if let Some(m) = &p.message {
+                parts.push(m.clone());
+            }
+            (Some(e.step_id.to_string()), parts.join("  "))
+        }
+        JobEvent::StepCompleted(e) => (Some(e.step_id.to_string()), "done".into()),
+        JobEvent::StepFailed(e) => (
+            Some(e.step_id.to_string()),
+            format!("failed: {} ({})", e.error.message, e.error.kind),
+        ),
+        JobEvent::LeaseExpired(e) => (
+            Some(e.step_id.to_string()),
+            format!("lost its executor {}", e.executor_id),
+        ),
+        JobEvent::StepRetried(e) => (
+            Some(e.step_id.to_string()),
+            format!(
+                "retry {} of {} in {:.1}s",
+                e.next_attempt,
+                e.max_attempts,
+                e.backoff_ms as f64 / 1000.0
+            ),
+        ),
+        JobEvent::ReviewRequested(e) => {
+            let epochs: Vec<String> = e
+                .epochs
+                .iter()
+                .map(|ep| match ep.loss {
+                    Some(l) => format!("{} (loss {l:.4})", ep.epoch),
+                    None => ep.epoch.to_string(),
+                })
+                .collect();
+            (
+                Some(e.step_id.to_string()),
+                format!("ready for review: epochs {}", epochs.join(", ")),
+            )
+        }
+        JobEvent::JobApproved(e) => (
+            None,
+            format!("approved epoch {} by {}", e.epoch, e.approved_by),
+        ),
+        JobEvent::JobPublished(e) => (
+            None,
+            format!("published epoch {} at {}", e.epoch, e.artifact.uri),
+        ),
+        JobEvent::JobRejected(_) | JobEvent::JobFailed(_) | JobEvent::JobCancelled(_) => {
+            let step = match event {
+                JobEvent::JobFailed(e) => e.step_id.as_ref().map(ToString::to_string),
+                _ => None,
+            };
+            (step, failure(event).unwrap_or_default())
+        }
+    }
+}
+
+/// How the job ended, when `event` ends it badly: the reason and the
+/// message (`failed (retries_exhausted): ...`, `cancelled by ...: ...`).
+pub fn failure(event: &JobEvent) -> Option<String> {
+    match event {
+        JobEvent::JobFailed(e) => Some(format!("failed ({}): {}", e.reason, e.message)),
+        JobEvent::JobRejected(e) => Some(format!("rejected by {}: {}", e.rejected_by, e.reason)),
+        JobEvent::JobCancelled(e) => {
+            Some(format!("cancelled by {}: {}", e.cancelled_by, e.reason))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loraflow::core::job::canned::histories;
+
+    use super::*;
+
+    fn lines(events: &[JobEvent]) -> Vec<String> {
+        let mut plain = PlainLines::default();
+        events
+            .iter()
+            .map(|e| plain.line("2026-12-02T12:00:00Z", e))
+            .collect()
+    }
+
+    #[test]
+    fn each_event_is_one_line_with_time_state_and_step() {
+        let lines = lines(&histories::published());
+        assert!(lines[0].starts_with("2026-12-02T12:00:00Z  pending "));
+        assert!(lines[0].contains("created job"));
+        assert!(
+            lines.iter().any(|l| l.contains(" processing ")
+                && l.contains(" validate ")
+                && l.contains("running on")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(" in_review ") && l.contains("ready for review")),
+            "{lines:#?}"
+        );
+        let last = lines.last().unwrap();
+        assert!(last.contains(" published ") && last.contains("published epoch 2"));
+    }
+
+    #[test]
+    fn a_job_that_ends_badly_says_why() {
+        let events = histories::cancelled_while_training();
+        let last = events.last().unwrap();
+        assert_eq!(
+            failure(last).as_deref(),
+            Some("cancelled by alice: wrong dataset")
+        );
+        assert!(lines(&events).last().unwrap().contains(" failed "));
+        let rejected = histories::rejected();
+        assert_eq!(
+            failure(rejected.last().unwrap()).as_deref(),
+            Some("rejected by reviewer@acme: the samples are blurry")
+        );
+        assert_eq!(failure(&histories::created()[0]), None);
+    }
+}
