@@ -76,6 +76,10 @@ pub struct WorkerArgs {
     /// kohya engine for `train`.
     #[arg(long)]
     pub kohya: Option<PathBuf>,
+    /// An ai-toolkit configuration (TOML of `AiToolkitOptions`): enables the
+    /// ai-toolkit engine for `train` (SDXL and FLUX.1 LoRAs).
+    #[arg(long = "ai-toolkit", value_name = "OPTIONS_TOML")]
+    pub ai_toolkit: Option<PathBuf>,
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -130,6 +134,17 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let options: loraflow::executors::KohyaOptions = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid kohya configuration", path.display()))?;
         worker = worker.with(Arc::new(loraflow::executors::KohyaTrainer::new(options)?));
+    }
+    if let Some(path) = &args.ai_toolkit {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let options: loraflow::executors::AiToolkitOptions =
+            toml::from_str(&text).with_context(|| {
+                format!("{} is not a valid ai-toolkit configuration", path.display())
+            })?;
+        worker = worker.with(Arc::new(loraflow::executors::AiToolkitTrainer::new(
+            options,
+        )?));
     }
     let caps = worker.capabilities();
     eprintln!(

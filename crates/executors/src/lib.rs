@@ -9,6 +9,10 @@
 //!   or a trigger-word template.
 //! - [`publish`]: `publish`: copy the approved LoRA to permanent storage.
 //! - [`kohya`]: `train` on the kohya engine: sd-scripts as a subprocess.
+//! - [`aitoolkit`]: `train` on the ai-toolkit engine: ostris/ai-toolkit as a
+//!   subprocess.
+//! - [`external`]: what the subprocess engines share (the child process,
+//!   output lines, the image folder, parameter checks).
 //! - [`native`]: `train` and `sample` on the native engine: loraflow's own
 //!   trainer, in-process.
 //! - [`dataset`]: what is in a dataset folder.
@@ -16,9 +20,11 @@
 //!   staged and then moved into place.
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
+pub mod aitoolkit;
 pub mod artifacts;
 pub mod dataset;
 pub mod dataset_upload;
+pub mod external;
 pub mod kohya;
 pub mod label;
 pub mod native;
@@ -27,6 +33,7 @@ mod util;
 pub mod validate;
 pub mod worker;
 
+pub use aitoolkit::{AiToolkitOptions, AiToolkitTrainer};
 pub use artifacts::{ArtifactStore, StepArtifacts};
 pub use dataset_upload::{DatasetUpload, LocalDataset};
 pub use kohya::{KohyaOptions, KohyaTrainer};
@@ -39,5 +46,9 @@ pub use validate::{Manifest, ValidateDataset, ValidateOptions};
 /// mapping reads: for [`Catalogue::with_engine_rules`](loraflow_core::catalogue::Catalogue::with_engine_rules),
 /// which the engine builder applies, so the schema offers exactly these.
 pub fn engine_rules() -> Vec<loraflow_core::catalogue::EngineRules> {
-    vec![native::params::rules(), kohya::params::rules()]
+    vec![
+        native::params::rules(),
+        kohya::params::rules(),
+        aitoolkit::params::rules(),
+    ]
 }

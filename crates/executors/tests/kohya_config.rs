@@ -219,6 +219,10 @@ fn flux_uses_its_network_module_and_the_models_extra_files() {
         assert!(!t.contains_key(absent), "{absent} does not apply to flux");
     }
     assert_eq!(t["ae"].as_str(), Some("/models/ae.safetensors"));
+    // Flow matching as sd-scripts' FLUX.1 guide trains it.
+    assert_eq!(t["timestep_sampling"].as_str(), Some("flux_shift"));
+    assert_eq!(t["model_prediction_type"].as_str(), Some("raw"));
+    assert_eq!(t["guidance_scale"].as_float(), Some(1.0));
     // The operator's settings win over generated values.
     assert_eq!(t["mixed_precision"].as_str(), Some("fp16"));
     assert_eq!(t["sdpa"].as_bool(), Some(true));

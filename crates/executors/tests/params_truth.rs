@@ -2,7 +2,7 @@
 //! mapping runs. Every choice and every numeric bound of every (base model, engine) pair of the
 //! catalogue, with the engines' rules applied as the engine builder applies them, passes the
 //! schema and then the engine's mapping (the native trainer's configuration and its resolution
-//! buckets; the kohya engine's checked parameters). Every value the catalogue offers any engine
+//! buckets; the kohya and ai-toolkit engines' checked parameters). Every value the catalogue offers any engine
 //! but this engine cannot run is refused by the schema, naming the parameter, and by the mapping.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use loraflow_core::catalogue::{
     BaseModel, Catalogue, EffectiveParam, Engine, ParamType, ParamValue, Params,
 };
+use loraflow_executors::aitoolkit::params::TrainParams as AiToolkitParams;
 use loraflow_executors::kohya::params::TrainParams;
 use loraflow_executors::native::params::{RunPaths, train_config};
 use loraflow_trainer::data::bucket::{BucketOptions, Buckets};
@@ -33,9 +34,9 @@ fn paths() -> RunPaths {
     }
 }
 
-/// The engines whose mapping is in this repository; jobs on others wait for an external executor.
+/// The engines whose mapping is in this repository: every engine the catalogue offers.
 fn has_mapping(engine: Engine) -> bool {
-    matches!(engine, Engine::Native | Engine::Kohya)
+    matches!(engine, Engine::Native | Engine::Kohya | Engine::AiToolkit)
 }
 
 /// Run resolved parameters through `engine`'s mapping, as a worker does before training.
@@ -56,7 +57,9 @@ fn map(model: &BaseModel, engine: Engine, params: &Params) -> Result<(), String>
         Engine::Kohya => TrainParams::from_params(params)
             .map(drop)
             .map_err(|e| e.to_string()),
-        Engine::AiToolkit => unreachable!("no mapping"),
+        Engine::AiToolkit => AiToolkitParams::from_params(params)
+            .map(drop)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -108,8 +111,11 @@ fn every_choice_and_bound_of_every_model_and_engine_runs_in_that_engine() {
             }
         }
     }
-    // tiny-sd, sd15 and sd21 on native; sd15, sd21 and sdxl on kohya.
-    assert_eq!(pairs.len(), 6, "{pairs:?}");
+    // tiny-sd, sd15 and sd21 on native; sd15, sd21, sdxl and flux-dev on kohya; sdxl and
+    // flux-dev on ai-toolkit.
+    assert_eq!(pairs.len(), 9, "{pairs:?}");
+    assert!(pairs.contains(&("flux-dev".to_owned(), Engine::Kohya)));
+    assert!(pairs.contains(&("flux-dev".to_owned(), Engine::AiToolkit)));
     assert!(walked > 200, "walked only {walked} values");
 }
 
@@ -194,7 +200,7 @@ fn the_demo_models_pixel_multiple_is_the_trainers() {
 /// The schema's lists are the mappings' tables, in full.
 #[test]
 fn the_schema_offers_each_engine_its_own_tables() {
-    use loraflow_executors::{kohya, native};
+    use loraflow_executors::{aitoolkit, kohya, native};
     let c = catalogue();
     let choices = |model: &str, engine: Engine, name: &str| -> BTreeSet<String> {
         let m = c.base_model(&model.into()).unwrap();
@@ -217,7 +223,17 @@ fn the_schema_offers_each_engine_its_own_tables() {
             set(&native::params::OPTIMIZERS)
         );
     }
-    for model in ["sd15", "sd21", "sdxl"] {
+    for model in ["sdxl", "flux-dev"] {
+        assert_eq!(
+            choices(model, Engine::AiToolkit, "lr_scheduler"),
+            set(&aitoolkit::params::LR_SCHEDULERS)
+        );
+        assert_eq!(
+            choices(model, Engine::AiToolkit, "optimizer"),
+            set(&aitoolkit::params::OPTIMIZERS.map(|(n, _)| n))
+        );
+    }
+    for model in ["sd15", "sd21", "sdxl", "flux-dev"] {
         assert_eq!(
             choices(model, Engine::Kohya, "lr_scheduler"),
             set(&kohya::params::LR_SCHEDULERS)

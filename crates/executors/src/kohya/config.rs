@@ -198,6 +198,18 @@ pub fn training_config(
         params.max_grad_norm.map(Value::Float),
     );
 
+    // FLUX.1 by flow matching, as sd-scripts' docs/flux_train_network.md
+    // trains it (at kohya-ss/sd-scripts@48d368fa557731ad0488c07304dfeba8c07910eb):
+    // no guidance distillation target, flux_shift timesteps, raw prediction.
+    if flux {
+        t.insert("guidance_scale".into(), Value::Float(1.0));
+        t.insert(
+            "timestep_sampling".into(),
+            Value::String("flux_shift".into()),
+        );
+        t.insert("model_prediction_type".into(), Value::String("raw".into()));
+    }
+
     // Loss. min_snr_gamma and noise_offset act on the DDPM noise schedule;
     // FLUX.1 trains by flow matching, where neither applies. 0 means off.
     if !flux {

@@ -44,6 +44,14 @@ pub enum Error {
     )]
     ScriptMissing { path: PathBuf, family: ModelFamily },
 
+    /// A FLUX.1 model without the separate files flux_train_network.py
+    /// loads (`ae`, `clip_l`, `t5xxl`); `Unavailable`, retryable elsewhere.
+    #[error(
+        "base model {model:?} is a FLUX.1 model but the kohya settings give no {}; flux_train_network.py needs them: set them in models.{model}.extra_config",
+        missing.join(", ")
+    )]
+    FluxFilesMissing { model: String, missing: Vec<String> },
+
     /// The configured checkpoint file is not there; `Unavailable`.
     #[error(
         "the checkpoint {} configured for base model {model:?} does not exist",
@@ -134,6 +142,7 @@ impl Error {
             | Self::Dataset(_) => StepErrorKind::InvalidInput,
             Self::ScriptMissing { .. }
             | Self::CheckpointMissing { .. }
+            | Self::FluxFilesMissing { .. }
             | Self::LaunchFailed { .. } => StepErrorKind::Unavailable,
             Self::Artifact(ArtifactError::Io { .. }) => StepErrorKind::Unavailable,
             Self::Artifact(_) => StepErrorKind::InvalidInput,
@@ -144,6 +153,19 @@ impl Error {
             | Self::ScriptFailed { .. }
             | Self::NoOutput { .. }
             | Self::TimedOut { .. } => StepErrorKind::Internal,
+        }
+    }
+}
+
+impl From<crate::external::Error> for Error {
+    fn from(e: crate::external::Error) -> Self {
+        use crate::external::Error as E;
+        match e {
+            E::Dataset(m) => Self::Dataset(m),
+            E::Io { context, message } => Self::Io { context, message },
+            E::LaunchFailed { program, message } => Self::LaunchFailed { program, message },
+            E::InvalidParam { name, problem } => Self::InvalidParam { name, problem },
+            E::Artifact(e) => Self::Artifact(e),
         }
     }
 }

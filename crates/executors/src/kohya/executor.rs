@@ -22,8 +22,6 @@ use super::outputs::{self, Saved};
 use super::params::TrainParams;
 use super::process::{self, Ended, ScriptCommand, Transcript};
 use super::progress::{self, ProgressTracker};
-use crate::dataset;
-use crate::label::Labels;
 
 /// Drives kohya-ss/sd-scripts as a subprocess for `train` steps of jobs on
 /// the kohya engine.
@@ -90,6 +88,22 @@ impl KohyaTrainer {
                 family,
             });
         }
+        if family == ModelFamily::Flux {
+            let missing: Vec<String> = ["ae", "clip_l", "t5xxl"]
+                .into_iter()
+                .filter(|k| {
+                    !model.extra_config.contains_key(*k)
+                        && !self.options.extra_config.contains_key(*k)
+                })
+                .map(str::to_owned)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::FluxFilesMissing {
+                    model: id.to_owned(),
+                    missing,
+                });
+            }
+        }
         if !model.checkpoint.exists() {
             return Err(Error::CheckpointMissing {
                 model: id.to_owned(),
@@ -102,30 +116,6 @@ impl KohyaTrainer {
             script,
             params,
         })
-    }
-
-    async fn fetch_inputs(
-        &self,
-        step: &StepAssignment,
-        ctx: &StepContext,
-        work: &Path,
-    ) -> Result<(PathBuf, Vec<PathBuf>, Option<Labels>)> {
-        let root = work.join("dataset");
-        let files = ctx.artifacts().fetch_dir(&step.dataset.uri, &root).await?;
-        let labels = match step.input(ArtifactKind::Labels) {
-            Some(artifact) => {
-                let local = work.join(dataset::LABELS_FILE);
-                ctx.artifacts().fetch(artifact, &local).await?;
-                let bytes = tokio::fs::read(&local)
-                    .await
-                    .map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
-                Some(serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Dataset(format!("{} is not a valid labels file: {e}", artifact.uri))
-                })?)
-            }
-            None => None,
-        };
-        Ok((root, files, labels))
     }
 
     /// Write the configs; returns the run's paths and the training config's path.
@@ -197,7 +187,7 @@ impl KohyaTrainer {
         let plan = self.plan(step)?;
         let work = ctx.workdir().to_path_buf();
         report(ctx, "fetching the dataset");
-        let (root, files, labels) = self.fetch_inputs(step, ctx, &work).await?;
+        let (root, files, labels) = crate::external::inputs::fetch_inputs(step, ctx, &work).await?;
         if ctx.is_cancelled() {
             return Err(Error::Cancelled);
         }
@@ -231,7 +221,7 @@ impl KohyaTrainer {
         let ended = process::run_script(&cmd, ctx.cancelled(), |line| {
             tracing::debug!(target: "loraflow::kohya", parent: ctx.span(), "{line}");
             let parsed = progress::parse_line(line);
-            transcript.record(line, &parsed);
+            transcript.record(line, matches!(parsed, progress::Line::Step(_)));
             if let Some(p) = tracker.observe(&parsed) {
                 ctx.report(p);
             }

@@ -6,12 +6,12 @@
 //!   checkpoints per base model, extra arguments, timeout).
 //! - [`params`]: a job's parameters checked into what sd-scripts takes.
 //! - [`layout`]: the dataset as a `<num_repeats>_<subject>` folder of images
-//!   and `.txt` captions.
+//!   and `.txt` captions (the shared [`crate::external::image_folder`]).
 //! - [`config`]: the dataset-config and training-config TOML.
 //! - [`progress`]: sd-scripts' output lines (tqdm bar, epochs, saves,
 //!   out-of-memory) and the progress they add up to.
-//! - [`process`]: the child process: streaming output, deadline, stopping
-//!   its whole process group.
+//! - [`process`]: the child process (the shared [`crate::external::process`]):
+//!   streaming output, deadline, stopping its whole process group.
 //! - [`outputs`]: the per-epoch LoRA files and samples sd-scripts saved.
 //! - [`executor`]: [`KohyaTrainer`], the [`Executor`](loraflow_core::executor::Executor).
 //! - [`error`]: [`Error`], and the step error each failure becomes.
@@ -23,8 +23,10 @@ pub mod layout;
 pub mod options;
 pub mod outputs;
 pub mod params;
-pub mod process;
 pub mod progress;
+
+/// The child process, shared with the other external engines.
+pub use crate::external::process;
 
 pub use error::{Error, Result};
 pub use executor::KohyaTrainer;

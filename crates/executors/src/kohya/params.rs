@@ -6,9 +6,10 @@
 //! the checks here still refuse what sd-scripts would, for a job created
 //! before a catalogue change, before a GPU is touched.
 
-use loraflow_core::catalogue::{Engine, EngineRules, ParamValue, Params};
+use loraflow_core::catalogue::{Engine, EngineRules, Params};
 
 use super::error::{Error, Result};
+use crate::external::params::Reader;
 
 /// The optimisers the catalogue offers, by their sd-scripts names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,67 +106,6 @@ pub struct TrainParams {
     pub gradient_accumulation: Option<u32>,
     pub seed: Option<u64>,
     pub trigger_word: Option<String>,
-}
-
-struct Reader<'a>(&'a Params);
-
-impl Reader<'_> {
-    fn get(&self, name: &str) -> Option<&ParamValue> {
-        self.0.get(name)
-    }
-
-    fn uint(&self, name: &str) -> Result<Option<u64>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(ParamValue::Int(v)) if *v >= 0 => Ok(Some(*v as u64)),
-            Some(v) => Err(Error::param(
-                name,
-                format!("{v} must be a whole number of 0 or more"),
-            )),
-        }
-    }
-
-    fn u32(&self, name: &str) -> Result<Option<u32>> {
-        self.uint(name)?
-            .map(|v| u32::try_from(v).map_err(|_| Error::param(name, format!("{v} is too large"))))
-            .transpose()
-    }
-
-    fn positive(&self, name: &str) -> Result<Option<u32>> {
-        match self.u32(name)? {
-            Some(0) => Err(Error::param(name, "0 must be at least 1")),
-            v => Ok(v),
-        }
-    }
-
-    fn float(&self, name: &str) -> Result<Option<f64>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-                _ => Err(Error::param(
-                    name,
-                    format!("{v} must be a finite number of 0 or more"),
-                )),
-            },
-        }
-    }
-
-    fn bool(&self, name: &str) -> Result<Option<bool>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(ParamValue::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(Error::param(name, format!("{v} must be true or false"))),
-        }
-    }
-
-    fn string(&self, name: &str) -> Result<Option<&str>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(ParamValue::Str(s)) => Ok(Some(s)),
-            Some(v) => Err(Error::param(name, format!("{v} must be a string"))),
-        }
-    }
 }
 
 impl TrainParams {
@@ -275,6 +215,7 @@ impl TrainParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loraflow_core::catalogue::ParamValue;
 
     fn params(pairs: &[(&str, ParamValue)]) -> Params {
         pairs

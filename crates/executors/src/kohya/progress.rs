@@ -40,6 +40,9 @@ use std::collections::BTreeMap;
 
 use loraflow_core::job::StepProgress;
 
+use crate::external::lines::parse_tqdm;
+pub use crate::external::lines::{LineSplitter, is_exception, is_out_of_memory};
+
 /// What one line of output says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
@@ -70,27 +73,6 @@ pub struct StepLine {
     pub steps_per_sec: Option<f64>,
     /// sd-scripts' moving average of the loss over the last epoch's steps.
     pub avr_loss: Option<f64>,
-}
-
-/// Whether `line` reports CUDA running out of memory.
-pub fn is_out_of_memory(line: &str) -> bool {
-    line.contains("CUDA out of memory")
-        || line.contains("OutOfMemoryError")
-        || line.contains("CUDA error: out of memory")
-}
-
-/// Whether `line` is the last line of a Python traceback
-/// (`ImportError: No bitsandbytes ...`), to quote in error messages.
-pub fn is_exception(line: &str) -> bool {
-    let Some((name, _)) = line.split_once(": ") else {
-        return false;
-    };
-    !name.is_empty()
-        && !name.starts_with(' ')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        && (name.ends_with("Error") || name.ends_with("Exception") || name.ends_with("Interrupt"))
 }
 
 fn number_after_colon<T: std::str::FromStr>(line: &str) -> Option<T> {
@@ -130,79 +112,19 @@ pub fn parse_line(line: &str) -> Line {
 
 /// `steps:  34%|███▍      | 61/180 [00:31<01:01,  1.93it/s, avr_loss=0.121]`
 fn parse_step_bar(line: &str) -> Option<StepLine> {
-    let rest = line.strip_prefix("steps: ")?;
-    // The bar itself may contain anything; the counters follow its last "| ".
-    let (bar, stats) = rest.split_once(" [")?;
-    let counts = bar.rsplit_once("| ")?.1;
-    let (n, total) = counts.trim().split_once('/')?;
-    let step: u64 = n.parse().ok()?;
-    let total: u64 = total.parse().ok()?;
-    let stats = stats.trim_end().strip_suffix(']')?;
-    let mut parts = stats.split(", ");
-    let _elapsed_remaining = parts.next()?;
-    let rate = parts.next()?.trim();
-    let steps_per_sec = if let Some(v) = rate.strip_suffix("it/s") {
-        v.trim().parse::<f64>().ok()
-    } else if let Some(v) = rate.strip_suffix("s/it") {
-        v.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s > 0.0)
-            .map(|s| 1.0 / s)
-    } else {
-        None
-    };
-    let mut avr_loss = None;
-    for part in parts {
-        if let Some(v) = part.trim().strip_prefix("avr_loss=") {
-            avr_loss = v.parse::<f64>().ok().filter(|l| l.is_finite());
-        }
-    }
+    let bar = parse_tqdm(line).filter(|b| b.desc == "steps")?;
+    let avr_loss = bar
+        .postfix
+        .split(", ")
+        .filter_map(|part| part.trim().strip_prefix("avr_loss="))
+        .filter_map(|v| v.parse::<f64>().ok().filter(|l| l.is_finite()))
+        .last();
     Some(StepLine {
-        step,
-        total,
-        steps_per_sec,
+        step: bar.n,
+        total: bar.total,
+        steps_per_sec: bar.rate,
         avr_loss,
     })
-}
-
-/// Splits a byte stream into lines at `\n` and at tqdm's `\r`, dropping
-/// empty ones. Bytes that are not UTF-8 are replaced, never fatal.
-#[derive(Debug, Default)]
-pub struct LineSplitter {
-    pending: Vec<u8>,
-}
-
-/// A line longer than this is cut: a runaway line must not grow memory
-/// without bound.
-const MAX_LINE: usize = 64 * 1024;
-
-impl LineSplitter {
-    /// Feed bytes; complete lines are passed to `emit`.
-    pub fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(String)) {
-        for &b in bytes {
-            if b == b'\n' || b == b'\r' {
-                self.flush(&mut emit);
-            } else if self.pending.len() < MAX_LINE {
-                self.pending.push(b);
-            }
-        }
-    }
-
-    /// The rest, at end of stream.
-    pub fn finish(&mut self, mut emit: impl FnMut(String)) {
-        self.flush(&mut emit);
-    }
-
-    fn flush(&mut self, emit: &mut impl FnMut(String)) {
-        if !self.pending.is_empty() {
-            let line = String::from_utf8_lossy(&self.pending).into_owned();
-            self.pending.clear();
-            if !line.trim().is_empty() {
-                emit(line);
-            }
-        }
-    }
 }
 
 /// Folds parsed lines into progress reports and per-epoch losses.
@@ -330,17 +252,6 @@ impl ProgressTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_on_carriage_returns_and_newlines() {
-        let mut s = LineSplitter::default();
-        let mut lines = Vec::new();
-        s.push(b"a\rb\r\nc", |l| lines.push(l));
-        s.push(b"d\n\n  \r", |l| lines.push(l));
-        s.push(b"e", |l| lines.push(l));
-        s.finish(|l| lines.push(l));
-        assert_eq!(lines, ["a", "b", "cd", "e"]);
-    }
 
     #[test]
     fn reads_both_rate_formats_and_the_first_bar() {

@@ -1,11 +1,12 @@
-//! Running sd-scripts as a child process: both output streams read line by
-//! line as they come, a deadline, and cancellation that stops the whole
-//! process group.
+//! Running an external trainer (sd-scripts, ai-toolkit) as a child process:
+//! both output streams read line by line as they come, a deadline, and
+//! cancellation that stops the whole process group.
 //!
 //! The child leads its own process group because launchers fork:
-//! `accelerate launch` runs the training in a child python process, which
-//! would keep the GPU busy if only the launcher were killed. Stopping is
-//! SIGTERM to the group, a grace period, then SIGKILL.
+//! `accelerate launch` runs the training in a child python process, and
+//! data-loader workers are processes too; they would keep the GPU busy if
+//! only the leader were killed. Stopping is SIGTERM to the group, a grace
+//! period, then SIGKILL.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -19,7 +20,7 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use super::error::{Error, Result};
-use super::progress::{Line, LineSplitter, is_exception, is_out_of_memory};
+use super::lines::{LineSplitter, is_exception, is_out_of_memory};
 
 /// How many lines of output an error message quotes.
 pub const TAIL_LINES: usize = 20;
@@ -61,10 +62,10 @@ pub struct Transcript {
 }
 
 impl Transcript {
-    /// Record a line. Consecutive progress-bar redraws keep only the latest,
-    /// so a traceback after a long progress bar still fits the tail.
-    pub fn record(&mut self, line: &str, parsed: &Line) {
-        let is_bar = matches!(parsed, Line::Step(_));
+    /// Record a line; `is_bar` says it is a redraw of the training progress
+    /// bar. Consecutive redraws keep only the latest, so a traceback after a
+    /// long progress bar still fits the tail.
+    pub fn record(&mut self, line: &str, is_bar: bool) {
         if is_bar && self.tail_is_bar {
             self.tail.pop_back();
         }
@@ -194,7 +195,7 @@ pub async fn run_script(
                 None => streams_open = false,
             },
             status = child.wait() => {
-                let status = status.map_err(|e| Error::io("waiting for sd-scripts", e))?;
+                let status = status.map_err(|e| Error::io(format!("waiting for {}", cmd.program), e))?;
                 // Output written just before exit may still be in the pipes.
                 let drain_until = tokio::time::Instant::now() + DRAIN;
                 while streams_open {
@@ -218,7 +219,6 @@ pub async fn run_script(
 
 #[cfg(test)]
 mod tests {
-    use super::super::progress::parse_line;
     use super::*;
 
     #[test]
@@ -230,7 +230,7 @@ mod tests {
             "Traceback (most recent call last):",
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
         ] {
-            t.record(line, &parse_line(line));
+            t.record(line, line.starts_with("steps:"));
         }
         assert_eq!(
             t.tail(),
@@ -246,7 +246,7 @@ mod tests {
         );
         for i in 0..30 {
             let line = format!("line {i}");
-            t.record(&line, &parse_line(&line));
+            t.record(&line, false);
         }
         assert_eq!(t.tail().lines().count(), TAIL_LINES);
         assert!(t.tail().ends_with("line 29"));
