@@ -113,7 +113,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = builder
         .build()
         .await
-        .with_context(|| format!("cannot open the store {}", config.store.url))?;
+        .with_context(|| {
+            format!(
+                "cannot start the engine (store {}, artifacts {})",
+                config.store.url, config.artifacts.root
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
