@@ -522,8 +522,8 @@ mod tests {
         assert_eq!(s3.access_key_id.as_deref(), Some("AKIAEXAMPLE"));
         assert_eq!(s3.secret_access_key.as_deref(), Some("very-secret"));
         assert!(!format!("{c:?}").contains("very-secret"));
-        let err = Config::from_toml("[artifacts]\nbucket = \"x\"\n", Path::new("s3.toml"))
-            .unwrap_err();
+        let err =
+            Config::from_toml("[artifacts]\nbucket = \"x\"\n", Path::new("s3.toml")).unwrap_err();
         assert!(err.to_string().contains("bucket"), "{err}");
     }
 }

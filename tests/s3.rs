@@ -47,6 +47,17 @@ secret_access_key = "loraflow-test-secret"
     Config::from_toml(&text, Path::new("loraflow.toml")).unwrap()
 }
 
+/// The object's bytes as a plain HTTP client sees them (a presigned GET).
+async fn raw_get(engine: &Engine, uri: &str) -> (u16, Vec<u8>) {
+    let url = engine
+        .artifacts()
+        .presign_get(uri, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("an S3 store presigns");
+    http("GET", url.as_str(), &[])
+}
+
 #[tokio::test]
 async fn the_engine_refuses_to_start_on_a_missing_bucket() {
     let Some(server) = S3Server::start() else {
@@ -78,7 +89,10 @@ async fn a_tiny_sd_job_runs_to_publication_with_its_artifacts_on_s3() {
     let native = NativeOptions::new(assets()).with_device("cpu");
     let engine = Engine::builder()
         .config(&config)
-        .store(format!("sqlite://{}", tmp.path().join("loraflow.db").display()))
+        .store(format!(
+            "sqlite://{}",
+            tmp.path().join("loraflow.db").display()
+        ))
         .workdir(tmp.path().join("work"))
         .executor(ValidateDataset::default())
         .executor(Label::default())
@@ -105,7 +119,9 @@ async fn a_tiny_sd_job_runs_to_publication_with_its_artifacts_on_s3() {
         .await
         .unwrap();
     assert!(
-        upload.uri.starts_with(&format!("s3://{BUCKET}/loraflow/datasets/studio/")),
+        upload
+            .uri
+            .starts_with(&format!("s3://{BUCKET}/loraflow/datasets/studio/")),
         "{}",
         upload.uri
     );
@@ -178,8 +194,7 @@ async fn a_tiny_sd_job_runs_to_publication_with_its_artifacts_on_s3() {
             lora.uri
         );
         for artifact in std::iter::once(lora).chain(&epoch.samples) {
-            let key = artifact.uri.strip_prefix("s3://").unwrap();
-            let (code, body) = http("GET", &format!("{}/{key}", server.endpoint()), &[]);
+            let (code, body) = raw_get(&engine, &artifact.uri).await;
             assert_eq!(code, 200, "{}", artifact.uri);
             assert_eq!(Sha256::of(&body), artifact.sha256, "{}", artifact.uri);
         }
@@ -193,8 +208,7 @@ async fn a_tiny_sd_job_runs_to_publication_with_its_artifacts_on_s3() {
         "{}",
         published.uri
     );
-    let key = published.uri.strip_prefix("s3://").unwrap();
-    let (code, body) = http("GET", &format!("{}/{key}", server.endpoint()), &[]);
+    let (code, body) = raw_get(&engine, &published.uri).await;
     assert_eq!(code, 200);
     assert_eq!(Sha256::of(&body), published.sha256);
     assert_eq!(body.len() as u64, published.size_bytes);

@@ -227,10 +227,7 @@ impl ArtifactStore {
 
     async fn read(&self, uri: &str) -> Result<bytes::Bytes, ArtifactError> {
         let (store, path) = self.locate(uri)?;
-        let got = store
-            .get(&path)
-            .await
-            .map_err(|e| self.store_err(uri, e))?;
+        let got = store.get(&path).await.map_err(|e| self.store_err(uri, e))?;
         got.bytes().await.map_err(|e| io_err(uri, e))
     }
 

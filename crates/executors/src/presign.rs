@@ -34,13 +34,21 @@ pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 impl ArtifactStore {
     /// A URL that downloads the object at `uri` with a plain GET for `ttl`;
     /// `None` when the store holding `uri` cannot presign (local files).
-    pub async fn presign_get(&self, uri: &str, ttl: Duration) -> Result<Option<Url>, ArtifactError> {
+    pub async fn presign_get(
+        &self,
+        uri: &str,
+        ttl: Duration,
+    ) -> Result<Option<Url>, ArtifactError> {
         self.presign(Verb::Get, uri, ttl).await
     }
 
     /// A URL that uploads the object at `uri` with a plain PUT of the body
     /// for `ttl`; `None` when the store holding `uri` cannot presign.
-    pub async fn presign_put(&self, uri: &str, ttl: Duration) -> Result<Option<Url>, ArtifactError> {
+    pub async fn presign_put(
+        &self,
+        uri: &str,
+        ttl: Duration,
+    ) -> Result<Option<Url>, ArtifactError> {
         self.presign(Verb::Put, uri, ttl).await
     }
 

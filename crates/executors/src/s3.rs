@@ -76,47 +76,58 @@ pub(crate) fn bucket_of(uri: &str) -> &str {
 /// refused credentials are configuration errors, said as such, with what
 /// to check; a missing object stays [`ArtifactError::NotFound`].
 pub(crate) fn explain(uri: &str, options: &S3Options, e: object_store::Error) -> ArtifactError {
+    /// S3's codes for a key it does not accept.
+    const REFUSED: [&str; 5] = [
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "ExpiredToken",
+        "InvalidToken",
+    ];
     let is_s3 = uri.starts_with("s3://") || uri.starts_with("s3a://");
     let text = e.to_string();
+    // Some requests (listings) come back as `Generic` with the status and
+    // S3's error document in the text, so the codes are looked for there.
+    let refused = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || REFUSED.iter().any(|code| text.contains(code));
+    if is_s3 && text.contains("NoSuchBucket") {
+        return ArtifactError::Io {
+            uri: uri.into(),
+            message: format!(
+                "bucket {:?} does not exist at {}; create it, or fix the bucket in the artifact URL ([artifacts] url, --artifacts) or the endpoint ([artifacts] endpoint, AWS_ENDPOINT_URL)",
+                bucket_of(uri),
+                options.endpoint_description()
+            ),
+        };
+    }
+    if is_s3 && refused {
+        let reason = REFUSED
+            .into_iter()
+            .find(|code| text.contains(code))
+            .unwrap_or("access refused");
+        return ArtifactError::Io {
+            uri: uri.into(),
+            message: format!(
+                "{} refused the credentials for bucket {:?} ({reason}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or [artifacts] access_key_id / secret_access_key), and that this key may read and write the bucket",
+                options.endpoint_description(),
+                bucket_of(uri)
+            ),
+        };
+    }
     match e {
-        object_store::Error::NotFound { .. } if is_s3 && text.contains("NoSuchBucket") => {
-            ArtifactError::Io {
-                uri: uri.into(),
-                message: format!(
-                    "bucket {:?} does not exist at {}; create it, or fix the bucket in the artifact URL ([artifacts] url, --artifacts) or the endpoint ([artifacts] endpoint, AWS_ENDPOINT_URL)",
-                    bucket_of(uri),
-                    options.endpoint_description()
-                ),
-            }
-        }
         object_store::Error::NotFound { .. } => ArtifactError::NotFound { uri: uri.into() },
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. }
-            if is_s3 =>
-        {
-            let reason = ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"]
-                .into_iter()
-                .find(|code| text.contains(code))
-                .unwrap_or("access refused");
-            ArtifactError::Io {
-                uri: uri.into(),
-                message: format!(
-                    "{} refused the credentials for bucket {:?} ({reason}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or [artifacts] access_key_id / secret_access_key), and that this key may read and write the bucket",
-                    options.endpoint_description(),
-                    bucket_of(uri)
-                ),
-            }
-        }
-        object_store::Error::Generic { .. } if is_s3 => ArtifactError::Io {
+        _ if is_s3 => ArtifactError::Io {
             uri: uri.into(),
             message: format!(
                 "{text} (endpoint: {}; check [artifacts] endpoint / AWS_ENDPOINT_URL, and allow_http / AWS_ALLOW_HTTP=true for an http:// endpoint)",
                 options.endpoint_description()
             ),
         },
-        e => ArtifactError::Io {
+        _ => ArtifactError::Io {
             uri: uri.into(),
-            message: e.to_string(),
+            message: text,
         },
     }
 }

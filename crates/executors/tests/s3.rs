@@ -39,10 +39,25 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
     p
 }
 
-/// The object's plain URL on the server (path style), for tampering.
-fn object_url(server: &S3Server, uri: &str) -> String {
-    let key = uri.strip_prefix("s3://").unwrap();
-    format!("{}/{key}", server.endpoint())
+/// The object's bytes as a plain HTTP client sees them (through a
+/// presigned GET; the server refuses anonymous reads).
+async fn raw_get(store: &ArtifactStore, uri: &str) -> (u16, Vec<u8>) {
+    let url = store
+        .presign_get(uri, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    http("GET", url.as_str(), &[])
+}
+
+/// Replace the object behind the store's back (a presigned PUT).
+async fn raw_put(store: &ArtifactStore, uri: &str, data: &[u8]) -> u16 {
+    let url = store
+        .presign_put(uri, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    http("PUT", url.as_str(), data).0
 }
 
 #[tokio::test]
@@ -69,7 +84,7 @@ async fn a_put_artifact_is_fetched_back_with_its_digest_checked() {
     assert_eq!(artifact.size_bytes, data.len() as u64);
 
     // The object is really on the server, under the key the URI names.
-    let (status, body) = http("GET", &object_url(&server, &artifact.uri), &[]);
+    let (status, body) = raw_get(&store, &artifact.uri).await;
     assert_eq!(status, 200);
     assert_eq!(body, data);
 
@@ -116,7 +131,10 @@ async fn a_dataset_folder_is_uploaded_listed_and_fetched_whole() {
             dest.join("nested/b.png")
         ]
     );
-    assert_eq!(std::fs::read(dest.join("nested/b.png")).unwrap(), b"image b");
+    assert_eq!(
+        std::fs::read(dest.join("nested/b.png")).unwrap(),
+        b"image b"
+    );
 
     // An empty prefix is a missing dataset, named.
     let missing = format!("s3://{BUCKET}/artifacts/datasets/acme/none/");
@@ -148,7 +166,7 @@ async fn publishing_copies_to_another_prefix_and_checks_the_copy() {
     assert_eq!(published.name, "corgi-v1.safetensors");
     assert_eq!(published.sha256, lora.sha256);
     assert_eq!(published.epoch, Some(2));
-    let (status, body) = http("GET", &object_url(&server, &dest), &[]);
+    let (status, body) = raw_get(&store, &dest).await;
     assert_eq!(status, 200);
     assert_eq!(body, b"approved weights");
     // The published copy reads back through the store, verified.
@@ -173,8 +191,7 @@ async fn a_corrupted_object_is_refused_by_the_digest_check() {
         .unwrap();
 
     // Someone overwrites the object in the bucket.
-    let (status, _) = http("PUT", &object_url(&server, &lora.uri), b"tampered bytes!!");
-    assert_eq!(status, 200);
+    assert_eq!(raw_put(&store, &lora.uri, b"tampered bytes!!").await, 200);
 
     let dest = tmp.path().join("down.safetensors");
     let err = step.fetch(&lora, &dest).await.unwrap_err();
@@ -191,11 +208,8 @@ async fn a_corrupted_object_is_refused_by_the_digest_check() {
     // Nor is a corrupted LoRA published.
     let dest_uri = format!("s3://{BUCKET}/published/x.safetensors");
     let err = step.publish(&lora, &dest_uri).await.unwrap_err();
-    assert!(
-        matches!(err, ArtifactError::DigestMismatch { .. }),
-        "{err}"
-    );
-    let (status, _) = http("GET", &object_url(&server, &dest_uri), &[]);
+    assert!(matches!(err, ArtifactError::DigestMismatch { .. }), "{err}");
+    let (status, _) = raw_get(&store, &dest_uri).await;
     assert_eq!(status, 404, "nothing was published");
 }
 

@@ -133,11 +133,7 @@ impl S3Server {
 
     /// Create a bucket (an unsigned path-style `PUT /bucket`).
     pub fn create_bucket(&self, bucket: &str) {
-        let (status, body) = http(
-            "PUT",
-            &format!("{}/{bucket}", self.endpoint()),
-            &[],
-        );
+        let (status, body) = http("PUT", &format!("{}/{bucket}", self.endpoint()), &[]);
         assert_eq!(status, 200, "creating bucket {bucket}: {body:?}");
     }
 }
