@@ -104,13 +104,62 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Where artifacts live, and how S3 locations are reached (`docs/s3.md`).
+///
+/// ```toml
+/// [artifacts]
+/// url = "s3://training-artifacts/loraflow"   # or `root`; a local path works too
+/// endpoint = "http://127.0.0.1:9000"         # S3-compatible server; unset: AWS
+/// region = "us-east-1"
+/// allow_http = true                          # only for a local http:// endpoint
+/// # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or
+/// # access_key_id = "…" and secret_access_key = "…" here
+/// ```
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArtifactsConfig {
     /// Where steps write their files (a local path or a URL).
+    #[serde(alias = "url")]
     pub root: String,
     /// Where approved LoRAs are published.
     pub publish_root: String,
+    /// The S3 API's base URL for S3-compatible servers; unset: AWS (or
+    /// `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// The bucket's region; unset: `AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Allow an `http://` endpoint; unset: `AWS_ALLOW_HTTP`, else HTTPS only.
+    pub allow_http: Option<bool>,
+    /// Credentials; unset: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+impl ArtifactsConfig {
+    /// The S3 settings, for [`ArtifactStore::open_with`](loraflow_executors::ArtifactStore::open_with).
+    pub fn s3(&self) -> loraflow_executors::S3Options {
+        loraflow_executors::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ArtifactsConfig {
+    // The secret key stays out of logs: `S3Options`' Debug redacts it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactsConfig")
+            .field("root", &self.root)
+            .field("publish_root", &self.publish_root)
+            .field("s3", &self.s3())
+            .finish()
+    }
 }
 
 impl Default for ArtifactsConfig {
@@ -118,6 +167,12 @@ impl Default for ArtifactsConfig {
         Self {
             root: "loraflow-artifacts".into(),
             publish_root: "loraflow-published".into(),
+            endpoint: None,
+            region: None,
+            allow_http: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
         }
     }
 }
@@ -442,5 +497,33 @@ mod tests {
         assert!(err.to_string().contains("whole filesystem"), "{err}");
         let err = Config::from_toml("[limits]\nsubject = 3\n", Path::new("l.toml")).unwrap_err();
         assert!(err.to_string().contains("subject"), "{err}");
+    }
+
+    #[test]
+    fn the_artifacts_section_takes_an_s3_url_endpoint_and_credentials() {
+        let c = Config::from_toml(
+            r#"
+            [artifacts]
+            url = "s3://training/loraflow"
+            endpoint = "http://127.0.0.1:9000"
+            region = "eu-west-1"
+            allow_http = true
+            access_key_id = "AKIAEXAMPLE"
+            secret_access_key = "very-secret"
+            "#,
+            Path::new("s3.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.artifacts.root, "s3://training/loraflow");
+        let s3 = c.artifacts.s3();
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s3.allow_http, Some(true));
+        assert_eq!(s3.access_key_id.as_deref(), Some("AKIAEXAMPLE"));
+        assert_eq!(s3.secret_access_key.as_deref(), Some("very-secret"));
+        assert!(!format!("{c:?}").contains("very-secret"));
+        let err =
+            Config::from_toml("[artifacts]\nbucket = \"x\"\n", Path::new("s3.toml")).unwrap_err();
+        assert!(err.to_string().contains("bucket"), "{err}");
     }
 }

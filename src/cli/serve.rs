@@ -110,10 +110,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let native = super::native::options(args.models.as_deref(), &args.device, None)?;
         builder = super::native::with_native(builder, &native)?;
     }
-    let engine = builder
-        .build()
-        .await
-        .with_context(|| format!("cannot open the store {}", config.store.url))?;
+    let engine = builder.build().await.with_context(|| {
+        format!(
+            "cannot start the engine (store {}, artifacts {})",
+            config.store.url, config.artifacts.root
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -52,7 +52,8 @@ pub struct WorkerArgs {
     /// Capability labels (`region=eu`), repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Artifact store root, shared with the server.
+    /// Artifact store root, the server's: a shared folder, or
+    /// `s3://bucket/prefix` reached with the `AWS_*` variables (docs/s3.md).
     #[arg(long, env = "LORAFLOW_ARTIFACTS", default_value = "loraflow-artifacts")]
     pub artifacts: String,
     /// Permanent storage for published LoRAs.
@@ -86,6 +87,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let token = args.token.clone().unwrap_or_default();
     let api = GrpcWorkerApi::connect(&args.server, &token)?;
     let artifacts = ArtifactStore::open(&args.artifacts)?;
+    // A missing bucket or refused credentials end the start, named.
+    artifacts.probe().await?;
     let id = args
         .id
         .clone()

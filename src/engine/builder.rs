@@ -43,6 +43,7 @@ pub struct EngineBuilder {
     store_options: StoreOptions,
     catalogue: Option<Catalogue>,
     artifacts_root: String,
+    artifacts_s3: loraflow_executors::S3Options,
     executors: Vec<Arc<dyn Executor>>,
     in_process: Capabilities,
     workdir: Option<PathBuf>,
@@ -67,6 +68,7 @@ impl Default for EngineBuilder {
             store_options: StoreOptions::default(),
             catalogue: None,
             artifacts_root: config.artifacts.root,
+            artifacts_s3: loraflow_executors::S3Options::default(),
             executors: Vec::new(),
             in_process: Capabilities {
                 max_concurrent_steps: 2,
@@ -98,6 +100,7 @@ impl EngineBuilder {
         }
         self.store_url = config.store.url.clone();
         self.artifacts_root = config.artifacts.root.clone();
+        self.artifacts_s3 = config.artifacts.s3();
         self.scheduler = config.scheduler.clone();
         self.webhooks = config.webhooks.clone();
         self.audit_config = config.audit.clone();
@@ -192,6 +195,13 @@ impl EngineBuilder {
         self
     }
 
+    /// How S3 artifact locations are reached (endpoint, region, plain
+    /// HTTP, credentials), over the AWS environment variables.
+    pub fn artifacts_s3(mut self, options: loraflow_executors::S3Options) -> Self {
+        self.artifacts_s3 = options;
+        self
+    }
+
     /// Run this executor in-process (it serves the kinds it declares).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executors.push(Arc::new(executor));
@@ -283,7 +293,10 @@ impl EngineBuilder {
             },
         };
         let store = Store::open_with(&self.store_url, services.clone(), store_options).await?;
-        let artifacts = ArtifactStore::open(&self.artifacts_root)?;
+        let artifacts = ArtifactStore::open_with(&self.artifacts_root, &self.artifacts_s3)?;
+        // A missing bucket or refused credentials stop the start, named,
+        // rather than failing the first job's first step.
+        artifacts.probe().await?;
         let tenancy = crate::tenancy::Tenancy::new(artifacts.root().as_str(), &self.allowed_roots)
             .map_err(|e| {
                 let mut v = loraflow_core::validation::Violations::default();

@@ -1,5 +1,6 @@
 //! The artifact store on `object_store`: a root URL (`file:///...` by default,
-//! `s3://bucket/prefix` with the `s3` feature) under which every step writes
+//! `s3://bucket/prefix` with the `s3` feature, on by default; see
+//! [`S3Options`](crate::s3::S3Options)) under which every step writes
 //! `jobs/<job>/<step>/<attempt>/<name>`. Digests are computed on upload and
 //! verified on every download and after every copy.
 
@@ -15,12 +16,28 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
+use crate::presign::SignerRef;
+use crate::s3::{self, S3Options};
+
 /// Where a job's files live.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: Url,
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
+    /// Signs presigned URLs for the root's objects (S3); `None` for the
+    /// local filesystem.
+    pub(crate) signer: Option<SignerRef>,
+    /// How S3 locations (the root, and any other `s3://` URI a job names)
+    /// are reached.
+    pub(crate) s3: S3Options,
+}
+
+/// An object store opened for a URL, the path inside it, and its signer.
+pub(crate) struct Opened {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: ObjPath,
+    pub signer: Option<SignerRef>,
 }
 
 pub(crate) fn io_err(uri: &str, e: impl std::fmt::Display) -> ArtifactError {
@@ -68,7 +85,7 @@ fn parse(uri: &str) -> Result<Url, ArtifactError> {
 }
 
 /// An object store for `url` and the path inside it.
-fn open_url(url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjPath), ArtifactError> {
+fn open_url(url: &Url, s3_options: &S3Options) -> Result<Opened, ArtifactError> {
     if url.scheme() == "file" {
         // object_store's local store needs the directory to exist.
         let local = url
@@ -79,21 +96,51 @@ fn open_url(url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjPath), ArtifactError>
             })?;
         let store = object_store::local::LocalFileSystem::new();
         let path = ObjPath::from_absolute_path(&local).map_err(|e| io_err(url.as_str(), e))?;
-        return Ok((Arc::new(store), path));
+        return Ok(Opened {
+            store: Arc::new(store),
+            path,
+            signer: None,
+        });
     }
+    #[cfg(feature = "s3")]
+    if matches!(url.scheme(), "s3" | "s3a") {
+        let store = s3::open(url, s3_options)?;
+        let path = ObjPath::from_url_path(url.path()).map_err(|e| io_err(url.as_str(), e))?;
+        return Ok(Opened {
+            store: store.clone(),
+            path,
+            signer: Some(store as SignerRef),
+        });
+    }
+    #[cfg(not(feature = "s3"))]
+    let _ = s3_options;
     let (store, path) = object_store::parse_url(url).map_err(|e| ArtifactError::Unsupported {
         uri: url.to_string(),
         hint: match url.scheme() {
-            "s3" | "s3a" => format!("{e} (S3 needs loraflow built with the `s3` feature)"),
-            _ => format!("{e}; supported: file:// (and s3:// with the `s3` feature)"),
+            "s3" | "s3a" => format!(
+                "{e} (this build of loraflow leaves out S3: build it with the default features, or `--features s3`)"
+            ),
+            _ => format!("{e}; supported: file:// and s3://bucket/prefix"),
         },
     })?;
-    Ok((Arc::from(store), path))
+    Ok(Opened {
+        store: Arc::from(store),
+        path,
+        signer: None,
+    })
 }
 
 impl ArtifactStore {
-    /// Open the store at `root` (a URL, or a local path). Local roots are created.
+    /// Open the store at `root` (a URL, or a local path). Local roots are
+    /// created; S3 settings come from the AWS environment variables.
     pub fn open(root: &str) -> Result<Self, ArtifactError> {
+        Self::open_with(root, &S3Options::default())
+    }
+
+    /// Open the store at `root`, reaching S3 locations with `s3_options`
+    /// (over the AWS environment variables). Nothing is contacted yet:
+    /// [`probe`](Self::probe) checks the bucket and the credentials.
+    pub fn open_with(root: &str, s3_options: &S3Options) -> Result<Self, ArtifactError> {
         let mut url = parse(root)?;
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
@@ -104,16 +151,39 @@ impl ArtifactStore {
                 .map_err(|()| io_err(root, "not a local path"))?;
             std::fs::create_dir_all(&dir).map_err(|e| io_err(root, e))?;
         }
-        let (store, prefix) = open_url(&url)?;
+        let opened = open_url(&url, s3_options)?;
         Ok(Self {
             root: url,
-            store,
-            prefix,
+            store: opened.store,
+            prefix: opened.path,
+            signer: opened.signer,
+            s3: s3_options.clone(),
         })
+    }
+
+    /// An object store failure on `uri`, explained (missing bucket,
+    /// refused credentials, unreachable endpoint).
+    pub(crate) fn store_err(&self, uri: &str, e: object_store::Error) -> ArtifactError {
+        s3::explain(uri, &self.s3, e)
     }
 
     pub fn root(&self) -> &Url {
         &self.root
+    }
+
+    /// Check that the root can be listed: for S3, that the bucket exists
+    /// at the endpoint and the credentials are accepted. Servers and
+    /// workers call this when they start, so a misconfiguration is said
+    /// then and not at a job's first step.
+    pub async fn probe(&self) -> Result<(), ArtifactError> {
+        if self.root.scheme() == "file" {
+            return Ok(());
+        }
+        self.store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| self.store_err(self.root.as_str(), e))?;
+        Ok(())
     }
 
     /// The store a step's executor writes through.
@@ -134,23 +204,30 @@ impl ArtifactStore {
         &self,
         uri: &str,
     ) -> Result<(Arc<dyn ObjectStore>, ObjPath), ArtifactError> {
+        let opened = self.locate_opened(uri)?;
+        Ok((opened.store, opened.path))
+    }
+
+    /// [`locate`](Self::locate), with the signer of the store holding `uri`.
+    pub(crate) fn locate_opened(&self, uri: &str) -> Result<Opened, ArtifactError> {
         if let Some(rel) = uri.strip_prefix(self.root.as_str()) {
             let path = self
                 .prefix
                 .parts()
                 .chain(ObjPath::from(rel).parts())
                 .collect();
-            return Ok((self.store.clone(), path));
+            return Ok(Opened {
+                store: self.store.clone(),
+                path,
+                signer: self.signer.clone(),
+            });
         }
-        open_url(&parse(uri)?)
+        open_url(&parse(uri)?, &self.s3)
     }
 
     async fn read(&self, uri: &str) -> Result<bytes::Bytes, ArtifactError> {
         let (store, path) = self.locate(uri)?;
-        let got = store.get(&path).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => ArtifactError::NotFound { uri: uri.into() },
-            e => io_err(uri, e),
-        })?;
+        let got = store.get(&path).await.map_err(|e| self.store_err(uri, e))?;
         got.bytes().await.map_err(|e| io_err(uri, e))
     }
 
@@ -159,7 +236,7 @@ impl ArtifactStore {
         store
             .put(&path, PutPayload::from(data))
             .await
-            .map_err(|e| io_err(uri, e))?;
+            .map_err(|e| self.store_err(uri, e))?;
         Ok(())
     }
 
@@ -199,7 +276,7 @@ impl ArtifactStore {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| io_err(uri, e))?;
+            .map_err(|e| self.store_err(uri, e))?;
         let mut files: Vec<(String, u64)> = objects
             .into_iter()
             .map(|m| {
@@ -287,7 +364,7 @@ impl ArtifactIo for StepArtifacts {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| io_err(uri, e))?;
+            .map_err(|e| self.store.store_err(uri, e))?;
         if objects.is_empty() {
             return Err(ArtifactError::NotFound { uri: uri.into() });
         }

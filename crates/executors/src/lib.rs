@@ -1,8 +1,11 @@
 //! loraflow-executors: the executors loraflow ships, and the artifact store
 //! they read and write through.
 //!
-//! - [`artifacts`]: the artifact store on `object_store` (local filesystem by
-//!   default; S3-compatible with the `s3` feature), digests verified on read.
+//! - [`artifacts`]: the artifact store on `object_store` (local filesystem,
+//!   or S3-compatible with the `s3` feature, on by default), digests
+//!   verified on read.
+//! - [`s3`]: how S3 locations are reached, and their errors explained.
+//! - [`presign`]: presigned GET and PUT URLs of the store's objects.
 //! - [`validate`]: `validate_dataset`: decode every image, enforce limits,
 //!   find duplicates, write a manifest.
 //! - [`label`]: `label`: captions and tags from sidecars, a labeller program,
@@ -28,7 +31,9 @@ pub mod external;
 pub mod kohya;
 pub mod label;
 pub mod native;
+pub mod presign;
 pub mod publish;
+pub mod s3;
 mod util;
 pub mod validate;
 pub mod worker;
@@ -40,6 +45,7 @@ pub use kohya::{KohyaOptions, KohyaTrainer};
 pub use label::{Label, LabellerCommand, Labels};
 pub use native::{NativeOptions, NativeSampler, NativeTrainer};
 pub use publish::Publish;
+pub use s3::S3Options;
 pub use validate::{Manifest, ValidateDataset, ValidateOptions};
 
 /// What each built-in training engine runs, from the tables its parameter
