@@ -35,6 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(a) => cli::client::history(a).await,
         Command::Replay(a) => cli::replay::replay(a).await,
         Command::Audit(a) => cli::audit::audit(a).await,
+        Command::Models(a) => cli::models::models(a),
     }
 }
 

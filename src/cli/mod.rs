@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod client;
 pub mod demo;
+pub mod models;
 pub mod native;
 pub mod output;
 pub mod replay;
@@ -88,6 +89,10 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// The signed audit log: verify, export, make a signing key.
     Audit(audit::AuditArgs),
+    /// Base models on this machine: `models check <path>` says what a model
+    /// folder or checkpoint is, what it lacks, and whether the native engine
+    /// can train it.
+    Models(models::ModelsArgs),
 }
 
 /// How a client reaches the server.
