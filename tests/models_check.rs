@@ -18,10 +18,17 @@ fn the_demo_model_checks_out_as_trainable() {
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-sd");
     let out = check(&tiny, false);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("family:   sd15"), "{stdout}");
     assert!(stdout.contains("missing:  nothing"), "{stdout}");
-    assert!(stdout.contains("native:   this build can train it"), "{stdout}");
+    assert!(
+        stdout.contains("native:   this build can train it"),
+        "{stdout}"
+    );
 
     let out = check(&tiny, true);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -35,7 +42,13 @@ fn an_incomplete_model_or_a_non_model_exits_1_saying_why() {
     let tmp = tempfile::tempdir().unwrap();
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-sd");
     let copy = tmp.path().join("tiny-sd");
-    for entry in ["model_index.json", "unet", "text_encoder", "tokenizer", "scheduler"] {
+    for entry in [
+        "model_index.json",
+        "unet",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+    ] {
         let from = tiny.join(entry);
         if from.is_dir() {
             std::fs::create_dir_all(copy.join(entry)).unwrap();

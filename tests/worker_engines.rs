@@ -178,16 +178,28 @@ async fn one_worker_trains_native_and_kohya_jobs_and_only_models_it_has() {
     let worker = WorkerProcess::start(&server, "gpu-1", &kohya);
 
     let caps = registered(&server, "gpu-1").await;
-    assert_eq!(caps.engines, [Engine::Native, Engine::Kohya].into(), "{caps:?}");
-    assert!(
-        caps.base_models.contains(&InstalledModel::new(Engine::Native, "tiny-sd"))
-            && caps.base_models.contains(&InstalledModel::new(Engine::Kohya, "sd15")),
+    assert_eq!(
+        caps.engines,
+        [Engine::Native, Engine::Kohya].into(),
         "{caps:?}"
     );
-    assert!(!caps.base_models.contains(&InstalledModel::new(Engine::Native, "sd15")));
+    assert!(
+        caps.base_models
+            .contains(&InstalledModel::new(Engine::Native, "tiny-sd"))
+            && caps
+                .base_models
+                .contains(&InstalledModel::new(Engine::Kohya, "sd15")),
+        "{caps:?}"
+    );
+    assert!(
+        !caps
+            .base_models
+            .contains(&InstalledModel::new(Engine::Native, "sd15"))
+    );
 
     // sd15 is installed for kohya only: its native job must not train here.
-    let missing = common::create_job(&server.engine, job(&server, "sd15", Engine::Native, &[])).await;
+    let missing =
+        common::create_job(&server.engine, job(&server, "sd15", Engine::Native, &[])).await;
     let native = common::create_job(
         &server.engine,
         job(&server, "tiny-sd", Engine::Native, &[("epochs", 1)]),
@@ -196,11 +208,19 @@ async fn one_worker_trains_native_and_kohya_jobs_and_only_models_it_has() {
     // The stand-in replays a 3-epoch run.
     let kohya_job = common::create_job(
         &server.engine,
-        job(&server, "sd15", Engine::Kohya, &[("epochs", 3), ("save_every_n_epochs", 1)]),
+        job(
+            &server,
+            "sd15",
+            Engine::Kohya,
+            &[("epochs", 3), ("save_every_n_epochs", 1)],
+        ),
     )
     .await;
     for j in [&native, &kohya_job] {
-        wait_event(&server.engine, &acme(), j, |e| matches!(e, JobEvent::ReviewRequested(_))).await;
+        wait_event(&server.engine, &acme(), j, |e| {
+            matches!(e, JobEvent::ReviewRequested(_))
+        })
+        .await;
         assert_eq!(leases_of(&server, j, "train").await, ["gpu-1"]);
     }
     let h = server.engine.history(&acme(), &kohya_job).await.unwrap();
@@ -218,7 +238,9 @@ async fn one_worker_trains_native_and_kohya_jobs_and_only_models_it_has() {
     assert!(leases_of(&server, &missing, "train").await.is_empty());
     let h = server.engine.history(&acme(), &missing).await.unwrap();
     assert!(
-        h.iter().any(|e| matches!(&e.payload, JobEvent::StepQueued(q) if q.step_id.as_str() == "train")),
+        h.iter().any(
+            |e| matches!(&e.payload, JobEvent::StepQueued(q) if q.step_id.as_str() == "train")
+        ),
         "its training is queued"
     );
     let log = worker.log();
@@ -239,10 +261,15 @@ async fn a_broken_kohya_setup_is_refused_and_native_still_served() {
 
     let caps = registered(&server, "gpu-2").await;
     assert_eq!(caps.engines, [Engine::Native].into(), "{caps:?}");
-    assert!(caps.base_models.iter().all(|m| m.engine == Engine::Native), "{caps:?}");
+    assert!(
+        caps.base_models.iter().all(|m| m.engine == Engine::Native),
+        "{caps:?}"
+    );
     let log = worker.log();
     assert!(
-        log.contains("refused") && log.contains("kohya") && log.contains(&nowhere.display().to_string()),
+        log.contains("refused")
+            && log.contains("kohya")
+            && log.contains(&nowhere.display().to_string()),
         "the refusal names the path: {log}"
     );
 
@@ -252,7 +279,10 @@ async fn a_broken_kohya_setup_is_refused_and_native_still_served() {
         job(&server, "tiny-sd", Engine::Native, &[("epochs", 1)]),
     )
     .await;
-    wait_event(&server.engine, &acme(), &native, |e| matches!(e, JobEvent::ReviewRequested(_))).await;
+    wait_event(&server.engine, &acme(), &native, |e| {
+        matches!(e, JobEvent::ReviewRequested(_))
+    })
+    .await;
     assert_eq!(leases_of(&server, &native, "train").await, ["gpu-2"]);
     server.stop().await;
 }
@@ -266,7 +296,13 @@ fn a_gpu_device_without_its_feature_names_the_build_command() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_loraflow"))
-        .args(["worker", "--device", "vulkan", "--server", "http://127.0.0.1:9"])
+        .args([
+            "worker",
+            "--device",
+            "vulkan",
+            "--server",
+            "http://127.0.0.1:9",
+        ])
         .arg("--artifacts")
         .arg(tmp.path().join("artifacts"))
         .env_remove("LORAFLOW_TOKEN")

@@ -84,7 +84,9 @@ fn print(r: &ModelReport) -> anyhow::Result<()> {
     }
     match (&r.native_unsupported, r.missing.is_empty()) {
         (None, true) => out!("native:   this build can train it")?,
-        (None, false) => out!("native:   this build can train it once the missing parts are added")?,
+        (None, false) => {
+            out!("native:   this build can train it once the missing parts are added")?
+        }
         (Some(why), _) => out!("native:   not trainable by this build: {why}")?,
     }
     for note in &r.notes {

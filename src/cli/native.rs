@@ -115,7 +115,9 @@ mod tests {
                 Some(hint) => {
                     assert!(!built);
                     assert!(
-                        hint.contains(&format!("cargo build --release -p loraflow --features {feature}")),
+                        hint.contains(&format!(
+                            "cargo build --release -p loraflow --features {feature}"
+                        )),
                         "{hint}"
                     );
                 }

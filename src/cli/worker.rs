@@ -166,7 +166,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     for engine in &caps.engines {
         let models: Vec<&str> = caps.models_for(*engine).map(|m| m.as_str()).collect();
         if !models.is_empty() {
-            eprintln!("worker {id}: {engine} has base models {}", models.join(", "));
+            eprintln!(
+                "worker {id}: {engine} has base models {}",
+                models.join(", ")
+            );
         }
     }
     worker

@@ -173,9 +173,15 @@ fn check_folder(dir: &Path) -> Result<ModelReport, CheckError> {
             }
         }
     } else if class.contains("XL") {
-        (ModelFamily::Sdxl, format!("model_index.json _class_name {class}"))
+        (
+            ModelFamily::Sdxl,
+            format!("model_index.json _class_name {class}"),
+        )
     } else if class.starts_with("StableDiffusion") {
-        (ModelFamily::Sd15, format!("model_index.json _class_name {class}"))
+        (
+            ModelFamily::Sd15,
+            format!("model_index.json _class_name {class}"),
+        )
     } else if index.is_some() {
         return Err(not_a_model(
             dir,
@@ -335,14 +341,19 @@ fn read_header(path: &Path) -> Result<safetensors::tensor::Metadata, CheckError>
     if expected != len {
         return Err(not_a_model(
             path,
-            format!("the file is {len} bytes but its header describes {expected}: truncated or corrupt"),
+            format!(
+                "the file is {len} bytes but its header describes {expected}: truncated or corrupt"
+            ),
         ));
     }
     Ok(metadata)
 }
 
 fn check_file(path: &Path) -> Result<ModelReport, CheckError> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     if name.ends_with(".ckpt") || name.ends_with(".pt") || name.ends_with(".bin") {
         return Err(not_a_model(
             path,
@@ -379,7 +390,9 @@ fn check_file(path: &Path) -> Result<ModelReport, CheckError> {
     } else if has("model.diffusion_model.") {
         let width = tensors
             .iter()
-            .filter(|(n, _)| n.starts_with("model.diffusion_model.") && n.ends_with("attn2.to_k.weight"))
+            .filter(|(n, _)| {
+                n.starts_with("model.diffusion_model.") && n.ends_with("attn2.to_k.weight")
+            })
             .filter_map(|(_, info)| info.shape.get(1).copied())
             .next();
         let mut missing = Vec::new();
@@ -389,7 +402,9 @@ fn check_file(path: &Path) -> Result<ModelReport, CheckError> {
             Some(w) => {
                 return Err(not_a_model(
                     path,
-                    format!("a UNet with cross-attention width {w}, neither SD1.x (768) nor SD2.x (1024)"),
+                    format!(
+                        "a UNet with cross-attention width {w}, neither SD1.x (768) nor SD2.x (1024)"
+                    ),
                 ));
             }
             None if has("cond_stage_model.model.") => ModelFamily::Sd2,
@@ -427,7 +442,9 @@ fn check_file(path: &Path) -> Result<ModelReport, CheckError> {
         ));
     };
     if family != ModelFamily::Flux && !has("first_stage_model.") {
-        missing.push("no VAE (first_stage_model.*); use a checkpoint with its VAE baked in".to_owned());
+        missing.push(
+            "no VAE (first_stage_model.*); use a checkpoint with its VAE baked in".to_owned(),
+        );
     }
     let native_unsupported = native_support(Layout::SingleFile, family);
     let mut notes = Vec::new();

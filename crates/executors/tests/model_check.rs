@@ -27,7 +27,8 @@ fn safetensors(path: &Path, tensors: &[(&str, &[usize])]) {
     std::fs::write(path, file).unwrap();
 }
 
-const SD_UNET_K: &str = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
+const SD_UNET_K: &str =
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
 
 fn ldm(path: &Path, width: usize, text_encoder: &str, vae: bool) {
     let k_shape = [4, width];
@@ -46,16 +47,32 @@ fn ldm(path: &Path, width: usize, text_encoder: &str, vae: bool) {
 fn single_files_of_each_family_are_told_apart_by_their_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let sd15 = tmp.path().join("sd15.safetensors");
-    ldm(&sd15, 768, "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", true);
+    ldm(
+        &sd15,
+        768,
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+        true,
+    );
     let r = check_model(&sd15).unwrap();
-    assert_eq!((r.layout, r.family), (Layout::SingleFile, ModelFamily::Sd15));
+    assert_eq!(
+        (r.layout, r.family),
+        (Layout::SingleFile, ModelFamily::Sd15)
+    );
     assert!(r.evidence.contains("768"), "{r:?}");
     assert!(r.missing.is_empty(), "{r:?}");
-    assert!(r.native_trainable(), "SD1.x single files train natively: {r:?}");
+    assert!(
+        r.native_trainable(),
+        "SD1.x single files train natively: {r:?}"
+    );
     assert!(r.notes[0].contains("config_dir"), "{r:?}");
 
     let sd2 = tmp.path().join("sd21.safetensors");
-    ldm(&sd2, 1024, "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", true);
+    ldm(
+        &sd2,
+        1024,
+        "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight",
+        true,
+    );
     let r = check_model(&sd2).unwrap();
     assert_eq!(r.family, ModelFamily::Sd2);
     assert!(!r.native_trainable());
@@ -66,7 +83,10 @@ fn single_files_of_each_family_are_told_apart_by_their_keys() {
         &sdxl,
         &[
             ("model.diffusion_model.input_blocks.0.0.weight", &[4, 4]),
-            ("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", &[4]),
+            (
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+                &[4],
+            ),
             ("conditioner.embedders.1.model.ln_final.weight", &[4]),
             ("first_stage_model.decoder.conv_in.weight", &[2, 2]),
         ],
@@ -86,7 +106,10 @@ fn single_files_of_each_family_are_told_apart_by_their_keys() {
     );
     let r = check_model(&flux).unwrap();
     assert_eq!(r.family, ModelFamily::Flux);
-    assert!(r.missing.iter().any(|m| m.contains("ae.safetensors")), "{r:?}");
+    assert!(
+        r.missing.iter().any(|m| m.contains("ae.safetensors")),
+        "{r:?}"
+    );
     assert!(!r.native_trainable());
 }
 
@@ -99,7 +122,10 @@ fn a_single_file_without_vae_or_text_encoder_lists_them() {
     assert_eq!(r.family, ModelFamily::Sd15);
     assert_eq!(r.missing.len(), 2, "{r:?}");
     assert!(r.missing.iter().any(|m| m.contains("no VAE")), "{r:?}");
-    assert!(r.missing.iter().any(|m| m.contains("no text encoder")), "{r:?}");
+    assert!(
+        r.missing.iter().any(|m| m.contains("no text encoder")),
+        "{r:?}"
+    );
     assert!(!r.native_trainable());
 }
 
@@ -121,7 +147,11 @@ fn diffusers(dir: &Path, class: &str, unet: serde_json::Value, components: &[&st
         } else if *c == "scheduler" {
             json(&folder.join("scheduler_config.json"), serde_json::json!({}));
         } else {
-            let config = if *c == "unet" { unet.clone() } else { serde_json::json!({}) };
+            let config = if *c == "unet" {
+                unet.clone()
+            } else {
+                serde_json::json!({})
+            };
             json(&folder.join("config.json"), config);
             safetensors(&folder.join("model.safetensors"), &[("w", &[1])]);
         }
@@ -135,13 +165,23 @@ const SD: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
 fn diffusers_folders_of_each_family() {
     let tmp = tempfile::tempdir().unwrap();
     let sd15 = tmp.path().join("sd15");
-    diffusers(&sd15, "StableDiffusionPipeline", serde_json::json!({"cross_attention_dim": 768}), &SD);
+    diffusers(
+        &sd15,
+        "StableDiffusionPipeline",
+        serde_json::json!({"cross_attention_dim": 768}),
+        &SD,
+    );
     let r = check_model(&sd15).unwrap();
     assert_eq!((r.layout, r.family), (Layout::Diffusers, ModelFamily::Sd15));
     assert!(r.native_trainable(), "{r:?}");
 
     let sd2 = tmp.path().join("sd21");
-    diffusers(&sd2, "StableDiffusionPipeline", serde_json::json!({"cross_attention_dim": 1024}), &SD);
+    diffusers(
+        &sd2,
+        "StableDiffusionPipeline",
+        serde_json::json!({"cross_attention_dim": 1024}),
+        &SD,
+    );
     let r = check_model(&sd2).unwrap();
     assert_eq!(r.family, ModelFamily::Sd2);
     assert!(r.native_trainable(), "{r:?}");
@@ -151,7 +191,15 @@ fn diffusers_folders_of_each_family() {
         &sdxl,
         "StableDiffusionXLPipeline",
         serde_json::json!({"cross_attention_dim": 2048, "addition_embed_type": "text_time"}),
-        &["unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"],
+        &[
+            "unet",
+            "vae",
+            "text_encoder",
+            "text_encoder_2",
+            "tokenizer",
+            "tokenizer_2",
+            "scheduler",
+        ],
     );
     let r = check_model(&sdxl).unwrap();
     assert_eq!(r.family, ModelFamily::Sdxl);
@@ -163,7 +211,15 @@ fn diffusers_folders_of_each_family() {
         &flux,
         "FluxPipeline",
         serde_json::json!({}),
-        &["transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"],
+        &[
+            "transformer",
+            "vae",
+            "text_encoder",
+            "text_encoder_2",
+            "tokenizer",
+            "tokenizer_2",
+            "scheduler",
+        ],
     );
     assert_eq!(check_model(&flux).unwrap().family, ModelFamily::Flux);
 }
@@ -181,7 +237,12 @@ fn the_shipped_demo_model_is_complete_and_trainable() {
 fn missing_components_are_listed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sd15");
-    diffusers(&dir, "StableDiffusionPipeline", serde_json::json!({"cross_attention_dim": 768}), &SD);
+    diffusers(
+        &dir,
+        "StableDiffusionPipeline",
+        serde_json::json!({"cross_attention_dim": 768}),
+        &SD,
+    );
     std::fs::remove_dir_all(dir.join("vae")).unwrap();
     std::fs::remove_file(dir.join("tokenizer/merges.txt")).unwrap();
     std::fs::remove_file(dir.join("text_encoder/model.safetensors")).unwrap();
@@ -189,8 +250,16 @@ fn missing_components_are_listed() {
     let r = check_model(&dir).unwrap();
     assert_eq!(r.missing.len(), 3, "{r:?}");
     assert!(r.missing.iter().any(|m| m == "no vae/ folder"), "{r:?}");
-    assert!(r.missing.iter().any(|m| m.contains("tokenizer/ has no vocabulary")), "{r:?}");
-    assert!(r.missing.iter().any(|m| m.contains(".bin weights only")), "{r:?}");
+    assert!(
+        r.missing
+            .iter()
+            .any(|m| m.contains("tokenizer/ has no vocabulary")),
+        "{r:?}"
+    );
+    assert!(
+        r.missing.iter().any(|m| m.contains(".bin weights only")),
+        "{r:?}"
+    );
     assert!(!r.native_trainable());
 }
 
@@ -198,7 +267,10 @@ fn missing_components_are_listed() {
 fn files_that_are_not_models_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nothing");
-    assert!(matches!(check_model(&missing), Err(CheckError::NotFound(_))));
+    assert!(matches!(
+        check_model(&missing),
+        Err(CheckError::NotFound(_))
+    ));
 
     let text = tmp.path().join("notes.safetensors");
     std::fs::write(&text, b"hello, this is not a model at all").unwrap();
@@ -206,14 +278,23 @@ fn files_that_are_not_models_are_clear_errors() {
     assert!(err.contains("not a safetensors file"), "{err}");
 
     let lora = tmp.path().join("my-lora.safetensors");
-    safetensors(&lora, &[("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", &[4, 4])]);
+    safetensors(
+        &lora,
+        &[(
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+            &[4, 4],
+        )],
+    );
     let err = check_model(&lora).unwrap_err().to_string();
     assert!(err.contains("LoRA"), "{err}");
 
     let other = tmp.path().join("classifier.safetensors");
     safetensors(&other, &[("fc.weight", &[2, 2])]);
     let err = check_model(&other).unwrap_err().to_string();
-    assert!(err.contains("match no known family") && err.contains("fc.weight"), "{err}");
+    assert!(
+        err.contains("match no known family") && err.contains("fc.weight"),
+        "{err}"
+    );
 
     let truncated = tmp.path().join("cut.safetensors");
     ldm(&truncated, 768, "cond_stage_model.transformer.x", true);
@@ -224,7 +305,12 @@ fn files_that_are_not_models_are_clear_errors() {
 
     let ckpt = tmp.path().join("v1-5.ckpt");
     std::fs::write(&ckpt, b"pickle").unwrap();
-    assert!(check_model(&ckpt).unwrap_err().to_string().contains("pickled"));
+    assert!(
+        check_model(&ckpt)
+            .unwrap_err()
+            .to_string()
+            .contains("pickled")
+    );
 
     let folder = tmp.path().join("photos");
     std::fs::create_dir_all(&folder).unwrap();

@@ -221,7 +221,9 @@ mod tests {
         // Kohya lists nothing: any model, as before.
         assert!(c.satisfies_job(&train, &r, None, Some((Engine::Kohya, &sd21))));
         assert_eq!(
-            c.models_for(Engine::Native).map(|m| m.as_str()).collect::<Vec<_>>(),
+            c.models_for(Engine::Native)
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>(),
             ["sd15", "tiny-sd"]
         );
     }

@@ -133,9 +133,11 @@ fn training_goes_only_to_an_executor_with_the_base_model_installed() {
     caps.base_models = [InstalledModel::new(Engine::Native, "tiny-sd")].into();
     assert_eq!(picked(&f, "w", &caps), None, "sd15 is not installed");
     // Another engine's sd15 is not this job's.
-    caps.base_models.insert(InstalledModel::new(Engine::Kohya, "sd15"));
+    caps.base_models
+        .insert(InstalledModel::new(Engine::Kohya, "sd15"));
     assert_eq!(picked(&f, "w", &caps), None);
-    caps.base_models.insert(InstalledModel::new(Engine::Native, "sd15"));
+    caps.base_models
+        .insert(InstalledModel::new(Engine::Native, "sd15"));
     assert_eq!(picked(&f, "w", &caps), Some(("a".into(), "train".into())));
     // An executor that lists no native model is offered any.
     caps.base_models.clear();

@@ -134,10 +134,16 @@ mod tests {
         let install = o.check_install().unwrap();
         assert_eq!(install.models, ["sd15"]);
         assert_eq!(install.skipped.len(), 1);
-        assert!(install.skipped[0].contains("missing.safetensors"), "{install:?}");
+        assert!(
+            install.skipped[0].contains("missing.safetensors"),
+            "{install:?}"
+        );
         assert_eq!(
             install.advertised(),
-            [loraflow_core::executor::InstalledModel::new(Engine::Kohya, "sd15")]
+            [loraflow_core::executor::InstalledModel::new(
+                Engine::Kohya,
+                "sd15"
+            )]
         );
     }
 
@@ -148,7 +154,10 @@ mod tests {
         o.sd_scripts_dir = s.scripts.join("nope");
         let err = o.check_install().unwrap_err();
         assert_eq!(err.path, s.scripts.join("nope"));
-        assert!(err.to_string().contains("sd_scripts_dir does not exist"), "{err}");
+        assert!(
+            err.to_string().contains("sd_scripts_dir does not exist"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -180,6 +189,11 @@ mod tests {
         let s = setup();
         let mut o = options(&s);
         o.models.clear();
-        assert!(o.check_install().unwrap_err().reason.contains("no base model"));
+        assert!(
+            o.check_install()
+                .unwrap_err()
+                .reason
+                .contains("no base model")
+        );
     }
 }

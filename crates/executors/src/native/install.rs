@@ -12,9 +12,7 @@ use crate::install::{EngineRefused, Installation, native_install_hint};
 impl NativeOptions {
     /// The base model ids installed here (without checking the setup).
     pub fn installed_models(&self) -> Vec<String> {
-        self.check_install()
-            .map(|i| i.models)
-            .unwrap_or_default()
+        self.check_install().map(|i| i.models).unwrap_or_default()
     }
 
     /// Check the setup when a worker starts: `models_root` must be a folder
@@ -53,12 +51,11 @@ impl NativeOptions {
                         "base model {id}: config_dir {} does not exist",
                         missing.display()
                     )),
-                    None if path.is_dir() && !path.join("model_index.json").is_file() => {
-                        skipped.push(format!(
+                    None if path.is_dir() && !path.join("model_index.json").is_file() => skipped
+                        .push(format!(
                             "base model {id}: {} has no model_index.json",
                             path.display()
-                        ))
-                    }
+                        )),
                     None => models.push(id.clone()),
                 },
                 Err(e) => skipped.push(e.to_string()),
@@ -111,7 +108,10 @@ mod tests {
         let install = options.check_install().unwrap();
         assert_eq!(install.models, ["sd15", "sd15-file", "tiny-sd"]);
         assert_eq!(install.skipped.len(), 1);
-        assert!(install.skipped[0].contains("missing.safetensors"), "{install:?}");
+        assert!(
+            install.skipped[0].contains("missing.safetensors"),
+            "{install:?}"
+        );
         assert_eq!(options.installed_models(), install.models);
     }
 
