@@ -97,7 +97,9 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// The signed audit log: verify, export, make a signing key.
     Audit(audit::AuditArgs),
-    /// The base models of the server's catalogue.
+    /// The base models of the server's catalogue; `models check <path>` says
+    /// what a model folder or checkpoint on this machine is, what it lacks,
+    /// and whether the native engine can train it.
     Models(models::ModelsArgs),
     /// The parameters a job on a base model accepts with an engine: type,
     /// default, bounds or choices; and the profiles.

@@ -1,5 +1,6 @@
 //! `loraflow models`: the base models of the server's catalogue
-//! (`ListBaseModels`), disabled ones included and marked.
+//! (`ListBaseModels`), disabled ones included and marked; `models check`
+//! (in `model_check.rs`) looks at a model on this machine.
 
 use clap::{Args, Subcommand};
 use loraflow_proto::pb::v1 as pb;
@@ -20,11 +21,17 @@ pub struct ModelsArgs {
 pub enum ModelsCommand {
     /// List the catalogue's base models (the default).
     List,
+    /// Check a diffusers folder or a single-file `.safetensors` checkpoint:
+    /// its family, missing components, and whether the native engine can
+    /// train it. Exits 0 when it is complete, 1 when something is missing
+    /// or it is not a base model. Needs no server.
+    Check(super::model_check::CheckArgs),
 }
 
 pub async fn models(args: ModelsArgs) -> anyhow::Result<()> {
     match args.command {
         None | Some(ModelsCommand::List) => list(&args.conn).await,
+        Some(ModelsCommand::Check(a)) => super::model_check::check(a, args.conn.json),
     }
 }
 

@@ -30,6 +30,9 @@ pub fn options(
     device: &str,
     work_dir: Option<PathBuf>,
 ) -> anyhow::Result<NativeOptions> {
+    if let Some(hint) = missing_gpu_feature(device) {
+        anyhow::bail!(hint);
+    }
     let root = models.map_or_else(default_models_root, Path::to_path_buf);
     let mut options = NativeOptions::new(root).with_device(device);
     options.work_dir = work_dir;
@@ -63,4 +66,63 @@ pub fn native_worker(
         worker = worker.with(Arc::new(NativeSampler::new(options.clone())?));
     }
     Ok(worker)
+}
+
+/// The GPU backends this build has, by the `loraflow` crate's features.
+const GPU_FEATURES: [(&str, bool); 3] = [
+    ("wgpu", cfg!(feature = "wgpu")),
+    ("vulkan", cfg!(feature = "vulkan")),
+    ("cuda", cfg!(feature = "cuda")),
+];
+
+/// Why `device` cannot be used by this build, with the command that builds
+/// one that can; `None` when the build has its backend (or `device` is not a
+/// GPU backend: the trainer reports other mistakes itself).
+pub fn missing_gpu_feature(device: &str) -> Option<String> {
+    let backend = device.trim().split(':').next().unwrap_or_default();
+    let (feature, _) = GPU_FEATURES
+        .iter()
+        .find(|(name, built)| *name == backend && !built)?;
+    let mut hint = format!(
+        "device {device:?} needs the `{feature}` feature, which this build of loraflow does not have; \
+         build one with `cargo build --release -p loraflow --features {feature}` \
+         (then run target/release/loraflow worker --device {device} ...)"
+    );
+    if *feature == "cuda" {
+        hint.push_str(
+            ". burn's CUDA build script downloads an LLVM bundle, so build it on a machine that \
+             can reach the internet; `--features vulkan` (or `wgpu`) builds anywhere",
+        );
+    }
+    Some(hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_gpu_feature;
+
+    #[test]
+    fn a_gpu_device_without_its_feature_names_the_build_command() {
+        assert_eq!(missing_gpu_feature("cpu"), None);
+        for (device, feature) in [("vulkan", "vulkan"), ("wgpu:1", "wgpu"), ("cuda:0", "cuda")] {
+            let built = match feature {
+                "vulkan" => cfg!(feature = "vulkan"),
+                "wgpu" => cfg!(feature = "wgpu"),
+                _ => cfg!(feature = "cuda"),
+            };
+            match missing_gpu_feature(device) {
+                None => assert!(built, "{device}"),
+                Some(hint) => {
+                    assert!(!built);
+                    assert!(
+                        hint.contains(&format!(
+                            "cargo build --release -p loraflow --features {feature}"
+                        )),
+                        "{hint}"
+                    );
+                }
+            }
+        }
+        assert!(missing_gpu_feature("cuda:0").is_none_or(|h| h.contains("LLVM")));
+    }
 }

@@ -73,8 +73,10 @@ pub struct WorkerArgs {
     /// retried attempt resumes from.
     #[arg(long)]
     pub native_work: Option<PathBuf>,
-    /// A kohya sd-scripts configuration (TOML of `KohyaOptions`): enables the
-    /// kohya engine for `train`.
+    /// A kohya sd-scripts configuration (TOML of `KohyaOptions`): adds the
+    /// kohya engine for `train`, beside the native one. Each engine is
+    /// checked at start; a broken one is refused (said on stderr) and the
+    /// worker serves the others.
     #[arg(long)]
     pub kohya: Option<PathBuf>,
     /// An ai-toolkit configuration (TOML of `AiToolkitOptions`): enables the
@@ -123,20 +125,43 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ),
         };
     }
+    // Each engine is checked here: a broken one is refused (said on stderr,
+    // not advertised) and the worker serves the rest.
+    let mut refused: Vec<String> = Vec::new();
     if args.kinds.iter().any(|k| k == "train" || k == "sample") {
         let native = super::native::options(
             args.models.as_deref(),
             &args.device,
             args.native_work.clone(),
         )?;
-        worker = super::native::native_worker(worker, &native, &args.kinds)?;
+        match native.check_install() {
+            Ok(install) => {
+                warn_skipped(&id, &install);
+                worker = super::native::native_worker(worker, &native, &args.kinds)?;
+            }
+            Err(e) => refused.push(e.to_string()),
+        }
     }
     if let Some(path) = &args.kohya {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let options: loraflow::executors::KohyaOptions = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid kohya configuration", path.display()))?;
-        worker = worker.with(Arc::new(loraflow::executors::KohyaTrainer::new(options)?));
+        match options.check_install() {
+            Ok(install) => {
+                warn_skipped(&id, &install);
+                worker = worker.with(Arc::new(loraflow::executors::KohyaTrainer::new(options)?));
+            }
+            Err(e) => refused.push(format!("{e} (configured in {})", path.display())),
+        }
+    }
+    for reason in &refused {
+        eprintln!("worker {id}: refused: {reason}");
+    }
+    if worker.is_empty() {
+        anyhow::bail!(
+            "worker {id} has nothing left to run: every engine it was given was refused (see above)"
+        );
     }
     if let Some(path) = &args.ai_toolkit {
         let text = std::fs::read_to_string(path)
@@ -151,10 +176,20 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let caps = worker.capabilities();
     eprintln!(
-        "worker {id} serving {:?} for {}",
+        "worker {id} serving {:?} with engines {:?} for {}",
         caps.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        caps.engines.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
         args.server
     );
+    for engine in &caps.engines {
+        let models: Vec<&str> = caps.models_for(*engine).map(|m| m.as_str()).collect();
+        if !models.is_empty() {
+            eprintln!(
+                "worker {id}: {engine} has base models {}",
+                models.join(", ")
+            );
+        }
+    }
     worker
         .serve(shutdown_on_signals())
         .await
@@ -165,4 +200,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             )
         })?;
     Ok(())
+}
+
+/// Say which configured models of an engine are not ready, and why.
+fn warn_skipped(id: &str, install: &loraflow::executors::Installation) {
+    for reason in &install.skipped {
+        eprintln!(
+            "worker {id}: the {} engine skips a model: {reason}",
+            install.engine
+        );
+    }
 }

@@ -21,6 +21,9 @@
 //! - [`dataset`]: what is in a dataset folder.
 //! - [`dataset_upload`]: uploads into a tenant's content-addressed namespace,
 //!   staged and then moved into place.
+//! - [`install`]: what each engine has installed, checked when a worker starts.
+//! - [`model_check`]: what a model folder or checkpoint is, what it lacks, and
+//!   whether the native engine can train it (`loraflow models check`).
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
 pub mod aitoolkit;
@@ -28,8 +31,10 @@ pub mod artifacts;
 pub mod dataset;
 pub mod dataset_upload;
 pub mod external;
+pub mod install;
 pub mod kohya;
 pub mod label;
+pub mod model_check;
 pub mod native;
 pub mod presign;
 pub mod publish;
@@ -41,6 +46,7 @@ pub mod worker;
 pub use aitoolkit::{AiToolkitOptions, AiToolkitTrainer};
 pub use artifacts::{ArtifactStore, StepArtifacts};
 pub use dataset_upload::{DatasetUpload, LocalDataset};
+pub use install::{EngineRefused, Installation};
 pub use kohya::{KohyaOptions, KohyaTrainer};
 pub use label::{Label, LabellerCommand, Labels};
 pub use native::{NativeOptions, NativeSampler, NativeTrainer};

@@ -5,7 +5,24 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Engine, ModelFamily};
+use crate::ids::BaseModelId;
 use crate::workflow::{Requirements, StepKind};
+
+/// A base model an executor has installed for one engine.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstalledModel {
+    pub engine: Engine,
+    pub model: BaseModelId,
+}
+
+impl InstalledModel {
+    pub fn new(engine: Engine, model: impl Into<BaseModelId>) -> Self {
+        Self {
+            engine,
+            model: model.into(),
+        }
+    }
+}
 
 /// What an executor can run. Sent when it registers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +46,10 @@ pub struct Capabilities {
     pub max_concurrent_steps: u32,
     #[serde(default)]
     pub labels: BTreeSet<String>,
+    /// Base models installed per engine. An engine with none listed is
+    /// offered any model (what an executor that cannot tell says).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub base_models: BTreeSet<InstalledModel>,
 }
 
 impl Default for Capabilities {
@@ -42,6 +63,7 @@ impl Default for Capabilities {
             vram_gb: 0,
             max_concurrent_steps: 1,
             labels: BTreeSet::new(),
+            base_models: BTreeSet::new(),
         }
     }
 }
@@ -64,6 +86,35 @@ impl Capabilities {
             && requires.labels.is_subset(&self.labels)
     }
 
+    /// Has this executor `model` installed for `engine`? True when it lists
+    /// no model for that engine at all (it did not say what it has).
+    pub fn has_model(&self, engine: Engine, model: &BaseModelId) -> bool {
+        self.models_for(engine).next().is_none() || self.models_for(engine).any(|m| m == model)
+    }
+
+    /// The models installed for `engine`, in order.
+    pub fn models_for(&self, engine: Engine) -> impl Iterator<Item = &BaseModelId> {
+        self.base_models
+            .iter()
+            .filter(move |m| m.engine == engine)
+            .map(|m| &m.model)
+    }
+
+    /// [`satisfies`](Self::satisfies), and for a step that loads the base
+    /// model (`train`, `sample`) of a job on `model` = (engine, base model):
+    /// the executor has that model installed for that engine.
+    pub fn satisfies_job(
+        &self,
+        kind: &StepKind,
+        requires: &Requirements,
+        family: Option<ModelFamily>,
+        model: Option<(Engine, &BaseModelId)>,
+    ) -> bool {
+        self.satisfies(kind, requires, family)
+            && (!loads_base_model(kind)
+                || model.is_none_or(|(engine, id)| self.has_model(engine, id)))
+    }
+
     /// Why the capabilities themselves are unusable, if they are.
     pub fn problem(&self) -> Option<String> {
         if self.kinds.is_empty() {
@@ -77,6 +128,12 @@ impl Capabilities {
         }
         None
     }
+}
+
+/// Steps that load the job's base model, and so go only to an executor that
+/// has it installed.
+pub fn loads_base_model(kind: &StepKind) -> bool {
+    kind.as_str() == StepKind::TRAIN || kind.as_str() == StepKind::SAMPLE
 }
 
 #[cfg(test)]
@@ -135,6 +192,40 @@ mod tests {
             ..caps()
         };
         assert!(!sd15_only.satisfies(&train, &Requirements::default(), Some(ModelFamily::Flux)));
+    }
+
+    #[test]
+    fn train_and_sample_go_only_where_the_model_is_installed() {
+        let mut c = caps();
+        c.engines.insert(Engine::Kohya);
+        c.base_models = [
+            InstalledModel::new(Engine::Native, "tiny-sd"),
+            InstalledModel::new(Engine::Native, "sd15"),
+        ]
+        .into();
+        let (train, sample, label) = (
+            StepKind::from("train"),
+            StepKind::from("sample"),
+            StepKind::from("label"),
+        );
+        let r = Requirements::default();
+        let sd15 = BaseModelId::from("sd15");
+        let sd21 = BaseModelId::from("sd21");
+        assert!(c.satisfies_job(&train, &r, None, Some((Engine::Native, &sd15))));
+        assert!(!c.satisfies_job(&train, &r, None, Some((Engine::Native, &sd21))));
+        assert!(!c.satisfies_job(&sample, &r, None, Some((Engine::Native, &sd21))));
+        // Steps that do not load the model go anywhere.
+        let mut label_caps = c.clone();
+        label_caps.kinds.insert(label.clone());
+        assert!(label_caps.satisfies_job(&label, &r, None, Some((Engine::Native, &sd21))));
+        // Kohya lists nothing: any model, as before.
+        assert!(c.satisfies_job(&train, &r, None, Some((Engine::Kohya, &sd21))));
+        assert_eq!(
+            c.models_for(Engine::Native)
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>(),
+            ["sd15", "tiny-sd"]
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 pub use artifacts::{ArtifactError, ArtifactIo};
 pub use assignment::{StepAssignment, StepOutput};
-pub use capabilities::Capabilities;
+pub use capabilities::{Capabilities, InstalledModel, loads_base_model};
 pub use context::{StepContext, StepHandle};
 
 use crate::catalogue::Engine;
@@ -34,6 +34,12 @@ pub trait Executor: Send + Sync + 'static {
 
     /// The training engines it drives (for `train` executors).
     fn engines(&self) -> Vec<Engine> {
+        Vec::new()
+    }
+
+    /// The base models it has installed, per engine; empty when it cannot
+    /// tell (it is then offered any model of its engines).
+    fn base_models(&self) -> Vec<InstalledModel> {
         Vec::new()
     }
 

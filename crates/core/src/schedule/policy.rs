@@ -74,7 +74,14 @@ impl SchedulerState {
             return None;
         }
         self.ordered_queue().into_iter().find(|s| {
-            s.not_before <= now && caps.satisfies(&s.kind, &s.requires, s.family) && !skip(s)
+            s.not_before <= now
+                && caps.satisfies_job(
+                    &s.kind,
+                    &s.requires,
+                    s.family,
+                    s.model.as_ref().map(|(e, m)| (*e, m)),
+                )
+                && !skip(s)
         })
     }
 

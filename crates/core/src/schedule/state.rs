@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::catalogue::{Catalogue, ModelFamily};
-use crate::ids::{ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
+use crate::catalogue::{Catalogue, Engine, ModelFamily};
+use crate::ids::{BaseModelId, ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
 use crate::job::JobEvent;
 use crate::workflow::{Requirements, StepKind};
 
@@ -24,6 +24,9 @@ pub struct QueuedStep {
     pub priority: i32,
     pub requires: Requirements,
     pub family: Option<ModelFamily>,
+    /// The job's engine and base model, for a step that loads the model
+    /// (`train`, `sample`): only an executor with it installed gets the step.
+    pub model: Option<(Engine, BaseModelId)>,
     pub queued_at: DateTime<Utc>,
     pub not_before: DateTime<Utc>,
     /// Global position of the `StepQueued` event: arrival order.
@@ -57,6 +60,7 @@ impl LiveLease {
 struct OpenJob {
     tenant: TenantId,
     family: Option<ModelFamily>,
+    model: (Engine, BaseModelId),
     schedule_to_start: HashMap<StepId, Duration>,
 }
 
@@ -141,6 +145,7 @@ impl SchedulerState {
                     OpenJob {
                         tenant: e.spec.tenant.clone(),
                         family,
+                        model: (e.spec.engine, e.spec.base_model.clone()),
                         schedule_to_start: HashMap::new(),
                     },
                 );
@@ -157,6 +162,11 @@ impl SchedulerState {
             }
             JobEvent::StepQueued(e) => {
                 let family = self.jobs.get(job).and_then(|j| j.family);
+                let model = self
+                    .jobs
+                    .get(job)
+                    .filter(|_| crate::executor::loads_base_model(&e.kind))
+                    .map(|j| j.model.clone());
                 self.queued.insert(
                     (job.clone(), e.step_id.clone()),
                     QueuedStep {
@@ -168,6 +178,7 @@ impl SchedulerState {
                         priority: e.priority,
                         requires: e.requires.clone(),
                         family,
+                        model,
                         queued_at: e.queued_at,
                         not_before: e.not_before,
                         position,

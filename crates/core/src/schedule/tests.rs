@@ -119,6 +119,32 @@ fn gpu_steps_need_a_gpu_executor_with_enough_memory() {
 }
 
 #[test]
+fn training_goes_only_to_an_executor_with_the_base_model_installed() {
+    use crate::catalogue::Engine;
+    use crate::executor::InstalledModel;
+    let mut f = Fleet::new();
+    let a = f.job("a", "acme", 0, "sd15");
+    f.drivers[a].run("validate").run("label");
+    f.sync();
+    let mut caps = cpu(&["train"]);
+    caps.engines.insert(Engine::Native);
+    caps.gpu = true;
+    caps.vram_gb = 24;
+    caps.base_models = [InstalledModel::new(Engine::Native, "tiny-sd")].into();
+    assert_eq!(picked(&f, "w", &caps), None, "sd15 is not installed");
+    // Another engine's sd15 is not this job's.
+    caps.base_models
+        .insert(InstalledModel::new(Engine::Kohya, "sd15"));
+    assert_eq!(picked(&f, "w", &caps), None);
+    caps.base_models
+        .insert(InstalledModel::new(Engine::Native, "sd15"));
+    assert_eq!(picked(&f, "w", &caps), Some(("a".into(), "train".into())));
+    // An executor that lists no native model is offered any.
+    caps.base_models.clear();
+    assert_eq!(picked(&f, "w", &caps), Some(("a".into(), "train".into())));
+}
+
+#[test]
 fn an_executor_never_gets_more_than_its_concurrency_limit() {
     let mut f = Fleet::new();
     f.job("a", "acme", 0, "sd15");

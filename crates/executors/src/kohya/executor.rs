@@ -314,6 +314,13 @@ impl Executor for KohyaTrainer {
         vec![Engine::Kohya]
     }
 
+    fn base_models(&self) -> Vec<loraflow_core::executor::InstalledModel> {
+        self.options
+            .check_install()
+            .map(|i| i.advertised())
+            .unwrap_or_default()
+    }
+
     async fn run(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput, StepError> {
         self.train(step, ctx)
             .instrument(ctx.span().clone())

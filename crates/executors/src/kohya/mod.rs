@@ -13,12 +13,14 @@
 //! - [`process`]: the child process (the shared [`crate::external::process`]):
 //!   streaming output, deadline, stopping its whole process group.
 //! - [`outputs`]: the per-epoch LoRA files and samples sd-scripts saved.
+//! - [`install`]: whether the checkout, launcher and checkpoints are there.
 //! - [`executor`]: [`KohyaTrainer`], the [`Executor`](loraflow_core::executor::Executor).
 //! - [`error`]: [`Error`], and the step error each failure becomes.
 
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod install;
 pub mod layout;
 pub mod options;
 pub mod outputs;

@@ -20,7 +20,7 @@ pub enum Error {
 
     /// The job names a base model this worker does not have. Not retryable here; another
     /// worker may have it (`FailedPrecondition`).
-    #[error("base model {model:?} is not installed for the native engine (looked at {})", looked_at.display())]
+    #[error("base model {model:?} is not installed for the native engine (looked at {}); {}", looked_at.display(), crate::install::native_install_hint(model, looked_at))]
     UnknownModel {
         /// The base model id.
         model: String,

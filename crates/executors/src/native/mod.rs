@@ -3,6 +3,7 @@
 //!
 //! - [`options`]: where base models are, the device, a persistent work folder,
 //!   sampling defaults.
+//! - [`install`]: which base models are installed under the models folder.
 //! - [`params`]: a job's parameters as the trainer's configuration.
 //! - [`train`]: [`NativeTrainer`], the `train` executor.
 //! - [`sample`]: [`NativeSampler`], the `sample` executor.
@@ -10,6 +11,7 @@
 //! - [`error`]: [`Error`], and the step error each failure becomes.
 
 pub mod error;
+pub mod install;
 pub mod options;
 pub mod params;
 pub mod report;

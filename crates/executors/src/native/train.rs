@@ -412,6 +412,14 @@ impl Executor for NativeTrainer {
         vec![Engine::Native]
     }
 
+    fn base_models(&self) -> Vec<loraflow_core::executor::InstalledModel> {
+        self.options
+            .installed_models()
+            .into_iter()
+            .map(|m| loraflow_core::executor::InstalledModel::new(Engine::Native, m))
+            .collect()
+    }
+
     async fn run(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput, StepError> {
         self.train(step, ctx)
             .instrument(ctx.span().clone())

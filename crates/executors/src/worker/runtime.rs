@@ -3,6 +3,11 @@
 //! (forwarding progress, and cancel/save/sample signals back); report the
 //! outcome, retrying transient failures (completions are idempotent by lease).
 //!
+//! Executors are kept per (step kind, engine): one worker runs native and
+//! kohya training side by side, and each assignment goes to the executor of
+//! its job's engine; an executor that declares no engine (validation,
+//! sampling, ...) runs its kinds for every engine.
+//!
 //! Each worker names its process with an instance id made when it is
 //! created: registering again after a lost connection keeps its leases,
 //! while a new process under the same executor id (a restart) ends the
@@ -13,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use loraflow_core::catalogue::Engine;
 use loraflow_core::executor::{Capabilities, Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::ids::{ExecutorId, InstanceId};
 use loraflow_core::job::{StepError, StepErrorKind};
@@ -39,7 +45,8 @@ pub struct WorkerOptions {
 /// A set of executors behind one executor id.
 pub struct Worker {
     api: Arc<dyn WorkerApi>,
-    executors: BTreeMap<StepKind, Arc<dyn Executor>>,
+    /// By kind and engine; `None`: any engine.
+    executors: BTreeMap<(StepKind, Option<Engine>), Arc<dyn Executor>>,
     artifacts: ArtifactStore,
     options: WorkerOptions,
     outcome_limits: OutcomeLimits,
@@ -85,20 +92,45 @@ impl Worker {
         self
     }
 
-    /// Add an executor for the kinds it declares (a later one wins a kind).
+    /// Add an executor for the kinds and engines it declares. Executors of
+    /// different engines live side by side; a later one wins only the same
+    /// (kind, engine).
     pub fn with(mut self, executor: Arc<dyn Executor>) -> Self {
+        let engines = executor.engines();
         for kind in executor.kinds() {
-            self.executors.insert(kind, executor.clone());
+            if engines.is_empty() {
+                self.executors.insert((kind, None), executor.clone());
+            } else {
+                for engine in &engines {
+                    self.executors
+                        .insert((kind.clone(), Some(*engine)), executor.clone());
+                }
+            }
         }
         self
     }
 
-    /// The capabilities sent on registration.
+    /// Whether any executor was added.
+    pub fn is_empty(&self) -> bool {
+        self.executors.is_empty()
+    }
+
+    /// The executor for `step`: its engine's, else one for any engine.
+    fn executor_for(&self, step: &StepAssignment) -> Option<Arc<dyn Executor>> {
+        self.executors
+            .get(&(step.kind.clone(), Some(step.engine)))
+            .or_else(|| self.executors.get(&(step.kind.clone(), None)))
+            .cloned()
+    }
+
+    /// The capabilities sent on registration: every kind and engine of the
+    /// executors, and the base models each says it has installed.
     pub fn capabilities(&self) -> Capabilities {
         let mut caps = self.options.capabilities.clone();
-        caps.kinds.extend(self.executors.keys().cloned());
-        for e in self.executors.values() {
-            caps.engines.extend(e.engines());
+        for ((kind, engine), executor) in &self.executors {
+            caps.kinds.insert(kind.clone());
+            caps.engines.extend(*engine);
+            caps.base_models.extend(executor.base_models());
         }
         caps
     }
@@ -160,7 +192,7 @@ impl Worker {
                 .await
             {
                 Ok(r) => {
-                    info!(executor = %self.options.executor_id, instance = %self.instance, kinds = ?caps.kinds, "registered");
+                    info!(executor = %self.options.executor_id, instance = %self.instance, kinds = ?caps.kinds, engines = ?caps.engines, "registered");
                     return Some(r);
                 }
                 Err(ApiError::Rejected(msg)) => {
@@ -245,10 +277,13 @@ impl Worker {
                 .for_step(&step.job_id, &step.step_id, step.attempt),
         );
         let (ctx, handle) = StepContext::new(io, workdir.clone(), tracing::Span::current());
-        let Some(executor) = self.executors.get(&step.kind).cloned() else {
+        let Some(executor) = self.executor_for(&step) else {
             let err = StepError {
                 kind: StepErrorKind::Internal,
-                message: format!("executor {id} has no executor for kind {}", step.kind),
+                message: format!(
+                    "executor {id} has no executor for kind {} with engine {}",
+                    step.kind, step.engine
+                ),
                 retryable: true,
             };
             self.report(Err(err), &step).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use loraflow_core::artifact::{Artifact, EpochOutput};
-use loraflow_core::executor::{Capabilities, StepAssignment, StepOutput};
+use loraflow_core::executor::{Capabilities, InstalledModel, StepAssignment, StepOutput};
 use loraflow_core::ids::{ExecutorId, InstanceId, JobId, LeaseId};
 use loraflow_core::job::{DatasetRef, Naming, StepError, StepProgress};
 use loraflow_core::validation::Violations;
@@ -33,9 +33,22 @@ impl From<Capabilities> for pb::ExecutorCapabilities {
             vram_gb: c.vram_gb,
             max_concurrent_steps: c.max_concurrent_steps,
             labels: c.labels.into_iter().collect(),
+            base_models: c
+                .base_models
+                .into_iter()
+                .map(|m| pb::InstalledModel {
+                    engine: m.engine.as_str().to_owned(),
+                    model: m.model.0,
+                })
+                .collect(),
         }
     }
 }
+
+/// The most installed models one executor may list.
+pub const MAX_INSTALLED_MODELS: usize = 1024;
+/// The longest base model id an executor may list.
+pub const MAX_MODEL_ID_LEN: usize = 128;
 
 /// Names are checked here; whether the whole makes sense (at least one
 /// kind, no memory without a GPU) is [`Capabilities::problem`]'s to say,
@@ -52,6 +65,32 @@ impl TryFrom<pb::ExecutorCapabilities> for Capabilities {
         }
         let engines = f.each("engines", c.engines, |e| engine(&e));
         let families = f.each("model_families", c.model_families, |m| model_family(&m));
+        if c.base_models.len() > MAX_INSTALLED_MODELS {
+            f.push(
+                "base_models",
+                format!(
+                    "{} installed models; at most {MAX_INSTALLED_MODELS} may be listed",
+                    c.base_models.len()
+                ),
+            );
+        }
+        let mut base_models = std::collections::BTreeSet::new();
+        for (i, m) in c.base_models.into_iter().enumerate() {
+            let model = m.model.trim();
+            if model.is_empty() || model.chars().count() > MAX_MODEL_ID_LEN {
+                f.push(
+                    format!("base_models[{i}].model"),
+                    format!(
+                        "{:?} must be a base model id of 1 to {MAX_MODEL_ID_LEN} characters",
+                        loraflow_core::limits::truncate(&m.model, MAX_MODEL_ID_LEN + 8)
+                    ),
+                );
+                continue;
+            }
+            if let Some(e) = f.take(&format!("base_models[{i}].engine"), engine(&m.engine)) {
+                base_models.insert(InstalledModel::new(e, model));
+            }
+        }
         f.finish(Self {
             kinds: c.kinds.into_iter().map(StepKind).collect(),
             engines: engines.into_iter().collect(),
@@ -62,6 +101,7 @@ impl TryFrom<pb::ExecutorCapabilities> for Capabilities {
             // The wire's zero is "unset"; one step at a time is the safe default.
             max_concurrent_steps: c.max_concurrent_steps.max(1),
             labels: c.labels.into_iter().collect(),
+            base_models,
         })
     }
 }
@@ -329,6 +369,11 @@ mod tests {
             vram_gb: 80,
             max_concurrent_steps: 2,
             labels: ["region=eu".to_owned()].into(),
+            base_models: [
+                InstalledModel::new(Engine::Native, "sd15"),
+                InstalledModel::new(Engine::Kohya, "sdxl"),
+            ]
+            .into(),
         }
     }
 
@@ -411,6 +456,34 @@ mod tests {
         let err = senseless.into_domain().unwrap_err();
         assert_eq!(fields(&err), ["capabilities"]);
         assert!(err.0[0].description.contains("step kind"), "{err}");
+    }
+
+    #[test]
+    fn installed_models_are_checked_and_bounded() {
+        let mut wire = pb::ExecutorCapabilities::from(gpu_caps());
+        wire.base_models.push(pb::InstalledModel {
+            engine: "onnx".into(),
+            model: "sd15".into(),
+        });
+        wire.base_models.push(pb::InstalledModel {
+            engine: "native".into(),
+            model: "x".repeat(MAX_MODEL_ID_LEN + 1),
+        });
+        let err = Capabilities::try_from(wire.clone()).unwrap_err();
+        assert_eq!(
+            fields(&err),
+            ["base_models[2].engine", "base_models[3].model"]
+        );
+        wire.base_models = (0..=MAX_INSTALLED_MODELS)
+            .map(|i| pb::InstalledModel {
+                engine: "native".into(),
+                model: format!("m{i}"),
+            })
+            .collect();
+        assert_eq!(
+            fields(&Capabilities::try_from(wire).unwrap_err()),
+            ["base_models"]
+        );
     }
 
     #[test]
