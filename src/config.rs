@@ -9,6 +9,11 @@
 //! root = "s3://training-artifacts/loraflow"
 //! publish_root = "s3://public-loras/published"
 //!
+//! [artifacts.transfer]   # files through the server (README: how artifacts travel)
+//! max_file_bytes = 17179869184
+//! max_dataset_files = 10000
+//! session_ttl = "1h"
+//!
 //! [server]
 //! listen = "0.0.0.0:50051"
 //! shutdown_grace = "10s"   # SIGTERM: stop within this
@@ -111,6 +116,8 @@ pub struct ArtifactsConfig {
     pub root: String,
     /// Where approved LoRAs are published.
     pub publish_root: String,
+    /// Limits of files moved through the server (`ArtifactService`).
+    pub transfer: crate::transfer::TransferLimits,
 }
 
 impl Default for ArtifactsConfig {
@@ -118,6 +125,7 @@ impl Default for ArtifactsConfig {
         Self {
             root: "loraflow-artifacts".into(),
             publish_root: "loraflow-published".into(),
+            transfer: Default::default(),
         }
     }
 }

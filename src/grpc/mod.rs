@@ -3,8 +3,10 @@
 //! - [`serve`]: the server (JobService, ExecutorService, health, reflection).
 //! - [`auth`]: bearer tokens per tenant and per executor.
 //! - `jobs` / `executors`: the two services, thin over the engine's API.
+//! - `artifacts`: `ArtifactService`, thin over [`crate::transfer`].
 //! - `status`: engine errors as gRPC statuses.
 
+mod artifacts;
 pub mod auth;
 mod executors;
 mod jobs;

@@ -16,6 +16,7 @@
 //!   staged and then moved into place.
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
+pub mod artifact_stream;
 pub mod artifacts;
 pub mod dataset;
 pub mod dataset_upload;
