@@ -9,6 +9,11 @@
 //! root = "s3://training-artifacts/loraflow"
 //! publish_root = "s3://public-loras/published"
 //!
+//! [artifacts.transfer]   # files through the server (README: how artifacts travel)
+//! max_file_bytes = 17179869184
+//! max_dataset_files = 10000
+//! session_ttl = "1h"
+//!
 //! [server]
 //! listen = "0.0.0.0:50051"
 //! shutdown_grace = "10s"   # SIGTERM: stop within this
@@ -135,6 +140,8 @@ pub struct ArtifactsConfig {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+    /// Limits of files moved through the server (`ArtifactService`).
+    pub transfer: crate::transfer::TransferLimits,
 }
 
 impl ArtifactsConfig {
@@ -173,6 +180,7 @@ impl Default for ArtifactsConfig {
             access_key_id: None,
             secret_access_key: None,
             session_token: None,
+            transfer: Default::default(),
         }
     }
 }

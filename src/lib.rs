@@ -10,6 +10,8 @@
 //! - [`error`]: the engine's error type.
 //! - [`tenancy`]: which URIs a tenant may name (its uploads, its allowed roots).
 //! - [`grpc`]: the gRPC server over the engine.
+//! - [`transfer`]: files through the server (resumable, digest-checked
+//!   uploads and downloads, dataset uploads, publishing) for `ArtifactService`.
 //! - [`audit`]: replay a job's events and verify their hash chain.
 //! - [`webhooks`]: signed, ordered, retried delivery of job events to callback URLs.
 
@@ -24,6 +26,7 @@ pub mod error;
 pub mod grpc;
 mod scheduler;
 pub mod tenancy;
+pub mod transfer;
 pub mod webhooks;
 
 pub use admission::admit;

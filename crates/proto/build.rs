@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "proto/loraflow/v1/catalogue.proto",
     "proto/loraflow/v1/jobs.proto",
     "proto/loraflow/v1/executors.proto",
+    "proto/loraflow/v1/artifacts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -205,9 +205,11 @@ pub struct SubmitArgs {
     /// pausing 0.5 s, 1 s, 2 s, ... (at most 8 s) between tries.
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
-    /// The artifact store the server reads datasets from (for uploads).
-    #[arg(long, env = "LORAFLOW_ARTIFACTS", default_value = "loraflow-artifacts")]
-    pub artifacts: String,
+    /// Write a local dataset folder straight into this artifact store (the
+    /// server's root) instead of uploading it through the server (the
+    /// default: the client needs no access to the store).
+    #[arg(long, env = "LORAFLOW_ARTIFACTS")]
+    pub artifacts: Option<String>,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -297,7 +299,8 @@ impl SubmitArgs {
         let mut prompts = f.sample_prompts;
         prompts.extend(self.prompts.iter().cloned());
         let (dataset_uri, upload) =
-            super::upload::dataset_ref(client, &dataset, &self.artifacts).await?;
+            super::upload::dataset_ref(client, &dataset, self.artifacts.as_deref(), &self.conn)
+                .await?;
         let spec = JobSpec {
             tenant: "from-token".into(),
             base_model: base_model.into(),

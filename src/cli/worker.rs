@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::Args;
 use loraflow::core::executor::Capabilities;
 use loraflow::core::ids::ExecutorId;
-use loraflow::executors::worker::{GrpcWorkerApi, Worker, WorkerOptions};
+use loraflow::executors::worker::{
+    ArtifactAccess, GrpcWorkerApi, TransferClient, Worker, WorkerOptions,
+};
 use loraflow::executors::{ArtifactStore, Label, Publish, ValidateDataset};
 
 use super::client::Exit;
@@ -52,11 +54,13 @@ pub struct WorkerArgs {
     /// Capability labels (`region=eu`), repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Artifact store root, the server's: a shared folder, or
-    /// `s3://bucket/prefix` reached with the `AWS_*` variables (docs/s3.md).
-    #[arg(long, env = "LORAFLOW_ARTIFACTS", default_value = "loraflow-artifacts")]
-    pub artifacts: String,
-    /// Permanent storage for published LoRAs.
+    /// Read and write the artifact store directly at this root (shared with
+    /// the server). Unset (the default), every file travels through the
+    /// server: the worker needs only `--server` and its token.
+    #[arg(long, env = "LORAFLOW_ARTIFACTS")]
+    pub artifacts: Option<String>,
+    /// Permanent storage for published LoRAs, with `--artifacts` (through
+    /// the server, the server publishes to its own `publish_root`).
     #[arg(long, default_value = "loraflow-published")]
     pub publish_root: String,
     /// Scratch space.
@@ -88,9 +92,15 @@ pub struct WorkerArgs {
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let token = args.token.clone().unwrap_or_default();
     let api = GrpcWorkerApi::connect(&args.server, &token)?;
-    let artifacts = ArtifactStore::open(&args.artifacts)?;
-    // A missing bucket or refused credentials end the start, named.
-    artifacts.probe().await?;
+    let artifacts: ArtifactAccess = match &args.artifacts {
+        Some(root) => {
+            let store = ArtifactStore::open(root)?;
+            // A missing bucket or refused credentials end the start, named.
+            store.probe().await?;
+            store.into()
+        }
+        None => TransferClient::connect(&args.server, &token)?.into(),
+    };
     let id = args
         .id
         .clone()
@@ -176,10 +186,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let caps = worker.capabilities();
     eprintln!(
-        "worker {id} serving {:?} with engines {:?} for {}",
+        "worker {id} serving {:?} with engines {:?} for {} (artifacts {})",
         caps.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
         caps.engines.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
-        args.server
+        args.server,
+        match &args.artifacts {
+            Some(root) => format!("in the store at {root}"),
+            None => "through the server".to_owned(),
+        }
     );
     for engine in &caps.engines {
         let models: Vec<&str> = caps.models_for(*engine).map(|m| m.as_str()).collect();

@@ -4,8 +4,10 @@
 //! - [`auth`]: bearer tokens per tenant and per executor.
 //! - `jobs` / `executors`: the two services, thin over the engine's API.
 //! - `fleet`: `ListExecutors`, the connected executors a tenant may see.
+//! - `artifacts`: `ArtifactService`, thin over [`crate::transfer`].
 //! - `status`: engine errors as gRPC statuses.
 
+mod artifacts;
 pub mod auth;
 mod executors;
 mod fleet;

@@ -1,8 +1,10 @@
 //! The gRPC server: `JobService` for clients, `ExecutorService` for workers,
+//! `ArtifactService` for files (both),
 //! health checking and reflection, message size limits, optional TLS.
 
 use std::time::Duration;
 
+use loraflow_proto::pb::v1::artifact_service_server::ArtifactServiceServer;
 use loraflow_proto::pb::v1::executor_service_server::ExecutorServiceServer;
 use loraflow_proto::pb::v1::job_service_server::JobServiceServer;
 use tokio::net::TcpListener;
@@ -10,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use super::artifacts::Artifacts;
 use super::auth::Auth;
 use super::executors::Executors;
 use super::jobs::Jobs;
@@ -39,6 +42,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsConfig>,
     /// The longest a `PollStep` may wait.
     pub max_poll: Duration,
+    /// `ArtifactService`: where published LoRAs go, transfer limits.
+    pub transfer: crate::transfer::TransferOptions,
 }
 
 impl ServeOptions {
@@ -48,6 +53,11 @@ impl ServeOptions {
             max_message_bytes: config.server.max_message_bytes,
             tls: config.server.tls.clone(),
             max_poll: config.scheduler.poll_timeout,
+            transfer: crate::transfer::TransferOptions {
+                publish_root: config.artifacts.publish_root.clone(),
+                limits: config.artifacts.transfer.clone(),
+                staging_dir: None,
+            },
         }
     }
 }
@@ -95,6 +105,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<ExecutorServiceServer<Executors>>()
         .await;
+    health_reporter
+        .set_serving::<ArtifactServiceServer<Artifacts>>()
+        .await;
     // Both versions of reflection: grpcurl and grpc_cli ask v1, but many
     // tools (older grpcurl, Postman, Evans, Kreya) ask v1alpha first and
     // give up on UNIMPLEMENTED.
@@ -122,6 +135,16 @@ pub async fn serve(
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
 
+    // Chunks are at most 1 MiB; the message limit leaves room for them
+    // whatever `max_message_bytes` says.
+    let chunk_max = max.max(loraflow_executors::artifact_stream::CHUNK_BYTES + 64 * 1024);
+    let artifacts = ArtifactServiceServer::new(Artifacts {
+        transfers: crate::transfer::Transfers::new(engine.clone(), options.transfer.clone()),
+        auth: options.auth.clone(),
+    })
+    .max_decoding_message_size(chunk_max)
+    .max_encoding_message_size(chunk_max);
+
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(tower::util::MapResponseLayer::new(
@@ -146,6 +169,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(executors)
+        .add_service(artifacts)
         // Small request/response pairs: Nagle's algorithm with delayed ACKs
         // would hold each for tens of milliseconds.
         .serve_with_incoming_shutdown(

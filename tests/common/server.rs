@@ -256,6 +256,7 @@ impl TestServer {
             max_message_bytes: setup.max_message_bytes.unwrap_or(4 * 1024 * 1024),
             tls: setup.tls.clone(),
             max_poll: Duration::from_secs(30),
+            transfer: Default::default(),
         };
         let server = tokio::spawn({
             let (engine, stop) = (engine.clone(), shutdown.clone());

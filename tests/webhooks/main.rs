@@ -314,6 +314,7 @@ on_both_backends! {
                 max_message_bytes: 4 << 20,
                 tls: None,
                 max_poll: Duration::from_secs(1),
+                transfer: Default::default(),
             };
             async move { loraflow::grpc::serve(engine, options, listener, stop).await.unwrap() }
         });

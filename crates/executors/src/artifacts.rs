@@ -84,6 +84,12 @@ fn parse(uri: &str) -> Result<Url, ArtifactError> {
     }
 }
 
+/// `uri` as an absolute URL: a local path (relative to the current folder
+/// or not) becomes a `file://` URL, a URL stays as it is.
+pub fn absolute_uri(uri: &str) -> Result<String, ArtifactError> {
+    parse(uri).map(|u| u.to_string())
+}
+
 /// An object store for `url` and the path inside it.
 fn open_url(url: &Url, s3_options: &S3Options) -> Result<Opened, ArtifactError> {
     if url.scheme() == "file" {
@@ -194,7 +200,8 @@ impl ArtifactStore {
         }
     }
 
-    pub(crate) fn uri_of(&self, rel: &str) -> String {
+    /// The URI of `rel` (a `/`-separated path) under the root.
+    pub fn uri_of(&self, rel: &str) -> String {
         format!("{}{rel}", self.root)
     }
 

@@ -48,7 +48,15 @@ impl LocalDataset {
         collect_files(dir, &mut paths).map_err(|e| io_err(&shown, e))?;
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
-            let data = std::fs::read(&path).map_err(|e| io_err(&path.display().to_string(), e))?;
+            // Hashed as it is read: a large file is never held whole.
+            let (sha256, size) = {
+                use sha2::Digest;
+                let shown = path.display().to_string();
+                let mut file = std::fs::File::open(&path).map_err(|e| io_err(&shown, e))?;
+                let mut hasher = sha2::Sha256::new();
+                let size = std::io::copy(&mut file, &mut hasher).map_err(|e| io_err(&shown, e))?;
+                (crate::artifact_stream::hex_digest(hasher), size)
+            };
             let name = path
                 .strip_prefix(dir)
                 .expect("walked under dir")
@@ -57,8 +65,8 @@ impl LocalDataset {
             files.push(LocalFile {
                 name,
                 path,
-                size: data.len() as u64,
-                sha256: Sha256::of(&data),
+                size,
+                sha256,
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -80,10 +88,19 @@ impl LocalDataset {
 }
 
 fn manifest_of(files: &[LocalFile]) -> String {
+    manifest_text(files.iter().map(|f| (f.name.as_str(), f.size, &f.sha256)))
+}
+
+fn manifest_text<'a>(files: impl Iterator<Item = (&'a str, u64, &'a Sha256)>) -> String {
     files
-        .iter()
-        .map(|f| format!("{}\t{}\t{}\n", f.name, f.size, f.sha256))
+        .map(|(name, size, sha)| format!("{name}\t{size}\t{sha}\n"))
         .collect()
+}
+
+/// The digest that names a dataset folder: the SHA-256 of its manifest,
+/// given its files (relative name, size, digest) sorted by name.
+pub fn manifest_digest<'a>(files: impl Iterator<Item = (&'a str, u64, &'a Sha256)>) -> Sha256 {
+    Sha256::of(manifest_text(files).as_bytes())
 }
 
 /// What [`ArtifactStore::upload_dataset`] did.

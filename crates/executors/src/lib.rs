@@ -27,6 +27,7 @@
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
 pub mod aitoolkit;
+pub mod artifact_stream;
 pub mod artifacts;
 pub mod dataset;
 pub mod dataset_upload;

@@ -28,7 +28,40 @@ use tracing::{Instrument, info, warn};
 
 use super::api::{ApiError, WorkerApi};
 use super::outcome::OutcomeLimits;
+use super::{RemoteArtifacts, TransferClient};
 use crate::ArtifactStore;
+
+/// Where a worker's steps read and write their files.
+#[derive(Debug, Clone)]
+pub enum ArtifactAccess {
+    /// The artifact store itself (the worker can reach it: the same disk,
+    /// or the same bucket with credentials).
+    Store(ArtifactStore),
+    /// Through the server's `ArtifactService`: the worker needs only the
+    /// server's address and its token.
+    Remote(TransferClient),
+}
+
+impl From<ArtifactStore> for ArtifactAccess {
+    fn from(store: ArtifactStore) -> Self {
+        Self::Store(store)
+    }
+}
+
+impl From<TransferClient> for ArtifactAccess {
+    fn from(client: TransferClient) -> Self {
+        Self::Remote(client)
+    }
+}
+
+impl ArtifactAccess {
+    fn for_step(&self, step: &StepAssignment) -> Arc<dyn loraflow_core::executor::ArtifactIo> {
+        match self {
+            Self::Store(s) => Arc::new(s.for_step(&step.job_id, &step.step_id, step.attempt)),
+            Self::Remote(c) => Arc::new(RemoteArtifacts::for_step(c.clone(), step)),
+        }
+    }
+}
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -47,7 +80,7 @@ pub struct Worker {
     api: Arc<dyn WorkerApi>,
     /// By kind and engine; `None`: any engine.
     executors: BTreeMap<(StepKind, Option<Engine>), Arc<dyn Executor>>,
-    artifacts: ArtifactStore,
+    artifacts: ArtifactAccess,
     options: WorkerOptions,
     outcome_limits: OutcomeLimits,
     /// Why the server refused the registration for good, once it has.
@@ -67,11 +100,17 @@ pub struct RegistrationRefused {
 }
 
 impl Worker {
-    pub fn new(api: Arc<dyn WorkerApi>, artifacts: ArtifactStore, options: WorkerOptions) -> Self {
+    /// A worker reaching its server through `api`, its steps' files through
+    /// `artifacts` (an [`ArtifactStore`] or a [`TransferClient`]).
+    pub fn new(
+        api: Arc<dyn WorkerApi>,
+        artifacts: impl Into<ArtifactAccess>,
+        options: WorkerOptions,
+    ) -> Self {
         Self {
             api,
             executors: BTreeMap::new(),
-            artifacts,
+            artifacts: artifacts.into(),
             options,
             outcome_limits: OutcomeLimits::default(),
             refused: std::sync::OnceLock::new(),
@@ -272,10 +311,7 @@ impl Worker {
             .join(step.job_id.as_str())
             .join(step.step_id.as_str())
             .join(step.attempt.to_string());
-        let io = Arc::new(
-            self.artifacts
-                .for_step(&step.job_id, &step.step_id, step.attempt),
-        );
+        let io = self.artifacts.for_step(&step);
         let (ctx, handle) = StepContext::new(io, workdir.clone(), tracing::Span::current());
         let Some(executor) = self.executor_for(&step) else {
             let err = StepError {
