@@ -221,12 +221,14 @@ impl Executor for Holding {
 /// Worker `gpu-1` with [`Holding`], on a thread and runtime of its own.
 fn spawn_worker(server: &Server) -> (CancellationToken, std::thread::JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let worker = bare_worker(server.addr, server.dir(), 1, 1).with(Arc::new(Holding));
-    let token = stop.clone();
+    let (addr, root, token) = (server.addr, server.dir().to_owned(), stop.clone());
     let thread = std::thread::spawn(move || {
         tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(worker.run(token));
+            .block_on(async move {
+                let worker = bare_worker(addr, &root, 1, 1).with(Arc::new(Holding));
+                worker.run(token).await
+            });
     });
     (stop, thread)
 }
@@ -296,7 +298,7 @@ fn job_commands_and_the_fleet_from_the_command_line() {
     assert_eq!(deliveries[0]["event_type"], "workflow:created");
     let text = ok(server.cli("t-acme", &["webhooks", &id]));
     assert!(
-        text.starts_with("SEQ") && text.contains("workflow:created"),
+        text.trim_start().starts_with("SEQ") && text.contains("workflow:created"),
         "{text}"
     );
     let hidden = refused(server.cli("t-other", &["webhooks", &id]));
