@@ -85,7 +85,12 @@ fn catalogue_and_service_commands_answer_and_refuse_with_reasons() {
         .iter()
         .find(|m| m["id"] == "tiny-sd")
         .expect("tiny-sd is in the catalogue");
-    assert!(tiny["engines"].as_array().unwrap().contains(&"native".into()));
+    assert!(
+        tiny["engines"]
+            .as_array()
+            .unwrap()
+            .contains(&"native".into())
+    );
     let no_token = common::process::bin()
         .args(["models"])
         .env("LORAFLOW_SERVER", server.url())
@@ -95,7 +100,10 @@ fn catalogue_and_service_commands_answer_and_refuse_with_reasons() {
 
     let text = ok(server.cli("t-acme", &["params", "tiny-sd"]));
     let header = text.lines().next().unwrap();
-    assert!(header.contains("NAME") && header.contains("DEFAULT"), "{text}");
+    assert!(
+        header.contains("NAME") && header.contains("DEFAULT"),
+        "{text}"
+    );
     let lr = text
         .lines()
         .find(|l| l.starts_with("learning_rate "))
@@ -110,7 +118,10 @@ fn catalogue_and_service_commands_answer_and_refuse_with_reasons() {
         .find(|p| p["name"] == "epochs")
         .expect("an epochs parameter");
     assert_eq!(epochs["type"], "int");
-    assert!(epochs["default"].is_i64() && epochs["max"].is_number(), "{epochs}");
+    assert!(
+        epochs["default"].is_i64() && epochs["max"].is_number(),
+        "{epochs}"
+    );
     let unknown = refused(server.cli("t-acme", &["params", "no-such-model"]));
     assert!(unknown.contains("no-such-model") && unknown.contains("not in the catalogue"));
     let bad_engine = refused(server.cli("t-acme", &["params", "tiny-sd", "--engine", "nope"]));
@@ -146,7 +157,12 @@ fn reflection_v1alpha_lists_the_services(server: &Server) {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut reflection = ServerReflectionClient::connect(server.url()).await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut reflection = ServerReflectionClient::new(channel);
         let requests = [
             MessageRequest::ListServices(String::new()),
             MessageRequest::FileContainingSymbol("loraflow.v1.JobService".into()),
@@ -205,12 +221,14 @@ impl Executor for Holding {
 /// Worker `gpu-1` with [`Holding`], on a thread and runtime of its own.
 fn spawn_worker(server: &Server) -> (CancellationToken, std::thread::JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let worker = bare_worker(server.addr, server.dir(), 1, 1).with(Arc::new(Holding));
-    let token = stop.clone();
+    let (addr, root, token) = (server.addr, server.dir().to_owned(), stop.clone());
     let thread = std::thread::spawn(move || {
         tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(worker.run(token));
+            .block_on(async move {
+                let worker = bare_worker(addr, &root, 1, 1).with(Arc::new(Holding));
+                worker.run(token).await
+            });
     });
     (stop, thread)
 }
@@ -259,9 +277,15 @@ fn job_commands_and_the_fleet_from_the_command_line() {
     assert_eq!(theirs["other_tenants_leases"], 1);
     let text = ok(server.cli("t-acme", &["executors"]));
     let row = text.lines().find(|l| l.starts_with("gpu-1")).unwrap();
-    assert!(row.contains("1/1") && row.contains(&id) && row.contains("ago"), "{row}");
+    assert!(
+        row.contains("1/1") && row.contains(&id) && row.contains("ago"),
+        "{row}"
+    );
     let text = ok(server.cli("t-other", &["executors"]));
-    assert!(!text.contains(&id) && text.contains("+1 of other tenants"), "{text}");
+    assert!(
+        !text.contains(&id) && text.contains("+1 of other tenants"),
+        "{text}"
+    );
 
     // The webhook's deliveries are logged with their failed attempts.
     let deliveries = eventually("a webhook delivery attempt", || {
@@ -273,9 +297,15 @@ fn job_commands_and_the_fleet_from_the_command_line() {
     assert_eq!(deliveries[0]["url"], "http://127.0.0.1:9/hook");
     assert_eq!(deliveries[0]["event_type"], "workflow:created");
     let text = ok(server.cli("t-acme", &["webhooks", &id]));
-    assert!(text.starts_with("SEQ") && text.contains("workflow:created"), "{text}");
+    assert!(
+        text.trim_start().starts_with("SEQ") && text.contains("workflow:created"),
+        "{text}"
+    );
     let hidden = refused(server.cli("t-other", &["webhooks", &id]));
-    assert!(hidden.contains("not found") || hidden.contains(&id), "{hidden}");
+    assert!(
+        hidden.contains("not found") || hidden.contains(&id),
+        "{hidden}"
+    );
     let unknown = refused(server.cli("t-acme", &["webhooks", "01JNOSUCHJOB"]));
     assert!(unknown.contains("01JNOSUCHJOB"), "{unknown}");
 

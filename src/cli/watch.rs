@@ -256,8 +256,8 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 Some(Outcome::Published) => return Ok(()),
                 Some(Outcome::InReview) if args.until_review => return Ok(()),
                 Some(Outcome::Failed) => {
-                    let why = super::watch_lines::failure(&event)
-                        .unwrap_or_else(|| "failed".into());
+                    let why =
+                        super::watch_lines::failure(&event).unwrap_or_else(|| "failed".into());
                     return Err(Exit(exit::FAILED, format!("job {} {why}", args.job)).into());
                 }
                 _ => {}

@@ -141,9 +141,7 @@ pub fn failure(event: &JobEvent) -> Option<String> {
     match event {
         JobEvent::JobFailed(e) => Some(format!("failed ({}): {}", e.reason, e.message)),
         JobEvent::JobRejected(e) => Some(format!("rejected by {}: {}", e.rejected_by, e.reason)),
-        JobEvent::JobCancelled(e) => {
-            Some(format!("cancelled by {}: {}", e.cancelled_by, e.reason))
-        }
+        JobEvent::JobCancelled(e) => Some(format!("cancelled by {}: {}", e.cancelled_by, e.reason)),
         _ => None,
     }
 }

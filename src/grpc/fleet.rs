@@ -35,12 +35,8 @@ pub(super) fn list_executors(
     tenant: &TenantId,
     r: &pb::ListExecutorsRequest,
 ) -> Result<pb::ListExecutorsResponse, Status> {
-    let page_size = loraflow_proto::aip::page_size(r.page_size).map_err(|v| {
-        to_status(
-            crate::Error::InvalidArgument(v.nested("page_size")),
-            None,
-        )
-    })?;
+    let page_size = loraflow_proto::aip::page_size(r.page_size)
+        .map_err(|v| to_status(crate::Error::InvalidArgument(v.nested("page_size")), None))?;
     let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
     let page = engine
         .list_executors(tenant, page_size, token)
