@@ -264,6 +264,28 @@ pub struct SchedulerConfig {
     /// Least time between two recorded progress events of one lease.
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// How long each step of the standard template waits in the queue for
+    /// an executor; past it the job fails, naming what no connected
+    /// executor offers (`docs/liveness.md`). `0s` waits forever.
+    #[serde(with = "humantime_serde")]
+    pub schedule_to_start: Duration,
+}
+
+impl SchedulerConfig {
+    /// The standard template's settings from this section.
+    pub fn template(&self) -> loraflow_core::workflow::TemplateOptions {
+        loraflow_core::workflow::TemplateOptions {
+            schedule_to_start: (!self.schedule_to_start.is_zero())
+                .then_some(self.schedule_to_start),
+        }
+    }
+
+    /// How long after its last poll an executor still counts as connected
+    /// (an executor holding a lease always does): two long polls and a
+    /// heartbeat, so one slow round trip does not drop it.
+    pub fn connected_within(&self) -> Duration {
+        self.poll_timeout * 2 + self.heartbeat_interval
+    }
 }
 
 /// Webhook delivery: retries, limits, polling.
@@ -354,6 +376,7 @@ impl Default for SchedulerConfig {
             heartbeat_interval: Duration::from_secs(10),
             poll_timeout: Duration::from_secs(30),
             progress_interval: Duration::from_secs(5),
+            schedule_to_start: loraflow_core::workflow::TemplateOptions::DEFAULT_SCHEDULE_TO_START,
         }
     }
 }
@@ -533,5 +556,29 @@ mod tests {
         let err =
             Config::from_toml("[artifacts]\nbucket = \"x\"\n", Path::new("s3.toml")).unwrap_err();
         assert!(err.to_string().contains("bucket"), "{err}");
+    }
+
+    #[test]
+    fn the_templates_schedule_to_start_timeout_is_configured_per_deployment() {
+        let default = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(
+            default.scheduler.template().schedule_to_start,
+            Some(Duration::from_secs(30 * 60))
+        );
+        let c = Config::from_toml(
+            "[scheduler]\nschedule_to_start = \"2h\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.scheduler.template().schedule_to_start,
+            Some(Duration::from_secs(2 * 3600))
+        );
+        let never = Config::from_toml(
+            "[scheduler]\nschedule_to_start = \"0s\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(never.scheduler.template().schedule_to_start, None);
     }
 }

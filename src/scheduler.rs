@@ -6,7 +6,7 @@
 //! the feed; a decision taken twice (two polls, two replicas) is harmless
 //! because the job's optimistic concurrency lets only one lease through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,12 +16,14 @@ use loraflow_core::clock::Clock;
 use loraflow_core::executor::Capabilities;
 use loraflow_core::ids::{ExecutorId, JobId, StepId};
 use loraflow_core::job::JobEvent;
-use loraflow_core::schedule::{Action, SchedulerState};
+use loraflow_core::schedule::{Action, SchedulerState, Unservable};
 use loraflow_store::{FeedFilter, Store};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use crate::engine::fleet::Fleet;
 
 type StepKey = (JobId, StepId);
 
@@ -210,8 +212,40 @@ impl Scheduler {
         (due, Some(sleep))
     }
 
-    /// Record expiries as deadlines pass, and wake polls when a backoff ends.
-    pub async fn run_timers(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
+    /// The capabilities of the executors connected now: polled within
+    /// `within`, or holding a lease.
+    pub fn connected(&self, fleet: &Fleet, within: Duration) -> Vec<Capabilities> {
+        let holding: HashSet<ExecutorId> =
+            self.read(|s| s.leases().map(|l| l.executor_id.clone()).collect());
+        fleet.connected(self.clock.now(), within, |e| holding.contains(e))
+    }
+
+    /// What keeps queued step `step` of `job` from ever being leased by
+    /// the `connected` executors; `None` when one could run it, or when
+    /// the step is not queued.
+    pub fn unservable(
+        &self,
+        job: &JobId,
+        step: &StepId,
+        connected: &[Capabilities],
+    ) -> Option<Unservable> {
+        self.read(|s| {
+            s.queued()
+                .find(|q| &q.job_id == job && &q.step_id == step)?
+                .unservable(connected)
+        })
+    }
+
+    /// Record expiries as deadlines pass, and wake polls when a backoff
+    /// ends. A queued step's expiry names what no executor connected to
+    /// `fleet` (polled within `connected_within`) offers, if anything.
+    pub async fn run_timers(
+        self: Arc<Self>,
+        store: Store,
+        fleet: Arc<Fleet>,
+        connected_within: Duration,
+        shutdown: CancellationToken,
+    ) {
         self.wait_caught_up().await;
         loop {
             let (due, sleep) = self.take_due();
@@ -225,14 +259,18 @@ impl Scheduler {
                             },
                         ),
                     ),
-                    Action::ExpireQueued { job_id, step_id } => (
-                        job_id,
-                        loraflow_core::job::JobCommand::ExpireQueuedStep(
-                            loraflow_core::job::ExpireQueuedStep {
-                                step_id: step_id.clone(),
-                            },
-                        ),
-                    ),
+                    Action::ExpireQueued { job_id, step_id } => {
+                        let connected = self.connected(&fleet, connected_within);
+                        (
+                            job_id,
+                            loraflow_core::job::JobCommand::ExpireQueuedStep(
+                                loraflow_core::job::ExpireQueuedStep {
+                                    step_id: step_id.clone(),
+                                    unservable: self.unservable(job_id, step_id, &connected),
+                                },
+                            ),
+                        )
+                    }
                 };
                 match store
                     .execute(job, command, crate::engine::system_metadata("scheduler"))

@@ -35,6 +35,7 @@ fn scheduler() -> SchedulerConfig {
         heartbeat_interval: Duration::from_millis(100),
         poll_timeout: Duration::from_secs(1),
         progress_interval: Duration::from_millis(100),
+        ..SchedulerConfig::default()
     }
 }
 

@@ -233,6 +233,7 @@ async fn a_running_step_s_eta_comes_from_its_measured_pace_and_queued_jobs_know_
             heartbeat_interval: Duration::from_millis(100),
             poll_timeout: Duration::from_secs(30),
             progress_interval: Duration::from_millis(100),
+            ..SchedulerConfig::default()
         })
         .executor(common::FileTrainer {
             epoch_time: Duration::from_secs(1),

@@ -81,6 +81,9 @@ pub struct StepOut {
     pub percent: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Queued, and no connected executor could ever run it: what is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +133,7 @@ impl From<&pb::Job> for JobOut {
                     attempt: s.attempt,
                     percent: s.progress.as_ref().map(|p| p.percent),
                     last_error: s.last_error.as_ref().map(|e| e.message.clone()),
+                    waiting_for: Some(s.waiting_for.clone()).filter(|w| !w.is_empty()),
                 })
                 .collect(),
             epochs: j
@@ -183,6 +187,9 @@ pub fn print_job(j: &JobOut) -> anyhow::Result<()> {
             s.status,
             s.attempt
         )?;
+        if let Some(w) = &s.waiting_for {
+            out!("       {w}")?;
+        }
     }
     for e in &j.epochs {
         let loss = e.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();

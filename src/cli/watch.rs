@@ -43,6 +43,9 @@ pub struct Renderer {
     bars: MultiProgress,
     steps: HashMap<String, ProgressBar>,
     style: ProgressStyle,
+    /// Steps queued now, with what they wait for as last shown (empty:
+    /// nothing missing, only queueing).
+    queued: HashMap<String, String>,
 }
 
 impl Default for Renderer {
@@ -59,7 +62,32 @@ impl Renderer {
             style: ProgressStyle::with_template("{prefix:>9} [{bar:30.cyan/blue}] {pos:>3}% {msg}")
                 .expect("valid template")
                 .progress_chars("=> "),
+            queued: HashMap::new(),
         }
+    }
+
+    /// True while some step is queued: its `waiting_for` is worth a look.
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// Show what queued `step` waits for (from `GetJob`), when it changed:
+    /// a step no connected executor can run says so.
+    pub fn waiting_for(&mut self, step: &str, waiting_for: &str) {
+        let Some(shown) = self.queued.get_mut(step) else {
+            return;
+        };
+        if shown == waiting_for {
+            return;
+        }
+        *shown = waiting_for.to_owned();
+        let message = if waiting_for.is_empty() {
+            "queued".to_owned()
+        } else {
+            self.line(format!("{step}: {waiting_for}"));
+            format!("queued: {waiting_for}")
+        };
+        self.bar(step).set_message(message);
     }
 
     fn bar(&mut self, step: &str) -> &ProgressBar {
@@ -96,8 +124,10 @@ impl Renderer {
                 };
                 self.bar(e.step_id.as_str())
                     .set_message(format!("queued{attempt}"));
+                self.queued.insert(e.step_id.to_string(), String::new());
             }
             JobEvent::StepLeased(e) => {
+                self.queued.remove(e.step_id.as_str());
                 let bar = self.bar(e.step_id.as_str());
                 bar.set_position(0);
                 bar.set_message(format!("running on {}", e.executor_id));
@@ -180,10 +210,12 @@ impl Renderer {
                 return Some(Outcome::Failed);
             }
             JobEvent::JobFailed(e) => {
+                self.queued.clear();
                 self.line(format!("failed ({}): {}", e.reason, e.message));
                 return Some(Outcome::Failed);
             }
             JobEvent::JobCancelled(e) => {
+                self.queued.clear();
                 self.line(format!("cancelled by {}: {}", e.cancelled_by, e.reason));
                 return Some(Outcome::Failed);
             }
@@ -218,7 +250,21 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             }
             Err(s) => return Err(status_error("cannot watch the job", s)),
         };
-        while let Some(item) = stream.next().await {
+        loop {
+            // A quiet stream while a step is queued: ask whether anything
+            // able to run it is connected (`waiting_for` is no event).
+            let item = if renderer.has_queued() && !args.conn.json {
+                match tokio::time::timeout(WAITING_CHECK, stream.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        show_waiting_for(&mut client, &args.job, &mut renderer).await;
+                        continue;
+                    }
+                }
+            } else {
+                stream.next().await
+            };
+            let Some(item) = item else { break };
             let record = match item {
                 Ok(r) => r,
                 Err(s) => {
@@ -267,6 +313,29 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         // Reconnect (the server may have restarted).
         if let Ok(c) = connect(&args.conn).await {
             client = c;
+        }
+    }
+}
+
+/// How long a stream may be quiet, while a step is queued, before the
+/// watcher asks what the step waits for.
+const WAITING_CHECK: Duration = Duration::from_secs(5);
+
+/// Show each queued step's `waiting_for`. A failed read is left for the
+/// stream to report.
+async fn show_waiting_for(client: &mut super::client::Client, job: &str, renderer: &mut Renderer) {
+    let Ok(j) = client
+        .get_job(pb::GetJobRequest {
+            job_id: job.to_owned(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return;
+    };
+    for s in &j.into_inner().steps {
+        if s.status == pb::StepStatus::Queued as i32 {
+            renderer.waiting_for(&s.id, &s.waiting_for);
         }
     }
 }

@@ -243,6 +243,15 @@ impl EngineBuilder {
         self
     }
 
+    /// How long each step of the standard template waits in the queue for
+    /// an executor before its job fails naming what no connected executor
+    /// offers; `Duration::ZERO` waits forever. Default 30 minutes; the same
+    /// as `[scheduler] schedule_to_start`.
+    pub fn schedule_to_start(mut self, timeout: std::time::Duration) -> Self {
+        self.scheduler.schedule_to_start = timeout;
+        self
+    }
+
     /// Open the store (creating its tables), start the projections, the
     /// scheduler and webhook delivery, and start the in-process executors.
     pub async fn build(self) -> Result<Engine> {
@@ -275,7 +284,8 @@ impl EngineBuilder {
         let services = JobServices::new(catalogue)
             .with_clock(clock.clone())
             .with_kinds(kinds)
-            .with_limits(self.limits.clone());
+            .with_limits(self.limits.clone())
+            .with_template(self.scheduler.template());
         let mut store_options = self.store_options;
         let configured =
             crate::audit::configured_keys(&self.audit_config).map_err(|(field, e)| {
@@ -305,6 +315,8 @@ impl EngineBuilder {
             })?;
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::new(services.catalogue.clone(), clock);
+        let fleet = Arc::new(Fleet::default());
+        let connected_within = self.scheduler.connected_within();
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(
             self.webhooks,
             self.webhook_secrets,
@@ -316,7 +328,7 @@ impl EngineBuilder {
                 services,
                 artifacts: artifacts.clone(),
                 scheduler: scheduler.clone(),
-                fleet: Fleet::default(),
+                fleet: fleet.clone(),
                 config: self.scheduler,
                 leases: Mutex::new(Default::default()),
                 signals: Mutex::new(Default::default()),
@@ -339,11 +351,12 @@ impl EngineBuilder {
         tasks.push(tokio::spawn(
             scheduler.clone().follow(store.clone(), shutdown.clone()),
         ));
-        tasks.push(tokio::spawn(
-            scheduler
-                .clone()
-                .run_timers(store.clone(), shutdown.clone()),
-        ));
+        tasks.push(tokio::spawn(scheduler.clone().run_timers(
+            store.clone(),
+            fleet,
+            connected_within,
+            shutdown.clone(),
+        )));
         scheduler.wait_caught_up().await;
         tasks.extend(webhooks.start(&store, &shutdown));
 

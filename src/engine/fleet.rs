@@ -61,6 +61,29 @@ impl Fleet {
         Some((m.capabilities.clone(), m.instance.clone()))
     }
 
+    /// The capabilities of the executors connected at `now`: seen (polling)
+    /// within `within`, or holding a lease (`holds_lease`), since a busy
+    /// executor runs its step instead of polling. What a queued step's
+    /// `waiting_for` is judged against.
+    pub fn connected(
+        &self,
+        now: DateTime<Utc>,
+        within: std::time::Duration,
+        holds_lease: impl Fn(&ExecutorId) -> bool,
+    ) -> Vec<Capabilities> {
+        let since = chrono::Duration::from_std(within)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.members
+            .read()
+            .expect("fleet lock poisoned")
+            .values()
+            .filter(|m| m.last_seen >= since || holds_lease(&m.executor_id))
+            .map(|m| m.capabilities.clone())
+            .collect()
+    }
+
     pub fn members(&self) -> Vec<FleetMember> {
         self.members
             .read()

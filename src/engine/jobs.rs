@@ -1,15 +1,17 @@
 //! The job API: what clients do with jobs. Every call is scoped to a tenant;
 //! another tenant's job is reported as not found, so ids never leak.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use loraflow_core::catalogue::{Catalogue, ServiceStatus};
-use loraflow_core::ids::{JobId, TenantId};
+use loraflow_core::ids::{JobId, StepId, TenantId};
 use loraflow_core::job::{
     ApproveJob, CancelJob, CreateJob, JobCommand, JobSpec, JobState, RejectJob, SubmitJob,
     TrainingJob,
 };
+use loraflow_core::schedule::Unservable;
 use loraflow_core::views::{JobListFilter, JobStatus};
 use loraflow_store::{FeedFilter, JobListQuery, JobPage, LoadedJob, Metadata, StoredEvent};
 use uuid::Uuid;
@@ -34,6 +36,10 @@ pub struct JobView {
     pub queue_position: Option<usize>,
     /// Time left in the running step, from its measured pace.
     pub eta: Option<Duration>,
+    /// Queued steps no connected executor could run, with what is missing
+    /// (`waiting for an executor with engine=kohya and gpu; none
+    /// connected`). A step whose executors are only busy is not here.
+    pub waiting_for: BTreeMap<StepId, Unservable>,
 }
 
 /// Ids of jobs created with a request id are derived from it, so that a
@@ -371,14 +377,22 @@ impl Engine {
 
     fn view(&self, status: JobStatus) -> JobView {
         let job = status.job_id.clone();
-        let (queue_position, running) = self.inner.scheduler.read(|s| {
+        let scheduler = &self.inner.scheduler;
+        let connected =
+            scheduler.connected(&self.inner.fleet, self.inner.config.connected_within());
+        let (queue_position, running, waiting_for) = scheduler.read(|s| {
             let position = s.ordered_queue().iter().position(|q| q.job_id == job);
             let running: Vec<_> = s
                 .leases()
                 .filter(|l| l.job_id == job)
                 .map(|l| (l.lease_id.clone(), l.step_id.clone()))
                 .collect();
-            (position, running)
+            let waiting_for = s
+                .queued()
+                .filter(|q| q.job_id == job)
+                .filter_map(|q| Some((q.step_id.clone(), q.unservable(&connected)?)))
+                .collect();
+            (position, running, waiting_for)
         });
         let eta = running.iter().find_map(|(lease, step)| {
             let total = status.step(step)?.progress.as_ref()?.total_steps?;
@@ -388,6 +402,7 @@ impl Engine {
             status,
             queue_position,
             eta,
+            waiting_for,
         }
     }
 

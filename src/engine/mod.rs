@@ -5,7 +5,7 @@
 
 mod builder;
 mod executors;
-mod fleet;
+pub(crate) mod fleet;
 mod fleet_view;
 mod in_process;
 mod jobs;
@@ -60,7 +60,7 @@ pub(crate) struct Inner {
     services: JobServices,
     artifacts: ArtifactStore,
     scheduler: Arc<Scheduler>,
-    fleet: fleet::Fleet,
+    fleet: Arc<fleet::Fleet>,
     config: SchedulerConfig,
     leases: Mutex<HashMap<LeaseId, LeaseTrack>>,
     signals: Mutex<HashMap<JobId, Signals>>,

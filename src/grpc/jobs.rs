@@ -33,6 +33,11 @@ fn job(view: JobView) -> pb::Job {
         JobMeta {
             queue_position: view.queue_position.map(|p| p as u32),
             eta: view.eta,
+            waiting_for: view
+                .waiting_for
+                .iter()
+                .map(|(step, u)| (step.clone(), u.to_string()))
+                .collect(),
         },
     )
 }

@@ -34,7 +34,8 @@ fn paths() -> RunPaths {
     }
 }
 
-/// The engines whose mapping is in this repository: every engine the catalogue offers.
+/// The engines whose mapping is in this repository: the catalogue offers only these (the engine
+/// rules say which engines a build has), as `only_offered_engines_have_a_mapping` checks.
 fn has_mapping(engine: Engine) -> bool {
     matches!(engine, Engine::Native | Engine::Kohya | Engine::AiToolkit)
 }
@@ -81,6 +82,22 @@ fn values(p: &EffectiveParam) -> Vec<ParamValue> {
         ParamType::Bool => out.extend([ParamValue::Bool(true), ParamValue::Bool(false)]),
     }
     out
+}
+
+#[test]
+fn only_offered_engines_have_a_mapping() {
+    let c = catalogue();
+    for model in &c.base_models {
+        for &engine in &model.engines {
+            assert!(
+                has_mapping(engine),
+                "{} is offered with {engine}, which has no mapping",
+                model.id
+            );
+        }
+    }
+    // What the catalogue lists for an engine this build lacks is withheld, not offered.
+    assert!(c.base_model(&"flux-dev".into()).is_none() || has_mapping(Engine::AiToolkit));
 }
 
 #[test]

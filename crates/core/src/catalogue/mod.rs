@@ -5,6 +5,7 @@ pub mod engine_rules;
 mod params;
 mod service_status;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -172,10 +173,16 @@ struct CatalogueFile {
 /// Base models, the parameter schema, and the initial service status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalogue {
+    /// The (model, engine) pairs offered: with engine rules applied
+    /// ([`with_engine_rules`](Self::with_engine_rules)), only engines this
+    /// build has.
     pub base_models: Vec<BaseModel>,
     pub schema: ParamSchema,
     /// The service status the engine starts with.
     pub service: ServiceStatus,
+    /// Engines the catalogue lists for a model that this build has no
+    /// executor for, by model: not offered, kept to explain a refusal.
+    pub withheld: BTreeMap<BaseModelId, Vec<Engine>>,
 }
 
 const BUILTIN: &str = include_str!("default.toml");
@@ -198,6 +205,7 @@ impl Catalogue {
                 engine_rules: Default::default(),
             },
             service: file.service.unwrap_or_default(),
+            withheld: BTreeMap::new(),
         };
         let mut v = catalogue.schema.check_consistency(&catalogue.base_models);
         let mut seen = std::collections::BTreeSet::new();
@@ -216,8 +224,12 @@ impl Catalogue {
     }
 
     /// The catalogue with what each engine runs applied to its schema
-    /// (see [`engine_rules`]); refused if the catalogue then contradicts
-    /// itself (a default or bound the engine cannot run, no choice left).
+    /// (see [`engine_rules`]), offering only the engines that declared
+    /// rules: those are the engines this build has executors for, so a
+    /// (model, engine) pair no executor implements is never offered (see
+    /// [`only_engines`](Self::only_engines)). Refused if the catalogue then
+    /// contradicts itself (a default or bound the engine cannot run, no
+    /// choice left).
     pub fn with_engine_rules(
         mut self,
         rules: impl IntoIterator<Item = EngineRules>,
@@ -225,10 +237,49 @@ impl Catalogue {
         for r in rules {
             self.schema.engine_rules.insert(r.engine, r);
         }
+        let has: BTreeSet<Engine> = self.schema.engine_rules.keys().copied().collect();
+        self = self.only_engines(&has);
         self.schema
             .check_consistency(&self.base_models)
             .into_result(self)
             .map_err(CatalogueError::Invalid)
+    }
+
+    /// The catalogue offering only `engines`: other engines are taken off
+    /// each model and recorded in [`withheld`](Self::withheld); a model left
+    /// with no engine is not offered at all.
+    pub fn only_engines(mut self, engines: &BTreeSet<Engine>) -> Self {
+        for m in &mut self.base_models {
+            let (kept, dropped): (Vec<Engine>, Vec<Engine>) =
+                m.engines.iter().partition(|e| engines.contains(e));
+            if !dropped.is_empty() {
+                self.withheld
+                    .entry(m.id.clone())
+                    .or_default()
+                    .extend(dropped);
+            }
+            m.engines = kept;
+        }
+        self.base_models.retain(|m| !m.engines.is_empty());
+        self
+    }
+
+    /// The offered pairs, for messages: `sd15 (native, kohya), sdxl (kohya)`.
+    pub fn offered(&self) -> String {
+        let pairs: Vec<String> = self
+            .base_models
+            .iter()
+            .filter(|m| !m.disabled)
+            .map(|m| {
+                let engines: Vec<&str> = m.engines.iter().map(|e| e.as_str()).collect();
+                format!("{} ({})", m.id, engines.join(", "))
+            })
+            .collect();
+        if pairs.is_empty() {
+            "nothing".to_owned()
+        } else {
+            pairs.join(", ")
+        }
     }
 
     pub fn base_model(&self, id: &BaseModelId) -> Option<&BaseModel> {

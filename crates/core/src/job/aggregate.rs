@@ -32,6 +32,9 @@ pub struct JobServices {
     pub clock: Arc<dyn Clock>,
     /// Limits on every input, checked when a job is created.
     pub limits: Arc<crate::limits::Limits>,
+    /// What the deployment sets in the standard template (its
+    /// schedule-to-start timeout).
+    pub template: crate::workflow::TemplateOptions,
 }
 
 impl JobServices {
@@ -45,7 +48,13 @@ impl JobServices {
             kinds: KnownKinds::builtin(),
             clock: Arc::new(crate::clock::SystemClock),
             limits: Arc::default(),
+            template: Default::default(),
         }
+    }
+
+    pub fn with_template(mut self, template: crate::workflow::TemplateOptions) -> Self {
+        self.template = template;
+        self
     }
 
     pub fn with_limits(mut self, limits: crate::limits::Limits) -> Self {

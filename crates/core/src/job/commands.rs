@@ -82,6 +82,11 @@ pub struct ExpireRestartedLease {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExpireQueuedStep {
     pub step_id: StepId,
+    /// What no connected executor offered when the timeout fired, as the
+    /// scheduler saw its fleet; the job's failure names it. `None` when
+    /// executors able to run the step were connected but busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unservable: Option<crate::schedule::Unservable>,
 }
 
 /// Choose an epoch; the publish step is queued.

@@ -71,12 +71,35 @@ pub const MAX_SAMPLE_PROMPTS: usize = 16;
 pub const MAX_PROMPT_CHARS: usize = 1000;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
 
+/// Why `spec`'s (model, engine) pair is not offered, when the catalogue
+/// lists the model with `withheld` engines this build has no executor for.
+fn not_offered<'a>(
+    spec: &JobSpec,
+    withheld: impl Iterator<Item = &'a Engine>,
+    catalogue: &Catalogue,
+) -> String {
+    let withheld: Vec<&str> = withheld.map(|e| e.as_str()).collect();
+    format!(
+        "base model {} with engine {} is not offered: this build has no executor for {}; offered (model (engines)): {}",
+        spec.base_model,
+        spec.engine,
+        withheld.join(" or "),
+        catalogue.offered()
+    )
+}
+
 impl JobSpec {
     /// Check everything but the service status; return the resolved parameters.
     pub(crate) fn validate(&self, catalogue: &Catalogue) -> Result<Params, Violations> {
         let mut v = Violations::default();
         let mut resolved = None;
+        let withheld = catalogue.withheld.get(&self.base_model);
         match catalogue.base_model(&self.base_model) {
+            // Listed, but with no engine this build has.
+            None if withheld.is_some() => v.push(
+                "engine",
+                not_offered(self, withheld.into_iter().flatten(), catalogue),
+            ),
             None => v.push(
                 "base_model",
                 format!(
@@ -93,6 +116,10 @@ impl JobSpec {
             Some(model) if model.disabled => v.push(
                 "base_model",
                 format!("base model {} is disabled by the operator", model.id),
+            ),
+            Some(_) if withheld.is_some_and(|w| w.contains(&self.engine)) => v.push(
+                "engine",
+                not_offered(self, withheld.into_iter().flatten(), catalogue),
             ),
             Some(model) if !model.supports(self.engine) => v.push(
                 "engine",

@@ -8,7 +8,7 @@ mod validate;
 
 pub use graph::{Dag, Progress};
 pub use spec::{Requirements, RetryPolicy, StepKind, StepSpec, Timeouts, WorkflowSpec};
-pub use template::standard_lora;
+pub use template::{TemplateOptions, standard_lora, standard_lora_with};
 pub use validate::KnownKinds;
 
 #[cfg(test)]

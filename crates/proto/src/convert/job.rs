@@ -3,8 +3,10 @@
 //! rather than from events (queue position, estimated time left); the caller
 //! passes them in [`JobMeta`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use loraflow_core::ids::StepId;
 use loraflow_core::views::{JobStatus, StepView};
 
 use super::params::params_to_wire;
@@ -19,6 +21,8 @@ pub struct JobMeta {
     pub queue_position: Option<u32>,
     /// Estimated time left in the running step, when one can be estimated.
     pub eta: Option<Duration>,
+    /// Queued steps no connected executor could run: what each waits for.
+    pub waiting_for: BTreeMap<StepId, String>,
 }
 
 /// The `Job` resource for a job's status view.
@@ -32,7 +36,11 @@ pub fn job_to_wire(status: &JobStatus, meta: JobMeta) -> pb::Job {
         failure: status.failure.clone().map(Into::into),
         spec: Some(status.spec.clone().into()),
         resolved_params: params_to_wire(status.params.clone()),
-        steps: status.steps.iter().map(step_to_wire).collect(),
+        steps: status
+            .steps
+            .iter()
+            .map(|s| step_to_wire(s, meta.waiting_for.get(&s.id)))
+            .collect(),
         epochs: status.epochs.values().cloned().map(Into::into).collect(),
         approved_epoch: status.approved_epoch,
         published_artifact: status.published.clone().map(Into::into),
@@ -46,7 +54,7 @@ pub fn job_to_wire(status: &JobStatus, meta: JobMeta) -> pb::Job {
     }
 }
 
-fn step_to_wire(step: &StepView) -> pb::Step {
+fn step_to_wire(step: &StepView, waiting_for: Option<&String>) -> pb::Step {
     use loraflow_core::job::StepStatus;
     let not_before = match &step.status {
         StepStatus::Queued { not_before, .. } => Some(timestamp(*not_before)),
@@ -65,6 +73,10 @@ fn step_to_wire(step: &StepView) -> pb::Step {
         progress: step.progress.clone().map(Into::into),
         not_before,
         last_error: step.last_error.clone().map(Into::into),
+        waiting_for: match step.status {
+            StepStatus::Queued { .. } => waiting_for.cloned().unwrap_or_default(),
+            _ => String::new(),
+        },
     }
 }
 
@@ -79,6 +91,7 @@ mod tests {
         JobMeta {
             queue_position: Some(2),
             eta: Some(Duration::from_secs(600)),
+            waiting_for: BTreeMap::new(),
         }
     }
 
@@ -201,5 +214,30 @@ mod tests {
         assert_eq!(label.executor_id, "gpu-0");
         assert_eq!(label.progress.as_ref().unwrap().percent, 50.0);
         assert_eq!(wire.steps[2].status, pb::StepStatus::Waiting as i32);
+    }
+
+    #[test]
+    fn a_queued_step_no_executor_can_run_says_what_it_waits_for() {
+        let events = histories::submitted();
+        let text = "waiting for an executor with kind=validate_dataset; none connected";
+        let waiting: BTreeMap<StepId, String> = [
+            ("validate".into(), text.to_owned()),
+            // Only a queued step shows it.
+            ("label".into(), "stale".to_owned()),
+        ]
+        .into();
+        let wire = job_to_wire(
+            &status(&events),
+            JobMeta {
+                waiting_for: waiting,
+                ..meta()
+            },
+        );
+        assert_eq!(wire.steps[0].status, pb::StepStatus::Queued as i32);
+        assert_eq!(wire.steps[0].waiting_for, text);
+        assert_eq!(wire.steps[1].waiting_for, "");
+        // Without a reason (executors able to run it are only busy), empty.
+        let wire = job_to_wire(&status(&events), meta());
+        assert_eq!(wire.steps[0].waiting_for, "");
     }
 }

@@ -6,7 +6,7 @@ use crate::job::error::Error;
 use crate::job::events::{JobCreated, JobEvent, JobSubmitted};
 use crate::job::state::JobState;
 use crate::validation::Violations;
-use crate::workflow::standard_lora;
+use crate::workflow::standard_lora_with;
 
 /// Refuse when the operator closed the service or blocked the model.
 fn check_service(d: &Decision, model: &crate::ids::BaseModelId) -> Result<(), Error> {
@@ -111,7 +111,7 @@ pub(super) fn submit(d: &mut Decision, c: SubmitJob) -> Result<(), Error> {
                     );
                     Error::InvalidSpec(v)
                 })?;
-            standard_lora(model, spec.engine)
+            standard_lora_with(model, spec.engine, &d.services.template)
         }
     };
     workflow

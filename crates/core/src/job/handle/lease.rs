@@ -165,11 +165,19 @@ pub(super) fn expire_queued(d: &mut Decision, c: ExpireQueuedStep) -> Result<(),
     };
     match limit {
         Some(limit) if d.now >= queued_at + to_chrono(limit) => {
-            let message = format!(
-                "step {} waited longer than its schedule-to-start timeout of {}s for an executor",
-                c.step_id,
-                limit.as_secs()
-            );
+            let message = match &c.unservable {
+                // The reason names what is missing, as `waiting_for` did.
+                Some(u) => format!(
+                    "step {} was not started within its schedule-to-start timeout of {}s: {u}",
+                    c.step_id,
+                    limit.as_secs()
+                ),
+                None => format!(
+                    "step {} waited longer than its schedule-to-start timeout of {}s for an executor",
+                    c.step_id,
+                    limit.as_secs()
+                ),
+            };
             d.fail_job(FailureReason::ScheduleTimeout, message, Some(c.step_id));
             Ok(())
         }

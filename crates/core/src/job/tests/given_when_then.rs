@@ -680,6 +680,7 @@ fn a_step_waiting_past_schedule_to_start_fails_the_job() {
     let cmd = || {
         JobCommand::ExpireQueuedStep(ExpireQueuedStep {
             step_id: "validate".into(),
+            unservable: None,
         })
     };
     given(&d)
@@ -692,6 +693,40 @@ fn a_step_waiting_past_schedule_to_start_fails_the_job() {
     assert_eq!(
         d.job.failure().unwrap().reason,
         FailureReason::ScheduleTimeout
+    );
+}
+
+#[test]
+fn a_schedule_to_start_timeout_with_nothing_able_to_run_the_step_names_what_is_missing() {
+    let mut d = Driver::new();
+    let mut spec = sample_spec();
+    let mut wf = crate::workflow::standard_lora(
+        d.services.catalogue.base_model(&"sd15".into()).unwrap(),
+        crate::catalogue::Engine::Native,
+    );
+    wf.steps[0].timeouts.schedule_to_start = Some(std::time::Duration::from_secs(60));
+    spec.workflow = Some(wf);
+    d.create_with(spec).submit();
+    d.advance(Duration::seconds(61));
+    let unservable = crate::schedule::unservable(
+        &crate::workflow::StepKind::from(crate::workflow::StepKind::VALIDATE_DATASET),
+        &Default::default(),
+        None,
+        [],
+    );
+    d.exec(JobCommand::ExpireQueuedStep(ExpireQueuedStep {
+        step_id: "validate".into(),
+        unservable,
+    }))
+    .unwrap();
+    let failure = d.job.failure().unwrap();
+    assert_eq!(failure.reason, FailureReason::ScheduleTimeout);
+    assert!(
+        failure
+            .message
+            .contains("waiting for an executor with kind=validate_dataset; none connected"),
+        "{}",
+        failure.message
     );
 }
 

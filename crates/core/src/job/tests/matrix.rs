@@ -116,7 +116,10 @@ fn commands(job: &TrainingJob) -> Vec<JobCommand> {
         JobCommand::ExpireLease(ExpireLease {
             lease_id: lease.clone(),
         }),
-        JobCommand::ExpireQueuedStep(ExpireQueuedStep { step_id: step }),
+        JobCommand::ExpireQueuedStep(ExpireQueuedStep {
+            step_id: step,
+            unservable: None,
+        }),
         JobCommand::Approve(ApproveJob {
             epoch: 2,
             approved_by: "reviewer@acme".into(),

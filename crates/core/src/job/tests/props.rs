@@ -228,6 +228,7 @@ impl World {
             }
             Op::ExpireQueued { pick } => JobCommand::ExpireQueuedStep(ExpireQueuedStep {
                 step_id: self.queued_step(pick),
+                unservable: None,
             }),
             Op::Approve { epoch } => JobCommand::Approve(ApproveJob {
                 epoch,
