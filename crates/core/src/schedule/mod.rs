@@ -11,7 +11,7 @@ pub mod unservable;
 
 pub use policy::Action;
 pub use state::{LiveLease, QueuedStep, SchedulerState};
-pub use unservable::{Need, Unservable, unservable};
+pub use unservable::{Need, Unservable, unservable, unservable_job};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Engine, ModelFamily};
-use crate::executor::Capabilities;
+use crate::ids::BaseModelId;
+use crate::executor::{Capabilities, loads_base_model};
 use crate::workflow::{Requirements, StepKind};
 
 /// One thing a step needs from its executor.
@@ -31,6 +32,8 @@ pub enum Need {
     Label(String),
     /// Loads models of this family.
     Family(ModelFamily),
+    /// Has this base model installed for this engine (steps that load it).
+    Model(Engine, BaseModelId),
 }
 
 impl Need {
@@ -43,6 +46,7 @@ impl Need {
             Need::MinVramGb(min) => caps.vram_gb >= *min,
             Need::Label(l) => caps.labels.contains(l),
             Need::Family(f) => caps.model_families.is_empty() || caps.model_families.contains(f),
+            Need::Model(engine, model) => caps.has_model(*engine, model),
         }
     }
 }
@@ -56,6 +60,7 @@ impl fmt::Display for Need {
             Need::MinVramGb(gb) => write!(f, "min_vram_gb={gb}"),
             Need::Label(l) => write!(f, "label {l}"),
             Need::Family(m) => write!(f, "model family {m}"),
+            Need::Model(engine, model) => write!(f, "base model {model} installed for engine={engine}"),
         }
     }
 }
@@ -115,14 +120,29 @@ pub fn unservable<'a>(
     family: Option<ModelFamily>,
     connected: impl IntoIterator<Item = &'a Capabilities>,
 ) -> Option<Unservable> {
+    unservable_job(kind, requires, family, None, connected)
+}
+
+/// [`unservable`] for a job on `model` = (engine, base model): a step that
+/// loads the base model also needs an executor that has it installed.
+pub fn unservable_job<'a>(
+    kind: &StepKind,
+    requires: &Requirements,
+    family: Option<ModelFamily>,
+    model: Option<(Engine, &BaseModelId)>,
+    connected: impl IntoIterator<Item = &'a Capabilities>,
+) -> Option<Unservable> {
     let connected: Vec<&Capabilities> = connected.into_iter().collect();
     if connected
         .iter()
-        .any(|c| c.satisfies(kind, requires, family))
+        .any(|c| c.satisfies_job(kind, requires, family, model))
     {
         return None;
     }
-    let all = needs(kind, requires, family);
+    let mut all = needs(kind, requires, family);
+    if loads_base_model(kind) {
+        all.extend(model.map(|(engine, id)| Need::Model(engine, id.clone())));
+    }
     let missing: Vec<Need> = all
         .iter()
         .filter(|n| !connected.iter().any(|c| n.met_by(c)))
@@ -148,7 +168,13 @@ impl super::QueuedStep {
         &self,
         connected: impl IntoIterator<Item = &'a Capabilities>,
     ) -> Option<Unservable> {
-        unservable(&self.kind, &self.requires, self.family, connected)
+        unservable_job(
+            &self.kind,
+            &self.requires,
+            self.family,
+            self.model.as_ref().map(|(e, m)| (*e, m)),
+            connected,
+        )
     }
 }
 
@@ -280,6 +306,46 @@ mod tests {
                 Some(ModelFamily::Sdxl),
                 [&any]
             ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_step_that_loads_the_base_model_waits_for_a_worker_that_has_it() {
+        use crate::executor::InstalledModel;
+        let requires = train_on_gpu(Engine::Native);
+        let sd15 = BaseModelId::from("sd15");
+        let tiny_only = Capabilities {
+            base_models: [InstalledModel::new(Engine::Native, "tiny-sd")].into(),
+            ..caps(&["train", "sample"], &[Engine::Native], 24)
+        };
+        let u = unservable_job(
+            &train(),
+            &requires,
+            None,
+            Some((Engine::Native, &sd15)),
+            [&tiny_only],
+        )
+        .unwrap();
+        assert_eq!(
+            u.to_string(),
+            "waiting for an executor with base model sd15 installed for engine=native; none connected"
+        );
+        // The model it has is served.
+        assert_eq!(
+            unservable_job(
+                &train(),
+                &requires,
+                None,
+                Some((Engine::Native, &BaseModelId::from("tiny-sd"))),
+                [&tiny_only],
+            ),
+            None
+        );
+        // An executor that lists no models for the engine takes any.
+        let any = caps(&["train"], &[Engine::Native], 24);
+        assert_eq!(
+            unservable_job(&train(), &requires, None, Some((Engine::Native, &sd15)), [&any]),
             None
         );
     }
