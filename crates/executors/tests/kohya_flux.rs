@@ -137,7 +137,7 @@ async fn a_flux_model_without_its_text_encoders_is_refused_naming_them() {
     let err = trainer.run(&step, &ctx).await.unwrap_err();
     assert_eq!(err.kind, StepErrorKind::Unavailable);
     assert!(
-        err.message.contains("gives no clip_l, t5xxl"),
+        err.message.contains("give no clip_l, t5xxl"),
         "{}",
         err.message
     );

@@ -166,7 +166,7 @@ impl StepPlan {
     /// The epoch a saved step ends, if it ends one: ai-toolkit names the
     /// save after step `n` `<name>_<n:09>`.
     pub fn epoch_of_save(&self, step: u64) -> Option<u32> {
-        (step > 0 && step % self.steps_per_epoch == 0)
+        (step > 0 && step.is_multiple_of(self.steps_per_epoch))
             .then(|| u32::try_from(step / self.steps_per_epoch).ok())
             .flatten()
             .filter(|e| *e <= self.epochs)
