@@ -165,14 +165,6 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             Err(e) => refused.push(format!("{e} (configured in {})", path.display())),
         }
     }
-    for reason in &refused {
-        eprintln!("worker {id}: refused: {reason}");
-    }
-    if worker.is_empty() {
-        anyhow::bail!(
-            "worker {id} has nothing left to run: every engine it was given was refused (see above)"
-        );
-    }
     if let Some(path) = &args.ai_toolkit {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -180,9 +172,22 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             toml::from_str(&text).with_context(|| {
                 format!("{} is not a valid ai-toolkit configuration", path.display())
             })?;
-        worker = worker.with(Arc::new(loraflow::executors::AiToolkitTrainer::new(
-            options,
-        )?));
+        match loraflow::executors::aitoolkit::check_installation(&options) {
+            Ok(_) => {
+                worker = worker.with(Arc::new(loraflow::executors::AiToolkitTrainer::new(
+                    options,
+                )?));
+            }
+            Err(e) => refused.push(format!("{e} (configured in {})", path.display())),
+        }
+    }
+    for reason in &refused {
+        eprintln!("worker {id}: refused: {reason}");
+    }
+    if worker.is_empty() {
+        anyhow::bail!(
+            "worker {id} has nothing left to run: every engine it was given was refused (see above)"
+        );
     }
     let caps = worker.capabilities();
     eprintln!(
