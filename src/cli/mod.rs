@@ -5,6 +5,7 @@ pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod executors;
+pub mod model_check;
 pub mod models;
 pub mod native;
 pub mod output;

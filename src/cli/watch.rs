@@ -253,11 +253,16 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         loop {
             // A quiet stream while a step is queued: ask whether anything
             // able to run it is connected (`waiting_for` is no event).
-            let item = if renderer.has_queued() && !args.conn.json {
+            let queued = renderer.as_ref().is_some_and(Renderer::has_queued)
+                || lines
+                    .as_ref()
+                    .is_some_and(super::watch_lines::PlainLines::has_queued);
+            let item = if queued {
                 match tokio::time::timeout(WAITING_CHECK, stream.next()).await {
                     Ok(item) => item,
                     Err(_) => {
-                        show_waiting_for(&mut client, &args.job, &mut renderer).await;
+                        show_waiting_for(&mut client, &args.job, &mut renderer, &mut lines)
+                            .await?;
                         continue;
                     }
                 }
@@ -321,9 +326,14 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 /// watcher asks what the step waits for.
 const WAITING_CHECK: Duration = Duration::from_secs(5);
 
-/// Show each queued step's `waiting_for`. A failed read is left for the
-/// stream to report.
-async fn show_waiting_for(client: &mut super::client::Client, job: &str, renderer: &mut Renderer) {
+/// Show each queued step's `waiting_for`, as a bar's message or a plain
+/// line. A failed read is left for the stream to report.
+async fn show_waiting_for(
+    client: &mut super::client::Client,
+    job: &str,
+    renderer: &mut Option<Renderer>,
+    lines: &mut Option<super::watch_lines::PlainLines>,
+) -> anyhow::Result<()> {
     let Ok(j) = client
         .get_job(pb::GetJobRequest {
             job_id: job.to_owned(),
@@ -331,13 +341,24 @@ async fn show_waiting_for(client: &mut super::client::Client, job: &str, rendere
         })
         .await
     else {
-        return;
+        return Ok(());
     };
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for s in &j.into_inner().steps {
-        if s.status == pb::StepStatus::Queued as i32 {
-            renderer.waiting_for(&s.id, &s.waiting_for);
+        if s.status != pb::StepStatus::Queued as i32 {
+            continue;
+        }
+        if let Some(r) = renderer {
+            r.waiting_for(&s.id, &s.waiting_for);
+        }
+        if let Some(line) = lines
+            .as_mut()
+            .and_then(|l| l.waiting_for(&at, &s.id, &s.waiting_for))
+        {
+            out!("{line}")?;
         }
     }
+    Ok(())
 }
 
 fn outcome_of(e: &JobEvent) -> Option<Outcome> {

@@ -10,17 +10,55 @@ use loraflow::core::job::JobEvent;
 #[derive(Debug)]
 pub struct PlainLines {
     state: &'static str,
+    /// Steps queued now, with what they wait for as last printed.
+    queued: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for PlainLines {
     fn default() -> Self {
-        Self { state: "pending" }
+        Self {
+            state: "pending",
+            queued: Default::default(),
+        }
     }
 }
 
 impl PlainLines {
+    /// True while some step is queued: its `waiting_for` is worth a look.
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// The line to print for what queued `step` waits for (from `GetJob`),
+    /// when that changed.
+    pub fn waiting_for(&mut self, at: &str, step: &str, waiting_for: &str) -> Option<String> {
+        let shown = self.queued.get_mut(step)?;
+        if shown == waiting_for {
+            return None;
+        }
+        *shown = waiting_for.to_owned();
+        let what = if waiting_for.is_empty() {
+            "queued"
+        } else {
+            waiting_for
+        };
+        Some(format!("{at}  {:<10}  {step:<16}  {what}", self.state))
+    }
+
     /// The line for one event recorded at `at` (RFC 3339).
     pub fn line(&mut self, at: &str, event: &JobEvent) -> String {
+        match event {
+            JobEvent::StepQueued(e) => {
+                self.queued.insert(e.step_id.to_string(), String::new());
+            }
+            JobEvent::StepLeased(e) => {
+                self.queued.remove(e.step_id.as_str());
+            }
+            JobEvent::JobFailed(_) | JobEvent::JobCancelled(_) | JobEvent::JobRejected(_) => {
+                self.queued.clear();
+            }
+            _ => {}
+        }
         self.state = match (self.state, event) {
             (_, JobEvent::JobCreated(_)) => "pending",
             (_, JobEvent::JobSubmitted(_)) => "submitted",
