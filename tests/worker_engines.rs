@@ -29,6 +29,7 @@ fn scheduler() -> SchedulerConfig {
         heartbeat_interval: Duration::from_millis(200),
         poll_timeout: Duration::from_secs(1),
         progress_interval: Duration::from_millis(200),
+        ..SchedulerConfig::default()
     }
 }
 
