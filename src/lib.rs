@@ -9,6 +9,7 @@
 //! - `scheduler`: the scheduler runtime over the pure policy in `loraflow_core::schedule`.
 //! - [`error`]: the engine's error type.
 //! - [`tenancy`]: which URIs a tenant may name (its uploads, its allowed roots).
+//! - [`tls`]: the process's TLS crypto provider (ring).
 //! - [`grpc`]: the gRPC server over the engine.
 //! - [`transfer`]: files through the server (resumable, digest-checked
 //!   uploads and downloads, dataset uploads, publishing) for `ArtifactService`.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod grpc;
 mod scheduler;
 pub mod tenancy;
+pub mod tls;
 pub mod transfer;
 pub mod webhooks;
 

@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    loraflow::tls::use_ring();
     // The demo draws progress bars on stderr; routine logs would break them.
     init_logging(match cli.command {
         Command::Demo(_) => "warn,sqlx=warn",

@@ -472,7 +472,7 @@ async fn the_same_folder_submitted_twice_is_stored_once_and_a_refused_submit_upl
     assert!(out.status.success(), "{stderr}");
     let sha = LocalDataset::read(&folder).unwrap().manifest_sha256;
     let stored = h.artifacts.join("datasets/other").join(sha.to_string());
-    assert!(stderr.contains("uploaded 8 files"), "{stderr}");
+    assert!(stderr.contains("uploaded 8 of 8 files"), "{stderr}");
     assert_eq!(entries(&stored), 8);
     let after_first = entries(&h.artifacts);
 

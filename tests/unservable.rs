@@ -189,7 +189,10 @@ on_both_backends! {
         let Some(s) = TestServer::start(backend, ServerSetup::default()).await else { return };
         let mut c = s.client(Some("t-acme")).await;
         let head = s.engine.store().feed().head().await.unwrap();
-        for (model, engine) in [("sdxl", EngineKind::AiToolkit), ("flux-dev", EngineKind::AiToolkit)] {
+        // Every engine the catalogue names has an executor in this build
+        // (the narrowing itself is unit-tested in the catalogue), so the
+        // pairs refused here are those no model lists.
+        for (model, engine) in [("tiny-sd", EngineKind::Kohya), ("sd15", EngineKind::AiToolkit)] {
             let err = c
                 .create_job(create(spec_on(&s.dataset_uri, model, engine)))
                 .await
@@ -198,25 +201,24 @@ on_both_backends! {
             let v = violations(&err);
             assert_eq!(v.len(), 1, "{v:?}");
             assert!(v[0].0.ends_with("engine"), "{v:?}");
-            let text = &v[0].1;
-            assert!(text.contains(&format!("base model {model} with engine ai-toolkit is not offered")), "{text}");
-            assert!(text.contains("no executor for ai-toolkit"), "{text}");
-            assert!(text.contains("sd15 (native, kohya)") && text.contains("sdxl (kohya)"), "{text}");
+            assert!(v[0].1.contains(engine.as_str()), "{v:?}");
         }
         // Nothing was written: no event, no job.
         assert_eq!(s.engine.store().feed().head().await.unwrap(), head);
         let jobs = c.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner();
         assert!(jobs.jobs.is_empty(), "{:?}", jobs.jobs);
-        // The catalogue offers only what this build runs.
+        // The catalogue offers what this build runs: SDXL and FLUX.1 on
+        // kohya and ai-toolkit.
         let models = c
             .list_base_models(pb::ListBaseModelsRequest::default())
             .await
             .unwrap()
             .into_inner()
             .base_models;
-        assert!(!models.iter().any(|m| m.id == "flux-dev"), "{models:?}");
-        let sdxl = models.iter().find(|m| m.id == "sdxl").unwrap();
-        assert_eq!(sdxl.engines, ["kohya"]);
+        for id in ["sdxl", "flux-dev"] {
+            let m = models.iter().find(|m| m.id == id).unwrap();
+            assert_eq!(m.engines, ["kohya", "ai-toolkit"], "{m:?}");
+        }
         s.stop().await;
     }
 }

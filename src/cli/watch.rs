@@ -261,8 +261,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 match tokio::time::timeout(WAITING_CHECK, stream.next()).await {
                     Ok(item) => item,
                     Err(_) => {
-                        show_waiting_for(&mut client, &args.job, &mut renderer, &mut lines)
-                            .await?;
+                        show_waiting_for(&mut client, &args.job, &mut renderer, &mut lines).await?;
                         continue;
                     }
                 }

@@ -158,6 +158,7 @@ pub async fn serve(
                 source,
             })
         };
+        crate::tls::use_ring();
         let identity = Identity::from_pem(read("certificate", &tls.cert)?, read("key", &tls.key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }

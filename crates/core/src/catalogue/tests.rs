@@ -263,3 +263,58 @@ fn engine_names_parse() {
     assert_eq!("ai-toolkit".parse::<Engine>().unwrap(), Engine::AiToolkit);
     assert!("comfy".parse::<Engine>().is_err());
 }
+
+#[test]
+fn a_build_offers_only_the_engines_it_has_rules_for() {
+    use crate::job::{DatasetRef, JobSpec, Naming};
+    let c = builtin()
+        .with_engine_rules([EngineRules::new(Engine::Native)])
+        .unwrap();
+    // SDXL and FLUX.1 have no native engine: not offered at all.
+    assert!(c.base_model(&"sdxl".into()).is_none());
+    assert!(c.base_model(&"flux-dev".into()).is_none());
+    assert_eq!(model(&c, "sd15").engines, [Engine::Native]);
+    assert_eq!(
+        c.withheld[&BaseModelId::new("sdxl")],
+        [Engine::Kohya, Engine::AiToolkit]
+    );
+    let spec = |model: &str, engine: Engine| JobSpec {
+        tenant: "acme".into(),
+        base_model: model.into(),
+        engine,
+        profile: None,
+        params: Default::default(),
+        dataset: DatasetRef {
+            uri: "file:///a/".into(),
+            sha256: None,
+        },
+        sample_prompts: vec!["a corgi".into()],
+        priority: 0,
+        naming: Naming {
+            subject: "corgi".into(),
+            version: "v1".into(),
+        },
+        labels: Default::default(),
+        workflow: None,
+        webhooks: vec![],
+    };
+    for (m, e) in [("sdxl", Engine::Kohya), ("sd15", Engine::Kohya)] {
+        let v = spec(m, e).validate(&c).unwrap_err();
+        let f: Vec<_> = v.iter().collect();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].field, "engine");
+        assert!(
+            f[0].description.contains(&format!(
+                "base model {m} with engine kohya is not offered: this build has no executor for kohya"
+            )),
+            "{}",
+            f[0].description
+        );
+        assert!(
+            f[0].description.contains("sd15 (native)"),
+            "{}",
+            f[0].description
+        );
+    }
+    assert!(spec("sd15", Engine::Native).validate(&c).is_ok());
+}

@@ -12,8 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Engine, ModelFamily};
-use crate::ids::BaseModelId;
 use crate::executor::{Capabilities, loads_base_model};
+use crate::ids::BaseModelId;
 use crate::workflow::{Requirements, StepKind};
 
 /// One thing a step needs from its executor.
@@ -60,7 +60,9 @@ impl fmt::Display for Need {
             Need::MinVramGb(gb) => write!(f, "min_vram_gb={gb}"),
             Need::Label(l) => write!(f, "label {l}"),
             Need::Family(m) => write!(f, "model family {m}"),
-            Need::Model(engine, model) => write!(f, "base model {model} installed for engine={engine}"),
+            Need::Model(engine, model) => {
+                write!(f, "base model {model} installed for engine={engine}")
+            }
         }
     }
 }
@@ -345,7 +347,13 @@ mod tests {
         // An executor that lists no models for the engine takes any.
         let any = caps(&["train"], &[Engine::Native], 24);
         assert_eq!(
-            unservable_job(&train(), &requires, None, Some((Engine::Native, &sd15)), [&any]),
+            unservable_job(
+                &train(),
+                &requires,
+                None,
+                Some((Engine::Native, &sd15)),
+                [&any]
+            ),
             None
         );
     }
