@@ -5,7 +5,6 @@
 
 #![cfg(feature = "s3")]
 
-#[allow(dead_code)]
 #[path = "../crates/executors/tests/support/s3_server.rs"]
 mod s3_server;
 
@@ -64,13 +63,14 @@ async fn the_engine_refuses_to_start_on_a_missing_bucket() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let err = Engine::builder()
+    let Err(err) = Engine::builder()
         .config(&config(&server, "no-such-bucket"))
         .store(format!("sqlite://{}", tmp.path().join("db").display()))
         .build()
         .await
-        .err()
-        .expect("a missing bucket stops the start");
+    else {
+        panic!("a missing bucket stops the start");
+    };
     let text = err.to_string();
     assert!(
         text.contains("bucket \"no-such-bucket\" does not exist"),
