@@ -30,6 +30,11 @@ fn json(e: &pb::ExecutorInfo) -> serde_json::Value {
         .iter()
         .map(|l| serde_json::json!({"job_id": l.job_id, "step_id": l.step_id}))
         .collect();
+    let base_models: Vec<_> = caps
+        .base_models
+        .iter()
+        .map(|m| serde_json::json!({"engine": m.engine, "model": m.model}))
+        .collect();
     serde_json::json!({
         "executor_id": e.executor_id,
         "instance_id": e.instance_id,
@@ -42,6 +47,7 @@ fn json(e: &pb::ExecutorInfo) -> serde_json::Value {
         "slots": caps.max_concurrent_steps,
         "slots_used": e.leases.len() as u32 + e.other_tenants_leases,
         "labels": caps.labels,
+        "base_models": base_models,
         "register_time": rfc3339(e.register_time.as_ref()),
         "last_seen_time": rfc3339(e.last_seen_time.as_ref()),
         "leases": leases,
