@@ -78,6 +78,7 @@ impl Executor for SavesOnRequest {
                 lora: Some(lora),
                 samples: vec![],
                 loss: Some(0.25),
+                ..Default::default()
             }],
             ..Default::default()
         })

@@ -127,6 +127,7 @@ impl Executor for FileTrainer {
                 lora: Some(lora),
                 samples: vec![],
                 loss: Some(0.5 / e as f64),
+                ..Default::default()
             });
         }
         Ok(StepOutput {
@@ -168,6 +169,7 @@ impl Executor for FileSampler {
                 lora: None,
                 samples: vec![sample],
                 loss: None,
+                ..Default::default()
             });
         }
         Ok(StepOutput {

@@ -63,6 +63,7 @@ impl Executor for Noop {
                 }),
                 samples: vec![],
                 loss: Some(0.1),
+                ..Default::default()
             }]
         } else {
             vec![]

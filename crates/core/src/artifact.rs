@@ -62,8 +62,9 @@ pub struct Artifact {
     pub epoch: Option<u32>,
 }
 
-/// What a training run produced at one saved epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a training run produced at one saved epoch (or at one `save-now`
+/// request, which `step` then identifies).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochOutput {
     pub epoch: u32,
     /// The LoRA saved at this epoch (absent when a sample step reports samples only).
@@ -74,4 +75,40 @@ pub struct EpochOutput {
     /// Mean training loss over the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Loss on held-out images with fixed noise and timesteps per image, so
+    /// that epochs compare on the same draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    /// The optimisation step at which the LoRA was saved; set for every save,
+    /// and the only identifier of a `save-now` LoRA between epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+}
+
+impl EpochOutput {
+    /// An empty record for `epoch`, to be filled by [`EpochOutput::absorb`].
+    pub fn new(epoch: u32) -> Self {
+        Self {
+            epoch,
+            ..Self::default()
+        }
+    }
+
+    /// Folds a later report about the same epoch into this one: what the
+    /// later report says wins, samples add up.
+    pub fn absorb(&mut self, later: EpochOutput) {
+        if later.lora.is_some() {
+            self.lora = later.lora;
+        }
+        if later.loss.is_some() {
+            self.loss = later.loss;
+        }
+        if later.validation_loss.is_some() {
+            self.validation_loss = later.validation_loss;
+        }
+        if later.step.is_some() {
+            self.step = later.step;
+        }
+        self.samples.extend(later.samples);
+    }
 }

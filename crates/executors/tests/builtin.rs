@@ -298,12 +298,14 @@ async fn publish_copies_the_approved_epoch_and_verifies_it() {
             lora: Some(lora_artifact(&env, 1, b"weights-1").await),
             samples: vec![],
             loss: None,
+            ..Default::default()
         },
         EpochOutput {
             epoch: 2,
             lora: Some(lora_artifact(&env, 2, b"weights-2").await),
             samples: vec![],
             loss: None,
+            ..Default::default()
         },
     ];
     step.approved_epoch = Some(2);

@@ -376,19 +376,10 @@ impl Aggregate for TrainingJob {
                 rec.artifacts = e.artifacts;
                 rec.outputs = e.outputs;
                 for out in e.epochs {
-                    let slot = self.epochs.entry(out.epoch).or_insert_with(|| EpochOutput {
-                        epoch: out.epoch,
-                        lora: None,
-                        samples: Vec::new(),
-                        loss: None,
-                    });
-                    if out.lora.is_some() {
-                        slot.lora = out.lora;
-                    }
-                    if out.loss.is_some() {
-                        slot.loss = out.loss;
-                    }
-                    slot.samples.extend(out.samples);
+                    self.epochs
+                        .entry(out.epoch)
+                        .or_insert_with(|| EpochOutput::new(out.epoch))
+                        .absorb(out);
                 }
             }
             JobEvent::StepFailed(e) => {

@@ -85,6 +85,7 @@ pub fn outputs_for(kind: &StepKind, lease: LeaseId) -> CompleteStep {
                     )),
                     samples: vec![],
                     loss: Some(0.2 / e as f64),
+                    ..Default::default()
                 })
                 .collect()
         }
@@ -99,6 +100,7 @@ pub fn outputs_for(kind: &StepKind, lease: LeaseId) -> CompleteStep {
                         Some(e),
                     )],
                     loss: None,
+                    ..Default::default()
                 })
                 .collect()
         }

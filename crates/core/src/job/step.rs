@@ -23,6 +23,9 @@ pub struct StepProgress {
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_sec: Option<f64>,
+    /// Loss on held-out images at the last saved epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -35,6 +38,9 @@ impl StepProgress {
         }
         if let Some(loss) = self.loss.filter(|l| !l.is_finite()) {
             return Some(format!("loss {loss} is not a finite number"));
+        }
+        if let Some(l) = self.validation_loss.filter(|l| !l.is_finite() || *l < 0.0) {
+            return Some(format!("validation_loss {l} must be a non-negative number"));
         }
         if let Some(s) = self.samples_per_sec.filter(|s| !s.is_finite() || *s < 0.0) {
             return Some(format!("samples_per_sec {s} must be a non-negative number"));

@@ -211,19 +211,10 @@ impl JobStatus {
                 }
                 self.artifacts.extend(e.artifacts.iter().cloned());
                 for out in &e.epochs {
-                    let slot = self.epochs.entry(out.epoch).or_insert_with(|| EpochOutput {
-                        epoch: out.epoch,
-                        lora: None,
-                        samples: Vec::new(),
-                        loss: None,
-                    });
-                    if out.lora.is_some() {
-                        slot.lora = out.lora.clone();
-                    }
-                    if out.loss.is_some() {
-                        slot.loss = out.loss;
-                    }
-                    slot.samples.extend(out.samples.iter().cloned());
+                    self.epochs
+                        .entry(out.epoch)
+                        .or_insert_with(|| EpochOutput::new(out.epoch))
+                        .absorb(out.clone());
                 }
                 // The last epoch training produced is where training ended.
                 if let Some(last) = e

@@ -299,6 +299,7 @@ impl AiToolkitTrainer {
                 lora: Some(lora),
                 samples: epoch_samples,
                 loss: tracker.epoch_loss(saved.epoch),
+                ..Default::default()
             });
         }
         // The config goes beside the weights, so a run can be reproduced.

@@ -185,6 +185,7 @@ impl ProgressTracker {
                 .and_then(|s| s.steps_per_sec)
                 .map(|r| r * f64::from(self.samples_per_step)),
             message: Some(message.to_owned()),
+            ..Default::default()
         }
     }
 

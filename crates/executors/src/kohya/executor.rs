@@ -266,6 +266,7 @@ impl KohyaTrainer {
                 lora: Some(lora),
                 samples: epoch_samples,
                 loss: tracker.epoch_loss(saved.epoch),
+                ..Default::default()
             });
         }
         // The configs go beside the weights, so a run can be reproduced.

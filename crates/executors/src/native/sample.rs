@@ -200,6 +200,7 @@ impl NativeSampler {
                     lora: None,
                     samples: vec![artifact],
                     loss: None,
+                    ..Default::default()
                 }),
             }
         }

@@ -76,6 +76,7 @@ fn progress(event: &ProgressEvent) -> Option<StepProgress> {
                 p.samples_per_sec,
                 p.eta.as_secs()
             )),
+            ..Default::default()
         },
         _ => return None,
     })
@@ -322,6 +323,7 @@ impl NativeTrainer {
                         lora: Some(lora),
                         samples: Vec::new(),
                         loss: Some(epoch_loss(epoch, f32::NAN) as f64).filter(|l| l.is_finite()),
+                        ..Default::default()
                     });
                 }
             }
@@ -338,6 +340,7 @@ impl NativeTrainer {
                 lora: Some(lora),
                 samples: Vec::new(),
                 loss: loss.is_finite().then_some(loss),
+                ..Default::default()
             });
         }
         for batch in &output.samples {

@@ -91,6 +91,8 @@ impl From<EpochOutput> for pb::EpochOutput {
             lora: e.lora.map(Into::into),
             samples: e.samples.into_iter().map(Into::into).collect(),
             loss: e.loss,
+            validation_loss: e.validation_loss,
+            step: e.step,
         }
     }
 }
@@ -108,6 +110,12 @@ impl TryFrom<pb::EpochOutput> for EpochOutput {
         if let Some(loss) = e.loss.filter(|l| !l.is_finite()) {
             f.push("loss", format!("loss {loss} is not a finite number"));
         }
+        if let Some(l) = e.validation_loss.filter(|l| !l.is_finite() || *l < 0.0) {
+            f.push(
+                "validation_loss",
+                format!("validation_loss {l} must be a non-negative number"),
+            );
+        }
         let Some(lora) = lora else {
             return Err(f.into_violations());
         };
@@ -116,6 +124,8 @@ impl TryFrom<pb::EpochOutput> for EpochOutput {
             lora,
             samples,
             loss: e.loss,
+            validation_loss: e.validation_loss,
+            step: e.step,
         })
     }
 }
@@ -204,6 +214,7 @@ mod tests {
                 bad,
             ],
             loss: Some(f64::NAN),
+            ..Default::default()
         };
         let err = EpochOutput::try_from(wire).unwrap_err();
         let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();

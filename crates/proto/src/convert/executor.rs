@@ -198,6 +198,7 @@ mod tests {
                 lora: Some(bad),
                 samples: vec![],
                 loss: None,
+                ..Default::default()
             }],
         };
         let err = req.into_command().unwrap_err();

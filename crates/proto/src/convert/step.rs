@@ -24,6 +24,7 @@ impl From<StepProgress> for pb::StepProgress {
             loss: p.loss,
             samples_per_sec: p.samples_per_sec,
             message: p.message.unwrap_or_default(),
+            validation_loss: p.validation_loss,
         }
     }
 }
@@ -39,6 +40,7 @@ impl From<pb::StepProgress> for StepProgress {
             total_steps: p.total_steps,
             loss: p.loss,
             samples_per_sec: p.samples_per_sec,
+            validation_loss: p.validation_loss,
             message: (!p.message.is_empty()).then_some(p.message),
         }
     }
@@ -104,6 +106,7 @@ mod tests {
             loss: Some(0.118),
             samples_per_sec: Some(3.25),
             message: Some("caching latents".into()),
+            validation_loss: Some(0.131),
         };
         for p in [full, StepProgress::default()] {
             assert_eq!(StepProgress::from(pb::StepProgress::from(p.clone())), p);
