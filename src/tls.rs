@@ -1,7 +1,7 @@
-//! The process's TLS crypto provider. Two rustls providers are compiled in
-//! (ring, which tonic and the webhook client use, and aws-lc-rs, which the
-//! S3 client brings), so rustls cannot choose one by itself and panics at
-//! the first TLS handshake. loraflow picks ring, as tonic does.
+//! The process's TLS crypto provider. loraflow builds rustls with ring only
+//! (tonic, the webhook client and the S3 client share it), but a program
+//! that embeds loraflow may compile in a second provider, and then rustls
+//! cannot choose by itself and panics at the first TLS handshake.
 
 /// Make ring the process-wide rustls provider, unless the program
 /// embedding loraflow installed one already (that one stays).

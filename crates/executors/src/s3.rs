@@ -141,6 +141,9 @@ pub(crate) fn open(
 ) -> Result<std::sync::Arc<object_store::aws::AmazonS3>, ArtifactError> {
     use object_store::aws::AmazonS3Builder;
 
+    // The client's TLS runs on the process's rustls provider; ring is the
+    // only one compiled in. A provider the embedding program installed stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint);
