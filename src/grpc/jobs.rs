@@ -420,17 +420,38 @@ impl JobService for Jobs {
         req: Request<pb::ListBaseModelsRequest>,
     ) -> Result<Response<pb::ListBaseModelsResponse>, Status> {
         let tenant = self.auth.tenant(&req)?;
-        let _span = span_tenant("ListBaseModels", &tenant).entered();
-        let base_models: Vec<pb::BaseModel> = self
-            .engine
-            .catalogue()
-            .base_models
-            .iter()
-            .cloned()
-            .map(Into::into)
-            .collect();
-        tracing::debug!(count = base_models.len(), "base models listed");
-        Ok(Response::new(pb::ListBaseModelsResponse { base_models }))
+        super::models::list(&self.engine, &tenant)
+            .instrument(span_tenant("ListBaseModels", &tenant))
+            .await
+            .map(Response::new)
+    }
+
+    async fn register_base_model(
+        &self,
+        req: Request<pb::RegisterBaseModelRequest>,
+    ) -> Result<Response<pb::BaseModel>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let span = tracing::info_span!(
+            "grpc",
+            method = "RegisterBaseModel",
+            %tenant,
+            name = req.get_ref().name.as_str()
+        );
+        super::models::register(&self.engine, &tenant, req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_base_model(
+        &self,
+        req: Request<pb::DeleteBaseModelRequest>,
+    ) -> Result<Response<pb::DeleteBaseModelResponse>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        super::models::delete(&self.engine, &tenant, req.get_ref())
+            .instrument(span_tenant("DeleteBaseModel", &tenant))
+            .await
+            .map(Response::new)
     }
 
     async fn get_parameter_schema(

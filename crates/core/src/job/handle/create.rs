@@ -37,7 +37,15 @@ pub(super) fn create(d: &mut Decision, c: CreateJob) -> Result<(), Error> {
     }
     check_service(d, &c.spec.base_model)?;
     let mut violations = d.services.limits.check_spec(&c.spec);
-    let params = c.spec.validate(&d.services.catalogue).map_err(|v| {
+    // A name the catalogue does not have may be one the tenant registered.
+    let custom = match d.services.catalogue.base_model(&c.spec.base_model) {
+        Some(_) => None,
+        None => d
+            .services
+            .custom_models
+            .get(&c.spec.tenant, &c.spec.base_model),
+    };
+    let params = c.spec.validate(&d.services.catalogue, custom.as_ref()).map_err(|v| {
         violations.extend(v);
     });
     if let Some(wf) = &c.spec.workflow
@@ -57,6 +65,7 @@ pub(super) fn create(d: &mut Decision, c: CreateJob) -> Result<(), Error> {
         spec: c.spec,
         params,
         created_at: d.now,
+        custom_model: custom,
     }));
     Ok(())
 }
@@ -97,9 +106,8 @@ pub(super) fn submit(d: &mut Decision, c: SubmitJob) -> Result<(), Error> {
         Some(w) => w,
         None => {
             let model = d
-                .services
-                .catalogue
-                .base_model(&spec.base_model)
+                .job
+                .base_model(&d.services.catalogue)
                 .ok_or_else(|| {
                     let mut v = Violations::default();
                     v.push(
@@ -111,7 +119,7 @@ pub(super) fn submit(d: &mut Decision, c: SubmitJob) -> Result<(), Error> {
                     );
                     Error::InvalidSpec(v)
                 })?;
-            standard_lora_with(model, spec.engine, &d.services.template)
+            standard_lora_with(&model, spec.engine, &d.services.template)
         }
     };
     workflow
