@@ -460,6 +460,18 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::GetParameterSchemaResponse>, Status> {
         let tenant = self.auth.tenant(&req)?;
         let r = req.get_ref();
+        // A model the catalogue does not have may be one the tenant registered.
+        let own = match r.parse() {
+            Ok((model, _)) if self.engine.catalogue().base_model(&model).is_none() => self
+                .engine
+                .base_models_of(&tenant)
+                .await
+                .map_err(|e| to_status(e, None))?
+                .into_iter()
+                .find(|m| m.name == model)
+                .map(|m| m.as_base_model()),
+            _ => None,
+        };
         let _span = tracing::info_span!(
             "grpc",
             method = "GetParameterSchema",
@@ -472,11 +484,11 @@ impl JobService for Jobs {
         let catalogue = self.engine.catalogue();
         // An unknown model is a resource that does not exist; a known one the
         // engine cannot train is a bad combination of arguments.
-        let Some(m) = catalogue.base_model(&model) else {
+        let Some(m) = catalogue.base_model(&model).or(own.as_ref()) else {
             return Err(with_reason(
                 Code::NotFound,
                 format!(
-                    "base model {:?} is not in the catalogue; see ListBaseModels",
+                    "base model {:?} is neither in the catalogue nor registered by tenant {tenant}; see ListBaseModels",
                     model.as_str()
                 ),
                 "BASE_MODEL_NOT_FOUND",
