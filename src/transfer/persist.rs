@@ -114,7 +114,7 @@ impl Transfers {
         let staging = &self.inner.staging;
         let staged = staging.join(id);
         let ttl = self.limits().session_ttl;
-        let Some(record) = read::<UploadRecord>(&upload_record(staging, id), Some(&staged), ttl).await
+        let Some(record) = read::<UploadRecord>(&upload_record(staging, id), Some(staged.as_path()), ttl).await
         else {
             return Ok(());
         };

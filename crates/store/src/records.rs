@@ -209,7 +209,7 @@ impl Records {
             Backend::Memory(..) => unreachable!(),
         };
         rows.into_iter()
-            .map(|(tenant, name, payload)| {
+            .map(|(tenant, name, payload)| -> Result<Record> {
                 Ok(Record {
                     tenant,
                     name,

@@ -63,7 +63,7 @@ impl From<CustomModel> for pb::BaseModel {
         Self {
             uri,
             evidence,
-            ..m.as_base_model().into()
+            ..pb::BaseModel::from(m.as_base_model())
         }
     }
 }

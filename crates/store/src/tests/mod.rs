@@ -5,6 +5,7 @@
 mod behaviour;
 mod cancelled;
 mod gap_free;
+mod records;
 mod job_list;
 mod restart;
 mod support;

@@ -25,7 +25,7 @@ fn model() -> CustomModel {
         min_vram_gb: 0,
         pixel_multiple: Some(16),
         evidence: "unet/config.json cross_attention_dim 32".into(),
-        registered_at: DateTime::UNIX_EPOCH,
+        registered_at: DateTime::<chrono::Utc>::UNIX_EPOCH,
     }
 }
 
