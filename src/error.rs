@@ -66,7 +66,9 @@ pub enum Error {
 
     /// The tenant already registered a base model of that name; delete it
     /// first or choose another name. `ALREADY_EXISTS`.
-    #[error("tenant {tenant} already registered a base model {name:?}; delete it first (`loraflow models delete {name}`) or choose another name")]
+    #[error(
+        "tenant {tenant} already registered a base model {name:?}; delete it first (`loraflow models delete {name}`) or choose another name"
+    )]
     ModelExists { tenant: String, name: String },
 
     /// The engine is shutting down. `UNAVAILABLE`.

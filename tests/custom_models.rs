@@ -90,7 +90,13 @@ fn start_server(dir: &Path, studio: &Path) -> (Proc, SocketAddr) {
     .unwrap();
     let log = dir.join("server.log");
     let mut child = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", "loraflow.toml"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "loraflow.toml",
+        ])
         .args(["--store", "sqlite://lf.db"])
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -283,7 +289,11 @@ fn a_registered_model_is_checked_kept_private_and_trained() {
         &["models", "register", "broken", &not_model],
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a diffusers folder"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a diffusers folder"),
+        "{}",
+        stderr(&out)
+    );
     // A catalogue id and a taken name: refused.
     for name in ["tiny-sd", "studio-sd"] {
         let out = cli(
@@ -326,7 +336,12 @@ fn a_registered_model_is_checked_kept_private_and_trained() {
     let job = json(&cli(&client_dir, addr, "t-acme", &submit));
     let id = job["job_id"].as_str().unwrap().to_owned();
     wait_state(&client_dir, addr, &id, "inreview");
-    let approved = cli(&client_dir, addr, "t-acme", &["approve", &id, "--epoch", "1"]);
+    let approved = cli(
+        &client_dir,
+        addr,
+        "t-acme",
+        &["approve", &id, "--epoch", "1"],
+    );
     assert!(approved.status.success(), "{}", stderr(&approved));
     wait_state(&client_dir, addr, &id, "published");
     // The worker fetched the model into its attempt's folder.
@@ -344,6 +359,11 @@ fn a_registered_model_is_checked_kept_private_and_trained() {
     assert!(registered(&client_dir, addr, "t-acme").is_empty());
     let out = cli(&client_dir, addr, "t-acme", &submit);
     assert!(!out.status.success());
-    let status = json(&cli(&client_dir, addr, "t-acme", &["status", &id, "--json"]));
+    let status = json(&cli(
+        &client_dir,
+        addr,
+        "t-acme",
+        &["status", &id, "--json"],
+    ));
     assert_eq!(status["base_model"], "studio-sd", "{status:#}");
 }

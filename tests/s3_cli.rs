@@ -20,7 +20,12 @@ fn worker(args: &[&str], envs: &[(&str, &str)], dir: &std::path::Path) -> (Optio
     let log = dir.join(format!("worker-{}.log", rand::random::<u32>()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loraflow"));
     cmd.args(["worker", "--id", "gpu-1", "--token", "e-gpu-1"])
-        .args(["--kinds", "validate_dataset", "--server", "http://127.0.0.1:9"])
+        .args([
+            "--kinds",
+            "validate_dataset",
+            "--server",
+            "http://127.0.0.1:9",
+        ])
         .args(args)
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -44,7 +49,10 @@ fn worker(args: &[&str], envs: &[(&str, &str)], dir: &std::path::Path) -> (Optio
             let out = child.wait_with_output().unwrap();
             return (Some(out), std::fs::read_to_string(&log).unwrap_or_default());
         }
-        assert!(Instant::now() < deadline, "the worker neither served nor stopped: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "the worker neither served nor stopped: {text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -144,6 +144,9 @@ async fn an_upload_resumes_from_its_committed_offset_after_a_server_restart() {
         .to_file_path()
         .unwrap()
         .join("big.bin");
-    assert_eq!(Sha256::of(&std::fs::read(&stored).unwrap()), Sha256::of(&data));
+    assert_eq!(
+        Sha256::of(&std::fs::read(&stored).unwrap()),
+        Sha256::of(&data)
+    );
     server.stop().await;
 }

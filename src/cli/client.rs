@@ -301,15 +301,14 @@ impl SubmitArgs {
         }
         let mut prompts = f.sample_prompts;
         prompts.extend(self.prompts.iter().cloned());
-        let (dataset_uri, upload) =
-            super::upload::dataset_ref(
-                client,
-                &dataset,
-                self.artifacts.as_deref(),
-                &self.s3,
-                &self.conn,
-            )
-            .await?;
+        let (dataset_uri, upload) = super::upload::dataset_ref(
+            client,
+            &dataset,
+            self.artifacts.as_deref(),
+            &self.s3,
+            &self.conn,
+        )
+        .await?;
         let spec = JobSpec {
             tenant: "from-token".into(),
             base_model: base_model.into(),

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use loraflow_core::catalogue::custom::{
     MAX_LABEL_CHARS, MAX_MODELS_PER_TENANT, MAX_NAME_CHARS, MAX_URI_BYTES,
 };
-use loraflow_core::clock::Clock;
 use loraflow_core::catalogue::{CustomModel, Engine as EngineKind, ModelFamily};
 use loraflow_core::ids::{BaseModelId, TenantId};
 use loraflow_core::limits::quote;
@@ -102,9 +101,8 @@ impl Engine {
         if uri.starts_with('/') {
             return Ok(PathBuf::from(uri));
         }
-        let url = url::Url::parse(uri).map_err(|e| {
-            invalid("uri", format!("{} is not a URI ({e})", quote(uri)))
-        })?;
+        let url = url::Url::parse(uri)
+            .map_err(|e| invalid("uri", format!("{} is not a URI ({e})", quote(uri))))?;
         if url.scheme() != "file" {
             return Err(invalid(
                 "uri",
@@ -133,7 +131,10 @@ impl Engine {
             v.push("name", problem);
         }
         if request.uri.is_empty() {
-            v.push("uri", "required: a diffusers folder under your uploads or allowed roots");
+            v.push(
+                "uri",
+                "required: a diffusers folder under your uploads or allowed roots",
+            );
         } else if request.uri.len() > MAX_URI_BYTES {
             v.push(
                 "uri",
@@ -187,7 +188,12 @@ impl Engine {
         // A path is kept as the URI the worker fetches.
         let uri = if request.uri.starts_with('/') {
             let mut u = url::Url::from_directory_path(&path)
-                .map_err(|()| invalid("uri", format!("{} is not an absolute path", quote(&request.uri))))?
+                .map_err(|()| {
+                    invalid(
+                        "uri",
+                        format!("{} is not an absolute path", quote(&request.uri)),
+                    )
+                })?
                 .to_string();
             if !request.uri.ends_with('/') {
                 u.pop();
@@ -246,8 +252,7 @@ impl Engine {
                 ),
             ));
         }
-        let pixel_multiple =
-            pixel_multiple(&path).filter(|&p| p != report.family.pixel_multiple());
+        let pixel_multiple = pixel_multiple(&path).filter(|&p| p != report.family.pixel_multiple());
         let model = CustomModel {
             name: BaseModelId::from(request.name.as_str()),
             uri,
@@ -325,7 +330,11 @@ impl Engine {
 
     /// The registered model a spec names must still be under the tenant's
     /// roots (the operator may have narrowed them since it was registered).
-    pub(crate) fn check_model_uri(&self, tenant: &TenantId, base_model: &BaseModelId) -> Result<()> {
+    pub(crate) fn check_model_uri(
+        &self,
+        tenant: &TenantId,
+        base_model: &BaseModelId,
+    ) -> Result<()> {
         let Some(model) = self.services().custom_models.get(tenant, base_model) else {
             return Ok(());
         };

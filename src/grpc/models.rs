@@ -65,8 +65,7 @@ pub(super) async fn register(
     tenant: &TenantId,
     r: pb::RegisterBaseModelRequest,
 ) -> Result<pb::BaseModel, Status> {
-    let request =
-        parse(r).map_err(|v| to_status(crate::Error::InvalidArgument(v), None))?;
+    let request = parse(r).map_err(|v| to_status(crate::Error::InvalidArgument(v), None))?;
     let model = engine
         .register_base_model(tenant, request)
         .await

@@ -186,9 +186,10 @@ fn new_id() -> String {
 
 impl Transfers {
     pub fn new(engine: Engine, options: TransferOptions) -> Self {
-        let staging = options.staging_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join("loraflow-uploads")
-        });
+        let staging = options
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("loraflow-uploads"));
         Self {
             inner: Arc::new(Inner {
                 engine,
@@ -329,7 +330,9 @@ impl Transfers {
             size,
             sha256: sha256.clone(),
         };
-        if let Err(e) = persist::write(&persist::upload_record(&self.inner.staging, &id), &record).await {
+        if let Err(e) =
+            persist::write(&persist::upload_record(&self.inner.staging, &id), &record).await
+        {
             let _ = tokio::fs::remove_file(&staged).await;
             return Err(e);
         }

@@ -51,7 +51,10 @@ pub(super) struct DatasetRecord {
 /// Ids this server makes: 32 lower-case hex digits. Anything else names no
 /// record (and never a path outside the staging folder).
 fn plain_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub(super) fn upload_record(staging: &Path, id: &str) -> PathBuf {
@@ -114,7 +117,8 @@ impl Transfers {
         let staging = &self.inner.staging;
         let staged = staging.join(id);
         let ttl = self.limits().session_ttl;
-        let Some(record) = read::<UploadRecord>(&upload_record(staging, id), Some(staged.as_path()), ttl).await
+        let Some(record) =
+            read::<UploadRecord>(&upload_record(staging, id), Some(staged.as_path()), ttl).await
         else {
             return Ok(());
         };
@@ -152,7 +156,11 @@ impl Transfers {
             .open(&staged)
             .await
             .map_err(storage)?;
-        tracing::info!(upload = id, committed, "an upload session resumes after a restart");
+        tracing::info!(
+            upload = id,
+            committed,
+            "an upload session resumes after a restart"
+        );
         let session = Session {
             owner: record.owner.clone(),
             target: record.target,
@@ -215,7 +223,11 @@ impl Transfers {
             })
             .cloned()
             .collect();
-        tracing::info!(dataset_upload = id, stored = stored.len(), "a dataset upload resumes after a restart");
+        tracing::info!(
+            dataset_upload = id,
+            stored = stored.len(),
+            "a dataset upload resumes after a restart"
+        );
         self.inner
             .datasets
             .lock()
@@ -233,7 +245,13 @@ mod tests {
     #[test]
     fn only_ids_the_server_makes_name_a_record() {
         assert!(plain_id(&super::super::new_id()));
-        for bad in ["", "../x", "ABCDEF0123456789abcdef0123456789", "a/b", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "../x",
+            "ABCDEF0123456789abcdef0123456789",
+            "a/b",
+            &"a".repeat(33),
+        ] {
             assert!(!plain_id(bad), "{bad:?}");
         }
     }

@@ -97,7 +97,13 @@ fn key(kind: &str, tenant: &str, name: &str) -> (String, String, String) {
 impl Records {
     /// Store `value` under `(kind, tenant, name)` unless a record is there
     /// already; `false` (and nothing written) when one is.
-    pub async fn insert(&self, kind: &str, tenant: &str, name: &str, value: &Value) -> Result<bool> {
+    pub async fn insert(
+        &self,
+        kind: &str,
+        tenant: &str,
+        name: &str,
+        value: &Value,
+    ) -> Result<bool> {
         if let Backend::Memory(..) = self.backend {
             let mut rows = self.memory.rows();
             let k = key(kind, tenant, name);
@@ -133,7 +139,9 @@ impl Records {
     /// Store `value` under `(kind, tenant, name)`, replacing what was there.
     pub async fn put(&self, kind: &str, tenant: &str, name: &str, value: &Value) -> Result<()> {
         if let Backend::Memory(..) = self.backend {
-            self.memory.rows().insert(key(kind, tenant, name), value.clone());
+            self.memory
+                .rows()
+                .insert(key(kind, tenant, name), value.clone());
             return Ok(());
         }
         let payload = serde_json::to_string(value)?;
@@ -205,7 +213,12 @@ impl Records {
         }
         let rows: Vec<(String, String, String)> = match &self.backend {
             Backend::Sqlite(p) => sqlx::query_as(SQLITE.list).bind(kind).fetch_all(p).await?,
-            Backend::Postgres(p) => sqlx::query_as(POSTGRES.list).bind(kind).fetch_all(p).await?,
+            Backend::Postgres(p) => {
+                sqlx::query_as(POSTGRES.list)
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await?
+            }
             Backend::Memory(..) => unreachable!(),
         };
         rows.into_iter()
@@ -223,7 +236,11 @@ impl Records {
     /// was none.
     pub async fn delete(&self, kind: &str, tenant: &str, name: &str) -> Result<bool> {
         if let Backend::Memory(..) = self.backend {
-            return Ok(self.memory.rows().remove(&key(kind, tenant, name)).is_some());
+            return Ok(self
+                .memory
+                .rows()
+                .remove(&key(kind, tenant, name))
+                .is_some());
         }
         let affected = match &self.backend {
             Backend::Sqlite(p) => sqlx::query(SQLITE.delete)

@@ -183,7 +183,10 @@ impl NativeOptions {
         };
         let dest = ctx.workdir().join("base-model");
         ctx.report(loraflow_core::job::StepProgress {
-            message: Some(format!("fetching base model {} from {uri}", step.base_model)),
+            message: Some(format!(
+                "fetching base model {} from {uri}",
+                step.base_model
+            )),
             ..Default::default()
         });
         ctx.artifacts().fetch_dir(uri, &dest).await?;

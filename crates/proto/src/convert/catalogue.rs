@@ -2,8 +2,8 @@
 //! the service status.
 
 use loraflow_core::catalogue::{
-    BaseModel, CustomModel, EffectiveParam, Engine, ModelFamily, ParamSchema, ParamType, ParamValue,
-    ServiceStatus,
+    BaseModel, CustomModel, EffectiveParam, Engine, ModelFamily, ParamSchema, ParamType,
+    ParamValue, ServiceStatus,
 };
 use loraflow_core::validation::Violations;
 

@@ -5,8 +5,8 @@
 mod behaviour;
 mod cancelled;
 mod gap_free;
-mod records;
 mod job_list;
+mod records;
 mod restart;
 mod support;
 mod tampering;

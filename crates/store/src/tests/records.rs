@@ -8,13 +8,27 @@ use super::support::{TestStore, on_every_backend};
 
 async fn records_are_kept_per_kind_tenant_and_name(t: &TestStore) {
     let r = t.store.records();
-    assert!(r.insert("model", "acme", "a", &json!({"v": 1})).await.unwrap());
     assert!(
-        !r.insert("model", "acme", "a", &json!({"v": 2})).await.unwrap(),
+        r.insert("model", "acme", "a", &json!({"v": 1}))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !r.insert("model", "acme", "a", &json!({"v": 2}))
+            .await
+            .unwrap(),
         "a taken name is refused"
     );
-    assert!(r.insert("model", "globex", "a", &json!({"v": 3})).await.unwrap());
-    assert!(r.insert("upload", "acme", "a", &json!({"v": 4})).await.unwrap());
+    assert!(
+        r.insert("model", "globex", "a", &json!({"v": 3}))
+            .await
+            .unwrap()
+    );
+    assert!(
+        r.insert("upload", "acme", "a", &json!({"v": 4}))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         r.get("model", "acme", "a").await.unwrap(),
         Some(json!({"v": 1}))

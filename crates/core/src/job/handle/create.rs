@@ -45,9 +45,12 @@ pub(super) fn create(d: &mut Decision, c: CreateJob) -> Result<(), Error> {
             .custom_models
             .get(&c.spec.tenant, &c.spec.base_model),
     };
-    let params = c.spec.validate(&d.services.catalogue, custom.as_ref()).map_err(|v| {
-        violations.extend(v);
-    });
+    let params = c
+        .spec
+        .validate(&d.services.catalogue, custom.as_ref())
+        .map_err(|v| {
+            violations.extend(v);
+        });
     if let Some(wf) = &c.spec.workflow
         && let Err(v) = wf.validate(&d.services.kinds)
     {
@@ -105,20 +108,17 @@ pub(super) fn submit(d: &mut Decision, c: SubmitJob) -> Result<(), Error> {
     let workflow = match spec.workflow {
         Some(w) => w,
         None => {
-            let model = d
-                .job
-                .base_model(&d.services.catalogue)
-                .ok_or_else(|| {
-                    let mut v = Violations::default();
-                    v.push(
-                        "base_model",
-                        format!(
-                            "base model {} is no longer in the catalogue",
-                            spec.base_model
-                        ),
-                    );
-                    Error::InvalidSpec(v)
-                })?;
+            let model = d.job.base_model(&d.services.catalogue).ok_or_else(|| {
+                let mut v = Violations::default();
+                v.push(
+                    "base_model",
+                    format!(
+                        "base model {} is no longer in the catalogue",
+                        spec.base_model
+                    ),
+                );
+                Error::InvalidSpec(v)
+            })?;
             standard_lora_with(&model, spec.engine, &d.services.template)
         }
     };

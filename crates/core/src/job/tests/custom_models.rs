@@ -6,8 +6,8 @@
 
 use chrono::DateTime;
 
-use crate::clock::Clock;
 use crate::catalogue::{CustomModel, Engine, ModelFamily, ParamValue};
+use crate::clock::Clock;
 use crate::executor::{Capabilities, InstalledModel};
 use crate::ids::TenantId;
 use crate::job::canned::{Driver, sample_spec};
@@ -40,8 +40,7 @@ fn driver() -> Driver {
 fn spec() -> JobSpec {
     let mut spec = sample_spec();
     spec.base_model = "studio-sd".into();
-    spec.params
-        .insert("resolution".into(), ParamValue::Int(64));
+    spec.params.insert("resolution".into(), ParamValue::Int(64));
     spec
 }
 
@@ -99,7 +98,8 @@ fn its_parameters_follow_its_family_and_engines() {
         .unwrap_err();
     assert!(err.to_string().contains("kohya"), "{err}");
     let mut bad = spec();
-    bad.params.insert("learning_rate".into(), ParamValue::Float(5.0));
+    bad.params
+        .insert("learning_rate".into(), ParamValue::Float(5.0));
     let err = d
         .exec(JobCommand::Create(CreateJob {
             job_id: "job-1".into(),
