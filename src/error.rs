@@ -59,6 +59,18 @@ pub enum Error {
     #[error("artifact store: {0}")]
     Artifacts(#[from] loraflow_core::executor::ArtifactError),
 
+    /// The tenant has no registered base model of that name (another
+    /// tenant's is not its own). `NOT_FOUND`.
+    #[error("tenant {tenant} has no registered base model {name:?}; `loraflow models` lists them")]
+    ModelNotFound { tenant: String, name: String },
+
+    /// The tenant already registered a base model of that name; delete it
+    /// first or choose another name. `ALREADY_EXISTS`.
+    #[error(
+        "tenant {tenant} already registered a base model {name:?}; delete it first (`loraflow models delete {name}`) or choose another name"
+    )]
+    ModelExists { tenant: String, name: String },
+
     /// The engine is shutting down. `UNAVAILABLE`.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -210,6 +210,9 @@ pub struct SubmitArgs {
     /// default: the client needs no access to the store).
     #[arg(long, env = "LORAFLOW_ARTIFACTS")]
     pub artifacts: Option<String>,
+    /// How `--artifacts s3://...` reaches the bucket.
+    #[command(flatten)]
+    pub s3: super::s3_args::S3Args,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -298,9 +301,14 @@ impl SubmitArgs {
         }
         let mut prompts = f.sample_prompts;
         prompts.extend(self.prompts.iter().cloned());
-        let (dataset_uri, upload) =
-            super::upload::dataset_ref(client, &dataset, self.artifacts.as_deref(), &self.conn)
-                .await?;
+        let (dataset_uri, upload) = super::upload::dataset_ref(
+            client,
+            &dataset,
+            self.artifacts.as_deref(),
+            &self.s3,
+            &self.conn,
+        )
+        .await?;
         let spec = JobSpec {
             tenant: "from-token".into(),
             base_model: base_model.into(),

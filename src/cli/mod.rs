@@ -13,6 +13,7 @@ pub mod params;
 pub mod replay;
 pub mod retry;
 pub mod retry_job;
+pub mod s3_args;
 pub mod serve;
 pub mod service_status;
 pub mod times;

@@ -43,6 +43,7 @@ pub async fn dataset_ref(
     client: &mut Client,
     dataset: &str,
     artifacts: Option<&str>,
+    s3: &super::s3_args::S3Args,
     conn: &Connection,
 ) -> anyhow::Result<(String, Option<PendingUpload>)> {
     let path = Path::new(dataset);
@@ -71,7 +72,7 @@ pub async fn dataset_ref(
         .context("reading the dataset folder")??;
     let (uri, route) = match artifacts {
         Some(root) => {
-            let store = ArtifactStore::open(root)?;
+            let store = s3.open(root)?;
             let uri = store.dataset_uri(&status.tenant, &dataset_files);
             if !status.dataset_root.is_empty() && !uri.starts_with(&status.dataset_root) {
                 bail!(

@@ -12,7 +12,7 @@ use loraflow::core::ids::ExecutorId;
 use loraflow::executors::worker::{
     ArtifactAccess, GrpcWorkerApi, TransferClient, Worker, WorkerOptions,
 };
-use loraflow::executors::{ArtifactStore, Label, Publish, ValidateDataset};
+use loraflow::executors::{Label, Publish, ValidateDataset};
 
 use super::client::Exit;
 use super::exit;
@@ -59,6 +59,9 @@ pub struct WorkerArgs {
     /// server: the worker needs only `--server` and its token.
     #[arg(long, env = "LORAFLOW_ARTIFACTS")]
     pub artifacts: Option<String>,
+    /// How `--artifacts s3://...` reaches the bucket.
+    #[command(flatten)]
+    pub s3: super::s3_args::S3Args,
     /// Permanent storage for published LoRAs, with `--artifacts` (through
     /// the server, the server publishes to its own `publish_root`).
     #[arg(long, default_value = "loraflow-published")]
@@ -94,7 +97,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let api = GrpcWorkerApi::connect(&args.server, &token)?;
     let artifacts: ArtifactAccess = match &args.artifacts {
         Some(root) => {
-            let store = ArtifactStore::open(root)?;
+            let store = args.s3.open(root)?;
             // A missing bucket or refused credentials end the start, named.
             store.probe().await?;
             store.into()

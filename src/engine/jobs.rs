@@ -159,6 +159,7 @@ impl Engine {
         }
         let mut spec = new.spec.clone();
         spec.tenant = tenant.clone();
+        self.refresh_base_models(tenant).await?;
         self.check_uris(tenant, &spec)?;
         let violations = self.check_spec(tenant, &JobId::new("validate-only"), &spec)?;
         violations.into_result(()).map_err(Error::InvalidArgument)
@@ -170,6 +171,7 @@ impl Engine {
     /// other webhook rules.)
     fn check_uris(&self, tenant: &TenantId, spec: &JobSpec) -> Result<()> {
         use crate::tenancy::Refusal;
+        self.check_model_uri(tenant, &spec.base_model)?;
         let mut denied = loraflow_core::validation::Violations::default();
         let mut invalid = loraflow_core::validation::Violations::default();
         match self.inner.tenancy.check(tenant, &spec.dataset.uri) {
@@ -223,6 +225,9 @@ impl Engine {
             return self.resume(tenant, &job_id, existing).await;
         }
         spec.tenant = tenant.clone();
+        // The tenant's registered models as the store holds them now: the
+        // create decision reads them.
+        self.refresh_base_models(tenant).await?;
         // The URIs first: a dataset the tenant may not name is never listed.
         self.check_uris(tenant, &spec)?;
         // Check the spec (a dry run of the decision, nothing written) and the

@@ -9,6 +9,7 @@ pub(crate) mod fleet;
 mod fleet_view;
 mod in_process;
 mod jobs;
+mod models;
 mod restarts;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub use fleet::FleetMember;
 pub use fleet_view::{FleetEntry, FleetPage};
 pub use in_process::InProcessApi;
 pub use jobs::{JobView, NewJob};
+pub use models::RegisterModel;
 
 use crate::config::SchedulerConfig;
 use crate::scheduler::Scheduler;

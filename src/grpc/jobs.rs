@@ -420,17 +420,38 @@ impl JobService for Jobs {
         req: Request<pb::ListBaseModelsRequest>,
     ) -> Result<Response<pb::ListBaseModelsResponse>, Status> {
         let tenant = self.auth.tenant(&req)?;
-        let _span = span_tenant("ListBaseModels", &tenant).entered();
-        let base_models: Vec<pb::BaseModel> = self
-            .engine
-            .catalogue()
-            .base_models
-            .iter()
-            .cloned()
-            .map(Into::into)
-            .collect();
-        tracing::debug!(count = base_models.len(), "base models listed");
-        Ok(Response::new(pb::ListBaseModelsResponse { base_models }))
+        super::models::list(&self.engine, &tenant)
+            .instrument(span_tenant("ListBaseModels", &tenant))
+            .await
+            .map(Response::new)
+    }
+
+    async fn register_base_model(
+        &self,
+        req: Request<pb::RegisterBaseModelRequest>,
+    ) -> Result<Response<pb::BaseModel>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        let span = tracing::info_span!(
+            "grpc",
+            method = "RegisterBaseModel",
+            %tenant,
+            name = req.get_ref().name.as_str()
+        );
+        super::models::register(&self.engine, &tenant, req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_base_model(
+        &self,
+        req: Request<pb::DeleteBaseModelRequest>,
+    ) -> Result<Response<pb::DeleteBaseModelResponse>, Status> {
+        let tenant = self.auth.tenant(&req)?;
+        super::models::delete(&self.engine, &tenant, req.get_ref())
+            .instrument(span_tenant("DeleteBaseModel", &tenant))
+            .await
+            .map(Response::new)
     }
 
     async fn get_parameter_schema(
@@ -439,6 +460,18 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::GetParameterSchemaResponse>, Status> {
         let tenant = self.auth.tenant(&req)?;
         let r = req.get_ref();
+        // A model the catalogue does not have may be one the tenant registered.
+        let own = match r.parse() {
+            Ok((model, _)) if self.engine.catalogue().base_model(&model).is_none() => self
+                .engine
+                .base_models_of(&tenant)
+                .await
+                .map_err(|e| to_status(e, None))?
+                .into_iter()
+                .find(|m| m.name == model)
+                .map(|m| m.as_base_model()),
+            _ => None,
+        };
         let _span = tracing::info_span!(
             "grpc",
             method = "GetParameterSchema",
@@ -451,11 +484,11 @@ impl JobService for Jobs {
         let catalogue = self.engine.catalogue();
         // An unknown model is a resource that does not exist; a known one the
         // engine cannot train is a bad combination of arguments.
-        let Some(m) = catalogue.base_model(&model) else {
+        let Some(m) = catalogue.base_model(&model).or(own.as_ref()) else {
             return Err(with_reason(
                 Code::NotFound,
                 format!(
-                    "base model {:?} is not in the catalogue; see ListBaseModels",
+                    "base model {:?} is neither in the catalogue nor registered by tenant {tenant}; see ListBaseModels",
                     model.as_str()
                 ),
                 "BASE_MODEL_NOT_FOUND",

@@ -4,6 +4,7 @@
 //! - [`auth`]: bearer tokens per tenant and per executor.
 //! - `jobs` / `executors`: the two services, thin over the engine's API.
 //! - `fleet`: `ListExecutors`, the connected executors a tenant may see.
+//! - `models`: the catalogue's base models and those a tenant registered.
 //! - `artifacts`: `ArtifactService`, thin over [`crate::transfer`].
 //! - `status`: engine errors as gRPC statuses.
 
@@ -12,6 +13,7 @@ pub mod auth;
 mod executors;
 mod fleet;
 mod jobs;
+mod models;
 mod server;
 mod status;
 

@@ -51,6 +51,12 @@ pub fn to_status(e: Error, prefix: Option<&str>) -> Status {
             format!("executor {id} is not registered; call RegisterExecutor first"),
             UNKNOWN_EXECUTOR,
         ),
+        e @ Error::ModelNotFound { .. } => {
+            with_reason(Code::NotFound, e.to_string(), "MODEL_NOT_FOUND")
+        }
+        e @ Error::ModelExists { .. } => {
+            with_reason(Code::AlreadyExists, e.to_string(), "MODEL_EXISTS")
+        }
         e @ Error::WrongState { .. } => {
             with_reason(Code::FailedPrecondition, e.to_string(), "WRONG_STATE")
         }
@@ -108,6 +114,14 @@ mod tests {
             Error::JobNotFound("j".into()),
             Error::UnknownExecutor("gpu-1".into()),
             Error::UnknownRequest("r".into()),
+            Error::ModelNotFound {
+                tenant: "t".into(),
+                name: "m".into(),
+            },
+            Error::ModelExists {
+                tenant: "t".into(),
+                name: "m".into(),
+            },
             Error::WrongState {
                 action: "retry",
                 state: JobState::Published,
@@ -171,6 +185,8 @@ mod tests {
                 | Error::JobNotFound(_)
                 | Error::UnknownExecutor(_)
                 | Error::UnknownRequest(_)
+                | Error::ModelNotFound { .. }
+                | Error::ModelExists { .. }
                 | Error::WrongState { .. }
                 | Error::Artifacts(_)
                 | Error::ShuttingDown => {}

@@ -16,7 +16,7 @@ use super::error::{Error, Result};
 use crate::engine::Engine;
 
 /// Who asks, once the token is checked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Who {
     Tenant(TenantId),
     Executor(ExecutorId),
@@ -143,11 +143,20 @@ pub(crate) async fn leased_step(
     Ok(assignment)
 }
 
-/// Whether the step may read `uri`: a file of its dataset, or an artifact
-/// it was given.
+/// The folders a step may list and read every file of: its dataset, and
+/// the base model its tenant registered, if the job trains one.
+fn step_folders(step: &StepAssignment) -> impl Iterator<Item = &str> {
+    std::iter::once(step.dataset.uri.as_str()).chain(step.base_model_uri.as_deref())
+}
+
+/// Whether the step may read `uri`: a file of its dataset or of its
+/// registered base model, or an artifact it was given.
 pub(crate) fn step_may_read(step: &StepAssignment, uri: &str) -> bool {
-    let folder = format!("{}/", step.dataset.uri.trim_end_matches('/'));
-    if uri.starts_with(&folder) || uri == step.dataset.uri {
+    let in_folder = |root: &str| {
+        let folder = format!("{}/", root.trim_end_matches('/'));
+        uri.starts_with(&folder) || uri == root
+    };
+    if step_folders(step).any(in_folder) {
         return true;
     }
     step.inputs
@@ -160,9 +169,10 @@ pub(crate) fn step_may_read(step: &StepAssignment, uri: &str) -> bool {
         .any(|a| a.uri == uri)
 }
 
-/// Whether `uri` is the step's dataset folder.
-pub(crate) fn is_step_dataset(step: &StepAssignment, uri: &str) -> bool {
-    uri.trim_end_matches('/') == step.dataset.uri.trim_end_matches('/')
+/// Whether `uri` is a folder the step may list: its dataset, or its
+/// registered base model.
+pub(crate) fn is_step_folder(step: &StepAssignment, uri: &str) -> bool {
+    step_folders(step).any(|f| uri.trim_end_matches('/') == f.trim_end_matches('/'))
 }
 
 /// The folder (relative to the artifact root) a step attempt writes into.

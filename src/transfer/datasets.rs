@@ -29,6 +29,32 @@ pub(super) struct DatasetSession {
     pub(super) touched: Instant,
 }
 
+impl DatasetSession {
+    /// A session brought back from its record (see `persist.rs`), with the
+    /// files already staged.
+    pub(super) fn revived(r: super::persist::DatasetRecord, stored: BTreeSet<String>) -> Self {
+        Self {
+            tenant: r.tenant,
+            dir: r.dir,
+            staging: r.staging,
+            files: r.files,
+            missing: r.missing,
+            stored,
+            touched: Instant::now(),
+        }
+    }
+
+    fn record(&self) -> super::persist::DatasetRecord {
+        super::persist::DatasetRecord {
+            tenant: self.tenant.clone(),
+            dir: self.dir.clone(),
+            staging: self.staging.clone(),
+            files: self.files.clone(),
+            missing: self.missing.clone(),
+        }
+    }
+}
+
 /// What `StartDataset` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetStart {
@@ -130,14 +156,25 @@ impl Transfers {
             stored: BTreeSet::new(),
             touched: Instant::now(),
         };
-        let mut datasets = self.inner.datasets.lock().expect("datasets lock");
-        if datasets.len() >= limits.max_sessions {
+        if self.inner.datasets.lock().expect("datasets lock").len() >= limits.max_sessions {
             return Err(Error::Busy(format!(
                 "{} dataset uploads are open, the server's limit; retry later",
                 limits.max_sessions
             )));
         }
-        datasets.insert(id.clone(), session);
+        tokio::fs::create_dir_all(&self.inner.staging)
+            .await
+            .map_err(|e| Error::Storage(format!("{}: {e}", self.inner.staging.display())))?;
+        super::persist::write(
+            &super::persist::dataset_record(&self.inner.staging, &id),
+            &session.record(),
+        )
+        .await?;
+        self.inner
+            .datasets
+            .lock()
+            .expect("datasets lock")
+            .insert(id.clone(), session);
         Ok(DatasetStart {
             dataset_uri,
             upload_id: Some(id),
@@ -208,6 +245,7 @@ impl Transfers {
     pub async fn commit_dataset(&self, who: &Who, id: &str) -> Result<(String, u32)> {
         let tenant = tenant_of(who)?;
         access::check_id("dataset_upload_id", id)?;
+        self.revive_dataset(id).await?;
         let (dir, staging, moved) = {
             let datasets = self.inner.datasets.lock().expect("datasets lock");
             let unknown = || Error::UnknownSession {
@@ -243,6 +281,8 @@ impl Transfers {
             .lock()
             .expect("datasets lock")
             .remove(id);
+        let _ =
+            tokio::fs::remove_file(super::persist::dataset_record(&self.inner.staging, id)).await;
         // A local store leaves the staging folders behind.
         if let Ok(url) = url::Url::parse(&store.uri_of(&format!("{staging}/")))
             && let Ok(path) = url.to_file_path()

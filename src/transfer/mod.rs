@@ -7,16 +7,21 @@
 //! - `datasets.rs`: content-addressed dataset uploads.
 //! - `error.rs`: the typed errors.
 //!
+//! - `persist.rs`: sessions recorded beside their staged bytes, brought
+//!   back after a restart.
+//!
 //! An upload session stages its bytes in a local file under the staging
 //! folder, hashing them as they come; the session (offset and hash state)
-//! lives in this process, so a client whose connection dropped resumes from
-//! the committed offset. Only when the last byte is in and the digest and
+//! lives in this process and is recorded beside the staged bytes, so a
+//! client whose connection dropped, or whose server restarted, resumes
+//! from the committed offset. Only when the last byte is in and the digest and
 //! size match is the file stored, with a multipart upload: memory stays
 //! bounded on every path.
 
 mod access;
 mod datasets;
 mod error;
+mod persist;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,8 +78,9 @@ pub struct TransferOptions {
     /// Where approved LoRAs are published (`[artifacts] publish_root`).
     pub publish_root: String,
     pub limits: TransferLimits,
-    /// Where upload sessions stage their bytes (default: a folder in the
-    /// system's temporary folder).
+    /// Where upload sessions stage their bytes and record themselves
+    /// (default: `loraflow-uploads` in the system's temporary folder). A
+    /// restarted server resumes the sessions it finds here.
     pub staging_dir: Option<PathBuf>,
 }
 
@@ -89,7 +95,7 @@ impl Default for TransferOptions {
 }
 
 /// What an upload writes, once checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     /// A file of the step attempt the lease holds.
     StepOutput {
@@ -180,9 +186,10 @@ fn new_id() -> String {
 
 impl Transfers {
     pub fn new(engine: Engine, options: TransferOptions) -> Self {
-        let staging = options.staging_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("loraflow-uploads-{}", std::process::id()))
-        });
+        let staging = options
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("loraflow-uploads"));
         Self {
             inner: Arc::new(Inner {
                 engine,
@@ -208,22 +215,29 @@ impl Transfers {
         let mut gone = Vec::new();
         {
             let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-            sessions.retain(|_, slot| {
+            sessions.retain(|id, slot| {
                 let keep = slot.touched.elapsed() < ttl;
                 if !keep && let Ok(s) = slot.session.try_lock() {
                     gone.push(s.staged.clone());
+                    gone.push(persist::upload_record(&self.inner.staging, id));
                 }
                 keep
             });
+            self.inner
+                .datasets
+                .lock()
+                .expect("datasets lock")
+                .retain(|id, d| {
+                    let keep = d.touched.elapsed() < ttl;
+                    if !keep {
+                        gone.push(persist::dataset_record(&self.inner.staging, id));
+                    }
+                    keep
+                });
         }
         for path in gone {
             let _ = std::fs::remove_file(path);
         }
-        self.inner
-            .datasets
-            .lock()
-            .expect("datasets lock")
-            .retain(|_, d| d.touched.elapsed() < ttl);
     }
 
     fn ttl_s(&self) -> u64 {
@@ -271,6 +285,7 @@ impl Transfers {
             ));
         }
         if let Some(id) = resume {
+            self.revive_upload(id).await?;
             let session = self.session(who, id)?;
             let s = session.lock().await;
             if s.target != target || s.size != size || s.sha256 != sha256 {
@@ -287,6 +302,12 @@ impl Transfers {
                 uri: s.stored.clone(),
             });
         }
+        if let Target::DatasetFile {
+            dataset_upload_id, ..
+        } = &target
+        {
+            self.revive_dataset(dataset_upload_id).await?;
+        }
         let dest_uri = self.destination(who, &target, &sha256, size).await?;
         if self.inner.sessions.lock().expect("sessions lock").len() >= limits.max_sessions {
             return Err(Error::Busy(format!(
@@ -302,6 +323,19 @@ impl Transfers {
         let file = tokio::fs::File::create(&staged)
             .await
             .map_err(|e| Error::Storage(format!("{}: {e}", staged.display())))?;
+        let record = persist::UploadRecord {
+            owner: who.clone(),
+            target: target.clone(),
+            dest_uri: dest_uri.clone(),
+            size,
+            sha256: sha256.clone(),
+        };
+        if let Err(e) =
+            persist::write(&persist::upload_record(&self.inner.staging, &id), &record).await
+        {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(e);
+        }
         let session = Session {
             owner: who.clone(),
             target,
@@ -379,6 +413,7 @@ impl Transfers {
                 ),
             ));
         }
+        self.revive_upload(id).await?;
         let session = self.session(who, id)?;
         let mut s = session.lock().await;
         if offset != s.committed || s.stored.is_some() {
@@ -457,6 +492,7 @@ impl Transfers {
             return Err(e.into());
         }
         s.stored = Some(s.dest_uri.clone());
+        let _ = tokio::fs::remove_file(persist::upload_record(&self.inner.staging, id)).await;
         if let Target::DatasetFile {
             dataset_upload_id,
             name,
@@ -473,6 +509,7 @@ impl Transfers {
             .lock()
             .expect("sessions lock")
             .remove(id);
+        let _ = std::fs::remove_file(persist::upload_record(&self.inner.staging, id));
     }
 
     async fn drop_session(&self, id: &str, s: &mut Session) {
@@ -540,7 +577,8 @@ impl Transfers {
         })
     }
 
-    /// The files of the dataset folder of the step `lease_id` holds.
+    /// The files of the dataset folder (or registered base model folder) of
+    /// the step `lease_id` holds.
     pub async fn list_files(
         &self,
         who: &Who,
@@ -550,9 +588,10 @@ impl Transfers {
     ) -> Result<Vec<ListedFile>> {
         access::check_uri("uri", uri)?;
         let step = access::leased_step(self.engine(), who, job_id, lease_id).await?;
-        if !access::is_step_dataset(&step, uri) {
+        if !access::is_step_folder(&step, uri) {
             return Err(Error::Denied(format!(
-                "{uri} is not the dataset of job {job_id}; a step lists only its own dataset"
+                "{uri} is not the dataset of job {job_id}; a step lists only its own dataset \
+                 and registered base model"
             )));
         }
         let store = self.engine().artifacts();

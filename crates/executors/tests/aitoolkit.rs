@@ -99,6 +99,7 @@ fn assignment(env: &Env, model: &str, family: ModelFamily) -> StepAssignment {
         base_model: model.into(),
         engine: Engine::AiToolkit,
         model_family: Some(family),
+        base_model_uri: None,
         dataset: DatasetRef {
             uri: env.dataset_uri.clone(),
             sha256: None,

@@ -71,6 +71,7 @@ fn assignment(kind: &str, dataset_uri: &str) -> StepAssignment {
         base_model: "tiny-sd".into(),
         engine: Engine::Native,
         model_family: None,
+        base_model_uri: None,
         dataset: DatasetRef {
             uri: dataset_uri.to_owned(),
             sha256: None,

@@ -91,6 +91,7 @@ fn assignment(env: &Env) -> StepAssignment {
         base_model: "sd15".into(),
         engine: Engine::Kohya,
         model_family: Some(ModelFamily::Sd15),
+        base_model_uri: None,
         dataset: DatasetRef {
             uri: env.dataset_uri.clone(),
             sha256: None,

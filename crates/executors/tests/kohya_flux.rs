@@ -71,6 +71,7 @@ async fn setup(
         base_model: "flux-dev".into(),
         engine: Engine::Kohya,
         model_family: Some(ModelFamily::Flux),
+        base_model_uri: None,
         dataset: DatasetRef { uri, sha256: None },
         sample_prompts: vec![],
         naming: Naming {

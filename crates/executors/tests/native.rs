@@ -87,6 +87,7 @@ fn assignment(kind: &str, env: &Env, params: Params) -> StepAssignment {
         base_model: "tiny-sd".into(),
         engine: Engine::Native,
         model_family: None,
+        base_model_uri: None,
         dataset: DatasetRef {
             uri: env.dataset_uri.clone(),
             sha256: None,

@@ -24,6 +24,7 @@
 //! - [`retry`]: which commands are retried on conflict.
 //! - [`feed`]: reading and following the global feed.
 //! - [`views`]: job status, job lists with page tokens, the queue.
+//! - [`records`]: named JSON records beside the events (registered models, upload sessions).
 //! - [`webhooks`]: the webhook outbox (filled from the feed), claims, attempts.
 //! - `projection`: the runner that keeps the views.
 //! - `repo`: the cqrs-es repositories and the wrapper that writes metadata, links, signatures and heads.
@@ -43,6 +44,7 @@ mod migrate;
 pub mod options;
 mod page_token;
 mod projection;
+pub mod records;
 mod repo;
 pub mod retry;
 pub mod store;
@@ -58,6 +60,7 @@ pub use event::{Metadata, Position, RawEvent, StoredEvent};
 pub use feed::{Feed, FeedFilter};
 pub use keys::{AuditKey, KeyError, Keyring, PublicKey};
 pub use options::StoreOptions;
+pub use records::{Record, Records};
 pub use repo::ChainRepository;
 pub use store::{Appended, Committed, JobCqrs, JobEventStore, LoadedJob, Store};
 pub use url::{ACCEPTED_URLS, StoreUrl};

@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     /// Per job, the signature of the last head this process wrote or
     /// verified: a load that finds it again skips the Ed25519 check.
     pub known_heads: std::sync::Mutex<HashMap<JobId, String>>,
+    /// The memory backend's records (the databases keep theirs in a table).
+    pub records: Arc<crate::records::MemoryRecords>,
 }
 
 /// Entries of `Shared::known_heads` before it is cleared.
@@ -347,6 +349,7 @@ impl Store {
                 keys,
                 signing_began: signing_began.into(),
                 known_heads: Default::default(),
+                records: Default::default(),
             }),
         })
     }
@@ -375,6 +378,15 @@ impl Store {
     pub fn views(&self) -> Views {
         Views {
             shared: self.shared.clone(),
+        }
+    }
+
+    /// Named records beside the events (registered base models, upload
+    /// sessions): see [`crate::records`].
+    pub fn records(&self) -> crate::records::Records {
+        crate::records::Records {
+            backend: self.shared.backend.clone(),
+            memory: self.shared.records.clone(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The catalogue: which base models can be trained, by which engines, with which
 //! parameters. Loaded from TOML; [`Catalogue::builtin`] is the default.
 
+pub mod custom;
 pub mod engine_rules;
 mod params;
 mod service_status;
@@ -11,6 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use custom::{CustomModel, TenantModels};
 pub use engine_rules::{EngineRules, Multiple};
 pub use params::{
     EffectiveParam, ParamOverride, ParamSchema, ParamSpec, ParamType, ParamValue, Params,

@@ -299,7 +299,7 @@ fn a_build_offers_only_the_engines_it_has_rules_for() {
         webhooks: vec![],
     };
     for (m, e) in [("sdxl", Engine::Kohya), ("sd15", Engine::Kohya)] {
-        let v = spec(m, e).validate(&c).unwrap_err();
+        let v = spec(m, e).validate(&c, None).unwrap_err();
         let f: Vec<_> = v.iter().collect();
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].field, "engine");
@@ -316,5 +316,5 @@ fn a_build_offers_only_the_engines_it_has_rules_for() {
             f[0].description
         );
     }
-    assert!(spec("sd15", Engine::Native).validate(&c).is_ok());
+    assert!(spec("sd15", Engine::Native).validate(&c, None).is_ok());
 }

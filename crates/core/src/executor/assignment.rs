@@ -24,6 +24,11 @@ pub struct StepAssignment {
     pub base_model: BaseModelId,
     pub engine: Engine,
     pub model_family: Option<ModelFamily>,
+    /// Where the base model is when it is one a tenant registered (a
+    /// diffusers folder or a `.safetensors` file): the executor fetches it
+    /// like the dataset. `None`: a catalogue model, installed on the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_uri: Option<String>,
     pub dataset: DatasetRef,
     pub sample_prompts: Vec<String>,
     pub naming: Naming,

@@ -35,6 +35,9 @@ pub struct JobServices {
     /// What the deployment sets in the standard template (its
     /// schedule-to-start timeout).
     pub template: crate::workflow::TemplateOptions,
+    /// Base models tenants registered (see
+    /// [`crate::catalogue::custom`]); the engine keeps it filled.
+    pub custom_models: crate::catalogue::TenantModels,
 }
 
 impl JobServices {
@@ -49,6 +52,7 @@ impl JobServices {
             clock: Arc::new(crate::clock::SystemClock),
             limits: Arc::default(),
             template: Default::default(),
+            custom_models: Default::default(),
         }
     }
 
@@ -102,6 +106,10 @@ pub struct TrainingJob {
     pub(crate) epochs: BTreeMap<u32, EpochOutput>,
     pub(crate) approved: Option<JobApproved>,
     pub(crate) published: Option<Artifact>,
+    /// The tenant's registered model the job trains against, as it was
+    /// when the job was created; `None` for a catalogue model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) custom_model: Option<crate::catalogue::CustomModel>,
 }
 
 impl TrainingJob {
@@ -110,6 +118,21 @@ impl TrainingJob {
     }
 
     /// `None` until the job is created.
+    /// The tenant's registered model this job trains against, if it is one.
+    pub fn custom_model(&self) -> Option<&crate::catalogue::CustomModel> {
+        self.custom_model.as_ref()
+    }
+
+    /// The job's base model: its registered model, or the catalogue's.
+    pub fn base_model(&self, catalogue: &Catalogue) -> Option<crate::catalogue::BaseModel> {
+        match &self.custom_model {
+            Some(m) => Some(m.as_base_model()),
+            None => catalogue
+                .base_model(&self.spec.as_ref()?.base_model)
+                .cloned(),
+        }
+    }
+
     pub fn state(&self) -> Option<JobState> {
         Some(match self.phase {
             Phase::New => return None,
@@ -226,7 +249,8 @@ impl TrainingJob {
             step_params: step.params.clone(),
             base_model: spec.base_model.clone(),
             engine: spec.engine,
-            model_family: catalogue.base_model(&spec.base_model).map(|m| m.family),
+            model_family: self.base_model(catalogue).map(|m| m.family),
+            base_model_uri: self.custom_model.as_ref().map(|m| m.uri.clone()),
             dataset: spec.dataset.clone(),
             sample_prompts: spec.sample_prompts.clone(),
             naming: spec.naming.clone(),
@@ -321,6 +345,7 @@ impl Aggregate for TrainingJob {
                 self.spec = Some(e.spec);
                 self.params = e.params;
                 self.created_at = Some(e.created_at);
+                self.custom_model = e.custom_model;
                 self.phase = Phase::Pending;
             }
             JobEvent::JobSubmitted(e) => {

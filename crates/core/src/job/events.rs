@@ -25,6 +25,10 @@ pub struct JobCreated {
     /// The parameters after defaults, profile and validation.
     pub params: Params,
     pub created_at: DateTime<Utc>,
+    /// The tenant's registered model `spec.base_model` names, as checked at
+    /// registration; absent for a catalogue model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_model: Option<crate::catalogue::CustomModel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

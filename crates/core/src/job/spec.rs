@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::Sha256;
-use crate::catalogue::{Catalogue, Engine, Params};
+use crate::catalogue::{Catalogue, CustomModel, Engine, Params};
 use crate::ids::{BaseModelId, TenantId};
 use crate::validation::Violations;
 use crate::webhook::WebhookSpec;
@@ -89,12 +89,22 @@ fn not_offered<'a>(
 }
 
 impl JobSpec {
-    /// Check everything but the service status; return the resolved parameters.
-    pub(crate) fn validate(&self, catalogue: &Catalogue) -> Result<Params, Violations> {
+    /// Check everything but the service status; return the resolved
+    /// parameters. `custom` is the tenant's registered model of that name,
+    /// when the catalogue has none: its family's rules apply.
+    pub(crate) fn validate(
+        &self,
+        catalogue: &Catalogue,
+        custom: Option<&CustomModel>,
+    ) -> Result<Params, Violations> {
         let mut v = Violations::default();
         let mut resolved = None;
-        let withheld = catalogue.withheld.get(&self.base_model);
-        match catalogue.base_model(&self.base_model) {
+        let custom = custom.map(CustomModel::as_base_model);
+        let withheld = match custom {
+            Some(_) => None,
+            None => catalogue.withheld.get(&self.base_model),
+        };
+        match custom.as_ref().or_else(|| catalogue.base_model(&self.base_model)) {
             // Listed, but with no engine this build has.
             None if withheld.is_some() => v.push(
                 "engine",
@@ -103,7 +113,7 @@ impl JobSpec {
             None => v.push(
                 "base_model",
                 format!(
-                    "unknown base model {:?}; available: {}",
+                    "unknown base model {:?}; available: {} (or a model the tenant registered: `loraflow models register`)",
                     self.base_model.as_str(),
                     catalogue
                         .base_models

@@ -60,7 +60,10 @@ impl LiveLease {
 struct OpenJob {
     tenant: TenantId,
     family: Option<ModelFamily>,
-    model: (Engine, BaseModelId),
+    /// (engine, base model) a step that loads the model needs installed;
+    /// `None` for a tenant's registered model, which any executor of the
+    /// engine fetches.
+    model: Option<(Engine, BaseModelId)>,
     schedule_to_start: HashMap<StepId, Duration>,
 }
 
@@ -136,16 +139,22 @@ impl SchedulerState {
         self.position = self.position.max(position);
         match event {
             JobEvent::JobCreated(e) => {
-                let family = self
-                    .catalogue
-                    .base_model(&e.spec.base_model)
-                    .map(|m| m.family);
+                let family = match &e.custom_model {
+                    Some(m) => Some(m.family),
+                    None => self
+                        .catalogue
+                        .base_model(&e.spec.base_model)
+                        .map(|m| m.family),
+                };
                 self.jobs.insert(
                     job.clone(),
                     OpenJob {
                         tenant: e.spec.tenant.clone(),
                         family,
-                        model: (e.spec.engine, e.spec.base_model.clone()),
+                        model: e
+                            .custom_model
+                            .is_none()
+                            .then(|| (e.spec.engine, e.spec.base_model.clone())),
                         schedule_to_start: HashMap::new(),
                     },
                 );
@@ -166,7 +175,7 @@ impl SchedulerState {
                     .jobs
                     .get(job)
                     .filter(|_| crate::executor::loads_base_model(&e.kind))
-                    .map(|j| j.model.clone());
+                    .and_then(|j| j.model.clone());
                 self.queued.insert(
                     (job.clone(), e.step_id.clone()),
                     QueuedStep {

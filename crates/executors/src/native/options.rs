@@ -169,6 +169,40 @@ impl NativeOptions {
         }
     }
 
+    /// The base model a step trains or samples: a model the job's tenant
+    /// registered, fetched from its URI into the attempt's work folder (a
+    /// diffusers folder, fetched like a dataset), or an installed one
+    /// ([`model`](Self::model)). `(path, config_dir)`.
+    pub async fn step_model(
+        &self,
+        step: &loraflow_core::executor::StepAssignment,
+        ctx: &loraflow_core::executor::StepContext,
+    ) -> Result<(PathBuf, Option<PathBuf>)> {
+        let Some(uri) = &step.base_model_uri else {
+            return self.model(step.base_model.as_str());
+        };
+        let dest = ctx.workdir().join("base-model");
+        ctx.report(loraflow_core::job::StepProgress {
+            message: Some(format!(
+                "fetching base model {} from {uri}",
+                step.base_model
+            )),
+            ..Default::default()
+        });
+        ctx.artifacts().fetch_dir(uri, &dest).await?;
+        if !dest.join("model_index.json").is_file() {
+            return Err(Error::param(
+                "base_model",
+                format!(
+                    "registered model {} at {uri} has no model_index.json: the native engine \
+                     trains a diffusers folder",
+                    step.base_model
+                ),
+            ));
+        }
+        Ok((dest, None))
+    }
+
     /// The model of a base model id: `(path, config_dir)`.
     pub fn model(&self, id: &str) -> Result<(PathBuf, Option<PathBuf>)> {
         let (path, config_dir) = match self.models.get(id) {

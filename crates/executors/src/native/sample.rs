@@ -68,7 +68,7 @@ impl NativeSampler {
                 "no epoch has a LoRA to sample (did the train step save any?)",
             ));
         }
-        let (model, config_dir) = o.model(step.base_model.as_str())?;
+        let (model, config_dir) = o.step_model(step, ctx).await?;
         let work = ctx.workdir().to_path_buf();
         let out_dir = work.join("samples");
         std::fs::create_dir_all(&out_dir)

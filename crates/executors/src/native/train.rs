@@ -163,7 +163,7 @@ impl NativeTrainer {
     /// One attempt, with typed errors.
     pub async fn train(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput> {
         let o = &self.options;
-        let model = o.model(step.base_model.as_str())?;
+        let model = o.step_model(step, ctx).await?;
         let work = ctx.workdir().to_path_buf();
         report(ctx, "fetching the dataset");
         let root = work.join("dataset");

@@ -205,6 +205,7 @@ pub fn assignment_to_wire(a: StepAssignment, lease: LeaseTimes) -> pb::StepAssig
         base_model: a.base_model.0,
         engine: a.engine.as_str().to_owned(),
         model_family: a.model_family.map(|m| m.to_string()).unwrap_or_default(),
+        base_model_uri: a.base_model_uri.unwrap_or_default(),
         dataset: Some(a.dataset.into()),
         sample_prompts: a.sample_prompts,
         naming: Some(a.naming.into()),
@@ -295,6 +296,7 @@ impl TryFrom<pb::StepAssignment> for StepAssignment {
             base_model: a.base_model.into(),
             engine,
             model_family,
+            base_model_uri: Some(a.base_model_uri).filter(|u| !u.is_empty()),
             dataset,
             sample_prompts: a.sample_prompts,
             naming,
@@ -391,6 +393,7 @@ mod tests {
             base_model: spec.base_model,
             engine: spec.engine,
             model_family: Some(ModelFamily::Sd15),
+            base_model_uri: Some("file:///srv/acme/models/studio-sd/".into()),
             dataset: spec.dataset,
             sample_prompts: spec.sample_prompts,
             naming: spec.naming,
@@ -523,6 +526,7 @@ mod tests {
         assert_eq!(StepAssignment::try_from(wire), Ok(assignment()));
         let no_family = StepAssignment {
             model_family: None,
+            base_model_uri: None,
             step_params: serde_json::Value::Null,
             approved_epoch: None,
             ..assignment()

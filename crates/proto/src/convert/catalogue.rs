@@ -2,8 +2,8 @@
 //! the service status.
 
 use loraflow_core::catalogue::{
-    BaseModel, EffectiveParam, Engine, ModelFamily, ParamSchema, ParamType, ParamValue,
-    ServiceStatus,
+    BaseModel, CustomModel, EffectiveParam, Engine, ModelFamily, ParamSchema, ParamType,
+    ParamValue, ServiceStatus,
 };
 use loraflow_core::validation::Violations;
 
@@ -49,6 +49,21 @@ impl From<BaseModel> for pb::BaseModel {
             min_vram_gb: m.min_vram_gb,
             disabled: m.disabled,
             pixel_multiple: m.pixel_multiple.unwrap_or(0),
+            uri: String::new(),
+            evidence: String::new(),
+        }
+    }
+}
+
+/// A tenant's registered model as the catalogue's models are listed, with
+/// its URI and the evidence of its family.
+impl From<CustomModel> for pb::BaseModel {
+    fn from(m: CustomModel) -> Self {
+        let (uri, evidence) = (m.uri.clone(), m.evidence.clone());
+        Self {
+            uri,
+            evidence,
+            ..pb::BaseModel::from(m.as_base_model())
         }
     }
 }

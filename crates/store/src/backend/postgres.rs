@@ -153,6 +153,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 6,
+        name: "named records (registered base models, upload sessions)",
+        steps: crate::records::POSTGRES_SCHEMA,
+    },
 ];
 
 /// The feed's horizon: positions below it belong to ended transactions.

@@ -152,6 +152,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 6,
+        name: "named records (registered base models, upload sessions)",
+        steps: crate::records::SQLITE_SCHEMA,
+    },
 ];
 
 /// A pool with sqlite-es' settings (WAL, `synchronous = NORMAL`): a file

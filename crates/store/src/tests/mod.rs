@@ -6,6 +6,7 @@ mod behaviour;
 mod cancelled;
 mod gap_free;
 mod job_list;
+mod records;
 mod restart;
 mod support;
 mod tampering;

@@ -37,9 +37,20 @@ pub(super) fn create(d: &mut Decision, c: CreateJob) -> Result<(), Error> {
     }
     check_service(d, &c.spec.base_model)?;
     let mut violations = d.services.limits.check_spec(&c.spec);
-    let params = c.spec.validate(&d.services.catalogue).map_err(|v| {
-        violations.extend(v);
-    });
+    // A name the catalogue does not have may be one the tenant registered.
+    let custom = match d.services.catalogue.base_model(&c.spec.base_model) {
+        Some(_) => None,
+        None => d
+            .services
+            .custom_models
+            .get(&c.spec.tenant, &c.spec.base_model),
+    };
+    let params = c
+        .spec
+        .validate(&d.services.catalogue, custom.as_ref())
+        .map_err(|v| {
+            violations.extend(v);
+        });
     if let Some(wf) = &c.spec.workflow
         && let Err(v) = wf.validate(&d.services.kinds)
     {
@@ -57,6 +68,7 @@ pub(super) fn create(d: &mut Decision, c: CreateJob) -> Result<(), Error> {
         spec: c.spec,
         params,
         created_at: d.now,
+        custom_model: custom,
     }));
     Ok(())
 }
@@ -96,22 +108,18 @@ pub(super) fn submit(d: &mut Decision, c: SubmitJob) -> Result<(), Error> {
     let workflow = match spec.workflow {
         Some(w) => w,
         None => {
-            let model = d
-                .services
-                .catalogue
-                .base_model(&spec.base_model)
-                .ok_or_else(|| {
-                    let mut v = Violations::default();
-                    v.push(
-                        "base_model",
-                        format!(
-                            "base model {} is no longer in the catalogue",
-                            spec.base_model
-                        ),
-                    );
-                    Error::InvalidSpec(v)
-                })?;
-            standard_lora_with(model, spec.engine, &d.services.template)
+            let model = d.job.base_model(&d.services.catalogue).ok_or_else(|| {
+                let mut v = Violations::default();
+                v.push(
+                    "base_model",
+                    format!(
+                        "base model {} is no longer in the catalogue",
+                        spec.base_model
+                    ),
+                );
+                Error::InvalidSpec(v)
+            })?;
+            standard_lora_with(&model, spec.engine, &d.services.template)
         }
     };
     workflow

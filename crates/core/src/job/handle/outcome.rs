@@ -311,7 +311,8 @@ fn auto_adjust(d: &Decision, step: &StepId) -> bool {
 /// the schema's bounds for this model and engine.
 fn oom_adjustment(d: &Decision, step: &StepId) -> Option<ParamAdjustment> {
     let spec = d.job.spec.as_ref()?;
-    let model = d.services.catalogue.base_model(&spec.base_model)?;
+    let model = d.job.base_model(&d.services.catalogue)?;
+    let model = &model;
     let params = d.job.step_params(step);
     // A halved value is rounded down to the parameter's step (the engine's
     // `multiple_of`), else to `unit(value)`.

@@ -31,7 +31,7 @@ fn create_with_an_unknown_base_model_lists_the_available_ones() {
         .given_no_previous_events()
         .when(create("sd35-turbo"))
         .then_expect_error(invalid_base_model(
-            "unknown base model \"sd35-turbo\"; available: tiny-sd, sd15, sd21, sdxl, flux-dev",
+            "unknown base model \"sd35-turbo\"; available: tiny-sd, sd15, sd21, sdxl, flux-dev (or a model the tenant registered: `loraflow models register`)",
         ));
 }
 

@@ -1,4 +1,5 @@
 mod base_models;
+mod custom_models;
 mod given_when_then;
 mod matrix;
 mod props;
