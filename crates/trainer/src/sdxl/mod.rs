@@ -7,9 +7,11 @@
 //! - [`text`]: both tokenizers and encoders → the concatenated context and the pooled vector.
 //! - [`conditioning`]: the six `time_ids` (original size, crop, target size) of each image.
 //! - [`lora`]: kohya SDXL LoRA files (SGM UNet names, `lora_te1_`/`lora_te2_`).
+//! - [`sample`]: text to image with guidance and micro-conditioning at the sample size.
 
 pub mod conditioning;
 pub mod lora;
+pub mod sample;
 pub mod text;
 
 use std::path::{Path, PathBuf};
