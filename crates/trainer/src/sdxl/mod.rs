@@ -8,10 +8,12 @@
 //! - [`conditioning`]: the six `time_ids` (original size, crop, target size) of each image.
 //! - [`lora`]: kohya SDXL LoRA files (SGM UNet names, `lora_te1_`/`lora_te2_`).
 //! - [`sample`]: text to image with guidance and micro-conditioning at the sample size.
+//! - [`single_file`]: Stability's SGM single-file layout (`sd_xl_base_1.0.safetensors`).
 
 pub mod conditioning;
 pub mod lora;
 pub mod sample;
+pub mod single_file;
 pub mod text;
 
 use std::path::{Path, PathBuf};
