@@ -244,7 +244,9 @@ fn refuse_other_layouts(file: &TensorFile) -> Result<()> {
         ),
     };
     if has("conditioner.embedders.") {
-        return Err(unsupported("an SDXL checkpoint"));
+        return Err(unsupported(
+            "an SDXL checkpoint (load it with StableDiffusionXl::load_single_file)",
+        ));
     }
     if has("cond_stage_model.model.") {
         return Err(unsupported("an SD2.x (OpenCLIP) checkpoint"));

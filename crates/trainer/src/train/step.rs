@@ -206,6 +206,8 @@ pub struct MicroBatch {
     pub latents: Tensor<4>,
     /// `[b, tokens, width]` text states.
     pub context: Tensor<3>,
+    /// SDXL's pooled text and `time_ids` of each sample; `None` for SD1.x/SD2.x.
+    pub added: Option<AddedConditions>,
     /// Timesteps and noise.
     pub noise: StepNoise,
 }
@@ -240,9 +242,15 @@ pub fn optimizer_step(
     let mut accumulator = GradientsAccumulator::new();
     let mut loss_sum = 0.0f64;
     for mb in micro_batches {
-        let loss = diffusion_loss(
-            &unet, schedule, objective, mb.latents, mb.context, &mb.noise,
-        );
+        let loss = diffusion_loss_added(
+            &unet,
+            schedule,
+            objective,
+            mb.latents,
+            mb.context,
+            mb.added.as_ref(),
+            &mb.noise,
+        )?;
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &unet);
         accumulator.accumulate(&unet, grads);
