@@ -1,7 +1,8 @@
 //! One LoRA training step of the SDXL UNet against PyTorch + PEFT (fixture
 //! `fixtures/sdxl/lora_step`): same base weights, adapters, batch, added conditioning, noise and
 //! timesteps; the loss and every adapter gradient within 1e-4 relative (fp32), ε-prediction with
-//! min-SNR-5 and offset noise.
+//! min-SNR-5 and offset noise. The reference is PyTorch's step in float64: its own fp32 step is
+//! up to ~5e-5 relative away from it on this model (recorded in the fixture's header).
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
@@ -114,5 +115,9 @@ fn sdxl_loss_and_gradients_match_peft() {
         }
     }
     assert_eq!(compared, 312);
-    println!("sdxl gradients: worst relative error {worst:e} over {compared} tensors");
+    println!(
+        "sdxl gradients: worst relative error {worst:e} over {compared} tensors against float64 \
+         (PyTorch fp32: {})",
+        expected.metadata()["torch_fp32_worst_relative_error"]
+    );
 }

@@ -8,7 +8,7 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::fixture;
-use loraflow_trainer::lora::{NetworkConfig, apply_lora};
+use loraflow_trainer::lora::{NetworkConfig, apply_lora, targets};
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::schedule::{NoiseSchedule, Prediction};
 use loraflow_trainer::sdxl::{SizeConditioning, StableDiffusionXl, time_ids_tensor};
@@ -49,7 +49,14 @@ fn sdxl_lora_steps_reduce_the_loss() {
     let shape: [usize; 4] = latents.dims();
     let noise = StepNoise::sample(&mut rng, shape, 1000);
 
-    let network = NetworkConfig::new(4, 4.0);
+    // The tiny UNet has 2–4 channels per level: adapt its convolutions too (LoCon), so that
+    // the adapters have enough capacity to show learning in a few steps.
+    let all: Vec<&str> = targets::TRANSFORMER
+        .iter()
+        .chain(targets::CONV)
+        .copied()
+        .collect();
+    let network = NetworkConfig::new(4, 4.0).with_targets(&all);
     let (mut unet, adapted) = apply_lora(model.unet.clone(), &network, 7, &device).unwrap();
     assert!(!adapted.is_empty());
     let schedule = NoiseSchedule::stable_diffusion();
@@ -59,7 +66,7 @@ fn sdxl_lora_steps_reduce_the_loss() {
         min_snr_gamma: None,
     };
     let settings = AdamWSettings {
-        learning_rate: 1e-2,
+        learning_rate: 3e-2,
         beta1: 0.9,
         beta2: 0.999,
         epsilon: 1e-8,
@@ -67,7 +74,7 @@ fn sdxl_lora_steps_reduce_the_loss() {
     };
     let mut optim = settings.build();
     let mut losses = Vec::new();
-    for step in 1..=12 {
+    for step in 1..=20 {
         let mb = MicroBatch {
             latents: latents.clone(),
             context: context.clone(),
@@ -94,7 +101,12 @@ fn sdxl_lora_steps_reduce_the_loss() {
     println!("sdxl losses: {losses:?}");
     let first = losses[0];
     let last = *losses.last().unwrap();
-    assert!(last < 0.8 * first, "loss did not fall: {first} → {last}");
+    // Same batch and noise every step: each step lowers the loss, by 15% or more in all.
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]),
+        "a step raised the loss: {losses:?}"
+    );
+    assert!(last < 0.85 * first, "loss did not fall: {first} → {last}");
     // The base stays frozen: conv_in is what the model loaded.
     let base = model.unet.conv_in.weight.val().into_data();
     assert_eq!(unet.conv_in.weight.val().into_data(), base);
