@@ -8,7 +8,8 @@
 //! (`_maybe_map_sgm_blocks_to_diffusers`), and A1111 matches them to its own SGM modules, so this
 //! is the naming written here. The text encoders are `lora_te1_text_model_encoder_layers_*`
 //! (CLIP ViT-L) and `lora_te2_text_model_encoder_layers_*` (OpenCLIP bigG), and the header's
-//! `ss_base_model_version` is `sdxl_base_v1-0`.
+//! `ss_base_model_version` is `sdxl_base_v1-0`. PEFT files use diffusers' component prefixes
+//! `unet.`, `text_encoder.` and `text_encoder_2.`.
 
 use std::path::Path;
 
@@ -17,10 +18,16 @@ use burn::tensor::Device;
 use super::text::SdxlTextEncoders;
 use crate::error::Result;
 use crate::lora::kohya::{KohyaMetadata, LoadedLora, Part, load_kohya_parts, save_kohya_parts};
-use crate::lora::{LayerMut, LoraLayers, UNET_PREFIX, join};
+use crate::lora::{
+    LayerMut, LoraLayers, PEFT_TEXT_ENCODER, PEFT_UNET, UNET_PREFIX, join, load_peft_parts,
+    save_peft_parts,
+};
 use crate::pipeline::single_file::{UNET_PREFIX as LDM_UNET, unet_key, unet_prefixes};
 use crate::tensor_file::SaveDtype;
 use crate::unet::UNet2DConditionModel;
+
+/// diffusers' component prefix of the second text encoder's adapters in PEFT files.
+pub const PEFT_TEXT_ENCODER_2: &str = "text_encoder_2";
 
 /// Key prefix of the first text encoder's modules.
 pub const TE1_PREFIX: &str = "lora_te1_";
@@ -125,6 +132,51 @@ pub fn load_sdxl_kohya(
                 (TE2_PREFIX, &mut text.text_encoder_2),
             ];
             load_kohya_parts(&mut parts, path, strength, device)
+        }
+    }
+}
+
+/// Writes the adapters as one diffusers/PEFT file, as `StableDiffusionXLPipeline.
+/// save_lora_weights(unet_lora_layers=..., text_encoder_lora_layers=...,
+/// text_encoder_2_lora_layers=...)` does: `unet.<diffusers path>`,
+/// `text_encoder.text_model.*` and `text_encoder_2.text_model.*` keys, each component's adapter
+/// config under its prefix in the header.
+pub fn save_sdxl_peft(
+    unet: &mut UNet2DConditionModel,
+    text: Option<&mut SdxlTextEncoders>,
+    path: &Path,
+    dtype: SaveDtype,
+) -> Result<()> {
+    match text {
+        None => save_peft_parts(&mut [(PEFT_UNET, unet)], path, dtype),
+        Some(text) => {
+            let mut parts: Vec<Part<'_>> = vec![
+                (PEFT_UNET, unet),
+                (PEFT_TEXT_ENCODER, &mut text.text_encoder),
+                (PEFT_TEXT_ENCODER_2, &mut text.text_encoder_2),
+            ];
+            save_peft_parts(&mut parts, path, dtype)
+        }
+    }
+}
+
+/// Installs the adapters of an SDXL PEFT file (`unet.`, `text_encoder.`, `text_encoder_2.`);
+/// text-encoder keys are skipped and listed when `text` is not given.
+pub fn load_sdxl_peft(
+    unet: &mut UNet2DConditionModel,
+    text: Option<&mut SdxlTextEncoders>,
+    path: &Path,
+    device: &Device,
+) -> Result<LoadedLora> {
+    match text {
+        None => load_peft_parts(&mut [(PEFT_UNET, unet)], path, None, device),
+        Some(text) => {
+            let mut parts: Vec<Part<'_>> = vec![
+                (PEFT_UNET, unet),
+                (PEFT_TEXT_ENCODER, &mut text.text_encoder),
+                (PEFT_TEXT_ENCODER_2, &mut text.text_encoder_2),
+            ];
+            load_peft_parts(&mut parts, path, None, device)
         }
     }
 }
