@@ -24,7 +24,7 @@ use crate::lora::{
 };
 use crate::pipeline::single_file::{UNET_PREFIX as LDM_UNET, unet_key, unet_prefixes};
 use crate::tensor_file::SaveDtype;
-use crate::unet::UNet2DConditionModel;
+use crate::unet::{UNet2DConditionModel, UNetConfig};
 
 /// diffusers' component prefix of the second text encoder's adapters in PEFT files.
 pub const PEFT_TEXT_ENCODER_2: &str = "text_encoder_2";
@@ -46,7 +46,7 @@ pub struct SgmNames<'m> {
 
 impl<'m> SgmNames<'m> {
     /// Wraps a UNet.
-    pub fn new(unet: &'m mut UNet2DConditionModel, config: &crate::unet::UNetConfig) -> Self {
+    pub fn new(unet: &'m mut UNet2DConditionModel, config: &UNetConfig) -> Self {
         Self {
             unet,
             prefixes: unet_prefixes(config),
@@ -91,7 +91,7 @@ pub fn sdxl_metadata(metadata: &KohyaMetadata) -> KohyaMetadata {
 /// LoRA file with sd-scripts' SDXL key names and header.
 pub fn save_sdxl_kohya(
     unet: &mut UNet2DConditionModel,
-    config: &crate::unet::UNetConfig,
+    config: &UNetConfig,
     text: Option<&mut SdxlTextEncoders>,
     path: &Path,
     metadata: &KohyaMetadata,
@@ -116,7 +116,7 @@ pub fn save_sdxl_kohya(
 /// text-encoder keys go to `text` when given and are skipped otherwise.
 pub fn load_sdxl_kohya(
     unet: &mut UNet2DConditionModel,
-    config: &crate::unet::UNetConfig,
+    config: &UNetConfig,
     text: Option<&mut SdxlTextEncoders>,
     path: &Path,
     strength: f64,
@@ -184,7 +184,6 @@ pub fn load_sdxl_peft(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unet::UNetConfig;
 
     #[test]
     fn sdxl_base_paths_follow_sd_scripts() {
