@@ -137,6 +137,24 @@ fn kohya_sdxl_file_gives_diffusers_lora_output_with_adapters_and_merged() {
     let err = max_abs_diff(&run(&unet, &device), &want);
     println!("sdxl kohya LoRA merged: max abs error {err:e} against diffusers");
     assert!(err <= 1e-4, "merged output off by {err}");
+
+    // The same through the whole model, as samples are rendered with a LoRA.
+    let model = loraflow_trainer::sdxl::StableDiffusionXl::load_diffusers(
+        fixture("sdxl/pipeline"),
+        &device,
+    )
+    .unwrap();
+    let (adapted, loaded) = model
+        .with_lora(&fixture("sdxl/lora_kohya.safetensors"), 1.0, &device)
+        .unwrap();
+    assert_eq!(loaded.modules.len(), 156);
+    assert!(max_abs_diff(&run(&adapted.unet, &device), &want) <= 1e-4);
+    // Strength 0 is the base model.
+    let (zero, _) = model
+        .with_lora(&fixture("sdxl/lora_kohya.safetensors"), 0.0, &device)
+        .unwrap();
+    let plain_out = expected.read("plain").unwrap();
+    assert!(max_abs_diff(&run(&zero.unet, &device), &plain_out) <= 1e-4);
 }
 
 #[test]

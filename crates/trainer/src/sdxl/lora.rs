@@ -136,6 +136,29 @@ pub fn load_sdxl_kohya(
     }
 }
 
+impl super::StableDiffusionXl {
+    /// A copy of the model with an SDXL kohya LoRA file applied at `strength` (UNet and, when
+    /// the file has them, both encoders), as adapters on the base layers.
+    pub fn with_lora(
+        &self,
+        path: &Path,
+        strength: f64,
+        device: &Device,
+    ) -> Result<(super::StableDiffusionXl, LoadedLora)> {
+        let mut model = self.clone();
+        let config = model.config.unet.clone();
+        let loaded = load_sdxl_kohya(
+            &mut model.unet,
+            &config,
+            Some(&mut model.text),
+            path,
+            strength,
+            device,
+        )?;
+        Ok((model, loaded))
+    }
+}
+
 /// Writes the adapters as one diffusers/PEFT file, as `StableDiffusionXLPipeline.
 /// save_lora_weights(unet_lora_layers=..., text_encoder_lora_layers=...,
 /// text_encoder_2_lora_layers=...)` does: `unet.<diffusers path>`,
