@@ -138,6 +138,7 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
         let mb = MicroBatch {
             latents: latents.to_tensor::<4>(&device),
             context: context.to_tensor::<3>(&device),
+            added: None,
             noise,
         };
         let start = Instant::now();

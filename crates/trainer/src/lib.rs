@@ -14,10 +14,12 @@
 //! - [`tensor_file`]: safetensors reading and writing as `f32` host tensors.
 //! - [`rng`]: seeded host-side random streams (reproducible on every device).
 //! - [`weights`]: loading PyTorch-named weights into any model of the crate.
-//! - [`unet`]: diffusers' `UNet2DConditionModel` (SD1.x/SD2.x), config-driven.
-//! - [`clip`]: transformers' `CLIPTextModel` and CLIP's BPE tokenizer.
+//! - [`unet`]: diffusers' `UNet2DConditionModel` (SD1.x/SD2.x and SDXL), config-driven.
+//! - [`clip`]: transformers' `CLIPTextModel`, `CLIPTextModelWithProjection` and CLIP's BPE
+//!   tokenizer.
 //! - [`vae`]: diffusers' `AutoencoderKL`.
 //! - [`pipeline`]: a whole model from a diffusers folder or a single-file checkpoint.
+//! - [`sdxl`]: Stable Diffusion XL: its folder, two text encoders and micro-conditioning.
 //! - [`sample`]: text to image with DDIM or Euler and guidance, PNGs with text chunks.
 //! - [`data`]: kohya-style image folders, captions, buckets, latent and text caches.
 //! - [`lora`]: adaptable layers, target patterns, kohya and PEFT files, merging.
@@ -36,6 +38,7 @@ pub mod pipeline;
 pub mod rng;
 pub mod sample;
 pub mod schedule;
+pub mod sdxl;
 pub mod tensor_file;
 pub mod train;
 pub mod trainer;

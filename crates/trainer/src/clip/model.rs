@@ -202,7 +202,8 @@ impl ClipTextModel {
         self.text_model.encoder.layers.len()
     }
 
-    fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+    /// Token plus position embeddings: the encoder's input.
+    pub(crate) fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         let [_, tokens] = input_ids.dims();
         let emb = &self.text_model.embeddings;
         let positions = emb

@@ -65,6 +65,10 @@ pub struct ClipTokenizer {
     bos: u32,
     eos: u32,
     pad: u32,
+    /// The padding token's text: split off the raw text like the framing tokens when it is a
+    /// token of its own (SDXL's second tokenizer pads with `!`, which transformers registers as
+    /// a special token, so `!!!` is three pad tokens there).
+    pad_token: String,
     max_length: usize,
 }
 
@@ -153,6 +157,7 @@ impl ClipTokenizer {
             bos: id(BOS)?,
             eos: id(EOS)?,
             pad: id(pad)?,
+            pad_token: pad.to_string(),
             ranks,
             bytes: bytes_to_unicode(),
             pattern: Regex::new(PATTERN).expect("a valid pattern"),
@@ -183,8 +188,11 @@ impl ClipTokenizer {
         let mut rest = text;
         // Special tokens are matched in the raw text, before normalisation.
         loop {
+            let pad = (self.pad_token != BOS && self.pad_token != EOS)
+                .then_some((self.pad_token.as_str(), self.pad));
             let next = [(BOS, self.bos), (EOS, self.eos)]
                 .into_iter()
+                .chain(pad)
                 .filter_map(|(tok, id)| rest.find(tok).map(|at| (at, tok, id)))
                 .min_by_key(|(at, _, _)| *at);
             match next {

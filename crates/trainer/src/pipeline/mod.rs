@@ -56,8 +56,19 @@ impl PipelineConfig {
             }
         };
         let scheduler_path = dir.join("scheduler/scheduler_config.json");
+        let unet = UNetConfig::from_file(required("unet/config.json")?)?;
+        if unet.addition.is_some() {
+            return Err(Error::Unsupported {
+                field: "unet.addition_embed_type".into(),
+                value: "\"text_time\"".into(),
+                hint: format!(
+                    "{} is an SDXL model; load it as one (crate::sdxl), not as SD1.x/SD2.x",
+                    dir.display()
+                ),
+            });
+        }
         Ok(Self {
-            unet: UNetConfig::from_file(required("unet/config.json")?)?,
+            unet,
             vae: VaeConfig::from_file(required("vae/config.json")?)?,
             text_encoder: ClipTextConfig::from_file(required("text_encoder/config.json")?)?,
             scheduler: if scheduler_path.is_file() {
@@ -97,7 +108,7 @@ pub struct StableDiffusion {
 }
 
 /// The first existing weights file of a component folder: plain, then fp16 and bf16 variants.
-fn weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+pub(crate) fn weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     let candidates = [
         format!("{stem}.safetensors"),
         format!("{stem}.fp16.safetensors"),

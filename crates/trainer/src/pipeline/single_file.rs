@@ -41,9 +41,20 @@ pub struct LdmViews<'f> {
     pub text_encoder: Renamed<'f>,
 }
 
-/// `(diffusers prefix, LDM prefix, is a resnet)` of every UNet block.
-fn unet_prefixes(config: &UNetConfig) -> Vec<(String, String, bool)> {
+/// `(diffusers prefix, LDM prefix, is a resnet)` of every UNet block (SDXL's `add_embedding`
+/// is the SGM `label_emb.0`).
+pub fn unet_prefixes(config: &UNetConfig) -> Vec<(String, String, bool)> {
     let mut out: Vec<(String, String, bool)> = vec![
+        (
+            "add_embedding.linear_1.".into(),
+            "label_emb.0.0.".into(),
+            false,
+        ),
+        (
+            "add_embedding.linear_2.".into(),
+            "label_emb.0.2.".into(),
+            false,
+        ),
         (
             "time_embedding.linear_1.".into(),
             "time_embed.0.".into(),
@@ -233,7 +244,9 @@ fn refuse_other_layouts(file: &TensorFile) -> Result<()> {
         ),
     };
     if has("conditioner.embedders.") {
-        return Err(unsupported("an SDXL checkpoint"));
+        return Err(unsupported(
+            "an SDXL checkpoint (load it with StableDiffusionXl::load_single_file)",
+        ));
     }
     if has("cond_stage_model.model.") {
         return Err(unsupported("an SD2.x (OpenCLIP) checkpoint"));

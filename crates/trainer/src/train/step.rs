@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::rng::SeededRng;
 use crate::schedule::{NoiseSchedule, Prediction};
 use crate::tensor_file::HostTensor;
-use crate::unet::UNet2DConditionModel;
+use crate::unet::{AddedConditions, UNet2DConditionModel};
 
 /// The objective's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -139,6 +139,10 @@ fn per_sample(values: Vec<f32>, device: &Device) -> Tensor<4> {
 /// - latents: `[batch, channels, height, width]`
 /// - context: `[batch, tokens, cross_attention_dim]`
 /// - output: `[1]`
+///
+/// # Panics
+///
+/// For a UNet with added conditioning (SDXL); use [`diffusion_loss_added`].
 pub fn diffusion_loss(
     unet: &UNet2DConditionModel,
     schedule: &NoiseSchedule,
@@ -147,6 +151,21 @@ pub fn diffusion_loss(
     context: Tensor<3>,
     noise: &StepNoise,
 ) -> Tensor<1> {
+    diffusion_loss_added(unet, schedule, objective, latents, context, None, noise)
+        .expect("an SD1.x/SD2.x UNet takes no added conditions")
+}
+
+/// [`diffusion_loss`] with SDXL's added conditioning (`text_embeds` and `time_ids` of each
+/// sample); refused when `added` does not fit the model.
+pub fn diffusion_loss_added(
+    unet: &UNet2DConditionModel,
+    schedule: &NoiseSchedule,
+    objective: &Objective,
+    latents: Tensor<4>,
+    context: Tensor<3>,
+    added: Option<&AddedConditions>,
+    noise: &StepNoise,
+) -> Result<Tensor<1>> {
     let device = latents.device();
     let [b, c, h, w] = latents.dims();
     let latent_len = c * h * w;
@@ -164,7 +183,7 @@ pub fn diffusion_loss(
     };
     let t: Vec<f32> = noise.timesteps.iter().map(|&t| t as f32).collect();
     let timesteps = Tensor::<1>::from_data(TensorData::new(t, [b]), &device);
-    let pred = unet.forward(noisy, timesteps, context);
+    let pred = unet.forward_added(noisy, timesteps, context, added)?;
     let per_sample_mse: Tensor<1> = (pred - target)
         .square()
         .reshape([b, latent_len])
@@ -174,9 +193,9 @@ pub fn diffusion_loss(
         Some(gamma) => {
             let w = schedule.min_snr_weights(&noise.timesteps, gamma as f32, objective.prediction);
             let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &device);
-            (per_sample_mse * w).mean()
+            Ok((per_sample_mse * w).mean())
         }
-        None => per_sample_mse.mean(),
+        None => Ok(per_sample_mse.mean()),
     }
 }
 
@@ -187,6 +206,8 @@ pub struct MicroBatch {
     pub latents: Tensor<4>,
     /// `[b, tokens, width]` text states.
     pub context: Tensor<3>,
+    /// SDXL's pooled text and `time_ids` of each sample; `None` for SD1.x/SD2.x.
+    pub added: Option<AddedConditions>,
     /// Timesteps and noise.
     pub noise: StepNoise,
 }
@@ -221,9 +242,15 @@ pub fn optimizer_step(
     let mut accumulator = GradientsAccumulator::new();
     let mut loss_sum = 0.0f64;
     for mb in micro_batches {
-        let loss = diffusion_loss(
-            &unet, schedule, objective, mb.latents, mb.context, &mb.noise,
-        );
+        let loss = diffusion_loss_added(
+            &unet,
+            schedule,
+            objective,
+            mb.latents,
+            mb.context,
+            mb.added.as_ref(),
+            &mb.noise,
+        )?;
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &unet);
         accumulator.accumulate(&unet, grads);

@@ -1,14 +1,16 @@
 //! The UNet's configuration, read from a diffusers `config.json`.
 //!
-//! Only the SD1.x/SD2.x family is implemented; a config that asks for anything else (class or
-//! addition embeddings as in SDXL, scale-shift time conditioning, other activations, ...) is
-//! rejected with an [`Error::Unsupported`] naming the key, rather than silently mis-built.
+//! The SD1.x/SD2.x family and SDXL (`addition_embed_type = "text_time"`, see
+//! [`super::text_time`]) are implemented; a config that asks for anything else (class
+//! embeddings, other added conditioning, scale-shift time conditioning, other activations, ...)
+//! is rejected with an [`Error::Unsupported`] naming the key, rather than silently mis-built.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::text_time::TextTimeConfig;
 use crate::error::{Error, Result};
 
 /// Down block types of diffusers' `down_block_types`.
@@ -75,6 +77,9 @@ pub struct UNetConfig {
     pub time_embedding_dim: usize,
     /// Latent resolution the model was trained at, if given.
     pub sample_size: Option<usize>,
+    /// SDXL's added conditioning (`addition_embed_type = "text_time"`), if any.
+    #[serde(default)]
+    pub addition: Option<TextTimeConfig>,
 }
 
 fn unsupported(field: &str, value: &Value, hint: &str) -> Error {
@@ -152,10 +157,6 @@ impl UNetConfig {
             (
                 "class_embed_type",
                 "class-conditioned UNets are not implemented",
-            ),
-            (
-                "addition_embed_type",
-                "SDXL-style added conditioning is not implemented",
             ),
             (
                 "encoder_hid_dim_type",
@@ -373,6 +374,7 @@ impl UNetConfig {
             conv_in_kernel: read_usize("conv_in_kernel", 3)?,
             conv_out_kernel: read_usize("conv_out_kernel", 3)?,
             sample_size,
+            addition: TextTimeConfig::from_diffusers(obj)?,
         };
         config.validate()?;
         Ok(config)
@@ -476,6 +478,27 @@ impl UNetConfig {
         .expect("the SD2 config is valid")
     }
 
+    /// The SDXL 1.0 base UNet (`stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`).
+    pub fn sdxl_base() -> Self {
+        Self::from_diffusers(&serde_json::json!({
+            "_class_name": "UNet2DConditionModel",
+            "addition_embed_type": "text_time",
+            "addition_embed_type_num_heads": 64,
+            "addition_time_embed_dim": 256,
+            "attention_head_dim": [5, 10, 20],
+            "block_out_channels": [320, 640, 1280],
+            "cross_attention_dim": 2048,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "layers_per_block": 2,
+            "projection_class_embeddings_input_dim": 2816,
+            "sample_size": 128,
+            "transformer_layers_per_block": [1, 2, 10],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "use_linear_projection": true
+        }))
+        .expect("the SDXL base config is valid")
+    }
+
     /// The heads of the mid block (those of the deepest level).
     pub fn mid_heads(&self) -> usize {
         *self
@@ -504,12 +527,23 @@ mod tests {
     }
 
     #[test]
-    fn sdxl_style_configs_are_refused_by_key() {
-        let err = UNetConfig::from_diffusers(&json!({"addition_embed_type": "text_time"}))
+    fn sdxl_configs_are_read_and_other_added_conditioning_refused() {
+        let c = UNetConfig::sdxl_base();
+        assert_eq!(c.num_attention_heads, vec![5, 10, 20]);
+        assert_eq!(c.transformer_layers_per_block, vec![1, 2, 10]);
+        assert_eq!(c.cross_attention_dim, vec![2048; 3]);
+        let added = c.addition.unwrap();
+        assert_eq!(added.text_embeds_dim(6), Some(1280));
+        assert_eq!(UNetConfig::sd15().addition, None);
+        let err = UNetConfig::from_diffusers(&json!({"addition_embed_type": "text"}))
             .unwrap_err()
             .to_string();
         assert!(err.contains("`addition_embed_type`"), "{err}");
-        assert!(err.contains("text_time"), "{err}");
+        assert!(err.contains("\"text\""), "{err}");
+        let err = UNetConfig::from_diffusers(&json!({"addition_embed_type": "text_time"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("addition_time_embed_dim"), "{err}");
     }
 
     #[test]

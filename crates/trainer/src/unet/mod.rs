@@ -1,7 +1,9 @@
-//! diffusers' `UNet2DConditionModel` (the SD1.x/SD2.x family), built from its `config.json`.
+//! diffusers' `UNet2DConditionModel` (the SD1.x/SD2.x family and SDXL), built from its
+//! `config.json`.
 //!
 //! - [`config`]: the diffusers configuration and its checks.
 //! - [`embeddings`]: sinusoidal timestep features and the time MLP.
+//! - [`text_time`]: SDXL's added conditioning (pooled text and micro-conditioning).
 //! - [`resnet`]: resnet blocks, down- and upsamplers.
 //! - [`attention`]: attention and the GEGLU feed-forward.
 //! - [`transformer`]: the transformer block and `Transformer2DModel`.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod embeddings;
 pub mod load;
 pub mod resnet;
+pub mod text_time;
 pub mod transformer;
 
 use burn::module::Module;
@@ -25,7 +28,9 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 pub use config::{DownBlockKind, UNetConfig, UpBlockKind};
+pub use text_time::{AddedConditions, TextTimeConfig};
 
+use crate::error::{Error, Result};
 use crate::lora::{LayerMut, LoraConv2d, LoraConv2dConfig, LoraLayers, join};
 use blocks::{BlockSettings, CrossAttention, DownBlock, MidBlock, UpBlock};
 use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
@@ -103,6 +108,14 @@ impl UNetConfig {
                 .init(device),
             time_embedding: TimestepEmbeddingConfig::new(boc[0], self.time_embedding_dim)
                 .init(device),
+            add_embedding: self.addition.map(|a| {
+                TimestepEmbeddingConfig::new(
+                    a.projection_class_embeddings_input_dim,
+                    self.time_embedding_dim,
+                )
+                .init(device)
+            }),
+            addition: self.addition,
             down_blocks,
             mid_block,
             up_blocks,
@@ -120,13 +133,18 @@ impl UNetConfig {
     }
 }
 
-/// The conditional UNet of Stable Diffusion 1.x/2.x.
+/// The conditional UNet of Stable Diffusion 1.x/2.x and SDXL.
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel {
     /// Latents to the first level's channels.
     pub conv_in: LoraConv2d,
     /// Time MLP.
     pub time_embedding: TimestepEmbedding,
+    /// SDXL: the MLP of the added conditioning (pooled text and time ids).
+    pub add_embedding: Option<TimestepEmbedding>,
+    /// SDXL: the widths of the added conditioning.
+    #[module(skip)]
+    pub addition: Option<TextTimeConfig>,
     /// Encoder levels.
     pub down_blocks: Vec<DownBlock>,
     /// Bottleneck.
@@ -148,7 +166,7 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    /// Predicts noise (or `v`) for noisy latents at the given timesteps.
+    /// Predicts noise (or `v`) for noisy latents at the given timesteps (SD1.x/SD2.x).
     ///
     /// # Shapes
     ///
@@ -156,11 +174,71 @@ impl UNet2DConditionModel {
     /// - timesteps: `[batch]` (may be fractional)
     /// - context: `[batch, tokens, cross_attention_dim]` (text-encoder hidden states)
     /// - output: `[batch, out_channels, height, width]`
+    ///
+    /// # Panics
+    ///
+    /// For a UNet with added conditioning (SDXL), which needs
+    /// [`forward_added`](Self::forward_added).
     pub fn forward(
         &self,
         sample: Tensor<4>,
         timesteps: Tensor<1>,
         context: Tensor<3>,
+    ) -> Tensor<4> {
+        assert!(
+            self.addition.is_none(),
+            "this UNet has added conditioning (SDXL): call forward_added"
+        );
+        self.forward_inner(sample, timesteps, context, None)
+    }
+
+    /// Whether the model needs [`AddedConditions`] (SDXL).
+    pub fn has_added_conditioning(&self) -> bool {
+        self.addition.is_some()
+    }
+
+    /// [`forward`](Self::forward) with SDXL's added conditioning: `added` must be given exactly
+    /// when the model has an `add_embedding`, with the widths its config implies; otherwise a
+    /// clear error and no computation.
+    ///
+    /// # Shapes
+    ///
+    /// As [`forward`](Self::forward), plus `added.text_embeds: [batch, pooled]` and
+    /// `added.time_ids: [batch, n_time_ids]`.
+    pub fn forward_added(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        context: Tensor<3>,
+        added: Option<&AddedConditions>,
+    ) -> Result<Tensor<4>> {
+        match (&self.addition, added) {
+            (Some(config), Some(added)) => added.check(config)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "added_conditions",
+                    "none",
+                    "this UNet (addition_embed_type \"text_time\") needs text_embeds and time_ids",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "added_conditions",
+                    "text_embeds and time_ids",
+                    "this UNet has no addition_embed_type; give none",
+                ));
+            }
+        }
+        Ok(self.forward_inner(sample, timesteps, context, added))
+    }
+
+    fn forward_inner(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        context: Tensor<3>,
+        added: Option<&AddedConditions>,
     ) -> Tensor<4> {
         let sample = if self.center_input_sample {
             sample.mul_scalar(2.0).sub_scalar(1.0)
@@ -173,7 +251,16 @@ impl UNet2DConditionModel {
             self.flip_sin_to_cos,
             self.freq_shift,
         );
-        let temb = self.time_embedding.forward(t);
+        let mut temb = self.time_embedding.forward(t);
+        if let (Some(mlp), Some(config), Some(added)) = (&self.add_embedding, &self.addition, added)
+        {
+            let features = added.features(
+                config.addition_time_embed_dim,
+                self.flip_sin_to_cos,
+                self.freq_shift,
+            );
+            temb = temb + mlp.forward(features);
+        }
 
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
@@ -193,6 +280,9 @@ impl LoraLayers for UNet2DConditionModel {
         self.conv_in.collect_layers(&join(prefix, "conv_in"), out);
         self.time_embedding
             .collect_layers(&join(prefix, "time_embedding"), out);
+        if let Some(add) = &mut self.add_embedding {
+            add.collect_layers(&join(prefix, "add_embedding"), out);
+        }
         self.down_blocks
             .collect_layers(&join(prefix, "down_blocks"), out);
         self.mid_block
