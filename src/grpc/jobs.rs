@@ -488,7 +488,7 @@ impl JobService for Jobs {
             return Err(with_reason(
                 Code::NotFound,
                 format!(
-                    "base model {:?} is neither in the catalogue nor registered by tenant {tenant}; see ListBaseModels",
+                    "base model {:?} is not in the catalogue, nor one tenant {tenant} registered; see ListBaseModels",
                     model.as_str()
                 ),
                 "BASE_MODEL_NOT_FOUND",
