@@ -450,18 +450,28 @@ fn scan_images(
     config: &TrainConfig,
     images: &crate::data::ImageDatasetConfig,
 ) -> Result<ScannedImages> {
-    let pipeline = pipeline_config(config)?;
+    let pixel_multiple = if prepare::is_sdxl(config) {
+        let path = config.model.path.as_ref().expect("is_sdxl: a whole model");
+        let dir = if path.is_dir() {
+            path.as_path()
+        } else {
+            config
+                .model
+                .config_dir
+                .as_deref()
+                .expect("is_sdxl: a config folder")
+        };
+        crate::sdxl::SdxlConfig::from_dir(dir)?.pixel_multiple()
+    } else {
+        pipeline_config(config)?.pixel_multiple()
+    };
     let entries = folder::scan(
         &images.dir,
         images.num_repeats,
         images.trigger_word.as_deref(),
         &images.caption_overrides,
     )?;
-    let buckets = Buckets::new(
-        images.resolution,
-        &images.buckets,
-        pipeline.pixel_multiple(),
-    )?;
+    let buckets = Buckets::new(images.resolution, &images.buckets, pixel_multiple)?;
     let mut chosen = Vec::with_capacity(entries.len());
     for e in &entries {
         let (w, h) = image::image_dimensions(&e.path).map_err(|err| Error::Parse {
