@@ -115,6 +115,10 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
     image.save(data.join("a.png")).unwrap();
     std::fs::write(data.join("a.txt"), CAPTION).unwrap();
     let out = root.join("out");
+    let mut skip = config(&root.join("data"), &out);
+    skip.clip_skip = 2;
+    let err = Trainer::new(skip).unwrap_err().to_string();
+    assert!(err.contains("clip_skip"), "{err}");
     let trainer = Trainer::new(config(&root.join("data"), &out)).unwrap();
     assert_eq!(trainer.plan(), (10, 40));
 

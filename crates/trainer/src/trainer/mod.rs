@@ -312,6 +312,16 @@ impl Trainer {
     /// the run starts).
     pub fn new(config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        if prepare::is_sdxl(&config) && config.clip_skip != 1 {
+            return Err(Error::invalid(
+                "clip_skip",
+                config.clip_skip,
+                "SDXL conditions on both encoders' penultimate layers; leave clip_skip at 1",
+            ));
+        }
+        if prepare::is_sdxl(&config) && config.images.is_none() {
+            return Err(sdxl_needs_images());
+        }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
         let data = match (&config.dataset, &config.images) {
             (Some(path), _) => Data::Latents(LatentDataset::open(path)?),
@@ -334,6 +344,9 @@ impl Trainer {
                 "set",
                 "with_dataset trains on the given latents; leave images unset",
             ));
+        }
+        if prepare::is_sdxl(&config) {
+            return Err(sdxl_needs_images());
         }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
         Ok(Self {
@@ -419,6 +432,16 @@ impl Trainer {
             Data::Images(_) => None,
         }
     }
+}
+
+/// SDXL conditions on each image's size, which a latents file does not record.
+fn sdxl_needs_images() -> Error {
+    Error::invalid(
+        "dataset",
+        "a latents file",
+        "SDXL trains on an image folder (images.dir), whose image sizes give the \
+         micro-conditioning",
+    )
 }
 
 /// The component configs of the configured model.
