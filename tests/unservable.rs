@@ -207,17 +207,20 @@ on_both_backends! {
         assert_eq!(s.engine.store().feed().head().await.unwrap(), head);
         let jobs = c.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner();
         assert!(jobs.jobs.is_empty(), "{:?}", jobs.jobs);
-        // The catalogue offers what this build runs: SDXL and FLUX.1 on
-        // kohya and ai-toolkit.
+        // The catalogue offers what this build runs: SDXL on native, kohya
+        // and ai-toolkit; FLUX.1 on kohya and ai-toolkit.
         let models = c
             .list_base_models(pb::ListBaseModelsRequest::default())
             .await
             .unwrap()
             .into_inner()
             .base_models;
-        for id in ["sdxl", "flux-dev"] {
+        for (id, engines) in [
+            ("sdxl", &["native", "kohya", "ai-toolkit"][..]),
+            ("flux-dev", &["kohya", "ai-toolkit"][..]),
+        ] {
             let m = models.iter().find(|m| m.id == id).unwrap();
-            assert_eq!(m.engines, ["kohya", "ai-toolkit"], "{m:?}");
+            assert_eq!(m.engines, engines, "{m:?}");
         }
         s.stop().await;
     }

@@ -103,14 +103,15 @@ fn read_json(path: &Path) -> Result<serde_json::Value, CheckError> {
 /// What the native trainer implements (see `loraflow_trainer::pipeline`).
 fn native_support(layout: Layout, family: ModelFamily) -> Option<String> {
     match (family, layout) {
-        (ModelFamily::Sd15, _) | (ModelFamily::Sd2, Layout::Diffusers) => None,
+        (ModelFamily::Sd15 | ModelFamily::Sdxl, _) | (ModelFamily::Sd2, Layout::Diffusers) => None,
         (ModelFamily::Sd2, Layout::SingleFile) => Some(
             "the native trainer reads SD2.x as a diffusers folder only; convert the checkpoint \
              (diffusers' convert_original_stable_diffusion_to_diffusers.py) or train with kohya"
                 .into(),
         ),
-        (ModelFamily::Sdxl | ModelFamily::Flux, _) => Some(format!(
-            "the native trainer implements SD1.x and SD2.x; train {family} with the kohya engine"
+        (ModelFamily::Flux, _) => Some(format!(
+            "the native trainer implements SD1.x, SD2.x and SDXL; train {family} with the kohya \
+             engine"
         )),
     }
 }

@@ -128,9 +128,10 @@ fn every_choice_and_bound_of_every_model_and_engine_runs_in_that_engine() {
             }
         }
     }
-    // tiny-sd, sd15 and sd21 on native; sd15, sd21, sdxl and flux-dev on kohya; sdxl and
-    // flux-dev on ai-toolkit.
-    assert_eq!(pairs.len(), 9, "{pairs:?}");
+    // tiny-sd, sd15, sd21 and sdxl on native; sd15, sd21, sdxl and flux-dev on kohya; sdxl
+    // and flux-dev on ai-toolkit.
+    assert_eq!(pairs.len(), 10, "{pairs:?}");
+    assert!(pairs.contains(&("sdxl".to_owned(), Engine::Native)));
     assert!(pairs.contains(&("flux-dev".to_owned(), Engine::Kohya)));
     assert!(pairs.contains(&("flux-dev".to_owned(), Engine::AiToolkit)));
     assert!(walked > 200, "walked only {walked} values");
@@ -230,7 +231,7 @@ fn the_schema_offers_each_engine_its_own_tables() {
             .collect()
     };
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    for model in ["tiny-sd", "sd15", "sd21"] {
+    for model in ["tiny-sd", "sd15", "sd21", "sdxl"] {
         assert_eq!(
             choices(model, Engine::Native, "lr_scheduler"),
             set(&native::params::LR_SCHEDULERS.map(|(n, _)| n))

@@ -38,6 +38,14 @@ fn model_overrides_change_defaults_and_bounds() {
         .resolve(&sdxl, Engine::Kohya, None, &Params::new())
         .unwrap();
     assert_eq!(p["resolution"], ParamValue::Int(1024));
+    // The native engine takes the same SDXL defaults and bounds.
+    let native = c
+        .schema
+        .resolve(&sdxl, Engine::Native, None, &Params::new())
+        .unwrap();
+    assert_eq!(native["resolution"], ParamValue::Int(1024));
+    let low = Params::from([("resolution".to_owned(), ParamValue::Int(256))]);
+    assert!(c.schema.resolve(&sdxl, Engine::Native, None, &low).is_err());
     let bad = Params::from([("batch_size".to_owned(), ParamValue::Int(12))]);
     let err = c
         .schema
@@ -270,8 +278,8 @@ fn a_build_offers_only_the_engines_it_has_rules_for() {
     let c = builtin()
         .with_engine_rules([EngineRules::new(Engine::Native)])
         .unwrap();
-    // SDXL and FLUX.1 have no native engine: not offered at all.
-    assert!(c.base_model(&"sdxl".into()).is_none());
+    // SDXL is offered on the native engine alone; FLUX.1 has no native engine: not offered.
+    assert_eq!(model(&c, "sdxl").engines, [Engine::Native]);
     assert!(c.base_model(&"flux-dev".into()).is_none());
     assert_eq!(model(&c, "sd15").engines, [Engine::Native]);
     assert_eq!(

@@ -19,7 +19,9 @@ use tracing::Instrument;
 
 use super::error::{Error, Result};
 use super::options::NativeOptions;
+use super::sample_xl::XlRun;
 use super::train::job_seed;
+use loraflow_trainer::sdxl::is_sdxl_dir;
 
 /// Renders samples of each epoch's LoRA with loraflow's own pipeline.
 #[derive(Debug, Clone)]
@@ -28,13 +30,13 @@ pub struct NativeSampler {
 }
 
 /// One image to render.
-struct Job {
-    epoch: u32,
-    lora: PathBuf,
-    lora_name: String,
-    index: usize,
-    settings: SampleSettings,
-    out: PathBuf,
+pub(super) struct Job {
+    pub(super) epoch: u32,
+    pub(super) lora: PathBuf,
+    pub(super) lora_name: String,
+    pub(super) index: usize,
+    pub(super) settings: SampleSettings,
+    pub(super) out: PathBuf,
 }
 
 impl NativeSampler {
@@ -118,6 +120,19 @@ impl NativeSampler {
         let base_name = step.base_model.to_string();
         let mut handle = tokio::task::spawn_blocking(move || -> Result<()> {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
+                if is_sdxl_dir(config_dir.as_deref().unwrap_or(&model)) {
+                    let run = XlRun {
+                        model: &model,
+                        config_dir: config_dir.as_deref(),
+                        strength,
+                        size,
+                        base_name: &base_name,
+                        device: &device,
+                        stop: &stop,
+                        tx: &tx,
+                    };
+                    return run.render(jobs);
+                }
                 let device = parse_device(&device)?;
                 let base = StableDiffusion::load(&model, config_dir.as_deref(), &device)?;
                 let size = size.unwrap_or_else(|| base.config.default_image_size());

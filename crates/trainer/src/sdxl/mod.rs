@@ -34,6 +34,12 @@ use crate::vae::{AutoencoderKL, VaeConfig};
 /// The number of SDXL `time_ids`.
 pub const TIME_IDS: usize = 6;
 
+/// Whether `dir` is a diffusers SDXL folder (or an SDXL config folder): it has a second text
+/// encoder's config.
+pub fn is_sdxl_dir(dir: &Path) -> bool {
+    dir.join("text_encoder_2").join("config.json").is_file()
+}
+
 /// The configurations of an SDXL model's components.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SdxlConfig {

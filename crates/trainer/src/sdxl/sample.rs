@@ -15,6 +15,7 @@ use super::text::{SdxlText, SdxlTextEncoders, SdxlTokenizers};
 use crate::error::{Error, Result};
 use crate::rng::{SeededRng, Stream};
 use crate::sample::SampleSettings;
+use crate::sample::png::RgbImage;
 use crate::sample::scheduler::{Sampler, SchedulerConfig};
 use crate::tensor_file::HostTensor;
 use crate::unet::{AddedConditions, UNet2DConditionModel};
@@ -150,5 +151,16 @@ impl<'a> SdxlPipeline<'a> {
             .add_scalar(0.5)
             .clamp(0.0, 1.0);
         Ok((x, image))
+    }
+
+    /// Renders `settings` from its seed to an image.
+    pub fn render(&self, settings: &SampleSettings, device: &Device) -> Result<RgbImage> {
+        let (_, image) = self.generate(settings, None, device)?;
+        let [_, _, h, w] = image.dims();
+        Ok(RgbImage::from_chw(
+            &HostTensor::from_tensor(image).data,
+            h,
+            w,
+        ))
     }
 }

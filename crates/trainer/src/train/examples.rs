@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::dataset::LatentDataset;
 use crate::rng::SeededRng;
+use crate::sdxl::SizeConditioning;
 use crate::tensor_file::HostTensor;
 
 /// What an example is conditioned on.
@@ -31,6 +32,8 @@ pub struct Example {
     pub conditioning: Conditioning,
     /// Times seen per epoch.
     pub repeats: usize,
+    /// SDXL's micro-conditioning of the image (`None` for SD1.x/SD2.x and latents files).
+    pub size: Option<SizeConditioning>,
 }
 
 /// Every example of a run.
@@ -54,6 +57,7 @@ impl TrainingSet {
                 latents: dataset.latent(i).reshaped(vec![c, h, w]),
                 conditioning: Conditioning::States(dataset.state(i).reshaped(vec![t, d])),
                 repeats: 1,
+                size: None,
             })
             .collect();
         Self { examples }
@@ -136,6 +140,7 @@ mod tests {
             latents: HostTensor::new(vec![1, h, 2], vec![0.0; h * 2]),
             conditioning: Conditioning::Caption(String::new()),
             repeats,
+            size: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::lora::kohya::{Part, kohya_name_with};
 use crate::lora::{KohyaMetadata, LoraLayers, TE_PREFIX, UNET_PREFIX, save_kohya_parts};
 use crate::schedule::Prediction;
+use crate::sdxl::lora::{SgmNames, TE1_PREFIX, TE2_PREFIX, sdxl_metadata};
 use crate::tensor_file::{SaveDtype, TensorFile};
 use crate::train::config::TrainConfig;
 use crate::train::step::Objective;
@@ -68,13 +69,27 @@ pub(super) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(bytes)))
 }
 
-/// The model parts whose adapters go into a LoRA file.
-pub(super) fn parts<'a>(models: &'a mut Models, train_te: bool) -> Vec<Part<'a>> {
-    let mut parts: Vec<Part<'a>> = vec![(UNET_PREFIX, &mut models.unet as &mut dyn LoraLayers)];
+/// Calls `f` with the model parts whose adapters go into a LoRA file: the UNet (under its SGM
+/// module names for SDXL, as sd-scripts writes them) and the trained text encoder(s).
+pub(super) fn with_parts<R>(
+    models: &mut Models,
+    train_te: bool,
+    f: impl FnOnce(&mut [Part<'_>]) -> R,
+) -> R {
+    if let Some(xl) = models.sdxl.as_mut() {
+        let mut sgm = SgmNames::new(&mut models.unet, &models.unet_config);
+        let mut parts: Vec<Part<'_>> = vec![(UNET_PREFIX, &mut sgm as &mut dyn LoraLayers)];
+        if train_te {
+            parts.push((TE1_PREFIX, &mut xl.text.text_encoder));
+            parts.push((TE2_PREFIX, &mut xl.text.text_encoder_2));
+        }
+        return f(&mut parts);
+    }
+    let mut parts: Vec<Part<'_>> = vec![(UNET_PREFIX, &mut models.unet as &mut dyn LoraLayers)];
     if train_te && let Some(te) = models.text_encoder.as_mut() {
         parts.push((TE_PREFIX, te as &mut dyn LoraLayers));
     }
-    parts
+    f(&mut parts)
 }
 
 /// sd-scripts' header for a run; `epoch`, `steps` and `training_finished_at` are filled in at
@@ -155,6 +170,12 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
         "loraflow_train_config".into(),
         serde_json::to_string(cfg).expect("the config serialises"),
     );
+    if inputs.models.sdxl.is_some() {
+        metadata = sdxl_metadata(&metadata);
+        if let Some(v) = &cfg.model.base_model_version {
+            metadata.base_model_version.clone_from(v);
+        }
+    }
     metadata
 }
 

@@ -312,6 +312,16 @@ impl Trainer {
     /// the run starts).
     pub fn new(config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        if prepare::is_sdxl(&config) && config.clip_skip != 1 {
+            return Err(Error::invalid(
+                "clip_skip",
+                config.clip_skip,
+                "SDXL conditions on both encoders' penultimate layers; leave clip_skip at 1",
+            ));
+        }
+        if prepare::is_sdxl(&config) && config.images.is_none() {
+            return Err(sdxl_needs_images());
+        }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
         let data = match (&config.dataset, &config.images) {
             (Some(path), _) => Data::Latents(LatentDataset::open(path)?),
@@ -334,6 +344,9 @@ impl Trainer {
                 "set",
                 "with_dataset trains on the given latents; leave images unset",
             ));
+        }
+        if prepare::is_sdxl(&config) {
+            return Err(sdxl_needs_images());
         }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
         Ok(Self {
@@ -421,6 +434,16 @@ impl Trainer {
     }
 }
 
+/// SDXL conditions on each image's size, which a latents file does not record.
+fn sdxl_needs_images() -> Error {
+    Error::invalid(
+        "dataset",
+        "a latents file",
+        "SDXL trains on an image folder (images.dir), whose image sizes give the \
+         micro-conditioning",
+    )
+}
+
 /// The component configs of the configured model.
 pub(crate) fn pipeline_config(config: &TrainConfig) -> Result<PipelineConfig> {
     let path = config
@@ -450,18 +473,28 @@ fn scan_images(
     config: &TrainConfig,
     images: &crate::data::ImageDatasetConfig,
 ) -> Result<ScannedImages> {
-    let pipeline = pipeline_config(config)?;
+    let pixel_multiple = if prepare::is_sdxl(config) {
+        let path = config.model.path.as_ref().expect("is_sdxl: a whole model");
+        let dir = if path.is_dir() {
+            path.as_path()
+        } else {
+            config
+                .model
+                .config_dir
+                .as_deref()
+                .expect("is_sdxl: a config folder")
+        };
+        crate::sdxl::SdxlConfig::from_dir(dir)?.pixel_multiple()
+    } else {
+        pipeline_config(config)?.pixel_multiple()
+    };
     let entries = folder::scan(
         &images.dir,
         images.num_repeats,
         images.trigger_word.as_deref(),
         &images.caption_overrides,
     )?;
-    let buckets = Buckets::new(
-        images.resolution,
-        &images.buckets,
-        pipeline.pixel_multiple(),
-    )?;
+    let buckets = Buckets::new(images.resolution, &images.buckets, pixel_multiple)?;
     let mut chosen = Vec::with_capacity(entries.len());
     for e in &entries {
         let (w, h) = image::image_dimensions(&e.path).map_err(|err| Error::Parse {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::StableDiffusion;
 use crate::sample::scheduler::SchedulerConfig;
 use crate::schedule::{NoiseSchedule, Prediction};
+use crate::sdxl::{SdxlTextEncoders, SdxlTokenizers, SizeConditioning, StableDiffusionXl};
 use crate::tensor_file::HostTensor;
 use crate::train::config::TrainConfig;
 use crate::train::examples::{Conditioning, Example, TrainingSet};
@@ -34,6 +35,71 @@ pub(super) struct Models {
     /// Cache identities of the VAE and text encoder.
     pub vae_identity: String,
     pub text_identity: String,
+    /// SDXL's two encoders and tokenizers (then `text_encoder` and `tokenizer` are `None`).
+    pub sdxl: Option<SdxlText>,
+}
+
+/// The text side of an SDXL model.
+pub(super) struct SdxlText {
+    pub text: SdxlTextEncoders,
+    pub tokenizers: SdxlTokenizers,
+}
+
+/// Whether the configured whole model is SDXL: a diffusers folder with a second text encoder
+/// (or a single file whose config folder has one).
+pub(super) fn is_sdxl(config: &TrainConfig) -> bool {
+    let m = &config.model;
+    let dir = match &m.path {
+        Some(p) if p.is_dir() => Some(p.as_path()),
+        Some(_) => m.config_dir.as_deref(),
+        None => None,
+    };
+    dir.is_some_and(crate::sdxl::is_sdxl_dir)
+}
+
+fn load_sdxl(config: &TrainConfig, path: &Path, device: &Device) -> Result<Models> {
+    let xl = if path.is_dir() {
+        StableDiffusionXl::load_diffusers(path, device)?
+    } else {
+        let dir = config
+            .model
+            .config_dir
+            .as_deref()
+            .expect("is_sdxl: a single file has a config folder");
+        StableDiffusionXl::load_single_file(path, dir, device)?
+    };
+    let scheduler = xl.config.scheduler.clone();
+    let te_identity = format!(
+        "{}+{}+{}",
+        model_identity(
+            &xl.config.text_encoder,
+            &component_file(path, "text_encoder", "model"),
+        ),
+        model_identity(
+            &xl.config.text_encoder_2.text,
+            &component_file(path, "text_encoder_2", "model"),
+        ),
+        xl.config.text_encoder_2.projection_dim
+    );
+    Ok(Models {
+        schedule: scheduler.noise_schedule()?,
+        scheduler,
+        unet_config: xl.config.unet.clone(),
+        vae_identity: model_identity(
+            &xl.config.vae,
+            &component_file(path, "vae", "diffusion_pytorch_model"),
+        ),
+        text_identity: te_identity,
+        model_name: file_name(path),
+        unet: xl.unet,
+        text_encoder: None,
+        tokenizer: None,
+        vae: Some(xl.vae),
+        sdxl: Some(SdxlText {
+            text: xl.text,
+            tokenizers: xl.tokenizers,
+        }),
+    })
 }
 
 fn file_name(path: &Path) -> String {
@@ -84,6 +150,9 @@ pub(super) fn model_prediction(config: &TrainConfig) -> Result<Option<Prediction
 pub(super) fn load_models(config: &TrainConfig, device: &Device) -> Result<Models> {
     let m = &config.model;
     if let Some(path) = &m.path {
+        if is_sdxl(config) {
+            return load_sdxl(config, path, device);
+        }
         let sd = StableDiffusion::load(path, m.config_dir.as_deref(), device)?;
         let scheduler = sd.config.scheduler.clone();
         return Ok(Models {
@@ -103,6 +172,7 @@ pub(super) fn load_models(config: &TrainConfig, device: &Device) -> Result<Model
             text_encoder: Some(sd.text_encoder),
             tokenizer: Some(sd.tokenizer),
             vae: Some(sd.vae),
+            sdxl: None,
         });
     }
     let config_path = m
@@ -132,6 +202,7 @@ pub(super) fn load_models(config: &TrainConfig, device: &Device) -> Result<Model
             .map_or_else(|| "random-init".to_string(), file_name),
         vae_identity: String::new(),
         text_identity: String::new(),
+        sdxl: None,
     })
 }
 
@@ -181,10 +252,25 @@ pub(super) fn encode_images(
                 latents
             }
         };
+        // SDXL's micro-conditioning, from the image's own size (headers only).
+        let size = if models.sdxl.is_some() {
+            let (w, h) = image::image_dimensions(&entry.path).map_err(|e| Error::Parse {
+                path: entry.path.clone(),
+                reason: format!("not a readable image: {e}"),
+            })?;
+            Some(SizeConditioning::for_bucket(
+                (w, h),
+                (bucket.0 as u32, bucket.1 as u32),
+                false,
+            ))
+        } else {
+            None
+        };
         examples.push(Example {
             latents,
             conditioning: Conditioning::Caption(entry.caption.clone()),
             repeats: entry.repeats,
+            size,
         });
         sink.report(ProgressEvent::Preparing {
             stage: "latents",
@@ -195,6 +281,39 @@ pub(super) fn encode_images(
     Ok(TrainingSet::new(examples))
 }
 
+/// The text conditioning of one caption: its states, and SDXL's pooled vector.
+#[derive(Debug, Clone)]
+pub(super) struct TextStates {
+    /// `[tokens, width]`.
+    pub context: HostTensor,
+    /// `[projection_dim]`, SDXL only.
+    pub pooled: Option<HostTensor>,
+}
+
+/// Encodes one caption without gradients (both encoders for SDXL).
+fn encode_caption(
+    caption: &str,
+    models: &Models,
+    clip_skip: usize,
+    device: &Device,
+) -> Result<TextStates> {
+    if let Some(xl) = &models.sdxl {
+        let ids = xl.tokenizers.encode_batch(&[caption]);
+        let text = xl.text.encode(&ids, device)?;
+        return Ok(TextStates {
+            context: HostTensor::from_tensor(text.context.squeeze_dim::<2>(0)),
+            pooled: Some(HostTensor::from_tensor(text.pooled.squeeze_dim::<1>(0))),
+        });
+    }
+    let te = models.text_encoder.as_ref().expect("a whole model");
+    let tokenizer = models.tokenizer.as_ref().expect("a whole model");
+    let ids = ids_tensor(&[tokenizer.encode_padded(caption)], device);
+    Ok(TextStates {
+        context: HostTensor::from_tensor(te.forward(ids, clip_skip)?.squeeze_dim::<2>(0)),
+        pooled: None,
+    })
+}
+
 /// Text states of `captions`, computed once (from the cache when it has them).
 pub(super) fn encode_captions(
     captions: &[String],
@@ -203,21 +322,32 @@ pub(super) fn encode_captions(
     cache: &Cache,
     sink: &mut dyn ProgressSink,
     device: &Device,
-) -> Result<HashMap<String, HostTensor>> {
-    let te = models.text_encoder.as_ref().expect("a whole model");
-    let tokenizer = models.tokenizer.as_ref().expect("a whole model");
+) -> Result<HashMap<String, TextStates>> {
     let mut out = HashMap::new();
     for (i, caption) in captions.iter().enumerate() {
         if out.contains_key(caption) {
             continue;
         }
         let key = Cache::text_key(caption, clip_skip, &models.text_identity);
-        let states = match cache.get("text", &key) {
+        let cached = match (cache.get("text", &key), models.sdxl.is_some()) {
+            (Some(context), false) => Some(TextStates {
+                context,
+                pooled: None,
+            }),
+            (Some(context), true) => cache.get("pooled", &key).map(|p| TextStates {
+                context,
+                pooled: Some(p),
+            }),
+            (None, _) => None,
+        };
+        let states = match cached {
             Some(s) => s,
             None => {
-                let ids = ids_tensor(&[tokenizer.encode_padded(caption)], device);
-                let s = HostTensor::from_tensor(te.forward(ids, clip_skip)?.squeeze_dim::<2>(0));
-                cache.put("text", &key, &s)?;
+                let s = encode_caption(caption, models, clip_skip, device)?;
+                cache.put("text", &key, &s.context)?;
+                if let Some(p) = &s.pooled {
+                    cache.put("pooled", &key, p)?;
+                }
                 s
             }
         };

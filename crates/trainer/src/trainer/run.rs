@@ -8,10 +8,12 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 
 use super::checkpoint::{
-    MetadataInputs, TrainingState, kohya_metadata, parts, read_state, restore, save_lora,
-    save_state, state_dir, unix_now,
+    MetadataInputs, TrainingState, kohya_metadata, read_state, restore, save_lora, save_state,
+    state_dir, unix_now, with_parts,
 };
-use super::prepare::{Models, cache_of, encode_captions, encode_images, load_models};
+use super::prepare::{
+    Models, SdxlText, TextStates, cache_of, encode_captions, encode_images, load_models,
+};
 use super::{
     CancelSignal, Data, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
     StepProgress, TrainOutput, Trainer,
@@ -25,12 +27,15 @@ use crate::lora::{
     save_peft_parts, set_stable_ids,
 };
 use crate::rng::{SeededRng, Stream};
-use crate::tensor_file::HostTensor;
+use crate::sdxl::lora::save_sdxl_peft;
 use crate::train::config::TrainConfig;
 use crate::train::examples::{Conditioning, TrainingSet};
 use crate::train::optim::AdamWSettings;
 use crate::train::step::Objective;
 use crate::unet::UNetConfig;
+
+/// Namespace of the parameter ids of SDXL's text-encoder adapters.
+const TEXT_IDS: &str = "sdxl_text";
 
 /// Where the loop is, everything a state file records.
 pub(super) struct Position {
@@ -50,7 +55,7 @@ pub(super) struct Run<'a> {
     pub(super) objective: Objective,
     pub(super) models: Models,
     pub(super) set: TrainingSet,
-    pub(super) text_cache: HashMap<String, HostTensor>,
+    pub(super) text_cache: HashMap<String, TextStates>,
     pub(super) train_te: bool,
     pub(super) optim: ModuleOptimizer,
     pub(super) optim_te: Option<ModuleOptimizer>,
@@ -178,24 +183,39 @@ impl Trainer {
         models.unet = unet;
         set_stable_ids(&mut models.unet, "unet");
         if let Some(te_cfg) = &cfg.text_encoder {
-            let te = models
-                .text_encoder
-                .take()
-                .expect("validated: a whole model");
             let network = NetworkConfig {
                 targets: te_cfg.targets.clone(),
                 conv_rank: None,
                 conv_alpha: None,
                 ..cfg.network.clone()
             };
-            let (mut te, te_adapted) = apply_lora(te, &network, cfg.seed.wrapping_add(1), &device)?;
-            set_stable_ids(&mut te, "text_encoder");
-            adapted.extend(te_adapted.into_iter().map(|p| format!("text_encoder.{p}")));
-            models.text_encoder = Some(te);
+            let te_seed = cfg.seed.wrapping_add(1);
+            if let Some(xl) = models.sdxl.take() {
+                // Paths are `text_encoder.*` and `text_encoder_2.*` already.
+                let (mut text, te_adapted) = apply_lora(xl.text, &network, te_seed, &device)?;
+                set_stable_ids(&mut text, TEXT_IDS);
+                adapted.extend(te_adapted);
+                models.sdxl = Some(SdxlText {
+                    text,
+                    tokenizers: xl.tokenizers,
+                });
+            } else {
+                let te = models
+                    .text_encoder
+                    .take()
+                    .expect("validated: a whole model");
+                let (mut te, te_adapted) = apply_lora(te, &network, te_seed, &device)?;
+                set_stable_ids(&mut te, "text_encoder");
+                adapted.extend(te_adapted.into_iter().map(|p| format!("text_encoder.{p}")));
+                models.text_encoder = Some(te);
+            }
         }
         let mut trainable_params = adapter_param_count(&mut models.unet);
         if train_te && let Some(te) = models.text_encoder.as_mut() {
             trainable_params += adapter_param_count(te);
+        }
+        if train_te && let Some(xl) = models.sdxl.as_mut() {
+            trainable_params += adapter_param_count(&mut xl.text);
         }
 
         let batches_per_epoch = set.batches_per_epoch(cfg.batch_size);
@@ -294,13 +314,19 @@ impl Trainer {
                 .output
                 .dir
                 .join(format!("{}.peft.safetensors", cfg.output.name));
-            let mut parts: Vec<Part<'_>> = vec![(PEFT_UNET, &mut run.models.unet)];
-            if run.train_te
-                && let Some(te) = run.models.text_encoder.as_mut()
-            {
-                parts.push((PEFT_TEXT_ENCODER, te));
+            let m = &mut run.models;
+            if let Some(xl) = m.sdxl.as_mut() {
+                let text = run.train_te.then_some(&mut xl.text);
+                save_sdxl_peft(&mut m.unet, text, &path, cfg.output.dtype)?;
+            } else {
+                let mut parts: Vec<Part<'_>> = vec![(PEFT_UNET, &mut m.unet)];
+                if run.train_te
+                    && let Some(te) = m.text_encoder.as_mut()
+                {
+                    parts.push((PEFT_TEXT_ENCODER, te));
+                }
+                save_peft_parts(&mut parts, &path, cfg.output.dtype)?;
             }
-            save_peft_parts(&mut parts, &path, cfg.output.dtype)?;
             Some(path)
         } else {
             None
@@ -331,18 +357,19 @@ impl Run<'_> {
         let (dir, state) = read_state(path, self.cfg, &self.dataset_digest)?;
         let optim = std::mem::replace(&mut self.optim, self.cfg.optimizer.build());
         let optim_te = self.optim_te.take();
-        let (optim, optim_te) = restore(
-            &dir,
-            &mut parts(&mut self.models, self.train_te),
-            (optim, optim_te),
-            &self.device,
-        )?;
+        let device = self.device.clone();
+        let (optim, optim_te) = with_parts(&mut self.models, self.train_te, |p| {
+            restore(&dir, p, (optim, optim_te), &device)
+        })?;
         self.optim = optim;
         self.optim_te = optim_te;
         // Restored factors are new parameters; give them their stable ids again.
         set_stable_ids(&mut self.models.unet, "unet");
         if let Some(te) = self.models.text_encoder.as_mut() {
             set_stable_ids(te, "text_encoder");
+        }
+        if let Some(xl) = self.models.sdxl.as_mut() {
+            set_stable_ids(&mut xl.text, TEXT_IDS);
         }
         let parse = |s: &str| {
             s.parse::<u128>().map_err(|e| Error::Parse {
@@ -511,16 +538,19 @@ impl Run<'_> {
         self.metadata.steps = self.pos.step;
         self.metadata.training_finished_at = unix_now();
         let state = self.state();
-        let train_te = self.train_te;
-        let mut p = parts(&mut self.models, train_te);
-        let sha256 = save_lora(&mut p, &path, &self.metadata, self.cfg.output.dtype)?;
-        let state_path = if self.cfg.output.save_state {
-            let dir = state_dir(&path);
-            save_state(&dir, &mut p, (&self.optim, self.optim_te.as_ref()), &state)?;
-            Some(dir)
-        } else {
-            None
-        };
+        let (metadata, cfg) = (&self.metadata, self.cfg);
+        let optimizers = (&self.optim, self.optim_te.as_ref());
+        let (sha256, state_path) = with_parts(&mut self.models, self.train_te, |p| {
+            let sha256 = save_lora(p, &path, metadata, cfg.output.dtype)?;
+            let state_path = if cfg.output.save_state {
+                let dir = state_dir(&path);
+                save_state(&dir, p, optimizers, &state)?;
+                Some(dir)
+            } else {
+                None
+            };
+            Ok::<_, Error>((sha256, state_path))
+        })?;
         let entry = SavedLora {
             epoch,
             step: self.pos.step,

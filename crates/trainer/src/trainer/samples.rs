@@ -2,12 +2,72 @@
 
 use burn::module::Module;
 
+use super::prepare::Models;
 use super::run::Run;
 use super::{ProgressEvent, ProgressSink, SavedSamples};
+use crate::clip::ClipTextModel;
 use crate::device::parse_device;
 use crate::error::{Error, Result};
+use crate::sample::png::RgbImage;
 use crate::sample::png::write_png;
 use crate::sample::{Pipeline, SampleSettings, png_text};
+use crate::sdxl::SdxlTextEncoders;
+use crate::sdxl::sample::SdxlPipeline;
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoencoderKL;
+
+/// Inference copies of the models, off the autodiff graph.
+enum Renderer {
+    Sd(UNet2DConditionModel, ClipTextModel, AutoencoderKL),
+    Sdxl(UNet2DConditionModel, SdxlTextEncoders, AutoencoderKL),
+}
+
+impl Renderer {
+    fn new(m: &Models) -> Result<Self> {
+        let whole = || {
+            Error::invalid(
+                "sample",
+                "set",
+                "sampling needs a whole model in model.path",
+            )
+        };
+        let vae = m.vae.as_ref().ok_or_else(whole)?.valid();
+        if let Some(xl) = &m.sdxl {
+            return Ok(Self::Sdxl(m.unet.valid(), xl.text.valid(), vae));
+        }
+        let te = m.text_encoder.as_ref().ok_or_else(whole)?.valid();
+        Ok(Self::Sd(m.unet.valid(), te, vae))
+    }
+
+    fn render(
+        &self,
+        m: &Models,
+        settings: &SampleSettings,
+        device: &burn::tensor::Device,
+    ) -> Result<RgbImage> {
+        match self {
+            Self::Sd(unet, te, vae) => Pipeline {
+                unet,
+                text_encoder: te,
+                vae,
+                tokenizer: m.tokenizer.as_ref().expect("a whole SD model"),
+                scheduler: &m.scheduler,
+            }
+            .render(settings, device),
+            Self::Sdxl(unet, text, vae) => {
+                let xl = m.sdxl.as_ref().expect("an SDXL model");
+                let pipeline = SdxlPipeline {
+                    unet,
+                    text,
+                    vae,
+                    tokenizers: &xl.tokenizers,
+                    scheduler: &m.scheduler,
+                };
+                pipeline.render(settings, device)
+            }
+        }
+    }
+}
 
 impl Run<'_> {
     pub(super) fn render_samples(&mut self, sink: &mut dyn ProgressSink) -> Result<()> {
@@ -24,27 +84,8 @@ impl Run<'_> {
         let Some(sample) = &cfg.sample else {
             return Ok(());
         };
-        let (Some(te), Some(vae), Some(tokenizer)) = (
-            self.models.text_encoder.as_ref(),
-            self.models.vae.as_ref(),
-            self.models.tokenizer.as_ref(),
-        ) else {
-            return Err(Error::invalid(
-                "sample",
-                "set",
-                "sampling needs a whole model in model.path",
-            ));
-        };
         let device = parse_device(&cfg.device)?;
-        // Inference copies, off the autodiff graph.
-        let (unet, te, vae) = (self.models.unet.valid(), te.valid(), vae.valid());
-        let pipeline = Pipeline {
-            unet: &unet,
-            text_encoder: &te,
-            vae: &vae,
-            tokenizer,
-            scheduler: &self.models.scheduler,
-        };
+        let renderer = Renderer::new(&self.models)?;
         let dir = cfg.output.dir.join("samples");
         std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
         let mut paths = Vec::new();
@@ -60,7 +101,7 @@ impl Run<'_> {
                 sampler: sample.sampler,
                 clip_skip: cfg.clip_skip,
             };
-            let image = pipeline.render(&settings, &device)?;
+            let image = renderer.render(&self.models, &settings, &device)?;
             let path = dir.join(format!(
                 "{}-e{epoch:06}-s{:08}-{i:02}.png",
                 cfg.output.name, self.pos.step

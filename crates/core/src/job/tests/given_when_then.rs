@@ -119,7 +119,7 @@ fn create_with_invalid_spec_lists_every_bad_field() {
 fn create_refuses_unknown_model_and_unsupported_engine() {
     let d = Driver::new();
     let mut spec = sample_spec();
-    spec.base_model = "sdxl".into(); // sdxl is not trained by the native engine
+    spec.base_model = "flux-dev".into(); // FLUX.1 is not trained by the native engine
     let err = given(&d)
         .when(JobCommand::Create(CreateJob {
             job_id: "j".into(),
@@ -134,7 +134,7 @@ fn create_refuses_unknown_model_and_unsupported_engine() {
     assert!(
         v.0[0]
             .description
-            .contains("engine native cannot train base model sdxl")
+            .contains("engine native cannot train base model flux-dev")
     );
 }
 
