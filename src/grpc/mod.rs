@@ -13,6 +13,6 @@ mod executors;
 mod fleet;
 mod jobs;
 mod server;
-mod status;
+pub mod status;
 
 pub use server::{ServeError, ServeOptions, serve};
