@@ -325,8 +325,8 @@ on_both_backends! {
         let a = post(&h, "t-acme", &format!("/v1/jobs/{id}/cancel"), json!({"reason": "x", "etag": stale})).await;
         assert_eq!((a.status, a.code()), (409, "ABORTED"), "{}", a.body);
         assert_eq!(a.reason().as_deref(), Some("ETAG_MISMATCH"));
-        let a = post(&h, "t-acme", &format!("/v1/jobs/{id}/cancel"), json!({"reason": " "})).await;
-        assert_eq!(a.status, 400, "{}", a.body);
+        let a = post(&h, "t-acme", &format!("/v1/jobs/{id}/reject"), json!({"reason": " "})).await;
+        assert_eq!((a.status, a.fields()), (400, vec!["reason".to_owned()]), "{}", a.body);
         let a = post(&h, "t-acme", &format!("/v1/jobs/{id}/save-now"), json!({"now": true})).await;
         assert_eq!((a.status, a.fields()), (400, vec!["now".to_owned()]));
         let a = get(&h, "t-acme", "/v1/parameter-schema?base_model=nope&engine=native").await;
@@ -496,8 +496,9 @@ async fn metrics_move_while_a_job_runs_and_health_answers() {
     let ready = answer(c.get(h.url("/readyz"))).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.body["ready"], true);
+    let metrics_url = h.url("/metrics");
     let scrape = || async {
-        let resp = client().get(h.url("/metrics")).send().await.unwrap();
+        let resp = client().get(&metrics_url).send().await.unwrap();
         assert!(
             resp.headers()["content-type"]
                 .to_str()

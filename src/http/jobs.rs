@@ -203,7 +203,8 @@ pub async fn job_history(
 /// `POST /v1/jobs/{job_id}/cancel` and `/reject`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct WithReason {
-    /// Why; required, kept in the job's history.
+    /// Why, kept in the job's history; required to reject.
+    #[serde(default)]
     pub reason: String,
     /// Act only if the job is still at this etag.
     #[serde(default)]
