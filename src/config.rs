@@ -16,6 +16,7 @@
 //!
 //! [server]
 //! listen = "0.0.0.0:50051"
+//! http_listen = "0.0.0.0:8080"   # HTTP/JSON API, web console, /metrics
 //! shutdown_grace = "10s"   # SIGTERM: stop within this
 //! tls = { cert = "/etc/loraflow/tls.crt", key = "/etc/loraflow/tls.key" }
 //!
@@ -196,6 +197,9 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where the HTTP/JSON API, the web console, `/metrics` and the health
+    /// checks listen (`loraflow serve --http`); none: not served.
+    pub http_listen: Option<SocketAddr>,
     pub tls: Option<TlsConfig>,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
@@ -211,6 +215,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".parse().expect("valid address"),
+            http_listen: None,
             tls: None,
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),

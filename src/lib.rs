@@ -10,7 +10,10 @@
 //! - [`error`]: the engine's error type.
 //! - [`tenancy`]: which URIs a tenant may name (its uploads, its allowed roots).
 //! - [`tls`]: the process's TLS crypto provider (ring).
+//! - [`api`]: the typed call layer both front-ends share (one function per call).
 //! - [`grpc`]: the gRPC server over the engine.
+//! - [`http`]: the HTTP/JSON API, the web console, metrics and health.
+//! - [`metrics`]: Prometheus metrics of one server process.
 //! - [`transfer`]: files through the server (resumable, digest-checked
 //!   uploads and downloads, dataset uploads, publishing) for `ArtifactService`.
 //! - [`audit`]: replay a job's events and verify their hash chain.
@@ -19,12 +22,15 @@
 pub use loraflow_core as core;
 
 mod admission;
+pub mod api;
 pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod metrics;
 mod scheduler;
 pub mod tenancy;
 pub mod tls;

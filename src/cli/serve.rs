@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Also serve the HTTP/JSON API, the web console, `/metrics` and the
+    /// health checks here (`127.0.0.1:8080`; default `[server] http_listen`).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
     /// Artifact store root (a folder or URL).
     #[arg(long, env = "LORAFLOW_ARTIFACTS")]
     pub artifacts: Option<String>,
@@ -91,6 +95,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         config.server.listen = l;
     }
+    if let Some(h) = args.http {
+        config.server.http_listen = Some(h);
+    }
     if let Some(a) = args.artifacts {
         config.artifacts.root = a;
     }
@@ -125,13 +132,44 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.store.url
     );
     let shutdown = shutdown_on_signals();
+    let http = match config.server.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            let addr = listener.local_addr()?;
+            eprintln!(
+                "loraflow console at http://{addr}/ (HTTP API under /v1, metrics at /metrics)"
+            );
+            let options = loraflow::http::HttpOptions {
+                auth: loraflow::grpc::auth::Auth::from_config(&config.auth),
+                max_body_bytes: config.server.max_message_bytes,
+            };
+            Some(tokio::spawn(loraflow::http::serve(
+                engine.clone(),
+                options,
+                listener,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let server = loraflow::grpc::serve(
         engine.clone(),
         loraflow::grpc::ServeOptions::from_config(&config),
         listener,
         shutdown.clone(),
     );
-    stop_within_grace(&engine, server, &shutdown, config.server.shutdown_grace).await
+    let served = stop_within_grace(&engine, server, &shutdown, config.server.shutdown_grace).await;
+    if let Some(http) = http {
+        // It stopped with the same token; event streams ended at once.
+        match tokio::time::timeout(config.server.shutdown_grace, http).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server panicked"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
+    served
 }
 
 /// Run `server` until it returns; once `shutdown` is cancelled, give it and

@@ -64,6 +64,12 @@ fn decode(token: &str) -> Result<ExecutorId> {
 }
 
 impl Engine {
+    /// Every executor registered with this engine process, every tenant's
+    /// leases included (for metrics, not for clients).
+    pub(crate) fn fleet_members(&self) -> Vec<FleetMember> {
+        self.inner.fleet.members()
+    }
+
     /// The executors registered with this engine process, by id, as
     /// `tenant` may see them. `page_size` 0 is 50, above 500 is 500.
     pub fn list_executors(

@@ -60,12 +60,21 @@ impl Auth {
     }
 
     fn bearer<T>(req: &Request<T>) -> Result<Option<&str>, Status> {
-        let Some(value) = req.metadata().get("authorization") else {
+        Self::bearer_of(
+            req.metadata()
+                .get("authorization")
+                .map(|v| v.to_str().map_err(|_| ())),
+        )
+    }
+
+    /// The token of an `authorization` header's value (`Err` when the value
+    /// is not text), whichever protocol carried it.
+    fn bearer_of(value: Option<Result<&str, ()>>) -> Result<Option<&str>, Status> {
+        let Some(value) = value else {
             return Ok(None);
         };
-        let value = value
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let value =
+            value.map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
         value.strip_prefix("Bearer ").map(Some).ok_or_else(|| {
             Status::unauthenticated("the authorization header must read `Bearer <token>`")
         })
@@ -76,7 +85,23 @@ impl Auth {
         if self.is_open() {
             return Ok(TenantId::new(OPEN_TENANT));
         }
-        let token = Self::bearer(req)?.ok_or_else(|| {
+        self.tenant_of_token(Self::bearer(req)?)
+    }
+
+    /// The tenant an HTTP request acts for, from its `Authorization`
+    /// header: the same tokens and refusals as over gRPC.
+    pub fn tenant_of_headers(&self, headers: &http::HeaderMap) -> Result<TenantId, Status> {
+        if self.is_open() {
+            return Ok(TenantId::new(OPEN_TENANT));
+        }
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().map_err(|_| ()));
+        self.tenant_of_token(Self::bearer_of(value)?)
+    }
+
+    fn tenant_of_token(&self, token: Option<&str>) -> Result<TenantId, Status> {
+        let token = token.ok_or_else(|| {
             Status::unauthenticated(
                 "missing bearer token; send `authorization: Bearer <tenant token>`",
             )

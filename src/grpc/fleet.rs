@@ -1,13 +1,9 @@
-//! `ListExecutors`: the fleet as the calling tenant may see it. The
-//! `JobService` implementation in `jobs.rs` delegates here.
+//! `ListExecutors`: the fleet as the calling tenant may see it, on the wire.
 
-use loraflow_core::ids::TenantId;
 use loraflow_proto::convert::time::timestamp;
 use loraflow_proto::pb::v1 as pb;
-use tonic::Status;
 
-use super::status::to_status;
-use crate::engine::{Engine, FleetEntry};
+use crate::engine::{FleetEntry, FleetPage};
 
 fn entry_to_wire(e: FleetEntry) -> pb::ExecutorInfo {
     let m = e.member;
@@ -29,21 +25,10 @@ fn entry_to_wire(e: FleetEntry) -> pb::ExecutorInfo {
     }
 }
 
-/// Check the request's fields, read the fleet, answer.
-pub(super) fn list_executors(
-    engine: &Engine,
-    tenant: &TenantId,
-    r: &pb::ListExecutorsRequest,
-) -> Result<pb::ListExecutorsResponse, Status> {
-    let page_size = loraflow_proto::aip::page_size(r.page_size)
-        .map_err(|v| to_status(crate::Error::InvalidArgument(v.nested("page_size")), None))?;
-    let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
-    let page = engine
-        .list_executors(tenant, page_size, token)
-        .map_err(|e| to_status(e, None))?;
-    tracing::debug!(count = page.executors.len(), "executors listed");
-    Ok(pb::ListExecutorsResponse {
+/// A page of the fleet on the wire.
+pub(super) fn executors_to_wire(page: FleetPage) -> pb::ListExecutorsResponse {
+    pb::ListExecutorsResponse {
         executors: page.executors.into_iter().map(entry_to_wire).collect(),
         next_page_token: page.next_page_token.unwrap_or_default(),
-    })
+    }
 }

@@ -1,21 +1,23 @@
 //! `JobService`: what clients call. The tenant comes from the bearer token;
-//! every call is the engine's job API with wire conversions around it.
+//! every call is one function of [`crate::api::jobs`] with wire conversions
+//! around it.
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use loraflow_core::ids::{JobId, TenantId};
-use loraflow_core::views::JobListFilter;
+use loraflow_core::ids::TenantId;
 use loraflow_proto::convert::catalogue::parameter_schema;
 use loraflow_proto::convert::job::{JobMeta, job_to_wire};
 use loraflow_proto::convert::webhook::delivery_to_wire;
 use loraflow_proto::pb::v1 as pb;
 use loraflow_proto::pb::v1::job_service_server::JobService;
-use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
+use tonic::{Request, Response, Status};
 
 use super::auth::Auth;
-use super::status::{to_status, with_reason};
+use super::status::api_status;
+use crate::api::jobs as calls;
+use crate::api::models;
+use crate::api::{Created, Requester, Via};
 use crate::engine::{Engine, JobView};
 
 pub struct Jobs {
@@ -27,7 +29,7 @@ pub struct Jobs {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-fn job(view: JobView) -> pb::Job {
+pub(crate) fn job(view: JobView) -> pb::Job {
     job_to_wire(
         &view.status,
         JobMeta {
@@ -40,31 +42,6 @@ fn job(view: JobView) -> pb::Job {
                 .collect(),
         },
     )
-}
-
-fn bad(v: loraflow_core::validation::Violations) -> Status {
-    to_status(crate::Error::InvalidArgument(v), None)
-}
-
-/// A request's required `job_id`.
-fn parse_job_id(id: &str) -> Result<JobId, Status> {
-    loraflow_proto::aip::job_id(id).map_err(|v| bad(v.nested("job_id")))
-}
-
-/// The span of one call about one job.
-fn span(method: &'static str, tenant: &TenantId, job: &str) -> tracing::Span {
-    tracing::info_span!("grpc", method, %tenant, job)
-}
-
-/// The span of a call whose job id is not known yet: the engine records it
-/// (`job`) once it is.
-fn span_new_job(method: &'static str, tenant: &TenantId) -> tracing::Span {
-    tracing::info_span!("grpc", method, %tenant, job = tracing::field::Empty)
-}
-
-/// The span of a call about no job in particular.
-fn span_tenant(method: &'static str, tenant: &TenantId) -> tracing::Span {
-    tracing::info_span!("grpc", method, %tenant)
 }
 
 fn record(e: &loraflow_store::StoredEvent) -> Result<pb::JobEventRecord, Status> {
@@ -81,144 +58,84 @@ fn record(e: &loraflow_store::StoredEvent) -> Result<pb::JobEventRecord, Status>
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEventRecord, Status>> + Send>>;
 
+impl Jobs {
+    /// The caller of `req`, from its bearer token.
+    fn who<T>(&self, req: &Request<T>) -> Result<Requester, Status> {
+        Ok(Requester::new(self.auth.tenant(req)?, Via::Grpc))
+    }
+}
+
+/// A call's answer as a response.
+fn answer<T, U>(
+    r: Result<T, crate::api::ApiError>,
+    wire: impl FnOnce(T) -> U,
+) -> Result<Response<U>, Status> {
+    r.map(|t| Response::new(wire(t))).map_err(api_status)
+}
+
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn list_webhook_deliveries(
         &self,
         req: Request<pb::ListWebhookDeliveriesRequest>,
     ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let r = req.into_inner();
-        let (id, page_size) = match (r.job_id(), r.page_size()) {
-            (Ok(id), Ok(n)) => (id, n),
-            (id, n) => {
-                let mut v = id.err().unwrap_or_default();
-                v.extend(n.err().unwrap_or_default());
-                return Err(bad(v));
-            }
-        };
-        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
-        let page = self
-            .engine
-            .webhook_deliveries(&tenant, &id, page_size, token)
-            .instrument(span("ListWebhookDeliveries", &tenant, id.as_str()))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+        let who = self.who(&req)?;
+        let page = calls::webhook_deliveries(&self.engine, &who, req.get_ref()).await;
+        answer(page, |page| pb::ListWebhookDeliveriesResponse {
             deliveries: page
                 .deliveries
                 .iter()
                 .map(|d| delivery_to_wire(&d.delivery, &d.attempts))
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        })
     }
 
     async fn create_job(
         &self,
         req: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let validate_only = req.get_ref().validate_only;
-        let new = req.into_inner().into_domain(tenant.clone()).map_err(bad)?;
-        let new = crate::engine::NewJob {
-            spec: new.spec,
-            request_id: new.request_id,
-        };
-        if validate_only {
-            self.engine
-                .validate_job(&tenant, &new)
-                .instrument(span_new_job("CreateJob", &tenant))
-                .await
-                .map_err(|e| to_status(e, Some("job")))?;
+        let who = self.who(&req)?;
+        let tenant: TenantId = who.tenant.clone();
+        let created = calls::create_job(&self.engine, &who, req.into_inner()).await;
+        answer(created, |c| match c {
             // AIP-163: the job as it would be created, without an id.
-            return Ok(Response::new(pb::Job {
+            Created::Valid(spec) => pb::Job {
                 tenant: tenant.to_string(),
                 state: pb::JobState::Pending as i32,
-                spec: Some(new.spec.into()),
+                spec: Some(spec.into()),
                 ..Default::default()
-            }));
-        }
-        let view = self
-            .engine
-            .create_job(&tenant, new)
-            .instrument(span_new_job("CreateJob", &tenant))
-            .await
-            .map_err(|e| to_status(e, Some("job")))?;
-        Ok(Response::new(job(view)))
+            },
+            Created::Job(view) => job(*view),
+        })
     }
 
     async fn resume_job(
         &self,
         req: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let request_id = req.get_ref().request_id().map_err(bad)?;
-        let view = self
-            .engine
-            .resume_request(&tenant, &request_id)
-            .instrument(span_new_job("ResumeJob", &tenant))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::resume_job(&self.engine, &who, req.get_ref()).await,
+            job,
+        )
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let id = req.get_ref().job_id().map_err(bad)?;
-        let view = self
-            .engine
-            .get_job(&tenant, &id)
-            .instrument(span("GetJob", &tenant, id.as_str()))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(calls::get_job(&self.engine, &who, req.get_ref()).await, job)
     }
 
     async fn list_jobs(
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let r = req.into_inner();
-        let (filter, page_size) = match (r.filter(), r.page_size()) {
-            (Ok(f), Ok(n)) => (f, n),
-            (f, n) => {
-                let mut v = f.err().unwrap_or_default();
-                v.extend(n.err().unwrap_or_default());
-                return Err(bad(v));
-            }
-        };
-        let filter = JobListFilter {
-            tenant: None,
-            state: filter.state,
-            base_model: filter.base_model,
-            engine: filter.engine,
-            labels: filter.labels,
-        };
-        let token = (!r.page_token.is_empty()).then_some(r.page_token);
-        let engine = &self.engine;
-        let call_span = span_tenant("ListJobs", &tenant);
-        async move {
-            let page = engine
-                .list_jobs(&tenant, filter, page_size as u32, token)
-                .await
-                .map_err(|e| to_status(e, None))?;
-            let mut jobs = Vec::with_capacity(page.jobs.len());
-            for summary in page.jobs {
-                let view = engine
-                    .get_job(&tenant, &summary.job_id)
-                    .await
-                    .map_err(|e| to_status(e, None))?;
-                jobs.push(job(view));
-            }
-            Ok(Response::new(pb::ListJobsResponse {
-                jobs,
-                next_page_token: page.next_page_token.unwrap_or_default(),
-            }))
-        }
-        .instrument(call_span)
-        .await
+        let who = self.who(&req)?;
+        let page = calls::list_jobs(&self.engine, &who, req.into_inner()).await;
+        answer(page, |page| pb::ListJobsResponse {
+            jobs: page.jobs.into_iter().map(job).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        })
     }
 
     type WatchJobStream = EventStream;
@@ -227,15 +144,10 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let r = req.into_inner();
-        let id = parse_job_id(&r.job_id)?;
-        let events = self
-            .engine
-            .watch(&tenant, &id, r.from_position)
-            .instrument(span("WatchJob", &tenant, id.as_str()))
+        let who = self.who(&req)?;
+        let events = calls::watch_job(&self.engine, &who, req.get_ref())
             .await
-            .map_err(|e| to_status(e, None))?;
+            .map_err(api_status)?;
         // The engine's stream ends right after the job's last event, so a
         // client following a job learns that it is over. A server shutting
         // down ends it early with UNAVAILABLE instead: not over, reconnect.
@@ -265,14 +177,10 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::GetJobHistoryRequest>,
     ) -> Result<Response<pb::GetJobHistoryResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let id = req.get_ref().job_id().map_err(bad)?;
-        let events = self
-            .engine
-            .history(&tenant, &id)
-            .instrument(span("GetJobHistory", &tenant, id.as_str()))
+        let who = self.who(&req)?;
+        let events = calls::job_history(&self.engine, &who, req.get_ref())
             .await
-            .map_err(|e| to_status(e, None))?;
+            .map_err(api_status)?;
         let events = events.iter().map(record).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::GetJobHistoryResponse { events }))
     }
@@ -281,137 +189,77 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let call = req
-            .into_inner()
-            .into_command(tenant.as_str())
-            .map_err(bad)?;
-        let view = self
-            .engine
-            .cancel(
-                &tenant,
-                &call.job_id,
-                &call.command.reason,
-                &call.command.cancelled_by,
-                call.etag,
-            )
-            .instrument(span("CancelJob", &tenant, call.job_id.as_str()))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::cancel_job(&self.engine, &who, req.into_inner()).await,
+            job,
+        )
     }
 
     async fn save_now(
         &self,
         req: Request<pb::SaveNowRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let job_id = parse_job_id(&req.get_ref().job_id)?;
-        let view = async {
-            self.engine.request_save(&tenant, &job_id).await?;
-            self.engine.get_job(&tenant, &job_id).await
-        }
-        .instrument(span("SaveNow", &tenant, job_id.as_str()))
-        .await
-        .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::save_now(&self.engine, &who, req.get_ref()).await,
+            job,
+        )
     }
 
     async fn sample_now(
         &self,
         req: Request<pb::SampleNowRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let job_id = parse_job_id(&req.get_ref().job_id)?;
-        let view = async {
-            self.engine.request_sample(&tenant, &job_id).await?;
-            self.engine.get_job(&tenant, &job_id).await
-        }
-        .instrument(span("SampleNow", &tenant, job_id.as_str()))
-        .await
-        .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::sample_now(&self.engine, &who, req.get_ref()).await,
+            job,
+        )
     }
 
     async fn approve_job(
         &self,
         req: Request<pb::ApproveJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let call = req
-            .into_inner()
-            .into_command(tenant.as_str())
-            .map_err(bad)?;
-        let view = self
-            .engine
-            .approve(
-                &tenant,
-                &call.job_id,
-                call.command.epoch,
-                &call.command.approved_by,
-                call.etag,
-            )
-            .instrument(span("ApproveJob", &tenant, call.job_id.as_str()))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::approve_job(&self.engine, &who, req.into_inner()).await,
+            job,
+        )
     }
 
     async fn reject_job(
         &self,
         req: Request<pb::RejectJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let call = req
-            .into_inner()
-            .into_command(tenant.as_str())
-            .map_err(bad)?;
-        let view = self
-            .engine
-            .reject(
-                &tenant,
-                &call.job_id,
-                &call.command.reason,
-                &call.command.rejected_by,
-                call.etag,
-            )
-            .instrument(span("RejectJob", &tenant, call.job_id.as_str()))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::reject_job(&self.engine, &who, req.into_inner()).await,
+            job,
+        )
     }
 
     async fn retry_job(
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let call = req.get_ref().parse().map_err(bad)?;
-        let view = self
-            .engine
-            .retry(&tenant, &call.job_id, call.request_id)
-            .instrument(tracing::info_span!(
-                "grpc",
-                method = "RetryJob",
-                %tenant,
-                job = call.job_id.as_str(),
-                new_job = tracing::field::Empty
-            ))
-            .await
-            .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(job(view)))
+        let who = self.who(&req)?;
+        answer(
+            calls::retry_job(&self.engine, &who, req.get_ref()).await,
+            job,
+        )
     }
 
     async fn get_service_status(
         &self,
         req: Request<pb::GetServiceStatusRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let _span = span_tenant("GetServiceStatus", &tenant).entered();
-        tracing::debug!("service status asked");
-        let mut status: pb::ServiceStatus = self.engine.service_status().into();
-        status.dataset_root = self.engine.dataset_root(&tenant).unwrap_or_default();
-        status.tenant = tenant.to_string();
+        let who = self.who(&req)?;
+        let a = calls::service_status(&self.engine, &who);
+        let mut status: pb::ServiceStatus = a.status.into();
+        status.dataset_root = a.dataset_root.unwrap_or_default();
+        status.tenant = who.tenant.to_string();
         Ok(Response::new(status))
     }
 
@@ -419,110 +267,59 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::ListBaseModelsRequest>,
     ) -> Result<Response<pb::ListBaseModelsResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        super::models::list(&self.engine, &tenant)
-            .instrument(span_tenant("ListBaseModels", &tenant))
-            .await
-            .map(Response::new)
+        let who = self.who(&req)?;
+        answer(
+            models::list_base_models(&self.engine, &who).await,
+            |m| pb::ListBaseModelsResponse {
+                base_models: m
+                    .catalogue
+                    .into_iter()
+                    .map(pb::BaseModel::from)
+                    .chain(m.own.into_iter().map(pb::BaseModel::from))
+                    .collect(),
+            },
+        )
     }
 
     async fn register_base_model(
         &self,
         req: Request<pb::RegisterBaseModelRequest>,
     ) -> Result<Response<pb::BaseModel>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let span = tracing::info_span!(
-            "grpc",
-            method = "RegisterBaseModel",
-            %tenant,
-            name = req.get_ref().name.as_str()
-        );
-        super::models::register(&self.engine, &tenant, req.into_inner())
-            .instrument(span)
-            .await
-            .map(Response::new)
+        let who = self.who(&req)?;
+        answer(
+            models::register_base_model(&self.engine, &who, req.into_inner()).await,
+            pb::BaseModel::from,
+        )
     }
 
     async fn delete_base_model(
         &self,
         req: Request<pb::DeleteBaseModelRequest>,
     ) -> Result<Response<pb::DeleteBaseModelResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        super::models::delete(&self.engine, &tenant, req.get_ref())
-            .instrument(span_tenant("DeleteBaseModel", &tenant))
-            .await
-            .map(Response::new)
+        let who = self.who(&req)?;
+        answer(
+            models::delete_base_model(&self.engine, &who, &req.get_ref().name).await,
+            |()| pb::DeleteBaseModelResponse {},
+        )
     }
 
     async fn get_parameter_schema(
         &self,
         req: Request<pb::GetParameterSchemaRequest>,
     ) -> Result<Response<pb::GetParameterSchemaResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let r = req.get_ref();
-        // A model the catalogue does not have may be one the tenant registered.
-        let own = match r.parse() {
-            Ok((model, _)) if self.engine.catalogue().base_model(&model).is_none() => self
-                .engine
-                .base_models_of(&tenant)
-                .await
-                .map_err(|e| to_status(e, None))?
-                .into_iter()
-                .find(|m| m.name == model)
-                .map(|m| m.as_base_model()),
-            _ => None,
-        };
-        let _span = tracing::info_span!(
-            "grpc",
-            method = "GetParameterSchema",
-            %tenant,
-            base_model = r.base_model.as_str(),
-            engine = r.engine.as_str()
-        )
-        .entered();
-        let (model, engine) = r.parse().map_err(bad)?;
-        let catalogue = self.engine.catalogue();
-        // An unknown model is a resource that does not exist; a known one the
-        // engine cannot train is a bad combination of arguments.
-        let Some(m) = catalogue.base_model(&model).or(own.as_ref()) else {
-            return Err(with_reason(
-                Code::NotFound,
-                format!(
-                    "base model {:?} is not in the catalogue, nor one tenant {tenant} registered; see ListBaseModels",
-                    model.as_str()
-                ),
-                "BASE_MODEL_NOT_FOUND",
-            ));
-        };
-        if !m.supports(engine) {
-            let mut v = loraflow_core::validation::Violations::default();
-            v.push(
-                "engine",
-                format!(
-                    "engine {engine} cannot train base model {}; it supports {}",
-                    m.id,
-                    m.engines
-                        .iter()
-                        .map(|e| e.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-            return Err(bad(v));
-        }
-        Ok(Response::new(parameter_schema(
-            &catalogue.schema,
-            m,
-            engine,
-        )))
+        let who = self.who(&req)?;
+        let schema = models::parameter_schema(&self.engine, &who, req.get_ref()).await;
+        answer(schema, |s| {
+            parameter_schema(&self.engine.catalogue().schema, &s.model, s.engine)
+        })
     }
 
     async fn list_executors(
         &self,
         req: Request<pb::ListExecutorsRequest>,
     ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
-        let tenant = self.auth.tenant(&req)?;
-        let _span = span_tenant("ListExecutors", &tenant).entered();
-        super::fleet::list_executors(&self.engine, &tenant, req.get_ref()).map(Response::new)
+        let who = self.who(&req)?;
+        let page = calls::list_executors(&self.engine, &who, req.get_ref());
+        answer(page, super::fleet::executors_to_wire)
     }
 }

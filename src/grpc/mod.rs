@@ -13,8 +13,7 @@ pub mod auth;
 mod executors;
 mod fleet;
 mod jobs;
-mod models;
 mod server;
-mod status;
+pub mod status;
 
 pub use server::{ServeError, ServeOptions, serve};

@@ -8,10 +8,21 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::error::Error;
 
 /// A status with an `ErrorInfo` naming `reason` in loraflow's error domain.
-pub(crate) fn with_reason(code: Code, message: String, reason: &str) -> Status {
+pub fn with_reason(code: Code, message: String, reason: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, wire::ERROR_DOMAIN, []);
     Status::with_error_details(code, message, details)
+}
+
+/// The status for a refused call: the one mapping every front-end answers
+/// with (the HTTP/JSON API transcodes it).
+pub fn api_status(e: crate::api::ApiError) -> Status {
+    match e {
+        crate::api::ApiError::Engine { error, field } => to_status(error, field),
+        e @ crate::api::ApiError::BaseModelNotFound(_) => {
+            with_reason(Code::NotFound, e.to_string(), "BASE_MODEL_NOT_FOUND")
+        }
+    }
 }
 
 /// The status for an engine error. `prefix` nests field violations of a
