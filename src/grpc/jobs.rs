@@ -323,13 +323,22 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let tenant = self.auth.tenant(&req)?;
         let job_id = parse_job_id(&req.get_ref().job_id)?;
+        let overrides = req.into_inner().sample.map(Into::into).unwrap_or_default();
         let view = async {
-            self.engine.request_sample(&tenant, &job_id).await?;
+            self.engine
+                .request_sample_with(&tenant, &job_id, overrides)
+                .await?;
             self.engine.get_job(&tenant, &job_id).await
         }
         .instrument(span("SampleNow", &tenant, job_id.as_str()))
         .await
-        .map_err(|e| to_status(e, None))?;
+        .map_err(|e| match e {
+            // The request's fields are under `sample`.
+            crate::error::Error::InvalidArgument(v) => {
+                bad(loraflow_proto::convert::nest(v, "sample"))
+            }
+            e => to_status(e, None),
+        })?;
         Ok(Response::new(job(view)))
     }
 
@@ -342,18 +351,20 @@ impl JobService for Jobs {
             .into_inner()
             .into_command(tenant.as_str())
             .map_err(bad)?;
-        let view = self
-            .engine
-            .approve(
-                &tenant,
-                &call.job_id,
-                call.command.epoch,
-                &call.command.approved_by,
-                call.etag,
-            )
-            .instrument(span("ApproveJob", &tenant, call.job_id.as_str()))
-            .await
-            .map_err(|e| to_status(e, None))?;
+        let (c, e) = (&call.command, &self.engine);
+        let view = match c.step {
+            Some(step) => {
+                e.approve_step(&tenant, &call.job_id, step, &c.approved_by, call.etag)
+                    .instrument(span("ApproveJob", &tenant, call.job_id.as_str()))
+                    .await
+            }
+            None => {
+                e.approve(&tenant, &call.job_id, c.epoch, &c.approved_by, call.etag)
+                    .instrument(span("ApproveJob", &tenant, call.job_id.as_str()))
+                    .await
+            }
+        }
+        .map_err(|e| to_status(e, None))?;
         Ok(Response::new(job(view)))
     }
 

@@ -103,6 +103,7 @@ fn assignment(env: &Env) -> StepAssignment {
         inputs: vec![],
         epochs: vec![],
         approved_epoch: None,
+        approved_step: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`params`]: a job's parameters as the trainer's configuration.
 //! - [`train`]: [`NativeTrainer`], the `train` executor.
 //! - [`sample`]: [`NativeSampler`], the `sample` executor.
+//! - [`sampling`]: a job's sample settings as the native engine renders them.
 //! - [`report`]: the loss history as JSON and a loss-curve PNG.
 //! - [`error`]: [`Error`], and the step error each failure becomes.
 
@@ -16,6 +17,7 @@ pub mod options;
 pub mod params;
 pub mod report;
 pub mod sample;
+pub mod sampling;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -211,6 +211,7 @@ pub fn assignment_to_wire(a: StepAssignment, lease: LeaseTimes) -> pb::StepAssig
         inputs: a.inputs.into_iter().map(Into::into).collect(),
         epochs: a.epochs.into_iter().map(Into::into).collect(),
         approved_epoch: a.approved_epoch,
+        approved_step: a.approved_step,
     }
 }
 
@@ -301,6 +302,7 @@ impl TryFrom<pb::StepAssignment> for StepAssignment {
             inputs,
             epochs,
             approved_epoch: a.approved_epoch,
+            approved_step: a.approved_step,
         })
     }
 }
@@ -397,6 +399,7 @@ mod tests {
             inputs: vec![artifact(ArtifactKind::Manifest, "manifest.json", None)],
             epochs: train.epochs,
             approved_epoch: Some(2),
+            approved_step: None,
         }
     }
 
@@ -525,6 +528,7 @@ mod tests {
             model_family: None,
             step_params: serde_json::Value::Null,
             approved_epoch: None,
+            approved_step: None,
             ..assignment()
         };
         let wire = assignment_to_wire(no_family.clone(), times());

@@ -25,12 +25,17 @@ impl From<StepProgress> for pb::StepProgress {
             samples_per_sec: p.samples_per_sec,
             message: p.message.unwrap_or_default(),
             validation_loss: p.validation_loss,
+            outputs: p.outputs.into_iter().map(Into::into).collect(),
         }
     }
 }
 
 /// Infallible: the aggregate judges the figures (`InvalidProgress`) so that
-/// in-process executors are held to the same rules.
+/// in-process executors are held to the same rules. The `outputs` are not
+/// converted here (artifacts can be malformed on the wire): a heartbeat
+/// converts them with their field paths
+/// ([`HeartbeatRequest::into_call`](pb::HeartbeatRequest::into_call)), and
+/// a client's view of a step does not need them.
 impl From<pb::StepProgress> for StepProgress {
     fn from(p: pb::StepProgress) -> Self {
         Self {
@@ -42,6 +47,7 @@ impl From<pb::StepProgress> for StepProgress {
             samples_per_sec: p.samples_per_sec,
             validation_loss: p.validation_loss,
             message: (!p.message.is_empty()).then_some(p.message),
+            outputs: Vec::new(),
         }
     }
 }

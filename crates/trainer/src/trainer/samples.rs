@@ -6,12 +6,18 @@ use super::run::Run;
 use super::{ProgressEvent, ProgressSink, SavedSamples};
 use crate::device::parse_device;
 use crate::error::{Error, Result};
+use crate::train::config::SampleConfig;
 use crate::sample::png::write_png;
 use crate::sample::{Pipeline, SampleSettings, png_text};
 
 impl Run<'_> {
-    pub(super) fn render_samples(&mut self, sink: &mut dyn ProgressSink) -> Result<()> {
-        self.render_samples_at(self.pos.epoch, sink)
+    /// Renders samples now, with `asked` (a request's settings) or the run's own.
+    pub(super) fn render_samples(
+        &mut self,
+        asked: Option<&SampleConfig>,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
+        self.render_with(self.pos.epoch, asked, sink)
     }
 
     /// Renders the configured prompts with the current adapters.
@@ -20,10 +26,21 @@ impl Run<'_> {
         epoch: usize,
         sink: &mut dyn ProgressSink,
     ) -> Result<()> {
+        self.render_with(epoch, None, sink)
+    }
+
+    fn render_with(
+        &mut self,
+        epoch: usize,
+        asked: Option<&SampleConfig>,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
         let cfg = self.cfg;
-        let Some(sample) = &cfg.sample else {
+        let Some(sample) = asked.or(cfg.sample.as_ref()) else {
             return Ok(());
         };
+        let width = asked.and_then(|a| a.size).unwrap_or(self.sample_size);
+        let height = sample.height.unwrap_or(width);
         let (Some(te), Some(vae), Some(tokenizer)) = (
             self.models.text_encoder.as_ref(),
             self.models.vae.as_ref(),
@@ -52,8 +69,8 @@ impl Run<'_> {
             let settings = SampleSettings {
                 prompt: prompt.clone(),
                 negative_prompt: sample.negative_prompt.clone(),
-                width: self.sample_size,
-                height: self.sample_size,
+                width,
+                height,
                 steps: sample.steps,
                 guidance_scale: sample.guidance_scale,
                 seed: sample.seed + i as u64,

@@ -91,9 +91,9 @@ impl<'a> Decision<'a> {
     fn open_review(&mut self, gate: StepId) {
         let epochs: Vec<_> = self
             .job
-            .epochs
-            .values()
-            .filter(|e| e.lora.is_some())
+            .outputs
+            .with_lora()
+            .into_iter()
             .cloned()
             .collect();
         if epochs.is_empty() {
