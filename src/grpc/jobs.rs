@@ -132,10 +132,12 @@ impl JobService for Jobs {
                 .await
                 .map_err(|e| to_status(e, Some("job")))?;
             // AIP-163: the job as it would be created, without an id.
+            let warnings = loraflow_core::sampling::warnings(&new.spec, &new.spec.params);
             return Ok(Response::new(pb::Job {
                 tenant: tenant.to_string(),
                 state: pb::JobState::Pending as i32,
                 spec: Some(new.spec.into()),
+                warnings,
                 ..Default::default()
             }));
         }

@@ -341,9 +341,9 @@ mod tests {
                 "sks, a big dot"
             ]
         );
-        assert_eq!(default_prompts("sks", []), ["sks"]);
+        assert_eq!(default_prompts("sks", Vec::<&str>::new()), ["sks"]);
         assert_eq!(default_prompts(" ", ["a cat"]), ["a cat"]);
-        assert_eq!(default_prompts("", []), ["a picture"]);
+        assert_eq!(default_prompts("", Vec::<&str>::new()), ["a picture"]);
     }
 
     #[test]

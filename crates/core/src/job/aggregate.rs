@@ -377,10 +377,11 @@ impl Aggregate for TrainingJob {
                     *deadline = e.deadline;
                 }
                 let mut progress = e.progress;
-                for out in std::mem::take(&mut progress.outputs) {
+                let made = std::mem::take(&mut progress.outputs);
+                rec.progress = Some(progress);
+                for out in made {
                     self.outputs.absorb(out);
                 }
-                rec.progress = Some(progress);
             }
             JobEvent::StepCompleted(e) => {
                 self.end_attempt(&e.step_id, &e.lease_id, AttemptOutcome::Completed);

@@ -1008,7 +1008,7 @@ fn operator_fail_ends_the_job_with_the_given_reason() {
 }
 
 impl Driver {
-    fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+    pub(super) fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
         use crate::clock::Clock;
         self.clock.now()
     }
