@@ -34,7 +34,10 @@ impl SavesOnRequest {
     ) -> loraflow::core::artifact::Artifact {
         let path = ctx.workdir().join(name);
         tokio::fs::write(&path, bytes).await.unwrap();
-        ctx.artifacts().put(&path, name, kind, Some(1)).await.unwrap()
+        ctx.artifacts()
+            .put(&path, name, kind, Some(1))
+            .await
+            .unwrap()
     }
 }
 
@@ -124,7 +127,10 @@ impl Executor for SavesOnRequest {
             ..Default::default()
         };
         // Everything again: the job counts each file once.
-        let epochs = [Some(epoch), Some(saved), sampled].into_iter().flatten().collect();
+        let epochs = [Some(epoch), Some(saved), sampled]
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(StepOutput {
             outputs: serde_json::json!({ "sampled_first": asked.is_some(), "asked": asked }),
             epochs,
@@ -223,7 +229,12 @@ async fn save_now_and_sample_now_reach_the_running_training() {
         .iter()
         .map(|v| v.field.clone())
         .collect();
-    assert_eq!(fields, ["sample.sampler", "sample.steps"], "{}", err.message());
+    assert_eq!(
+        fields,
+        ["sample.sampler", "sample.steps"],
+        "{}",
+        err.message()
+    );
 
     client
         .sample_now(pb::SampleNowRequest {
@@ -269,7 +280,10 @@ async fn save_now_and_sample_now_reach_the_running_training() {
     assert_eq!(step7.samples.len(), 1, "reported twice, counted once");
     assert!(step7.lora.is_none());
     let saved = &review.epochs[1];
-    assert_eq!(saved.lora.as_ref().unwrap().name, "saved-on-request.safetensors");
+    assert_eq!(
+        saved.lora.as_ref().unwrap().name,
+        "saved-on-request.safetensors"
+    );
     assert_eq!(saved.samples.len(), 1, "the sample step rendered it too");
     assert_eq!(review.suggested_epoch, Some(1));
     assert!(

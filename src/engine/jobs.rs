@@ -7,11 +7,11 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use loraflow_core::catalogue::{Catalogue, ServiceStatus};
 use loraflow_core::ids::{JobId, StepId, TenantId};
-use loraflow_core::sampling::SampleOverrides;
 use loraflow_core::job::{
     ApproveJob, CancelJob, CreateJob, JobCommand, JobSpec, JobState, RejectJob, SubmitJob,
     TrainingJob,
 };
+use loraflow_core::sampling::SampleOverrides;
 use loraflow_core::schedule::Unservable;
 use loraflow_core::views::{JobListFilter, JobStatus};
 use loraflow_store::{FeedFilter, JobListQuery, JobPage, LoadedJob, Metadata, StoredEvent};

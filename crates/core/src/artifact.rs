@@ -276,10 +276,7 @@ impl Suggestion {
                 "epoch {}: lowest training loss {l:.3} {of} (no validation loss was recorded)",
                 self.epoch
             ),
-            _ => format!(
-                "epoch {}: the last {of} (no loss was recorded)",
-                self.epoch
-            ),
+            _ => format!("epoch {}: the last {of} (no loss was recorded)", self.epoch),
         }
     }
 }

@@ -14,8 +14,8 @@ use loraflow_core::catalogue::{Catalogue, Engine, ModelFamily, ParamValue, Param
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepHandle};
 use loraflow_core::ids::{JobId, LeaseId, StepId};
 use loraflow_core::job::{DatasetRef, Naming, StepErrorKind};
-use loraflow_core::workflow::StepKind;
 use loraflow_core::sampling::SampleSettings;
+use loraflow_core::workflow::StepKind;
 use loraflow_executors::aitoolkit::config::{self, JobInputs, RunPaths};
 use loraflow_executors::aitoolkit::params::{StepPlan, TrainParams};
 use loraflow_executors::{AiToolkitOptions, AiToolkitTrainer, ArtifactStore};

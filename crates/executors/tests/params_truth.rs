@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use loraflow_core::catalogue::{
     BaseModel, Catalogue, EffectiveParam, Engine, ParamType, ParamValue, Params,
 };
+use loraflow_core::sampling::SAMPLER;
 use loraflow_executors::aitoolkit::params::TrainParams as AiToolkitParams;
 use loraflow_executors::kohya::params::TrainParams;
-use loraflow_core::sampling::SAMPLER;
 use loraflow_executors::native::params::{RunPaths, train_config};
 use loraflow_executors::native::sampling::sampler_kind;
 use loraflow_trainer::data::bucket::{BucketOptions, Buckets};

@@ -112,7 +112,10 @@ pub enum Error {
     InvalidOutput(Violations),
 
     /// Approval of an epoch that training did not produce. `INVALID_ARGUMENT`.
-    #[error("epoch {epoch} has no LoRA to approve; available epochs: {available:?}{}", by_step(steps))]
+    #[error(
+        "epoch {epoch} has no LoRA to approve; available epochs: {available:?}{}",
+        by_step(steps)
+    )]
     UnknownEpoch {
         epoch: u32,
         available: Vec<u32>,

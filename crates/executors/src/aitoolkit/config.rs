@@ -30,8 +30,8 @@
 
 use std::path::{Path, PathBuf};
 
-use loraflow_core::sampling::SampleSettings;
 use loraflow_core::catalogue::ModelFamily;
+use loraflow_core::sampling::SampleSettings;
 use serde_norway::{Mapping, Value};
 
 use super::error::{Error, Result};

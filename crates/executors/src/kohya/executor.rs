@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use loraflow_core::artifact::{Artifact, ArtifactKind, EpochOutput};
 use loraflow_core::catalogue::{Engine, ModelFamily};
-use loraflow_core::sampling::SampleSettings;
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::job::{StepError, StepProgress};
+use loraflow_core::sampling::SampleSettings;
 use loraflow_core::workflow::StepKind;
 use tracing::Instrument;
 

@@ -201,7 +201,11 @@ impl NativeTrainer {
             config.resume = latest_state(&out);
         }
         // Rendered only on `sample-now` requests: the sample step renders every saved LoRA.
-        let sampling = job_settings(step, &o.sample, config_captions.values().map(String::as_str));
+        let sampling = job_settings(
+            step,
+            &o.sample,
+            config_captions.values().map(String::as_str),
+        );
         config.sample = Some(trainer_config(&sampling)?);
 
         report(ctx, "loading the model and encoding the dataset");

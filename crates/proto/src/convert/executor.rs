@@ -279,7 +279,10 @@ mod tests {
         let err = bad.into_call().unwrap_err();
         assert_eq!(
             fields(&err),
-            ["progress.outputs[0].samples[0].sha256", "progress.outputs[0].step"]
+            [
+                "progress.outputs[0].samples[0].sha256",
+                "progress.outputs[0].step"
+            ]
         );
     }
 

@@ -113,6 +113,7 @@ mod tests {
             samples_per_sec: Some(3.25),
             message: Some("caching latents".into()),
             validation_loss: Some(0.131),
+            outputs: Vec::new(),
         };
         for p in [full, StepProgress::default()] {
             assert_eq!(StepProgress::from(pb::StepProgress::from(p.clone())), p);

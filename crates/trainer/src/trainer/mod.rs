@@ -232,7 +232,10 @@ impl Controls {
     /// Renders samples with `config` (its prompts, size, sampler, ...) instead of the run's
     /// own at the next step boundary.
     pub fn request_sample_with(&self, config: SampleConfig) {
-        *self.sample_config.lock().expect("sample config lock poisoned") = Some(config);
+        *self
+            .sample_config
+            .lock()
+            .expect("sample config lock poisoned") = Some(config);
         self.sample_now.store(true, Ordering::Release);
     }
 }

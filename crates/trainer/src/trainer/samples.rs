@@ -6,9 +6,9 @@ use super::run::Run;
 use super::{ProgressEvent, ProgressSink, SavedSamples};
 use crate::device::parse_device;
 use crate::error::{Error, Result};
-use crate::train::config::SampleConfig;
 use crate::sample::png::write_png;
 use crate::sample::{Pipeline, SampleSettings, png_text};
+use crate::train::config::SampleConfig;
 
 impl Run<'_> {
     /// Renders samples now, with `asked` (a request's settings) or the run's own.

@@ -31,11 +31,19 @@ pub(super) fn approve(d: &mut Decision, c: ApproveJob) -> Result<(), Error> {
                     .filter(|e| e.lora.is_some())
                     .map(|e| e.epoch)
                     .collect(),
-                steps: outputs.requested.values().filter(|e| e.lora.is_some()).filter_map(|e| e.step).collect(),
+                steps: outputs
+                    .requested
+                    .values()
+                    .filter(|e| e.lora.is_some())
+                    .filter_map(|e| e.step)
+                    .collect(),
             })?,
     };
     let epoch = chosen.epoch;
-    let lora = chosen.lora.clone().expect("only entries with a LoRA are chosen");
+    let lora = chosen
+        .lora
+        .clone()
+        .expect("only entries with a LoRA are chosen");
     d.emit(JobEvent::JobApproved(JobApproved {
         epoch,
         step: c.step,

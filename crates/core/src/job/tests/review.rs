@@ -180,10 +180,7 @@ fn approving_an_unknown_step_or_epoch_names_what_can_be_approved() {
     assert!(message.contains("approved by step: [15]"), "{message}");
     // Approving by epoch still chooses the epoch's own LoRA, not the request's.
     d.approve(2);
-    assert_eq!(
-        d.job.approved().unwrap().lora.name,
-        "corgi-e2.safetensors"
-    );
+    assert_eq!(d.job.approved().unwrap().lora.name, "corgi-e2.safetensors");
 }
 
 #[test]
@@ -259,7 +256,10 @@ fn the_suggested_epoch_has_the_lowest_validation_loss_else_training_loss() {
         epoch(3, 0.05, Some(0.15)),
     ])
     .unwrap();
-    assert_eq!((by_val.epoch, by_val.basis), (2, SuggestionBasis::ValidationLoss));
+    assert_eq!(
+        (by_val.epoch, by_val.basis),
+        (2, SuggestionBasis::ValidationLoss)
+    );
     assert_eq!(
         by_val.reason(),
         "epoch 2: lowest validation loss 0.113 of 3 saved epochs"
@@ -270,7 +270,11 @@ fn the_suggested_epoch_has_the_lowest_validation_loss_else_training_loss() {
         (by_train.epoch, by_train.basis),
         (2, SuggestionBasis::TrainingLoss)
     );
-    assert!(by_train.reason().contains("no validation loss"), "{}", by_train.reason());
+    assert!(
+        by_train.reason().contains("no validation loss"),
+        "{}",
+        by_train.reason()
+    );
     let no_lora = EpochOutput {
         lora: None,
         ..epoch(4, 0.01, Some(0.01))
@@ -288,7 +292,8 @@ fn the_suggested_epoch_has_the_lowest_validation_loss_else_training_loss() {
 fn sample_settings_are_job_parameters_with_the_catalogues_limits() {
     let mut d = Driver::new();
     let mut spec = sample_spec();
-    spec.params.insert("sample_steps".into(), ParamValue::Int(500));
+    spec.params
+        .insert("sample_steps".into(), ParamValue::Int(500));
     spec.params
         .insert("sample_sampler".into(), ParamValue::Str("plms".into()));
     let err = given(&d)
@@ -304,12 +309,14 @@ fn sample_settings_are_job_parameters_with_the_catalogues_limits() {
     let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
     assert_eq!(fields, ["params.sample_sampler", "params.sample_steps"]);
     assert!(
-        v.iter()
-            .any(|v| v.description.contains("sample_steps 500 is above the maximum 150")),
+        v.iter().any(|v| v
+            .description
+            .contains("sample_steps 500 is above the maximum 150")),
         "{v:?}"
     );
 
-    spec.params.insert("sample_steps".into(), ParamValue::Int(8));
+    spec.params
+        .insert("sample_steps".into(), ParamValue::Int(8));
     spec.params
         .insert("sample_sampler".into(), ParamValue::Str("euler".into()));
     spec.sample_prompts.clear();
