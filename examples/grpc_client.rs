@@ -122,6 +122,7 @@ pub async fn run(server: &str, token: &str, dataset_uri: &str) -> anyhow::Result
                             epoch: best.epoch,
                             // Approve only what we looked at.
                             etag: current.etag.clone(),
+                            step: None,
                         })
                         .await?;
                 }

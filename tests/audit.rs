@@ -205,7 +205,7 @@ on_both_backends! {
 
         let mut c = s.client(Some("t-acme")).await;
         let err = c
-            .approve_job(pb::ApproveJobRequest { job_id: job.to_string(), epoch: 1, etag: String::new() })
+            .approve_job(pb::ApproveJobRequest { job_id: job.to_string(), epoch: 1, etag: String::new(), step: None })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::DataLoss, "{}", err.message());

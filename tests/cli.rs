@@ -235,8 +235,14 @@ fn the_demo_trains_reviews_and_publishes_a_lora() {
     let epochs = status["epochs"].as_object().unwrap();
     assert_eq!(epochs.len(), 2, "one LoRA per epoch: {status:#}");
 
-    // The approved epoch is the one with the lowest training loss.
-    let loss = |e: &serde_json::Value| e["loss"].as_f64().unwrap();
+    // The approved epoch is the suggested one: the lowest validation loss
+    // when every epoch has one, else the lowest training loss.
+    let key = if epochs.values().all(|e| e["validation_loss"].is_f64()) {
+        "validation_loss"
+    } else {
+        "loss"
+    };
+    let loss = |e: &serde_json::Value| e[key].as_f64().unwrap();
     let best = epochs
         .values()
         .min_by(|a, b| loss(a).total_cmp(&loss(b)))

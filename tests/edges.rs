@@ -157,7 +157,7 @@ on_both_backends! {
             .unwrap()
             .into_inner();
         let err = c
-            .approve_job(pb::ApproveJobRequest { job_id: job.job_id.clone(), epoch: 0, etag: String::new() })
+            .approve_job(pb::ApproveJobRequest { job_id: job.job_id.clone(), epoch: 0, etag: String::new(), step: None })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

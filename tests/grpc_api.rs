@@ -212,7 +212,7 @@ on_both_backends! {
         // FAILED_PRECONDITION, naming the state.
         let job = c.create_job(create(&s.dataset_uri, "")).await.unwrap().into_inner();
         let err = c
-            .approve_job(pb::ApproveJobRequest { job_id: job.job_id.clone(), epoch: 1, etag: String::new() })
+            .approve_job(pb::ApproveJobRequest { job_id: job.job_id.clone(), epoch: 1, etag: String::new(), step: None })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
@@ -394,7 +394,7 @@ on_both_backends! {
         let in_review = c.get_job(pb::GetJobRequest { job_id: a.job_id.clone(), ..Default::default() }).await.unwrap().into_inner();
         // Only produced epochs can be approved.
         let err = c
-            .approve_job(pb::ApproveJobRequest { job_id: a.job_id.clone(), epoch: 9, etag: String::new() })
+            .approve_job(pb::ApproveJobRequest { job_id: a.job_id.clone(), epoch: 9, etag: String::new(), step: None })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
@@ -407,7 +407,7 @@ on_both_backends! {
         assert_eq!(err.code(), Code::InvalidArgument);
 
         let approved = c
-            .approve_job(pb::ApproveJobRequest { job_id: a.job_id.clone(), epoch: 2, etag: in_review.etag.clone() })
+            .approve_job(pb::ApproveJobRequest { job_id: a.job_id.clone(), epoch: 2, etag: in_review.etag.clone(), step: None })
             .await
             .unwrap()
             .into_inner();

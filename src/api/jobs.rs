@@ -215,12 +215,17 @@ pub async fn sample_now(
 ) -> Result<JobView, ApiError> {
     let id = job_id(&r.job_id)?;
     let tenant = &who.tenant;
-    Ok(async {
-        engine.request_sample(tenant, &id).await?;
-        engine.get_job(tenant, &id).await
+    let overrides = r.sample.clone().map(Into::into).unwrap_or_default();
+    async {
+        engine
+            .request_sample_with(tenant, &id, overrides)
+            .await
+            // The request's fields are under `sample`.
+            .map_err(|e| ApiError::at(e, "sample"))?;
+        Ok(engine.get_job(tenant, &id).await?)
     }
     .instrument(who.span("SampleNow", Some(id.as_str())))
-    .await?)
+    .await
 }
 
 pub async fn approve_job(
@@ -230,16 +235,21 @@ pub async fn approve_job(
 ) -> Result<JobView, ApiError> {
     let tenant = &who.tenant;
     let call = r.into_command(tenant.as_str())?;
-    Ok(engine
-        .approve(
-            tenant,
-            &call.job_id,
-            call.command.epoch,
-            &call.command.approved_by,
-            call.etag,
-        )
-        .instrument(who.span("ApproveJob", Some(call.job_id.as_str())))
-        .await?)
+    let (c, span) = (&call.command, who.span("ApproveJob", Some(call.job_id.as_str())));
+    Ok(match c.step {
+        Some(step) => {
+            engine
+                .approve_step(tenant, &call.job_id, step, &c.approved_by, call.etag)
+                .instrument(span)
+                .await
+        }
+        None => {
+            engine
+                .approve(tenant, &call.job_id, c.epoch, &c.approved_by, call.etag)
+                .instrument(span)
+                .await
+        }
+    }?)
 }
 
 pub async fn reject_job(

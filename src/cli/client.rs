@@ -459,6 +459,9 @@ fn finish_submit(
         )
         .into());
     }
+    for w in &job.warnings {
+        eprintln!("warning: {w}");
+    }
     if !json {
         eprintln!("submitted; follow it with `loraflow watch {}`", job.job_id);
     }
@@ -550,33 +553,6 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct ApproveArgs {
-    pub job: String,
-    /// The epoch to publish.
-    #[arg(long)]
-    pub epoch: u32,
-    /// Act only if the job is still at this etag.
-    #[arg(long)]
-    pub etag: Option<String>,
-    #[command(flatten)]
-    pub conn: Connection,
-}
-
-pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.conn).await?;
-    let job = client
-        .approve_job(pb::ApproveJobRequest {
-            job_id: args.job.clone(),
-            epoch: args.epoch,
-            etag: args.etag.clone().unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| status_error("the approval was refused", s))?
-        .into_inner();
-    emit_job(&job, args.conn.json)
-}
-
-#[derive(Debug, Args)]
 pub struct RejectArgs {
     pub job: String,
     #[arg(long)]
@@ -638,22 +614,6 @@ pub async fn save_now(args: JobArgs) -> anyhow::Result<()> {
         .into_inner();
     if !args.conn.json {
         eprintln!("asked the running training to save; the file appears among the epochs");
-    }
-    emit_job(&job, args.conn.json)
-}
-
-/// `sample-now`: the running training renders samples at its next step.
-pub async fn sample_now(args: JobArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.conn).await?;
-    let job = client
-        .sample_now(pb::SampleNowRequest {
-            job_id: args.job.clone(),
-        })
-        .await
-        .map_err(|s| status_error("the sampling request was refused", s))?
-        .into_inner();
-    if !args.conn.json {
-        eprintln!("asked the running training to render samples");
     }
     emit_job(&job, args.conn.json)
 }

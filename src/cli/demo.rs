@@ -2,7 +2,8 @@
 //! up. It opens a SQLite store in a folder, starts the engine with every
 //! built-in executor in-process (the native trainer on the CPU), submits a
 //! LoRA job for the demo model on the demo dataset that ship with loraflow,
-//! shows its progress, approves the epoch with the lowest loss, waits for the
+//! shows its progress, approves the epoch the job suggests (the lowest
+//! validation loss, else the lowest training loss) and says why, waits for the
 //! publication, and prints where the results are.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
 use loraflow::config::SchedulerConfig;
-use loraflow::core::artifact::{Artifact, ArtifactKind};
+use loraflow::core::artifact::{Artifact, ArtifactKind, Suggestion};
 use loraflow::core::catalogue::{Engine as EngineKind, ParamValue, Params};
 use loraflow::core::ids::{JobId, TenantId};
 use loraflow::core::job::{DatasetRef, JobSpec, JobState, Naming};
@@ -86,16 +87,10 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
     }
 }
 
-/// The saved epoch with the lowest mean training loss.
-pub fn best_epoch(status: &JobStatus) -> Option<u32> {
-    status
-        .epochs
-        .values()
-        .filter(|e| e.lora.is_some())
-        .filter_map(|e| e.loss.filter(|l| l.is_finite()).map(|l| (e.epoch, l)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(epoch, _)| epoch)
-        .or_else(|| status.epochs.keys().next_back().copied())
+/// The epoch the job suggests to its reviewer: the lowest validation loss,
+/// else the lowest training loss.
+pub fn suggested_epoch(status: &JobStatus) -> Option<Suggestion> {
+    status.suggestion()
 }
 
 /// A local path for a `file://` artifact URI (other URIs print as they are).
@@ -153,10 +148,11 @@ async fn follow(engine: &Engine, tenant: &TenantId, job: &JobId) -> anyhow::Resu
             Some(Outcome::InReview) => {
                 engine.store().wait_for(event.position).await?;
                 let status = engine.get_job(tenant, job).await?.status;
-                let epoch = best_epoch(&status).context("the job reached review with no epoch")?;
-                eprintln!("approving epoch {epoch} (the lowest training loss)");
+                let suggested =
+                    suggested_epoch(&status).context("the job reached review with no epoch")?;
+                eprintln!("approving the suggested {}", suggested.reason());
                 engine
-                    .approve(tenant, job, epoch, "demo (lowest loss)", None)
+                    .approve(tenant, job, suggested.epoch, "demo (suggested)", None)
                     .await?;
             }
             Some(Outcome::Published | Outcome::Failed) => {
@@ -204,6 +200,9 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Res
         for s in &e.samples {
             out!("      sample   {}", local(&s.uri))?;
         }
+    }
+    if let Some(s) = status.suggestion() {
+        out!("  suggested        {}", s.reason())?;
     }
     if let Some(curve) = find(ArtifactKind::Report, ".png") {
         out!("  loss curve       {}", local(&curve.uri))?;

@@ -14,6 +14,7 @@ pub mod replay;
 pub mod retry;
 pub mod retry_job;
 pub mod s3_args;
+pub mod review;
 pub mod serve;
 pub mod service_status;
 pub mod times;
@@ -82,16 +83,18 @@ pub enum Command {
     /// Follow a job live until it ends (or reaches review): progress bars
     /// on a terminal, else one plain line per change.
     Watch(watch::WatchArgs),
-    /// Approve an epoch of a job in review; publishing follows.
-    Approve(client::ApproveArgs),
+    /// Approve an epoch of a job in review (or, with `--step`, a LoRA saved
+    /// on request); publishing follows.
+    Approve(review::ApproveArgs),
     /// Reject a job in review.
     Reject(client::RejectArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
     /// Ask a job's running training to save its LoRA now.
     SaveNow(client::JobArgs),
-    /// Ask a job's running training to render samples now.
-    SampleNow(client::JobArgs),
+    /// Ask a job's running training to render samples now, with the job's
+    /// sample settings or others for this request.
+    SampleNow(review::SampleNowArgs),
     /// Print a job's stored events.
     History(client::JobArgs),
     /// Re-apply a job's events from the store, verify its signed chain,

@@ -57,6 +57,15 @@ pub struct JobOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approved_epoch: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_step: Option<u64>,
+    /// The epoch a reviewer is pointed at, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_epoch: Option<u32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub suggestion_reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub published: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u32>,
@@ -89,10 +98,18 @@ pub struct StepOut {
 #[derive(Debug, Serialize)]
 pub struct EpochOut {
     pub epoch: u32,
+    /// The optimisation step the LoRA was saved (or the samples rendered) at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// Made on a `save-now`/`sample-now` request: approve it by `step`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requested: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
     pub samples: Vec<String>,
 }
 
@@ -141,12 +158,19 @@ impl From<&pb::Job> for JobOut {
                 .iter()
                 .map(|e| EpochOut {
                     epoch: e.epoch,
+                    step: e.step,
+                    requested: e.requested,
                     lora: e.lora.as_ref().map(|a| a.uri.clone()),
                     loss: e.loss,
+                    validation_loss: e.validation_loss,
                     samples: e.samples.iter().map(|a| a.uri.clone()).collect(),
                 })
                 .collect(),
             approved_epoch: j.approved_epoch,
+            approved_step: j.approved_step,
+            suggested_epoch: j.suggested_epoch,
+            suggestion_reason: j.suggestion_reason.clone(),
+            warnings: j.warnings.clone(),
             published: j.published_artifact.as_ref().map(|a| a.uri.clone()),
             queue_position: j.queue_position,
             eta_seconds: j.eta.as_ref().map(|d| d.seconds),
@@ -193,17 +217,29 @@ pub fn print_job(j: &JobOut) -> anyhow::Result<()> {
     }
     for e in &j.epochs {
         let loss = e.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
-        out!(
-            "  epoch {}{loss}  {}",
-            e.epoch,
-            e.lora.as_deref().unwrap_or("-")
-        )?;
+        let val = e
+            .validation_loss
+            .map(|l| format!(" validation {l:.4}"))
+            .unwrap_or_default();
+        let what = match (e.requested, e.step) {
+            (true, Some(step)) => format!("  step {step} (on request, in epoch {})", e.epoch),
+            _ => format!("  epoch {}", e.epoch),
+        };
+        out!("{what}{loss}{val}  {}", e.lora.as_deref().unwrap_or("-"))?;
         for s in &e.samples {
             out!("    sample {s}")?;
         }
     }
-    if let Some(a) = j.approved_epoch {
-        out!("approved  epoch {a}")?;
+    if !j.suggestion_reason.is_empty() {
+        out!("suggested {}", j.suggestion_reason)?;
+    }
+    match (j.approved_epoch, j.approved_step) {
+        (_, Some(step)) => out!("approved  the LoRA saved at step {step}")?,
+        (Some(a), None) => out!("approved  epoch {a}")?,
+        (None, None) => {}
+    }
+    for w in &j.warnings {
+        out!("warning   {w}")?;
     }
     if let Some(p) = &j.published {
         out!("published {p}")?;

@@ -190,17 +190,22 @@ impl Renderer {
                 self.line("ready for review:".into());
                 for ep in &e.epochs {
                     let loss = ep.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
+                    let val = ep
+                        .validation_loss
+                        .map(|l| format!(" validation {l:.4}"))
+                        .unwrap_or_default();
                     self.line(format!(
-                        "  epoch {}{loss}  {}",
-                        ep.epoch,
+                        "  {}{loss}{val}  {}",
+                        super::watch_lines::entry_name(ep),
                         ep.lora.as_ref().map(|a| a.uri.as_str()).unwrap_or("-")
                     ));
                 }
+                if let Some(s) = super::watch_lines::suggestion(&e.epochs) {
+                    self.line(format!("suggested {s}"));
+                }
                 return Some(Outcome::InReview);
             }
-            JobEvent::JobApproved(e) => {
-                self.line(format!("approved epoch {} by {}", e.epoch, e.approved_by))
-            }
+            JobEvent::JobApproved(e) => self.line(super::watch_lines::approved(e)),
             JobEvent::JobPublished(e) => {
                 self.line(format!("published epoch {} at {}", e.epoch, e.artifact.uri));
                 return Some(Outcome::Published);

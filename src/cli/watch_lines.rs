@@ -4,7 +4,9 @@
 //! epoch, loss). Also the one-line story of how a job ended badly, which
 //! `watch` prints in every mode.
 
+use loraflow::core::artifact::{EpochOutput, Suggestion};
 use loraflow::core::job::JobEvent;
+use loraflow::core::job::events::JobApproved;
 
 /// The job's state as far as its events tell, followed event by event.
 #[derive(Debug)]
@@ -121,6 +123,16 @@ fn describe(event: &JobEvent) -> (Option<String>, String) {
             if let Some(m) = &p.message {
                 parts.push(m.clone());
             }
+            for out in &p.outputs {
+                let mut made = Vec::new();
+                if out.lora.is_some() {
+                    made.push("a LoRA".to_owned());
+                }
+                if !out.samples.is_empty() {
+                    made.push(format!("{} samples", out.samples.len()));
+                }
+                parts.push(format!("{}: {}", entry_name(out), made.join(" and ")));
+            }
             (Some(e.step_id.to_string()), parts.join("  "))
         }
         JobEvent::StepCompleted(e) => (Some(e.step_id.to_string()), "done".into()),
@@ -145,20 +157,21 @@ fn describe(event: &JobEvent) -> (Option<String>, String) {
             let epochs: Vec<String> = e
                 .epochs
                 .iter()
-                .map(|ep| match ep.loss {
-                    Some(l) => format!("{} (loss {l:.4})", ep.epoch),
-                    None => ep.epoch.to_string(),
+                .map(|ep| match (ep.validation_loss, ep.loss) {
+                    (Some(v), _) => format!("{} (validation loss {v:.4})", entry_name(ep)),
+                    (None, Some(l)) => format!("{} (loss {l:.4})", entry_name(ep)),
+                    (None, None) => entry_name(ep),
                 })
                 .collect();
+            let suggested = suggestion(&e.epochs)
+                .map(|s| format!("; suggested {s}"))
+                .unwrap_or_default();
             (
                 Some(e.step_id.to_string()),
-                format!("ready for review: epochs {}", epochs.join(", ")),
+                format!("ready for review: {}{suggested}", epochs.join(", ")),
             )
         }
-        JobEvent::JobApproved(e) => (
-            None,
-            format!("approved epoch {} by {}", e.epoch, e.approved_by),
-        ),
+        JobEvent::JobApproved(e) => (None, approved(e)),
         JobEvent::JobPublished(e) => (
             None,
             format!("published epoch {} at {}", e.epoch, e.artifact.uri),
@@ -170,6 +183,31 @@ fn describe(event: &JobEvent) -> (Option<String>, String) {
             };
             (step, failure(event).unwrap_or_default())
         }
+    }
+}
+
+/// A reviewable entry in words: `epoch 3`, or `step 25 (on request)`.
+pub fn entry_name(e: &EpochOutput) -> String {
+    match (e.requested, e.step) {
+        (true, Some(step)) => format!("step {step} (on request, in epoch {})", e.epoch),
+        _ => format!("epoch {}", e.epoch),
+    }
+}
+
+/// The epoch suggested among `epochs` (saved at epochs' ends), and why:
+/// `epoch 4: lowest validation loss 0.113 of 5 saved epochs`.
+pub fn suggestion(epochs: &[EpochOutput]) -> Option<String> {
+    Suggestion::among(epochs.iter().filter(|e| !e.requested)).map(|s| s.reason())
+}
+
+/// An approval in words, naming the step when the reviewer chose by step.
+pub fn approved(e: &JobApproved) -> String {
+    match e.step {
+        Some(step) => format!(
+            "approved the LoRA saved at step {step} (epoch {}) by {}",
+            e.epoch, e.approved_by
+        ),
+        None => format!("approved epoch {} by {}", e.epoch, e.approved_by),
     }
 }
 

@@ -216,19 +216,28 @@ impl Engine {
         let (due, progress, leased_at) = {
             let mut leases = self.inner.leases.lock().expect("lease lock poisoned");
             let track = leases.get_mut(lease);
-            let due = track.as_ref().is_none_or(|t| {
-                now.duration_since(t.last_write) >= self.inner.config.progress_interval
-            });
+            // Outputs made on request are recorded at once, not throttled away.
+            let has_outputs = progress.as_ref().is_some_and(|p| !p.outputs.is_empty());
+            let due = has_outputs
+                || track.as_ref().is_none_or(|t| {
+                    now.duration_since(t.last_write) >= self.inner.config.progress_interval
+                });
             let progress = match track {
                 Some(t) => {
                     if let Some(step) = step_of(&progress) {
                         t.first.get_or_insert((now, step));
                         t.latest = Some((now, step));
                     }
-                    if progress.is_some() {
-                        t.progress = progress;
+                    // A renewal repeats the figures, never the outputs.
+                    let outputs = progress.as_ref().map(|p| p.outputs.clone());
+                    if let Some(mut p) = progress {
+                        p.outputs = Vec::new();
+                        t.progress = Some(p);
                     }
-                    t.progress.clone()
+                    t.progress.clone().map(|mut p| {
+                        p.outputs = outputs.unwrap_or_default();
+                        p
+                    })
                 }
                 None => progress,
             };
@@ -248,6 +257,7 @@ impl Engine {
                 cancel: !live,
                 save_now: signals.save_now,
                 sample_now: signals.sample_now,
+                sample: signals.sample,
                 lease_deadline: None,
             });
         }
@@ -279,6 +289,7 @@ impl Engine {
                     cancel: false,
                     save_now: signals.save_now,
                     sample_now: signals.sample_now,
+                    sample: signals.sample,
                     lease_deadline: deadline,
                 })
             }

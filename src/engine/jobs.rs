@@ -11,6 +11,7 @@ use loraflow_core::job::{
     ApproveJob, CancelJob, CreateJob, JobCommand, JobSpec, JobState, RejectJob, SubmitJob,
     TrainingJob,
 };
+use loraflow_core::sampling::SampleOverrides;
 use loraflow_core::schedule::Unservable;
 use loraflow_core::views::{JobListFilter, JobStatus};
 use loraflow_store::{FeedFilter, JobListQuery, JobPage, LoadedJob, Metadata, StoredEvent};
@@ -532,6 +533,25 @@ impl Engine {
     ) -> Result<JobView> {
         let cmd = JobCommand::Approve(ApproveJob {
             epoch,
+            step: None,
+            approved_by: by.to_owned(),
+        });
+        self.command(tenant, job, etag, by, cmd).await
+    }
+
+    /// Approve the LoRA saved at optimisation step `step` (a `save-now`
+    /// LoRA between epochs, or an epoch's), like [`approve`](Self::approve).
+    pub async fn approve_step(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        step: u64,
+        by: &str,
+        etag: Option<u64>,
+    ) -> Result<JobView> {
+        let cmd = JobCommand::Approve(ApproveJob {
+            epoch: 0,
+            step: Some(step),
             approved_by: by.to_owned(),
         });
         self.command(tenant, job, etag, by, cmd).await
@@ -597,8 +617,33 @@ impl Engine {
     /// Ask the job's running training to render samples at its next step
     /// boundary, like [`request_save`](Self::request_save).
     pub async fn request_sample(&self, tenant: &TenantId, job: &JobId) -> Result<()> {
-        self.signal(tenant, job, "sample", |s| s.sample_now = true)
+        self.request_sample_with(tenant, job, SampleOverrides::default())
             .await
+    }
+
+    /// Ask for samples with settings other than the job's: each override is
+    /// checked against the catalogue's bounds for the job's base model and
+    /// engine (and the prompt limits) before anything is asked, and a
+    /// refusal names every bad field.
+    pub async fn request_sample_with(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        overrides: SampleOverrides,
+    ) -> Result<()> {
+        if !overrides.is_empty() {
+            let loaded = self.owned(tenant, job).await?;
+            let spec = loaded.job.spec().expect("an owned job has a spec");
+            let services = &self.inner.services;
+            overrides
+                .check(spec, &services.catalogue, &services.limits)
+                .map_err(Error::InvalidArgument)?;
+        }
+        self.signal(tenant, job, "sample", |s| {
+            s.sample_now = true;
+            s.sample = (!overrides.is_empty()).then_some(overrides);
+        })
+        .await
     }
 
     async fn signal(

@@ -38,10 +38,12 @@ pub(crate) fn system_metadata(actor: &str) -> Metadata {
     Metadata::from([("actor".to_owned(), actor.to_owned())])
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Signals {
     save_now: bool,
     sample_now: bool,
+    /// The settings of the last sample request, when it changed any.
+    sample: Option<loraflow_core::sampling::SampleOverrides>,
 }
 
 /// What the engine remembers of a lease between heartbeats: when its last

@@ -101,6 +101,7 @@ impl ExecutorService for Executors {
             lease_deadline: reply
                 .lease_deadline
                 .map(loraflow_proto::convert::time::timestamp),
+            sample: reply.sample.map(Into::into),
         }))
     }
 

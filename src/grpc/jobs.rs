@@ -103,6 +103,7 @@ impl JobService for Jobs {
             Created::Valid(spec) => pb::Job {
                 tenant: tenant.to_string(),
                 state: pb::JobState::Pending as i32,
+                warnings: loraflow_core::sampling::warnings(&spec, &spec.params),
                 spec: Some(spec.into()),
                 ..Default::default()
             },

@@ -255,8 +255,13 @@ pub async fn reject_job(
 /// `POST /v1/jobs/{job_id}/approve`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Approve {
-    /// The epoch whose LoRA is published.
+    /// The epoch whose LoRA is published; required unless `step` is given.
+    #[serde(default)]
     pub epoch: u32,
+    /// Instead of `epoch`: the optimisation step at which the LoRA to publish
+    /// was saved (a save-now LoRA between epochs, or an epoch's).
+    #[serde(default)]
+    pub step: Option<u64>,
     /// Act only if the job is still at this etag.
     #[serde(default)]
     pub etag: String,
@@ -274,6 +279,7 @@ pub async fn approve_job(
     let req = pb::ApproveJobRequest {
         job_id,
         epoch: body.epoch,
+        step: body.step,
         etag: body.etag,
         ..Default::default()
     };
@@ -303,21 +309,47 @@ pub async fn save_now(
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{job_id}/sample-now", tag = "jobs",
-    params(("job_id" = String, Path)), request_body = Empty,
+    params(("job_id" = String, Path)), request_body = SampleNow,
     responses((status = 200, body = wire::Job), (status = "default", body = ErrorBody)))]
 pub async fn sample_now(
     State(s): State<AppState>,
     who: Who,
     Path(job_id): Path<String>,
-    JsonBody(Empty {}): JsonBody<Empty>,
+    JsonBody(body): JsonBody<SampleNow>,
 ) -> Answer<wire::Job> {
     let req = pb::SampleNowRequest {
         job_id,
-        ..Default::default()
+        sample: Some(pb::SampleOverrides {
+            prompts: body.prompts,
+            negative_prompt: body.negative_prompt,
+            sampler: body.sampler,
+            steps: body.steps,
+            guidance_scale: body.guidance_scale,
+            width: body.width,
+            height: body.height,
+            seed: body.seed,
+            lora_strength: body.lora_strength,
+        }),
     };
     Ok(Json(
         calls::sample_now(&s.engine, &who.0, &req).await?.into(),
     ))
+}
+
+/// `POST /v1/jobs/{job_id}/sample-now`: each field overrides the job's
+/// sample setting of the same name for this request only; `{}` keeps them.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct SampleNow {
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    pub negative_prompt: Option<String>,
+    pub sampler: Option<String>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub seed: Option<u64>,
+    pub lora_strength: Option<f64>,
 }
 
 /// `POST /v1/jobs/{job_id}/retry`.

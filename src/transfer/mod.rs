@@ -629,12 +629,7 @@ impl Transfers {
                 step.step_id, step.kind
             )));
         }
-        let approved = step.approved_epoch.and_then(|n| {
-            step.epochs
-                .iter()
-                .find(|e| e.epoch == n)
-                .and_then(|e| e.lora.clone())
-        });
+        let approved = step.approved_lora().cloned();
         let Some(lora) = approved else {
             return Err(Error::Denied(format!(
                 "job {job_id} has no approved epoch with a LoRA to publish"

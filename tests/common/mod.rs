@@ -151,18 +151,19 @@ impl Executor for FileSampler {
     async fn run(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput, StepError> {
         let mut epochs = Vec::new();
         for e in step.epochs.iter().filter(|e| e.lora.is_some()) {
-            let path = ctx.workdir().join(format!("e{}.png", e.epoch));
+            // A LoRA saved on request is sampled beside the epoch's, under its step.
+            let at = e.step.filter(|_| e.requested);
+            let name = match at {
+                Some(step) => format!("step{step}-0.png"),
+                None => format!("e{}-0.png", e.epoch),
+            };
+            let path = ctx.workdir().join(&name);
             tokio::fs::write(&path, png(32, 32, e.epoch as u8))
                 .await
                 .unwrap();
             let sample = ctx
                 .artifacts()
-                .put(
-                    &path,
-                    &format!("e{}-0.png", e.epoch),
-                    ArtifactKind::Sample,
-                    Some(e.epoch),
-                )
+                .put(&path, &name, ArtifactKind::Sample, Some(e.epoch))
                 .await
                 .unwrap();
             epochs.push(EpochOutput {
@@ -170,6 +171,8 @@ impl Executor for FileSampler {
                 lora: None,
                 samples: vec![sample],
                 loss: None,
+                step: at,
+                requested: at.is_some(),
                 ..Default::default()
             });
         }

@@ -1,6 +1,8 @@
 //! Artifacts: files a step produced (LoRA weights, samples, manifests). The event
 //! log holds their URI and digest, never the bytes.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A SHA-256 digest, lower-case hex.
@@ -83,6 +85,11 @@ pub struct EpochOutput {
     /// and the only identifier of a `save-now` LoRA between epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u64>,
+    /// Saved (or sampled) on a `save-now`/`sample-now` request between
+    /// epochs rather than at an epoch's end: `step` identifies it, and
+    /// `epoch` is the epoch in progress.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requested: bool,
 }
 
 impl EpochOutput {
@@ -109,6 +116,167 @@ impl EpochOutput {
         if later.step.is_some() {
             self.step = later.step;
         }
-        self.samples.extend(later.samples);
+        self.requested |= later.requested;
+        // A sample reported while training ran is reported again at the
+        // step's completion: the same file counts once.
+        for sample in later.samples {
+            if !self.samples.iter().any(|s| s.uri == sample.uri) {
+                self.samples.push(sample);
+            }
+        }
+    }
+}
+
+/// A job's reviewable outputs: one entry per saved epoch, keyed by epoch,
+/// and one per `save-now`/`sample-now` request, keyed by its step. The
+/// aggregate and the `JobStatus` view fold reports into it the same way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reviewables {
+    /// Saved at an epoch's end.
+    pub epochs: BTreeMap<u32, EpochOutput>,
+    /// Saved or sampled on request between epochs, by optimisation step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requested: BTreeMap<u64, EpochOutput>,
+}
+
+impl Reviewables {
+    /// Folds one report in: a requested one (with its step) under its step,
+    /// any other under its epoch.
+    pub fn absorb(&mut self, out: EpochOutput) {
+        absorb_into(&mut self.epochs, &mut self.requested, out);
+    }
+
+    /// Every entry in training order: by epoch, and within an epoch the
+    /// requested saves (made while it ran) before the epoch's own.
+    pub fn in_order(&self) -> Vec<&EpochOutput> {
+        let mut all: Vec<&EpochOutput> = self
+            .epochs
+            .values()
+            .chain(self.requested.values())
+            .collect();
+        all.sort_by_key(|e| (e.epoch, !e.requested, e.step));
+        all
+    }
+
+    /// The entries a reviewer can approve: those with a LoRA.
+    pub fn with_lora(&self) -> Vec<&EpochOutput> {
+        self.in_order()
+            .into_iter()
+            .filter(|e| e.lora.is_some())
+            .collect()
+    }
+
+    /// The entry whose LoRA was saved at optimisation step `step` (a
+    /// requested save, or an epoch's whose report named its step).
+    pub fn at_step(&self, step: u64) -> Option<&EpochOutput> {
+        self.requested
+            .get(&step)
+            .filter(|e| e.lora.is_some())
+            .or_else(|| {
+                self.epochs
+                    .values()
+                    .find(|e| e.step == Some(step) && e.lora.is_some())
+            })
+    }
+
+    /// The epoch to suggest to a reviewer, if any epoch has a LoRA.
+    pub fn suggestion(&self) -> Option<Suggestion> {
+        Suggestion::among(self.epochs.values())
+    }
+}
+
+/// [`Reviewables::absorb`] over separately held maps (the `JobStatus`
+/// view keeps them as two fields).
+pub fn absorb_into(
+    epochs: &mut BTreeMap<u32, EpochOutput>,
+    requested: &mut BTreeMap<u64, EpochOutput>,
+    out: EpochOutput,
+) {
+    match (out.requested, out.step) {
+        (true, Some(step)) => requested
+            .entry(step)
+            .or_insert_with(|| EpochOutput {
+                requested: true,
+                step: Some(step),
+                ..EpochOutput::new(out.epoch)
+            })
+            .absorb(out),
+        _ => epochs
+            .entry(out.epoch)
+            .or_insert_with(|| EpochOutput::new(out.epoch))
+            .absorb(out),
+    }
+}
+
+/// Which loss a [`Suggestion`] rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuggestionBasis {
+    /// The loss on held-out images (comparable across epochs).
+    ValidationLoss,
+    /// The mean training loss (no epoch has a validation loss).
+    TrainingLoss,
+    /// No epoch has a loss: the last saved epoch.
+    LastEpoch,
+}
+
+/// The epoch a reviewer is pointed at, and why: the lowest validation
+/// loss, else the lowest training loss, else the last saved epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suggestion {
+    pub epoch: u32,
+    pub basis: SuggestionBasis,
+    /// The loss it was chosen by (none for [`SuggestionBasis::LastEpoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Saved epochs it was chosen among.
+    pub among: usize,
+}
+
+impl Suggestion {
+    /// The suggestion among `epochs` (those with a LoRA count); `None`
+    /// when none has a LoRA. Ties go to the earlier epoch.
+    pub fn among<'a>(epochs: impl IntoIterator<Item = &'a EpochOutput>) -> Option<Self> {
+        let saved: Vec<&EpochOutput> = epochs.into_iter().filter(|e| e.lora.is_some()).collect();
+        let lowest = |loss: fn(&EpochOutput) -> Option<f64>| {
+            saved
+                .iter()
+                .filter_map(|e| loss(e).filter(|l| l.is_finite()).map(|l| (e.epoch, l)))
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+        };
+        let (epoch, basis, loss) = if let Some((e, l)) = lowest(|e| e.validation_loss) {
+            (e, SuggestionBasis::ValidationLoss, Some(l))
+        } else if let Some((e, l)) = lowest(|e| e.loss) {
+            (e, SuggestionBasis::TrainingLoss, Some(l))
+        } else {
+            let last = saved.iter().map(|e| e.epoch).max()?;
+            (last, SuggestionBasis::LastEpoch, None)
+        };
+        Some(Self {
+            epoch,
+            basis,
+            loss,
+            among: saved.len(),
+        })
+    }
+
+    /// Why, in a reviewer's words: `epoch 4: lowest validation loss 0.113
+    /// of 5 saved epochs`.
+    pub fn reason(&self) -> String {
+        let of = format!(
+            "of {} saved epoch{}",
+            self.among,
+            if self.among == 1 { "" } else { "s" }
+        );
+        match (self.basis, self.loss) {
+            (SuggestionBasis::ValidationLoss, Some(l)) => {
+                format!("epoch {}: lowest validation loss {l:.3} {of}", self.epoch)
+            }
+            (SuggestionBasis::TrainingLoss, Some(l)) => format!(
+                "epoch {}: lowest training loss {l:.3} {of} (no validation loss was recorded)",
+                self.epoch
+            ),
+            _ => format!("epoch {}: the last {of} (no loss was recorded)", self.epoch),
+        }
     }
 }

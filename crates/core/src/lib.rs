@@ -17,6 +17,7 @@
 //! - [`clock`]: injected time.
 //! - [`validation`]: field violations, reported all at once.
 //! - [`limits`]: limits on every input (sizes, counts, nesting), one set for every front-end.
+//! - [`sampling`]: a job's sample settings, `sample-now` overrides, default prompts.
 //! - [`webhook`]: per-job callback URLs, event types and filters, delivery records.
 
 pub mod artifact;
@@ -26,6 +27,7 @@ pub mod executor;
 pub mod ids;
 pub mod job;
 pub mod limits;
+pub mod sampling;
 pub mod schedule;
 pub mod validation;
 pub mod views;

@@ -57,12 +57,12 @@ impl Executor for Publish {
         let epoch = step
             .approved_epoch
             .ok_or_else(|| invalid_input("nothing to publish: no epoch was approved"))?;
-        let lora = step
-            .epochs
-            .iter()
-            .find(|e| e.epoch == epoch)
-            .and_then(|e| e.lora.clone())
-            .ok_or_else(|| invalid_input(format!("approved epoch {epoch} has no LoRA file")))?;
+        let lora = step.approved_lora().cloned().ok_or_else(|| {
+            invalid_input(match step.approved_step {
+                Some(at) => format!("no LoRA file was saved at the approved step {at}"),
+                None => format!("approved epoch {epoch} has no LoRA file"),
+            })
+        })?;
         let dest = self.destination_for(step);
         let published = ctx
             .artifacts()
@@ -71,7 +71,11 @@ impl Executor for Publish {
             .map_err(from_artifact)?;
         debug_assert_eq!(published.kind, ArtifactKind::Published);
         Ok(StepOutput {
-            outputs: serde_json::json!({ "uri": published.uri, "epoch": epoch }),
+            outputs: serde_json::json!({
+                "uri": published.uri,
+                "epoch": epoch,
+                "step": step.approved_step,
+            }),
             artifacts: vec![published],
             epochs: vec![],
         })

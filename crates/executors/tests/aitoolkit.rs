@@ -14,6 +14,7 @@ use loraflow_core::catalogue::{Catalogue, Engine, ModelFamily, ParamValue, Param
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepHandle};
 use loraflow_core::ids::{JobId, LeaseId, StepId};
 use loraflow_core::job::{DatasetRef, Naming, StepErrorKind};
+use loraflow_core::sampling::SampleSettings;
 use loraflow_core::workflow::StepKind;
 use loraflow_executors::aitoolkit::config::{self, JobInputs, RunPaths};
 use loraflow_executors::aitoolkit::params::{StepPlan, TrainParams};
@@ -112,6 +113,7 @@ fn assignment(env: &Env, model: &str, family: ModelFamily) -> StepAssignment {
         inputs: vec![],
         epochs: vec![],
         approved_epoch: None,
+        approved_step: None,
     }
 }
 
@@ -298,7 +300,11 @@ fn generated(family: ModelFamily, model_id: &str, params: &Params) -> Value {
             name_or_path: "/models/x",
             options: &o,
             paths: &paths,
-            prompts: &["a ${HOME} corgi\non grass".into()],
+            sampling: &SampleSettings::of(
+                &resolved,
+                &["a ${HOME} corgi\non grass".into()],
+                &SampleSettings::default(),
+            ),
             default_caption: "corgi",
         })
         .unwrap(),

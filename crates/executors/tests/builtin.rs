@@ -84,6 +84,7 @@ fn assignment(kind: &str, dataset_uri: &str) -> StepAssignment {
         inputs: vec![],
         epochs: vec![],
         approved_epoch: None,
+        approved_step: None,
     }
 }
 

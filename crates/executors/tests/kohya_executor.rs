@@ -104,6 +104,7 @@ fn assignment(env: &Env) -> StepAssignment {
         inputs: vec![],
         epochs: vec![],
         approved_epoch: None,
+        approved_step: None,
     }
 }
 
@@ -193,7 +194,7 @@ async fn a_run_stores_every_epoch_with_its_loss_and_reports_progress() {
     );
     assert_eq!(
         std::fs::read_to_string(work.join("sample_prompts.txt")).unwrap(),
-        "sks, a corgi on a beach --w 512 --h 512 --d 42\n"
+        "sks, a corgi on a beach --w 512 --h 512 --d 42 --s 20 --l 7.5\n"
     );
 }
 

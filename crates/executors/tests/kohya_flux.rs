@@ -81,6 +81,7 @@ async fn setup(
         inputs: vec![],
         epochs: vec![],
         approved_epoch: None,
+        approved_step: None,
     };
     let mut options = KohyaOptions::new(fixtures());
     options.launcher = vec!["sh".into()];

@@ -100,6 +100,7 @@ fn assignment(kind: &str, env: &Env, params: Params) -> StepAssignment {
         inputs: vec![],
         epochs: vec![],
         approved_epoch: None,
+        approved_step: None,
     }
 }
 
@@ -295,6 +296,52 @@ async fn native_training_then_sampling_on_the_demo_model() {
             .unwrap()
             .contains("<lora:demo_shapes-000001:1>")
     );
+
+    // The job's sample settings reach the sampler: size, steps, seed, sampler, strength,
+    // negative prompt; and a job without prompts gets them from its trigger word.
+    let mut params = tiny_sd_params();
+    for (k, v) in [
+        ("sample_width", ParamValue::Int(32)),
+        ("sample_height", ParamValue::Int(48)),
+        ("sample_steps", ParamValue::Int(3)),
+        ("sample_seed", ParamValue::Int(7)),
+        ("sample_sampler", ParamValue::Str("euler".into())),
+        ("sample_lora_strength", ParamValue::Float(0.5)),
+        ("sample_negative_prompt", ParamValue::Str("blurry".into())),
+    ] {
+        params.insert(k.into(), v);
+    }
+    let mut custom = assignment("sample", &env, params);
+    custom.epochs = sample.epochs.clone();
+    custom.sample_prompts.clear();
+    let (ctx, _handle) = context(&env, &custom, "work-sample-settings");
+    let out = NativeSampler::new(options.clone())
+        .unwrap()
+        .run(&custom, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(out.outputs["default_prompts"], true);
+    assert_eq!(out.outputs["prompts"], serde_json::json!(["sks"]));
+    let first = &out.epochs[0].samples[0];
+    let png = local_copy(&env, first, &files).await;
+    let decoded = image::open(&png).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (32, 48));
+    let text = read_png_text(&png).unwrap();
+    let parameters = text
+        .iter()
+        .find(|(key, _)| key == "parameters")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    for part in [
+        "sks <lora:demo_shapes-000001:0.5>",
+        "Negative prompt: blurry",
+        "Steps: 3",
+        "Sampler: Euler",
+        "Seed: 7",
+        "Size: 32x48",
+    ] {
+        assert!(parameters.contains(part), "{part} in {parameters}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use loraflow_core::catalogue::{
     BaseModel, Catalogue, EffectiveParam, Engine, ParamType, ParamValue, Params,
 };
+use loraflow_core::sampling::SAMPLER;
 use loraflow_executors::aitoolkit::params::TrainParams as AiToolkitParams;
 use loraflow_executors::kohya::params::TrainParams;
 use loraflow_executors::native::params::{RunPaths, train_config};
+use loraflow_executors::native::sampling::sampler_kind;
 use loraflow_trainer::data::bucket::{BucketOptions, Buckets};
 use loraflow_trainer::pipeline::PipelineConfig;
 
@@ -45,6 +47,10 @@ fn map(model: &BaseModel, engine: Engine, params: &Params) -> Result<(), String>
     match engine {
         Engine::Native => {
             train_config(params, paths(), "cpu").map_err(|e| e.to_string())?;
+            // The sampler of the job's samples.
+            if let Some(s) = params.get(SAMPLER).and_then(ParamValue::as_str) {
+                sampler_kind(s).map_err(|e| e.to_string())?;
+            }
             // The trainer's own resolution rule, at the model's pixel multiple.
             let resolution = params["resolution"].as_i64().unwrap() as usize;
             Buckets::new(

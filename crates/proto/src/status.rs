@@ -226,21 +226,25 @@ pub fn job_error_at(err: &Error, prefix: &str) -> Status {
                 vec![],
                 Some(v.clone()),
             ),
-            Error::UnknownEpoch { epoch, available } => (
+            Error::UnknownEpoch {
+                epoch,
+                available,
+                steps,
+            } => (
                 Code::InvalidArgument,
                 "UNKNOWN_EPOCH",
                 vec![
                     ("epoch", epoch.to_string()),
-                    (
-                        "available",
-                        available
-                            .iter()
-                            .map(u32::to_string)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    ),
+                    ("available", joined(available)),
+                    ("steps", joined(steps)),
                 ],
                 Some(one("epoch", &message)),
+            ),
+            Error::UnknownSave { step, available } => (
+                Code::InvalidArgument,
+                "UNKNOWN_SAVE",
+                vec![("step", step.to_string()), ("available", joined(available))],
+                Some(one("step", &message)),
             ),
             Error::MissingField { field } => (
                 Code::InvalidArgument,
@@ -274,6 +278,15 @@ pub fn violations(status: &Status) -> Violations {
         }
     }
     out
+}
+
+/// Numbers as ErrorInfo metadata: `1,2,3`.
+fn joined<T: ToString>(values: &[T]) -> String {
+    values
+        .iter()
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -433,6 +446,14 @@ mod tests {
                 Error::UnknownEpoch {
                     epoch: 7,
                     available: vec![1, 2],
+                    steps: vec![],
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::UnknownSave {
+                    step: 7,
+                    available: vec![25],
                 },
                 Code::InvalidArgument,
             ),
@@ -466,10 +487,18 @@ mod tests {
         let status = job_error(&Error::UnknownEpoch {
             epoch: 7,
             available: vec![1, 2],
+            steps: vec![25],
         });
         assert_eq!(violations(&status).0[0].field, "epoch");
         let info = status.get_error_details().error_info().unwrap().clone();
         assert_eq!(info.metadata["available"], "1,2");
+        assert_eq!(info.metadata["steps"], "25");
+        assert!(status.message().contains("approved by step: [25]"));
+        let status = job_error(&Error::UnknownSave {
+            step: 7,
+            available: vec![25],
+        });
+        assert_eq!(violations(&status).0[0].field, "step");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         sampler: Default::default(),
         seed: 1,
         size: None,
+        height: None,
         every_n_epochs: Some(epochs),
     });
 

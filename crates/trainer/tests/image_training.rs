@@ -102,6 +102,7 @@ fn images_train_with_buckets_text_encoder_and_kohya_metadata() {
         sampler: Default::default(),
         seed: 5,
         size: None,
+        height: None,
         every_n_epochs: None,
     });
     c.output.peft = true;

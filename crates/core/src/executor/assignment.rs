@@ -37,12 +37,31 @@ pub struct StepAssignment {
     /// Epochs produced so far (for sampling and publishing).
     pub epochs: Vec<EpochOutput>,
     pub approved_epoch: Option<u32>,
+    /// Set when the reviewer chose the LoRA saved at this step (a
+    /// `save-now` LoRA within `approved_epoch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_step: Option<u64>,
 }
 
 impl StepAssignment {
     /// The first input of a given kind, if any.
     pub fn input(&self, kind: crate::artifact::ArtifactKind) -> Option<&Artifact> {
         self.inputs.iter().find(|a| a.kind == kind)
+    }
+
+    /// The approved LoRA among `epochs` (what a publish step copies): the
+    /// one saved at `approved_step` when the reviewer chose by step, else
+    /// the end-of-epoch LoRA of `approved_epoch`.
+    pub fn approved_lora(&self) -> Option<&Artifact> {
+        let with_lora = || self.epochs.iter().filter(|e| e.lora.is_some());
+        let chosen = match (self.approved_step, self.approved_epoch) {
+            (Some(step), _) => with_lora()
+                .filter(|e| e.step == Some(step))
+                .max_by_key(|e| e.requested),
+            (None, Some(epoch)) => with_lora().find(|e| e.epoch == epoch && !e.requested),
+            (None, None) => None,
+        };
+        chosen.and_then(|e| e.lora.as_ref())
     }
 }
 

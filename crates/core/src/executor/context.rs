@@ -3,19 +3,25 @@
 //! tracing span. The runtime keeps the other end ([`StepHandle`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::artifacts::ArtifactIo;
+use crate::artifact::EpochOutput;
 use crate::job::StepProgress;
+use crate::sampling::SampleOverrides;
 
 #[derive(Debug, Default)]
 struct Signals {
     save_now: AtomicBool,
     sample_now: AtomicBool,
+    /// The settings of the last `sample_now` request, if it changed any.
+    sample_request: Mutex<Option<SampleOverrides>>,
+    /// Outputs reported since the runtime last took them.
+    outputs: Mutex<Vec<EpochOutput>>,
 }
 
 /// What a step's code holds while it runs.
@@ -89,9 +95,38 @@ impl StepContext {
         self.signals.save_now.swap(false, Ordering::AcqRel)
     }
 
-    /// True once per `sample_now` request.
+    /// True once per `sample_now` request (its settings are dropped; see
+    /// [`take_sample_request`](Self::take_sample_request)).
     pub fn take_sample_now(&self) -> bool {
-        self.signals.sample_now.swap(false, Ordering::AcqRel)
+        self.take_sample_request().is_some()
+    }
+
+    /// Once per `sample_now` request: what it changes of the job's sample
+    /// settings (empty when it changes nothing).
+    pub fn take_sample_request(&self) -> Option<SampleOverrides> {
+        if !self.signals.sample_now.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(
+            self.signals
+                .sample_request
+                .lock()
+                .expect("signals lock poisoned")
+                .take()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Report an output made while the step runs (a LoRA saved or samples
+    /// rendered on request), so the job lists it before the step completes.
+    /// The runtime sends it with the next heartbeat; the completion should
+    /// report it again (it counts once), since a heartbeat may be lost.
+    pub fn report_output(&self, output: EpochOutput) {
+        self.signals
+            .outputs
+            .lock()
+            .expect("signals lock poisoned")
+            .push(output);
     }
 
     pub fn artifacts(&self) -> &dyn ArtifactIo {
@@ -128,6 +163,21 @@ impl StepHandle {
     }
 
     pub fn request_sample(&self) {
+        self.request_sample_with(SampleOverrides::default());
+    }
+
+    /// Ask for samples with settings other than the job's.
+    pub fn request_sample_with(&self, overrides: SampleOverrides) {
+        *self
+            .signals
+            .sample_request
+            .lock()
+            .expect("signals lock poisoned") = (!overrides.is_empty()).then_some(overrides);
         self.signals.sample_now.store(true, Ordering::Release);
+    }
+
+    /// The outputs the step reported since the last call, oldest first.
+    pub fn take_outputs(&self) -> Vec<EpochOutput> {
+        std::mem::take(&mut *self.signals.outputs.lock().expect("signals lock poisoned"))
     }
 }

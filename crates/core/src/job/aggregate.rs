@@ -15,7 +15,7 @@ use super::handle;
 use super::spec::{AdmittedDataset, JobSpec};
 use super::state::{Failure, FailureReason, JobState};
 use super::step::{Attempt, AttemptOutcome, StepRecord, StepStatus};
-use crate::artifact::{Artifact, EpochOutput};
+use crate::artifact::{Artifact, EpochOutput, Reviewables};
 use crate::catalogue::{Catalogue, Params, StatusHandle};
 use crate::clock::Clock;
 use crate::executor::StepAssignment;
@@ -103,7 +103,7 @@ pub struct TrainingJob {
     pub(crate) dataset: Option<AdmittedDataset>,
     pub(crate) workflow: Option<WorkflowSpec>,
     pub(crate) steps: BTreeMap<StepId, StepRecord>,
-    pub(crate) epochs: BTreeMap<u32, EpochOutput>,
+    pub(crate) outputs: Reviewables,
     pub(crate) approved: Option<JobApproved>,
     pub(crate) published: Option<Artifact>,
     /// The tenant's registered model the job trains against, as it was
@@ -186,8 +186,15 @@ impl TrainingJob {
         self.steps.get(id)
     }
 
+    /// The LoRAs and samples saved at each epoch's end, by epoch.
     pub fn epochs(&self) -> &BTreeMap<u32, EpochOutput> {
-        &self.epochs
+        &self.outputs.epochs
+    }
+
+    /// Everything a reviewer can look at: the epochs, and what was saved or
+    /// sampled on request between them.
+    pub fn reviewables(&self) -> &Reviewables {
+        &self.outputs
     }
 
     pub fn approved(&self) -> Option<&JobApproved> {
@@ -255,8 +262,9 @@ impl TrainingJob {
             sample_prompts: spec.sample_prompts.clone(),
             naming: spec.naming.clone(),
             inputs,
-            epochs: self.epochs.values().cloned().collect(),
+            epochs: self.outputs.in_order().into_iter().cloned().collect(),
             approved_epoch: self.approved.as_ref().map(|a| a.epoch),
+            approved_step: self.approved.as_ref().and_then(|a| a.step),
         })
     }
 
@@ -393,7 +401,12 @@ impl Aggregate for TrainingJob {
                 if let StepStatus::Leased { deadline, .. } = &mut rec.status {
                     *deadline = e.deadline;
                 }
-                rec.progress = Some(e.progress);
+                let mut progress = e.progress;
+                let made = std::mem::take(&mut progress.outputs);
+                rec.progress = Some(progress);
+                for out in made {
+                    self.outputs.absorb(out);
+                }
             }
             JobEvent::StepCompleted(e) => {
                 self.end_attempt(&e.step_id, &e.lease_id, AttemptOutcome::Completed);
@@ -401,10 +414,7 @@ impl Aggregate for TrainingJob {
                 rec.artifacts = e.artifacts;
                 rec.outputs = e.outputs;
                 for out in e.epochs {
-                    self.epochs
-                        .entry(out.epoch)
-                        .or_insert_with(|| EpochOutput::new(out.epoch))
-                        .absorb(out);
+                    self.outputs.absorb(out);
                 }
             }
             JobEvent::StepFailed(e) => {

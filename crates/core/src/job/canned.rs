@@ -226,6 +226,7 @@ impl Driver {
     pub fn approve(&mut self, epoch: u32) -> &mut Self {
         self.exec(JobCommand::Approve(ApproveJob {
             epoch,
+            step: None,
             approved_by: "reviewer@acme".into(),
         }))
         .expect("approve");

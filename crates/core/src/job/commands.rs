@@ -89,10 +89,15 @@ pub struct ExpireQueuedStep {
     pub unservable: Option<crate::schedule::Unservable>,
 }
 
-/// Choose an epoch; the publish step is queued.
+/// Choose an epoch, or the LoRA saved at a step; the publish step is queued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApproveJob {
+    /// The epoch whose end-of-epoch LoRA is chosen; ignored when `step` is set.
     pub epoch: u32,
+    /// Choose the LoRA saved at this optimisation step instead (a `save-now`
+    /// LoRA, or an epoch's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
     pub approved_by: String,
 }
 

@@ -112,12 +112,33 @@ pub enum Error {
     InvalidOutput(Violations),
 
     /// Approval of an epoch that training did not produce. `INVALID_ARGUMENT`.
-    #[error("epoch {epoch} has no LoRA to approve; available epochs: {available:?}")]
-    UnknownEpoch { epoch: u32, available: Vec<u32> },
+    #[error(
+        "epoch {epoch} has no LoRA to approve; available epochs: {available:?}{}",
+        by_step(steps)
+    )]
+    UnknownEpoch {
+        epoch: u32,
+        available: Vec<u32>,
+        /// Steps of LoRAs saved on request, approvable by step.
+        steps: Vec<u64>,
+    },
+
+    /// Approval by step of a step at which no LoRA was saved. `INVALID_ARGUMENT`.
+    #[error("no LoRA was saved at step {step}; LoRAs were saved at steps {available:?}")]
+    UnknownSave { step: u64, available: Vec<u64> },
 
     /// A required text field (reviewer, reason) is empty. `INVALID_ARGUMENT`.
     #[error("{field} must not be empty")]
     MissingField { field: &'static str },
+}
+
+/// The hint of [`Error::UnknownEpoch`] about LoRAs saved on request.
+fn by_step(steps: &[u64]) -> String {
+    if steps.is_empty() {
+        String::new()
+    } else {
+        format!("; LoRAs saved on request, approved by step: {steps:?}")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -147,6 +147,10 @@ pub struct ReviewRequested {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobApproved {
     pub epoch: u32,
+    /// Set when the reviewer chose by optimisation step (since 1.1): the
+    /// LoRA saved at that step, which may be a `save-now` one within `epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
     /// The LoRA of the chosen epoch, which the publish step copies.
     pub lora: Artifact,
     pub approved_by: String,
@@ -275,6 +279,15 @@ pub const STEP_LEASED_VERSION: &str = "1.1.0";
 /// `ExecutorRestarted` and `restarted_as`; a 1.0 payload loads as it is.
 pub const LEASE_EXPIRED_VERSION: &str = "1.1.0";
 
+/// The current version of `JobApproved`: 1.1 added `step`; a 1.0 payload
+/// loads as it is, approved by epoch.
+pub const JOB_APPROVED_VERSION: &str = "1.1.0";
+
+/// The current version of `StepProgressed`: 1.1 added the progress'
+/// `outputs` (samples and LoRAs reported while the step runs); a 1.0
+/// payload loads as it is, with none.
+pub const STEP_PROGRESSED_VERSION: &str = "1.1.0";
+
 impl DomainEvent for JobEvent {
     fn event_type(&self) -> String {
         self.name().to_owned()
@@ -285,6 +298,8 @@ impl DomainEvent for JobEvent {
             Self::JobCreated(_) => JOB_CREATED_VERSION,
             Self::StepLeased(_) => STEP_LEASED_VERSION,
             Self::LeaseExpired(_) => LEASE_EXPIRED_VERSION,
+            Self::JobApproved(_) => JOB_APPROVED_VERSION,
+            Self::StepProgressed(_) => STEP_PROGRESSED_VERSION,
             _ => "1.0.0",
         }
         .to_owned()

@@ -28,6 +28,12 @@ pub struct StepProgress {
     pub validation_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Samples and LoRAs produced since the last report (a `sample-now`
+    /// request's images, a `save-now` LoRA), so that reviewers see them
+    /// while the step still runs. The step's completion reports them again;
+    /// the job counts each file once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<crate::artifact::EpochOutput>,
 }
 
 impl StepProgress {

@@ -10,7 +10,9 @@
 //! and a 2.0 `JobCreated` without it has no webhooks). They still bump the
 //! minor version, so a reader can tell which payloads may carry them:
 //! `StepLeased` 1.1 (`instance`) and `LeaseExpired` 1.1 (`restarted_as`, and
-//! the cause `ExecutorRestarted`) load 1.0 payloads unchanged.
+//! the cause `ExecutorRestarted`), `JobApproved` 1.1 (`step`) and
+//! `StepProgressed` 1.1 (the progress' `outputs`) load 1.0 payloads
+//! unchanged.
 
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{Value, json};

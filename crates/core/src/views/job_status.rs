@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::EventMeta;
-use crate::artifact::{Artifact, EpochOutput};
+use crate::artifact::{Artifact, EpochOutput, absorb_into};
 use crate::catalogue::Engine;
 use crate::catalogue::Params;
 use crate::ids::{BaseModelId, ExecutorId, JobId, StepId, TenantId};
@@ -62,10 +62,21 @@ pub struct JobStatus {
     pub last_loss: Option<f64>,
     /// Saved epochs with their LoRA, samples and loss.
     pub epochs: BTreeMap<u32, EpochOutput>,
+    /// LoRAs and samples made on `save-now`/`sample-now` requests between
+    /// epochs, by the optimisation step they were made at.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requested: BTreeMap<u64, EpochOutput>,
     /// Artifacts that belong to no epoch (manifest, labels, reports).
     pub artifacts: Vec<Artifact>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_epoch: Option<u32>,
+    /// Set when the reviewer chose the LoRA saved at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_step: Option<u64>,
+    /// What a client should know about how the job will run (a job without
+    /// sample prompts gets default ones, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<Artifact>,
     pub created_at: DateTime<Utc>,
@@ -97,8 +108,11 @@ impl JobStatus {
             current_epoch: None,
             last_loss: None,
             epochs: BTreeMap::new(),
+            requested: BTreeMap::new(),
             artifacts: Vec::new(),
             approved_epoch: None,
+            approved_step: None,
+            warnings: crate::sampling::warnings(&e.spec, &e.params),
             published: None,
             created_at: e.created_at,
             updated_at: meta.recorded_at,
@@ -124,6 +138,21 @@ impl JobStatus {
                 Some(s)
             }
         }
+    }
+
+    /// Every reviewable output in training order (see
+    /// [`Reviewables::in_order`](crate::artifact::Reviewables::in_order)).
+    pub fn reviewables(&self) -> crate::artifact::Reviewables {
+        crate::artifact::Reviewables {
+            epochs: self.epochs.clone(),
+            requested: self.requested.clone(),
+        }
+    }
+
+    /// The epoch to suggest to a reviewer: the lowest validation loss, else
+    /// the lowest training loss.
+    pub fn suggestion(&self) -> Option<crate::artifact::Suggestion> {
+        crate::artifact::Suggestion::among(self.epochs.values())
     }
 
     pub fn step(&self, id: &StepId) -> Option<&StepView> {
@@ -196,7 +225,13 @@ impl JobStatus {
                     if let StepStatus::Leased { deadline, .. } = &mut s.status {
                         *deadline = e.deadline;
                     }
-                    s.progress = Some(e.progress.clone());
+                    s.progress = Some(StepProgress {
+                        outputs: Vec::new(),
+                        ..e.progress.clone()
+                    });
+                }
+                for out in &e.progress.outputs {
+                    absorb_into(&mut self.epochs, &mut self.requested, out.clone());
                 }
                 if let Some(epoch) = e.progress.epoch {
                     self.current_epoch = Some(epoch);
@@ -211,10 +246,7 @@ impl JobStatus {
                 }
                 self.artifacts.extend(e.artifacts.iter().cloned());
                 for out in &e.epochs {
-                    self.epochs
-                        .entry(out.epoch)
-                        .or_insert_with(|| EpochOutput::new(out.epoch))
-                        .absorb(out.clone());
+                    absorb_into(&mut self.epochs, &mut self.requested, out.clone());
                 }
                 // The last epoch training produced is where training ended.
                 if let Some(last) = e
@@ -266,6 +298,7 @@ impl JobStatus {
                     }
                 }
                 self.approved_epoch = Some(e.epoch);
+                self.approved_step = e.step;
                 self.state = JobState::Approved;
             }
             JobEvent::JobRejected(e) => self.fail(FailureReason::Rejected, &e.reason),

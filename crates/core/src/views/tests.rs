@@ -48,6 +48,9 @@ fn assert_agrees(events: &[JobEvent]) {
         assert_eq!(s.kind, rec.kind);
     }
     assert_eq!(&status.epochs, job.epochs());
+    assert_eq!(status.requested, job.reviewables().requested);
+    assert_eq!(status.approved_step, job.approved().and_then(|a| a.step));
+    assert_eq!(status.suggestion(), job.reviewables().suggestion());
     assert_eq!(status.published.as_ref(), job.published());
     assert_eq!(status.approved_epoch, job.approved().map(|a| a.epoch));
 }

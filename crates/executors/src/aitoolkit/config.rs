@@ -31,6 +31,7 @@
 use std::path::{Path, PathBuf};
 
 use loraflow_core::catalogue::ModelFamily;
+use loraflow_core::sampling::SampleSettings;
 use serde_norway::{Mapping, Value};
 
 use super::error::{Error, Result};
@@ -61,8 +62,6 @@ struct Family {
     flag: &'static str,
     noise_scheduler: &'static str,
     sampler: &'static str,
-    guidance_scale: f64,
-    sample_steps: u32,
     quantize: bool,
 }
 
@@ -74,18 +73,14 @@ fn family(model: &str, family: ModelFamily) -> Result<Family> {
             flag: "is_flux",
             noise_scheduler: "flowmatch",
             sampler: "flowmatch",
-            guidance_scale: 4.0,
-            sample_steps: 20,
             quantize: true,
         }),
-        // SampleConfig's defaults (ddpm, guidance 7, 20 steps).
+        // SampleConfig's sampler (ddpm); guidance, steps and size are the job's.
         ModelFamily::Sdxl => Ok(Family {
             arch: "sdxl",
             flag: "is_xl",
             noise_scheduler: "ddpm",
             sampler: "ddpm",
-            guidance_scale: 7.0,
-            sample_steps: 20,
             quantize: false,
         }),
         other => Err(Error::UnsupportedFamily {
@@ -159,7 +154,8 @@ pub struct JobInputs<'a> {
     pub name_or_path: &'a str,
     pub options: &'a AiToolkitOptions,
     pub paths: &'a RunPaths,
-    pub prompts: &'a [String],
+    /// The job's sample settings (prompts, size, seed, guidance, steps, negative prompt).
+    pub sampling: &'a SampleSettings,
     /// The caption of an image without one (the trigger word or subject).
     pub default_caption: &'a str,
 }
@@ -171,6 +167,7 @@ pub fn job_config(i: &JobInputs<'_>) -> Result<Value> {
     let flux = i.family == ModelFamily::Flux;
     let resolution = p.resolution.unwrap_or(1024);
     let prompts: Vec<Value> = i
+        .sampling
         .prompts
         .iter()
         .map(|t| t.replace(['\n', '\r'], " ").trim().to_owned())
@@ -267,17 +264,22 @@ pub fn job_config(i: &JobInputs<'_>) -> Result<Value> {
     let sample = map([
         ("sampler", Some(s(f.sampler))),
         ("sample_every", Some(Value::from(i.plan.save_every))),
-        ("width", Some(Value::from(resolution))),
-        ("height", Some(Value::from(resolution))),
+        ("width", Some(Value::from(i.sampling.width))),
+        ("height", Some(Value::from(i.sampling.height))),
         ("prompts", Some(Value::Sequence(prompts))),
-        ("neg", Some(s(""))),
+        (
+            "neg",
+            Some(s(literal(
+                &i.sampling.negative_prompt.replace(['\n', '\r'], " "),
+            ))),
+        ),
         (
             "seed",
-            Some(Value::from(p.seed.unwrap_or(42).min(u64::from(u32::MAX)))),
+            Some(Value::from(i.sampling.seed.min(u64::from(u32::MAX)))),
         ),
         ("walk_seed", Some(Value::Bool(true))),
-        ("guidance_scale", Some(float(f.guidance_scale))),
-        ("sample_steps", Some(Value::from(f.sample_steps))),
+        ("guidance_scale", Some(float(i.sampling.guidance_scale))),
+        ("sample_steps", Some(Value::from(i.sampling.steps))),
     ]);
     let Value::Mapping(mut process) = map([
         ("type", Some(s("sd_trainer"))),

@@ -204,6 +204,7 @@ impl AiToolkitTrainer {
         if ctx.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        let sampling = crate::external::inputs::sample_settings(step, labels.as_ref());
         let image_dir = work.join("images");
         let layout = {
             let image_dir = image_dir.clone();
@@ -236,7 +237,7 @@ impl AiToolkitTrainer {
             name_or_path: &plan.name_or_path,
             options: &self.options,
             paths: &paths,
-            prompts: &step.sample_prompts,
+            sampling: &sampling,
             default_caption: &default_caption,
         })?;
         let config_path = config_path(&work);

@@ -33,3 +33,27 @@ pub async fn fetch_inputs(
     };
     Ok((root, files, labels))
 }
+
+/// The job's sample settings for an external engine: its `sample_*` parameters (the catalogue's
+/// defaults for jobs created before them), and default prompts from its trigger word and the
+/// labels' captions when it gave none.
+pub fn sample_settings(
+    step: &StepAssignment,
+    labels: Option<&Labels>,
+) -> loraflow_core::sampling::SampleSettings {
+    use loraflow_core::sampling::SampleSettings;
+    let trigger = step
+        .params
+        .get(loraflow_core::limits::TRIGGER_WORD_PARAM)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let captions = labels
+        .into_iter()
+        .flat_map(|l| l.images.values().map(|label| label.caption.as_str()));
+    SampleSettings::of(
+        &step.params,
+        &step.sample_prompts,
+        &SampleSettings::default(),
+    )
+    .or_default_prompts(trigger, captions)
+}

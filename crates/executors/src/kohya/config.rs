@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use loraflow_core::catalogue::ModelFamily;
+use loraflow_core::sampling::SampleSettings;
 use toml::Value;
 
 use super::error::{Error, Result};
@@ -272,7 +273,10 @@ pub fn training_config(
             "sample_every_n_epochs".into(),
             int(params.save_every_n_epochs.unwrap_or(1)),
         );
-        t.insert("sample_sampler".into(), Value::String("euler_a".into()));
+        t.insert(
+            "sample_sampler".into(),
+            Value::String(params.sample_sampler.unwrap_or("euler_a").into()),
+        );
     }
 
     // The operator's word last: the model's keys, then the global ones.
@@ -283,23 +287,32 @@ pub fn training_config(
     t
 }
 
-/// sd-scripts' prompt file: one prompt a line with `--w`/`--h` (size) and
-/// `--d` (seed) options, as `train_util.sample_images` parses it.
-pub fn sample_prompts(prompts: &[String], resolution: Option<u32>, seed: Option<u64>) -> String {
+/// sd-scripts' prompt file: one prompt a line with `--w`/`--h` (size), `--d` (seed; prompt `i`
+/// gets `seed + i`), `--s` (steps), `--l` (guidance scale) and `--n` (negative prompt) options,
+/// as `train_util.sample_images` parses them.
+pub fn sample_prompts(s: &SampleSettings) -> String {
+    // A prompt is one line, and " --" would start an option.
+    let line = |text: &str| text.replace(['\n', '\r'], " ").replace(" --", " -");
+    let negative = line(&s.negative_prompt);
     let mut out = String::new();
-    for prompt in prompts {
-        // A prompt is one line, and " --" would start an option.
-        let text = prompt.replace(['\n', '\r'], " ").replace(" --", " -");
-        let text = text.trim();
-        if text.is_empty() {
-            continue;
-        }
-        out.push_str(text);
-        if let Some(res) = resolution {
-            out.push_str(&format!(" --w {res} --h {res}"));
-        }
-        if let Some(seed) = seed {
-            out.push_str(&format!(" --d {seed}"));
+    for (i, prompt) in s
+        .prompts
+        .iter()
+        .map(|p| line(p))
+        .filter(|p| !p.trim().is_empty())
+        .enumerate()
+    {
+        out.push_str(prompt.trim());
+        out.push_str(&format!(
+            " --w {} --h {} --d {} --s {} --l {}",
+            s.width,
+            s.height,
+            s.seed + i as u64,
+            s.steps,
+            s.guidance_scale
+        ));
+        if !negative.trim().is_empty() {
+            out.push_str(&format!(" --n {}", negative.trim()));
         }
         out.push('\n');
     }
@@ -325,11 +338,24 @@ mod tests {
 
     #[test]
     fn prompts_are_single_lines_without_options_injected() {
-        let text = sample_prompts(
-            &["a corgi\non grass --n ugly".into(), "  ".into()],
-            Some(512),
-            Some(7),
+        let text = sample_prompts(&SampleSettings {
+            prompts: vec![
+                "a corgi\non grass --n ugly".into(),
+                "  ".into(),
+                "a cat".into(),
+            ],
+            negative_prompt: "blurry --s 1".into(),
+            width: 512,
+            height: 768,
+            seed: 7,
+            steps: 12,
+            guidance_scale: 5.5,
+            ..SampleSettings::default()
+        });
+        assert_eq!(
+            text,
+            "a corgi on grass -n ugly --w 512 --h 768 --d 7 --s 12 --l 5.5 --n blurry -s 1\n\
+             a cat --w 512 --h 768 --d 8 --s 12 --l 5.5 --n blurry -s 1\n"
         );
-        assert_eq!(text, "a corgi on grass -n ugly --w 512 --h 512 --d 7\n");
     }
 }

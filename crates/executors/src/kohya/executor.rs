@@ -11,6 +11,7 @@ use loraflow_core::artifact::{Artifact, ArtifactKind, EpochOutput};
 use loraflow_core::catalogue::{Engine, ModelFamily};
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::job::{StepError, StepProgress};
+use loraflow_core::sampling::SampleSettings;
 use loraflow_core::workflow::StepKind;
 use tracing::Instrument;
 
@@ -125,12 +126,9 @@ impl KohyaTrainer {
         plan: &Plan<'_>,
         layout: &Layout,
         work: &Path,
+        sampling: &SampleSettings,
     ) -> Result<(RunPaths, PathBuf, toml::Table)> {
-        let prompts = config::sample_prompts(
-            &step.sample_prompts,
-            plan.params.resolution,
-            plan.params.seed,
-        );
+        let prompts = config::sample_prompts(sampling);
         let paths = RunPaths {
             checkpoint: plan.model.checkpoint.clone(),
             image_dir: layout.image_dir.clone(),
@@ -191,6 +189,7 @@ impl KohyaTrainer {
         if ctx.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        let sampling = crate::external::inputs::sample_settings(step, labels.as_ref());
 
         let (train_root, repeats, subject) = (
             work.join("train"),
@@ -209,7 +208,8 @@ impl KohyaTrainer {
         })
         .await
         .map_err(|e| Error::io("laying out the dataset", e))??;
-        let (paths, training_path, training) = self.write_configs(step, &plan, &layout, &work)?;
+        let (paths, training_path, training) =
+            self.write_configs(step, &plan, &layout, &work, &sampling)?;
         if ctx.is_cancelled() {
             return Err(Error::Cancelled);
         }

@@ -72,6 +72,10 @@ pub const PREDICTION_TYPES: [(&str, Option<Prediction>); 3] = [
 /// resolution in the catalogue's range, so no step is imposed on it.
 pub fn rules() -> EngineRules {
     EngineRules::new(Engine::Kohya)
+        .choices(
+            loraflow_core::sampling::SAMPLER,
+            SAMPLERS.map(|(name, _)| name),
+        )
         .choices("optimizer", OPTIMIZERS.map(|(name, _)| name))
         .choices("lr_scheduler", LR_SCHEDULERS)
         .choices("prediction_type", PREDICTION_TYPES.map(|(name, _)| name))
@@ -106,7 +110,18 @@ pub struct TrainParams {
     pub gradient_accumulation: Option<u32>,
     pub seed: Option<u64>,
     pub trigger_word: Option<String>,
+    /// sd-scripts' `sample_sampler` name.
+    pub sample_sampler: Option<&'static str>,
 }
+
+/// The samplers sd-scripts renders samples with, by catalogue name, with sd-scripts' names
+/// (`--sample_sampler`).
+pub const SAMPLERS: [(&str, &str); 4] = [
+    ("ddim", "ddim"),
+    ("euler", "euler"),
+    ("euler_a", "euler_a"),
+    ("dpmpp_2m", "dpmsolver++"),
+];
 
 impl TrainParams {
     /// Check a job's resolved parameters. `epochs` and `num_repeats` are
@@ -167,6 +182,24 @@ impl TrainParams {
                     )
                 })?,
         };
+        let sample_sampler = match r.string(loraflow_core::sampling::SAMPLER)? {
+            None => None,
+            Some(s) => Some(
+                SAMPLERS
+                    .iter()
+                    .find(|(name, _)| *name == s)
+                    .map(|(_, k)| *k)
+                    .ok_or_else(|| {
+                        Error::param(
+                            loraflow_core::sampling::SAMPLER,
+                            format!(
+                                "{s:?} is not a sampler of the kohya engine; use one of {}",
+                                SAMPLERS.map(|(n, _)| n).join(", ")
+                            ),
+                        )
+                    })?,
+            ),
+        };
         let caption_dropout = r.float("caption_dropout")?;
         if let Some(p) = caption_dropout.filter(|p| *p > 1.0) {
             return Err(Error::param(
@@ -203,6 +236,7 @@ impl TrainParams {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
+            sample_sampler,
         })
     }
 

@@ -8,6 +8,7 @@
 //! - [`train`]: [`NativeTrainer`], the `train` executor.
 //! - [`sample`]: [`NativeSampler`], the `sample` executor.
 //! - `sample_xl`: the `sample` executor's rendering with an SDXL base model.
+//! - [`sampling`]: a job's sample settings as the native engine renders them.
 //! - [`report`]: the loss history as JSON and a loss-curve PNG.
 //! - [`error`]: [`Error`], and the step error each failure becomes.
 
@@ -18,6 +19,7 @@ pub mod params;
 pub mod report;
 pub mod sample;
 mod sample_xl;
+pub mod sampling;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -50,6 +50,12 @@ pub fn rules() -> EngineRules {
         .choices("optimizer", OPTIMIZERS)
         .choices("prediction_type", PREDICTION_TYPES.map(|(name, _)| name))
         .multiple("resolution", Multiple::ModelPixels)
+        .choices(
+            loraflow_core::sampling::SAMPLER,
+            super::sampling::SAMPLERS.map(|(name, _)| name),
+        )
+        .multiple(loraflow_core::sampling::WIDTH, Multiple::ModelPixels)
+        .multiple(loraflow_core::sampling::HEIGHT, Multiple::ModelPixels)
 }
 
 /// `value` in a `(name, value)` table.

@@ -11,6 +11,7 @@ use loraflow_core::artifact::{ArtifactKind, EpochOutput};
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::job::{StepError, StepProgress};
 use loraflow_core::workflow::StepKind;
+use loraflow_trainer::sdxl::is_sdxl_dir;
 use loraflow_trainer::device::parse_device;
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::png::write_png;
@@ -20,8 +21,8 @@ use tracing::Instrument;
 use super::error::{Error, Result};
 use super::options::NativeOptions;
 use super::sample_xl::XlRun;
-use super::train::job_seed;
-use loraflow_trainer::sdxl::is_sdxl_dir;
+use super::sampling::{job_settings, sampler_kind};
+use super::train::NativeTrainer;
 
 /// Renders samples of each epoch's LoRA with loraflow's own pipeline.
 #[derive(Debug, Clone)]
@@ -29,9 +30,50 @@ pub struct NativeSampler {
     options: NativeOptions,
 }
 
+/// Which saved LoRA an image belongs to: an epoch's, or one saved on request at a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Key {
+    pub(super) epoch: u32,
+    requested_at: Option<u64>,
+}
+
+impl Key {
+    fn of(e: &EpochOutput) -> Self {
+        Self {
+            epoch: e.epoch,
+            requested_at: e.step.filter(|_| e.requested),
+        }
+    }
+
+    fn file_name(&self, index: usize) -> String {
+        match self.requested_at {
+            Some(step) => format!("step{step:08}-{index:02}.png"),
+            None => format!("epoch{:03}-{index:02}.png", self.epoch),
+        }
+    }
+
+    /// An empty report for this LoRA, to add samples to.
+    fn output(&self) -> EpochOutput {
+        EpochOutput {
+            step: self.requested_at,
+            requested: self.requested_at.is_some(),
+            ..EpochOutput::new(self.epoch)
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.requested_at {
+            Some(step) => write!(f, "step {step} (epoch {})", self.epoch),
+            None => write!(f, "epoch {}", self.epoch),
+        }
+    }
+}
+
 /// One image to render.
 pub(super) struct Job {
-    pub(super) epoch: u32,
+    pub(super) key: Key,
     pub(super) lora: PathBuf,
     pub(super) lora_name: String,
     pub(super) index: usize,
@@ -53,16 +95,11 @@ impl NativeSampler {
     /// One attempt, with typed errors.
     pub async fn sample(&self, step: &StepAssignment, ctx: &StepContext) -> Result<StepOutput> {
         let o = &self.options;
-        if step.sample_prompts.is_empty() {
-            return Ok(StepOutput {
-                outputs: serde_json::json!({"rendered": 0, "reason": "the job has no sample prompts"}),
-                ..StepOutput::default()
-            });
-        }
+        // Every saved LoRA: each epoch's, and each one saved on request between epochs.
         let loras: Vec<_> = step
             .epochs
             .iter()
-            .filter_map(|e| e.lora.as_ref().map(|l| (e.epoch, l.clone())))
+            .filter_map(|e| e.lora.as_ref().map(|l| (Key::of(e), l.clone())))
             .collect();
         if loras.is_empty() {
             return Err(Error::param(
@@ -70,16 +107,18 @@ impl NativeSampler {
                 "no epoch has a LoRA to sample (did the train step save any?)",
             ));
         }
-        let (model, config_dir) = o.step_model(step, ctx).await?;
         let work = ctx.workdir().to_path_buf();
+        let captions = NativeTrainer::captions(step, ctx, &work).await?;
+        let settings = job_settings(step, &o.sample, captions.values().map(String::as_str));
+        let sampler = sampler_kind(&settings.sampler)?;
+        let (model, config_dir) = o.step_model(step, ctx).await?;
         let out_dir = work.join("samples");
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Error::io(format!("creating {}", out_dir.display()), e))?;
         let mut jobs = Vec::new();
-        let seed = job_seed(step).unwrap_or(o.sample.seed);
-        for (epoch, artifact) in &loras {
+        for (key, artifact) in &loras {
             ctx.report(StepProgress {
-                message: Some(format!("fetching the LoRA of epoch {epoch}")),
+                message: Some(format!("fetching the LoRA of {key}")),
                 ..StepProgress::default()
             });
             let local = work.join("loras").join(&artifact.name);
@@ -89,24 +128,24 @@ impl NativeSampler {
                 .strip_suffix(".safetensors")
                 .unwrap_or(&artifact.name)
                 .to_string();
-            for (index, prompt) in step.sample_prompts.iter().enumerate() {
+            for (index, prompt) in settings.prompts.iter().enumerate() {
                 jobs.push(Job {
-                    epoch: *epoch,
+                    key: *key,
                     lora: local.clone(),
                     lora_name: lora_name.clone(),
                     index,
                     settings: SampleSettings {
                         prompt: prompt.clone(),
-                        negative_prompt: o.sample.negative_prompt.clone(),
-                        width: 0,
-                        height: 0,
-                        steps: o.sample.steps,
-                        guidance_scale: o.sample.guidance_scale,
-                        seed: seed + index as u64,
-                        sampler: o.sample.sampler,
+                        negative_prompt: settings.negative_prompt.clone(),
+                        width: settings.width as usize,
+                        height: settings.height as usize,
+                        steps: settings.steps as usize,
+                        guidance_scale: settings.guidance_scale,
+                        seed: settings.seed + index as u64,
+                        sampler,
                         clip_skip: 1,
                     },
-                    out: out_dir.join(format!("epoch{epoch:03}-{index:02}.png")),
+                    out: out_dir.join(key.file_name(index)),
                 });
             }
         }
@@ -114,9 +153,9 @@ impl NativeSampler {
         let total = jobs.len();
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = cancel.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, usize, PathBuf)>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Key, usize, PathBuf)>();
         let device = o.device.clone();
-        let (strength, size) = (o.sample.lora_strength, o.sample.size);
+        let strength = settings.lora_strength;
         let base_name = step.base_model.to_string();
         let mut handle = tokio::task::spawn_blocking(move || -> Result<()> {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
@@ -125,7 +164,6 @@ impl NativeSampler {
                         model: &model,
                         config_dir: config_dir.as_deref(),
                         strength,
-                        size,
                         base_name: &base_name,
                         device: &device,
                         stop: &stop,
@@ -135,7 +173,8 @@ impl NativeSampler {
                 }
                 let device = parse_device(&device)?;
                 let base = StableDiffusion::load(&model, config_dir.as_deref(), &device)?;
-                let size = size.unwrap_or_else(|| base.config.default_image_size());
+                // A size of 0 (a job from before sizes were parameters) is the model's own.
+                let size = base.config.default_image_size();
                 let mut current: Option<(PathBuf, StableDiffusion)> = None;
                 for mut job in jobs {
                     if stop.load(Ordering::Relaxed) {
@@ -146,26 +185,29 @@ impl NativeSampler {
                         current = Some((job.lora.clone(), adapted));
                     }
                     let model = &current.as_ref().expect("loaded above").1;
-                    job.settings.width = size;
-                    job.settings.height = size;
+                    for side in [&mut job.settings.width, &mut job.settings.height] {
+                        if *side == 0 {
+                            *side = size;
+                        }
+                    }
                     let image = Pipeline::new(model).render(&job.settings, &device)?;
                     let text =
                         png_text(&job.settings, &base_name, Some((&job.lora_name, strength)));
                     write_png(&job.out, &image, &text)?;
-                    let _ = tx.send((job.epoch, job.index, job.out));
+                    let _ = tx.send((job.key, job.index, job.out));
                 }
                 Ok(())
             }));
             run.unwrap_or_else(|panic| Err(Error::from_panic(panic)))
         });
 
-        let mut rendered: Vec<(u32, usize, PathBuf)> = Vec::new();
-        let report = |rendered: &[(u32, usize, PathBuf)]| {
+        let mut rendered: Vec<(Key, usize, PathBuf)> = Vec::new();
+        let report = |rendered: &[(Key, usize, PathBuf)]| {
             ctx.report(StepProgress {
                 percent: rendered.len() as f32 * 100.0 / total as f32,
                 step: Some(rendered.len() as u64),
                 total_steps: Some(total as u64),
-                epoch: rendered.last().map(|r| r.0),
+                epoch: rendered.last().map(|r| r.0.epoch),
                 message: Some(format!("rendered {}/{total} samples", rendered.len())),
                 ..StepProgress::default()
             });
@@ -198,35 +240,40 @@ impl NativeSampler {
         }
         result?;
 
-        let mut epochs: Vec<EpochOutput> = Vec::new();
-        for (epoch, _, path) in &rendered {
+        let mut epochs: Vec<(Key, EpochOutput)> = Vec::new();
+        for (key, _, path) in &rendered {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let artifact = ctx
                 .artifacts()
-                .put(path, &name, ArtifactKind::Sample, Some(*epoch))
+                .put(path, &name, ArtifactKind::Sample, Some(key.epoch))
                 .await?;
-            match epochs.iter_mut().find(|e| e.epoch == *epoch) {
-                Some(e) => e.samples.push(artifact),
-                None => epochs.push(EpochOutput {
-                    epoch: *epoch,
-                    lora: None,
-                    samples: vec![artifact],
-                    loss: None,
-                    ..Default::default()
-                }),
+            match epochs.iter_mut().find(|(k, _)| k == key) {
+                Some((_, e)) => e.samples.push(artifact),
+                None => {
+                    let mut e = key.output();
+                    e.samples.push(artifact);
+                    epochs.push((*key, e));
+                }
             }
         }
+        let epochs: Vec<EpochOutput> = epochs.into_iter().map(|(_, e)| e).collect();
         Ok(StepOutput {
             outputs: serde_json::json!({
                 "rendered": rendered.len(),
                 "epochs": epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
-                "steps": o.sample.steps,
-                "sampler": o.sample.sampler.display_name(),
-                "guidance_scale": o.sample.guidance_scale,
-                "seed": seed,
+                "prompts": settings.prompts,
+                "default_prompts": step.sample_prompts.is_empty(),
+                "negative_prompt": settings.negative_prompt,
+                "steps": settings.steps,
+                "sampler": sampler.display_name(),
+                "guidance_scale": settings.guidance_scale,
+                "width": settings.width,
+                "height": settings.height,
+                "seed": settings.seed,
+                "lora_strength": settings.lora_strength,
             }),
             artifacts: Vec::new(),
             epochs,

@@ -12,7 +12,7 @@ use loraflow_trainer::sdxl::sample::SdxlPipeline;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::{Error, Result};
-use super::sample::Job;
+use super::sample::{Job, Key};
 
 /// What rendering a list of jobs on an SDXL base needs.
 pub(super) struct XlRun<'a> {
@@ -21,13 +21,11 @@ pub(super) struct XlRun<'a> {
     /// The config folder of a single file.
     pub config_dir: Option<&'a Path>,
     pub strength: f64,
-    /// The sample size; the model's default when `None`.
-    pub size: Option<usize>,
     pub base_name: &'a str,
     /// The device string (`cpu`, `vulkan`, ...).
     pub device: &'a str,
     pub stop: &'a AtomicBool,
-    pub tx: &'a UnboundedSender<(u32, usize, PathBuf)>,
+    pub tx: &'a UnboundedSender<(Key, usize, PathBuf)>,
 }
 
 impl XlRun<'_> {
@@ -40,9 +38,8 @@ impl XlRun<'_> {
             }
             _ => StableDiffusionXl::load_diffusers(self.model, device)?,
         };
-        let size = self
-            .size
-            .unwrap_or_else(|| base.config.default_image_size());
+        // A size of 0 is the model's own.
+        let size = base.config.default_image_size();
         let mut current: Option<(PathBuf, StableDiffusionXl)> = None;
         for mut job in jobs {
             if self.stop.load(Ordering::Relaxed) {
@@ -53,8 +50,11 @@ impl XlRun<'_> {
                 current = Some((job.lora.clone(), adapted));
             }
             let model = &current.as_ref().expect("loaded above").1;
-            job.settings.width = size;
-            job.settings.height = size;
+            for side in [&mut job.settings.width, &mut job.settings.height] {
+                if *side == 0 {
+                    *side = size;
+                }
+            }
             let image = SdxlPipeline::new(model).render(&job.settings, device)?;
             let text = png_text(
                 &job.settings,
@@ -62,7 +62,7 @@ impl XlRun<'_> {
                 Some((&job.lora_name, self.strength)),
             );
             write_png(&job.out, &image, &text)?;
-            let _ = self.tx.send((job.epoch, job.index, job.out));
+            let _ = self.tx.send((job.key, job.index, job.out));
         }
         Ok(())
     }

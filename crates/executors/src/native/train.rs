@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use loraflow_core::artifact::{Artifact, ArtifactKind, EpochOutput};
-use loraflow_core::catalogue::{Engine, ParamValue};
+use loraflow_core::catalogue::Engine;
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::job::{StepError, StepProgress};
 use loraflow_core::workflow::StepKind;
-use loraflow_trainer::train::config::SampleConfig;
 use loraflow_trainer::{Controls, ProgressEvent, SaveReason, TrainOutput, Trainer};
 use tracing::Instrument;
 
@@ -22,6 +21,7 @@ use super::error::{Error, Result};
 use super::options::NativeOptions;
 use super::params::{RunPaths, to_param_error, train_config};
 use super::report::{LossHistory, StepLoss};
+use super::sampling::{job_settings, requested_config, trainer_config};
 use crate::dataset;
 use crate::kohya::layout::safe_name;
 use crate::label::Labels;
@@ -134,7 +134,8 @@ impl NativeTrainer {
         &self.options
     }
 
-    async fn captions(
+    /// The labels step's captions by image name (none without a labels input).
+    pub(crate) async fn captions(
         step: &StepAssignment,
         ctx: &StepContext,
         work: &Path,
@@ -169,6 +170,7 @@ impl NativeTrainer {
         let root = work.join("dataset");
         ctx.artifacts().fetch_dir(&step.dataset.uri, &root).await?;
         let captions = Self::captions(step, ctx, &work).await?;
+        let config_captions = captions.clone();
         if ctx.is_cancelled() {
             return Err(Error::Cancelled);
         }
@@ -198,19 +200,13 @@ impl NativeTrainer {
         if persistent.is_some() {
             config.resume = latest_state(&out);
         }
-        if !step.sample_prompts.is_empty() {
-            let s = &o.sample;
-            config.sample = Some(SampleConfig {
-                prompts: step.sample_prompts.clone(),
-                negative_prompt: s.negative_prompt.clone(),
-                steps: s.steps,
-                guidance_scale: s.guidance_scale,
-                sampler: s.sampler,
-                seed: s.seed,
-                size: s.size,
-                every_n_epochs: None,
-            });
-        }
+        // Rendered only on `sample-now` requests: the sample step renders every saved LoRA.
+        let sampling = job_settings(
+            step,
+            &o.sample,
+            config_captions.values().map(String::as_str),
+        );
+        config.sample = Some(trainer_config(&sampling)?);
 
         report(ctx, "loading the model and encoding the dataset");
         let controls = Arc::new(Controls::default());
@@ -234,11 +230,19 @@ impl NativeTrainer {
             run.unwrap_or_else(|panic| Err(Error::from_panic(panic)))
         });
         let mut tick = tokio::time::interval(POLL);
+        let mut uploaded = Uploaded::default();
         let result = loop {
             tokio::select! {
                 Some(event) = rx.recv() => {
                     if let Some(p) = progress(&event) {
                         ctx.report(p);
+                    }
+                    // What a request produced is shown to reviewers now, not at the end.
+                    match uploaded.requested_output(ctx, &event).await {
+                        Ok(Some(out)) => ctx.report_output(out),
+                        Ok(None) => {}
+                        // The completion stores and reports it again.
+                        Err(e) => tracing::warn!("could not store a requested output yet: {e}"),
                     }
                 }
                 _ = tick.tick() => {
@@ -248,8 +252,15 @@ impl NativeTrainer {
                     if ctx.take_save_now() {
                         controls.request_save();
                     }
-                    if ctx.take_sample_now() {
-                        controls.request_sample();
+                    if let Some(asked) = ctx.take_sample_request() {
+                        match requested_config(&sampling, &asked) {
+                            Ok(c) if !asked.is_empty() => controls.request_sample_with(c),
+                            Ok(_) => controls.request_sample(),
+                            Err(e) => {
+                                tracing::warn!("sample request refused, rendering the job's settings: {e}");
+                                controls.request_sample();
+                            }
+                        }
                     }
                 }
                 joined = &mut handle => {
@@ -273,7 +284,7 @@ impl NativeTrainer {
             Err(e) => return Err(e),
         };
         report(ctx, "storing the LoRA files");
-        self.store(ctx, &output, per_epoch, images, &out, &name)
+        self.store(ctx, &output, per_epoch, images, &out, &name, &uploaded)
             .await
     }
 
@@ -297,6 +308,7 @@ impl NativeTrainer {
         images: usize,
         out: &Path,
         name: &str,
+        uploaded: &Uploaded,
     ) -> Result<StepOutput> {
         let mut epochs: Vec<EpochOutput> = Vec::new();
         let mut artifacts = Vec::new();
@@ -329,9 +341,19 @@ impl NativeTrainer {
             }
         }
         for saved in &output.saved {
-            let lora = Self::put(ctx, &saved.path, ArtifactKind::Lora, Some(saved.epoch)).await?;
+            let lora = match uploaded.get(&saved.path) {
+                Some(a) => a,
+                None => Self::put(ctx, &saved.path, ArtifactKind::Lora, Some(saved.epoch)).await?,
+            };
             if saved.reason == SaveReason::Requested {
-                artifacts.push(lora);
+                epochs.push(EpochOutput {
+                    epoch: saved.epoch as u32,
+                    lora: Some(lora),
+                    loss: Some(saved.loss as f64).filter(|l| l.is_finite()),
+                    step: Some(saved.step as u64),
+                    requested: true,
+                    ..Default::default()
+                });
                 continue;
             }
             let loss = epoch_loss(saved.epoch, saved.loss) as f64;
@@ -340,16 +362,30 @@ impl NativeTrainer {
                 lora: Some(lora),
                 samples: Vec::new(),
                 loss: loss.is_finite().then_some(loss),
+                step: Some(saved.step as u64),
                 ..Default::default()
             });
         }
+        // Samples rendered while training ran were asked for (`sample-now`): they belong to
+        // the step they were rendered at, beside a LoRA saved there on request, if any.
         for batch in &output.samples {
+            let mut samples = Vec::new();
             for path in &batch.paths {
-                let sample = Self::put(ctx, path, ArtifactKind::Sample, Some(batch.epoch)).await?;
-                match epochs.iter_mut().find(|e| e.epoch as usize == batch.epoch) {
-                    Some(e) => e.samples.push(sample),
-                    None => artifacts.push(sample),
-                }
+                samples.push(match uploaded.get(path) {
+                    Some(a) => a,
+                    None => Self::put(ctx, path, ArtifactKind::Sample, Some(batch.epoch)).await?,
+                });
+            }
+            let at = Some(batch.step as u64);
+            match epochs.iter_mut().find(|e| e.requested && e.step == at) {
+                Some(e) => e.samples.extend(samples),
+                None => epochs.push(EpochOutput {
+                    epoch: batch.epoch as u32,
+                    samples,
+                    step: at,
+                    requested: true,
+                    ..Default::default()
+                }),
             }
         }
 
@@ -431,10 +467,59 @@ impl Executor for NativeTrainer {
     }
 }
 
-/// The job's `seed`, if it sets one.
-pub(crate) fn job_seed(step: &StepAssignment) -> Option<u64> {
-    match step.params.get("seed") {
-        Some(ParamValue::Int(v)) if *v >= 0 => Some(*v as u64),
-        _ => None,
+/// Files stored while training ran, so that the completion reports them without storing them
+/// again.
+#[derive(Debug, Default)]
+struct Uploaded(BTreeMap<PathBuf, Artifact>);
+
+impl Uploaded {
+    fn get(&self, path: &Path) -> Option<Artifact> {
+        self.0.get(path).cloned()
+    }
+
+    async fn put(
+        &mut self,
+        ctx: &StepContext,
+        path: &Path,
+        kind: ArtifactKind,
+        epoch: usize,
+    ) -> Result<Artifact> {
+        let a = NativeTrainer::put(ctx, path, kind, Some(epoch)).await?;
+        self.0.insert(path.to_path_buf(), a.clone());
+        Ok(a)
+    }
+
+    /// For a LoRA saved or samples rendered on request: the files stored now, as the report
+    /// the job shows while training runs.
+    async fn requested_output(
+        &mut self,
+        ctx: &StepContext,
+        event: &ProgressEvent,
+    ) -> Result<Option<EpochOutput>> {
+        let (epoch, step, lora, samples) = match event {
+            ProgressEvent::Saved(s) if s.reason == SaveReason::Requested => {
+                let lora = self.put(ctx, &s.path, ArtifactKind::Lora, s.epoch).await?;
+                (s.epoch, s.step, Some(lora), Vec::new())
+            }
+            ProgressEvent::Sampled(batch) => {
+                let mut samples = Vec::new();
+                for path in &batch.paths {
+                    samples.push(
+                        self.put(ctx, path, ArtifactKind::Sample, batch.epoch)
+                            .await?,
+                    );
+                }
+                (batch.epoch, batch.step, None, samples)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(EpochOutput {
+            epoch: epoch as u32,
+            lora,
+            samples,
+            step: Some(step as u64),
+            requested: true,
+            ..Default::default()
+        }))
     }
 }

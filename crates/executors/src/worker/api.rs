@@ -17,12 +17,14 @@ pub struct Registration {
 }
 
 /// What the server answers a heartbeat with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeartbeatReply {
     /// Stop the step: the job was cancelled or the lease is no longer ours.
     pub cancel: bool,
     pub save_now: bool,
     pub sample_now: bool,
+    /// With `sample_now`: the settings the request changes, if any.
+    pub sample: Option<loraflow_core::sampling::SampleOverrides>,
     pub lease_deadline: Option<DateTime<Utc>>,
 }
 

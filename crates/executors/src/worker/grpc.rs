@@ -169,6 +169,7 @@ impl WorkerApi for GrpcWorkerApi {
             cancel: reply.cancel,
             save_now: reply.save_now,
             sample_now: reply.sample_now,
+            sample: reply.sample.map(Into::into),
             lease_deadline: reply
                 .lease_deadline
                 .and_then(|t| loraflow_proto::convert::time::datetime(t).ok()),

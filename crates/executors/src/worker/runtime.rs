@@ -362,7 +362,14 @@ impl Worker {
                     handle.cancel();
                 }
                 _ = ticker.tick() => {
-                    match self.api.heartbeat(id, &step, handle.latest()).await {
+                    // Outputs made since the last beat travel with this one; a lost beat
+                    // loses them only until the completion, which reports them again.
+                    let mut progress = handle.latest();
+                    let outputs = handle.take_outputs();
+                    if !outputs.is_empty() {
+                        progress.get_or_insert_with(Default::default).outputs = outputs;
+                    }
+                    match self.api.heartbeat(id, &step, progress).await {
                         Ok(reply) => {
                             if reply.cancel && !ctx.is_cancelled() {
                                 info!("the server asked to stop the step");
@@ -370,7 +377,9 @@ impl Worker {
                                 handle.cancel();
                             }
                             if reply.save_now { handle.request_save(); }
-                            if reply.sample_now { handle.request_sample(); }
+                            if reply.sample_now {
+                                handle.request_sample_with(reply.sample.unwrap_or_default());
+                            }
                         }
                         Err(ApiError::LeaseLost { reason, .. }) => {
                             warn!("lease lost: {reason}");

@@ -93,6 +93,7 @@ impl From<EpochOutput> for pb::EpochOutput {
             loss: e.loss,
             validation_loss: e.validation_loss,
             step: e.step,
+            requested: e.requested,
         }
     }
 }
@@ -116,6 +117,12 @@ impl TryFrom<pb::EpochOutput> for EpochOutput {
                 format!("validation_loss {l} must be a non-negative number"),
             );
         }
+        if e.requested && e.step.is_none() {
+            f.push(
+                "step",
+                "an output made on request must name the step it was made at",
+            );
+        }
         let Some(lora) = lora else {
             return Err(f.into_violations());
         };
@@ -126,6 +133,7 @@ impl TryFrom<pb::EpochOutput> for EpochOutput {
             loss: e.loss,
             validation_loss: e.validation_loss,
             step: e.step,
+            requested: e.requested,
         })
     }
 }

@@ -212,6 +212,7 @@ pub fn assignment_to_wire(a: StepAssignment, lease: LeaseTimes) -> pb::StepAssig
         inputs: a.inputs.into_iter().map(Into::into).collect(),
         epochs: a.epochs.into_iter().map(Into::into).collect(),
         approved_epoch: a.approved_epoch,
+        approved_step: a.approved_step,
     }
 }
 
@@ -303,6 +304,7 @@ impl TryFrom<pb::StepAssignment> for StepAssignment {
             inputs,
             epochs,
             approved_epoch: a.approved_epoch,
+            approved_step: a.approved_step,
         })
     }
 }
@@ -400,6 +402,7 @@ mod tests {
             inputs: vec![artifact(ArtifactKind::Manifest, "manifest.json", None)],
             epochs: train.epochs,
             approved_epoch: Some(2),
+            approved_step: None,
         }
     }
 
@@ -529,6 +532,7 @@ mod tests {
             base_model_uri: None,
             step_params: serde_json::Value::Null,
             approved_epoch: None,
+            approved_step: None,
             ..assignment()
         };
         let wire = assignment_to_wire(no_family.clone(), times());

@@ -79,9 +79,16 @@ impl HeartbeatCall {
 
 impl pb::HeartbeatRequest {
     pub fn into_call(self) -> Result<LeaseCall<HeartbeatCall>, Violations> {
-        let progress = self.progress.map(StepProgress::from);
+        let mut f = Fields::default();
+        let progress = self.progress.map(|mut p| {
+            let outputs = std::mem::take(&mut p.outputs);
+            StepProgress {
+                outputs: f.each("progress.outputs", outputs, EpochOutput::try_from),
+                ..StepProgress::from(p)
+            }
+        });
         lease_call(
-            Fields::default(),
+            f,
             &self.executor_id,
             &self.job_id,
             &self.lease_id,
@@ -236,6 +243,47 @@ mod tests {
         assert_eq!(hb.progress.percent, 50.0);
         let missing = pb::HeartbeatRequest::default().into_call().unwrap_err();
         assert_eq!(fields(&missing), ["executor_id", "lease_id", "job_id"]);
+    }
+
+    #[test]
+    fn heartbeats_carry_outputs_made_on_request_with_their_fields_checked() {
+        use loraflow_core::job::canned::artifact;
+        let made = EpochOutput {
+            epoch: 2,
+            samples: vec![artifact(
+                loraflow_core::artifact::ArtifactKind::Sample,
+                "s.png",
+                Some(2),
+            )],
+            step: Some(15),
+            requested: true,
+            ..Default::default()
+        };
+        let progress = StepProgress {
+            percent: 40.0,
+            outputs: vec![made.clone()],
+            ..Default::default()
+        };
+        let req = pb::HeartbeatRequest {
+            executor_id: "gpu-0".into(),
+            lease_id: "l".into(),
+            job_id: "j".into(),
+            progress: Some(progress.clone().into()),
+        };
+        let call = req.clone().into_call().unwrap();
+        assert_eq!(call.command.progress, Some(progress));
+        let mut bad = req;
+        let p = bad.progress.as_mut().unwrap();
+        p.outputs[0].step = None;
+        p.outputs[0].samples[0].sha256 = "nope".into();
+        let err = bad.into_call().unwrap_err();
+        assert_eq!(
+            fields(&err),
+            [
+                "progress.outputs[0].samples[0].sha256",
+                "progress.outputs[0].step"
+            ]
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct JobMeta {
 
 /// The `Job` resource for a job's status view.
 pub fn job_to_wire(status: &JobStatus, meta: JobMeta) -> pb::Job {
+    let suggestion = status.suggestion();
     pb::Job {
         name: aip::job_name(&status.job_id),
         job_id: status.job_id.0.clone(),
@@ -41,8 +42,18 @@ pub fn job_to_wire(status: &JobStatus, meta: JobMeta) -> pb::Job {
             .iter()
             .map(|s| step_to_wire(s, meta.waiting_for.get(&s.id)))
             .collect(),
-        epochs: status.epochs.values().cloned().map(Into::into).collect(),
+        epochs: status
+            .reviewables()
+            .in_order()
+            .into_iter()
+            .cloned()
+            .map(Into::into)
+            .collect(),
         approved_epoch: status.approved_epoch,
+        approved_step: status.approved_step,
+        suggested_epoch: suggestion.as_ref().map(|s| s.epoch),
+        suggestion_reason: suggestion.map(|s| s.reason()).unwrap_or_default(),
+        warnings: status.warnings.clone(),
         published_artifact: status.published.clone().map(Into::into),
         current_epoch: status.current_epoch,
         last_loss: status.last_loss,
@@ -163,6 +174,13 @@ mod tests {
         );
         assert_eq!(wire.current_epoch, Some(2));
         assert_eq!(wire.last_loss, Some(0.1));
+        // Training losses only: the lowest, and the reason says so.
+        assert_eq!(wire.suggested_epoch, Some(2));
+        assert_eq!(
+            wire.suggestion_reason,
+            "epoch 2: lowest training loss 0.100 of 2 saved epochs (no validation loss was recorded)"
+        );
+        assert!(wire.warnings.is_empty(), "the canned job has prompts");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! - [`job`] — the output-only `Job` resource, built from a `TrainingJob`.
 //! - [`event`] — `JobEventRecord`.
 //! - [`requests`] — `JobService` requests → ids and commands.
+//! - [`sampling`] — `SampleOverrides` of a `SampleNow` request.
 //! - [`executor`] — `ExecutorService` requests → commands.
 //! - [`assignment`] — `Capabilities`, `StepAssignment`, and the requests a worker sends.
 //! - [`webhook`] — `Webhook` in specs, and the webhook delivery log.
@@ -38,6 +39,7 @@ pub mod job;
 pub mod json;
 pub mod params;
 pub mod requests;
+pub mod sampling;
 pub mod spec;
 pub mod state;
 pub mod step;

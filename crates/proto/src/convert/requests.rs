@@ -150,14 +150,20 @@ impl pb::ApproveJobRequest {
         let mut f = Fields::default();
         // proto3 cannot tell an unset epoch from 0, so the message covers
         // both and says what was received.
-        if self.epoch == 0 {
-            f.push(
+        match (self.epoch, self.step) {
+            (0, None) => f.push(
                 "epoch",
-                "0 was given (an unset epoch reads as 0); epochs count from 1: name a saved epoch",
-            );
+                "0 was given (an unset epoch reads as 0); epochs count from 1: name a saved epoch, or set step",
+            ),
+            (e, Some(step)) if e != 0 => f.push(
+                "step",
+                format!("both epoch {e} and step {step} were given; name one"),
+            ),
+            _ => {}
         }
         let command = ApproveJob {
             epoch: self.epoch,
+            step: self.step,
             approved_by: approved_by.to_owned(),
         };
         call(f, &self.job_id, &self.etag, Some(command))
@@ -398,6 +404,7 @@ mod tests {
             job_id: "j1".into(),
             epoch: 2,
             etag: "9".into(),
+            step: None,
         }
         .into_command("reviewer@acme")
         .unwrap();
@@ -408,14 +415,33 @@ mod tests {
                 etag: Some(9),
                 command: ApproveJob {
                     epoch: 2,
+                    step: None,
                     approved_by: "reviewer@acme".into()
                 }
             }
         );
+        let by_step = pb::ApproveJobRequest {
+            job_id: "j1".into(),
+            step: Some(25),
+            ..Default::default()
+        }
+        .into_command("r")
+        .unwrap();
+        assert_eq!(by_step.command.step, Some(25));
+        let both = pb::ApproveJobRequest {
+            job_id: "j1".into(),
+            epoch: 2,
+            step: Some(25),
+            ..Default::default()
+        }
+        .into_command("r")
+        .unwrap_err();
+        assert_eq!(fields(&both), ["step"]);
         let err = pb::ApproveJobRequest {
             job_id: String::new(),
             epoch: 0,
             etag: "x".into(),
+            step: None,
         }
         .into_command("r")
         .unwrap_err();

@@ -25,12 +25,17 @@ impl From<StepProgress> for pb::StepProgress {
             samples_per_sec: p.samples_per_sec,
             message: p.message.unwrap_or_default(),
             validation_loss: p.validation_loss,
+            outputs: p.outputs.into_iter().map(Into::into).collect(),
         }
     }
 }
 
 /// Infallible: the aggregate judges the figures (`InvalidProgress`) so that
-/// in-process executors are held to the same rules.
+/// in-process executors are held to the same rules. The `outputs` are not
+/// converted here (artifacts can be malformed on the wire): a heartbeat
+/// converts them with their field paths
+/// ([`HeartbeatRequest::into_call`](pb::HeartbeatRequest::into_call)), and
+/// a client's view of a step does not need them.
 impl From<pb::StepProgress> for StepProgress {
     fn from(p: pb::StepProgress) -> Self {
         Self {
@@ -42,6 +47,7 @@ impl From<pb::StepProgress> for StepProgress {
             samples_per_sec: p.samples_per_sec,
             validation_loss: p.validation_loss,
             message: (!p.message.is_empty()).then_some(p.message),
+            outputs: Vec::new(),
         }
     }
 }
@@ -107,6 +113,7 @@ mod tests {
             samples_per_sec: Some(3.25),
             message: Some("caching latents".into()),
             validation_loss: Some(0.131),
+            outputs: Vec::new(),
         };
         for p in [full, StepProgress::default()] {
             assert_eq!(StepProgress::from(pb::StepProgress::from(p.clone())), p);

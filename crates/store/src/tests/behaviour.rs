@@ -165,6 +165,7 @@ async fn refused_commands_write_nothing(t: &TestStore) {
             &id("job-b"),
             JobCommand::Approve(ApproveJob {
                 epoch: 1,
+                step: None,
                 approved_by: "r".into(),
             }),
             meta(),
@@ -748,6 +749,7 @@ fn the_retry_classification_is_the_documented_one() {
     assert!(retry_safe(&lease_cmd("train", "l")));
     assert!(!retry_safe(&JobCommand::Approve(ApproveJob {
         epoch: 1,
+        step: None,
         approved_by: "r".into()
     })));
     assert!(!retry_safe(&JobCommand::Submit(SubmitJob {

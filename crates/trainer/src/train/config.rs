@@ -122,9 +122,13 @@ pub struct SampleConfig {
     /// Seed of the first prompt (the next prompts use the following seeds).
     #[serde(default)]
     pub seed: u64,
-    /// Image size; the training resolution (or the model's default) when absent.
+    /// Image size (the width, when `height` is set); the training resolution (or the model's
+    /// default) when absent.
     #[serde(default)]
     pub size: Option<usize>,
+    /// Image height, when it differs from `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<usize>,
     /// Also render every N epochs.
     #[serde(default)]
     pub every_n_epochs: Option<usize>,

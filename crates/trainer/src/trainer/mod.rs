@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use crate::train::config::TrainConfig;
+pub use crate::train::config::{SampleConfig, TrainConfig};
 pub use checkpoint::TrainingState;
 
 use crate::data::{Buckets, ImageEntry, folder};
@@ -173,6 +173,12 @@ pub trait CancelSignal {
     fn take_sample_now(&self) -> bool {
         false
     }
+
+    /// The settings a request to render samples now asked for, taken with
+    /// [`take_sample_now`](Self::take_sample_now); `None`: the run's own.
+    fn take_sample_config(&self) -> Option<SampleConfig> {
+        None
+    }
 }
 
 impl CancelSignal for AtomicBool {
@@ -204,6 +210,7 @@ pub struct Controls {
     cancel: AtomicBool,
     save_now: AtomicBool,
     sample_now: AtomicBool,
+    sample_config: std::sync::Mutex<Option<SampleConfig>>,
 }
 
 impl Controls {
@@ -221,6 +228,16 @@ impl Controls {
     pub fn request_sample(&self) {
         self.sample_now.store(true, Ordering::Release);
     }
+
+    /// Renders samples with `config` (its prompts, size, sampler, ...) instead of the run's
+    /// own at the next step boundary.
+    pub fn request_sample_with(&self, config: SampleConfig) {
+        *self
+            .sample_config
+            .lock()
+            .expect("sample config lock poisoned") = Some(config);
+        self.sample_now.store(true, Ordering::Release);
+    }
 }
 
 impl CancelSignal for Controls {
@@ -235,6 +252,13 @@ impl CancelSignal for Controls {
     fn take_sample_now(&self) -> bool {
         self.sample_now.swap(false, Ordering::AcqRel)
     }
+
+    fn take_sample_config(&self) -> Option<SampleConfig> {
+        self.sample_config
+            .lock()
+            .expect("sample config lock poisoned")
+            .take()
+    }
 }
 
 impl CancelSignal for Arc<Controls> {
@@ -248,6 +272,10 @@ impl CancelSignal for Arc<Controls> {
 
     fn take_sample_now(&self) -> bool {
         (**self).take_sample_now()
+    }
+
+    fn take_sample_config(&self) -> Option<SampleConfig> {
+        (**self).take_sample_config()
     }
 }
 

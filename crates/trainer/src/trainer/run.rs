@@ -307,7 +307,7 @@ impl Trainer {
         if let Some(n) = cfg.sample.as_ref().and_then(|s| s.every_n_epochs)
             && run.pos.epoch.is_multiple_of(n)
         {
-            run.render_samples(sink)?;
+            run.render_samples(None, sink)?;
         }
         let peft = if cfg.output.peft {
             let path = cfg
@@ -424,7 +424,8 @@ impl Run<'_> {
                     self.save(path, SaveReason::Requested, sink)?;
                 }
                 if cancel.take_sample_now() {
-                    self.render_samples(sink)?;
+                    let asked = cancel.take_sample_config();
+                    self.render_samples(asked.as_ref(), sink)?;
                 }
                 let step_start = Instant::now();
                 let (loss, learning_rate, grad_norm) = self.step(group)?;

@@ -68,10 +68,16 @@ impl Renderer {
         }
     }
 }
+use crate::train::config::SampleConfig;
 
 impl Run<'_> {
-    pub(super) fn render_samples(&mut self, sink: &mut dyn ProgressSink) -> Result<()> {
-        self.render_samples_at(self.pos.epoch, sink)
+    /// Renders samples now, with `asked` (a request's settings) or the run's own.
+    pub(super) fn render_samples(
+        &mut self,
+        asked: Option<&SampleConfig>,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
+        self.render_with(self.pos.epoch, asked, sink)
     }
 
     /// Renders the configured prompts with the current adapters.
@@ -80,10 +86,21 @@ impl Run<'_> {
         epoch: usize,
         sink: &mut dyn ProgressSink,
     ) -> Result<()> {
+        self.render_with(epoch, None, sink)
+    }
+
+    fn render_with(
+        &mut self,
+        epoch: usize,
+        asked: Option<&SampleConfig>,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
         let cfg = self.cfg;
-        let Some(sample) = &cfg.sample else {
+        let Some(sample) = asked.or(cfg.sample.as_ref()) else {
             return Ok(());
         };
+        let width = asked.and_then(|a| a.size).unwrap_or(self.sample_size);
+        let height = sample.height.unwrap_or(width);
         let device = parse_device(&cfg.device)?;
         let renderer = Renderer::new(&self.models)?;
         let dir = cfg.output.dir.join("samples");
@@ -93,8 +110,8 @@ impl Run<'_> {
             let settings = SampleSettings {
                 prompt: prompt.clone(),
                 negative_prompt: sample.negative_prompt.clone(),
-                width: self.sample_size,
-                height: self.sample_size,
+                width,
+                height,
                 steps: sample.steps,
                 guidance_scale: sample.guidance_scale,
                 seed: sample.seed + i as u64,

@@ -4,7 +4,7 @@
 use chrono::Duration;
 
 use super::Decision;
-use super::outcome::{AttemptEnd, end_attempt};
+use super::outcome::{AttemptEnd, check_epochs, end_attempt};
 use crate::ids::{LeaseId, StepId};
 use crate::job::commands::{
     ExpireLease, ExpireQueuedStep, ExpireRestartedLease, Heartbeat, LeaseStep,
@@ -90,6 +90,11 @@ pub(super) fn heartbeat(d: &mut Decision, c: Heartbeat) -> Result<(), Error> {
     let (step_id, attempt) = current(d, &c.lease_id)?;
     if let Some(problem) = c.progress.problem() {
         return Err(Error::InvalidProgress(problem));
+    }
+    let mut v = crate::validation::Violations::default();
+    check_epochs(&c.progress.outputs, "progress.outputs", &mut v);
+    if !v.is_empty() {
+        return Err(Error::InvalidOutput(v));
     }
     let spec = d
         .step_spec(&step_id)

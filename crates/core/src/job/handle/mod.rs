@@ -89,13 +89,7 @@ impl<'a> Decision<'a> {
     }
 
     fn open_review(&mut self, gate: StepId) {
-        let epochs: Vec<_> = self
-            .job
-            .epochs
-            .values()
-            .filter(|e| e.lora.is_some())
-            .cloned()
-            .collect();
+        let epochs: Vec<_> = self.job.outputs.with_lora().into_iter().cloned().collect();
         if epochs.is_empty() {
             self.fail_job(
                 FailureReason::NoOutput,

@@ -6,7 +6,7 @@ use sha2::Digest;
 
 use super::Decision;
 use super::lease::{RUNNING, current};
-use crate::artifact::{Artifact, ArtifactKind};
+use crate::artifact::{Artifact, ArtifactKind, EpochOutput};
 use crate::catalogue::ParamValue;
 use crate::ids::{InstanceId, LeaseId, StepId};
 use crate::job::commands::{CompleteStep, FailStep};
@@ -43,6 +43,30 @@ fn check_artifacts(artifacts: &[Artifact], field: &str, v: &mut Violations) {
     }
 }
 
+/// Checks reported epochs: their artifacts, losses, and that a report made
+/// on request names the step it was made at (its only identifier).
+pub(super) fn check_epochs(epochs: &[EpochOutput], field: &str, v: &mut Violations) {
+    for (i, e) in epochs.iter().enumerate() {
+        check_artifacts(e.lora.as_slice(), &format!("{field}[{i}].lora"), v);
+        check_artifacts(&e.samples, &format!("{field}[{i}].samples"), v);
+        if e.loss.is_some_and(|l| !l.is_finite()) {
+            v.push(format!("{field}[{i}].loss"), "loss is not a finite number");
+        }
+        if let Some(l) = e.validation_loss.filter(|l| !l.is_finite() || *l < 0.0) {
+            v.push(
+                format!("{field}[{i}].validation_loss"),
+                format!("validation loss {l} must be a non-negative number"),
+            );
+        }
+        if e.requested && e.step.is_none() {
+            v.push(
+                format!("{field}[{i}].step"),
+                "an output made on request must name the step it was made at",
+            );
+        }
+    }
+}
+
 pub(super) fn complete(d: &mut Decision, c: CompleteStep) -> Result<(), Error> {
     // A repeat of a completion that was recorded is answered as a success and
     // writes nothing: executors retry calls whose answer they did not see.
@@ -57,13 +81,7 @@ pub(super) fn complete(d: &mut Decision, c: CompleteStep) -> Result<(), Error> {
 
     let mut v = Violations::default();
     check_artifacts(&c.artifacts, "artifacts", &mut v);
-    for (i, e) in c.epochs.iter().enumerate() {
-        check_artifacts(e.lora.as_slice(), &format!("epochs[{i}].lora"), &mut v);
-        check_artifacts(&e.samples, &format!("epochs[{i}].samples"), &mut v);
-        if e.loss.is_some_and(|l| !l.is_finite()) {
-            v.push(format!("epochs[{i}].loss"), "loss is not a finite number");
-        }
-    }
+    check_epochs(&c.epochs, "epochs", &mut v);
     let published: Vec<_> = c
         .artifacts
         .iter()

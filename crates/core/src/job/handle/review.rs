@@ -13,23 +13,40 @@ pub(super) fn approve(d: &mut Decision, c: ApproveJob) -> Result<(), Error> {
             field: "approved_by",
         });
     }
-    let lora = d
-        .job
-        .epochs
-        .get(&c.epoch)
-        .and_then(|e| e.lora.clone())
-        .ok_or_else(|| Error::UnknownEpoch {
-            epoch: c.epoch,
-            available: d
-                .job
-                .epochs
-                .values()
-                .filter(|e| e.lora.is_some())
-                .map(|e| e.epoch)
-                .collect(),
-        })?;
+    let outputs = &d.job.outputs;
+    let chosen = match c.step {
+        Some(step) => outputs.at_step(step).ok_or_else(|| Error::UnknownSave {
+            step,
+            available: outputs.with_lora().iter().filter_map(|e| e.step).collect(),
+        })?,
+        None => outputs
+            .epochs
+            .get(&c.epoch)
+            .filter(|e| e.lora.is_some())
+            .ok_or_else(|| Error::UnknownEpoch {
+                epoch: c.epoch,
+                available: outputs
+                    .epochs
+                    .values()
+                    .filter(|e| e.lora.is_some())
+                    .map(|e| e.epoch)
+                    .collect(),
+                steps: outputs
+                    .requested
+                    .values()
+                    .filter(|e| e.lora.is_some())
+                    .filter_map(|e| e.step)
+                    .collect(),
+            })?,
+    };
+    let epoch = chosen.epoch;
+    let lora = chosen
+        .lora
+        .clone()
+        .expect("only entries with a LoRA are chosen");
     d.emit(JobEvent::JobApproved(JobApproved {
-        epoch: c.epoch,
+        epoch,
+        step: c.step,
         lora,
         approved_by: c.approved_by,
         approved_at: d.now,

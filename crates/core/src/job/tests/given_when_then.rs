@@ -771,15 +771,18 @@ fn approve_chooses_an_epoch_and_queues_publish() {
     given(&d)
         .when(JobCommand::Approve(ApproveJob {
             epoch: 7,
+            step: None,
             approved_by: "bob".into(),
         }))
         .then_expect_error(Error::UnknownEpoch {
             epoch: 7,
             available: vec![1, 2],
+            steps: vec![],
         });
     given(&d)
         .when(JobCommand::Approve(ApproveJob {
             epoch: 1,
+            step: None,
             approved_by: " ".into(),
         }))
         .then_expect_error(Error::MissingField {
@@ -789,6 +792,7 @@ fn approve_chooses_an_epoch_and_queues_publish() {
     let events = d
         .exec(JobCommand::Approve(ApproveJob {
             epoch: 2,
+            step: None,
             approved_by: "bob".into(),
         }))
         .unwrap();
@@ -796,6 +800,7 @@ fn approve_chooses_an_epoch_and_queues_publish() {
         events[0],
         JobEvent::JobApproved(JobApproved {
             epoch: 2,
+            step: None,
             lora: artifact(ArtifactKind::Lora, "corgi-e2.safetensors", Some(2)),
             approved_by: "bob".into(),
             approved_at: now,
@@ -813,6 +818,7 @@ fn approve_or_reject_outside_review_is_illegal() {
     given(&d)
         .when(JobCommand::Approve(ApproveJob {
             epoch: 1,
+            step: None,
             approved_by: "bob".into(),
         }))
         .then_expect_error(illegal("approve", JobState::Processing));
@@ -1002,7 +1008,7 @@ fn operator_fail_ends_the_job_with_the_given_reason() {
 }
 
 impl Driver {
-    fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+    pub(super) fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
         use crate::clock::Clock;
         self.clock.now()
     }

@@ -122,6 +122,7 @@ fn commands(job: &TrainingJob) -> Vec<JobCommand> {
         }),
         JobCommand::Approve(ApproveJob {
             epoch: 2,
+            step: None,
             approved_by: "reviewer@acme".into(),
         }),
         JobCommand::Reject(RejectJob {

@@ -4,5 +4,6 @@ mod given_when_then;
 mod matrix;
 mod props;
 mod restarts;
+mod review;
 mod upcasting;
 mod webhooks;

@@ -232,6 +232,7 @@ impl World {
             }),
             Op::Approve { epoch } => JobCommand::Approve(ApproveJob {
                 epoch,
+                step: None,
                 approved_by: "r".into(),
             }),
             Op::Reject => JobCommand::Reject(RejectJob {
@@ -272,6 +273,7 @@ impl World {
                     .collect();
                 return Some(JobCommand::Approve(ApproveJob {
                     epoch: *epochs.get(pick % epochs.len().max(1))?,
+                    step: None,
                     approved_by: "r".into(),
                 }));
             }
