@@ -58,6 +58,12 @@ pub struct JobOut {
     pub approved_epoch: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published: Option<String>,
+    /// The loss plot, once training has drawn it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_plot: Option<String>,
+    /// The contact sheet of the samples, once sampling has drawn it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_sheet: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,7 +99,17 @@ pub struct EpochOut {
     pub lora: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
     pub samples: Vec<String>,
+}
+
+/// The URI of the last report named `name`.
+fn report(j: &pb::Job, name: &str) -> Option<String> {
+    j.reports
+        .iter()
+        .rfind(|a| a.name == name)
+        .map(|a| a.uri.clone())
 }
 
 fn enum_name(name: &str, prefix: &str) -> String {
@@ -143,11 +159,15 @@ impl From<&pb::Job> for JobOut {
                     epoch: e.epoch,
                     lora: e.lora.as_ref().map(|a| a.uri.clone()),
                     loss: e.loss,
+                    validation_loss: e.validation_loss,
                     samples: e.samples.iter().map(|a| a.uri.clone()).collect(),
                 })
                 .collect(),
             approved_epoch: j.approved_epoch,
             published: j.published_artifact.as_ref().map(|a| a.uri.clone()),
+            loss_plot: report(j, loraflow::core::artifact::APPROVED_LOSS_PLOT)
+                .or_else(|| report(j, loraflow::core::artifact::LOSS_PLOT)),
+            contact_sheet: report(j, loraflow::core::artifact::CONTACT_SHEET),
             queue_position: j.queue_position,
             eta_seconds: j.eta.as_ref().map(|d| d.seconds),
             last_position: j.last_position,
@@ -193,14 +213,24 @@ pub fn print_job(j: &JobOut) -> anyhow::Result<()> {
     }
     for e in &j.epochs {
         let loss = e.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
+        let val = e
+            .validation_loss
+            .map(|l| format!(" val {l:.4}"))
+            .unwrap_or_default();
         out!(
-            "  epoch {}{loss}  {}",
+            "  epoch {}{loss}{val}  {}",
             e.epoch,
             e.lora.as_deref().unwrap_or("-")
         )?;
         for s in &e.samples {
             out!("    sample {s}")?;
         }
+    }
+    if let Some(p) = &j.loss_plot {
+        out!("loss plot {p}")?;
+    }
+    if let Some(p) = &j.contact_sheet {
+        out!("samples   {p}")?;
     }
     if let Some(a) = j.approved_epoch {
         out!("approved  epoch {a}")?;

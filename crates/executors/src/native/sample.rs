@@ -1,6 +1,9 @@
 //! [`NativeSampler`]: the `sample` executor. For every epoch that has a LoRA, it renders the
 //! job's sample prompts with the base model plus that LoRA (seeded, so epochs are comparable)
-//! and stores the PNGs, prompt and seed in their text chunks.
+//! and stores the PNGs, prompt and seed in their text chunks. The same prompts and seeds are
+//! rendered by the base model without a LoRA too, and everything is laid out in one contact
+//! sheet (a row per epoch after the base row, a column per prompt), stored as a report and in
+//! a TensorBoard event file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use loraflow_trainer::sample::png::write_png;
 use loraflow_trainer::sample::{Pipeline, SampleSettings, png_text};
 use tracing::Instrument;
 
+use super::contact_sheet::{self, ContactSheet};
 use super::error::{Error, Result};
 use super::options::NativeOptions;
 use super::train::job_seed;
@@ -27,10 +31,10 @@ pub struct NativeSampler {
     options: NativeOptions,
 }
 
-/// One image to render.
+/// One image to render (`lora: None`: the base model alone, for the contact sheet's first row).
 struct Job {
     epoch: u32,
-    lora: PathBuf,
+    lora: Option<PathBuf>,
     lora_name: String,
     index: usize,
     settings: SampleSettings,
@@ -75,6 +79,27 @@ impl NativeSampler {
             .map_err(|e| Error::io(format!("creating {}", out_dir.display()), e))?;
         let mut jobs = Vec::new();
         let seed = job_seed(step).unwrap_or(o.sample.seed);
+        let settings = |index: usize, prompt: &String| SampleSettings {
+            prompt: prompt.clone(),
+            negative_prompt: o.sample.negative_prompt.clone(),
+            width: 0,
+            height: 0,
+            steps: o.sample.steps,
+            guidance_scale: o.sample.guidance_scale,
+            seed: seed + index as u64,
+            sampler: o.sample.sampler,
+            clip_skip: 1,
+        };
+        for (index, prompt) in step.sample_prompts.iter().enumerate() {
+            jobs.push(Job {
+                epoch: 0,
+                lora: None,
+                lora_name: String::new(),
+                index,
+                settings: settings(index, prompt),
+                out: out_dir.join(format!("base-{index:02}.png")),
+            });
+        }
         for (epoch, artifact) in &loras {
             ctx.report(StepProgress {
                 message: Some(format!("fetching the LoRA of epoch {epoch}")),
@@ -90,20 +115,10 @@ impl NativeSampler {
             for (index, prompt) in step.sample_prompts.iter().enumerate() {
                 jobs.push(Job {
                     epoch: *epoch,
-                    lora: local.clone(),
+                    lora: Some(local.clone()),
                     lora_name: lora_name.clone(),
                     index,
-                    settings: SampleSettings {
-                        prompt: prompt.clone(),
-                        negative_prompt: o.sample.negative_prompt.clone(),
-                        width: 0,
-                        height: 0,
-                        steps: o.sample.steps,
-                        guidance_scale: o.sample.guidance_scale,
-                        seed: seed + index as u64,
-                        sampler: o.sample.sampler,
-                        clip_skip: 1,
-                    },
+                    settings: settings(index, prompt),
                     out: out_dir.join(format!("epoch{epoch:03}-{index:02}.png")),
                 });
             }
@@ -126,16 +141,21 @@ impl NativeSampler {
                     if stop.load(Ordering::Relaxed) {
                         return Err(Error::Cancelled);
                     }
-                    if current.as_ref().is_none_or(|(p, _)| *p != job.lora) {
-                        let (adapted, _) = base.with_lora(&job.lora, strength, &device)?;
-                        current = Some((job.lora.clone(), adapted));
-                    }
-                    let model = &current.as_ref().expect("loaded above").1;
+                    let model = match &job.lora {
+                        None => &base,
+                        Some(lora) => {
+                            if current.as_ref().is_none_or(|(p, _)| p != lora) {
+                                let (adapted, _) = base.with_lora(lora, strength, &device)?;
+                                current = Some((lora.clone(), adapted));
+                            }
+                            &current.as_ref().expect("loaded above").1
+                        }
+                    };
                     job.settings.width = size;
                     job.settings.height = size;
                     let image = Pipeline::new(model).render(&job.settings, &device)?;
-                    let text =
-                        png_text(&job.settings, &base_name, Some((&job.lora_name, strength)));
+                    let lora = job.lora.is_some().then_some((job.lora_name.as_str(), strength));
+                    let text = png_text(&job.settings, &base_name, lora);
                     write_png(&job.out, &image, &text)?;
                     let _ = tx.send((job.epoch, job.index, job.out));
                 }
@@ -184,15 +204,22 @@ impl NativeSampler {
         result?;
 
         let mut epochs: Vec<EpochOutput> = Vec::new();
+        let mut artifacts = Vec::new();
         for (epoch, _, path) in &rendered {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let label = Some(*epoch).filter(|e| *e > 0);
             let artifact = ctx
                 .artifacts()
-                .put(path, &name, ArtifactKind::Sample, Some(*epoch))
+                .put(path, &name, ArtifactKind::Sample, label)
                 .await?;
+            if label.is_none() {
+                // The base model's samples belong to no epoch.
+                artifacts.push(artifact);
+                continue;
+            }
             match epochs.iter_mut().find(|e| e.epoch == *epoch) {
                 Some(e) => e.samples.push(artifact),
                 None => epochs.push(EpochOutput {
@@ -204,8 +231,28 @@ impl NativeSampler {
                 }),
             }
         }
+        let sheet = contact_sheet::for_job(&step.sample_prompts, &step.epochs, &rendered)?;
+        let (sheet_path, events) = contact_sheet::write(&sheet, &work, last_step(&step.epochs))?;
+        let sheet_artifact = ctx
+            .artifacts()
+            .put(&sheet_path, "contact_sheet.png", ArtifactKind::Report, None)
+            .await?;
+        let sheet_uri = sheet_artifact.uri.clone();
+        artifacts.push(sheet_artifact);
+        let events_name = events
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let events_artifact = ctx
+            .artifacts()
+            .put(&events, &events_name, ArtifactKind::Report, None)
+            .await?;
+        let events_uri = events_artifact.uri.clone();
+        artifacts.push(events_artifact);
         Ok(StepOutput {
             outputs: serde_json::json!({
+                "contact_sheet": sheet_uri,
+                "tensorboard": events_uri,
                 "rendered": rendered.len(),
                 "epochs": epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
                 "steps": o.sample.steps,
@@ -213,10 +260,19 @@ impl NativeSampler {
                 "guidance_scale": o.sample.guidance_scale,
                 "seed": seed,
             }),
-            artifacts: Vec::new(),
+            artifacts,
             epochs,
         })
     }
+}
+
+/// The training step at which the last epoch was saved (the contact sheet's TensorBoard step).
+fn last_step(epochs: &[EpochOutput]) -> u64 {
+    epochs
+        .iter()
+        .map(|e| e.step.unwrap_or(e.epoch as u64))
+        .max()
+        .unwrap_or(0)
 }
 
 #[async_trait]
