@@ -48,7 +48,8 @@ impl Run<'_> {
             return Ok(c.clone());
         }
         let device = parse_device(&self.cfg.device)?;
-        let te = self.models.text_encoder.as_ref().map(|te| te.valid());
+        // An inference copy of the text encoder, made when a caption needs it.
+        let mut te = None;
         let mut out = Vec::with_capacity(held.set.len());
         for e in held.set.examples() {
             out.push(match &e.conditioning {
@@ -56,7 +57,13 @@ impl Run<'_> {
                 Conditioning::Caption(c) => match self.text_cache.get(c) {
                     Some(s) if !self.train_te => s.clone(),
                     _ => {
-                        let te = te.as_ref().expect("captions come with a whole model");
+                        let te = te.get_or_insert_with(|| {
+                            self.models
+                                .text_encoder
+                                .as_ref()
+                                .expect("captions come with a whole model")
+                                .valid()
+                        });
                         let tokenizer = self.models.tokenizer.as_ref().expect("a whole model");
                         let ids = ids_tensor(&[tokenizer.encode_padded(c)], &device);
                         HostTensor::from_tensor(
