@@ -20,7 +20,7 @@ use loraflow_trainer::sample::png::write_png;
 use loraflow_trainer::sample::{Pipeline, SampleSettings, png_text};
 use tracing::Instrument;
 
-use super::contact_sheet::{self, ContactSheet};
+use super::contact_sheet;
 use super::error::{Error, Result};
 use super::options::NativeOptions;
 use super::train::job_seed;
@@ -170,7 +170,7 @@ impl NativeSampler {
                 percent: rendered.len() as f32 * 100.0 / total as f32,
                 step: Some(rendered.len() as u64),
                 total_steps: Some(total as u64),
-                epoch: rendered.last().map(|r| r.0),
+                epoch: rendered.last().map(|r| r.0).filter(|e| *e > 0),
                 message: Some(format!("rendered {}/{total} samples", rendered.len())),
                 ..StepProgress::default()
             });
