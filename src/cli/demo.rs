@@ -217,7 +217,10 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Res
         // event files of training (scalars) and sampling (the contact sheet).
         let file = PathBuf::from(local(&events.uri));
         let job_dir = file.ancestors().nth(3).unwrap_or(&file).to_path_buf();
-        out!("  tensorboard      tensorboard --logdir {}", job_dir.display())?;
+        out!(
+            "  tensorboard      tensorboard --logdir {}",
+            job_dir.display()
+        )?;
     }
     if let Some(history) = find(ArtifactKind::Report, ".json") {
         out!("  loss history     {}", local(&history.uri))?;

@@ -55,7 +55,10 @@ pub const APPROVED_LOSS_PLOT: &str = "loss_curve_approved.png";
 pub const CONTACT_SHEET: &str = "contact_sheet.png";
 
 /// The URI of the report named `name` among `artifacts` (the last one, after retries).
-pub fn report_uri<'a>(artifacts: impl IntoIterator<Item = &'a Artifact>, name: &str) -> Option<&'a str> {
+pub fn report_uri<'a>(
+    artifacts: impl IntoIterator<Item = &'a Artifact>,
+    name: &str,
+) -> Option<&'a str> {
     artifacts
         .into_iter()
         .filter(|a| a.kind == ArtifactKind::Report && a.name == name)

@@ -106,7 +106,9 @@ async fn approved_plot(
         .fetch(history, &local)
         .await
         .map_err(|e| e.to_string())?;
-    let out = ctx.workdir().join(loraflow_core::artifact::APPROVED_LOSS_PLOT);
+    let out = ctx
+        .workdir()
+        .join(loraflow_core::artifact::APPROVED_LOSS_PLOT);
     crate::native::loss_plot::render_approved(&local, epoch as usize, &out)
         .map_err(|e| e.to_string())?;
     ctx.artifacts()

@@ -195,7 +195,10 @@ impl EventWriter {
     pub fn create(dir: &Path, run: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let wall = now();
-        let path = dir.join(format!("events.out.tfevents.{}.loraflow.{run}", wall as u64));
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.loraflow.{run}",
+            wall as u64
+        ));
         let out = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let mut writer = Self { path, out };
         writer.write(&Event {
@@ -290,7 +293,13 @@ mod tests {
         w.scalar("loss/current", 2, 0.25).unwrap();
         w.image("samples", 2, vec![1, 2, 3], (4, 5)).unwrap();
         let path = w.finish().unwrap();
-        assert!(path.file_name().unwrap().to_str().unwrap().contains("tfevents"));
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("tfevents")
+        );
         let bytes = std::fs::read(&path).unwrap();
         let events = read_events(&bytes).unwrap();
         assert_eq!(events.len(), 4);

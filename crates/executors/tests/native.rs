@@ -205,9 +205,15 @@ async fn native_training_then_sampling_on_the_demo_model() {
         assert!(e.validation_loss.is_some_and(|l| l.is_finite() && l > 0.0));
     }
     let saved_at: Vec<u64> = out.epochs.iter().map(|e| e.step.unwrap()).collect();
-    assert!(saved_at[0] > 0 && saved_at[1] == 2 * saved_at[0], "{saved_at:?}");
+    assert!(
+        saved_at[0] > 0 && saved_at[1] == 2 * saved_at[0],
+        "{saved_at:?}"
+    );
     // Two of the eight images were held out; the progress carried their loss.
-    assert_eq!(out.outputs["validation_images"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        out.outputs["validation_images"].as_array().unwrap().len(),
+        2
+    );
     assert!(out.outputs["base_validation_loss"].as_f64().is_some());
     assert!(
         progress
@@ -304,7 +310,10 @@ async fn native_training_then_sampling_on_the_demo_model() {
     assert_eq!(series("loss/average").len(), steps);
     let validation = series("loss/validation");
     assert_eq!(
-        validation.iter().map(|(s, _)| *s as u64).collect::<Vec<_>>(),
+        validation
+            .iter()
+            .map(|(s, _)| *s as u64)
+            .collect::<Vec<_>>(),
         vec![0, saved_at[0], saved_at[1]]
     );
     assert_eq!(

@@ -202,7 +202,10 @@ pub fn training_config(
     put(
         &mut t,
         "validation_split",
-        params.validation_split.filter(|v| *v > 0.0).map(Value::Float),
+        params
+            .validation_split
+            .filter(|v| *v > 0.0)
+            .map(Value::Float),
     );
 
     // FLUX.1 by flow matching, as sd-scripts' docs/flux_train_network.md

@@ -330,7 +330,9 @@ mod tests {
         assert_eq!(parse_line(midway), Line::Other);
         let mut t = ProgressTracker::new(2);
         t.observe(&parse_line("  num epochs / epoch数: 2"));
-        t.observe(&parse_line("steps:  50%|█████     | 5/10 [00:05<00:05,  1.00it/s, avr_loss=0.3]"));
+        t.observe(&parse_line(
+            "steps:  50%|█████     | 5/10 [00:05<00:05,  1.00it/s, avr_loss=0.3]",
+        ));
         let p = t.observe(&parse_line(done)).unwrap();
         assert_eq!(p.validation_loss, Some(0.114));
         assert_eq!(t.validation_loss(1), Some(0.114));

@@ -162,21 +162,23 @@ impl ContactSheet {
                     .map_err(|e| fail(&e))?;
                 }
             }
-            let title = (fonts::FAMILY, 16).into_font().color(&RGBColor(20, 70, 160));
+            let title = (fonts::FAMILY, 16)
+                .into_font()
+                .color(&RGBColor(20, 70, 160));
             let figure = (fonts::FAMILY, 13).into_font().color(&RGBColor(60, 60, 70));
             for (r, row) in self.rows.iter().enumerate() {
                 let (_, y) = origin(r, 0);
                 for (i, line) in row.label.iter().enumerate() {
-                    let style = if i == 0 { title.clone() } else { figure.clone() };
+                    let style = if i == 0 {
+                        title.clone()
+                    } else {
+                        figure.clone()
+                    };
                     let text = wrap(line, (LABEL_WIDTH as usize - 16) / 8, 1)
                         .pop()
                         .unwrap_or_default();
-                    root.draw(&Text::new(
-                        text,
-                        (10, y as i32 + 4 + 20 * i as i32),
-                        style,
-                    ))
-                    .map_err(|e| fail(&e))?;
+                    root.draw(&Text::new(text, (10, y as i32 + 4 + 20 * i as i32), style))
+                        .map_err(|e| fail(&e))?;
                 }
             }
             root.present().map_err(|e| fail(&e))?;
@@ -200,7 +202,9 @@ pub fn for_job(
         let mut cells = vec![None; prompts.len()];
         for (_, index, path) in rendered.iter().filter(|r| r.0 == epoch) {
             let img = image::open(path)
-                .map_err(|e| Error::picture("the contact sheet", format!("{}: {e}", path.display())))?
+                .map_err(|e| {
+                    Error::picture("the contact sheet", format!("{}: {e}", path.display()))
+                })?
                 .to_rgb8();
             if let Some(cell) = cells.get_mut(*index) {
                 *cell = Some(img);
@@ -246,9 +250,15 @@ pub fn write(sheet: &ContactSheet, dir: &Path, step: u64) -> Result<(PathBuf, Pa
         "samples per epoch: base model first, one column per prompt".to_string(),
     )];
     loraflow_trainer::sample::png::write_png(&path, &pixels, &text).map_err(Error::Trainer)?;
-    let png = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let png =
+        std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let events_dir = dir.join("tensorboard");
-    let io = |e| Error::io(format!("writing TensorBoard events in {}", events_dir.display()), e);
+    let io = |e| {
+        Error::io(
+            format!("writing TensorBoard events in {}", events_dir.display()),
+            e,
+        )
+    };
     let mut events = crate::tensorboard::EventWriter::create(&events_dir, "sample").map_err(io)?;
     events
         .image("samples/contact_sheet", step, png, (w, h))
@@ -276,7 +286,11 @@ mod tests {
                 label: if r == 0 {
                     vec!["base model".into()]
                 } else {
-                    vec![format!("epoch {r}"), "loss 0.1234".into(), "val 0.2345".into()]
+                    vec![
+                        format!("epoch {r}"),
+                        "loss 0.1234".into(),
+                        "val 0.2345".into(),
+                    ]
                 },
                 cells: vec![Some(sample([200, 30, 30])), Some(sample([30, 30, 200]))],
             })
@@ -287,7 +301,10 @@ mod tests {
         assert_eq!(img.dimensions(), dimensions(4, 2, 192));
         assert_eq!(
             img.dimensions(),
-            (LABEL_WIDTH + 2 * (192 + GAP) + GAP, HEADER_HEIGHT + 4 * (192 + GAP) + GAP)
+            (
+                LABEL_WIDTH + 2 * (192 + GAP) + GAP,
+                HEADER_HEIGHT + 4 * (192 + GAP) + GAP
+            )
         );
         // Every cell is the sample scaled up, nearest neighbour: flat colour to its corners.
         for r in 0..4u32 {
@@ -303,8 +320,14 @@ mod tests {
                 .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 120))
                 .count()
         };
-        assert!(dark(LABEL_WIDTH, img.width(), 0, HEADER_HEIGHT) > 100, "prompts");
-        assert!(dark(0, LABEL_WIDTH, HEADER_HEIGHT, img.height()) > 100, "row labels");
+        assert!(
+            dark(LABEL_WIDTH, img.width(), 0, HEADER_HEIGHT) > 100,
+            "prompts"
+        );
+        assert!(
+            dark(0, LABEL_WIDTH, HEADER_HEIGHT, img.height()) > 100,
+            "row labels"
+        );
     }
 
     #[test]

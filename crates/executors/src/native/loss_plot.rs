@@ -109,9 +109,7 @@ pub fn draw(history: &LossHistory) -> Result<Vec<u8>> {
         };
         for (i, mark) in history.saved.iter().enumerate() {
             let x = mark.step as f64;
-            let anno = chart
-                .draw_series(dashed(x))
-                .map_err(|e| fail(&e))?;
+            let anno = chart.draw_series(dashed(x)).map_err(|e| fail(&e))?;
             if i == 0 {
                 anno.label("saved epoch").legend(|(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], SAVED.stroke_width(2))
@@ -234,7 +232,10 @@ impl LossHistory {
             pixels,
         };
         let text = vec![
-            ("Title".to_string(), "training and validation loss".to_string()),
+            (
+                "Title".to_string(),
+                "training and validation loss".to_string(),
+            ),
             (
                 "Description".to_string(),
                 format!(
@@ -318,7 +319,10 @@ mod tests {
         let dark = |p: [u8; 3]| p.iter().all(|&c| c < 110);
         // Tick labels and the axis title on the left, and on the right: text was drawn.
         assert!(count(&plain, 0..60, dark) > 100, "left axis labels");
-        assert!(count(&plain, WIDTH - 70..WIDTH, dark) > 100, "right axis labels");
+        assert!(
+            count(&plain, WIDTH - 70..WIDTH, dark) > 100,
+            "right axis labels"
+        );
         // The orange validation points.
         let orange = |p: [u8; 3]| p == [235, 120, 20];
         assert!(count(&plain, 0..WIDTH, orange) > 50);

@@ -92,7 +92,10 @@ impl LossHistory {
             .iter()
             .filter(|s| s.loss.is_finite())
             .map(|s| {
-                ema = (EMA_DECAY * ema.0 + (1.0 - EMA_DECAY) * s.loss as f64, ema.1 + 1);
+                ema = (
+                    EMA_DECAY * ema.0 + (1.0 - EMA_DECAY) * s.loss as f64,
+                    ema.1 + 1,
+                );
                 (s.step, (ema.0 / (1.0 - EMA_DECAY.powi(ema.1))) as f32)
             })
             .collect()
@@ -100,7 +103,10 @@ impl LossHistory {
 
     /// The last step of `epoch`, if any step of it was recorded.
     pub fn last_step_of(&self, epoch: usize) -> Option<usize> {
-        self.steps.iter().rfind(|s| s.epoch == epoch).map(|s| s.step)
+        self.steps
+            .iter()
+            .rfind(|s| s.epoch == epoch)
+            .map(|s| s.step)
     }
 }
 
@@ -140,7 +146,11 @@ mod tests {
         let back = LossHistory::from_json(history.to_json().as_bytes()).unwrap();
         assert_eq!(back, history);
         let s = history.smoothed();
-        assert_eq!(s[0], (1, 1.0), "bias-corrected: the first value is the first loss");
+        assert_eq!(
+            s[0],
+            (1, 1.0),
+            "bias-corrected: the first value is the first loss"
+        );
         assert!(s[19].1 < s[5].1 && s[19].1 > 0.05);
         assert_eq!(history.last_step_of(1), Some(10));
         assert!(LossHistory::from_json(b"[]").is_err());

@@ -154,7 +154,10 @@ impl NativeSampler {
                     job.settings.width = size;
                     job.settings.height = size;
                     let image = Pipeline::new(model).render(&job.settings, &device)?;
-                    let lora = job.lora.is_some().then_some((job.lora_name.as_str(), strength));
+                    let lora = job
+                        .lora
+                        .is_some()
+                        .then_some((job.lora_name.as_str(), strength));
                     let text = png_text(&job.settings, &base_name, lora);
                     write_png(&job.out, &image, &text)?;
                     let _ = tx.send((job.epoch, job.index, job.out));

@@ -352,9 +352,7 @@ impl NativeTrainer {
                         lora: Some(lora),
                         samples: Vec::new(),
                         loss: Some(epoch_loss(epoch, f32::NAN) as f64).filter(|l| l.is_finite()),
-                        validation_loss: measured
-                            .map(|v| v.loss as f64)
-                            .filter(|l| l.is_finite()),
+                        validation_loss: measured.map(|v| v.loss as f64).filter(|l| l.is_finite()),
                         step: measured.map(|v| v.step as u64),
                     });
                 }
@@ -514,10 +512,16 @@ fn loss_history(output: &TrainOutput, per_epoch: usize, epochs: &[EpochOutput]) 
 /// Writes the run's scalars as a TensorBoard event file in `dir` (tags as sd-scripts names
 /// them: `loss/current`, `loss/average`, `loss/epoch`, `loss/validation`, `lr/unet`).
 fn write_events(dir: &Path, history: &LossHistory) -> Result<PathBuf> {
-    let io = |e| Error::io(format!("writing TensorBoard events in {}", dir.display()), e);
+    let io = |e| {
+        Error::io(
+            format!("writing TensorBoard events in {}", dir.display()),
+            e,
+        )
+    };
     let mut w = crate::tensorboard::EventWriter::create(dir, "train").map_err(io)?;
     for s in &history.steps {
-        w.scalar("loss/current", s.step as u64, s.loss).map_err(io)?;
+        w.scalar("loss/current", s.step as u64, s.loss)
+            .map_err(io)?;
         if let Some(lr) = s.learning_rate {
             w.scalar("lr/unet", s.step as u64, lr as f32).map_err(io)?;
         }
@@ -527,11 +531,13 @@ fn write_events(dir: &Path, history: &LossHistory) -> Result<PathBuf> {
     }
     for e in &history.epochs {
         if let Some(step) = history.last_step_of(e.epoch) {
-            w.scalar("loss/epoch", step as u64, e.mean_loss).map_err(io)?;
+            w.scalar("loss/epoch", step as u64, e.mean_loss)
+                .map_err(io)?;
         }
     }
     for v in &history.validation {
-        w.scalar("loss/validation", v.step as u64, v.loss).map_err(io)?;
+        w.scalar("loss/validation", v.step as u64, v.loss)
+            .map_err(io)?;
     }
     w.finish().map_err(io)
 }

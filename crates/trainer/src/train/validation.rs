@@ -185,10 +185,14 @@ pub fn validation_loss(
             noise: HostTensor::new(vec![k, c, h, w], noise),
             offset: HostTensor::new(vec![k, c, 1, 1], offset),
         };
-        let latents: Vec<f32> = (0..k).flat_map(|_| e.latents.data.iter().copied()).collect();
+        let latents: Vec<f32> = (0..k)
+            .flat_map(|_| e.latents.data.iter().copied())
+            .collect();
         let latents = Tensor::<4>::from_data(TensorData::new(latents, [k, c, h, w]), device);
         let (t, d) = (e.context.shape[0], e.context.shape[1]);
-        let context: Vec<f32> = (0..k).flat_map(|_| e.context.data.iter().copied()).collect();
+        let context: Vec<f32> = (0..k)
+            .flat_map(|_| e.context.data.iter().copied())
+            .collect();
         let context = Tensor::<3>::from_data(TensorData::new(context, [k, t, d]), device);
         let loss = diffusion_loss(unet, schedule, objective, latents, context, &draw);
         sum += loss.into_scalar::<f32>() as f64;
@@ -216,7 +220,10 @@ mod tests {
         c.seed = Some(1);
         assert_eq!(c.held_out(8, 99).unwrap(), a, "the validation seed wins");
         // Small datasets still hold one out; never all of them.
-        assert_eq!(ValidationConfig::split(0.01).held_out(3, 0).unwrap().len(), 1);
+        assert_eq!(
+            ValidationConfig::split(0.01).held_out(3, 0).unwrap().len(),
+            1
+        );
         let err = ValidationConfig::split(0.5).held_out(1, 0).unwrap_err();
         assert!(err.to_string().contains("validation.split"), "{err}");
         let mut counted = ValidationConfig::split(0.0);

@@ -14,8 +14,8 @@ use super::checkpoint::{
 use super::prepare::{Models, cache_of, encode_captions, encode_images, load_models};
 use super::validate::HeldOutSet;
 use super::{
-    CancelSignal, Data, HeldOut, ProgressEvent, ProgressSink, SaveReason, SavedLora,
-    SavedSamples, StepProgress, TrainOutput, Trainer, ValidationPoint,
+    CancelSignal, Data, HeldOut, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
+    StepProgress, TrainOutput, Trainer, ValidationPoint,
 };
 use crate::data::folder;
 use crate::device::parse_device;
@@ -156,9 +156,7 @@ impl Trainer {
                 dataset_dirs = folder::dataset_dirs(&scanned.entries);
                 let set = encode_images(scanned, &models, &cache, sink, cancel, &device)?;
                 let held = match &self.held_out {
-                    HeldOut::Images(h) => {
-                        encode_images(h, &models, &cache, sink, cancel, &device)?
-                    }
+                    HeldOut::Images(h) => encode_images(h, &models, &cache, sink, cancel, &device)?,
                     _ => TrainingSet::default(),
                 };
                 let r = cfg.images.as_ref().expect("images").resolution;
