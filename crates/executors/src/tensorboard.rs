@@ -96,7 +96,7 @@ pub const FILE_VERSION: &str = "brain.Event:2";
 
 fn masked_crc(data: &[u8]) -> u32 {
     let crc = crc32c::crc32c(data);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// Frames `data` as one record.
@@ -329,6 +329,8 @@ mod tests {
     }
 
     #[test]
+    // TFRecord's masking formula, written as TensorFlow writes it.
+    #[allow(clippy::manual_rotate)]
     fn the_checksum_is_tensorflows_masked_crc32c() {
         // CRC-32C of "123456789" is 0xE3069283 (RFC 3720's check value); masked as TFRecord does.
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);

@@ -98,7 +98,6 @@ fn progress(event: &ProgressEvent, seen: &mut Reported) -> Option<StepProgress> 
                 p.samples_per_sec,
                 p.eta.as_secs()
             )),
-            ..Default::default()
         },
         _ => return None,
     };
