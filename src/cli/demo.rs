@@ -204,8 +204,22 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Res
     if let Some(s) = status.suggestion() {
         out!("  suggested        {}", s.reason())?;
     }
-    if let Some(curve) = find(ArtifactKind::Report, ".png") {
-        out!("  loss curve       {}", local(&curve.uri))?;
+    use loraflow::core::artifact::{CONTACT_SHEET, LOSS_PLOT, report_uri};
+    if let Some(uri) = report_uri(&status.artifacts, LOSS_PLOT) {
+        out!("  loss plot        {}", local(uri))?;
+    }
+    if let Some(uri) = report_uri(&status.artifacts, CONTACT_SHEET) {
+        out!("  contact sheet    {}", local(uri))?;
+    }
+    if let Some(events) = find(ArtifactKind::Report, ".train") {
+        // Files are stored as jobs/<job>/<step>/<attempt>/<name>: the job's folder holds the
+        // event files of training (scalars) and sampling (the contact sheet).
+        let file = PathBuf::from(local(&events.uri));
+        let job_dir = file.ancestors().nth(3).unwrap_or(&file).to_path_buf();
+        out!(
+            "  tensorboard      tensorboard --logdir {}",
+            job_dir.display()
+        )?;
     }
     if let Some(history) = find(ArtifactKind::Report, ".json") {
         out!("  loss history     {}", local(&history.uri))?;

@@ -67,6 +67,12 @@ pub struct JobOut {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published: Option<String>,
+    /// The loss plot, once training has drawn it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_plot: Option<String>,
+    /// The contact sheet of the samples, once sampling has drawn it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_sheet: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +117,14 @@ pub struct EpochOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation_loss: Option<f64>,
     pub samples: Vec<String>,
+}
+
+/// The URI of the last report named `name`.
+fn report(j: &pb::Job, name: &str) -> Option<String> {
+    j.reports
+        .iter()
+        .rfind(|a| a.name == name)
+        .map(|a| a.uri.clone())
 }
 
 fn enum_name(name: &str, prefix: &str) -> String {
@@ -172,6 +186,9 @@ impl From<&pb::Job> for JobOut {
             suggestion_reason: j.suggestion_reason.clone(),
             warnings: j.warnings.clone(),
             published: j.published_artifact.as_ref().map(|a| a.uri.clone()),
+            loss_plot: report(j, loraflow::core::artifact::APPROVED_LOSS_PLOT)
+                .or_else(|| report(j, loraflow::core::artifact::LOSS_PLOT)),
+            contact_sheet: report(j, loraflow::core::artifact::CONTACT_SHEET),
             queue_position: j.queue_position,
             eta_seconds: j.eta.as_ref().map(|d| d.seconds),
             last_position: j.last_position,
@@ -229,6 +246,12 @@ pub fn print_job(j: &JobOut) -> anyhow::Result<()> {
         for s in &e.samples {
             out!("    sample {s}")?;
         }
+    }
+    if let Some(p) = &j.loss_plot {
+        out!("loss plot {p}")?;
+    }
+    if let Some(p) = &j.contact_sheet {
+        out!("samples   {p}")?;
     }
     if !j.suggestion_reason.is_empty() {
         out!("suggested {}", j.suggestion_reason)?;

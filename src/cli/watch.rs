@@ -158,6 +158,9 @@ impl Renderer {
                 let bar = self.bar(e.step_id.as_str()).clone();
                 bar.set_position(100);
                 bar.finish_with_message("done");
+                for line in super::watch_lines::pictures(e) {
+                    self.line(line);
+                }
             }
             JobEvent::StepFailed(e) => {
                 self.bar(e.step_id.as_str())

@@ -120,6 +120,9 @@ fn describe(event: &JobEvent) -> (Option<String>, String) {
             if let Some(l) = p.loss {
                 parts.push(format!("loss {l:.4}"));
             }
+            if let Some(l) = p.validation_loss {
+                parts.push(format!("val {l:.4}"));
+            }
             if let Some(m) = &p.message {
                 parts.push(m.clone());
             }
@@ -135,7 +138,11 @@ fn describe(event: &JobEvent) -> (Option<String>, String) {
             }
             (Some(e.step_id.to_string()), parts.join("  "))
         }
-        JobEvent::StepCompleted(e) => (Some(e.step_id.to_string()), "done".into()),
+        JobEvent::StepCompleted(e) => {
+            let mut text = vec!["done".to_string()];
+            text.extend(pictures(e));
+            (Some(e.step_id.to_string()), text.join("  "))
+        }
         JobEvent::StepFailed(e) => (
             Some(e.step_id.to_string()),
             format!("failed: {} ({})", e.error.message, e.error.kind),
@@ -213,6 +220,15 @@ pub fn approved(e: &JobApproved) -> String {
 
 /// How the job ended, when `event` ends it badly: the reason and the
 /// message (`failed (retries_exhausted): ...`, `cancelled by ...: ...`).
+/// Where a completed step's pictures are: `loss plot URI`, `contact sheet URI`.
+pub fn pictures(e: &loraflow::core::job::events::StepCompleted) -> Vec<String> {
+    use loraflow::core::artifact::{CONTACT_SHEET, LOSS_PLOT, report_uri};
+    [("loss plot", LOSS_PLOT), ("contact sheet", CONTACT_SHEET)]
+        .into_iter()
+        .filter_map(|(what, name)| report_uri(&e.artifacts, name).map(|u| format!("{what} {u}")))
+        .collect()
+}
+
 pub fn failure(event: &JobEvent) -> Option<String> {
     match event {
         JobEvent::JobFailed(e) => Some(format!("failed ({}): {}", e.reason, e.message)),

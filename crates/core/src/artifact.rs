@@ -49,6 +49,25 @@ pub enum ArtifactKind {
     Other,
 }
 
+/// Name of the loss plot a training step reports (kind [`ArtifactKind::Report`]).
+pub const LOSS_PLOT: &str = "loss_curve.png";
+/// Name of the loss plot drawn again with the approved epoch highlighted (by `publish`).
+pub const APPROVED_LOSS_PLOT: &str = "loss_curve_approved.png";
+/// Name of the contact sheet a sample step reports (kind [`ArtifactKind::Report`]).
+pub const CONTACT_SHEET: &str = "contact_sheet.png";
+
+/// The URI of the report named `name` among `artifacts` (the last one, after retries).
+pub fn report_uri<'a>(
+    artifacts: impl IntoIterator<Item = &'a Artifact>,
+    name: &str,
+) -> Option<&'a str> {
+    artifacts
+        .into_iter()
+        .filter(|a| a.kind == ArtifactKind::Report && a.name == name)
+        .last()
+        .map(|a| a.uri.as_str())
+}
+
 /// A stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {

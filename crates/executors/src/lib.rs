@@ -24,6 +24,7 @@
 //! - [`install`]: what each engine has installed, checked when a worker starts.
 //! - [`model_check`]: what a model folder or checkpoint is, what it lacks, and
 //!   whether the native engine can train it (`loraflow models check`).
+//! - [`tensorboard`]: TensorBoard event files (scalars and images) beside a run's outputs.
 //! - [`worker`]: the worker runtime that runs executors behind the executor protocol.
 
 pub mod aitoolkit;
@@ -40,6 +41,7 @@ pub mod native;
 pub mod presign;
 pub mod publish;
 pub mod s3;
+pub mod tensorboard;
 mod util;
 pub mod validate;
 pub mod worker;

@@ -1,5 +1,7 @@
 //! `publish`: copy the approved epoch's LoRA to its permanent location and
-//! verify the copy's digest.
+//! verify the copy's digest. When training left a loss history (the native
+//! engine does), the loss plot is drawn again with the approved epoch
+//! highlighted (`loss_curve_approved.png`).
 
 use async_trait::async_trait;
 use loraflow_core::artifact::ArtifactKind;
@@ -70,14 +72,57 @@ impl Executor for Publish {
             .await
             .map_err(from_artifact)?;
         debug_assert_eq!(published.kind, ArtifactKind::Published);
+        let mut artifacts = vec![published.clone()];
+        // The plot is for people; publishing does not depend on it.
+        match approved_plot(step, ctx, epoch).await {
+            Ok(Some(plot)) => artifacts.push(plot),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("the approved loss plot was not drawn: {e}"),
+        }
         Ok(StepOutput {
             outputs: serde_json::json!({
                 "uri": published.uri,
                 "epoch": epoch,
                 "step": step.approved_step,
             }),
-            artifacts: vec![published],
+            artifacts,
             epochs: vec![],
         })
     }
+}
+
+/// The loss plot with `epoch` highlighted, drawn from the training step's
+/// `loss_history.json` when there is one.
+async fn approved_plot(
+    step: &StepAssignment,
+    ctx: &StepContext,
+    epoch: u32,
+) -> Result<Option<loraflow_core::artifact::Artifact>, String> {
+    let Some(history) = step
+        .inputs
+        .iter()
+        .rfind(|a| a.kind == ArtifactKind::Report && a.name == "loss_history.json")
+    else {
+        return Ok(None);
+    };
+    let local = ctx.workdir().join("loss_history.json");
+    ctx.artifacts()
+        .fetch(history, &local)
+        .await
+        .map_err(|e| e.to_string())?;
+    let out = ctx
+        .workdir()
+        .join(loraflow_core::artifact::APPROVED_LOSS_PLOT);
+    crate::native::loss_plot::render_approved(&local, epoch as usize, &out)
+        .map_err(|e| e.to_string())?;
+    ctx.artifacts()
+        .put(
+            &out,
+            loraflow_core::artifact::APPROVED_LOSS_PLOT,
+            ArtifactKind::Report,
+            None,
+        )
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -1,6 +1,8 @@
 //! The native engine end to end over a real local artifact store: `NativeTrainer` trains the
 //! demo model (`assets/tiny-sd`) on the demo dataset with labels from a labelling step, then
-//! `NativeSampler` renders every epoch's LoRA; cancellation and bad parameters are typed.
+//! `NativeSampler` renders every epoch's LoRA (and the base model) into samples and a contact
+//! sheet; validation losses, the loss plot and TensorBoard files come back; cancellation and
+//! bad parameters are typed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepHandle}
 use loraflow_core::ids::{JobId, LeaseId, StepId};
 use loraflow_core::job::{DatasetRef, Naming, StepErrorKind, StepProgress};
 use loraflow_executors::label::{CaptionSource, ImageLabel};
-use loraflow_executors::native::NativeOptions;
+use loraflow_executors::native::{NativeOptions, contact_sheet, loss_plot};
+use loraflow_executors::tensorboard;
 use loraflow_executors::{ArtifactStore, Labels, NativeSampler, NativeTrainer};
 use loraflow_trainer::sample::png::read_png_text;
 use loraflow_trainer::tensor_file::TensorFile;
@@ -167,7 +170,9 @@ async fn native_training_then_sampling_on_the_demo_model() {
             .unwrap()
     };
 
-    let mut train = assignment("train", &env, tiny_sd_params());
+    let mut params = tiny_sd_params();
+    params.insert("validation_split".into(), ParamValue::Float(0.25));
+    let mut train = assignment("train", &env, params);
     train.inputs.push(labels_artifact);
     let trainer = NativeTrainer::new(options.clone()).unwrap();
     assert_eq!(trainer.engines(), vec![Engine::Native]);
@@ -189,7 +194,7 @@ async fn native_training_then_sampling_on_the_demo_model() {
     assert!(last.loss.is_some_and(f64::is_finite));
     assert!(last.samples_per_sec.is_some_and(|s| s > 0.0));
 
-    // One LoRA per epoch, with its mean loss.
+    // One LoRA per epoch, with its mean loss, its validation loss and the step it was saved at.
     assert_eq!(
         out.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
         vec![1, 2]
@@ -199,7 +204,25 @@ async fn native_training_then_sampling_on_the_demo_model() {
         assert_eq!(lora.kind, ArtifactKind::Lora);
         assert_eq!(lora.epoch, Some(e.epoch));
         assert!(e.loss.is_some_and(f64::is_finite));
+        assert!(e.validation_loss.is_some_and(|l| l.is_finite() && l > 0.0));
     }
+    let saved_at: Vec<u64> = out.epochs.iter().map(|e| e.step.unwrap()).collect();
+    assert!(
+        saved_at[0] > 0 && saved_at[1] == 2 * saved_at[0],
+        "{saved_at:?}"
+    );
+    // Two of the eight images were held out; the progress carried their loss.
+    assert_eq!(
+        out.outputs["validation_images"].as_array().unwrap().len(),
+        2
+    );
+    assert!(out.outputs["base_validation_loss"].as_f64().is_some());
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.validation_loss == out.epochs[1].validation_loss),
+        "the last validation loss was reported"
+    );
     let kinds: Vec<_> = out
         .artifacts
         .iter()
@@ -211,7 +234,7 @@ async fn native_training_then_sampling_on_the_demo_model() {
     );
     assert!(kinds.contains(&(ArtifactKind::Report, "loss_history.json")));
     assert_eq!(out.outputs["engine"], "native");
-    assert_eq!(out.outputs["images"], 8);
+    assert_eq!(out.outputs["images"], 6);
     assert!(
         out.outputs["loss_curve"]
             .as_str()
@@ -238,12 +261,20 @@ async fn native_training_then_sampling_on_the_demo_model() {
     let meta = file.metadata();
     assert_eq!(meta["ss_network_dim"], "4");
     assert_eq!(meta["ss_epoch"], "2");
-    assert_eq!(meta["ss_num_train_images"], "8");
+    assert_eq!(meta["ss_num_train_images"], "6");
     let tags: serde_json::Value = serde_json::from_str(&meta["ss_tag_frequency"]).unwrap();
-    assert_eq!(tags["dataset"]["a circle relabelled by hand"], 1);
-    assert_eq!(tags["dataset"]["sks"], 8);
+    let held: Vec<&str> = out.outputs["validation_images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    if !held.contains(&"red_circle.png") {
+        assert_eq!(tags["dataset"]["a circle relabelled by hand"], 1);
+    }
+    assert_eq!(tags["dataset"]["sks"], 6);
     let dirs: serde_json::Value = serde_json::from_str(&meta["ss_dataset_dirs"]).unwrap();
-    assert_eq!(dirs["dataset"]["img_count"], 8);
+    assert_eq!(dirs["dataset"]["img_count"], 6);
     let curve = local_copy(
         &env,
         out.artifacts
@@ -254,7 +285,43 @@ async fn native_training_then_sampling_on_the_demo_model() {
     )
     .await;
     let img = image::open(&curve).unwrap();
-    assert_eq!((img.width(), img.height()), (640, 360));
+    assert_eq!(
+        (img.width(), img.height()),
+        (loss_plot::WIDTH, loss_plot::HEIGHT)
+    );
+
+    // The TensorBoard file reads back: every step's loss and learning rate, the validation
+    // loss of the base model and of both epochs.
+    let events = out
+        .artifacts
+        .iter()
+        .find(|a| a.name.contains("tfevents"))
+        .expect("a TensorBoard event file");
+    let bytes = env.store.get_verified(events).await.unwrap();
+    let scalars = tensorboard::scalars(&tensorboard::read_events(&bytes).unwrap());
+    let series = |tag: &str| -> Vec<(i64, f32)> {
+        scalars
+            .iter()
+            .filter(|(t, _, _)| t == tag)
+            .map(|(_, s, v)| (*s, *v))
+            .collect()
+    };
+    let steps = out.outputs["steps"].as_u64().unwrap() as usize;
+    assert_eq!(series("loss/current").len(), steps);
+    assert_eq!(series("lr/unet").len(), steps);
+    assert_eq!(series("loss/average").len(), steps);
+    let validation = series("loss/validation");
+    assert_eq!(
+        validation
+            .iter()
+            .map(|(s, _)| *s as u64)
+            .collect::<Vec<_>>(),
+        vec![0, saved_at[0], saved_at[1]]
+    );
+    assert_eq!(
+        validation[2].1 as f64,
+        out.epochs[1].validation_loss.unwrap() as f32 as f64
+    );
 
     // Sampling every epoch's LoRA.
     let mut sample = assignment("sample", &env, tiny_sd_params());
@@ -273,6 +340,56 @@ async fn native_training_then_sampling_on_the_demo_model() {
         .map(|e: &EpochOutput| (e.epoch, e.samples.len()))
         .collect();
     assert_eq!(by_epoch, vec![(1, 2), (2, 2)]);
+    // The base model's samples, outside any epoch, and the contact sheet: the base row and
+    // one row per epoch, one column per prompt, 64-pixel samples in 192-pixel cells.
+    let base: Vec<_> = out
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ArtifactKind::Sample)
+        .collect();
+    assert_eq!(base.len(), 2);
+    assert!(base.iter().all(|a| a.epoch.is_none()));
+    let sheet = out
+        .artifacts
+        .iter()
+        .find(|a| a.name == "contact_sheet.png")
+        .expect("a contact sheet");
+    assert_eq!(sheet.kind, ArtifactKind::Report);
+    assert_eq!(
+        out.outputs["contact_sheet"].as_str(),
+        Some(sheet.uri.as_str())
+    );
+    let sheet_png = local_copy(&env, sheet, &files).await;
+    let sheet_img = image::open(&sheet_png).unwrap();
+    assert_eq!(
+        (sheet_img.width(), sheet_img.height()),
+        contact_sheet::dimensions(3, 2, 192)
+    );
+    let events = out
+        .artifacts
+        .iter()
+        .find(|a| a.name.contains("tfevents"))
+        .expect("the contact sheet in a TensorBoard file");
+    let bytes = env.store.get_verified(events).await.unwrap();
+    let images: Vec<_> = tensorboard::read_events(&bytes)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Some(tensorboard::What::Summary(s)) => Some(s.value),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|v| match v.kind {
+            Some(tensorboard::ValueKind::Image(i)) => Some((v.tag, i)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].0, "samples/contact_sheet");
+    assert_eq!(
+        (images[0].1.width as u32, images[0].1.height as u32),
+        (sheet_img.width(), sheet_img.height())
+    );
     assert!(
         out.epochs
             .iter()

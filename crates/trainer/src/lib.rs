@@ -49,7 +49,7 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use trainer::{
     CancelSignal, Controls, NeverCancel, ProgressEvent, ProgressSink, SaveReason, SavedLora,
-    SavedSamples, StepProgress, TrainConfig, TrainOutput, Trainer, TrainingState,
+    SavedSamples, StepProgress, TrainConfig, TrainOutput, Trainer, TrainingState, ValidationPoint,
 };
 
 /// Compiles the README's example as a doctest, so the documented API cannot drift.

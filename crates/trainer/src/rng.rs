@@ -23,6 +23,8 @@ pub enum Stream {
     Sample = 5,
     /// Caption shuffling and dropout.
     Caption = 6,
+    /// Which images are held out for validation, and the noise they are validated with.
+    Validation = 7,
 }
 
 /// A reproducible random source.

@@ -198,6 +198,16 @@ pub fn training_config(
         "max_grad_norm",
         params.max_grad_norm.map(Value::Float),
     );
+    // sd-scripts' held-out split (`--validation_split`): it logs `loss/validation/*` to its
+    // TensorBoard logs and shows `val_epoch_avg_loss` on its epoch validation bar.
+    put(
+        &mut t,
+        "validation_split",
+        params
+            .validation_split
+            .filter(|v| *v > 0.0)
+            .map(Value::Float),
+    );
 
     // FLUX.1 by flow matching, as sd-scripts' docs/flux_train_network.md
     // trains it (at kohya-ss/sd-scripts@48d368fa557731ad0488c07304dfeba8c07910eb):

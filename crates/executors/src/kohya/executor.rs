@@ -266,6 +266,7 @@ impl KohyaTrainer {
                 lora: Some(lora),
                 samples: epoch_samples,
                 loss: tracker.epoch_loss(saved.epoch),
+                validation_loss: tracker.validation_loss(saved.epoch),
                 ..Default::default()
             });
         }

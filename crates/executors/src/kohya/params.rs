@@ -107,6 +107,8 @@ pub struct TrainParams {
     pub caption_dropout: Option<f64>,
     pub save_every_n_epochs: Option<u32>,
     pub max_grad_norm: Option<f64>,
+    /// Fraction of the images sd-scripts holds out for its validation loss.
+    pub validation_split: Option<f64>,
     pub gradient_accumulation: Option<u32>,
     pub seed: Option<u64>,
     pub trigger_word: Option<String>,
@@ -229,6 +231,7 @@ impl TrainParams {
             caption_dropout,
             save_every_n_epochs: r.positive("save_every_n_epochs")?,
             max_grad_norm: r.float("max_grad_norm")?,
+            validation_split: r.float("validation_split")?,
             gradient_accumulation: r.positive("gradient_accumulation")?,
             seed: r.uint("seed")?,
             trigger_word: r

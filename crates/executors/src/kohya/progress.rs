@@ -28,8 +28,12 @@
 //! `', ' + 'avr_loss=' + format_num(avr_loss)` (`'{0:.3g}'`). tqdm redraws
 //! the bar in place: each update is written as `'\r' + line`, so output is
 //! split on `\r` as well as `\n` (see [`LineSplitter`]). Bars with another
-//! description ("validation steps", "epoch validation steps", latents
-//! caching) are not training progress and are ignored.
+//! description ("validation steps", latents caching) are not training
+//! progress and are ignored, except the last redraw of the "epoch validation
+//! steps" bar that `--validation_split` adds after each epoch
+//! (`val_progress_bar.set_postfix({"val_epoch_avg_loss": ..., "timestep": ...})`
+//! at kohya-ss/sd-scripts@48d368fa557731ad0488c07304dfeba8c07910eb): its
+//! average is the epoch's validation loss.
 //!
 //! Out-of-memory is PyTorch's message (c10/cuda/CUDACachingAllocator.cpp:
 //! `"CUDA out of memory. Tried to allocate "`, raised as
@@ -57,6 +61,8 @@ pub enum Line {
     },
     /// A redraw of the training progress bar.
     Step(StepLine),
+    /// The finished `epoch validation steps` bar: the epoch's validation loss.
+    Validation(f64),
     /// `saving checkpoint: /path/corgi-000001.safetensors`
     Saved(String),
     /// CUDA ran out of memory.
@@ -87,6 +93,9 @@ pub fn parse_line(line: &str) -> Line {
     }
     if let Some(step) = parse_step_bar(trimmed) {
         return Line::Step(step);
+    }
+    if let Some(loss) = parse_validation_bar(trimmed) {
+        return Line::Validation(loss);
     }
     if let Some(rest) = trimmed.strip_prefix("epoch ")
         && let Some((e, t)) = rest.split_once('/')
@@ -127,6 +136,20 @@ fn parse_step_bar(line: &str) -> Option<StepLine> {
     })
 }
 
+/// `epoch validation steps: 100%|██████████| 8/8 [00:02<00:00, 3.9it/s, val_epoch_avg_loss=0.114, timestep=800]`
+/// when the bar is complete.
+fn parse_validation_bar(line: &str) -> Option<f64> {
+    let bar = parse_tqdm(line).filter(|b| b.desc == "epoch validation steps")?;
+    if bar.n < bar.total {
+        return None;
+    }
+    bar.postfix
+        .split(", ")
+        .filter_map(|part| part.trim().strip_prefix("val_epoch_avg_loss="))
+        .filter_map(|v| v.parse::<f64>().ok().filter(|l| l.is_finite()))
+        .last()
+}
+
 /// Folds parsed lines into progress reports and per-epoch losses.
 #[derive(Debug, Clone, Default)]
 pub struct ProgressTracker {
@@ -139,6 +162,8 @@ pub struct ProgressTracker {
     /// keeps one slot per step of an epoch, so by an epoch's last step its
     /// moving average is that epoch's mean loss.
     epoch_loss: BTreeMap<u32, f64>,
+    /// The validation loss measured after each epoch.
+    validation_loss: BTreeMap<u32, f64>,
     saved: Vec<String>,
 }
 
@@ -182,6 +207,11 @@ impl ProgressTracker {
                 };
                 Some(self.current(&message))
             }
+            Line::Validation(loss) => {
+                let epoch = self.epoch?;
+                self.validation_loss.insert(epoch, *loss);
+                Some(self.current(&format!("epoch {epoch} validation loss {loss:.4}")))
+            }
             Line::Saved(path) => {
                 self.saved.push(path.clone());
                 let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
@@ -224,9 +254,14 @@ impl ProgressTracker {
                 .as_ref()
                 .and_then(|s| s.steps_per_sec)
                 .map(|r| r * f64::from(self.samples_per_step)),
+            validation_loss: self.validation_loss.values().last().copied(),
             message: Some(message.to_owned()),
-            ..Default::default()
         }
+    }
+
+    /// The validation loss measured after `epoch`, if sd-scripts showed one.
+    pub fn validation_loss(&self, epoch: u32) -> Option<f64> {
+        self.validation_loss.get(&epoch).copied()
     }
 
     /// The mean training loss of `epoch`, if the output showed one.
@@ -284,6 +319,23 @@ mod tests {
         ] {
             assert_eq!(parse_line(line), Line::Other, "{line}");
         }
+    }
+
+    #[test]
+    fn the_finished_epoch_validation_bar_gives_the_epochs_validation_loss() {
+        let done = "epoch validation steps: 100%|██████████| 8/8 [00:02<00:00,  3.90it/s, val_epoch_avg_loss=0.114, timestep=800]";
+        assert_eq!(parse_line(done), Line::Validation(0.114));
+        let midway = "epoch validation steps:  50%|█████     | 4/8 [00:01<00:01,  3.90it/s, val_epoch_avg_loss=0.2, timestep=400]";
+        assert_eq!(parse_line(midway), Line::Other);
+        let mut t = ProgressTracker::new(2);
+        t.observe(&parse_line("  num epochs / epoch数: 2"));
+        t.observe(&parse_line(
+            "steps:  50%|█████     | 5/10 [00:05<00:05,  1.00it/s, avr_loss=0.3]",
+        ));
+        let p = t.observe(&parse_line(done)).unwrap();
+        assert_eq!(p.validation_loss, Some(0.114));
+        assert_eq!(t.validation_loss(1), Some(0.114));
+        assert_eq!(t.validation_loss(2), None);
     }
 
     #[test]

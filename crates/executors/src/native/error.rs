@@ -72,6 +72,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Drawing a picture (the loss plot, the contact sheet) failed: a bug, not the job's
+    /// fault. Not retryable (`Internal`).
+    #[error("drawing {what}: {reason}")]
+    Picture {
+        /// The picture.
+        what: String,
+        /// The plotting library's message.
+        reason: String,
+    },
+
     /// The step was cancelled (`Cancelled`).
     #[error("the step was cancelled")]
     Cancelled,
@@ -85,6 +95,13 @@ impl Error {
         Self::Param {
             param: param.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn picture(what: &str, reason: impl std::fmt::Display) -> Self {
+        Self::Picture {
+            what: what.to_string(),
+            reason: reason.to_string(),
         }
     }
 
@@ -122,9 +139,10 @@ impl Error {
     pub fn kind(&self) -> StepErrorKind {
         use loraflow_trainer::Error as T;
         match self {
-            Self::Options { .. } | Self::UnknownModel { .. } | Self::Panicked { .. } => {
-                StepErrorKind::Internal
-            }
+            Self::Options { .. }
+            | Self::UnknownModel { .. }
+            | Self::Panicked { .. }
+            | Self::Picture { .. } => StepErrorKind::Internal,
             Self::Param { .. } => StepErrorKind::InvalidInput,
             Self::Trainer(T::Cancelled { .. }) | Self::Cancelled => StepErrorKind::Cancelled,
             Self::Trainer(T::Io { .. }) | Self::Io { .. } => StepErrorKind::Unavailable,

@@ -9,11 +9,17 @@
 //! - [`sample`]: [`NativeSampler`], the `sample` executor.
 //! - `sample_xl`: the `sample` executor's rendering with an SDXL base model.
 //! - [`sampling`]: a job's sample settings as the native engine renders them.
-//! - [`report`]: the loss history as JSON and a loss-curve PNG.
+//! - [`report`]: the loss history (`loss_history.json`).
+//! - [`loss_plot`]: the loss plot drawn from it (plotters).
+//! - [`contact_sheet`]: every epoch's samples (and the base model's) in one labelled picture.
+//! - [`fonts`]: the font embedded for pictures.
 //! - [`error`]: [`Error`], and the step error each failure becomes.
 
+pub mod contact_sheet;
 pub mod error;
+pub mod fonts;
 pub mod install;
+pub mod loss_plot;
 pub mod options;
 pub mod params;
 pub mod report;

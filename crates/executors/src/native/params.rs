@@ -7,7 +7,9 @@
 //! here still refuse them, for a job created before a catalogue change. Parameters the native
 //! engine does not know are ignored. `unet_lr`, when present, sets the UNet adapters' rate and
 //! wins over `learning_rate`, as in sd-scripts; `text_encoder_lr` above 0 trains text-encoder
-//! adapters.
+//! adapters. `validation_split` above 0 holds that fraction of the images out of training and
+//! measures the loss on them at every saved LoRA; a `validation/` folder at the dataset's root
+//! is held out instead, whole.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
 use loraflow_trainer::schedule::Prediction;
 use loraflow_trainer::train::config::TextEncoderTraining;
 use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
+use loraflow_trainer::train::validation::ValidationConfig;
 
 use super::error::{Error, Result};
 
@@ -114,6 +117,9 @@ impl Reader<'_> {
     }
 }
 
+/// The folder of a dataset whose images are held out for the validation loss.
+pub const VALIDATION_FOLDER: &str = "validation";
+
 /// Where a run's inputs and outputs are.
 #[derive(Debug, Clone)]
 pub struct RunPaths {
@@ -135,6 +141,23 @@ pub struct RunPaths {
 pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<TrainConfig> {
     let p = Reader(params);
     let resolution = p.positive("resolution")?.unwrap_or(512);
+    let split = p.float("validation_split")?.unwrap_or(0.0);
+    if split >= 1.0 {
+        return Err(Error::param(
+            "validation_split",
+            format!("{split} must be a fraction below 1 (typically 0.1 to 0.2)"),
+        ));
+    }
+    let folder = paths.dataset.join(VALIDATION_FOLDER);
+    let validation = if folder.is_dir() {
+        let mut v = ValidationConfig::split(0.0);
+        v.dir = Some(folder);
+        Some(v)
+    } else if split > 0.0 {
+        Some(ValidationConfig::split(split))
+    } else {
+        None
+    };
     let mut images = ImageDatasetConfig::new(paths.dataset, resolution);
     images.num_repeats = p.positive("num_repeats")?.unwrap_or(1);
     images.trigger_word = p
@@ -162,6 +185,7 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
     let (model, config_dir) = paths.model;
     let mut c = TrainConfig::for_images(model, images, paths.output, &paths.name);
     c.model.config_dir = config_dir;
+    c.validation = validation;
     c.device = device.to_string();
     if let Some(n) = p.positive("epochs")? {
         c.epochs = n;
@@ -272,6 +296,8 @@ fn param_of(field: &str) -> Option<&'static str> {
         "objective.prediction" => "prediction_type",
         "clip_skip" => "clip_skip",
         "output.save_every_n_epochs" => "save_every_n_epochs",
+        "validation.split" | "validation.count" => "validation_split",
+        "validation.dir" => "dataset",
         _ => return None,
     })
 }
@@ -343,6 +369,23 @@ mod tests {
         assert_eq!(c.objective.min_snr_gamma, None);
         assert_eq!(c.images.as_ref().unwrap().trigger_word, None);
         assert!(c.images.as_ref().unwrap().captions.shuffle_tags);
+        assert_eq!(c.validation, None, "no split, no validation folder");
+
+        let c = train_config(
+            &params(&[("validation_split", ParamValue::Float(0.2))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(c.validation, Some(ValidationConfig::split(0.2)));
+        let err = train_config(
+            &params(&[("validation_split", ParamValue::Float(1.0))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`validation_split`"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! [`NativeSampler`]: the `sample` executor. For every epoch that has a LoRA, it renders the
 //! job's sample prompts with the base model plus that LoRA (seeded, so epochs are comparable)
-//! and stores the PNGs, prompt and seed in their text chunks.
+//! and stores the PNGs, prompt and seed in their text chunks. The same prompts and seeds are
+//! rendered by the base model without a LoRA too, and everything is laid out in one contact
+//! sheet (a row per epoch after the base row, a column per prompt), stored as a report and in
+//! a TensorBoard event file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use loraflow_trainer::sample::png::write_png;
 use loraflow_trainer::sample::{Pipeline, SampleSettings, png_text};
 use tracing::Instrument;
 
+use super::contact_sheet;
 use super::error::{Error, Result};
 use super::options::NativeOptions;
 use super::sample_xl::XlRun;
@@ -38,6 +42,16 @@ pub(super) struct Key {
 }
 
 impl Key {
+    /// The base model without a LoRA: the contact sheet's first row.
+    const BASE: Self = Self {
+        epoch: 0,
+        requested_at: None,
+    };
+
+    fn is_base(&self) -> bool {
+        *self == Self::BASE
+    }
+
     fn of(e: &EpochOutput) -> Self {
         Self {
             epoch: e.epoch,
@@ -48,6 +62,7 @@ impl Key {
     fn file_name(&self, index: usize) -> String {
         match self.requested_at {
             Some(step) => format!("step{step:08}-{index:02}.png"),
+            None if self.is_base() => format!("base-{index:02}.png"),
             None => format!("epoch{:03}-{index:02}.png", self.epoch),
         }
     }
@@ -66,15 +81,16 @@ impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.requested_at {
             Some(step) => write!(f, "step {step} (epoch {})", self.epoch),
+            None if self.is_base() => write!(f, "the base model"),
             None => write!(f, "epoch {}", self.epoch),
         }
     }
 }
 
-/// One image to render.
+/// One image to render (`lora: None`: the base model alone, for the contact sheet's first row).
 pub(super) struct Job {
     pub(super) key: Key,
-    pub(super) lora: PathBuf,
+    pub(super) lora: Option<PathBuf>,
     pub(super) lora_name: String,
     pub(super) index: usize,
     pub(super) settings: SampleSettings,
@@ -115,7 +131,31 @@ impl NativeSampler {
         let out_dir = work.join("samples");
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Error::io(format!("creating {}", out_dir.display()), e))?;
-        let mut jobs = Vec::new();
+        let image_settings = |index: usize, prompt: &String| SampleSettings {
+            prompt: prompt.clone(),
+            negative_prompt: settings.negative_prompt.clone(),
+            width: settings.width as usize,
+            height: settings.height as usize,
+            steps: settings.steps as usize,
+            guidance_scale: settings.guidance_scale,
+            seed: settings.seed + index as u64,
+            sampler,
+            clip_skip: 1,
+        };
+        // The same prompts and seeds without a LoRA, for comparison.
+        let mut jobs: Vec<Job> = settings
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(index, prompt)| Job {
+                key: Key::BASE,
+                lora: None,
+                lora_name: String::new(),
+                index,
+                settings: image_settings(index, prompt),
+                out: out_dir.join(Key::BASE.file_name(index)),
+            })
+            .collect();
         for (key, artifact) in &loras {
             ctx.report(StepProgress {
                 message: Some(format!("fetching the LoRA of {key}")),
@@ -131,20 +171,10 @@ impl NativeSampler {
             for (index, prompt) in settings.prompts.iter().enumerate() {
                 jobs.push(Job {
                     key: *key,
-                    lora: local.clone(),
+                    lora: Some(local.clone()),
                     lora_name: lora_name.clone(),
                     index,
-                    settings: SampleSettings {
-                        prompt: prompt.clone(),
-                        negative_prompt: settings.negative_prompt.clone(),
-                        width: settings.width as usize,
-                        height: settings.height as usize,
-                        steps: settings.steps as usize,
-                        guidance_scale: settings.guidance_scale,
-                        seed: settings.seed + index as u64,
-                        sampler,
-                        clip_skip: 1,
-                    },
+                    settings: image_settings(index, prompt),
                     out: out_dir.join(key.file_name(index)),
                 });
             }
@@ -180,19 +210,24 @@ impl NativeSampler {
                     if stop.load(Ordering::Relaxed) {
                         return Err(Error::Cancelled);
                     }
-                    if current.as_ref().is_none_or(|(p, _)| *p != job.lora) {
-                        let (adapted, _) = base.with_lora(&job.lora, strength, &device)?;
-                        current = Some((job.lora.clone(), adapted));
-                    }
-                    let model = &current.as_ref().expect("loaded above").1;
+                    let model = match &job.lora {
+                        None => &base,
+                        Some(lora) => {
+                            if current.as_ref().is_none_or(|(p, _)| p != lora) {
+                                let (adapted, _) = base.with_lora(lora, strength, &device)?;
+                                current = Some((lora.clone(), adapted));
+                            }
+                            &current.as_ref().expect("loaded above").1
+                        }
+                    };
                     for side in [&mut job.settings.width, &mut job.settings.height] {
                         if *side == 0 {
                             *side = size;
                         }
                     }
                     let image = Pipeline::new(model).render(&job.settings, &device)?;
-                    let text =
-                        png_text(&job.settings, &base_name, Some((&job.lora_name, strength)));
+                    let lora = job.lora.as_ref().map(|_| (job.lora_name.as_str(), strength));
+                    let text = png_text(&job.settings, &base_name, lora);
                     write_png(&job.out, &image, &text)?;
                     let _ = tx.send((job.key, job.index, job.out));
                 }
@@ -207,7 +242,7 @@ impl NativeSampler {
                 percent: rendered.len() as f32 * 100.0 / total as f32,
                 step: Some(rendered.len() as u64),
                 total_steps: Some(total as u64),
-                epoch: rendered.last().map(|r| r.0.epoch),
+                epoch: rendered.last().map(|r| r.0.epoch).filter(|e| *e > 0),
                 message: Some(format!("rendered {}/{total} samples", rendered.len())),
                 ..StepProgress::default()
             });
@@ -241,15 +276,22 @@ impl NativeSampler {
         result?;
 
         let mut epochs: Vec<(Key, EpochOutput)> = Vec::new();
+        let mut artifacts = Vec::new();
         for (key, _, path) in &rendered {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let label = Some(key.epoch).filter(|_| !key.is_base());
             let artifact = ctx
                 .artifacts()
-                .put(path, &name, ArtifactKind::Sample, Some(key.epoch))
+                .put(path, &name, ArtifactKind::Sample, label)
                 .await?;
+            if key.is_base() {
+                // The base model's samples belong to no epoch.
+                artifacts.push(artifact);
+                continue;
+            }
             match epochs.iter_mut().find(|(k, _)| k == key) {
                 Some((_, e)) => e.samples.push(artifact),
                 None => {
@@ -260,8 +302,35 @@ impl NativeSampler {
             }
         }
         let epochs: Vec<EpochOutput> = epochs.into_iter().map(|(_, e)| e).collect();
+        // The sheet's rows: the base model, then each epoch (LoRAs saved on
+        // request between epochs are reviewed from their own samples).
+        let rows: Vec<(u32, usize, PathBuf)> = rendered
+            .iter()
+            .filter(|(k, _, _)| k.requested_at.is_none())
+            .map(|(k, i, p)| (k.epoch, *i, p.clone()))
+            .collect();
+        let sheet = contact_sheet::for_job(&settings.prompts, &step.epochs, &rows)?;
+        let (sheet_path, events) = contact_sheet::write(&sheet, &work, last_step(&step.epochs))?;
+        let sheet_artifact = ctx
+            .artifacts()
+            .put(&sheet_path, "contact_sheet.png", ArtifactKind::Report, None)
+            .await?;
+        let sheet_uri = sheet_artifact.uri.clone();
+        artifacts.push(sheet_artifact);
+        let events_name = events
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let events_artifact = ctx
+            .artifacts()
+            .put(&events, &events_name, ArtifactKind::Report, None)
+            .await?;
+        let events_uri = events_artifact.uri.clone();
+        artifacts.push(events_artifact);
         Ok(StepOutput {
             outputs: serde_json::json!({
+                "contact_sheet": sheet_uri,
+                "tensorboard": events_uri,
                 "rendered": rendered.len(),
                 "epochs": epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
                 "prompts": settings.prompts,
@@ -275,10 +344,19 @@ impl NativeSampler {
                 "seed": settings.seed,
                 "lora_strength": settings.lora_strength,
             }),
-            artifacts: Vec::new(),
+            artifacts,
             epochs,
         })
     }
+}
+
+/// The training step at which the last epoch was saved (the contact sheet's TensorBoard step).
+fn last_step(epochs: &[EpochOutput]) -> u64 {
+    epochs
+        .iter()
+        .map(|e| e.step.unwrap_or(e.epoch as u64))
+        .max()
+        .unwrap_or(0)
 }
 
 #[async_trait]

@@ -45,11 +45,16 @@ impl XlRun<'_> {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            if current.as_ref().is_none_or(|(p, _)| *p != job.lora) {
-                let (adapted, _) = base.with_lora(&job.lora, self.strength, device)?;
-                current = Some((job.lora.clone(), adapted));
-            }
-            let model = &current.as_ref().expect("loaded above").1;
+            let model = match &job.lora {
+                None => &base,
+                Some(lora) => {
+                    if current.as_ref().is_none_or(|(p, _)| p != lora) {
+                        let (adapted, _) = base.with_lora(lora, self.strength, device)?;
+                        current = Some((lora.clone(), adapted));
+                    }
+                    &current.as_ref().expect("loaded above").1
+                }
+            };
             for side in [&mut job.settings.width, &mut job.settings.height] {
                 if *side == 0 {
                     *side = size;
@@ -59,7 +64,7 @@ impl XlRun<'_> {
             let text = png_text(
                 &job.settings,
                 self.base_name,
-                Some((&job.lora_name, self.strength)),
+                job.lora.as_ref().map(|_| (job.lora_name.as_str(), self.strength)),
             );
             write_png(&job.out, &image, &text)?;
             let _ = self.tx.send((job.key, job.index, job.out));

@@ -1,7 +1,8 @@
 //! [`NativeTrainer`]: the `train` executor of the native engine. One attempt: fetch the dataset
 //! (and the labels, whose captions replace sidecars), map the job's parameters, train on a
 //! blocking thread while forwarding progress and control requests, then store every saved
-//! epoch's LoRA, the loss history and its curve.
+//! epoch's LoRA with its training and validation loss, the loss history, its plot and a
+//! TensorBoard event file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use tracing::Instrument;
 use super::error::{Error, Result};
 use super::options::NativeOptions;
 use super::params::{RunPaths, to_param_error, train_config};
-use super::report::{LossHistory, StepLoss};
+use super::report::{EpochLoss, LossHistory, SavedMark, StepLoss, ValidationMark};
 use super::sampling::{job_settings, requested_config, trainer_config};
 use crate::dataset;
 use crate::kohya::layout::safe_name;
@@ -42,9 +43,29 @@ fn report(ctx: &StepContext, message: impl Into<String>) {
     });
 }
 
+/// What the progress reports so far said: the latest validation loss, which every later
+/// report carries, and the latest step report, which a validation report repeats.
+#[derive(Debug, Default)]
+struct Reported {
+    validation: Option<f64>,
+    last_step: Option<StepProgress>,
+}
+
 /// A trainer event as step progress (`None` for events that only update the message).
-fn progress(event: &ProgressEvent) -> Option<StepProgress> {
-    Some(match event {
+fn progress(event: &ProgressEvent, seen: &mut Reported) -> Option<StepProgress> {
+    let p = match event {
+        ProgressEvent::Validated(v) => {
+            seen.validation = Some(v.loss as f64).filter(|l| l.is_finite());
+            let message = format!(
+                "validation loss {:.4} at step {} (epoch {})",
+                v.loss, v.step, v.epoch
+            );
+            return Some(StepProgress {
+                validation_loss: seen.validation,
+                message: Some(message),
+                ..seen.last_step.clone().unwrap_or_default()
+            });
+        }
         ProgressEvent::Preparing { stage, done, total } => StepProgress {
             message: Some(format!("encoding {stage} {done}/{total}")),
             ..StepProgress::default()
@@ -65,6 +86,7 @@ fn progress(event: &ProgressEvent) -> Option<StepProgress> {
                 .is_finite()
                 .then_some(p.smoothed_loss as f64),
             samples_per_sec: Some(p.samples_per_sec),
+            validation_loss: seen.validation,
             message: Some(format!(
                 "epoch {}/{} · step {}/{} · loss {:.4} (avg {:.4}) · {:.1} images/s · ETA {}s",
                 p.epoch,
@@ -76,10 +98,13 @@ fn progress(event: &ProgressEvent) -> Option<StepProgress> {
                 p.samples_per_sec,
                 p.eta.as_secs()
             )),
-            ..Default::default()
         },
         _ => return None,
-    })
+    };
+    if matches!(event, ProgressEvent::Step(_)) {
+        seen.last_step = Some(p.clone());
+    }
+    Some(p)
 }
 
 /// The newest training state under `out` (by step), to resume a retried attempt from.
@@ -231,10 +256,11 @@ impl NativeTrainer {
         });
         let mut tick = tokio::time::interval(POLL);
         let mut uploaded = Uploaded::default();
+        let mut seen = Reported::default();
         let result = loop {
             tokio::select! {
                 Some(event) = rx.recv() => {
-                    if let Some(p) = progress(&event) {
+                    if let Some(p) = progress(&event, &mut seen) {
                         ctx.report(p);
                     }
                     // What a request produced is shown to reviewers now, not at the end.
@@ -269,7 +295,7 @@ impl NativeTrainer {
             }
         };
         while let Ok(event) = rx.try_recv() {
-            if let Some(p) = progress(&event) {
+            if let Some(p) = progress(&event, &mut seen) {
                 ctx.report(p);
             }
         }
@@ -330,12 +356,15 @@ impl NativeTrainer {
             for (epoch, path) in earlier_epoch_files(out, name) {
                 if epoch < first_epoch {
                     let lora = Self::put(ctx, &path, ArtifactKind::Lora, Some(epoch)).await?;
+                    // The earlier attempt's measurements came back with its training state.
+                    let measured = output.validation.iter().rfind(|v| v.epoch == epoch);
                     epochs.push(EpochOutput {
                         epoch: epoch as u32,
                         lora: Some(lora),
                         samples: Vec::new(),
                         loss: Some(epoch_loss(epoch, f32::NAN) as f64).filter(|l| l.is_finite()),
-                        ..Default::default()
+                        validation_loss: measured.map(|v| v.loss as f64).filter(|l| l.is_finite()),
+                        step: measured.map(|v| v.step as u64),
                     });
                 }
             }
@@ -362,8 +391,11 @@ impl NativeTrainer {
                 lora: Some(lora),
                 samples: Vec::new(),
                 loss: loss.is_finite().then_some(loss),
+                validation_loss: saved
+                    .validation_loss
+                    .map(f64::from)
+                    .filter(|l| l.is_finite()),
                 step: Some(saved.step as u64),
-                ..Default::default()
             });
         }
         // Samples rendered while training ran were asked for (`sample-now`): they belong to
@@ -389,33 +421,20 @@ impl NativeTrainer {
             }
         }
 
-        let history = LossHistory {
-            steps: output
-                .losses
-                .iter()
-                .enumerate()
-                .map(|(i, &loss)| StepLoss {
-                    step: i + 1,
-                    epoch: i / per_epoch.max(1) + 1,
-                    loss,
-                })
-                .collect(),
-            epochs: output
-                .epoch_losses
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (i + 1, l))
-                .collect(),
-        };
+        let history = loss_history(output, per_epoch, &epochs);
         let json = out.join("loss_history.json");
         std::fs::write(&json, history.to_json())
             .map_err(|e| Error::io(format!("writing {}", json.display()), e))?;
         let curve = out.join("loss_curve.png");
-        history.write_png(&curve)?;
+        history.write_plot(&curve)?;
+        let events = write_events(&out.join("tensorboard"), &history)?;
         let curve_artifact = Self::put(ctx, &curve, ArtifactKind::Report, None).await?;
         let curve_uri = curve_artifact.uri.clone();
         artifacts.push(Self::put(ctx, &json, ArtifactKind::Report, None).await?);
         artifacts.push(curve_artifact);
+        let events_artifact = Self::put(ctx, &events, ArtifactKind::Report, None).await?;
+        let events_uri = events_artifact.uri.clone();
+        artifacts.push(events_artifact);
         artifacts.push(Self::put(ctx, &output.config_file, ArtifactKind::Other, None).await?);
 
         let elapsed = output.elapsed.as_secs_f64();
@@ -434,6 +453,17 @@ impl NativeTrainer {
                 "elapsed_secs": elapsed,
                 "resumed_from_step": output.resumed_from,
                 "loss_curve": curve_uri,
+                "tensorboard": events_uri,
+                "validation_images": output.validation_images,
+                "base_validation_loss": output
+                    .validation
+                    .iter()
+                    .find(|v| v.epoch == 0)
+                    .map(|v| v.loss),
+                "validation_losses": epochs
+                    .iter()
+                    .map(|e| serde_json::json!({"epoch": e.epoch, "validation_loss": e.validation_loss}))
+                    .collect::<Vec<_>>(),
             }),
             artifacts,
             epochs,
@@ -521,5 +551,92 @@ impl Uploaded {
             requested: true,
             ..Default::default()
         }))
+    }
+}
+
+/// The run's history: every step with its learning rate, epoch means, saved epochs and
+/// validation losses.
+fn loss_history(output: &TrainOutput, per_epoch: usize, epochs: &[EpochOutput]) -> LossHistory {
+    LossHistory {
+        steps: output
+            .losses
+            .iter()
+            .enumerate()
+            .map(|(i, &loss)| StepLoss {
+                step: i + 1,
+                epoch: i / per_epoch.max(1) + 1,
+                loss,
+                learning_rate: output.learning_rates.get(i).copied(),
+            })
+            .collect(),
+        epochs: output
+            .epoch_losses
+            .iter()
+            .enumerate()
+            .map(|(i, &mean_loss)| EpochLoss {
+                epoch: i + 1,
+                mean_loss,
+            })
+            .collect(),
+        saved: epochs
+            .iter()
+            .map(|e| SavedMark {
+                epoch: e.epoch as usize,
+                step: e
+                    .step
+                    .map_or_else(|| e.epoch as usize * per_epoch, |s| s as usize),
+            })
+            .collect(),
+        validation: output
+            .validation
+            .iter()
+            .map(|v| ValidationMark {
+                epoch: v.epoch,
+                step: v.step,
+                loss: v.loss,
+            })
+            .collect(),
+        approved_epoch: None,
+    }
+}
+
+/// Writes the run's scalars as a TensorBoard event file in `dir` (tags as sd-scripts names
+/// them: `loss/current`, `loss/average`, `loss/epoch`, `loss/validation`, `lr/unet`).
+fn write_events(dir: &Path, history: &LossHistory) -> Result<PathBuf> {
+    let io = |e| {
+        Error::io(
+            format!("writing TensorBoard events in {}", dir.display()),
+            e,
+        )
+    };
+    let mut w = crate::tensorboard::EventWriter::create(dir, "train").map_err(io)?;
+    for s in &history.steps {
+        w.scalar("loss/current", s.step as u64, s.loss)
+            .map_err(io)?;
+        if let Some(lr) = s.learning_rate {
+            w.scalar("lr/unet", s.step as u64, lr as f32).map_err(io)?;
+        }
+    }
+    for (step, loss) in history.smoothed() {
+        w.scalar("loss/average", step as u64, loss).map_err(io)?;
+    }
+    for e in &history.epochs {
+        if let Some(step) = history.last_step_of(e.epoch) {
+            w.scalar("loss/epoch", step as u64, e.mean_loss)
+                .map_err(io)?;
+        }
+    }
+    for v in &history.validation {
+        w.scalar("loss/validation", v.step as u64, v.loss)
+            .map_err(io)?;
+    }
+    w.finish().map_err(io)
+}
+
+/// The job's `seed`, if it sets one.
+pub(crate) fn job_seed(step: &StepAssignment) -> Option<u64> {
+    match step.params.get("seed") {
+        Some(ParamValue::Int(v)) if *v >= 0 => Some(*v as u64),
+        _ => None,
     }
 }

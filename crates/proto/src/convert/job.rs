@@ -62,6 +62,13 @@ pub fn job_to_wire(status: &JobStatus, meta: JobMeta) -> pb::Job {
         create_time: Some(timestamp(status.created_at)),
         update_time: Some(timestamp(status.updated_at)),
         last_position: status.last_position,
+        reports: status
+            .artifacts
+            .iter()
+            .filter(|a| a.kind == loraflow_core::artifact::ArtifactKind::Report)
+            .cloned()
+            .map(Into::into)
+            .collect(),
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::lr::LrSchedule;
 use super::optim::AdamWSettings;
 use super::step::ObjectiveConfig;
+use super::validation::ValidationConfig;
 use crate::clip::TE_TARGETS;
 use crate::data::ImageDatasetConfig;
 use crate::error::{Error, Result};
@@ -173,6 +174,9 @@ pub struct TrainConfig {
     /// Images rendered during training.
     #[serde(default)]
     pub sample: Option<SampleConfig>,
+    /// Images held out of training, whose loss is measured at every saved LoRA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationConfig>,
     /// Continue from a training state (`<file stem>.state/`) written by an earlier run of the
     /// same configuration.
     #[serde(default)]
@@ -265,6 +269,7 @@ impl TrainConfig {
             text_encoder: None,
             clip_skip: 1,
             sample: None,
+            validation: None,
             resume: None,
             optimizer: AdamWSettings::default(),
             lr_schedule: LrSchedule::default(),
@@ -380,6 +385,16 @@ impl TrainConfig {
                 "counts from the last layer: 1 is the last",
             ));
         }
+        if let Some(v) = &self.validation {
+            v.validate()?;
+            if v.dir.is_some() && self.images.is_none() {
+                return Err(Error::invalid(
+                    "validation.dir",
+                    "set",
+                    "a validation folder needs an image dataset (images), not a latents file",
+                ));
+            }
+        }
         if let Some(s) = &self.sample {
             if self.model.path.is_none() {
                 return Err(Error::invalid(
@@ -473,6 +488,13 @@ impl TrainConfig {
         c.output.save_every_n_epochs = None;
         c.sample = None;
         c.model.config_dir = None;
+        if let Some(v) = &mut c.validation {
+            // How held-out images are scored does not change the weights; which are held out does.
+            v.timesteps = 0;
+            if let Some(dir) = &mut v.dir {
+                name_only(dir);
+            }
+        }
         if let Some(p) = &mut c.model.path {
             name_only(p);
         }

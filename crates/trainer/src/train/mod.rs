@@ -13,3 +13,4 @@ pub mod examples;
 pub mod lr;
 pub mod optim;
 pub mod step;
+pub mod validation;

@@ -51,6 +51,9 @@ pub struct TrainingState {
     pub epoch_losses: Vec<f32>,
     /// Sum and count of the current epoch's step losses.
     pub epoch_loss: (f64, usize),
+    /// Validation losses measured so far.
+    #[serde(default)]
+    pub validation: Vec<super::ValidationPoint>,
 }
 
 /// Where the training state of a LoRA file goes.

@@ -10,6 +10,7 @@
 //! - `run`: setting a run up, and the training loop.
 //! - `step`: one optimiser step over UNet and text-encoder adapters.
 //! - `samples`: images rendered during training.
+//! - `validate`: the validation loss on held-out images at every saved LoRA.
 //! - `checkpoint`: kohya metadata, LoRA files, training states and resuming.
 
 mod checkpoint;
@@ -17,6 +18,7 @@ mod prepare;
 mod run;
 mod samples;
 mod step;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -90,6 +92,19 @@ pub struct SavedLora {
     pub state: Option<PathBuf>,
     /// Why it was written.
     pub reason: SaveReason,
+    /// Loss on the held-out images with these weights, when the run holds images out.
+    pub validation_loss: Option<f32>,
+}
+
+/// The validation loss measured at one point of the run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ValidationPoint {
+    /// Epoch it was measured in (0: the base model, before the first step).
+    pub epoch: usize,
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Mean loss over the held-out images and their fixed timesteps.
+    pub loss: f32,
 }
 
 /// Images rendered during the run.
@@ -140,6 +155,8 @@ pub enum ProgressEvent {
         /// Mean loss of its steps.
         mean_loss: f32,
     },
+    /// The validation loss was measured (before training, and at every saved LoRA).
+    Validated(ValidationPoint),
     /// A LoRA file was written.
     Saved(SavedLora),
     /// Sample images were written.
@@ -310,6 +327,14 @@ pub struct TrainOutput {
     pub elapsed: Duration,
     /// The step this run resumed from, if it did.
     pub resumed_from: Option<usize>,
+    /// Learning rate of the UNet adapters at every step (of the earlier run too when resumed).
+    pub learning_rates: Vec<f64>,
+    /// Validation losses in the order measured: the base model's first (epoch 0, unless the
+    /// run resumed), then one per saved LoRA.
+    pub validation: Vec<ValidationPoint>,
+    /// Names of the held-out images (relative to their folder), or `latent N` for a latents
+    /// file.
+    pub validation_images: Vec<String>,
 }
 
 /// A dataset folder, listed and bucketed but not yet encoded.
@@ -326,12 +351,24 @@ enum Data {
     Images(Box<ScannedImages>),
 }
 
+/// Examples held out of training for the validation loss.
+#[derive(Debug, Default)]
+enum HeldOut {
+    #[default]
+    None,
+    /// Indices into the latents file.
+    Latents(Vec<usize>),
+    /// Images (from the dataset or a validation folder).
+    Images(Box<ScannedImages>),
+}
+
 /// A validated training run.
 #[derive(Debug)]
 pub struct Trainer {
     config: TrainConfig,
     objective: Objective,
     data: Data,
+    held_out: HeldOut,
 }
 
 impl Trainer {
@@ -351,15 +388,24 @@ impl Trainer {
             return Err(sdxl_needs_images());
         }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
-        let data = match (&config.dataset, &config.images) {
-            (Some(path), _) => Data::Latents(LatentDataset::open(path)?),
-            (None, Some(images)) => Data::Images(Box::new(scan_images(&config, images)?)),
+        let (data, held_out) = match (&config.dataset, &config.images) {
+            (Some(path), _) => {
+                let d = LatentDataset::open(path)?;
+                let held = held_out_latents(&config, d.len())?;
+                (Data::Latents(d), held)
+            }
+            (None, Some(images)) => {
+                let scanned = scan_images(&config, images, &images.dir)?;
+                let (train, held) = split_images(&config, images, scanned)?;
+                (Data::Images(Box::new(train)), held)
+            }
             (None, None) => unreachable!("validate() requires a dataset"),
         };
         Ok(Self {
             config,
             objective,
             data,
+            held_out,
         })
     }
 
@@ -377,11 +423,23 @@ impl Trainer {
             return Err(sdxl_needs_images());
         }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
+        let held_out = held_out_latents(&config, dataset.len())?;
         Ok(Self {
             config,
             objective,
             data: Data::Latents(dataset),
+            held_out,
         })
+    }
+
+    /// Names of the images held out for the validation loss (relative to their folder), or
+    /// `latent N` for examples of a latents file; empty without validation.
+    pub fn validation_images(&self) -> Vec<String> {
+        match &self.held_out {
+            HeldOut::None => Vec::new(),
+            HeldOut::Latents(i) => i.iter().map(|i| format!("latent {i}")).collect(),
+            HeldOut::Images(s) => s.entries.iter().map(|e| e.name.clone()).collect(),
+        }
     }
 
     /// The configuration.
@@ -433,7 +491,7 @@ impl Trainer {
     fn batches_per_epoch(&self) -> usize {
         let b = self.config.batch_size;
         match &self.data {
-            Data::Latents(d) => d.len().div_ceil(b),
+            Data::Latents(d) => (d.len() - self.held_out_len()).div_ceil(b),
             Data::Images(s) => {
                 let mut counts: BTreeMap<(usize, usize), usize> = BTreeMap::new();
                 for (e, bucket) in s.entries.iter().zip(&s.buckets) {
@@ -454,12 +512,97 @@ impl Trainer {
         (per_epoch, total)
     }
 
-    fn training_set_of_latents(&self) -> Option<TrainingSet> {
-        match &self.data {
-            Data::Latents(d) => Some(TrainingSet::from_latents(d)),
-            Data::Images(_) => None,
+    fn held_out_len(&self) -> usize {
+        match &self.held_out {
+            HeldOut::None => 0,
+            HeldOut::Latents(i) => i.len(),
+            HeldOut::Images(s) => s.entries.len(),
         }
     }
+
+    /// The training examples of a latents file, and its held-out ones.
+    fn training_set_of_latents(&self) -> Option<(TrainingSet, TrainingSet)> {
+        let Data::Latents(d) = &self.data else {
+            return None;
+        };
+        let all = TrainingSet::from_latents(d);
+        let held: &[usize] = match &self.held_out {
+            HeldOut::Latents(i) => i,
+            _ => &[],
+        };
+        let (mut train, mut validation) = (Vec::new(), Vec::new());
+        for (i, e) in all.examples().iter().enumerate() {
+            if held.binary_search(&i).is_ok() {
+                validation.push(e.clone());
+            } else {
+                train.push(e.clone());
+            }
+        }
+        Some((TrainingSet::new(train), TrainingSet::new(validation)))
+    }
+}
+
+/// The examples of a latents file of `n` held out by the configuration.
+fn held_out_latents(config: &TrainConfig, n: usize) -> Result<HeldOut> {
+    Ok(match &config.validation {
+        Some(v) => HeldOut::Latents(v.held_out(n, config.seed)?),
+        None => HeldOut::None,
+    })
+}
+
+/// Splits the scanned dataset into training images and held-out ones.
+fn split_images(
+    config: &TrainConfig,
+    images: &crate::data::ImageDatasetConfig,
+    scanned: ScannedImages,
+) -> Result<(ScannedImages, HeldOut)> {
+    let Some(v) = &config.validation else {
+        return Ok((scanned, HeldOut::None));
+    };
+    let held: Vec<usize> = match &v.dir {
+        Some(dir) => {
+            // A validation folder inside the dataset is not trained on.
+            let inside: Vec<usize> = (0..scanned.entries.len())
+                .filter(|&i| scanned.entries[i].path.starts_with(dir))
+                .collect();
+            let folder = scan_images(config, images, dir)?;
+            if folder.entries.is_empty() {
+                return Err(Error::invalid(
+                    "validation.dir",
+                    dir.display(),
+                    "has no images to validate on",
+                ));
+            }
+            let train = keep(scanned, &inside);
+            if train.entries.is_empty() {
+                return Err(Error::invalid(
+                    "validation.dir",
+                    dir.display(),
+                    "holds every image of the dataset; nothing is left to train on",
+                ));
+            }
+            return Ok((train, HeldOut::Images(Box::new(folder))));
+        }
+        None => v.held_out(scanned.entries.len(), config.seed)?,
+    };
+    let validation = ScannedImages {
+        entries: held.iter().map(|&i| scanned.entries[i].clone()).collect(),
+        buckets: held.iter().map(|&i| scanned.buckets[i]).collect(),
+    };
+    Ok((keep(scanned, &held), HeldOut::Images(Box::new(validation))))
+}
+
+/// `scanned` without the entries at `drop` (ascending).
+fn keep(scanned: ScannedImages, drop: &[usize]) -> ScannedImages {
+    let (entries, buckets) = scanned
+        .entries
+        .into_iter()
+        .zip(scanned.buckets)
+        .enumerate()
+        .filter(|(i, _)| drop.binary_search(i).is_err())
+        .map(|(_, pair)| pair)
+        .unzip();
+    ScannedImages { entries, buckets }
 }
 
 /// SDXL conditions on each image's size, which a latents file does not record.
@@ -496,10 +639,12 @@ pub(crate) fn pipeline_config(config: &TrainConfig) -> Result<PipelineConfig> {
     }
 }
 
-/// Lists the folder and puts every image in its bucket (reading image headers only).
+/// Lists `dir` with the dataset's settings and puts every image in its bucket (reading image
+/// headers only).
 fn scan_images(
     config: &TrainConfig,
     images: &crate::data::ImageDatasetConfig,
+    dir: &std::path::Path,
 ) -> Result<ScannedImages> {
     let pixel_multiple = if prepare::is_sdxl(config) {
         let path = config.model.path.as_ref().expect("is_sdxl: a whole model");
@@ -517,7 +662,7 @@ fn scan_images(
         pipeline_config(config)?.pixel_multiple()
     };
     let entries = folder::scan(
-        &images.dir,
+        dir,
         images.num_repeats,
         images.trigger_word.as_deref(),
         &images.caption_overrides,

@@ -14,9 +14,10 @@ use super::checkpoint::{
 use super::prepare::{
     Models, SdxlText, TextStates, cache_of, encode_captions, encode_images, load_models,
 };
+use super::validate::HeldOutSet;
 use super::{
-    CancelSignal, Data, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
-    StepProgress, TrainOutput, Trainer,
+    CancelSignal, Data, HeldOut, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
+    StepProgress, TrainOutput, Trainer, ValidationPoint,
 };
 use crate::data::folder;
 use crate::device::parse_device;
@@ -71,6 +72,10 @@ pub(super) struct Run<'a> {
     pub(super) samples: Vec<SavedSamples>,
     pub(super) sample_size: usize,
     pub(super) dataset_digest: String,
+    /// The held-out examples, when the run validates.
+    pub(super) held_out: Option<HeldOutSet>,
+    /// Validation losses measured so far.
+    pub(super) validations: Vec<ValidationPoint>,
 }
 
 fn check_latents(set: &TrainingSet, unet: &UNetConfig) -> Result<()> {
@@ -142,21 +147,25 @@ impl Trainer {
         // The examples, and what the kohya header says about them.
         let mut tag_frequency = Default::default();
         let mut dataset_dirs = Default::default();
-        let (set, resolution) = match &self.data {
+        let (set, held, resolution) = match &self.data {
             Data::Latents(_) => {
-                let set = self.training_set_of_latents().expect("a latents dataset");
+                let (set, held) = self.training_set_of_latents().expect("a latents dataset");
                 check_latents(&set, &models.unet_config)?;
                 let shape = &set.examples()[0].latents.shape;
                 let (h, w) = (shape[1], shape[2]);
                 // Latents are 1/8 of the image size in the SD VAE.
-                (set, (w * 8, h * 8))
+                (set, held, (w * 8, h * 8))
             }
             Data::Images(scanned) => {
                 tag_frequency = folder::tag_frequency(&scanned.entries);
                 dataset_dirs = folder::dataset_dirs(&scanned.entries);
                 let set = encode_images(scanned, &models, &cache, sink, cancel, &device)?;
+                let held = match &self.held_out {
+                    HeldOut::Images(h) => encode_images(h, &models, &cache, sink, cancel, &device)?,
+                    _ => TrainingSet::default(),
+                };
                 let r = cfg.images.as_ref().expect("images").resolution;
-                (set, (r, r))
+                (set, held, (r, r))
             }
         };
         let train_te = cfg.text_encoder.is_some();
@@ -165,6 +174,7 @@ impl Trainer {
                 let mut captions: Vec<String> = set
                     .examples()
                     .iter()
+                    .chain(held.examples())
                     .filter_map(|e| match &e.conditioning {
                         Conditioning::Caption(c) => Some(c.clone()),
                         Conditioning::States(_) => None,
@@ -255,6 +265,7 @@ impl Trainer {
             epoch_losses: Vec::new(),
             epoch_loss: (0.0, 0),
         };
+        let held_out = HeldOutSet::new(cfg, held, models.schedule.num_train_timesteps());
         let mut run = Run {
             cfg,
             objective: self.objective,
@@ -286,6 +297,8 @@ impl Trainer {
                 .and_then(|s| s.size)
                 .unwrap_or(resolution.0),
             dataset_digest: self.dataset_digest(),
+            held_out,
+            validations: Vec::new(),
         };
 
         sink.report(ProgressEvent::Started {
@@ -297,6 +310,10 @@ impl Trainer {
             Some(path) => Some(run.resume(path, sink)?),
             None => None,
         };
+        if resumed_from.is_none() {
+            // The base model's loss on the held-out images: what training should improve on.
+            run.validate(0, sink)?;
+        }
         run.train(sink, cancel)?;
 
         let lora = cfg
@@ -332,6 +349,10 @@ impl Trainer {
             None
         };
 
+        let learning_rates = (0..run.pos.step)
+            .map(|s| cfg.optimizer.learning_rate * cfg.lr_schedule.factor(s, run.total_steps))
+            .collect();
+        let validation_images = self.validation_images();
         Ok(TrainOutput {
             lora,
             peft,
@@ -347,6 +368,9 @@ impl Trainer {
             trainable_params,
             elapsed: started.elapsed(),
             resumed_from,
+            learning_rates,
+            validation: run.validations,
+            validation_images,
         })
     }
 }
@@ -379,6 +403,7 @@ impl Run<'_> {
         };
         self.noise_rng.set_word_pos(parse(&state.noise_pos)?);
         self.caption_rng.set_word_pos(parse(&state.caption_pos)?);
+        self.validations = state.validation;
         self.pos = Position {
             step: state.step,
             epoch: state.epoch,
@@ -508,6 +533,7 @@ impl Run<'_> {
             losses: self.pos.losses.clone(),
             epoch_losses: self.pos.epoch_losses.clone(),
             epoch_loss: self.pos.epoch_loss,
+            validation: self.validations.clone(),
         }
     }
 
@@ -535,6 +561,7 @@ impl Run<'_> {
         loss: f32,
         sink: &mut dyn ProgressSink,
     ) -> Result<()> {
+        let validation_loss = self.validate(epoch, sink)?;
         self.metadata.epoch = epoch;
         self.metadata.steps = self.pos.step;
         self.metadata.training_finished_at = unix_now();
@@ -560,6 +587,7 @@ impl Run<'_> {
             loss,
             state: state_path,
             reason,
+            validation_loss,
         };
         sink.report(ProgressEvent::Saved(entry.clone()));
         self.saved.push(entry);
