@@ -1,6 +1,6 @@
 //! The [`Trainer`] on the tiny SDXL fixture model: an image folder encoded through both text
 //! encoders and the SDXL VAE, sd-scripts' per-image micro-conditioning, caption dropout,
-//! adapters on the UNet and both encoders, and epoch files in kohya's SDXL format that load back
+//! adapters on the UNet and both encoders, samples through the SDXL pipeline, and epoch files in kohya's SDXL format that load back
 //! and lower the loss of the image they were trained on; a killed run resumes to the same
 //! weights.
 // These tests run on the CPU backend.
@@ -22,7 +22,7 @@ use loraflow_trainer::schedule::Prediction;
 use loraflow_trainer::sdxl::lora::BASE_MODEL_VERSION;
 use loraflow_trainer::sdxl::{SizeConditioning, StableDiffusionXl, time_ids_tensor};
 use loraflow_trainer::tensor_file::TensorFile;
-use loraflow_trainer::train::config::TextEncoderTraining;
+use loraflow_trainer::train::config::{SampleConfig, TextEncoderTraining};
 use loraflow_trainer::train::step::{Objective, StepNoise, diffusion_loss_added};
 use loraflow_trainer::unet::AddedConditions;
 use loraflow_trainer::{Controls, Error, ProgressEvent, SaveReason, TrainConfig, Trainer};
@@ -117,11 +117,23 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
     image.save(data.join("a.png")).unwrap();
     std::fs::write(data.join("a.txt"), CAPTION).unwrap();
     let out = root.join("out");
+    let mut c = config(&root.join("data"), &out);
+    // Samples of the final adapters, through the SDXL pipeline.
+    c.sample = Some(SampleConfig {
+        prompts: vec![CAPTION.into()],
+        negative_prompt: String::new(),
+        steps: 2,
+        guidance_scale: 3.0,
+        sampler: Default::default(),
+        seed: 5,
+        size: None,
+        every_n_epochs: Some(4),
+    });
     let mut skip = config(&root.join("data"), &out);
     skip.clip_skip = 2;
     let err = Trainer::new(skip).unwrap_err().to_string();
     assert!(err.contains("clip_skip"), "{err}");
-    let trainer = Trainer::new(config(&root.join("data"), &out)).unwrap();
+    let trainer = Trainer::new(c).unwrap();
     assert_eq!(trainer.plan(), (10, 40));
 
     let mut events = Vec::new();
@@ -132,6 +144,9 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
         )
         .unwrap();
     assert_eq!(result.steps, 40);
+    assert_eq!(result.samples.len(), 1, "{:?}", result.samples);
+    let sample = image::open(&result.samples[0].paths[0]).unwrap();
+    assert_eq!((sample.width(), sample.height()), (32, 32));
     assert!(result.losses.iter().all(|l| l.is_finite()));
     assert!(
         result
