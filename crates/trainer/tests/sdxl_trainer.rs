@@ -1,13 +1,15 @@
 //! The [`Trainer`] on the tiny SDXL fixture model: an image folder encoded through both text
 //! encoders and the SDXL VAE, sd-scripts' per-image micro-conditioning, caption dropout,
-//! adapters on the UNet and both encoders, and epoch files in kohya's SDXL format that load back
-//! and lower the loss of the image they were trained on.
+//! adapters on the UNet and both encoders, samples through the SDXL pipeline, and epoch files in kohya's SDXL format that load back
+//! and lower the loss of the image they were trained on; a killed run resumes to the same
+//! weights.
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 use common::fixture;
@@ -20,10 +22,10 @@ use loraflow_trainer::schedule::Prediction;
 use loraflow_trainer::sdxl::lora::BASE_MODEL_VERSION;
 use loraflow_trainer::sdxl::{SizeConditioning, StableDiffusionXl, time_ids_tensor};
 use loraflow_trainer::tensor_file::TensorFile;
-use loraflow_trainer::train::config::TextEncoderTraining;
+use loraflow_trainer::train::config::{SampleConfig, TextEncoderTraining};
 use loraflow_trainer::train::step::{Objective, StepNoise, diffusion_loss_added};
 use loraflow_trainer::unet::AddedConditions;
-use loraflow_trainer::{ProgressEvent, SaveReason, TrainConfig, Trainer};
+use loraflow_trainer::{Controls, Error, ProgressEvent, SaveReason, TrainConfig, Trainer};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("loraflow-xl-{name}-{}", std::process::id()));
@@ -115,11 +117,23 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
     image.save(data.join("a.png")).unwrap();
     std::fs::write(data.join("a.txt"), CAPTION).unwrap();
     let out = root.join("out");
+    let mut c = config(&root.join("data"), &out);
+    // Samples of the final adapters, through the SDXL pipeline.
+    c.sample = Some(SampleConfig {
+        prompts: vec![CAPTION.into()],
+        negative_prompt: String::new(),
+        steps: 2,
+        guidance_scale: 3.0,
+        sampler: Default::default(),
+        seed: 5,
+        size: None,
+        every_n_epochs: Some(4),
+    });
     let mut skip = config(&root.join("data"), &out);
     skip.clip_skip = 2;
     let err = Trainer::new(skip).unwrap_err().to_string();
     assert!(err.contains("clip_skip"), "{err}");
-    let trainer = Trainer::new(config(&root.join("data"), &out)).unwrap();
+    let trainer = Trainer::new(c).unwrap();
     assert_eq!(trainer.plan(), (10, 40));
 
     let mut events = Vec::new();
@@ -130,6 +144,9 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
         )
         .unwrap();
     assert_eq!(result.steps, 40);
+    assert_eq!(result.samples.len(), 1, "{:?}", result.samples);
+    let sample = image::open(&result.samples[0].paths[0]).unwrap();
+    assert_eq!((sample.width(), sample.height()), (32, 32));
     assert!(result.losses.iter().all(|l| l.is_finite()));
     assert!(
         result
@@ -185,4 +202,61 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
 /// The number of `.alpha` keys.
 fn alphas(names: &[String]) -> usize {
     names.iter().filter(|n| n.ends_with(".alpha")).count()
+}
+
+#[test]
+fn a_killed_sdxl_run_resumes_to_the_same_weights() {
+    let root = tmp("resume");
+    let data = root.join("data").join("2_circle");
+    std::fs::create_dir_all(&data).unwrap();
+    picture(40, 32).save(data.join("a.png")).unwrap();
+    std::fs::write(data.join("a.txt"), CAPTION).unwrap();
+    let config = |out: &Path| {
+        let mut c = config(&root.join("data"), out);
+        c.epochs = 3;
+        c.output.save_every_n_epochs = Some(1);
+        c.output.save_state = true;
+        c
+    };
+    let full = Trainer::new(config(&root.join("full")))
+        .unwrap()
+        .run(&mut |_| {}, &loraflow_trainer::NeverCancel)
+        .unwrap();
+    assert_eq!(full.steps, 6);
+
+    // Killed in epoch 2 after step 3: resumed from the epoch-1 state.
+    let out = root.join("killed");
+    let controls = Arc::new(Controls::default());
+    let remote = controls.clone();
+    let err = Trainer::new(config(&out))
+        .unwrap()
+        .run(
+            &mut |e: ProgressEvent| {
+                if matches!(&e, ProgressEvent::Step(p) if p.step == 3) {
+                    remote.cancel();
+                }
+            },
+            &controls,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Cancelled { completed_steps: 3 }),
+        "{err}"
+    );
+    let mut resumed = config(&out);
+    resumed.resume = Some(out.join("tinyxl-000001.state"));
+    let result = Trainer::new(resumed)
+        .unwrap()
+        .run(&mut |_| {}, &loraflow_trainer::NeverCancel)
+        .unwrap();
+    assert_eq!(result.resumed_from, Some(2));
+    assert_eq!(result.losses, full.losses);
+    let tensors = |p: &Path| {
+        let f = TensorFile::open(p).unwrap();
+        f.names()
+            .into_iter()
+            .map(|n| (n.clone(), f.read(&n).unwrap().data))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tensors(&result.lora), tensors(&full.lora));
 }

@@ -17,9 +17,16 @@ use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
 /// Inference copies of the models, off the autodiff graph.
-enum Renderer {
-    Sd(UNet2DConditionModel, ClipTextModel, AutoencoderKL),
-    Sdxl(UNet2DConditionModel, SdxlTextEncoders, AutoencoderKL),
+struct Renderer {
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text: Text,
+}
+
+/// The text encoder(s) of a [`Renderer`].
+enum Text {
+    Sd(Box<ClipTextModel>),
+    Sdxl(Box<SdxlTextEncoders>),
 }
 
 impl Renderer {
@@ -32,11 +39,15 @@ impl Renderer {
             )
         };
         let vae = m.vae.as_ref().ok_or_else(whole)?.valid();
-        if let Some(xl) = &m.sdxl {
-            return Ok(Self::Sdxl(m.unet.valid(), xl.text.valid(), vae));
-        }
-        let te = m.text_encoder.as_ref().ok_or_else(whole)?.valid();
-        Ok(Self::Sd(m.unet.valid(), te, vae))
+        let text = match &m.sdxl {
+            Some(xl) => Text::Sdxl(Box::new(xl.text.valid())),
+            None => Text::Sd(Box::new(m.text_encoder.as_ref().ok_or_else(whole)?.valid())),
+        };
+        Ok(Self {
+            unet: m.unet.valid(),
+            vae,
+            text,
+        })
     }
 
     fn render(
@@ -45,8 +56,9 @@ impl Renderer {
         settings: &SampleSettings,
         device: &burn::tensor::Device,
     ) -> Result<RgbImage> {
-        match self {
-            Self::Sd(unet, te, vae) => Pipeline {
+        let (unet, vae) = (&self.unet, &self.vae);
+        match &self.text {
+            Text::Sd(te) => Pipeline {
                 unet,
                 text_encoder: te,
                 vae,
@@ -54,7 +66,7 @@ impl Renderer {
                 scheduler: &m.scheduler,
             }
             .render(settings, device),
-            Self::Sdxl(unet, text, vae) => {
+            Text::Sdxl(text) => {
                 let xl = m.sdxl.as_ref().expect("an SDXL model");
                 let pipeline = SdxlPipeline {
                     unet,
