@@ -19,8 +19,10 @@ use loraflow::core::job::{DatasetRef, JobSpec, JobState, Naming};
 use loraflow::core::views::JobStatus;
 use loraflow::executors::{Label, Publish, ValidateDataset};
 use loraflow::{Engine, NewJob};
+use loraflow_trainer::world::TRIGGER;
 
 use super::client::Exit;
+use super::demo_score::{self, DemoScores};
 use super::exit;
 use super::output::out;
 use super::watch::{Outcome, Renderer};
@@ -47,9 +49,10 @@ pub struct DemoArgs {
 }
 
 const TENANT: &str = "demo";
-const PROMPTS: [&str; 2] = [
-    "lfdemo, a red circle, white background, flat shapes",
-    "lfdemo, a blue square, yellow background, flat shapes",
+const PROMPTS: [&str; 3] = [
+    "lfdemo, a red ring on a white background",
+    "lfdemo, a blue ring on a black background",
+    "a green square on a white background",
 ];
 
 /// The demo job: the `tiny-sd` model, the catalogue's defaults for it, and
@@ -58,7 +61,7 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
     let params: Params = [
         ("epochs", ParamValue::Int(epochs.into())),
         ("num_repeats", ParamValue::Int(4)),
-        ("trigger_word", ParamValue::Str("lfdemo".into())),
+        ("trigger_word", ParamValue::Str(TRIGGER.into())),
         ("seed", ParamValue::Int(42)),
     ]
     .into_iter()
@@ -169,7 +172,12 @@ async fn follow(engine: &Engine, tenant: &TenantId, job: &JobId) -> anyhow::Resu
     bail!("the engine stopped before the job ended")
 }
 
-fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Result<()> {
+fn print_summary(
+    status: &JobStatus,
+    scores: Option<&DemoScores>,
+    store: &str,
+    took: Duration,
+) -> anyhow::Result<()> {
     let find = |kind: ArtifactKind, suffix: &str| -> Option<&Artifact> {
         status
             .artifacts
@@ -190,8 +198,21 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Res
             p.sha256
         )?;
     }
+    if let Some(scores) = scores {
+        out!(
+            "  without LoRA  rings for \"{TRIGGER}, ...\" {}, shapes as asked {}",
+            scores.base.concept,
+            scores.base.base
+        )?;
+    }
     for e in status.epochs.values() {
-        let loss = e.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
+        let mut loss = e.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
+        if let Some(score) = scores.and_then(|s| s.epochs.get(&e.epoch)) {
+            loss.push_str(&format!(
+                "  rings {}  shapes as asked {}",
+                score.concept, score.base
+            ));
+        }
         let mark = if status.approved_epoch == Some(e.epoch) {
             "  <- approved"
         } else {
@@ -268,10 +289,21 @@ async fn run(
         .await?;
     let job = view.status.job_id.clone();
     let status = follow(engine, &tenant, &job).await?;
+    let scores = if args.json {
+        None
+    } else {
+        eprintln!("demo: scoring the ring concept of every epoch's LoRA");
+        let model = dataset
+            .parent()
+            .map_or_else(|| PathBuf::from("tiny-sd"), |a| a.join("tiny-sd"));
+        let loras = demo_score::local_loras(&status);
+        let device = args.device.clone();
+        Some(tokio::task::spawn_blocking(move || demo_score::score(&model, &loras, &device)).await??)
+    };
     if args.json {
         out!("{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        print_summary(&status, store, started.elapsed())?;
+        print_summary(&status, scores.as_ref(), store, started.elapsed())?;
     }
     if status.state != JobState::Published {
         let why = status

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod client;
 pub mod demo;
+pub mod demo_score;
 pub mod executors;
 pub mod model_check;
 pub mod models;

@@ -144,7 +144,7 @@ async fn native_training_then_sampling_on_the_demo_model() {
     let label_step = assignment("label", &env, Params::new());
     let labels = Labels {
         images: [(
-            "red_circle.png".to_string(),
+            "red_ring_on_white.png".to_string(),
             ImageLabel {
                 caption: "sks, a circle relabelled by hand".into(),
                 tags: vec![],

@@ -23,6 +23,8 @@ pub enum Stream {
     Sample = 5,
     /// Caption shuffling and dropout.
     Caption = 6,
+    /// Scenes of the procedural shapes world.
+    World = 7,
 }
 
 /// A reproducible random source.
