@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that diffusers loads `assets/tiny-sd` as it is and that it draws the shapes world.
 
-    /work/venv-ref/bin/python assets/check_tiny_sd.py [out.png]
+    /work/venv-ref/bin/python assets/check_tiny_sd.py [out.png [model folder]]
 
 Renders one picture per base-world prompt with diffusers' own `StableDiffusionPipeline`
 (DDIM, 20 steps, guidance 4, fp32 on the CPU) and writes them side by side. Not part of CI.
@@ -25,7 +25,7 @@ PROMPTS = [
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/tiny-sd-check.png"
     pipe = StableDiffusionPipeline.from_pretrained(
-        os.path.join(HERE, "tiny-sd"), torch_dtype=torch.float32, safety_checker=None,
+        sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "tiny-sd"), torch_dtype=torch.float32, safety_checker=None,
         requires_safety_checker=False)
     images = []
     for i, prompt in enumerate(PROMPTS):

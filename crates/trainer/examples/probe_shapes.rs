@@ -1,0 +1,47 @@
+//! Renders the shapes-world probes of a model (and optionally a LoRA on it), prints what the
+//! reader sees in each picture, and writes them side by side.
+//!
+//! ```text
+//! cargo run -p loraflow-trainer --example probe_shapes -- assets/tiny-sd [lora.safetensors] [out.png]
+//! ```
+
+use std::path::PathBuf;
+
+use image::RgbImage;
+use loraflow_trainer::device::parse_device;
+use loraflow_trainer::pipeline::StableDiffusion;
+use loraflow_trainer::sample::Pipeline;
+use loraflow_trainer::world::concept::{base_probes, concept_probes, render};
+use loraflow_trainer::world::{ConceptScore, read};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let model: PathBuf = args.next().unwrap_or_else(|| "assets/tiny-sd".into()).into();
+    let lora = args.next().filter(|a| !a.is_empty()).map(PathBuf::from);
+    let out: PathBuf = args
+        .next()
+        .unwrap_or_else(|| "/tmp/probes.png".into())
+        .into();
+    let device = parse_device("cpu")?;
+    let base = StableDiffusion::load(&model, None, &device)?;
+    let model = match &lora {
+        Some(path) => base.with_lora(path, 1.0, &device)?.0,
+        None => base,
+    };
+    let pipeline = Pipeline::new(&model);
+    let probes: Vec<_> = base_probes().into_iter().chain(concept_probes()).collect();
+    let mut sheet = RgbImage::new(64 * probes.len() as u32, 64);
+    for (i, probe) in probes.iter().enumerate() {
+        let image = render(&pipeline, &probe.prompt, 1001, &device)?;
+        let r = read(&image);
+        println!(
+            "{:<45} read {:?} {:?} on {:?} (fill {:.2} centre {:.2} corners {:.2} top/bottom {:.2})",
+            probe.prompt, r.colour, r.shape, r.background, r.fill, r.centre_fill, r.corner_fill, r.top_bottom
+        );
+        image::imageops::replace(&mut sheet, &image, 64 * i as i64, 0);
+    }
+    sheet.save(&out)?;
+    println!("{}", ConceptScore::measure(&pipeline, &device)?);
+    println!("wrote {}", out.display());
+    Ok(())
+}
