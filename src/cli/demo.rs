@@ -298,7 +298,10 @@ async fn run(
             .map_or_else(|| PathBuf::from("tiny-sd"), |a| a.join("tiny-sd"));
         let loras = demo_score::local_loras(&status);
         let device = args.device.clone();
-        Some(tokio::task::spawn_blocking(move || demo_score::score(&model, &loras, &device)).await??)
+        Some(
+            tokio::task::spawn_blocking(move || demo_score::score(&model, &loras, &device))
+                .await??,
+        )
     };
     if args.json {
         out!("{}", serde_json::to_string_pretty(&status)?)?;

@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("png" | "txt")) {
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("png" | "txt")
+        ) {
             std::fs::remove_file(&path)?;
         }
     }

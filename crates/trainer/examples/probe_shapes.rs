@@ -16,7 +16,10 @@ use loraflow_trainer::world::{ConceptScore, read};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model: PathBuf = args.next().unwrap_or_else(|| "assets/tiny-sd".into()).into();
+    let model: PathBuf = args
+        .next()
+        .unwrap_or_else(|| "assets/tiny-sd".into())
+        .into();
     let lora = args.next().filter(|a| !a.is_empty()).map(PathBuf::from);
     let out: PathBuf = args
         .next()
@@ -36,7 +39,14 @@ fn main() -> anyhow::Result<()> {
         let r = read(&image);
         println!(
             "{:<45} read {:?} {:?} on {:?} (fill {:.2} centre {:.2} corners {:.2} top/bottom {:.2})",
-            probe.prompt, r.colour, r.shape, r.background, r.fill, r.centre_fill, r.corner_fill, r.top_bottom
+            probe.prompt,
+            r.colour,
+            r.shape,
+            r.background,
+            r.fill,
+            r.centre_fill,
+            r.corner_fill,
+            r.top_bottom
         );
         image::imageops::replace(&mut sheet, &image, 64 * i as i64, 0);
     }

@@ -87,8 +87,16 @@ impl Settings {
             let value = args
                 .next()
                 .with_context(|| format!("{flag} needs a value"))?;
-            let n = || value.parse::<usize>().with_context(|| format!("{flag} {value}"));
-            let f = || value.parse::<f64>().with_context(|| format!("{flag} {value}"));
+            let n = || {
+                value
+                    .parse::<usize>()
+                    .with_context(|| format!("{flag} {value}"))
+            };
+            let f = || {
+                value
+                    .parse::<f64>()
+                    .with_context(|| format!("{flag} {value}"))
+            };
             match flag.as_str() {
                 "--template" => s.template = value.clone().into(),
                 "--out" => s.out = value.clone().into(),
@@ -181,7 +189,10 @@ fn save_weights<M: Module>(
         ours == names,
         "{} has keys the model lacks: {:?}",
         template.path().display(),
-        names.iter().filter(|n| !ours.contains(n)).collect::<Vec<_>>()
+        names
+            .iter()
+            .filter(|n| !ours.contains(n))
+            .collect::<Vec<_>>()
     );
     std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
     tensor_file::write(path, &tensors, HashMap::new(), dtype)?;
@@ -205,7 +216,11 @@ struct Templates {
     vae: TensorFile,
 }
 
-fn phase_vae(s: &Settings, t: &Templates, device: &Device) -> anyhow::Result<(AutoencoderKL, Vec<Value>)> {
+fn phase_vae(
+    s: &Settings,
+    t: &Templates,
+    device: &Device,
+) -> anyhow::Result<(AutoencoderKL, Vec<Value>)> {
     let ckpt = s.work.join("vae.safetensors");
     let progress_path = s.work.join("vae.json");
     let mut vae = trainable(t.config.vae.init(device));
@@ -274,7 +289,9 @@ fn phase_vae(s: &Settings, t: &Templates, device: &Device) -> anyhow::Result<(Au
                 l1_sum / count as f64,
                 kl_sum / count as f64
             );
-            log.push(json!({"step": done, "l1": l1_sum / count as f64, "kl": kl_sum / count as f64}));
+            log.push(
+                json!({"step": done, "l1": l1_sum / count as f64, "kl": kl_sum / count as f64}),
+            );
             (l1_sum, kl_sum, count) = (0.0, 0.0, 0);
         }
         if done % s.checkpoint_every == 0 || done == s.vae_steps {
@@ -421,7 +438,11 @@ fn phase_unet(
             let i = pick.below(0, s.latents);
             lat.extend_from_slice(&cache.latents[i * latent_len..(i + 1) * latent_len]);
             let dropped = drop.uniform(1, 0.0, 1.0)[0] < s.caption_dropout as f32;
-            let caption = if dropped { "" } else { cache.captions[i].as_str() };
+            let caption = if dropped {
+                ""
+            } else {
+                cache.captions[i].as_str()
+            };
             ctx.extend_from_slice(&cache.states[caption]);
         }
         let step_noise = StepNoise::sample(noise, [b, c, h, w], schedule.num_train_timesteps());
@@ -468,7 +489,14 @@ fn phase_unet(
             save_weights(&unet, &t.unet, &ckpt, SaveDtype::F32)?;
             write_json(&progress_path, &json!({"step": done, "log": log}))?;
             // A usable folder at every checkpoint, so the model can be tried during training.
-            write_folder(s, t, &unet, vae, cache.scale, &json!({"partial_at_unet_step": done}))?;
+            write_folder(
+                s,
+                t,
+                &unet,
+                vae,
+                cache.scale,
+                &json!({"partial_at_unet_step": done}),
+            )?;
         }
         if done % (s.checkpoint_every * 5) == 0 {
             let plain_unet = unet.valid().fork(plain);
@@ -506,7 +534,10 @@ fn write_folder(
         for sub in ["text_encoder", "tokenizer", "scheduler"] {
             copy_dir(&s.template.join(sub), &out.join(sub))?;
         }
-        std::fs::copy(s.template.join("model_index.json"), out.join("model_index.json"))?;
+        std::fs::copy(
+            s.template.join("model_index.json"),
+            out.join("model_index.json"),
+        )?;
         std::fs::create_dir_all(out.join("unet"))?;
         std::fs::copy(
             s.template.join("unet/config.json"),

@@ -107,7 +107,10 @@ fn probes_cover_the_world_and_carry_the_trigger() {
     let concept = concept_probes();
     assert_eq!(concept.len(), 8);
     assert!(concept.iter().all(|p| p.shape == Shape::Ring));
-    assert_eq!(concept[0].prompt, "lfdemo, a red ring on a white background");
+    assert_eq!(
+        concept[0].prompt,
+        "lfdemo, a red ring on a white background"
+    );
 }
 
 #[test]

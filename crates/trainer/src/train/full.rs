@@ -82,7 +82,8 @@ pub fn vae_loss(
         .sub_scalar(1.0)
         .mul_scalar(0.5)
         .mean();
-    let total = l1.clone() + mse.mul_scalar(objective.mse_weight)
+    let total = l1.clone()
+        + mse.mul_scalar(objective.mse_weight)
         + kl.clone().mul_scalar(objective.kl_weight);
     (total, l1, kl)
 }

@@ -92,10 +92,19 @@ pub fn probe_settings(prompt: &str, seed: u64) -> SampleSettings {
 }
 
 /// Renders a probe at a seed.
-pub fn render(pipeline: &Pipeline<'_>, prompt: &str, seed: u64, device: &Device) -> Result<RgbImage> {
+pub fn render(
+    pipeline: &Pipeline<'_>,
+    prompt: &str,
+    seed: u64,
+    device: &Device,
+) -> Result<RgbImage> {
     let image = pipeline.render(&probe_settings(prompt, seed), device)?;
     RgbImage::from_raw(image.width, image.height, image.pixels).ok_or_else(|| {
-        Error::invalid("image", prompt, "the rendered image has the wrong pixel count")
+        Error::invalid(
+            "image",
+            prompt,
+            "the rendered image has the wrong pixel count",
+        )
     })
 }
 

@@ -132,9 +132,9 @@ pub fn read(image: &RgbImage) -> Reading {
     // The farther half from the background: the shape's inside, not its anti-aliased edge.
     fg.sort_by(|a, b| b.0.total_cmp(&a.0));
     let core = &fg[..fg.len().div_ceil(2)];
-    let sum = core
-        .iter()
-        .fold([0f32; 3], |acc, (_, p)| std::array::from_fn(|c| acc[c] + p[c]));
+    let sum = core.iter().fold([0f32; 3], |acc, (_, p)| {
+        std::array::from_fn(|c| acc[c] + p[c])
+    });
     let colour = nearest(
         sum.map(|v| v / core.len() as f32),
         &colours,
@@ -168,8 +168,7 @@ pub fn read(image: &RgbImage) -> Reading {
     };
     let fill = share(&|_, _| true);
     let centre_fill = share(&|u, v| (u - 0.5).powi(2) + (v - 0.5).powi(2) <= 0.2f32.powi(2));
-    let corner_fill =
-        share(&|u, v| (u <= 0.2 || u >= 0.8) && (v <= 0.2 || v >= 0.8));
+    let corner_fill = share(&|u, v| (u <= 0.2 || u >= 0.8) && (v <= 0.2 || v >= 0.8));
     let top = share(&|_, v| v <= 1.0 / 3.0);
     let bottom = share(&|_, v| v >= 2.0 / 3.0);
     let top_bottom = if bottom > 0.0 { top / bottom } else { 1.0 };
