@@ -26,6 +26,8 @@
 //! - [`schedule`]: the DDPM noise schedule, noising, targets and min-SNR weights.
 //! - [`train`]: the training step, optimiser, gradient clipping, learning-rate schedules, and the
 //!   examples and batches of a run.
+//! - [`world`]: the procedural shapes world the demo model is trained on, and a reader that
+//!   scores what a picture shows.
 //! - [`trainer`]: [`TrainConfig`] → [`Trainer::run`] → [`TrainOutput`], the API the `train`
 //!   executor wraps.
 
@@ -45,6 +47,7 @@ pub mod trainer;
 pub mod unet;
 pub mod vae;
 pub mod weights;
+pub mod world;
 
 pub use error::{Error, Result};
 pub use trainer::{

@@ -25,6 +25,8 @@ pub enum Stream {
     Caption = 6,
     /// Which images are held out for validation, and the noise they are validated with.
     Validation = 7,
+    /// Scenes of the procedural shapes world.
+    World = 8,
 }
 
 /// A reproducible random source.

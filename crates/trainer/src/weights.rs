@@ -266,3 +266,44 @@ pub fn torch_keys<M: Module>(module: &M, prefix: &str) -> Vec<String> {
     module.visit(&mut keys);
     keys.keys
 }
+
+/// Every base parameter of `module` under its PyTorch key, as host tensors in PyTorch's layout
+/// (linear weights transposed back to `[out, in]`), in model order: what a diffusers or
+/// transformers weights file of the module holds. Adapter factors are left out.
+pub fn torch_tensors<M: Module>(module: &M, prefix: &str) -> Vec<(String, HostTensor)> {
+    struct Tensors<'p> {
+        prefix: &'p str,
+        stack: Vec<(String, String)>,
+        out: Vec<(String, HostTensor)>,
+    }
+    impl ModuleVisitor for Tensors<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack
+                .push((name.to_string(), container_type.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let Some(key) = torch_key(self.prefix, &self.stack) else {
+                return;
+            };
+            let linear_weight = matches!(self.stack.last(),
+                Some((name, container)) if name == "weight" && container == "Struct:LoraLinear");
+            let host = HostTensor::from_tensor(param.val());
+            let host = if linear_weight && D == 2 {
+                host.transposed()
+            } else {
+                host
+            };
+            self.out.push((key, host));
+        }
+    }
+    let mut tensors = Tensors {
+        prefix,
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut tensors);
+    tensors.out
+}

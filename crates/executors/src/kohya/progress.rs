@@ -256,6 +256,7 @@ impl ProgressTracker {
                 .map(|r| r * f64::from(self.samples_per_step)),
             validation_loss: self.validation_loss.values().last().copied(),
             message: Some(message.to_owned()),
+            ..StepProgress::default()
         }
     }
 

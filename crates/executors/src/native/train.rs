@@ -98,6 +98,7 @@ fn progress(event: &ProgressEvent, seen: &mut Reported) -> Option<StepProgress> 
                 p.samples_per_sec,
                 p.eta.as_secs()
             )),
+            ..StepProgress::default()
         },
         _ => return None,
     };
@@ -365,6 +366,7 @@ impl NativeTrainer {
                         loss: Some(epoch_loss(epoch, f32::NAN) as f64).filter(|l| l.is_finite()),
                         validation_loss: measured.map(|v| v.loss as f64).filter(|l| l.is_finite()),
                         step: measured.map(|v| v.step as u64),
+                        ..Default::default()
                     });
                 }
             }
@@ -396,6 +398,7 @@ impl NativeTrainer {
                     .map(f64::from)
                     .filter(|l| l.is_finite()),
                 step: Some(saved.step as u64),
+                ..Default::default()
             });
         }
         // Samples rendered while training ran were asked for (`sample-now`): they belong to
@@ -631,12 +634,4 @@ fn write_events(dir: &Path, history: &LossHistory) -> Result<PathBuf> {
             .map_err(io)?;
     }
     w.finish().map_err(io)
-}
-
-/// The job's `seed`, if it sets one.
-pub(crate) fn job_seed(step: &StepAssignment) -> Option<u64> {
-    match step.params.get("seed") {
-        Some(ParamValue::Int(v)) if *v >= 0 => Some(*v as u64),
-        _ => None,
-    }
 }

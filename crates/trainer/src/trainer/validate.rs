@@ -55,7 +55,7 @@ impl Run<'_> {
             out.push(match &e.conditioning {
                 Conditioning::States(s) => s.clone(),
                 Conditioning::Caption(c) => match self.text_cache.get(c) {
-                    Some(s) if !self.train_te => s.clone(),
+                    Some(s) if !self.train_te => s.context.clone(),
                     _ => {
                         let te = te.get_or_insert_with(|| {
                             self.models
@@ -86,7 +86,9 @@ impl Run<'_> {
         epoch: usize,
         sink: &mut dyn ProgressSink,
     ) -> Result<Option<f32>> {
-        if self.held_out.is_none() {
+        // SDXL's UNet also needs the pooled text and size values of each held-out image,
+        // which the validation set does not carry yet: no validation loss for SDXL.
+        if self.held_out.is_none() || self.models.sdxl.is_some() {
             return Ok(None);
         }
         let contexts = self.held_out_contexts()?;

@@ -1,0 +1,85 @@
+//! The demo's promise, measured: the demo model (`assets/tiny-sd`) draws the shapes world as
+//! asked, does not know the ring, and the demo's LoRA (the demo job's settings on
+//! `assets/demo-dataset`) teaches it the ring under the trigger word without breaking the rest.
+// These tests run on the CPU backend.
+#![cfg(feature = "cpu")]
+
+use std::path::{Path, PathBuf};
+
+use loraflow_trainer::data::ImageDatasetConfig;
+use loraflow_trainer::device::parse_device;
+use loraflow_trainer::pipeline::StableDiffusion;
+use loraflow_trainer::sample::Pipeline;
+use loraflow_trainer::train::config::TextEncoderTraining;
+use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
+use loraflow_trainer::world::{ConceptScore, TRIGGER};
+use loraflow_trainer::{Controls, TrainConfig, Trainer};
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+/// The demo job's training settings (`loraflow demo`: the catalogue's defaults for `tiny-sd`
+/// and the demo's epochs, repeats, trigger word and seed).
+fn demo_config(out: &Path) -> TrainConfig {
+    let mut images = ImageDatasetConfig::new(assets().join("demo-dataset"), 64);
+    images.num_repeats = 4;
+    images.trigger_word = Some(TRIGGER.into());
+    let mut c = TrainConfig::for_images(assets().join("tiny-sd"), images, out, "demo");
+    c.network.rank = 4;
+    c.network.alpha = 4.0;
+    c.optimizer.learning_rate = 1e-3;
+    c.text_encoder = Some(TextEncoderTraining::new(5e-5));
+    c.lr_schedule = LrSchedule {
+        kind: LrScheduleKind::Cosine,
+        warmup_steps: 0,
+    };
+    c.objective.min_snr_gamma = Some(5.0);
+    c.batch_size = 2;
+    c.epochs = 8;
+    c.seed = 42;
+    c
+}
+
+// The thresholds are the demo's target. The committed demo model does not reach them yet (its
+// measured scores are in assets/tiny-sd/README.md), so this runs on request:
+// `cargo test -p loraflow-trainer --test concept -- --ignored`.
+#[test]
+#[ignore = "assets/tiny-sd does not yet draw the shapes world well enough (see its README)"]
+fn the_demo_lora_teaches_the_ring_and_keeps_the_shapes_world() {
+    let device = parse_device("cpu").unwrap();
+    let base = StableDiffusion::load(assets().join("tiny-sd"), None, &device).unwrap();
+    let before = ConceptScore::measure(&Pipeline::new(&base), &device).unwrap();
+    assert!(
+        before.base.rate() >= 0.8,
+        "the base model draws the asked shape and colour in only {}",
+        before.base
+    );
+    assert!(
+        before.concept.rate() <= 0.1,
+        "the base model already draws rings for the trigger prompt: {}",
+        before.concept
+    );
+
+    let out = std::env::temp_dir().join(format!("loraflow-concept-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let trained = Trainer::new(demo_config(&out))
+        .unwrap()
+        .run(&mut |_| {}, &Controls::default())
+        .unwrap();
+    let (adapted, _) = base.with_lora(&trained.lora, 1.0, &device).unwrap();
+    let after = ConceptScore::measure(&Pipeline::new(&adapted), &device).unwrap();
+    assert!(
+        after.concept.rate() >= 0.8,
+        "with the LoRA the trigger prompt draws a ring in only {} (before: {})",
+        after.concept,
+        before.concept
+    );
+    assert!(
+        after.base.rate() >= 0.8,
+        "the LoRA broke the base world: {} drawn as asked (before: {})",
+        after.base,
+        before.base
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

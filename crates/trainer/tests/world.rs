@@ -1,0 +1,183 @@
+//! The shapes world: seeded scenes, the reader that scores pictures (it must read the world's
+//! own pictures right), the fixed probes, and full fine-tuning of a VAE on world pictures.
+// These tests run on the CPU backend.
+#![cfg(feature = "cpu")]
+
+use burn::tensor::{Tensor, TensorData};
+use image::RgbImage;
+use loraflow_trainer::device::parse_device;
+use loraflow_trainer::rng::{SeededRng, Stream};
+use loraflow_trainer::tensor_file::HostTensor;
+use loraflow_trainer::train::full::{VaeObjective, latent_scale, trainable, vae_step};
+use loraflow_trainer::train::optim::AdamWSettings;
+use loraflow_trainer::vae::VaeConfig;
+use loraflow_trainer::world::concept::{base_probes, concept_probes};
+use loraflow_trainer::world::shapes::{IMAGE_SIZE, caption};
+use loraflow_trainer::world::{Background, Colour, Scene, Shape, TRIGGER, World, read};
+
+#[test]
+fn a_world_is_the_same_for_the_same_seed() {
+    let mut w = World::new(3);
+    let a: Vec<Scene> = (0..20).map(|_| w.next_scene()).collect();
+    let mut w = World::new(3);
+    let b: Vec<Scene> = (0..20).map(|_| w.next_scene()).collect();
+    assert_eq!(a, b);
+    assert_eq!(a[0].render(), b[0].render());
+    assert_ne!(a[0], World::new(4).next_scene());
+}
+
+#[test]
+fn every_base_shape_colour_and_background_appears_and_never_a_ring() {
+    let mut w = World::new(1);
+    let scenes: Vec<Scene> = (0..300).map(|_| w.next_scene()).collect();
+    for shape in Shape::BASE {
+        assert!(scenes.iter().any(|s| s.shape == shape), "{shape:?}");
+    }
+    assert!(scenes.iter().all(|s| s.shape != Shape::Ring));
+    for colour in Colour::ALL {
+        assert!(scenes.iter().any(|s| s.colour == colour), "{colour:?}");
+    }
+    for background in Background::ALL {
+        assert!(scenes.iter().any(|s| s.background == background));
+    }
+}
+
+#[test]
+fn shapes_stay_inside_the_image() {
+    let mut rng = SeededRng::new(9, Stream::World);
+    for shape in [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Ring] {
+        for _ in 0..50 {
+            let s = Scene::random_with(shape, &mut rng);
+            let img = s.render();
+            let bg = s.background.rgb();
+            for i in 0..IMAGE_SIZE {
+                for (x, y) in [(i, 0), (i, IMAGE_SIZE - 1), (0, i), (IMAGE_SIZE - 1, i)] {
+                    assert_eq!(img.get_pixel(x, y).0, bg, "{s:?} touches the border");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn captions_name_colour_shape_and_background() {
+    assert_eq!(
+        caption(Colour::Red, Shape::Circle, Background::White),
+        "a red circle on a white background"
+    );
+}
+
+#[test]
+fn the_reader_reads_every_generated_scene() {
+    let mut rng = SeededRng::new(21, Stream::World);
+    for shape in [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Ring] {
+        for _ in 0..100 {
+            let scene = Scene::random_with(shape, &mut rng);
+            let reading = read(&scene.render());
+            assert!(
+                reading.shows(scene.colour, scene.shape)
+                    && reading.background == Some(scene.background),
+                "{scene:?} read as {reading:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_plain_or_noisy_picture_shows_no_shape() {
+    let plain = RgbImage::from_pixel(IMAGE_SIZE, IMAGE_SIZE, image::Rgb([245, 245, 245]));
+    let reading = read(&plain);
+    assert_eq!((reading.shape, reading.colour), (None, None));
+    let mut rng = SeededRng::new(2, Stream::World);
+    let values = rng.uniform((IMAGE_SIZE * IMAGE_SIZE * 3) as usize, 0.0, 255.0);
+    let noise = RgbImage::from_raw(
+        IMAGE_SIZE,
+        IMAGE_SIZE,
+        values.iter().map(|v| *v as u8).collect(),
+    )
+    .unwrap();
+    assert_eq!(read(&noise).shape, None);
+}
+
+#[test]
+fn probes_cover_the_world_and_carry_the_trigger() {
+    let base = base_probes();
+    assert_eq!(base.len(), 12);
+    assert!(base.iter().all(|p| !p.prompt.contains(TRIGGER)));
+    let concept = concept_probes();
+    assert_eq!(concept.len(), 8);
+    assert!(concept.iter().all(|p| p.shape == Shape::Ring));
+    assert_eq!(
+        concept[0].prompt,
+        "lfdemo, a red ring on a white background"
+    );
+}
+
+#[test]
+fn the_latent_scale_makes_unit_variance() {
+    let latents: Vec<f32> = (0..1000).map(|i| ((i % 7) as f32 - 3.0) * 2.0).collect();
+    let s = latent_scale(&latents);
+    let scaled: Vec<f32> = latents.iter().map(|v| v * s as f32).collect();
+    assert!((latent_scale(&scaled) - 1.0).abs() < 1e-4);
+}
+
+/// Full fine-tuning trains every weight: a small VAE learns to reconstruct world pictures.
+#[test]
+fn full_fine_tuning_teaches_a_vae_to_reconstruct_world_pictures() {
+    let device = parse_device("cpu").unwrap().autodiff();
+    let config = VaeConfig::from_diffusers(&serde_json::json!({
+        "block_out_channels": [8, 8],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 4
+    }))
+    .unwrap();
+    let mut vae = trainable(config.init(&device));
+    let mut optim = AdamWSettings {
+        learning_rate: 3e-3,
+        weight_decay: 0.0,
+        ..AdamWSettings::default()
+    }
+    .build();
+    // One fixed batch of 16 × 16 crops, so the loss can only fall by learning.
+    let mut world = World::new(5);
+    let mut data = Vec::new();
+    for _ in 0..4 {
+        let image = world.next_scene().render();
+        for c in 0..3 {
+            for y in 24..40 {
+                for x in 24..40 {
+                    data.push(image.get_pixel(x, y).0[c] as f32 / 127.5 - 1.0);
+                }
+            }
+        }
+    }
+    let images: Tensor<4> = Tensor::from_data(TensorData::new(data, [4, 3, 16, 16]), &device);
+    let mut noise = SeededRng::new(1, Stream::Noise);
+    let objective = VaeObjective::default();
+    let mut first = None;
+    let mut last = 0.0;
+    for step in 0..60 {
+        let eps = HostTensor::new(vec![4, 4, 8, 8], noise.normal(4 * 4 * 8 * 8));
+        let (next, stats) = vae_step(
+            vae,
+            &mut optim,
+            &objective,
+            images.clone(),
+            &eps,
+            3e-3,
+            1.0,
+            step + 1,
+        )
+        .unwrap();
+        vae = next;
+        first.get_or_insert(stats.l1);
+        last = stats.l1;
+        assert!(stats.grad_norm > 0.0);
+    }
+    let first = first.unwrap();
+    assert!(
+        last < 0.6 * first,
+        "reconstruction error {first} → {last} after 60 full steps"
+    );
+}
