@@ -40,7 +40,6 @@ pub struct StatusAnswer {
     pub dataset_root: Option<String>,
 }
 
-
 /// The events of a watched job, as the engine's feed yields them.
 pub type EventFeed =
     std::pin::Pin<Box<dyn Stream<Item = loraflow_store::Result<StoredEvent>> + Send>>;
@@ -235,7 +234,10 @@ pub async fn approve_job(
 ) -> Result<JobView, ApiError> {
     let tenant = &who.tenant;
     let call = r.into_command(tenant.as_str())?;
-    let (c, span) = (&call.command, who.span("ApproveJob", Some(call.job_id.as_str())));
+    let (c, span) = (
+        &call.command,
+        who.span("ApproveJob", Some(call.job_id.as_str())),
+    );
     Ok(match c.step {
         Some(step) => {
             engine

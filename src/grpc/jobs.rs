@@ -269,17 +269,16 @@ impl JobService for Jobs {
         req: Request<pb::ListBaseModelsRequest>,
     ) -> Result<Response<pb::ListBaseModelsResponse>, Status> {
         let who = self.who(&req)?;
-        answer(
-            models::list_base_models(&self.engine, &who).await,
-            |m| pb::ListBaseModelsResponse {
+        answer(models::list_base_models(&self.engine, &who).await, |m| {
+            pb::ListBaseModelsResponse {
                 base_models: m
                     .catalogue
                     .into_iter()
                     .map(pb::BaseModel::from)
                     .chain(m.own.into_iter().map(pb::BaseModel::from))
                     .collect(),
-            },
-        )
+            }
+        })
     }
 
     async fn register_base_model(

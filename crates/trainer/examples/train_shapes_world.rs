@@ -459,6 +459,7 @@ fn phase_unet(
             latents: Tensor::from_data(TensorData::new(lat, [b, c, h, w]), device),
             context: Tensor::from_data(TensorData::new(ctx, [b, tokens, width]), device),
             noise: step_noise,
+            added: None,
         };
         let lr = lr_at(s.unet_lr, step, s.unet_steps);
         let (next, stats) = optimizer_step(

@@ -127,6 +127,7 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
         sampler: Default::default(),
         seed: 5,
         size: None,
+        height: None,
         every_n_epochs: Some(4),
     });
     let mut skip = config(&root.join("data"), &out);

@@ -14,11 +14,11 @@ use loraflow_core::artifact::{ArtifactKind, EpochOutput};
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::job::{StepError, StepProgress};
 use loraflow_core::workflow::StepKind;
-use loraflow_trainer::sdxl::is_sdxl_dir;
 use loraflow_trainer::device::parse_device;
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::png::write_png;
 use loraflow_trainer::sample::{Pipeline, SampleSettings, png_text};
+use loraflow_trainer::sdxl::is_sdxl_dir;
 use tracing::Instrument;
 
 use super::contact_sheet;
@@ -226,7 +226,10 @@ impl NativeSampler {
                         }
                     }
                     let image = Pipeline::new(model).render(&job.settings, &device)?;
-                    let lora = job.lora.as_ref().map(|_| (job.lora_name.as_str(), strength));
+                    let lora = job
+                        .lora
+                        .as_ref()
+                        .map(|_| (job.lora_name.as_str(), strength));
                     let text = png_text(&job.settings, &base_name, lora);
                     write_png(&job.out, &image, &text)?;
                     let _ = tx.send((job.key, job.index, job.out));

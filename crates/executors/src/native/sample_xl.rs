@@ -64,7 +64,9 @@ impl XlRun<'_> {
             let text = png_text(
                 &job.settings,
                 self.base_name,
-                job.lora.as_ref().map(|_| (job.lora_name.as_str(), self.strength)),
+                job.lora
+                    .as_ref()
+                    .map(|_| (job.lora_name.as_str(), self.strength)),
             );
             write_png(&job.out, &image, &text)?;
             let _ = self.tx.send((job.key, job.index, job.out));
