@@ -19,6 +19,8 @@ use crate::webhooks::DeliveryPage;
 
 /// The answer to `CreateJob`.
 #[derive(Debug, Clone, PartialEq)]
+// One per request, moved once: boxing the larger answer buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Created {
     /// `validate_only`: the spec as it would be created; nothing written.
     Valid(JobSpec),

@@ -84,7 +84,7 @@ pub enum ApiError {
         field: Option<&'static str>,
     },
     /// `GetParameterSchema` of a model the catalogue does not list.
-    #[error("base model {:?} is neither in the catalogue nor registered by this tenant; see ListBaseModels", .0.as_str())]
+    #[error("base model {:?} is not in the catalogue, nor one this tenant registered; see ListBaseModels", .0.as_str())]
     BaseModelNotFound(BaseModelId),
 }
 

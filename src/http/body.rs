@@ -190,7 +190,7 @@ mod tests {
     fn wrong_types_and_broken_json_name_where() {
         let e = parse::<Outer>(br#"{"inner": {"a": "one"}}"#, None).unwrap_err();
         assert_eq!(fields(&e), ["inner.a"]);
-        for broken in [&b"{\"inner\": "[..], b"[1, 2", b"{} trailing", b""] {
+        for broken in [&b"{\"inner\": "[..], b"{\"name\": \"x", b"{} trailing", b""] {
             let e = parse::<Outer>(broken, None).unwrap_err();
             assert_eq!(
                 fields(&e),

@@ -40,6 +40,8 @@ pub struct CreateJob {
 /// spec as it would be created.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
+// One per request, moved once: boxing the larger answer buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CreateAnswer {
     Job(wire::Job),
     Valid(wire::ValidJob),
@@ -79,7 +81,6 @@ pub async fn create_job(
         job: Some(spec.into()),
         request_id: body.request_id,
         validate_only: body.validate_only,
-        ..Default::default()
     };
     Ok(Json(
         match calls::create_job(&s.engine, &who.0, req).await? {
@@ -105,7 +106,6 @@ pub async fn resume_job(
 ) -> Answer<wire::Job> {
     let req = pb::ResumeJobRequest {
         request_id: body.request_id,
-        ..Default::default()
     };
     Ok(Json(
         calls::resume_job(&s.engine, &who.0, &req).await?.into(),
@@ -171,7 +171,6 @@ pub async fn list_jobs(
             .filter(|(k, _)| k == "label")
             .map(|(_, v)| v.clone())
             .collect(),
-        ..Default::default()
     };
     let page = calls::list_jobs(&s.engine, &who.0, req).await?;
     Ok(Json(wire::JobPage {
@@ -188,10 +187,7 @@ pub async fn job_history(
     who: Who,
     Path(job_id): Path<String>,
 ) -> Answer<wire::History> {
-    let req = pb::GetJobHistoryRequest {
-        job_id,
-        ..Default::default()
-    };
+    let req = pb::GetJobHistoryRequest { job_id };
     let events = calls::job_history(&s.engine, &who.0, &req).await?;
     let events = events
         .iter()
@@ -225,7 +221,6 @@ pub async fn cancel_job(
         job_id,
         reason: body.reason,
         etag: body.etag,
-        ..Default::default()
     };
     Ok(Json(
         calls::cancel_job(&s.engine, &who.0, req).await?.into(),
@@ -245,7 +240,6 @@ pub async fn reject_job(
         job_id,
         reason: body.reason,
         etag: body.etag,
-        ..Default::default()
     };
     Ok(Json(
         calls::reject_job(&s.engine, &who.0, req).await?.into(),
@@ -281,7 +275,6 @@ pub async fn approve_job(
         epoch: body.epoch,
         step: body.step,
         etag: body.etag,
-        ..Default::default()
     };
     Ok(Json(
         calls::approve_job(&s.engine, &who.0, req).await?.into(),
@@ -301,10 +294,7 @@ pub async fn save_now(
     Path(job_id): Path<String>,
     JsonBody(Empty {}): JsonBody<Empty>,
 ) -> Answer<wire::Job> {
-    let req = pb::SaveNowRequest {
-        job_id,
-        ..Default::default()
-    };
+    let req = pb::SaveNowRequest { job_id };
     Ok(Json(calls::save_now(&s.engine, &who.0, &req).await?.into()))
 }
 
@@ -372,7 +362,6 @@ pub async fn retry_job(
     let req = pb::RetryJobRequest {
         job_id,
         request_id: body.request_id,
-        ..Default::default()
     };
     Ok(Json(
         calls::retry_job(&s.engine, &who.0, &req).await?.into(),
@@ -393,7 +382,6 @@ pub async fn webhook_deliveries(
         job_id,
         page_size: int(&q, "page_size")?.unwrap_or(0),
         page_token: last(&q, "page_token").unwrap_or_default().to_owned(),
-        ..Default::default()
     };
     let page = calls::webhook_deliveries(&s.engine, &who.0, &req).await?;
     Ok(Json(wire::DeliveryPage {
@@ -446,7 +434,6 @@ pub async fn parameter_schema(
     let req = pb::GetParameterSchemaRequest {
         base_model: last(&q, "base_model").unwrap_or_default().to_owned(),
         engine: last(&q, "engine").unwrap_or_default().to_owned(),
-        ..Default::default()
     };
     let schema = models::parameter_schema(&s.engine, &who.0, &req).await?;
     Ok(Json(wire::ParameterSchema {
@@ -471,7 +458,6 @@ pub async fn list_executors(
     let req = pb::ListExecutorsRequest {
         page_size: int(&q, "page_size")?.unwrap_or(0),
         page_token: last(&q, "page_token").unwrap_or_default().to_owned(),
-        ..Default::default()
     };
     let page = calls::list_executors(&s.engine, &who.0, &req)?;
     Ok(Json(wire::ExecutorPage {

@@ -64,7 +64,6 @@ pub async fn watch_job(
     let req = pb::WatchJobRequest {
         job_id,
         from_position: resume_after(&headers, query.as_deref())?,
-        ..Default::default()
     };
     let events = calls::watch_job(&s.engine, &who.0, &req).await?;
     let stopping = s.shutdown.clone();

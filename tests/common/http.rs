@@ -56,6 +56,8 @@ impl HttpServer {
 
 /// A client that never follows redirects or keeps cookies.
 pub fn client() -> reqwest::Client {
+    // reqwest runs on the process's rustls provider (ring, as loraflow's own clients).
+    loraflow::tls::use_ring();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

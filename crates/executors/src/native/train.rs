@@ -327,6 +327,9 @@ impl NativeTrainer {
             .await?)
     }
 
+    // What one finished run left behind, stored in one place; the arguments
+    // are that run's parts.
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         ctx: &StepContext,
