@@ -38,6 +38,16 @@ max = 64
 
 [params.epochs.models.tiny-sdxl]
 default = 2
+
+[params.sample_width.models.tiny-sdxl]
+default = 32
+min = 32
+max = 64
+
+[params.sample_height.models.tiny-sdxl]
+default = 32
+min = 32
+max = 64
 "#;
     Catalogue::from_toml_str(&format!("{builtin}\n{tiny}")).unwrap()
 }

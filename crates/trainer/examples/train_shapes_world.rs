@@ -248,7 +248,7 @@ fn phase_vae(
     let f = t.config.vae.downscale_factor();
     let crop = s.vae_crop;
     ensure!(
-        crop % f == 0 && crop <= 64,
+        crop.is_multiple_of(f) && crop <= 64,
         "--vae-crop {crop} must be a multiple of {f} up to 64"
     );
     let latent = crop / f;
