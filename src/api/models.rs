@@ -9,7 +9,7 @@ use loraflow_proto::convert::spec::engine as engine_name;
 use loraflow_proto::pb::v1 as pb;
 use tracing::Instrument;
 
-use super::{ApiError, Requester};
+use super::{ApiError, Requester, Via};
 use crate::engine::{Engine, RegisterModel};
 
 /// The models a tenant may name: the catalogue's, then its own.
@@ -101,38 +101,49 @@ pub async fn parameter_schema(
     who: &Requester,
     r: &pb::GetParameterSchemaRequest,
 ) -> Result<SchemaFor, ApiError> {
-    let span = who.span_tenant("GetParameterSchema");
-    let (model, training) = r.parse()?;
-    let catalogue = engine.catalogue();
-    let m = match catalogue.base_model(&model) {
-        Some(m) => m.clone(),
-        None => engine
-            .base_models_of(&who.tenant)
-            .instrument(span)
-            .await?
-            .into_iter()
-            .find(|m| m.name == model)
-            .map(|m| m.as_base_model())
-            .ok_or(ApiError::BaseModelNotFound(model))?,
+    let (tenant, base_model, asked) = (&who.tenant, r.base_model.as_str(), r.engine.as_str());
+    let span = match who.via {
+        Via::Grpc => {
+            tracing::info_span!("grpc", method = "GetParameterSchema", %tenant, base_model, engine = asked)
+        }
+        Via::Http => {
+            tracing::info_span!("http", method = "GetParameterSchema", %tenant, base_model, engine = asked)
+        }
     };
-    if !m.supports(training) {
-        let mut v = Violations::default();
-        v.push(
-            "engine",
-            format!(
-                "engine {training} cannot train base model {}; it supports {}",
-                m.id,
-                m.engines
-                    .iter()
-                    .map(|e| e.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        return Err(v.into());
+    async {
+        let (model, training) = r.parse()?;
+        let catalogue = engine.catalogue();
+        let m = match catalogue.base_model(&model) {
+            Some(m) => m.clone(),
+            None => engine
+                .base_models_of(&who.tenant)
+                .await?
+                .into_iter()
+                .find(|m| m.name == model)
+                .map(|m| m.as_base_model())
+                .ok_or(ApiError::BaseModelNotFound(model))?,
+        };
+        if !m.supports(training) {
+            let mut v = Violations::default();
+            v.push(
+                "engine",
+                format!(
+                    "engine {training} cannot train base model {}; it supports {}",
+                    m.id,
+                    m.engines
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            return Err(v.into());
+        }
+        Ok(SchemaFor {
+            model: m,
+            engine: training,
+        })
     }
-    Ok(SchemaFor {
-        model: m,
-        engine: training,
-    })
+    .instrument(span)
+    .await
 }
