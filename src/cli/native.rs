@@ -104,12 +104,11 @@ mod tests {
     #[test]
     fn a_gpu_device_without_its_feature_names_the_build_command() {
         assert_eq!(missing_gpu_feature("cpu"), None);
-        for (device, feature) in [("vulkan", "vulkan"), ("wgpu:1", "wgpu"), ("cuda:0", "cuda")] {
-            let built = match feature {
-                "vulkan" => cfg!(feature = "vulkan"),
-                "wgpu" => cfg!(feature = "wgpu"),
-                _ => cfg!(feature = "cuda"),
-            };
+        for (device, feature, built) in [
+            ("vulkan", "vulkan", cfg!(feature = "vulkan")),
+            ("wgpu:1", "wgpu", cfg!(feature = "wgpu")),
+            ("cuda:0", "cuda", cfg!(feature = "cuda")),
+        ] {
             match missing_gpu_feature(device) {
                 None => assert!(built, "{device}"),
                 Some(hint) => {
