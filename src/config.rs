@@ -203,6 +203,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
+    /// Largest dataset upload over HTTP (`POST /v1/datasets`), in bytes.
+    pub max_upload_bytes: usize,
     /// How long `loraflow serve` may take to stop after SIGTERM or SIGINT:
     /// it stops accepting at once, ends open `WatchJob` streams (clients
     /// reconnect and resume), lets calls in flight finish, and exits when
@@ -218,6 +220,7 @@ impl Default for ServerConfig {
             http_listen: None,
             tls: None,
             max_message_bytes: 4 * 1024 * 1024,
+            max_upload_bytes: 1 << 30,
             shutdown_grace: Duration::from_secs(10),
         }
     }

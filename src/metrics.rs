@@ -1,13 +1,17 @@
 //! Prometheus metrics of one server process, scraped at `/metrics`.
 //!
-//! Two kinds:
+//! Three kinds:
 //! - read at scrape time from the views and the live scheduler: jobs by
-//!   state, queue depth and oldest age by step kind, leases live,
-//!   executors connected, deliveries due, each projection's feed lag;
+//!   state, queue depth and oldest age by step kind and the capabilities
+//!   the steps require, leases live, executors connected, the webhook
+//!   backlog (deliveries due), each feed reader's lag (views, webhook
+//!   outbox, scheduler);
 //! - counted as events arrive, by a task following the event feed from
 //!   the moment the server started: events by type, ready → leased wait
 //!   and step duration histograms by step kind, lease expiries, step
-//!   retries.
+//!   retries;
+//! - counted where the work happens: the store's commit latency
+//!   (histogram), webhook attempts delivered, failed and abandoned.
 //!
 //! Counters start at zero with the process, as Prometheus expects.
 
@@ -18,6 +22,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use loraflow_core::job::JobEvent;
 use loraflow_core::views::JobListFilter;
+use loraflow_core::workflow::Requirements;
 use loraflow_store::StoredEvent;
 use loraflow_store::feed::FeedFilter;
 use loraflow_store::views::JobListQuery;
@@ -40,6 +45,7 @@ struct Inner {
     jobs: IntGaugeVec,
     queue_depth: IntGaugeVec,
     queue_oldest: prometheus::GaugeVec,
+    webhook_attempts: IntCounterVec,
     leases_live: IntGauge,
     executors: IntGauge,
     deliveries_due: IntGauge,
@@ -81,10 +87,10 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new_custom(Some("loraflow".into()), None)
             .expect("the prefix is a valid name");
-        let gauge_vec = |name: &str, help: &str, label: &str| {
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &r,
-                IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         let histogram = |name: &str, help: &str| {
@@ -98,20 +104,31 @@ impl Metrics {
             )
         };
         let inner = Inner {
-            jobs: gauge_vec("jobs", "Jobs by state.", "state"),
+            jobs: gauge_vec("jobs", "Jobs by state.", &["state"]),
             queue_depth: gauge_vec(
                 "queue_depth",
-                "Steps waiting for an executor, by step kind.",
-                "kind",
+                "Steps waiting for an executor, by step kind and the capabilities they require.",
+                &["kind", "requires"],
             ),
             queue_oldest: register(
                 &r,
                 prometheus::GaugeVec::new(
                     Opts::new(
                         "queue_oldest_age_seconds",
-                        "Age of the oldest queued step, by step kind.",
+                        "Age of the oldest queued step, by step kind and the capabilities it requires.",
                     ),
-                    &["kind"],
+                    &["kind", "requires"],
+                )
+                .expect("valid metric"),
+            ),
+            webhook_attempts: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "webhook_attempts_total",
+                        "Webhook attempts this process made since start, by outcome (delivered, failed, abandoned: failed and given up).",
+                    ),
+                    &["outcome"],
                 )
                 .expect("valid metric"),
             ),
@@ -135,8 +152,8 @@ impl Metrics {
             ),
             feed_lag: gauge_vec(
                 "projection_feed_lag_events",
-                "Events of the feed a projection has not applied yet.",
-                "projection",
+                "Events of the feed a reader has not applied yet (views, webhooks outbox, scheduler).",
+                &["projection"],
             ),
             feed_head: register(
                 &r,
@@ -184,8 +201,16 @@ impl Metrics {
         }
     }
 
-    /// Follow the event feed from its head now until `shutdown`, counting.
+    /// Follow `engine`'s event feed from its head now until `shutdown`,
+    /// counting, and expose its store's commit latency.
     pub fn follow(&self, engine: &Engine, shutdown: CancellationToken) {
+        if let Err(e) = self
+            .inner
+            .registry
+            .register(Box::new(engine.store().commit_latency()))
+        {
+            tracing::warn!(error = %e, "metrics: the store's commit latency is not exposed");
+        }
         let metrics = self.clone();
         let feed = engine.store().feed();
         tokio::spawn(async move {
@@ -284,6 +309,20 @@ impl Metrics {
         m.feed_lag
             .with_label_values(&["webhooks"])
             .set(head.saturating_sub(webhooks) as i64);
+        let (scheduler, leases) = engine.scheduler_figures();
+        m.feed_lag
+            .with_label_values(&["scheduler"])
+            .set(head.saturating_sub(scheduler) as i64);
+        m.leases_live.set(leases as i64);
+        let counts = engine.webhook_counts();
+        for (outcome, total) in [
+            ("delivered", counts.delivered),
+            ("failed", counts.failed),
+            ("abandoned", counts.abandoned),
+        ] {
+            let c = m.webhook_attempts.with_label_values(&[outcome]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
 
         // Jobs by state, every tenant's.
         let mut by_state: HashMap<String, i64> = loraflow_core::job::JobState::ALL
@@ -312,30 +351,28 @@ impl Metrics {
             m.jobs.with_label_values(&[state.as_str()]).set(n);
         }
 
-        // The queue, by step kind.
+        // The queue, by step kind and required capabilities.
         let now = Utc::now();
         let queue = store.views().queue().await?;
         m.queue_depth.reset();
         m.queue_oldest.reset();
-        let mut depth: HashMap<String, (i64, f64)> = HashMap::new();
+        let mut depth: HashMap<(String, String), (i64, f64)> = HashMap::new();
         for entry in &queue {
-            let d = depth
-                .entry(entry.step.kind.as_str().to_owned())
-                .or_default();
+            let key = (
+                entry.step.kind.as_str().to_owned(),
+                requires_label(&entry.step.requires),
+            );
+            let d = depth.entry(key).or_default();
             d.0 += 1;
             d.1 = d.1.max(seconds(entry.step.queued_at, now));
         }
-        for (kind, (n, oldest)) in depth {
-            m.queue_depth.with_label_values(&[kind.as_str()]).set(n);
-            m.queue_oldest
-                .with_label_values(&[kind.as_str()])
-                .set(oldest);
+        for ((kind, requires), (n, oldest)) in depth {
+            let labels = [kind.as_str(), requires.as_str()];
+            m.queue_depth.with_label_values(&labels).set(n);
+            m.queue_oldest.with_label_values(&labels).set(oldest);
         }
 
-        let members = engine.fleet_members();
-        m.executors.set(members.len() as i64);
-        m.leases_live
-            .set(members.iter().map(|f| f.leases.len() as i64).sum());
+        m.executors.set(engine.fleet_members().len() as i64);
         m.deliveries_due
             .set(store.webhooks().due(now, 10_000).await?.len() as i64);
         Ok(())
@@ -352,6 +389,28 @@ impl Metrics {
     }
 }
 
+/// The capabilities a step requires, as one label value: `gpu`,
+/// `engine=native`, `min_vram_gb=12` and its labels, comma-separated in that
+/// order; `none` when it requires nothing.
+fn requires_label(r: &Requirements) -> String {
+    let mut parts = Vec::new();
+    if r.gpu {
+        parts.push("gpu".to_owned());
+    }
+    if let Some(e) = &r.engine {
+        parts.push(format!("engine={}", e.as_str()));
+    }
+    if let Some(v) = r.min_vram_gb {
+        parts.push(format!("min_vram_gb={v}"));
+    }
+    parts.extend(r.labels.iter().cloned());
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(",")
+    }
+}
+
 /// Steps between events, by (job, step, attempt).
 #[derive(Default)]
 struct Steps {
@@ -361,4 +420,24 @@ struct Steps {
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     ((to - from).num_milliseconds().max(0) as f64) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_capabilities_read_as_one_label() {
+        assert_eq!(requires_label(&Requirements::default()), "none");
+        let r = Requirements {
+            gpu: true,
+            engine: Some(loraflow_core::catalogue::Engine::Native),
+            min_vram_gb: Some(12),
+            labels: ["region=eu".to_owned()].into(),
+        };
+        assert_eq!(
+            requires_label(&r),
+            "gpu,engine=native,min_vram_gb=12,region=eu"
+        );
+    }
 }

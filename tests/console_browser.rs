@@ -175,7 +175,6 @@ async fn demo_job(h: &HttpServer, uri: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the job page's live progress does not update in headless Chromium yet (#progress stays empty); run with --ignored"]
 async fn a_reviewer_approves_an_epoch_in_the_console() {
     let Some((_driver, c)) = browser().await else {
         return;

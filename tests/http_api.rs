@@ -402,16 +402,107 @@ async fn metrics_move_while_a_job_runs_and_health_answers() {
         metric(&after, "loraflow_step_duration_seconds_count") >= 1.0,
         "{after}"
     );
+    for reader in ["views", "webhooks", "scheduler"] {
+        assert!(
+            after.contains(&format!(
+                "loraflow_projection_feed_lag_events{{projection=\"{reader}\"}}"
+            )),
+            "{reader}: {after}"
+        );
+    }
     assert!(
-        after.contains("loraflow_projection_feed_lag_events{projection=\"views\"}"),
+        metric(&after, "loraflow_executors_connected") >= 1.0,
         "{after}"
     );
-    assert!(after.contains("loraflow_executors_connected"), "{after}");
+    assert!(after.contains("loraflow_leases_live "), "{after}");
+    // Every command of the job was a commit, each timed.
+    let commits = metric(&after, "loraflow_store_commit_seconds_count");
+    assert!(
+        commits > metric(&before, "loraflow_store_commit_seconds_count") && commits >= 5.0,
+        "{after}"
+    );
+    assert!(metric(&after, "loraflow_store_commit_seconds_sum") > 0.0);
     h.stop().await;
     s.stop().await;
 }
 
-// Not yet passing; run with --ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_and_webhook_failure_metrics_move() {
+    // No executors: the job's first step waits in the queue. Its webhook
+    // points at a closed port: every attempt fails and is retried.
+    let setup = ServerSetup {
+        webhooks: Some(loraflow::config::WebhooksConfig {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            poll_interval: Duration::from_millis(50),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let Some(s) = TestServer::start(Backend::Sqlite, setup).await else {
+        return;
+    };
+    let h = HttpServer::start(&s).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut job = spec(&s.dataset_uri);
+    job.webhooks = vec![loraflow::core::webhook::WebhookSpec::new(
+        format!("http://{closed}/hook"),
+        ["*"],
+    )];
+    let mut job = serde_json::to_value(job).unwrap();
+    job.as_object_mut().unwrap().remove("tenant");
+    let a = post(&h, "t-acme", "/v1/jobs", json!({"job": job})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    let scrape = || async {
+        client()
+            .get(h.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let failed = "loraflow_webhook_attempts_total{outcome=\"failed\"}";
+    let queued = "loraflow_queue_depth{kind=\"validate_dataset\",requires=\"none\"}";
+    let mut text = scrape().await;
+    for _ in 0..100 {
+        if metric(&text, failed) >= 2.0 && metric(&text, queued) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape().await;
+    }
+    assert!(
+        metric(&text, failed) >= 2.0,
+        "attempts fail and are retried: {text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "loraflow_webhook_attempts_total{outcome=\"delivered\"}"
+        ),
+        0.0
+    );
+    assert_eq!(metric(&text, queued), 1.0, "{text}");
+    assert!(
+        text.contains(
+            "loraflow_queue_oldest_age_seconds{kind=\"validate_dataset\",requires=\"none\"}"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("loraflow_webhook_deliveries_due "), "{text}");
+    // The failures are counted, not just the last: later scrapes only rise.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = scrape().await;
+    assert!(metric(&later, failed) > metric(&text, failed), "{later}");
+    h.stop().await;
+    s.stop().await;
+}
 
 async fn a_job_from_submit_to_published(backend: Backend) {
     let Some((s, h)) = running(backend, true).await else {
@@ -491,13 +582,11 @@ async fn a_job_from_submit_to_published(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the SSE stream of an in-process job shows no StepProgressed event yet"]
 async fn a_job_from_submit_to_published_sqlite() {
     a_job_from_submit_to_published(Backend::Sqlite).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the SSE stream of an in-process job shows no StepProgressed event yet"]
 async fn a_job_from_submit_to_published_postgres() {
     a_job_from_submit_to_published(Backend::Postgres).await
 }
@@ -698,13 +787,171 @@ async fn refusals_are_aip_193_and_write_nothing(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a malformed job id in the path is not yet named as field job_id"]
 async fn refusals_are_aip_193_and_write_nothing_sqlite() {
     refusals_are_aip_193_and_write_nothing(Backend::Sqlite).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a malformed job id in the path is not yet named as field job_id"]
 async fn refusals_are_aip_193_and_write_nothing_postgres() {
     refusals_are_aip_193_and_write_nothing(Backend::Postgres).await
+}
+
+/// A `multipart/form-data` body: one file part per `(filename, bytes)`.
+fn multipart(files: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "loraflow-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"{name}\"\r\ncontent-type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn upload(h: &HttpServer, token: &str, files: &[(&str, Vec<u8>)]) -> Answer {
+    let (content_type, body) = multipart(files);
+    answer(
+        client()
+            .post(h.url("/v1/datasets"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body),
+    )
+    .await
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_uploaded_over_http_trains_and_refusals_write_nothing() {
+    let Some((s, h)) = running(Backend::Sqlite, true).await else {
+        return;
+    };
+    let local = s.tmp.path().join("to-upload");
+    dataset(&local, 3);
+    let mut files: Vec<(String, Vec<u8>)> = files_under(&local)
+        .into_iter()
+        .map(|p| {
+            let name = format!("shots/{}", p.file_name().unwrap().to_string_lossy());
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    let parts: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let stored_root = s.tmp.path().join("artifacts").join("datasets");
+    let before = files_under(&stored_root);
+
+    // Refusals first: each names its field, and none stores a byte.
+    let a = upload(&h, "t-acme", &[("../escape.png", vec![1, 2, 3])]).await;
+    assert_eq!(
+        (a.status, a.fields()),
+        (400, vec!["files[0].filename".to_owned()]),
+        "{}",
+        a.body
+    );
+    let a = upload(
+        &h,
+        "t-acme",
+        &[("a.png", vec![0; 10]), ("a.png", vec![0; 10])],
+    )
+    .await;
+    assert_eq!(a.fields(), ["files[1].filename"], "{}", a.body);
+    let many: Vec<(String, Vec<u8>)> = (0..9).map(|i| (format!("f{i}.txt"), vec![b'x'])).collect();
+    let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let a = upload(&h, "t-acme", &many).await;
+    assert_eq!(a.fields(), ["files[8]"], "{}", a.body);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 8"),
+        "{}",
+        a.body
+    );
+    let a = upload(&h, "t-acme", &[("big.png", vec![0; 300 * 1024])]).await;
+    assert_eq!(a.fields(), ["files[0].size_bytes"], "{}", a.body);
+    let a = upload(
+        &h,
+        "t-acme",
+        &[
+            ("a.bin", vec![0; 200 * 1024]),
+            ("b.bin", vec![0; 200 * 1024]),
+            ("c.bin", vec![0; 200 * 1024]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (413, "RESOURCE_EXHAUSTED"),
+        "{}",
+        a.body
+    );
+    let a = upload(&h, "t-acme", &[]).await;
+    assert_eq!(a.fields(), ["files"], "{}", a.body);
+    let a = post(&h, "t-acme", "/v1/datasets", json!({"files": []})).await;
+    assert_eq!(a.fields(), ["content-type"], "{}", a.body);
+    let a = upload(&h, "not-a-token", &parts).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(files_under(&stored_root), before, "nothing was stored");
+
+    // The upload: its URI names the dataset in acme's namespace.
+    let a = upload(&h, "t-acme", &parts).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let uri = a.body["uri"].as_str().unwrap().to_owned();
+    let digest = a.body["manifest_sha256"].as_str().unwrap();
+    assert!(uri.contains(&format!("datasets/acme/{digest}")), "{uri}");
+    assert_eq!(a.body["files"], 6);
+    assert_eq!(a.body["uploaded"], 6);
+    let total: usize = files.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!(a.body["bytes"], total);
+    // The same files again store nothing and name the same dataset.
+    let again = upload(&h, "t-acme", &parts).await;
+    assert_eq!(
+        (again.body["uri"].as_str(), again.body["uploaded"].as_u64()),
+        (Some(uri.as_str()), Some(0))
+    );
+
+    // Another tenant may not name it.
+    let mut theirs = spec_json(&uri);
+    theirs["dataset"]["uri"] = json!(uri);
+    let a = post(&h, "t-globex", "/v1/jobs", json!({"job": theirs})).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (403, "PERMISSION_DENIED"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        get(&h, "t-globex", "/v1/jobs").await.body["jobs"],
+        json!([])
+    );
+
+    // Its owner trains on it, to review.
+    let job = create(&h, "t-acme", &uri).await;
+    let id = job["status"]["job_id"].as_str().unwrap().to_owned();
+    let mut events = SseReader::open(&h, "t-acme", &id, None).await;
+    events.until("ReviewRequested").await;
+    h.stop().await;
+    s.stop().await;
 }

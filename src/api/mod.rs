@@ -12,11 +12,13 @@
 //! - [`jobs`]: the `JobService` calls.
 //! - [`audit`]: verifying a job's log.
 //! - [`artifacts`]: one artifact of a job, by digest.
+//! - [`datasets`]: a dataset uploaded whole, stored in the caller's namespace.
 //! - [`ApiError`]: what a call refuses with; `crate::grpc` maps it to a
 //!   status, and the HTTP front-end transcodes that status to JSON.
 
 pub mod artifacts;
 pub mod audit;
+pub mod datasets;
 pub mod jobs;
 pub mod models;
 

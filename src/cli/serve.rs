@@ -144,6 +144,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let options = loraflow::http::HttpOptions {
                 auth: loraflow::grpc::auth::Auth::from_config(&config.auth),
                 max_body_bytes: config.server.max_message_bytes,
+                max_upload_bytes: config.server.max_upload_bytes,
+                uploads: config.artifacts.transfer.clone(),
             };
             Some(tokio::spawn(loraflow::http::serve(
                 engine.clone(),

@@ -165,6 +165,7 @@ impl Engine {
                 LeaseTrack {
                     leased_at: c.position.unwrap_or(0),
                     last_write: Instant::now(),
+                    recorded_epoch: None,
                     first: None,
                     latest: None,
                     progress: None,
@@ -216,9 +217,18 @@ impl Engine {
         let (due, progress, leased_at) = {
             let mut leases = self.inner.leases.lock().expect("lease lock poisoned");
             let track = leases.get_mut(lease);
-            // Outputs made on request are recorded at once, not throttled away.
+            // Outputs made on request are recorded at once, not throttled
+            // away; so are a lease's first progress and each new epoch
+            // (a watcher sees the step start and every epoch end; at most
+            // one event per epoch, bounded by the job's epochs).
             let has_outputs = progress.as_ref().is_some_and(|p| !p.outputs.is_empty());
+            let milestone = progress.as_ref().is_some_and(|p| {
+                track
+                    .as_ref()
+                    .is_some_and(|t| t.recorded_epoch != Some(p.epoch))
+            });
             let due = has_outputs
+                || milestone
                 || track.as_ref().is_none_or(|t| {
                     now.duration_since(t.last_write) >= self.inner.config.progress_interval
                 });
@@ -280,6 +290,9 @@ impl Engine {
                     .get_mut(lease)
                 {
                     t.last_write = now;
+                    if let Some(p) = &t.progress {
+                        t.recorded_epoch = Some(p.epoch);
+                    }
                 }
                 let deadline = c.events.iter().find_map(|e| match e {
                     JobEvent::StepProgressed(p) => Some(p.deadline),

@@ -70,6 +70,19 @@ impl Engine {
         self.inner.fleet.members()
     }
 
+    /// The scheduler's place in the feed and the leases it holds live
+    /// (for metrics).
+    pub(crate) fn scheduler_figures(&self) -> (u64, usize) {
+        self.inner
+            .scheduler
+            .read(|s| (s.position(), s.leases().count()))
+    }
+
+    /// The webhook attempts this process made since it started (for metrics).
+    pub(crate) fn webhook_counts(&self) -> crate::webhooks::WebhookCounts {
+        self.inner.webhooks.counts()
+    }
+
     /// The executors registered with this engine process, by id, as
     /// `tenant` may see them. `page_size` 0 is 50, above 500 is 500.
     pub fn list_executors(

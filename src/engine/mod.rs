@@ -53,6 +53,8 @@ struct LeaseTrack {
     /// Global position of the `StepLeased` event.
     leased_at: u64,
     last_write: tokio::time::Instant,
+    /// The epoch of the last progress recorded; `None` until one is.
+    recorded_epoch: Option<Option<u32>>,
     first: Option<(tokio::time::Instant, u64)>,
     latest: Option<(tokio::time::Instant, u64)>,
     /// Repeated when a heartbeat only renews the lease.

@@ -3,8 +3,11 @@
 //! field (`job.params.epochs`, `reason`) and what was wrong with it.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use http::header::CONTENT_TYPE;
+use http::request::Parts;
 use loraflow_core::validation::Violations;
 use serde::de::DeserializeOwned;
 
@@ -99,6 +102,43 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], prefix: Option<&str>) -> Result<
         return Err(HttpError::invalid(&v));
     }
     Ok(value)
+}
+
+/// Path parameters of type `T` (`job_id`, `(job_id, sha256)`): a segment
+/// that cannot be one (not UTF-8 once decoded, the wrong type) is refused
+/// naming its parameter, what was given and what is allowed.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for PathParams<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => HttpError::field(
+                    key,
+                    format!(
+                        "the {key} in the path is not UTF-8 once percent-decoded; ids are plain ASCII"
+                    ),
+                ),
+                ErrorKind::ParseErrorAtKey {
+                    key,
+                    value,
+                    expected_type,
+                } => HttpError::field(
+                    key,
+                    format!(
+                        "{} is not a {key}: expected {expected_type}",
+                        loraflow_core::limits::quote(value)
+                    ),
+                ),
+                other => HttpError::field("path", format!("the path's parameters: {other}")),
+            }),
+            Err(other) => Err(HttpError::field("path", other.body_text())),
+        }
+    }
 }
 
 /// A query string's `name=value` pairs, decoded, refusing names not in

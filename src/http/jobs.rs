@@ -3,13 +3,13 @@
 //! answers JSON. Checks and limits are the call layer's.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use loraflow_core::job::{JobSpec, JobState};
 use loraflow_proto::pb::v1 as pb;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::body::{JsonBody, int, last, parse, query_pairs};
+use super::body::{JsonBody, PathParams, int, last, parse, query_pairs};
 use super::error::{ErrorBody, HttpError};
 use super::server::{AppState, Who};
 use super::wire;
@@ -118,7 +118,7 @@ pub async fn resume_job(
 pub async fn get_job(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
 ) -> Answer<wire::Job> {
     let req = pb::GetJobRequest {
         job_id,
@@ -185,7 +185,7 @@ pub async fn list_jobs(
 pub async fn job_history(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
 ) -> Answer<wire::History> {
     let req = pb::GetJobHistoryRequest { job_id };
     let events = calls::job_history(&s.engine, &who.0, &req).await?;
@@ -214,7 +214,7 @@ pub struct WithReason {
 pub async fn cancel_job(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     JsonBody(body): JsonBody<WithReason>,
 ) -> Answer<wire::Job> {
     let req = pb::CancelJobRequest {
@@ -233,7 +233,7 @@ pub async fn cancel_job(
 pub async fn reject_job(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     JsonBody(body): JsonBody<WithReason>,
 ) -> Answer<wire::Job> {
     let req = pb::RejectJobRequest {
@@ -267,7 +267,7 @@ pub struct Approve {
 pub async fn approve_job(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     JsonBody(body): JsonBody<Approve>,
 ) -> Answer<wire::Job> {
     let req = pb::ApproveJobRequest {
@@ -291,7 +291,7 @@ pub struct Empty {}
 pub async fn save_now(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     JsonBody(Empty {}): JsonBody<Empty>,
 ) -> Answer<wire::Job> {
     let req = pb::SaveNowRequest { job_id };
@@ -304,7 +304,7 @@ pub async fn save_now(
 pub async fn sample_now(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     JsonBody(body): JsonBody<SampleNow>,
 ) -> Answer<wire::Job> {
     let req = pb::SampleNowRequest {
@@ -356,7 +356,7 @@ pub struct Retry {
 pub async fn retry_job(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     JsonBody(body): JsonBody<Retry>,
 ) -> Answer<wire::Job> {
     let req = pb::RetryJobRequest {
@@ -374,7 +374,7 @@ pub async fn retry_job(
 pub async fn webhook_deliveries(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     RawQuery(query): RawQuery,
 ) -> Answer<wire::DeliveryPage> {
     let q = query_pairs(query.as_deref(), &["page_size", "page_token"])?;

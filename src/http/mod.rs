@@ -5,6 +5,7 @@
 //! - `server`: the router, limits, security headers, cross-origin checks.
 //! - `jobs`: the `JobService` calls over JSON, thin over [`crate::api`].
 //! - `review`: artifacts' bytes and the verification of a job's log.
+//! - `datasets`: dataset uploads (`multipart/form-data`).
 //! - `sse`: watching a job as Server-Sent Events, resumable.
 //! - `body`: JSON bodies and query strings, checked.
 //! - `wire`: the JSON answers.
@@ -15,6 +16,7 @@
 
 mod body;
 mod console;
+mod datasets;
 mod error;
 mod health;
 mod jobs;

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, jobs, review, sse};
+use super::{datasets, health, jobs, review, sse};
 
 /// The API's document.
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use super::{health, jobs, review, sse};
         jobs::webhook_deliveries,
         review::verification,
         review::artifact,
+        datasets::upload_dataset,
         jobs::service_status,
         jobs::list_base_models,
         jobs::parameter_schema,
@@ -42,6 +43,7 @@ use super::{health, jobs, review, sse};
     security(("bearer" = [])),
     tags(
         (name = "jobs", description = "Training jobs: create, follow, review, act"),
+        (name = "datasets", description = "Dataset uploads into the caller's namespace"),
         (name = "catalogue", description = "Base models and their parameters"),
         (name = "fleet", description = "Connected executors"),
         (name = "service", description = "The service's state"),

@@ -3,10 +3,11 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderValue, header};
 
+use super::body::PathParams;
 use super::error::{ErrorBody, HttpError};
 use super::server::{AppState, Who};
 use crate::api::artifacts::job_artifact;
@@ -18,7 +19,7 @@ use crate::api::audit::{Verification, verify_job};
 pub async fn verification(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
 ) -> Result<Json<Verification>, HttpError> {
     Ok(Json(verify_job(&s.engine, &who.0, &job_id).await?))
 }
@@ -47,7 +48,7 @@ fn media_type(name: &str) -> &'static str {
 pub async fn artifact(
     State(s): State<AppState>,
     who: Who,
-    Path((job_id, sha256)): Path<(String, String)>,
+    PathParams((job_id, sha256)): PathParams<(String, String)>,
 ) -> Result<Response, HttpError> {
     let (artifact, bytes) = job_artifact(&s.engine, &who.0, &job_id, &sha256).await?;
     let mut resp = Response::new(Body::from(bytes));

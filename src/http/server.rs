@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::error::HttpError;
-use super::{health, jobs, openapi, review, sse};
+use super::{datasets, health, jobs, openapi, review, sse};
 use crate::api::{Requester, Via};
 use crate::engine::Engine;
 use crate::grpc::auth::Auth;
@@ -29,6 +29,11 @@ pub struct HttpOptions {
     pub auth: Auth,
     /// The largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// The largest dataset upload (`POST /v1/datasets`) accepted.
+    pub max_upload_bytes: usize,
+    /// Files, names and sizes of a dataset upload: the same limits as
+    /// `ArtifactService`'s (`[artifacts.transfer]`).
+    pub uploads: crate::transfer::TransferLimits,
 }
 
 /// What every handler reads.
@@ -136,6 +141,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/jobs/{job_id}/webhook-deliveries",
             get(jobs::webhook_deliveries),
+        )
+        .route(
+            "/v1/datasets",
+            post(datasets::upload_dataset)
+                .layer(DefaultBodyLimit::max(state.options.max_upload_bytes)),
         )
         .route("/v1/service-status", get(jobs::service_status))
         .route("/v1/base-models", get(jobs::list_base_models))

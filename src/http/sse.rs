@@ -12,14 +12,14 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use http::HeaderMap;
 use loraflow_proto::pb::v1 as pb;
 use tonic::Status;
 
-use super::body::{int, query_pairs};
+use super::body::{PathParams, int, query_pairs};
 use super::error::{ErrorBody, HttpError, http_status};
 use super::server::{AppState, Who};
 use super::wire;
@@ -57,7 +57,7 @@ fn error_event(status: &Status) -> Event {
 pub async fn watch_job(
     State(s): State<AppState>,
     who: Who,
-    Path(job_id): Path<String>,
+    PathParams(job_id): PathParams<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, HttpError> {

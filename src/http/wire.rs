@@ -207,3 +207,17 @@ pub struct DeliveryPage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_page_token: Option<String>,
 }
+
+/// A dataset uploaded with `POST /v1/datasets`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dataset {
+    /// What a job's `dataset.uri` names.
+    pub uri: String,
+    /// The SHA-256 of the manifest (name, size, digest of every file): the
+    /// dataset's folder.
+    pub manifest_sha256: String,
+    pub files: usize,
+    pub bytes: u64,
+    /// Files written now; 0 when the same dataset was uploaded before.
+    pub uploaded: usize,
+}

@@ -37,6 +37,7 @@ use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
 pub use access::Who;
+pub(crate) use access::check_name;
 pub use datasets::{AnnouncedFile, DatasetStart};
 pub use error::{Error, Result};
 

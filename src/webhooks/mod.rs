@@ -32,6 +32,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use loraflow_core::ids::TenantId;
 use loraflow_core::job::JobSpec;
@@ -52,6 +53,26 @@ pub use signature::{
 pub(crate) struct Webhooks {
     config: WebhooksConfig,
     secrets: HashMap<TenantId, Arc<[u8]>>,
+    /// What this process's delivery worker did, for `/metrics`.
+    counts: AttemptCounts,
+}
+
+/// Webhook attempts this process made since it started, by outcome.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptCounts {
+    pub delivered: AtomicU64,
+    /// Attempts the receiver did not acknowledge (to be retried or abandoned).
+    pub failed: AtomicU64,
+    /// Deliveries given up on (`give_up_after` passed).
+    pub abandoned: AtomicU64,
+}
+
+/// A copy of [`AttemptCounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookCounts {
+    pub delivered: u64,
+    pub failed: u64,
+    pub abandoned: u64,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -75,6 +96,17 @@ impl Webhooks {
                 .into_iter()
                 .map(|(t, s)| (t, Arc::from(s.into_bytes())))
                 .collect(),
+            counts: AttemptCounts::default(),
+        }
+    }
+
+    /// The attempts made since the process started.
+    pub(crate) fn counts(&self) -> WebhookCounts {
+        let c = &self.counts;
+        WebhookCounts {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
         }
     }
 

@@ -4,6 +4,7 @@
 //! events go out one after another, in feed order.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -201,12 +202,19 @@ impl Worker {
                 )
             }
         };
+        let counts = &self.webhooks.counts;
         match (&outcome.error, after) {
-            (None, _) => debug!(url = %d.url, event = %d.event_id, attempt, "webhook delivered"),
+            (None, _) => {
+                counts.delivered.fetch_add(1, Ordering::Relaxed);
+                debug!(url = %d.url, event = %d.event_id, attempt, "webhook delivered")
+            }
             (Some(e), AfterAttempt::Abandon) => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                counts.abandoned.fetch_add(1, Ordering::Relaxed);
                 warn!(url = %d.url, event = %d.event_id, attempt, error = %e, "webhook abandoned")
             }
             (Some(e), _) => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
                 debug!(url = %d.url, event = %d.event_id, attempt, error = %e, "webhook attempt failed")
             }
         }

@@ -11,6 +11,8 @@ use super::server::{TestServer, auth_config};
 
 /// The body limit of test HTTP servers.
 pub const MAX_BODY: usize = 64 * 1024;
+/// The dataset upload limit of test HTTP servers.
+pub const MAX_UPLOAD: usize = 512 * 1024;
 
 pub struct HttpServer {
     /// `http://127.0.0.1:PORT`
@@ -28,6 +30,12 @@ impl HttpServer {
         let options = HttpOptions {
             auth: Auth::from_config(&auth_config()),
             max_body_bytes: MAX_BODY,
+            max_upload_bytes: MAX_UPLOAD,
+            uploads: loraflow::transfer::TransferLimits {
+                max_dataset_files: 8,
+                max_file_bytes: 256 * 1024,
+                ..Default::default()
+            },
         };
         let task = tokio::spawn({
             let (engine, stop) = (server.engine.clone(), shutdown.clone());

@@ -166,6 +166,9 @@ pub struct ServerSetup {
     pub custom_kinds: Vec<String>,
     /// Listen here (a restarted server takes its predecessor's address).
     pub addr: Option<SocketAddr>,
+    /// Deliver webhooks with these settings, tenant acme signing with
+    /// [`ACME_WEBHOOK_SECRET`].
+    pub webhooks: Option<loraflow::config::WebhooksConfig>,
 }
 
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -205,6 +208,9 @@ impl TestServer {
         }
         for kind in &setup.custom_kinds {
             b = b.custom_kind(kind.clone());
+        }
+        if let Some(w) = setup.webhooks.clone() {
+            b = b.webhooks(w).webhook_secret("acme", ACME_WEBHOOK_SECRET);
         }
         if setup.executors {
             b = b

@@ -25,17 +25,33 @@ pub fn job_name(job_id: &JobId) -> String {
 /// The job id of a resource name `jobs/{job_id}`.
 pub fn parse_job_name(name: &str) -> Result<JobId, Violations> {
     match name.strip_prefix("jobs/") {
-        Some(id) if !id.is_empty() && !id.contains('/') => Ok(JobId::new(id)),
+        Some(id) if !id.is_empty() && !id.contains('/') => job_id(id),
         _ => Err(invalid(format!(
-            "{name:?} is not a job name; expected jobs/{{job_id}}"
+            "{} is not a job name; expected jobs/{{job_id}}",
+            loraflow_core::limits::quote(name)
         ))),
     }
 }
 
-/// A required job id field.
+/// Longest job id accepted. The service makes UUIDs (36 characters).
+pub const MAX_JOB_ID_LEN: usize = 64;
+
+/// Whether `c` may appear in a job id.
+fn job_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A required job id field: at most [`MAX_JOB_ID_LEN`] letters, digits,
+/// `-`, `_` and `.` (the service makes UUIDs). Anything else cannot name a
+/// job, so it is refused rather than looked up.
 pub fn job_id(id: &str) -> Result<JobId, Violations> {
     if id.trim().is_empty() {
         Err(invalid("required; give the job's id"))
+    } else if id.chars().count() > MAX_JOB_ID_LEN || !id.chars().all(job_id_char) {
+        Err(invalid(format!(
+            "{} is not a job id: job ids are at most {MAX_JOB_ID_LEN} ASCII letters, digits, '-', '_' or '.' (the service gives jobs UUIDs)",
+            loraflow_core::limits::quote(id)
+        )))
     } else {
         Ok(JobId::new(id))
     }
@@ -94,8 +110,38 @@ mod tests {
     fn job_names_round_trip() {
         let id = JobId::new("01J9ZK");
         assert_eq!(parse_job_name(&job_name(&id)), Ok(id));
-        for bad in ["", "jobs/", "job/1", "jobs/a/b", "tenants/x/jobs/1"] {
+        for bad in [
+            "",
+            "jobs/",
+            "job/1",
+            "jobs/a/b",
+            "tenants/x/jobs/1",
+            "jobs/a b",
+        ] {
             assert!(parse_job_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn job_ids_are_short_plain_ascii() {
+        let uuid = "0191d2c4-9c5e-7b7a-8f00-3c2a1b0e9d11";
+        assert_eq!(job_id(uuid), Ok(JobId::new(uuid)));
+        assert_eq!(job_id("job-1.a_b"), Ok(JobId::new("job-1.a_b")));
+        for bad in [
+            "",
+            " ",
+            "not an id",
+            "a/b",
+            "é",
+            "<script>",
+            &"x".repeat(65),
+        ] {
+            let err = job_id(bad).expect_err(bad);
+            let text = format!("{err:?}");
+            assert!(
+                bad.trim().is_empty() || text.contains("at most 64"),
+                "{bad}: {text}"
+            );
         }
     }
 

@@ -359,6 +359,12 @@ impl Store {
         self.shared.url.backend_name()
     }
 
+    /// How long this process's commits take (`/metrics`): a handle on the
+    /// store's own histogram, which keeps counting.
+    pub fn commit_latency(&self) -> prometheus::Histogram {
+        self.shared.repo.commit_seconds()
+    }
+
     pub fn services(&self) -> &JobServices {
         &self.shared.services
     }

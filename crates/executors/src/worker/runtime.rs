@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loraflow_core::catalogue::Engine;
-use loraflow_core::executor::{Capabilities, Executor, StepAssignment, StepContext, StepOutput};
+use loraflow_core::executor::{
+    Capabilities, Executor, StepAssignment, StepContext, StepHandle, StepOutput,
+};
 use loraflow_core::ids::{ExecutorId, InstanceId};
 use loraflow_core::job::{StepError, StepErrorKind};
 use loraflow_core::workflow::StepKind;
@@ -347,6 +349,15 @@ impl Worker {
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A step's first progress and each new epoch are milestones: they
+        // go at once rather than at the next beat, so watchers see a step
+        // start and each epoch end even when steps are shorter than the
+        // heartbeat interval. `sent` is the epoch last sent (`None`: none yet).
+        let mut watcher = handle.clone();
+        let mut watching = true;
+        let mut sent: Option<Option<u32>> = None;
+        let milestone =
+            |sent: &Option<Option<u32>>| handle.latest().is_some_and(|p| *sent != Some(p.epoch));
         let mut lease_lost = false;
         let result = loop {
             tokio::select! {
@@ -361,36 +372,23 @@ impl Worker {
                     info!("shutting down: cancelling the running step");
                     handle.cancel();
                 }
+                changed = watcher.changed(), if watching => {
+                    watching = changed;
+                    if changed && milestone(&sent) {
+                        lease_lost |= self.beat(&step, &ctx, &handle, &mut sent).await;
+                        ticker.reset();
+                    }
+                }
                 _ = ticker.tick() => {
-                    // Outputs made since the last beat travel with this one; a lost beat
-                    // loses them only until the completion, which reports them again.
-                    let mut progress = handle.latest();
-                    let outputs = handle.take_outputs();
-                    if !outputs.is_empty() {
-                        progress.get_or_insert_with(Default::default).outputs = outputs;
-                    }
-                    match self.api.heartbeat(id, &step, progress).await {
-                        Ok(reply) => {
-                            if reply.cancel && !ctx.is_cancelled() {
-                                info!("the server asked to stop the step");
-                                lease_lost = true;
-                                handle.cancel();
-                            }
-                            if reply.save_now { handle.request_save(); }
-                            if reply.sample_now {
-                                handle.request_sample_with(reply.sample.unwrap_or_default());
-                            }
-                        }
-                        Err(ApiError::LeaseLost { reason, .. }) => {
-                            warn!("lease lost: {reason}");
-                            lease_lost = true;
-                            handle.cancel();
-                        }
-                        Err(e) => warn!("heartbeat failed: {e}"),
-                    }
+                    lease_lost |= self.beat(&step, &ctx, &handle, &mut sent).await;
                 }
             }
         };
+        // A milestone reported just before a success is recorded before the
+        // outcome, so the job's history shows the step's last figures.
+        if result.is_ok() && !lease_lost && milestone(&sent) {
+            lease_lost = self.beat(&step, &ctx, &handle, &mut sent).await;
+        }
         if lease_lost {
             info!("step stopped: its lease is no longer held");
         } else {
@@ -398,6 +396,57 @@ impl Worker {
         }
         if let Err(e) = tokio::fs::remove_dir_all(&workdir).await {
             warn!("could not remove {}: {e}", workdir.display());
+        }
+    }
+
+    /// One heartbeat: the latest progress and the outputs made since the
+    /// last beat; carries out what the answer asks (stop, save, sample).
+    /// True when the lease is lost.
+    async fn beat(
+        &self,
+        step: &StepAssignment,
+        ctx: &StepContext,
+        handle: &StepHandle,
+        sent: &mut Option<Option<u32>>,
+    ) -> bool {
+        // Outputs made since the last beat travel with this one; a lost beat
+        // loses them only until the completion, which reports them again.
+        let mut progress = handle.latest();
+        let outputs = handle.take_outputs();
+        if let Some(p) = &progress {
+            *sent = Some(p.epoch);
+        }
+        if !outputs.is_empty() {
+            progress.get_or_insert_with(Default::default).outputs = outputs;
+        }
+        match self
+            .api
+            .heartbeat(&self.options.executor_id, step, progress)
+            .await
+        {
+            Ok(reply) => {
+                let stop = reply.cancel && !ctx.is_cancelled();
+                if stop {
+                    info!("the server asked to stop the step");
+                    handle.cancel();
+                }
+                if reply.save_now {
+                    handle.request_save();
+                }
+                if reply.sample_now {
+                    handle.request_sample_with(reply.sample.unwrap_or_default());
+                }
+                stop
+            }
+            Err(ApiError::LeaseLost { reason, .. }) => {
+                warn!("lease lost: {reason}");
+                handle.cancel();
+                true
+            }
+            Err(e) => {
+                warn!("heartbeat failed: {e}");
+                false
+            }
         }
     }
 

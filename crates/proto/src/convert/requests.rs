@@ -77,7 +77,9 @@ impl pb::GetJobRequest {
         let from_name = (!self.name.is_empty())
             .then(|| f.take("name", aip::parse_job_name(&self.name)))
             .flatten();
-        let from_id = (!self.job_id.is_empty()).then(|| JobId::new(&self.job_id));
+        let from_id = (!self.job_id.is_empty())
+            .then(|| f.take("job_id", aip::job_id(&self.job_id)))
+            .flatten();
         match (from_name, from_id) {
             (Some(a), Some(b)) if a != b => f.push(
                 "job_id",
@@ -87,7 +89,7 @@ impl pb::GetJobRequest {
                 ),
             ),
             (Some(id), _) | (None, Some(id)) => return f.finish(id),
-            (None, None) if self.name.is_empty() => {
+            (None, None) if self.name.is_empty() && self.job_id.is_empty() => {
                 f.push("job_id", "required; set job_id or name (jobs/{job_id})")
             }
             (None, None) => {}
