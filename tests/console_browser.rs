@@ -238,6 +238,17 @@ async fn a_reviewer_approves_an_epoch_in_the_console() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     shot(&c, "contact-sheet").await;
+    let page = c
+        .find(Locator::Css("#main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("null") && !page.contains("undefined"),
+        "no absent value is shown as text: {page}"
+    );
 
     // Approve epoch 3 by clicking, confirm, and see it published.
     click(&c, "button.choose[data-epoch=\"3\"]").await;

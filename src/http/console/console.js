@@ -22,6 +22,12 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// Replace `node`'s children, skipping the absent ones (null, undefined,
+// false): `cond ? el(...) : null` reads well in a page's layout.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function svg(tag, attrs, ...children) {
   const e = document.createElementNS('http://www.w3.org/2000/svg', tag);
   for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
@@ -154,7 +160,7 @@ async function jobsPage() {
     input('engine', 'engine'), input('label', 'label key=value'), el('button', { type: 'submit' }, 'Filter'));
   const body = el('tbody');
   const updated = el('p', { class: 'muted', id: 'updated' });
-  $('#main').replaceChildren(el('h1', {}, 'Jobs'), form,
+  fill($('#main'), el('h1', {}, 'Jobs'), form,
     el('table', { id: 'jobs' }, el('thead', {}, el('tr', {},
       ['Job', 'Subject', 'State', 'Base model', 'Engine', 'Progress', 'Queue', 'Created'].map((h) => el('th', {}, h)))), body),
     updated);
@@ -198,7 +204,7 @@ function lossPlot(epochs) {
   return svg('svg', { class: 'plot', id: 'loss-plot', width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: 'img', 'aria-label': 'loss by epoch' },
     svg('text', { x: 4, y: 14 }, `loss ${num(hi)}`), svg('text', { x: 4, y: h - 4 }, `${num(lo)} · epochs ${first}–${lastEpoch}`),
     line('loss', 'loss'), line('validation_loss', 'validation'),
-    svg('text', { x: w - 150, y: 14 }, 'solid: training · dashed: validation'));
+    svg('text', { x: w - 4, y: 14, 'text-anchor': 'end' }, 'solid: training · dashed: validation'));
 }
 
 async function jobPage(id) {
@@ -285,7 +291,7 @@ async function jobPage(id) {
       ui.chosen = scored.length ? scored.reduce((a, b) => (b.validation_loss < a.validation_loss ? b : a)).epoch : Math.max(...epochs);
     }
     const reports = st.artifacts.filter((a) => /\.(png|jpe?g|webp)$/i.test(a.name));
-    $('#main').replaceChildren(
+    fill($('#main'), 
       el('h1', {}, `${st.naming.subject} `, badge(st.state)),
       el('p', { class: 'muted' }, `job ${st.job_id} · ${st.base_model} · ${st.engine} · etag ${job.etag} · created ${when(st.created_at)}`,
         ' · ', el('a', { href: `/jobs/${encodeURIComponent(st.job_id)}/history`, id: 'history-link' }, 'history')),
@@ -301,7 +307,8 @@ async function jobPage(id) {
       el('table', { id: 'steps' }, el('tr', {}, ['Step', 'Kind', 'Status', 'Attempt', 'Executor', 'Progress', 'Last error'].map((h) => el('th', {}, h))),
         st.steps.map((s) => el('tr', { 'data-step': s.id }, el('td', {}, s.id), el('td', {}, s.kind), el('td', {}, variant(s.status)),
           el('td', {}, `${s.attempt}${s.max_attempts ? `/${s.max_attempts}` : ''}`), el('td', {}, s.executor || ''),
-          el('td', {}, s.progress ? `${Math.round(s.progress.percent)}%${s.progress.message ? ` ${s.progress.message}` : ''}` : ''),
+          el('td', {}, variant(s.status) === 'Completed' ? 'done'
+            : s.progress ? `${Math.round(s.progress.percent)}%${s.progress.message ? ` ${s.progress.message}` : ''}` : ''),
           el('td', {}, s.last_error ? `${variant(s.last_error.kind)}: ${s.last_error.message}` : '')))),
       Object.keys(job.waiting_for).length ? el('p', { class: 'muted' }, Object.entries(job.waiting_for).map(([k, v]) => `${k}: ${v}`).join('; ')) : null,
       el('h2', {}, 'Loss'), lossPlot(Object.values(st.epochs)),
@@ -330,7 +337,7 @@ async function historyPage(id) {
   const path = `/v1/jobs/${encodeURIComponent(id)}`;
   const check = el('p', { id: 'verification' }, 'Verifying the log…');
   const body = el('tbody');
-  $('#main').replaceChildren(el('h1', {}, 'History ', el('a', { href: `/jobs/${encodeURIComponent(id)}` }, id.slice(0, 8))), check,
+  fill($('#main'), el('h1', {}, 'History ', el('a', { href: `/jobs/${encodeURIComponent(id)}` }, id.slice(0, 8))), check,
     el('table', { id: 'events' }, el('thead', {}, el('tr', {}, ['Position', 'Sequence', 'Event', 'Recorded', 'Details'].map((h) => el('th', {}, h)))), body));
   try {
     const history = await api('GET', `${path}/history`);
@@ -344,7 +351,7 @@ async function historyPage(id) {
 
 async function queuePage() {
   const body = el('tbody');
-  $('#main').replaceChildren(el('h1', {}, 'Queue'), el('table', { id: 'queue' }, el('thead', {}, el('tr', {},
+  fill($('#main'), el('h1', {}, 'Queue'), el('table', { id: 'queue' }, el('thead', {}, el('tr', {},
     ['Position', 'Job', 'Subject', 'State', 'Waiting for'].map((h) => el('th', {}, h)))), body));
   async function refresh() {
     try {
@@ -362,7 +369,7 @@ async function queuePage() {
 
 async function fleetPage() {
   const body = el('tbody');
-  $('#main').replaceChildren(el('h1', {}, 'Fleet'), el('table', { id: 'fleet' }, el('thead', {}, el('tr', {},
+  fill($('#main'), el('h1', {}, 'Fleet'), el('table', { id: 'fleet' }, el('thead', {}, el('tr', {},
     ['Executor', 'Instance', 'Runs', 'GPU', 'Registered', 'Last heartbeat', 'Your leases', "Others' leases"].map((h) => el('th', {}, h)))), body));
   async function refresh() {
     try {
