@@ -303,6 +303,7 @@ async fn the_openapi_document_lists_every_call() {
         "/v1/jobs/{job_id}/sample-now",
         "/v1/jobs/{job_id}/retry",
         "/v1/jobs/{job_id}/webhook-deliveries",
+        "/v1/datasets",
         "/v1/service-status",
         "/v1/base-models",
         "/v1/parameter-schema",
