@@ -20,6 +20,8 @@ use loraflow::core::job::{DatasetRef, JobSpec, JobState, Naming};
 use loraflow::core::views::JobStatus;
 use loraflow::executors::{Label, Publish, ValidateDataset};
 use loraflow::{Engine, NewJob};
+use loraflow_trainer::world::concept::{PROBE_GUIDANCE, PROBE_STEPS, demo_probes};
+use loraflow_trainer::world::{ConceptScore, TRIGGER, read_file};
 
 use super::client::Exit;
 use super::exit;
@@ -48,10 +50,6 @@ pub struct DemoArgs {
 }
 
 const TENANT: &str = "demo";
-const PROMPTS: [&str; 2] = [
-    "lfdemo, a red circle, white background, flat shapes",
-    "lfdemo, a blue square, yellow background, flat shapes",
-];
 
 /// The demo job: the `tiny-sd` model, the catalogue's defaults for it, and
 /// enough epochs and repeats for a loss curve worth looking at.
@@ -61,6 +59,10 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
         ("num_repeats", ParamValue::Int(4)),
         ("trigger_word", ParamValue::Str("lfdemo".into())),
         ("seed", ParamValue::Int(42)),
+        // The probes' sampler settings, so that the samples are what the scorer expects.
+        ("sample_sampler", ParamValue::Str("ddim".into())),
+        ("sample_steps", ParamValue::Int(PROBE_STEPS as i64)),
+        ("sample_guidance_scale", ParamValue::Float(PROBE_GUIDANCE)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -75,7 +77,7 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
             uri: dataset_uri,
             sha256: None,
         },
-        sample_prompts: PROMPTS.iter().map(|p| (*p).to_owned()).collect(),
+        sample_prompts: demo_probes().into_iter().map(|p| p.prompt).collect(),
         priority: 0,
         naming: Naming {
             subject: "demo-shapes".into(),
@@ -165,6 +167,26 @@ async fn follow(engine: &Engine, tenant: &TenantId, job: &JobId) -> anyhow::Resu
     bail!("the engine stopped before the job ended")
 }
 
+/// The prompt index of a sample file (`epoch003-05.png`, `base-05.png`).
+fn sample_index(name: &str) -> Option<usize> {
+    name.strip_suffix(".png")?.rsplit('-').next()?.parse().ok()
+}
+
+/// Reads samples of the demo's prompts ([`demo_probes`]) and scores them: rings drawn for the
+/// trigger prompts, and the asked shape and colour for the others.
+fn concept_score<'a>(samples: impl IntoIterator<Item = &'a Artifact>) -> Option<ConceptScore> {
+    let probes = demo_probes();
+    let mut score = ConceptScore::default();
+    for sample in samples {
+        let Some(probe) = sample_index(&sample.name).and_then(|i| probes.get(i)) else {
+            continue;
+        };
+        let reading = read_file(Path::new(&local(&sample.uri))).ok()?;
+        score.add(probe, &reading);
+    }
+    (score.base.total + score.concept.total > 0).then_some(score)
+}
+
 fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Result<()> {
     let find = |kind: ArtifactKind, suffix: &str| -> Option<&Artifact> {
         status
@@ -186,8 +208,28 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Res
             p.sha256
         )?;
     }
+    let base_samples = status
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ArtifactKind::Sample && a.name.starts_with("base-"));
+    if let Some(score) = concept_score(base_samples) {
+        out!(
+            "  base model  rings for \"{TRIGGER}, ...\" {}, other prompts drawn as asked {}",
+            score.concept,
+            score.base
+        )?;
+    }
     for e in status.epochs.values() {
-        let loss = e.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
+        let mut loss = e.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
+        if let Some(v) = e.validation_loss {
+            loss.push_str(&format!("  validation {v:.4}"));
+        }
+        if let Some(score) = concept_score(&e.samples) {
+            loss.push_str(&format!(
+                "  rings {}  others as asked {}",
+                score.concept, score.base
+            ));
+        }
         let mark = if status.approved_epoch == Some(e.epoch) {
             "  <- approved"
         } else {
@@ -197,8 +239,16 @@ fn print_summary(status: &JobStatus, store: &str, took: Duration) -> anyhow::Res
         if let Some(l) = &e.lora {
             out!("      LoRA     {}", local(&l.uri))?;
         }
-        for s in &e.samples {
-            out!("      sample   {}", local(&s.uri))?;
+        if let Some(first) = e.samples.first() {
+            // One line per epoch: its samples sit side by side in one folder.
+            let path = PathBuf::from(local(&first.uri));
+            let folder = path.parent().unwrap_or(&path);
+            out!(
+                "      samples  {} in {} (epoch{:03}-*.png)",
+                e.samples.len(),
+                folder.display(),
+                e.epoch
+            )?;
         }
     }
     if let Some(s) = status.suggestion() {

@@ -12,15 +12,12 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 use loraflow_trainer::device::parse_device;
 use loraflow_trainer::pipeline::StableDiffusion;
-use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::sample::Pipeline;
-use loraflow_trainer::tensor_file::HostTensor;
 use loraflow_trainer::world::concept::{base_probes, concept_probes, render};
-use loraflow_trainer::world::{Background, Colour, ConceptScore, Scene, Shape, Tally, read};
+use loraflow_trainer::world::{ConceptScore, RoundTrip, read};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
@@ -76,53 +73,9 @@ fn main() -> anyhow::Result<()> {
 fn vae_round_trip(model: &std::path::Path) -> anyhow::Result<()> {
     let device = parse_device("cpu")?;
     let model = StableDiffusion::load(model, None, &device)?;
-    let mut rng = SeededRng::new(7, Stream::Sample);
-    let (mut asked, mut background) = (Tally::default(), Tally::default());
-    for colour in Colour::ALL {
-        for shape in Shape::BASE {
-            for bg in Background::ALL {
-                for _ in 0..2 {
-                    let mut scene = Scene::random_with(shape, &mut rng);
-                    scene.colour = colour;
-                    scene.background = bg;
-                    let image = scene.render();
-                    let (w, h) = image.dimensions();
-                    let mut data = Vec::with_capacity(3 * (w * h) as usize);
-                    for c in 0..3 {
-                        data.extend(image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
-                    }
-                    let x: Tensor<4> = Tensor::from_data(
-                        TensorData::new(data, [1, 3, h as usize, w as usize]),
-                        &device,
-                    );
-                    let (mean, _) = model.vae.encode(x);
-                    let y = model.vae.decode(mean).div_scalar(2.0).add_scalar(0.5);
-                    let host = HostTensor::from_tensor(y.clamp(0.0, 1.0));
-                    let back = RgbImage::from_fn(w, h, |x, y| {
-                        let i = (y * w + x) as usize;
-                        let plane = (w * h) as usize;
-                        image::Rgb(std::array::from_fn(|c| {
-                            (host.data[c * plane + i] * 255.0).round() as u8
-                        }))
-                    });
-                    let r = read(&back);
-                    asked.add(r.shows(colour, shape));
-                    background.add(r.background == Some(bg));
-                    println!(
-                        "{:<40} read {:?} {:?} on {:?}",
-                        scene.caption(),
-                        r.colour,
-                        r.shape,
-                        r.background
-                    );
-                }
-            }
-        }
-    }
     println!(
-        "VAE round trip: shape and colour as drawn {:.0}%, background {:.0}%",
-        100.0 * asked.rate(),
-        100.0 * background.rate()
+        "VAE round trip: {}",
+        RoundTrip::measure(&model.vae, &device)
     );
     Ok(())
 }

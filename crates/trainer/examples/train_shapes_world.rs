@@ -2,24 +2,31 @@
 //! scratch, on the CPU.
 //!
 //! ```text
-//! cargo run --release -p loraflow-trainer --example train_shapes_world -- \
-//!     --template assets/tiny-sd --out assets/tiny-sd --work /tmp/shapes-world
+//! cargo build --workspace --example train_shapes_world
+//! target/debug/examples/train_shapes_world --template assets/tiny-sd --out /tmp/tiny-sd \
+//!     --work /tmp/shapes-world --vae-config vae.json --vae-steps 600 --vae-crop 64 \
+//!     --kl-weight 1e-6 --foreground-weight 4 --unet-steps 3000
 //! ```
 //!
-//! 1. The VAE (the template's architecture, freshly initialised) is trained on world pictures
-//!    with the `AutoencoderKL` objective (reconstruction + a small KL term).
+//! 1. The VAE (the template's architecture, or `--vae-config`'s, freshly initialised) is
+//!    trained on world pictures with the `AutoencoderKL` objective: reconstruction, a KL term
+//!    (`--kl-weight`, per latent element), and optionally more weight on the pixels that differ
+//!    from the background (`--foreground-weight`), which carry the shapes' colours. At every
+//!    checkpoint the VAE's round trip is measured (ground-truth pictures encoded, decoded and
+//!    read back by the scorer; `round_trip.png` in `--work` shows them): no UNet on this VAE
+//!    can draw better than that. `--until vae` stops here.
 //! 2. Its `scaling_factor` is measured on a fixed set of encoded pictures (1 / std of the
 //!    latents), and those latents are cached with their captions' text-encoder states.
-//! 3. The UNet (freshly initialised) is trained on the cached latents with the ε objective and
-//!    the template's noise schedule; 10% of captions are dropped to the empty prompt so that
-//!    classifier-free guidance works.
+//! 3. The UNet (freshly initialised) is trained on the cached latents with the ε objective,
+//!    min-SNR-γ weighting and the template's noise schedule; 10% of captions are dropped to the
+//!    empty prompt so that classifier-free guidance works.
 //! 4. The diffusers folder is written: the new `unet/` and `vae/` weights (float16) and configs,
 //!    the template's text encoder (kept frozen, as it was), tokenizer and scheduler, and
 //!    `parameters.json` with the seed, settings, versions, losses and the measured score.
 //!
 //! Everything is seeded. Checkpoints (`--work`) are written every `--checkpoint-every` steps;
-//! rerunning with the same arguments resumes from the last one (the optimiser's moments
-//! restart, which the loss shows for a few steps).
+//! rerunning with the same arguments resumes from the last one, and with more steps extends
+//! the run (the optimiser's moments restart, which the loss shows for a few steps).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,10 +46,11 @@ use loraflow_trainer::train::full::{VaeObjective, latent_scale, trainable, vae_s
 use loraflow_trainer::train::optim::AdamWSettings;
 use loraflow_trainer::train::step::{MicroBatch, Objective, StepNoise, optimizer_step};
 use loraflow_trainer::unet::UNet2DConditionModel;
-use loraflow_trainer::vae::AutoencoderKL;
+use loraflow_trainer::vae::{AutoencoderKL, VaeConfig};
 use loraflow_trainer::weights::torch_tensors;
 use loraflow_trainer::world::concept::{base_probes, render};
-use loraflow_trainer::world::{ConceptScore, Tally, World, read};
+use loraflow_trainer::world::round_trip::images_to_tensor;
+use loraflow_trainer::world::{ConceptScore, RoundTrip, Tally, World, read};
 use serde_json::{Value, json};
 
 /// The run's settings (all recorded in `parameters.json`).
@@ -56,11 +64,16 @@ struct Settings {
     vae_batch: usize,
     vae_lr: f64,
     vae_crop: usize,
+    kl_weight: f64,
+    foreground_weight: f64,
+    vae_config: Option<PathBuf>,
+    until: String,
     latents: usize,
     unet_steps: usize,
     unet_batch: usize,
     unet_lr: f64,
     caption_dropout: f64,
+    min_snr_gamma: Option<f64>,
     checkpoint_every: usize,
 }
 
@@ -75,11 +88,16 @@ impl Settings {
             vae_batch: 8,
             vae_lr: 1e-3,
             vae_crop: 32,
+            kl_weight: 1e-6,
+            foreground_weight: 0.0,
+            vae_config: None,
+            until: "unet".into(),
             latents: 3000,
             unet_steps: 3000,
             unet_batch: 32,
             unet_lr: 1e-3,
             caption_dropout: 0.1,
+            min_snr_gamma: Some(5.0),
             checkpoint_every: 100,
         };
         let mut args = std::env::args().skip(1);
@@ -106,11 +124,19 @@ impl Settings {
                 "--vae-batch" => s.vae_batch = n()?,
                 "--vae-lr" => s.vae_lr = f()?,
                 "--vae-crop" => s.vae_crop = n()?,
+                "--kl-weight" => s.kl_weight = f()?,
+                "--foreground-weight" => s.foreground_weight = f()?,
+                "--vae-config" => s.vae_config = Some(value.clone().into()),
+                "--until" => match value.as_str() {
+                    "vae" | "unet" => s.until = value.clone(),
+                    other => bail!("--until {other}: expected vae or unet"),
+                },
                 "--latents" => s.latents = n()?,
                 "--unet-steps" => s.unet_steps = n()?,
                 "--unet-batch" => s.unet_batch = n()?,
                 "--unet-lr" => s.unet_lr = f()?,
                 "--caption-dropout" => s.caption_dropout = f()?,
+                "--min-snr-gamma" => s.min_snr_gamma = Some(f()?).filter(|g| *g > 0.0),
                 "--checkpoint-every" => s.checkpoint_every = n()?.max(1),
                 other => bail!("unknown option {other}"),
             }
@@ -125,11 +151,14 @@ impl Settings {
             "vae_batch": self.vae_batch,
             "vae_learning_rate": self.vae_lr,
             "vae_crop": self.vae_crop,
+            "vae_kl_weight": self.kl_weight,
+            "vae_foreground_weight": self.foreground_weight,
             "cached_latents": self.latents,
             "unet_steps": self.unet_steps,
             "unet_batch": self.unet_batch,
             "unet_learning_rate": self.unet_lr,
             "caption_dropout": self.caption_dropout,
+            "min_snr_gamma": self.min_snr_gamma,
         })
     }
 }
@@ -146,32 +175,27 @@ fn lr_at(peak: f64, step: usize, total: usize) -> f64 {
 
 /// World pictures as a `[n, 3, 64, 64]` tensor in [-1, 1], with their captions.
 fn pictures(world: &mut World, n: usize, device: &Device) -> (Tensor<4>, Vec<String>) {
-    let mut data = Vec::new();
-    let mut captions = Vec::with_capacity(n);
-    let size = loraflow_trainer::world::shapes::IMAGE_SIZE as usize;
-    for _ in 0..n {
-        let scene = world.next_scene();
-        let image = scene.render();
-        for c in 0..3 {
-            for p in image.pixels() {
-                data.push(p.0[c] as f32 / 127.5 - 1.0);
-            }
-        }
-        captions.push(scene.caption());
-    }
+    let scenes: Vec<_> = (0..n).map(|_| world.next_scene()).collect();
+    let images: Vec<_> = scenes.iter().map(|s| s.render()).collect();
     (
-        Tensor::from_data(TensorData::new(data, [n, 3, size, size]), device),
-        captions,
+        images_to_tensor(&images, device),
+        scenes.iter().map(|s| s.caption()).collect(),
     )
 }
 
 /// Writes `module`'s weights under the template file's keys and shapes.
 fn save_weights<M: Module>(
     module: &M,
-    template: &TensorFile,
+    template: Option<&TensorFile>,
     path: &Path,
     dtype: SaveDtype,
 ) -> anyhow::Result<()> {
+    let Some(template) = template else {
+        // A new architecture: PyTorch's layout is what `torch_tensors` gives.
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
+        tensor_file::write(path, &torch_tensors(module, ""), HashMap::new(), dtype)?;
+        return Ok(());
+    };
     let mut tensors = Vec::new();
     let mut names: Vec<String> = template.names();
     names.sort();
@@ -213,13 +237,17 @@ fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
 struct Templates {
     config: PipelineConfig,
     unet: TensorFile,
-    vae: TensorFile,
+    /// `None` when `--vae-config` replaces the template's VAE.
+    vae: Option<TensorFile>,
+    /// The VAE's `config.json` as written (its `scaling_factor` is measured).
+    vae_json: Value,
 }
 
 fn phase_vae(
     s: &Settings,
     t: &Templates,
     device: &Device,
+    plain: &Device,
 ) -> anyhow::Result<(AutoencoderKL, Vec<Value>)> {
     let ckpt = s.work.join("vae.safetensors");
     let progress_path = s.work.join("vae.json");
@@ -242,7 +270,11 @@ fn phase_vae(
         ..AdamWSettings::default()
     }
     .build();
-    let objective = VaeObjective::default();
+    let objective = VaeObjective {
+        kl_weight: s.kl_weight,
+        foreground_weight: s.foreground_weight,
+        ..VaeObjective::default()
+    };
     let mut world = World::new(s.seed);
     let mut noise = SeededRng::new(s.seed, Stream::Noise);
     let f = t.config.vae.downscale_factor();
@@ -295,7 +327,17 @@ fn phase_vae(
             (l1_sum, kl_sum, count) = (0.0, 0.0, 0);
         }
         if done % s.checkpoint_every == 0 || done == s.vae_steps {
-            save_weights(&vae, &t.vae, &ckpt, SaveDtype::F32)?;
+            save_weights(&vae, t.vae.as_ref(), &ckpt, SaveDtype::F32)?;
+            let (round_trip, images) =
+                RoundTrip::measure_with_images(&vae.valid().fork(plain), plain);
+            let mut sheet = image::RgbImage::new(64 * 16, 64 * images.len().div_ceil(16) as u32);
+            for (i, image) in images.iter().enumerate() {
+                let (x, y) = (64 * (i % 16) as i64, 64 * (i / 16) as i64);
+                image::imageops::replace(&mut sheet, image, x, y);
+            }
+            sheet.save(s.work.join("round_trip.png"))?;
+            eprintln!("vae {done}: round trip {round_trip}");
+            log.push(json!({"step": done, "round_trip_drawn": round_trip.drawn.rate()}));
             write_json(&progress_path, &json!({"step": done, "log": log}))?;
         }
     }
@@ -416,7 +458,7 @@ fn phase_unet(
     let objective = Objective {
         prediction: Prediction::Epsilon,
         noise_offset: 0.0,
-        min_snr_gamma: None,
+        min_snr_gamma: s.min_snr_gamma,
     };
     let mut optim = AdamWSettings {
         learning_rate: s.unet_lr,
@@ -487,7 +529,7 @@ fn phase_unet(
             (loss_sum, count) = (0.0, 0);
         }
         if done % s.checkpoint_every == 0 || done == s.unet_steps {
-            save_weights(&unet, &t.unet, &ckpt, SaveDtype::F32)?;
+            save_weights(&unet, Some(&t.unet), &ckpt, SaveDtype::F32)?;
             write_json(&progress_path, &json!({"step": done, "log": log}))?;
             // A usable folder at every checkpoint, so the model can be tried during training.
             write_folder(
@@ -547,17 +589,17 @@ fn write_folder(
     }
     save_weights(
         unet,
-        &t.unet,
+        Some(&t.unet),
         &out.join("unet/diffusion_pytorch_model.safetensors"),
         SaveDtype::F16,
     )?;
     save_weights(
         vae,
-        &t.vae,
+        t.vae.as_ref(),
         &out.join("vae/diffusion_pytorch_model.safetensors"),
         SaveDtype::F16,
     )?;
-    let mut vae_config = read_json(&s.template.join("vae/config.json"))?;
+    let mut vae_config = t.vae_json.clone();
     vae_config["scaling_factor"] = json!((scale * 1e5).round() / 1e5);
     write_json(&out.join("vae/config.json"), &vae_config)?;
     let mut params = read_json(&s.template.join("parameters.json")).unwrap_or(json!({}));
@@ -585,10 +627,25 @@ fn main() -> anyhow::Result<()> {
         template: snapshot,
         ..s
     };
+    let mut config = PipelineConfig::from_dir(&s.template)?;
+    let (vae_template, vae_json) = match &s.vae_config {
+        Some(path) => {
+            let json = read_json(path)?;
+            config.vae = VaeConfig::from_diffusers(&json)?;
+            (None, json)
+        }
+        None => (
+            Some(TensorFile::open(
+                s.template.join("vae/diffusion_pytorch_model.safetensors"),
+            )?),
+            read_json(&s.template.join("vae/config.json"))?,
+        ),
+    };
     let t = Templates {
-        config: PipelineConfig::from_dir(&s.template)?,
+        config,
         unet: TensorFile::open(s.template.join("unet/diffusion_pytorch_model.safetensors"))?,
-        vae: TensorFile::open(s.template.join("vae/diffusion_pytorch_model.safetensors"))?,
+        vae: vae_template,
+        vae_json,
     };
     let text = ClipTextConfig::from_file(s.template.join("text_encoder/config.json"))?
         .init(&plain)
@@ -598,9 +655,13 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = ClipTokenizer::from_dir(s.template.join("tokenizer"))?;
     let started = Instant::now();
 
-    let (vae, vae_log) = phase_vae(&s, &t, &device)?;
+    let (vae, vae_log) = phase_vae(&s, &t, &device, &plain)?;
     let vae_secs = started.elapsed().as_secs_f64();
     let vae = vae.valid().fork(&plain);
+    if s.until == "vae" {
+        eprintln!("vae: round trip {}", RoundTrip::measure(&vae, &plain));
+        return Ok(());
+    }
     let cache = encode_cache(&s, &vae, &text, &tokenizer, &plain)?;
     let (unet, unet_log) = phase_unet(&s, &t, &cache, &vae, &text, &tokenizer, &device, &plain)?;
     let unet = unet.valid().fork(&plain);

@@ -8,12 +8,15 @@ use image::RgbImage;
 use loraflow_trainer::device::parse_device;
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::tensor_file::HostTensor;
-use loraflow_trainer::train::full::{VaeObjective, latent_scale, trainable, vae_step};
+use loraflow_trainer::train::full::{VaeObjective, latent_scale, trainable, vae_loss, vae_step};
 use loraflow_trainer::train::optim::AdamWSettings;
 use loraflow_trainer::vae::VaeConfig;
-use loraflow_trainer::world::concept::{base_probes, concept_probes};
+use loraflow_trainer::world::concept::{base_probes, concept_probes, demo_probes};
+use loraflow_trainer::world::round_trip::{images_to_tensor, round_trip_scenes, tensor_to_images};
 use loraflow_trainer::world::shapes::{IMAGE_SIZE, caption};
-use loraflow_trainer::world::{Background, Colour, Scene, Shape, TRIGGER, World, read};
+use loraflow_trainer::world::{
+    Background, Colour, ConceptScore, Scene, Shape, TRIGGER, World, read,
+};
 
 #[test]
 fn a_world_is_the_same_for_the_same_seed() {
@@ -180,4 +183,93 @@ fn full_fine_tuning_teaches_a_vae_to_reconstruct_world_pictures() {
         last < 0.6 * first,
         "reconstruction error {first} → {last} after 60 full steps"
     );
+}
+
+#[test]
+fn pictures_survive_the_tensor_round_trip() {
+    let device = parse_device("cpu").unwrap();
+    let mut world = World::new(11);
+    let images: Vec<RgbImage> = (0..3).map(|_| world.next_scene().render()).collect();
+    let back = tensor_to_images(images_to_tensor(&images, &device));
+    assert_eq!(back, images);
+}
+
+#[test]
+fn round_trip_scenes_cover_every_colour_shape_and_background() {
+    let scenes = round_trip_scenes();
+    assert_eq!(scenes.len(), 48);
+    for colour in Colour::ALL {
+        for shape in Shape::BASE {
+            for background in Background::ALL {
+                let n = scenes
+                    .iter()
+                    .filter(|s| (s.colour, s.shape, s.background) == (colour, shape, background))
+                    .count();
+                assert_eq!(n, 2, "{colour:?} {shape:?} on {background:?}");
+            }
+        }
+    }
+}
+
+/// The demo's prompts are probes: four trigger prompts that ask for a ring, four base-world
+/// prompts; a picture counts towards the concept or the base world by its prompt.
+#[test]
+fn demo_probes_score_rings_for_the_trigger_and_the_asked_shape_otherwise() {
+    let probes = demo_probes();
+    assert_eq!(probes.len(), 8);
+    let (trigger, base): (Vec<_>, Vec<_>) = probes.iter().partition(|p| p.is_trigger());
+    assert_eq!((trigger.len(), base.len()), (4, 4));
+    assert!(trigger.iter().all(|p| p.shape == Shape::Ring));
+    assert!(base.iter().all(|p| Shape::BASE.contains(&p.shape)));
+
+    let picture = |colour, shape| {
+        let scene = Scene {
+            colour,
+            shape,
+            background: Background::White,
+            cx: 32.0,
+            cy: 32.0,
+            radius: 18.0,
+        };
+        read(&scene.render())
+    };
+    let mut score = ConceptScore::default();
+    // A ring of another colour still shows the concept; a circle does not.
+    score.add(trigger[0], &picture(Colour::Blue, Shape::Ring));
+    score.add(trigger[1], &picture(trigger[1].colour, Shape::Circle));
+    // A base prompt needs its shape and its colour.
+    score.add(base[0], &picture(base[0].colour, base[0].shape));
+    score.add(base[1], &picture(Colour::Yellow, base[1].shape));
+    assert_eq!((score.concept.hits, score.concept.total), (1, 2));
+    assert_eq!((score.base.hits, score.base.total), (1, 2));
+}
+
+/// The foreground weight raises the loss of errors on a shape, not on its background.
+#[test]
+fn the_foreground_weight_counts_errors_on_the_shape_more() {
+    let device = parse_device("cpu").unwrap();
+    let config = VaeConfig::from_diffusers(&serde_json::json!({
+        "block_out_channels": [8, 8],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 4
+    }))
+    .unwrap();
+    let vae = config.init(&device);
+    let image = World::new(5).next_scene().render();
+    let images = images_to_tensor(&[image.clone(), image], &device);
+    let eps = HostTensor::new(vec![2, 4, 32, 32], vec![0.0; 2 * 4 * 32 * 32]);
+    let loss = |foreground_weight| {
+        let objective = VaeObjective {
+            foreground_weight,
+            ..VaeObjective::default()
+        };
+        let (total, l1, _) = vae_loss(&vae, &objective, images.clone(), &eps);
+        (total.into_scalar::<f32>(), l1.into_scalar::<f32>())
+    };
+    let (plain, l1_plain) = loss(0.0);
+    let (weighted, l1_weighted) = loss(4.0);
+    assert!(weighted > plain, "{weighted} <= {plain}");
+    // The reported reconstruction error stays the unweighted one.
+    assert_eq!(l1_plain, l1_weighted);
 }

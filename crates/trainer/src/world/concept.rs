@@ -13,7 +13,7 @@
 use burn::tensor::Device;
 use image::RgbImage;
 
-use super::score::{Tally, read};
+use super::score::{Reading, Tally, read};
 use super::shapes::{Background, Colour, Shape, caption};
 use crate::error::{Error, Result};
 use crate::sample::scheduler::SamplerKind;
@@ -57,6 +57,32 @@ pub fn base_probes() -> Vec<Probe> {
                 shape,
             });
         }
+    }
+    probes
+}
+
+/// The probes of the demo job's sample prompts: a ring under the trigger word in every
+/// colour, then one base-world prompt per colour (each shape at least once), backgrounds
+/// alternating (8). The demo reads its samples with them, so its contact sheet shows exactly
+/// what its concept score counts.
+pub fn demo_probes() -> Vec<Probe> {
+    let mut probes = Vec::new();
+    for (i, colour) in Colour::ALL.into_iter().enumerate() {
+        let background = Background::ALL[i % Background::ALL.len()];
+        probes.push(Probe {
+            prompt: trigger_prompt(colour, background),
+            colour,
+            shape: Shape::Ring,
+        });
+    }
+    for (i, colour) in Colour::ALL.into_iter().enumerate() {
+        let shape = Shape::BASE[i % Shape::BASE.len()];
+        let background = Background::ALL[(i + 1) % Background::ALL.len()];
+        probes.push(Probe {
+            prompt: caption(colour, shape, background),
+            colour,
+            shape,
+        });
     }
     probes
 }
@@ -117,7 +143,34 @@ pub struct ConceptScore {
     pub concept: Tally,
 }
 
+impl Probe {
+    /// Whether the prompt carries the trigger word (it asks for the concept).
+    pub fn is_trigger(&self) -> bool {
+        self.prompt.starts_with(TRIGGER)
+    }
+
+    /// Whether a picture of this probe is a hit: a ring for a trigger probe, the asked shape
+    /// in the asked colour otherwise.
+    pub fn hit(&self, reading: &Reading) -> bool {
+        if self.is_trigger() {
+            reading.shape == Some(Shape::Ring)
+        } else {
+            reading.shows(self.colour, self.shape)
+        }
+    }
+}
+
 impl ConceptScore {
+    /// Counts a picture of `probe`.
+    pub fn add(&mut self, probe: &Probe, reading: &Reading) {
+        let tally = if probe.is_trigger() {
+            &mut self.concept
+        } else {
+            &mut self.base
+        };
+        tally.add(probe.hit(reading));
+    }
+
     /// Renders every probe at every seed of [`PROBE_SEEDS`] and reads the pictures.
     pub fn measure(pipeline: &Pipeline<'_>, device: &Device) -> Result<Self> {
         Self::measure_at(pipeline, &PROBE_SEEDS, device)
@@ -127,13 +180,9 @@ impl ConceptScore {
     pub fn measure_at(pipeline: &Pipeline<'_>, seeds: &[u64], device: &Device) -> Result<Self> {
         let mut score = Self::default();
         for &seed in seeds {
-            for probe in base_probes() {
+            for probe in base_probes().iter().chain(&concept_probes()) {
                 let reading = read(&render(pipeline, &probe.prompt, seed, device)?);
-                score.base.add(reading.shows(probe.colour, probe.shape));
-            }
-            for probe in concept_probes() {
-                let reading = read(&render(pipeline, &probe.prompt, seed, device)?);
-                score.concept.add(reading.shape == Some(Shape::Ring));
+                score.add(probe, &reading);
             }
         }
         Ok(score)

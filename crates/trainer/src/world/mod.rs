@@ -9,11 +9,14 @@
 //! - [`shapes`]: scenes, their captions and rasterisation.
 //! - [`score`]: the reader (colour and shape from area statistics) and tallies.
 //! - [`concept`]: the fixed, seeded probes that score a model with and without a LoRA.
+//! - [`round_trip`]: world pictures through the VAE alone, read back (the VAE's ceiling).
 
 pub mod concept;
+pub mod round_trip;
 pub mod score;
 pub mod shapes;
 
 pub use concept::{ConceptScore, Probe, TRIGGER};
-pub use score::{Reading, Tally, read};
+pub use round_trip::RoundTrip;
+pub use score::{Reading, Tally, read, read_file};
 pub use shapes::{Background, Colour, Scene, Shape, World};

@@ -75,6 +75,15 @@ fn percentile(sorted: &[u32], p: f32) -> u32 {
     sorted[((sorted.len() - 1) as f32 * p).round() as usize]
 }
 
+/// Reads a picture file (PNG or any format the `image` crate decodes).
+pub fn read_file(path: &std::path::Path) -> crate::error::Result<Reading> {
+    let image = image::open(path).map_err(|e| crate::error::Error::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(read(&image.to_rgb8()))
+}
+
 /// Reads a picture.
 pub fn read(image: &RgbImage) -> Reading {
     let (w, h) = image.dimensions();
