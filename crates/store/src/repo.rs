@@ -28,7 +28,8 @@ use crate::keys::AuditKey;
 /// through [`EventRepo::insert`], on the same pool.
 pub(crate) enum EventRepo {
     Sqlite(SqliteEventRepository, SqlitePool),
-    Postgres(PostgresEventRepository, PgPool),
+    /// With the id this store's notifications carry (see [`crate::notify`]).
+    Postgres(PostgresEventRepository, PgPool, Arc<str>),
     Memory(Arc<MemoryLog>),
 }
 
@@ -36,7 +37,7 @@ macro_rules! dispatch {
     ($self:ident, $r:ident => $call:expr) => {
         match $self {
             EventRepo::Sqlite($r, _) => $call,
-            EventRepo::Postgres($r, _) => $call,
+            EventRepo::Postgres($r, ..) => $call,
             EventRepo::Memory($r) => $call,
         }
     };
@@ -58,8 +59,8 @@ impl EventRepo {
             EventRepo::Sqlite(_, pool) => {
                 sqlite::insert_events(pool, aggregate_type, events, head).await
             }
-            EventRepo::Postgres(_, pool) => {
-                postgres::insert_events(pool, aggregate_type, events, head).await
+            EventRepo::Postgres(_, pool, notify) => {
+                postgres::insert_events(pool, aggregate_type, events, head, notify).await
             }
             EventRepo::Memory(log) => log.insert(aggregate_type, events, head),
         }

@@ -3,8 +3,11 @@
 //! gap-free feed under 16 writers) have their own module.
 
 mod behaviour;
+mod cached;
 mod cancelled;
 mod gap_free;
+mod in_flight;
+mod wake;
 mod job_list;
 mod records;
 mod restart;
