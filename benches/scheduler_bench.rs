@@ -360,6 +360,31 @@ async fn restart(backend: Backend, events: usize) -> Vec<String> {
     first_lease(&server.engine, &job).await;
     let leased = t.elapsed().as_secs_f64();
     let rss_after = rss_mib();
+    // What a start from position 0 costs on the same store (the start
+    // before the open-jobs index): read the whole feed in pages of 500 and
+    // fold it into a scheduler state.
+    let t = Instant::now();
+    let mut replay =
+        loraflow::core::schedule::SchedulerState::new(server.engine.services().catalogue.clone());
+    let (mut after, mut read) = (0, 0usize);
+    loop {
+        let page = server
+            .engine
+            .store()
+            .feed()
+            .read(after, 500, &FeedFilter::all())
+            .await
+            .expect("read the feed");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        read += page.len();
+        for e in &page {
+            replay.apply(e.position, &e.job_id, &e.payload);
+        }
+    }
+    let replayed = t.elapsed().as_secs_f64();
+    let loaded = server.engine.scheduler_state();
+    let (jobs_now, queued_now) = (loaded.open_jobs(), loaded.queued().count());
     stop.cancel();
     let _ = worker.await;
     server.stop().await;
@@ -369,9 +394,13 @@ async fn restart(backend: Backend, events: usize) -> Vec<String> {
             written as f64 / fill
         ),
         format!(
-            "restart: engine ready in {:.0} ms; first lease {:.0} ms after the start; resident memory {rss_before:.0} MiB before, {rss_after:.0} MiB after",
+            "restart: engine ready in {:.0} ms; first lease {:.0} ms after the start; resident memory {rss_before:.0} MiB before, {rss_after:.0} MiB after; the scheduler holds {jobs_now} open jobs, {queued_now} queued steps",
             started * 1e3,
             leased * 1e3
+        ),
+        format!(
+            "for comparison, a fold of the whole feed from position 0 (the earlier start): {read} events in {:.2} s",
+            replayed
         ),
     ]
 }

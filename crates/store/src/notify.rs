@@ -1,10 +1,16 @@
-//! Wake-ups across processes on PostgreSQL. Each commit sends a notification
-//! (`pg_notify`, delivered when its transaction commits, never when it rolls
-//! back) on a channel named after the store's schema; every store open on
-//! that schema listens, and a notification from another process wakes its
-//! feed subscriptions and projection runner at once, as a commit of its own
-//! does. A process ignores its own notifications (it woke its readers when
-//! it committed): each carries the id of the store that sent it.
+//! Wake-ups across processes on PostgreSQL. After its commits a process
+//! sends a notification (`pg_notify`) on a channel named after the store's
+//! schema; every store open on that schema listens, and a notification from
+//! another process wakes its feed subscriptions and projection runner at
+//! once, as a commit of its own does. A process ignores its own
+//! notifications (it woke its readers when it committed): each carries the
+//! id of the store that sent it.
+//!
+//! The notification is sent by a task of its own, after the commit, one for
+//! however many commits returned while the previous one was on its way:
+//! NOTIFY inside the writing transaction would take PostgreSQL's global
+//! notification lock at commit and hold it through the WAL flush, which
+//! lines every writer's commit up behind the others' (no group commit).
 //!
 //! Polling stays as the backstop: notifications sent while the listening
 //! connection is being re-established are lost, and cost at most one
@@ -76,4 +82,32 @@ fn wake(shared: &Weak<Shared>) -> bool {
         }
         None => false,
     }
+}
+
+/// Send a notification after this store's commits until the store is
+/// dropped or closed; commits that return while one is being sent share the
+/// next.
+pub(crate) fn send(pool: PgPool, shared: Weak<Shared>, own: Arc<str>) {
+    let Some((stop, committed)) = shared
+        .upgrade()
+        .map(|s| (s.stop.clone(), s.committed_here.clone()))
+    else {
+        return;
+    };
+    let sql = format!("SELECT pg_notify({CHANNEL}, $1)");
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = committed.notified() => {}
+            }
+            if let Err(e) = sqlx::query(&sql).bind(&*own).execute(&pool).await {
+                if matches!(e, sqlx::Error::PoolClosed) {
+                    return;
+                }
+                // Other processes find the commit at their next poll.
+                tracing::debug!("PostgreSQL notification not sent: {e}");
+            }
+        }
+    });
 }

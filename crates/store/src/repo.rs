@@ -28,8 +28,7 @@ use crate::keys::AuditKey;
 /// through [`EventRepo::insert`], on the same pool.
 pub(crate) enum EventRepo {
     Sqlite(SqliteEventRepository, SqlitePool),
-    /// With the id this store's notifications carry (see [`crate::notify`]).
-    Postgres(PostgresEventRepository, PgPool, Arc<str>),
+    Postgres(PostgresEventRepository, PgPool),
     Memory(Arc<MemoryLog>),
 }
 
@@ -59,8 +58,8 @@ impl EventRepo {
             EventRepo::Sqlite(_, pool) => {
                 sqlite::insert_events(pool, aggregate_type, events, head).await
             }
-            EventRepo::Postgres(_, pool, notify) => {
-                postgres::insert_events(pool, aggregate_type, events, head, notify).await
+            EventRepo::Postgres(_, pool) => {
+                postgres::insert_events(pool, aggregate_type, events, head).await
             }
             EventRepo::Memory(log) => log.insert(aggregate_type, events, head),
         }

@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// Each commit of this process, as it returns (see [`Store::commits`]).
     pub committed: tokio::sync::broadcast::Sender<Arc<CommittedEvents>>,
+    /// Tells the PostgreSQL notifier that this process committed.
+    pub committed_here: Arc<tokio::sync::Notify>,
 }
 
 /// One commit of this process, handed to in-process readers as it returns,
@@ -391,11 +393,7 @@ impl Store {
                 migrate::postgres(&pool, postgres::MIGRATIONS).await?;
                 (
                     Backend::Postgres(pool.clone()),
-                    EventRepo::Postgres(
-                        PostgresEventRepository::new(pool.clone()),
-                        pool,
-                        notify_id.clone(),
-                    ),
+                    EventRepo::Postgres(PostgresEventRepository::new(pool.clone()), pool),
                 )
             }
             StoreUrl::Memory => {
@@ -447,9 +445,11 @@ impl Store {
                 jobs: Default::default(),
                 stop: CancellationToken::new(),
                 committed: tokio::sync::broadcast::Sender::new(1024),
+                committed_here: Default::default(),
             });
         if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
-            crate::notify::listen(pool.clone(), Arc::downgrade(&shared), notify_id);
+            crate::notify::listen(pool.clone(), Arc::downgrade(&shared), notify_id.clone());
+            crate::notify::send(pool.clone(), Arc::downgrade(&shared), notify_id);
         }
         Ok(Self { shared })
     }
@@ -590,9 +590,11 @@ impl Store {
         command: JobCommand,
         metadata: HashMap<String, String>,
     ) -> Result<Committed> {
-        let cached = (expected.is_none() && retry_safe(&command))
-            .then(|| self.shared.cached_job(job_id))
-            .flatten();
+        let cached = if expected.is_none() && retry_safe(&command) {
+            self.shared.cached_job(job_id)
+        } else {
+            None
+        };
         if let Some(c) = cached {
             match self
                 .decide_and_write(
@@ -683,6 +685,7 @@ impl Store {
         );
         s.remember_head(job_id, head.sig);
         s.announce(job_id, position, last, &events);
+        s.committed_here.notify_one();
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Committed {
             sequence: last,
@@ -745,6 +748,7 @@ impl Store {
         .map_err(|e| self.conflict_for(job_id, e.into()))?;
         s.remember_head(job_id, head.sig);
         s.announce(job_id, position, last, &events);
+        s.committed_here.notify_one();
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             sequence: last,

@@ -323,7 +323,6 @@ pub(crate) async fn insert_events(
     aggregate_type: &str,
     events: &[SerializedEvent],
     head: &Head,
-    notify: &str,
 ) -> Result<Position, PersistenceError> {
     if events.is_empty() {
         return Err(PersistenceError::UnknownError(
@@ -372,11 +371,7 @@ pub(crate) async fn insert_events(
             ") ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
                 key_id = excluded.key_id, sig = excluded.sig)",
         );
-    // Delivered to the listeners when the transaction commits (and never
-    // if it does not); a CTE a query reads is evaluated once.
-    q.push(format!(", note AS (SELECT pg_notify({}, ", crate::notify::CHANNEL))
-        .push_bind(notify)
-        .push("))  SELECT global_position FROM ins, note");
+    q.push(" SELECT global_position FROM ins");
     let positions: Vec<i64> = q
         .build_query_scalar()
         .fetch_all(pool)

@@ -19,7 +19,19 @@ use crate::{FeedFilter, Store};
 fn histories() -> Vec<(String, Vec<JobEvent>, bool)> {
     let mut out = Vec::new();
     let mut add = |name: &str, d: Driver, ended: bool| {
-        out.push((name.to_owned(), d.events, ended));
+        // The driver numbers leases `lease-1`, `lease-2` ... in every job;
+        // the engine's are UUIDs. Give each job its own.
+        let events = d
+            .events
+            .iter()
+            .map(|e| {
+                let json = serde_json::to_string(e)
+                    .unwrap()
+                    .replace("\"lease-", &format!("\"{name}-lease-"));
+                serde_json::from_str(&json).unwrap()
+            })
+            .collect();
+        out.push((name.to_owned(), events, ended));
     };
     add("created", { let mut d = driver("created"); d.create(); d }, false);
     add("submitted", { let mut d = driver("submitted"); d.create().submit(); d }, false);
