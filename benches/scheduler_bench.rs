@@ -299,12 +299,7 @@ async fn fill_history(store: &loraflow::store::Store, events: usize) -> (usize, 
                 }
                 let id = JobId::new(format!("done-{j:07}"));
                 store
-                    .append_events(
-                        &id,
-                        0,
-                        finished_history(&template, &id),
-                        Default::default(),
-                    )
+                    .append_events(&id, 0, finished_history(&template, &id), Default::default())
                     .await
                     .expect("append a finished job");
             }
@@ -344,11 +339,7 @@ async fn restart(backend: Backend, events: usize) -> Vec<String> {
     let (jobs, written) = fill_history(server.engine.store(), events).await;
     let fill = t.elapsed().as_secs_f64();
     let workflow = three_steps(Duration::from_secs(60), quick_retries(3));
-    let job = common::create_job(
-        &server.engine,
-        spec_with(&server.dataset_uri, workflow),
-    )
-    .await;
+    let job = common::create_job(&server.engine, spec_with(&server.dataset_uri, workflow)).await;
     let deployment = server.halt().await;
     let rss_before = rss_mib();
     let t = Instant::now();

@@ -143,7 +143,11 @@ impl Scheduler {
                         }
                         inner.state.read_up_to(head);
                     }
-                    debug!(head, events = events.len(), "scheduler loaded the jobs in flight");
+                    debug!(
+                        head,
+                        events = events.len(),
+                        "scheduler loaded the jobs in flight"
+                    );
                     break head;
                 }
                 Err(e) => {

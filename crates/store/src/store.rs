@@ -425,28 +425,28 @@ impl Store {
             }
         };
         let shared = Arc::new(Shared {
-                sqlite_writer: matches!(backend, Backend::Sqlite(_))
-                    .then(|| tokio::sync::Mutex::new(())),
-                backend,
-                repo,
-                framework,
-                services,
-                options,
-                upcasters: upcasters(),
-                commits: watch::Sender::new(0),
-                views_at: watch::Sender::new(views_at),
-                page_key,
-                url: parsed,
-                outbox,
-                keys,
-                signing_began: signing_began.into(),
-                known_heads: Default::default(),
-                records: Default::default(),
-                jobs: Default::default(),
-                stop: CancellationToken::new(),
-                committed: tokio::sync::broadcast::Sender::new(1024),
-                committed_here: Default::default(),
-            });
+            sqlite_writer: matches!(backend, Backend::Sqlite(_))
+                .then(|| tokio::sync::Mutex::new(())),
+            backend,
+            repo,
+            framework,
+            services,
+            options,
+            upcasters: upcasters(),
+            commits: watch::Sender::new(0),
+            views_at: watch::Sender::new(views_at),
+            page_key,
+            url: parsed,
+            outbox,
+            keys,
+            signing_began: signing_began.into(),
+            known_heads: Default::default(),
+            records: Default::default(),
+            jobs: Default::default(),
+            stop: CancellationToken::new(),
+            committed: tokio::sync::broadcast::Sender::new(1024),
+            committed_here: Default::default(),
+        });
         if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
             crate::notify::listen(pool.clone(), Arc::downgrade(&shared), notify_id.clone());
             crate::notify::send(pool.clone(), Arc::downgrade(&shared), notify_id);

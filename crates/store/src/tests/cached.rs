@@ -65,7 +65,10 @@ async fn a_job_moved_on_by_another_process_is_decided_as_stored(t: &TestStore) {
 
     // The copy here still holds lease l1; the stored job does not.
     let err = run(heartbeat("l1")).await.unwrap_err();
-    assert!(matches!(err, Error::Domain(_)), "refused as stored: {err:?}");
+    assert!(
+        matches!(err, Error::Domain(_)),
+        "refused as stored: {err:?}"
+    );
     // Leasing the completed step again is refused; the next one goes through.
     let again = run(lease("validate", "l2")).await;
     assert!(matches!(again, Err(Error::Domain(_))), "{again:?}");

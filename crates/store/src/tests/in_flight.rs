@@ -33,8 +33,24 @@ fn histories() -> Vec<(String, Vec<JobEvent>, bool)> {
             .collect();
         out.push((name.to_owned(), events, ended));
     };
-    add("created", { let mut d = driver("created"); d.create(); d }, false);
-    add("submitted", { let mut d = driver("submitted"); d.create().submit(); d }, false);
+    add(
+        "created",
+        {
+            let mut d = driver("created");
+            d.create();
+            d
+        },
+        false,
+    );
+    add(
+        "submitted",
+        {
+            let mut d = driver("submitted");
+            d.create().submit();
+            d
+        },
+        false,
+    );
     add(
         "processing",
         {
@@ -45,8 +61,24 @@ fn histories() -> Vec<(String, Vec<JobEvent>, bool)> {
         },
         false,
     );
-    add("in-review", { let mut d = driver("in-review"); d.run_to_review(); d }, false);
-    add("approved", { let mut d = driver("approved"); d.run_to_review().approve(2); d }, false);
+    add(
+        "in-review",
+        {
+            let mut d = driver("in-review");
+            d.run_to_review();
+            d
+        },
+        false,
+    );
+    add(
+        "approved",
+        {
+            let mut d = driver("approved");
+            d.run_to_review().approve(2);
+            d
+        },
+        false,
+    );
     add(
         "published",
         {
@@ -169,7 +201,11 @@ async fn a_start_from_the_open_jobs_equals_a_full_replay(t: &TestStore) {
 
     let full = full_replay(&t.store).await;
     let (start, jobs) = from_open_jobs(&t.store).await;
-    assert_eq!(jobs, unfinished(), "only the unfinished jobs' events are read");
+    assert_eq!(
+        jobs,
+        unfinished(),
+        "only the unfinished jobs' events are read"
+    );
     assert_eq!(start, full);
     assert_eq!(start.open_jobs(), unfinished().len());
     assert!(start.queued().count() > 0 && start.leases().count() > 0);
@@ -239,7 +275,6 @@ async fn the_migration_builds_the_index_from_the_events(t: &TestStore) {
 
 mod databases {
     use super::super::support::{Kind, TestStore};
-
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_migration_builds_the_index_from_the_events() {
