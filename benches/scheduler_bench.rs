@@ -15,8 +15,21 @@
 //!   end, from the `create_job` call (which returns once the views show the
 //!   job) to the moment the feed delivers its `ReviewRequested` here.
 //!
-//! `cargo bench --bench scheduler_bench` (a release build). PostgreSQL from
-//! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
+//! - **create_job**: the burst's jobs are queued by `BENCH_CLIENTS` (default
+//!   16) concurrent callers of `Engine::create_job` (which returns once the
+//!   views show the job): jobs/s.
+//! - **restart** (`--history N`, or `BENCH_HISTORY=N`): the store is filled
+//!   with finished jobs (each a whole published history, about 25 events,
+//!   chained and signed as any commit), until it holds `N` events; one job is
+//!   queued; the server is stopped and a new one started on the same store.
+//!   Figures: the fill rate, the time from the start of the new server to
+//!   the queued step's lease by a worker that connects at once, and the
+//!   process' resident memory before and after the restart.
+//!
+//! `cargo bench --bench scheduler_bench` (a release build); with the restart:
+//! `cargo bench --bench scheduler_bench -- --history 1000000`.
+//! `BENCH_BACKENDS` picks the backends (default `sqlite,postgres`). PostgreSQL
+//! from `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
 //! schema of its own, dropped at the end; skipped with a notice if it is
 //! unreachable.
 
@@ -127,13 +140,28 @@ impl Bench {
         rx
     }
 
-    async fn burst(&mut self, jobs: usize) -> String {
+    async fn burst(&mut self, jobs: usize, clients: usize) -> String {
         let mut reviews = self.reviews().await;
         let t = Instant::now();
-        for _ in 0..jobs {
-            common::create_job(&self.server.engine, self.spec()).await;
+        let mut callers = Vec::new();
+        for c in 0..clients {
+            let (engine, spec) = (self.server.engine.clone(), self.spec());
+            let n = jobs / clients + usize::from(c < jobs % clients);
+            callers.push(tokio::spawn(async move {
+                for _ in 0..n {
+                    common::create_job(&engine, spec.clone()).await;
+                }
+            }));
+        }
+        for c in callers {
+            c.await.expect("a create_job caller");
         }
         let queued_in = t.elapsed();
+        println!(
+            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s",
+            queued_in.as_secs_f64(),
+            jobs as f64 / queued_in.as_secs_f64()
+        );
         let t = Instant::now();
         self.connect_workers();
         for _ in 0..jobs {
@@ -229,6 +257,145 @@ impl Bench {
     }
 }
 
+/// Resident memory of this process, in MiB (Linux; NaN elsewhere).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |pages| pages * 4096.0 / (1024.0 * 1024.0))
+}
+
+/// A whole published history (created → published) for job `id`, from the
+/// domain's own decisions: a template decided once, given each job's id.
+fn finished_history(template: &[JobEvent], id: &JobId) -> Vec<JobEvent> {
+    template
+        .iter()
+        .map(|e| match e {
+            JobEvent::JobCreated(c) => {
+                let mut c = c.clone();
+                c.job_id = id.clone();
+                JobEvent::JobCreated(c)
+            }
+            e => e.clone(),
+        })
+        .collect()
+}
+
+/// Fill the store with finished jobs until it holds about `events` events;
+/// 16 writers, each job one commit. Returns (jobs, events written).
+async fn fill_history(store: &loraflow::store::Store, events: usize) -> (usize, usize) {
+    let template = loraflow::core::job::canned::histories::published();
+    let per_job = template.len();
+    let jobs = events.div_ceil(per_job);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let (store, next, template) = (store.clone(), next.clone(), template.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if j >= jobs {
+                    return;
+                }
+                let id = JobId::new(format!("done-{j:07}"));
+                store
+                    .append_events(&id, 0, finished_history(&template, &id), Default::default())
+                    .await
+                    .expect("append a finished job");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("a history writer");
+    }
+    (jobs, jobs * per_job)
+}
+
+/// Until the scheduler of `engine` has leased a step of `job`.
+async fn first_lease(engine: &loraflow::Engine, job: &JobId) {
+    let feed = engine
+        .store()
+        .feed()
+        .subscribe(0, FeedFilter::job(job.clone()));
+    let mut feed = std::pin::pin!(feed);
+    while let Some(e) = feed.next().await {
+        if matches!(e.expect("the job's feed").payload, JobEvent::StepLeased(_)) {
+            return;
+        }
+    }
+}
+
+/// Fill, queue one job, restart, and time the first lease.
+async fn restart(backend: Backend, events: usize) -> Vec<String> {
+    let Some(deployment) = Deployment::new(backend).await else {
+        return Vec::new();
+    };
+    let setup = || ServerSetup {
+        custom_kinds: vec![NOOP.into()],
+        ..Default::default()
+    };
+    let server = TestServer::start_in(&deployment, setup()).await;
+    let t = Instant::now();
+    let (jobs, written) = fill_history(server.engine.store(), events).await;
+    let fill = t.elapsed().as_secs_f64();
+    let workflow = three_steps(Duration::from_secs(60), quick_retries(3));
+    let job = common::create_job(&server.engine, spec_with(&server.dataset_uri, workflow)).await;
+    let deployment = server.halt().await;
+    let rss_before = rss_mib();
+    let t = Instant::now();
+    let server = TestServer::start_in(&deployment, setup()).await;
+    let started = t.elapsed().as_secs_f64();
+    let stop = CancellationToken::new();
+    let worker = bare_worker(server.addr, server.tmp.path(), 1, 1).with(Arc::new(Noop::default()));
+    let worker = tokio::spawn(worker.run(stop.clone()));
+    first_lease(&server.engine, &job).await;
+    let leased = t.elapsed().as_secs_f64();
+    let rss_after = rss_mib();
+    // What a start from position 0 costs on the same store (the start
+    // before the open-jobs index): read the whole feed in pages of 500 and
+    // fold it into a scheduler state.
+    let t = Instant::now();
+    let mut replay =
+        loraflow::core::schedule::SchedulerState::new(server.engine.services().catalogue.clone());
+    let (mut after, mut read) = (0, 0usize);
+    loop {
+        let page = server
+            .engine
+            .store()
+            .feed()
+            .read(after, 500, &FeedFilter::all())
+            .await
+            .expect("read the feed");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        read += page.len();
+        for e in &page {
+            replay.apply(e.position, &e.job_id, &e.payload);
+        }
+    }
+    let replayed = t.elapsed().as_secs_f64();
+    let loaded = server.engine.scheduler_state();
+    let (jobs_now, queued_now) = (loaded.open_jobs(), loaded.queued().count());
+    stop.cancel();
+    let _ = worker.await;
+    server.stop().await;
+    vec![
+        format!(
+            "history: {written} events of {jobs} finished jobs written in {fill:.1} s ({:.0} events/s)",
+            written as f64 / fill
+        ),
+        format!(
+            "restart: engine ready in {:.0} ms; first lease {:.0} ms after the start; resident memory {rss_before:.0} MiB before, {rss_after:.0} MiB after; the scheduler holds {jobs_now} open jobs, {queued_now} queued steps",
+            started * 1e3,
+            leased * 1e3
+        ),
+        format!(
+            "for comparison, a fold of the whole feed from position 0 (the earlier start): {read} events in {:.2} s",
+            replayed
+        ),
+    ]
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -246,13 +413,37 @@ fn main() {
                 .expect("BENCH_RATES: jobs per second, comma-separated")
         })
         .collect();
+    let clients = env("BENCH_CLIENTS", 16).max(1) as usize;
+    let args: Vec<String> = std::env::args().collect();
+    let history = args
+        .iter()
+        .position(|a| a == "--history")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<usize>().expect("--history: a number of events"))
+        .or_else(|| std::env::var("BENCH_HISTORY").ok()?.parse().ok());
+    let backends: Vec<Backend> = std::env::var("BENCH_BACKENDS")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .split(',')
+        .map(|b| match b.trim() {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres,
+            other => panic!("BENCH_BACKENDS: {other:?} is not sqlite or postgres"),
+        })
+        .collect();
     rt.block_on(async {
-        for backend in [Backend::Sqlite, Backend::Postgres] {
+        for backend in backends {
+            if let Some(events) = history {
+                println!("== {backend:?}, restart after history");
+                for line in restart(backend, events).await {
+                    println!("{line}");
+                }
+                continue;
+            }
             let Some(mut bench) = Bench::start(backend).await else {
                 continue;
             };
             println!("== {backend:?}");
-            println!("{}", bench.burst(jobs).await);
+            println!("{}", bench.burst(jobs, clients).await);
             for &rate in &rates {
                 for line in bench.paced((rate * seconds) as usize, rate).await {
                     println!("{line}");

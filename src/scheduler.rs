@@ -42,6 +42,10 @@ struct Inner {
     /// Steps whose lease went to someone else, until the feed shows it.
     lost: HashMap<StepKey, Instant>,
     expiring: HashMap<Action, Instant>,
+    /// The last sequence applied of each open job: a job's events come
+    /// from this process' commits and again from the feed, and each is
+    /// applied once, in the job's order.
+    seen: HashMap<JobId, u64>,
 }
 
 pub(crate) struct Scheduler {
@@ -49,6 +53,46 @@ pub(crate) struct Scheduler {
     changed: Notify,
     caught_up: watch::Sender<bool>,
     clock: Arc<dyn Clock>,
+}
+
+impl Inner {
+    /// Apply event `sequence` of `job` once: from the feed (`early` false),
+    /// which has every event in order, or from a commit of this process
+    /// (`early`), taken only when it is the job's next event, and without
+    /// moving the state's feed position (the feed may not have delivered
+    /// other processes' events below it yet).
+    fn apply(&mut self, position: u64, sequence: u64, job: &JobId, event: &JobEvent, early: bool) {
+        let seen = self.seen.get(job).copied().unwrap_or(0);
+        if early {
+            if sequence != seen + 1 {
+                return;
+            }
+            let at = self.state.position();
+            self.state.apply(position, job, event);
+            self.state.set_position(at);
+            self.seen.insert(job.clone(), sequence);
+        } else {
+            if sequence <= seen {
+                // Applied early; the feed has now reached it.
+                self.state.read_up_to(position);
+            } else {
+                self.state.apply(position, job, event);
+                self.seen.insert(job.clone(), sequence);
+            }
+            // Forgotten once the feed, not an early commit, ends the job.
+            if event.ends_job() {
+                self.seen.remove(job);
+            }
+            if sequence <= seen {
+                return;
+            }
+        }
+        if let JobEvent::StepLeased(e) = event {
+            let key = (job.clone(), e.step_id.clone());
+            self.claims.remove(&key);
+            self.lost.remove(&key);
+        }
+    }
 }
 
 impl Scheduler {
@@ -59,6 +103,7 @@ impl Scheduler {
                 claims: HashMap::new(),
                 lost: HashMap::new(),
                 expiring: HashMap::new(),
+                seen: HashMap::new(),
             }),
             changed: Notify::new(),
             caught_up: watch::channel(false).0,
@@ -71,54 +116,84 @@ impl Scheduler {
         f(&self.inner.lock().expect("scheduler lock poisoned").state)
     }
 
-    /// Resolves once the feed has been read up to where it was at start.
+    /// Resolves once the jobs in flight at start are loaded.
     pub async fn wait_caught_up(&self) {
         let mut rx = self.caught_up.subscribe();
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    /// Follow the feed from the beginning until `shutdown`.
+    /// Load the jobs in flight, then follow the feed from there until
+    /// `shutdown`. The start reads only the events of jobs that have not
+    /// ended ([`Feed::in_flight`](loraflow_store::Feed::in_flight)), so it
+    /// takes as long as the work in flight, however long the history.
     pub async fn follow(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
-        let head = match store.feed().head().await {
-            Ok(h) => h,
-            Err(e) => {
-                warn!("cannot read the feed head, scheduling from an empty state: {e}");
-                0
-            }
-        };
-        if head == 0 {
-            self.caught_up.send_replace(true);
-        }
-        let mut feed = std::pin::pin!(store.feed().subscribe(0, FeedFilter::all()));
-        loop {
-            let item = tokio::select! {
+        let mut commits = store.commits();
+        let feed = store.feed();
+        let head = loop {
+            let start = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                item = feed.next() => item,
+                start = feed.in_flight() => start,
             };
-            match item {
-                Some(Ok(e)) => {
-                    self.apply(e.position, &e.job_id, &e.payload);
-                    if e.position >= head && !*self.caught_up.borrow() {
-                        self.caught_up.send_replace(true);
+            match start {
+                Ok((head, events)) => {
+                    {
+                        let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+                        for e in &events {
+                            inner.apply(e.position, e.sequence, &e.job_id, &e.payload, false);
+                        }
+                        inner.state.read_up_to(head);
+                    }
+                    debug!(
+                        head,
+                        events = events.len(),
+                        "scheduler loaded the jobs in flight"
+                    );
+                    break head;
+                }
+                Err(e) => {
+                    warn!("cannot load the jobs in flight; trying again: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(MAX_SLEEP) => {}
                     }
                 }
-                Some(Err(e)) => warn!("feed read failed; the subscription retries: {e}"),
-                None => return,
             }
-        }
-    }
-
-    fn apply(&self, position: u64, job: &JobId, event: &JobEvent) {
-        {
-            let mut inner = self.inner.lock().expect("scheduler lock poisoned");
-            inner.state.apply(position, job, event);
-            if let JobEvent::StepLeased(e) = event {
-                let key = (job.clone(), e.step_id.clone());
-                inner.claims.remove(&key);
-                inner.lost.remove(&key);
-            }
-        }
+        };
+        self.caught_up.send_replace(true);
         self.changed.notify_waiters();
+        let mut feed = std::pin::pin!(feed.subscribe(head, FeedFilter::all()));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                // This process' commits, as they return: the step a commit
+                // queued is offered to polls without waiting for the feed.
+                c = commits.recv() => match c {
+                    Ok(c) => {
+                        {
+                            let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+                            for (position, sequence, event) in &c.events {
+                                inner.apply(*position, *sequence, &c.job_id, event, true);
+                            }
+                        }
+                        self.changed.notify_waiters();
+                    }
+                    // Missed commits come through the feed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                item = feed.next() => match item {
+                    Some(Ok(e)) => {
+                        self.inner
+                            .lock()
+                            .expect("scheduler lock poisoned")
+                            .apply(e.position, e.sequence, &e.job_id, &e.payload, false);
+                        self.changed.notify_waiters();
+                    }
+                    Some(Err(e)) => warn!("feed read failed; the subscription retries: {e}"),
+                    None => return,
+                },
+            }
+        }
     }
 
     /// Pick a step for `executor` and claim it; `None` if nothing fits now.

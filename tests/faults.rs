@@ -246,6 +246,47 @@ on_both_backends! {
         assert!(!h.iter().any(|e| matches!(e, JobEvent::StepFailed(_))));
         server.stop().await;
     }
+
+    async fn a_restarted_server_loads_the_jobs_in_flight_as_a_full_replay_would(backend: Backend) {
+        let Some(deployment) = Deployment::new(backend).await else { return };
+        let server = TestServer::start_in(&deployment, setup()).await;
+        let mut jobs = Vec::new();
+        for _ in 0..6 {
+            jobs.push(create(&server, Duration::from_secs(60), 3).await);
+        }
+        // Three jobs end; one step is leased; two wait in the queue.
+        for j in &jobs[..3] {
+            server.engine.cancel(&acme(), j, "not needed", "alice", None).await.unwrap();
+        }
+        let me = ExecutorId::new("gpu-1");
+        let caps = Capabilities {
+            kinds: [StepKind::new(NOOP)].into(),
+            max_concurrent_steps: 1,
+            ..Capabilities::default()
+        };
+        server.engine.register_executor(me.clone(), caps).unwrap();
+        server.engine.poll_step(&me, Duration::from_secs(5)).await.unwrap().expect("a step is leased");
+        let deployment = server.halt().await;
+
+        let server = TestServer::start_in(&deployment, setup()).await;
+        let restarted = server.engine.scheduler_state();
+        let mut full = loraflow::core::schedule::SchedulerState::new(
+            server.engine.services().catalogue.clone(),
+        );
+        let events = server.engine.store().feed().read(0, 1_000_000, &FeedFilter::all()).await.unwrap();
+        for e in &events {
+            full.apply(e.position, &e.job_id, &e.payload);
+        }
+        assert_eq!(restarted, full, "the start from the open jobs equals a replay from position 0");
+        assert_eq!(restarted.position(), events.last().unwrap().position);
+        assert_eq!(restarted.open_jobs(), 3);
+        assert_eq!(restarted.leases().count(), 1);
+        assert_eq!(restarted.queued().count(), 2);
+        for j in &jobs[..3] {
+            assert!(!restarted.is_open(j), "an ended job is not loaded");
+        }
+        server.stop().await;
+    }
 }
 
 /// Whether two leases of one step were ever live at once, and every step

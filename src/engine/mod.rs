@@ -109,6 +109,13 @@ impl Engine {
         &self.inner.services
     }
 
+    /// A copy of the scheduler's working set now: open jobs, queued steps,
+    /// live leases, and the feed position it has read (for audits and
+    /// tests; it is rebuilt from the store at every start).
+    pub fn scheduler_state(&self) -> loraflow_core::schedule::SchedulerState {
+        self.inner.scheduler.read(Clone::clone)
+    }
+
     /// Cancelled when the engine shuts down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()

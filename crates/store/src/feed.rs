@@ -69,6 +69,30 @@ impl Feed {
         self.shared.backend.head().await
     }
 
+    /// Where a reader that keeps only unfinished jobs starts: the head now,
+    /// and every event up to it of the jobs that have not ended, in feed
+    /// order. Finished jobs' events are left out (an index of open jobs,
+    /// kept in each commit's transaction, names the rest), so the read grows
+    /// with the work in flight, not with the history. Folding these events
+    /// and then following [`subscribe`](Self::subscribe) from the head gives
+    /// a fold of the whole feed minus the jobs that had ended by the head.
+    ///
+    /// A job that ends after the head but before this read is left out too;
+    /// its later events, up to the one that ends it, follow in the
+    /// subscription.
+    pub async fn in_flight(&self) -> Result<(Position, Vec<StoredEvent>)> {
+        let head = self.head().await?;
+        let events = self
+            .shared
+            .backend
+            .open_job_events(head)
+            .await?
+            .iter()
+            .map(|raw| raw.to_stored(&self.shared.upcasters))
+            .collect::<Result<_>>()?;
+        Ok((head, events))
+    }
+
     /// The events after `after` that match `filter`: first those stored, then
     /// each new one as it becomes readable. The stream never ends by itself.
     /// Commits of this process wake it at once; those of other processes are

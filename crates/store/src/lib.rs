@@ -22,7 +22,9 @@
 //! - [`keys`]: the Ed25519 signing key, public keys, keyrings.
 //! - `audit_log`: the store's audit API (verify a job, heads, checkpoints, export reads).
 //! - [`retry`]: which commands are retried on conflict.
-//! - [`feed`]: reading and following the global feed.
+//! - [`feed`]: reading and following the global feed; where a reader of
+//!   unfinished jobs starts (`Feed::in_flight`, from the open-jobs index).
+//! - `notify`: PostgreSQL LISTEN/NOTIFY, which wakes readers in other processes.
 //! - [`views`]: job status, job lists with page tokens, the queue.
 //! - [`records`]: named JSON records beside the events (registered models, upload sessions).
 //! - [`webhooks`]: the webhook outbox (filled from the feed), claims, attempts.
@@ -41,6 +43,7 @@ pub mod event;
 pub mod feed;
 pub mod keys;
 mod migrate;
+mod notify;
 pub mod options;
 mod page_token;
 mod projection;
@@ -62,7 +65,7 @@ pub use keys::{AuditKey, KeyError, Keyring, PublicKey};
 pub use options::StoreOptions;
 pub use records::{Record, Records};
 pub use repo::ChainRepository;
-pub use store::{Appended, Committed, JobCqrs, JobEventStore, LoadedJob, Store};
+pub use store::{Appended, Committed, CommittedEvents, JobCqrs, JobEventStore, LoadedJob, Store};
 pub use url::{ACCEPTED_URLS, StoreUrl};
 pub use verify::{ChainError, ChainFault, ChainReport, Depth, verify_job};
 pub use views::{DEFAULT_PAGE_SIZE, JobListQuery, JobPage, MAX_PAGE_SIZE, Views};

@@ -36,7 +36,7 @@ macro_rules! dispatch {
     ($self:ident, $r:ident => $call:expr) => {
         match $self {
             EventRepo::Sqlite($r, _) => $call,
-            EventRepo::Postgres($r, _) => $call,
+            EventRepo::Postgres($r, ..) => $call,
             EventRepo::Memory($r) => $call,
         }
     };

@@ -112,7 +112,49 @@ pub(crate) struct Shared {
     pub known_heads: std::sync::Mutex<HashMap<JobId, String>>,
     /// The memory backend's records (the databases keep theirs in a table).
     pub records: Arc<crate::records::MemoryRecords>,
+    /// Jobs this process wrote lately, as they were after its write: the
+    /// next command decides on them without reading the job back. The
+    /// store's key on (job, sequence) is the check: a job another writer
+    /// moved on makes the write conflict, and the command is decided again
+    /// on the job as stored. See [`Store::execute`].
+    pub jobs: std::sync::Mutex<HashMap<JobId, CachedJob>>,
+    /// Ends the PostgreSQL listener when the store goes.
+    pub stop: CancellationToken,
+    /// Each commit of this process, as it returns (see [`Store::commits`]).
+    pub committed: tokio::sync::broadcast::Sender<Arc<CommittedEvents>>,
+    /// Tells the PostgreSQL notifier that this process committed.
+    pub committed_here: Arc<tokio::sync::Notify>,
 }
+
+/// One commit of this process, handed to in-process readers as it returns,
+/// before the feed can serve it. On PostgreSQL, commits of other processes
+/// with lower positions may not be readable yet: these are a head start on
+/// the feed, never a substitute for it.
+#[derive(Debug, Clone)]
+pub struct CommittedEvents {
+    pub job_id: JobId,
+    /// (global position, job sequence, event), in sequence order.
+    pub events: Vec<(Position, u64, JobEvent)>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A job as this process last wrote it: state, sequence, and the link of
+/// its last event (the next event's `prev_hash`).
+#[derive(Clone)]
+pub(crate) struct CachedJob {
+    job: TrainingJob,
+    sequence: u64,
+    link: String,
+}
+
+/// Entries of `Shared::jobs` before it is cleared: jobs in flight at once,
+/// with room to spare.
+const CACHED_JOBS: usize = 4096;
 
 /// Entries of `Shared::known_heads` before it is cleared.
 const KNOWN_HEADS: usize = 100_000;
@@ -132,6 +174,56 @@ impl Shared {
             heads.clear();
         }
         heads.insert(job.clone(), sig);
+    }
+}
+
+impl Shared {
+    /// Tell in-process readers of a commit whose last event is at `last`
+    /// (sequence `last_sequence`). One commit's events are consecutive in
+    /// the feed on every backend (SQLite and memory number them one by one
+    /// under the write lock; PostgreSQL's position is the transaction id
+    /// shifted, or'ed with the sequence), so each one's position follows.
+    fn announce(&self, job_id: &JobId, last: Position, last_sequence: u64, events: &[JobEvent]) {
+        if self.committed.receiver_count() == 0 {
+            return;
+        }
+        let first_sequence = last_sequence + 1 - events.len() as u64;
+        let events = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let sequence = first_sequence + i as u64;
+                (last - (last_sequence - sequence), sequence, e.clone())
+            })
+            .collect();
+        let _ = self.committed.send(Arc::new(CommittedEvents {
+            job_id: job_id.clone(),
+            events,
+        }));
+    }
+
+    fn cached_job(&self, job: &JobId) -> Option<CachedJob> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job)
+            .cloned()
+    }
+
+    fn cache_job(&self, job_id: &JobId, cached: Option<CachedJob>) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        match cached {
+            // A job that ended takes no more commands.
+            Some(c) if !c.job.is_terminal() => {
+                if jobs.len() >= CACHED_JOBS && !jobs.contains_key(job_id) {
+                    jobs.clear();
+                }
+                jobs.insert(job_id.clone(), c);
+            }
+            _ => {
+                jobs.remove(job_id);
+            }
+        }
     }
 }
 
@@ -278,6 +370,7 @@ impl Store {
         let key = crate::audit_log::signing_key(&parsed, &options, audit_only)?;
         let mut keys = Keyring::new(options.trusted_keys.iter().copied());
         keys.add(key.public_key());
+        let notify_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let (backend, repo) = match &parsed {
             StoreUrl::Sqlite { path } => {
                 let pool = sqlite::connect(Some(path), &options).await?;
@@ -331,27 +424,34 @@ impl Store {
                 c.position
             }
         };
-        Ok(Self {
-            shared: Arc::new(Shared {
-                sqlite_writer: matches!(backend, Backend::Sqlite(_))
-                    .then(|| tokio::sync::Mutex::new(())),
-                backend,
-                repo,
-                framework,
-                services,
-                options,
-                upcasters: upcasters(),
-                commits: watch::Sender::new(0),
-                views_at: watch::Sender::new(views_at),
-                page_key,
-                url: parsed,
-                outbox,
-                keys,
-                signing_began: signing_began.into(),
-                known_heads: Default::default(),
-                records: Default::default(),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            sqlite_writer: matches!(backend, Backend::Sqlite(_))
+                .then(|| tokio::sync::Mutex::new(())),
+            backend,
+            repo,
+            framework,
+            services,
+            options,
+            upcasters: upcasters(),
+            commits: watch::Sender::new(0),
+            views_at: watch::Sender::new(views_at),
+            page_key,
+            url: parsed,
+            outbox,
+            keys,
+            signing_began: signing_began.into(),
+            known_heads: Default::default(),
+            records: Default::default(),
+            jobs: Default::default(),
+            stop: CancellationToken::new(),
+            committed: tokio::sync::broadcast::Sender::new(1024),
+            committed_here: Default::default(),
+        });
+        if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
+            crate::notify::listen(pool.clone(), Arc::downgrade(&shared), notify_id.clone());
+            crate::notify::send(pool.clone(), Arc::downgrade(&shared), notify_id);
+        }
+        Ok(Self { shared })
     }
 
     /// `sqlite`, `postgres` or `memory`.
@@ -373,6 +473,14 @@ impl Store {
     /// no positions; the store's metadata and hash chain are still written).
     pub fn framework(&self) -> &JobCqrs {
         &self.shared.framework
+    }
+
+    /// The commits of this process, each as it returns: a head start on
+    /// the feed for in-process readers (see [`CommittedEvents`]). A receiver
+    /// that falls more than 1,024 commits behind misses some; the feed has
+    /// them all.
+    pub fn commits(&self) -> tokio::sync::broadcast::Receiver<Arc<CommittedEvents>> {
+        self.shared.committed.subscribe()
     }
 
     pub fn feed(&self) -> Feed {
@@ -470,15 +578,58 @@ impl Store {
         })
     }
 
+    /// One attempt. A command the store may retry (see [`crate::retry`])
+    /// is first decided on the job as this process last wrote it, when it
+    /// has it, and that answer is kept only if it wrote events (the store's
+    /// key on the sequence proved the state current); a refusal, a repeat
+    /// that writes nothing or a conflict is decided again on the job as
+    /// stored, so no answer rests on a state that may be old. Other
+    /// commands, and those with an etag, always read the job.
+    ///
+    /// The cached state was verified (chain and head) when it was read;
+    /// a log edited in the database afterwards is caught by the next read
+    /// and by every audit.
     async fn try_execute(
         &self,
         job_id: &JobId,
         expected: Option<u64>,
         command: JobCommand,
+        metadata: HashMap<String, String>,
+    ) -> Result<Committed> {
+        let cached = if expected.is_none() && retry_safe(&command) {
+            self.shared.cached_job(job_id)
+        } else {
+            None
+        };
+        if let Some(c) = cached {
+            match self
+                .decide_and_write(
+                    job_id,
+                    expected,
+                    command.clone(),
+                    metadata.clone(),
+                    (c.job, c.sequence, c.link),
+                )
+                .await
+            {
+                Ok(done) if done.position.is_some() => return Ok(done),
+                _ => self.shared.cache_job(job_id, None),
+            }
+        }
+        let loaded = self.fold(job_id).await?;
+        self.decide_and_write(job_id, expected, command, metadata, loaded)
+            .await
+    }
+
+    async fn decide_and_write(
+        &self,
+        job_id: &JobId,
+        expected: Option<u64>,
+        command: JobCommand,
         mut metadata: HashMap<String, String>,
+        (mut job, sequence, prev_hash): (TrainingJob, u64, String),
     ) -> Result<Committed> {
         let s = &self.shared;
-        let (mut job, sequence, prev_hash) = self.fold(job_id).await?;
         if let Some(expected) = expected
             && expected != sequence
         {
@@ -527,10 +678,20 @@ impl Store {
             s.repo.commit::<TrainingJob>(&serialized).await
         }
         .map_err(|e| self.conflict_for(job_id, e.into()))?;
-        s.remember_head(job_id, head.sig);
         for e in &events {
             job.apply(e.clone());
         }
+        s.cache_job(
+            job_id,
+            Some(CachedJob {
+                job: job.clone(),
+                sequence: last,
+                link: head.link.clone(),
+            }),
+        );
+        s.remember_head(job_id, head.sig);
+        s.announce(job_id, position, last, &events);
+        s.committed_here.notify_one();
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Committed {
             sequence: last,
@@ -584,12 +745,16 @@ impl Store {
             caller_metadata(metadata),
         )?;
         let last = expected_sequence + events.len() as u64;
+        // Decided elsewhere: the next command reads the job back.
+        s.cache_job(job_id, None);
         let (position, head) = {
             let _turn = s.write_turn().await;
             s.repo.commit::<TrainingJob>(&serialized).await
         }
         .map_err(|e| self.conflict_for(job_id, e.into()))?;
         s.remember_head(job_id, head.sig);
+        s.announce(job_id, position, last, &events);
+        s.committed_here.notify_one();
         s.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             sequence: last,
@@ -772,6 +937,7 @@ impl Store {
 
     /// Close the database connections (pending calls fail afterwards).
     pub async fn close(&self) {
+        self.shared.stop.cancel();
         match &self.shared.backend {
             Backend::Sqlite(p) => p.close().await,
             Backend::Postgres(p) => p.close().await,

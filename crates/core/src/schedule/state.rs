@@ -56,7 +56,7 @@ impl LiveLease {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct OpenJob {
     tenant: TenantId,
     family: Option<ModelFamily>,
@@ -75,6 +75,18 @@ pub struct SchedulerState {
     pub(super) queued: BTreeMap<(JobId, StepId), QueuedStep>,
     pub(super) leases: HashMap<LeaseId, LiveLease>,
     position: u64,
+}
+
+/// Two states are equal when they hold the same jobs, queue, leases and
+/// position (the catalogue they were built with is not compared): what a
+/// start from the open jobs is checked against a fold of the whole feed by.
+impl PartialEq for SchedulerState {
+    fn eq(&self, other: &Self) -> bool {
+        self.jobs == other.jobs
+            && self.queued == other.queued
+            && self.leases == other.leases
+            && self.position == other.position
+    }
 }
 
 impl SchedulerState {
@@ -132,6 +144,24 @@ impl SchedulerState {
     /// The schedule-to-start timeout of a step, if it has one.
     pub(super) fn schedule_to_start(&self, job: &JobId, step: &StepId) -> Option<Duration> {
         self.jobs.get(job)?.schedule_to_start.get(step).copied()
+    }
+
+    /// Open jobs, for diagnostics and figures (memory follows it).
+    pub fn open_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The feed was read up to `position`, with the events of jobs that had
+    /// ended by then left out (they leave nothing in the state): a start
+    /// from the open jobs, which reads only the work in flight.
+    pub fn read_up_to(&mut self, position: u64) {
+        self.position = self.position.max(position);
+    }
+
+    /// Put the feed position back to `position` (a runtime that applied an
+    /// event ahead of the feed, which has not read that far yet).
+    pub fn set_position(&mut self, position: u64) {
+        self.position = position;
     }
 
     /// Fold one event of `job` at global `position`.

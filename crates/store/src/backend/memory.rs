@@ -2,7 +2,7 @@
 //! same optimistic-concurrency check and global positions as the databases,
 //! and views kept in memory. Everything is lost when the store is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use cqrs_es::Aggregate;
@@ -29,6 +29,8 @@ struct LogState {
     /// Each job's signed head, written with its events.
     heads: HashMap<String, Head>,
     checkpoints: Vec<Checkpoint>,
+    /// Jobs that have not ended (the databases' `open_jobs` table).
+    open: HashSet<String>,
 }
 
 /// The event log. A std `Mutex`: it is never held across an await point.
@@ -200,7 +202,34 @@ impl MemoryLog {
         if let Some(h) = head {
             s.heads.insert(h.job_id.clone(), h.clone());
         }
+        match super::OpenJobs::of(events) {
+            super::OpenJobs::Unchanged => {}
+            super::OpenJobs::Opens => {
+                s.open.insert(first.aggregate_id.clone());
+            }
+            super::OpenJobs::Closes => {
+                s.open.remove(&first.aggregate_id);
+            }
+        }
         Ok(())
+    }
+
+    /// The events at or before `upto` of the jobs that have not ended, in
+    /// feed order.
+    pub(crate) fn open_job_events(&self, aggregate_type: &str, upto: Position) -> Vec<RawEvent> {
+        let s = lock(&self.state);
+        let mut rows: Vec<usize> = s
+            .open
+            .iter()
+            .filter_map(|id| s.by_aggregate.get(&(aggregate_type.to_owned(), id.clone())))
+            .flatten()
+            .copied()
+            .filter(|&i| (i as Position) < upto)
+            .collect();
+        rows.sort_unstable();
+        rows.into_iter()
+            .map(|i| Self::raw(i + 1, &s.rows[i].1))
+            .collect()
     }
 
     /// Append one job's events and set its head; the position of the last.

@@ -56,6 +56,16 @@ impl Backend {
         }
     }
 
+    /// The events at or before `upto` of the jobs that have not ended (the
+    /// `open_jobs` index), in feed order. The memory backend scans its log.
+    pub(crate) async fn open_job_events(&self, upto: Position) -> Result<Vec<RawEvent>> {
+        match self {
+            Self::Sqlite(p) => sqlite::open_job_events(p, upto).await,
+            Self::Postgres(p) => postgres::open_job_events(p, upto).await,
+            Self::Memory(log, _) => Ok(log.open_job_events(AGGREGATE, upto)),
+        }
+    }
+
     /// A job's events as stored, in sequence order.
     pub(crate) async fn job_events(&self, job: &JobId) -> Result<Vec<RawEvent>> {
         match self {
@@ -171,6 +181,37 @@ impl Backend {
             Self::Sqlite(p) => sqlite::queue(p).await,
             Self::Postgres(p) => postgres::queue(p).await,
             Self::Memory(_, v) => Ok(v.queue()),
+        }
+    }
+}
+
+/// The event types after which a job has no more events (see
+/// `JobEvent::ends_job`): a commit holding one takes the job out of the
+/// `open_jobs` index.
+pub(crate) const ENDING_EVENTS: [&str; 4] =
+    ["JobPublished", "JobFailed", "JobCancelled", "JobRejected"];
+
+/// What a commit does to the `open_jobs` index, written in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenJobs {
+    Unchanged,
+    /// The job's first event: it enters the index.
+    Opens,
+    /// The job ended: it leaves the index.
+    Closes,
+}
+
+impl OpenJobs {
+    pub(crate) fn of(events: &[cqrs_es::persist::SerializedEvent]) -> Self {
+        if events
+            .iter()
+            .any(|e| ENDING_EVENTS.contains(&e.event_type.as_str()))
+        {
+            Self::Closes
+        } else if events.iter().any(|e| e.sequence == 1) {
+            Self::Opens
+        } else {
+            Self::Unchanged
         }
     }
 }

@@ -33,7 +33,7 @@ use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 
 use super::{
-    AGGREGATE, JobLog, LogRow, checkpoint_from_row, head_from_row, log_from_rows,
+    AGGREGATE, JobLog, LogRow, OpenJobs, checkpoint_from_row, head_from_row, log_from_rows,
     persistence_error, plain_label_key,
 };
 use crate::chain::{Checkpoint, Head};
@@ -157,6 +157,21 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "named records (registered base models, upload sessions)",
         steps: crate::records::POSTGRES_SCHEMA,
+    },
+    Migration {
+        version: 7,
+        name: "open jobs: the index a restarted scheduler starts from",
+        steps: &[
+            Step::Sql("CREATE TABLE IF NOT EXISTS open_jobs (job_id text PRIMARY KEY)"),
+            Step::Sql(
+                "INSERT INTO open_jobs (job_id)
+                 SELECT DISTINCT aggregate_id FROM events e WHERE NOT EXISTS (
+                     SELECT 1 FROM events t WHERE t.aggregate_type = e.aggregate_type
+                        AND t.aggregate_id = e.aggregate_id
+                        AND t.event_type IN ('JobPublished', 'JobFailed', 'JobCancelled', 'JobRejected'))
+                 ON CONFLICT DO NOTHING",
+            ),
+        ],
     },
 ];
 
@@ -327,7 +342,22 @@ pub(crate) async fn insert_events(
             .push_bind(&e.payload)
             .push_bind(&e.metadata);
     });
-    q.push(" RETURNING global_position), head AS (INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (")
+    q.push(" RETURNING global_position)");
+    // The open-jobs index moves in the same statement (one transaction).
+    match OpenJobs::of(events) {
+        OpenJobs::Unchanged => {}
+        OpenJobs::Opens => {
+            q.push(", open AS (INSERT INTO open_jobs (job_id) VALUES (")
+                .push_bind(head.job_id.as_str())
+                .push(") ON CONFLICT DO NOTHING)");
+        }
+        OpenJobs::Closes => {
+            q.push(", open AS (DELETE FROM open_jobs WHERE job_id = ")
+                .push_bind(head.job_id.as_str())
+                .push(")");
+        }
+    }
+    q.push(", head AS (INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (")
         .push_bind(head.job_id.as_str())
         .push(", ")
         .push_bind(head.sequence as i64)
@@ -339,9 +369,9 @@ pub(crate) async fn insert_events(
         .push_bind(head.sig.as_str())
         .push(
             ") ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
-                key_id = excluded.key_id, sig = excluded.sig)
-             SELECT global_position FROM ins",
+                key_id = excluded.key_id, sig = excluded.sig)",
         );
+    q.push(" SELECT global_position FROM ins");
     let positions: Vec<i64> = q
         .build_query_scalar()
         .fetch_all(pool)
@@ -352,6 +382,27 @@ pub(crate) async fn insert_events(
         .max()
         .map(|p| p as Position)
         .ok_or_else(|| PersistenceError::UnknownError("the insert returned no position".into()))
+}
+
+/// The events at or before `upto` of the jobs in `open_jobs`, in feed
+/// order: a primary-key range per open job (the lateral join keeps
+/// `open_jobs` the outer loop whatever the statistics say), however long
+/// the finished history.
+pub(crate) async fn open_job_events(pool: &PgPool, upto: Position) -> Result<Vec<RawEvent>> {
+    sqlx::query(
+        "SELECT e.global_position, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
+           FROM open_jobs o CROSS JOIN LATERAL (
+                SELECT global_position, aggregate_id, sequence, event_type, event_version, payload, metadata
+                  FROM events WHERE aggregate_type = $1 AND aggregate_id = o.job_id AND global_position <= $2) e
+          ORDER BY e.global_position",
+    )
+    .bind(AGGREGATE)
+    .bind(upto as i64)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(raw)
+    .collect()
 }
 
 /// A job's events in sequence order and its head, read in one statement

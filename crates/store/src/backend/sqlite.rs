@@ -22,7 +22,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 
 use super::{
-    AGGREGATE, JobLog, LogRow, checkpoint_from_row, head_from_row, log_from_rows,
+    AGGREGATE, JobLog, LogRow, OpenJobs, checkpoint_from_row, head_from_row, log_from_rows,
     persistence_error, plain_label_key,
 };
 use crate::chain::{Checkpoint, Head};
@@ -156,6 +156,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "named records (registered base models, upload sessions)",
         steps: crate::records::SQLITE_SCHEMA,
+    },
+    Migration {
+        version: 7,
+        name: "open jobs: the index a restarted scheduler starts from",
+        steps: &[
+            Step::Sql("CREATE TABLE IF NOT EXISTS open_jobs (job_id TEXT PRIMARY KEY) STRICT"),
+            Step::Sql(
+                "INSERT OR IGNORE INTO open_jobs (job_id)
+                 SELECT DISTINCT aggregate_id FROM events e WHERE NOT EXISTS (
+                     SELECT 1 FROM events t WHERE t.aggregate_type = e.aggregate_type
+                        AND t.aggregate_id = e.aggregate_id
+                        AND t.event_type IN ('JobPublished', 'JobFailed', 'JobCancelled', 'JobRejected'))",
+            ),
+        ],
     },
 ];
 
@@ -308,6 +322,18 @@ pub(crate) async fn insert_events(
             .await
             .map_err(persistence_error)?;
     }
+    let open_jobs = match OpenJobs::of(events) {
+        OpenJobs::Unchanged => None,
+        OpenJobs::Opens => Some("INSERT OR IGNORE INTO open_jobs (job_id) VALUES (?)"),
+        OpenJobs::Closes => Some("DELETE FROM open_jobs WHERE job_id = ?"),
+    };
+    if let Some(sql) = open_jobs {
+        sqlx::query(sql)
+            .bind(head.job_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(persistence_error)?;
+    }
     sqlx::query(
         "INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
@@ -323,6 +349,25 @@ pub(crate) async fn insert_events(
     .map_err(persistence_error)?;
     tx.commit().await.map_err(persistence_error)?;
     Ok(last as Position)
+}
+
+/// The events at or before `upto` of the jobs in `open_jobs`, in feed
+/// order: one primary-key range per open job (`CROSS JOIN` keeps
+/// `open_jobs` the outer loop), however long the finished history.
+pub(crate) async fn open_job_events(pool: &SqlitePool, upto: Position) -> Result<Vec<RawEvent>> {
+    sqlx::query(
+        "SELECT e.global_position, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
+           FROM open_jobs o CROSS JOIN events e
+          WHERE e.aggregate_type = ? AND e.aggregate_id = o.job_id AND e.global_position <= ?
+          ORDER BY e.global_position",
+    )
+    .bind(AGGREGATE)
+    .bind(upto as i64)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(raw)
+    .collect()
 }
 
 /// A job's events in sequence order and its head, read in one statement

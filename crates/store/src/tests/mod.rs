@@ -3,12 +3,15 @@
 //! gap-free feed under 16 writers) have their own module.
 
 mod behaviour;
+mod cached;
 mod cancelled;
 mod gap_free;
+mod in_flight;
 mod job_list;
 mod records;
 mod restart;
 mod support;
 mod tampering;
 mod upcasting;
+mod wake;
 mod webhooks;
