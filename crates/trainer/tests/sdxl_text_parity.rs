@@ -82,6 +82,75 @@ fn second_tokenizer_matches_transformers_on_awkward_captions() {
     }
 }
 
+/// A copy of the fixture model whose tokenizer folders hold only `tokenizer.json` (and the
+/// tokenizer config), as some hub repositories ship them.
+fn tokenizer_json_only_copy(name: &str) -> std::path::PathBuf {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("loraflow-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy(&fixture("sdxl/pipeline"), &dir);
+    for sub in ["tokenizer", "tokenizer_2"] {
+        std::fs::remove_file(dir.join(sub).join("vocab.json")).unwrap();
+        std::fs::remove_file(dir.join(sub).join("merges.txt")).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn folders_with_only_tokenizer_json_tokenize_the_same() {
+    let device = Device::flex();
+    let dir = tokenizer_json_only_copy("tokjson");
+    let model = StableDiffusionXl::load_diffusers(&dir, &device).unwrap();
+    let io = TensorFile::open(fixture("sdxl/text_io.safetensors")).unwrap();
+    let prompts = prompts(&io);
+    let captions: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let ids = model.tokenizers.encode_batch(&captions);
+    assert_eq!(ids.ids, rows(&io, "te1.input_ids"));
+    assert_eq!(ids.ids_2, rows(&io, "te2.input_ids"));
+    // The awkward captions too, through the second tokenizer's tokenizer.json.
+    let from_json = ClipTokenizer::from_dir(dir.join("tokenizer_2")).unwrap();
+    let from_files = ClipTokenizer::from_dir(fixture("sdxl/pipeline/tokenizer_2")).unwrap();
+    let text = std::fs::read_to_string(fixture("sdxl/tokenizer_2_cases.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let caption = case["text"].as_str().unwrap();
+        assert_eq!(
+            from_json.encode_padded(caption),
+            from_files.encode_padded(caption),
+            "caption {caption:?}"
+        );
+    }
+    assert_eq!(from_json.special_ids(), from_files.special_ids());
+    // Without any vocabulary the folder is refused, naming what is missing.
+    std::fs::remove_file(dir.join("tokenizer_2").join("tokenizer.json")).unwrap();
+    let err = loraflow_trainer::sdxl::SdxlConfig::from_dir(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokenizer_2/tokenizer.json"), "{err}");
+    // A tokenizer.json of another model type is refused by name.
+    std::fs::write(
+        dir.join("tokenizer_2").join("tokenizer.json"),
+        r#"{"model": {"type": "Unigram", "vocab": []}}"#,
+    )
+    .unwrap();
+    let err = ClipTokenizer::from_dir(dir.join("tokenizer_2"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Unigram"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn encoders_match_transformers() {
     let device = Device::flex();

@@ -24,6 +24,7 @@ use loraflow_trainer::sdxl::{SizeConditioning, StableDiffusionXl, time_ids_tenso
 use loraflow_trainer::tensor_file::TensorFile;
 use loraflow_trainer::train::config::{SampleConfig, TextEncoderTraining};
 use loraflow_trainer::train::step::{Objective, StepNoise, diffusion_loss_added};
+use loraflow_trainer::train::validation::ValidationConfig;
 use loraflow_trainer::unet::AddedConditions;
 use loraflow_trainer::{Controls, Error, ProgressEvent, SaveReason, TrainConfig, Trainer};
 
@@ -198,6 +199,56 @@ fn sdxl_images_train_to_kohya_sdxl_epoch_files_that_lower_the_loss() {
     let after = fixed_loss(&trained, &image, &device);
     println!("fixed-batch loss: base {base}, trained {after}");
     assert!(after < 0.9 * base, "loss did not fall: {base} → {after}");
+}
+
+#[test]
+fn sdxl_validation_loss_uses_pooled_text_and_sizes_and_falls_as_the_model_fits() {
+    let root = tmp("validation");
+    let data = root.join("data").join("10_circle");
+    std::fs::create_dir_all(&data).unwrap();
+    picture(48, 48).save(data.join("a.png")).unwrap();
+    std::fs::write(data.join("a.txt"), CAPTION).unwrap();
+    // A held-out picture of the same subject at another size (its own size values).
+    let held = root.join("held");
+    std::fs::create_dir_all(&held).unwrap();
+    picture(40, 40).save(held.join("b.png")).unwrap();
+    std::fs::write(held.join("b.txt"), CAPTION).unwrap();
+    let mut c = config(&root.join("data"), &root.join("out"));
+    let mut v = ValidationConfig::split(0.0);
+    v.dir = Some(held);
+    v.seed = Some(7);
+    c.validation = Some(v);
+    let run = |c: TrainConfig| {
+        let mut events = Vec::new();
+        let result = Trainer::new(c)
+            .unwrap()
+            .run(
+                &mut |e: ProgressEvent| events.push(e),
+                &loraflow_trainer::NeverCancel,
+            )
+            .unwrap();
+        let reported = events
+            .iter()
+            .filter(|e| matches!(e, ProgressEvent::Validated(_)))
+            .count();
+        (result, reported)
+    };
+    let (a, reported) = run(c.clone());
+    assert_eq!(a.validation_images, vec!["b.png".to_string()]);
+    let epochs: Vec<usize> = a.validation.iter().map(|p| p.epoch).collect();
+    assert_eq!(epochs, vec![0, 2, 4], "{:?}", a.validation);
+    assert_eq!(reported, 3);
+    assert!(a.validation.iter().all(|p| p.loss.is_finite()));
+    let (base, last) = (a.validation[0].loss, a.validation[2].loss);
+    println!("SDXL validation loss: base {base}, epoch 4 {last}");
+    assert!(last < base, "validation loss did not fall: {base} → {last}");
+    // The base model's measurement depends on the validation seed only.
+    let mut other = c;
+    other.seed = 6;
+    other.output.dir = root.join("other");
+    let (b, _) = run(other);
+    assert_eq!(b.validation[0], a.validation[0]);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// The number of `.alpha` keys.

@@ -1,5 +1,6 @@
 //! CLIP's byte-level BPE tokenizer, read from a model's `tokenizer/vocab.json` and
-//! `merges.txt`.
+//! `merges.txt`, or from the `tokenizers` library's single `tokenizer.json` when a folder
+//! holds only that (its `model.vocab` and `model.merges` are the same two tables).
 //!
 //! It reproduces transformers' `CLIPTokenizer` (backed by the `tokenizers` library): special
 //! tokens are split off the raw text, the rest is NFC-normalised, runs of whitespace become one
@@ -28,6 +29,15 @@ pub const BOS: &str = "<|startoftext|>";
 pub const EOS: &str = "<|endoftext|>";
 /// CLIP's context length.
 pub const MAX_LENGTH: usize = 77;
+/// The `tokenizers` library's single-file form of a tokenizer.
+pub const TOKENIZER_JSON: &str = "tokenizer.json";
+
+/// Whether `dir` holds a tokenizer this module reads: `vocab.json` with `merges.txt`, or
+/// `tokenizer.json`.
+pub fn has_tokenizer(dir: &Path) -> bool {
+    (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
+        || dir.join(TOKENIZER_JSON).is_file()
+}
 
 const PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
@@ -89,8 +99,9 @@ fn token_name(v: &Value) -> Option<String> {
 }
 
 impl ClipTokenizer {
-    /// Reads `vocab.json`, `merges.txt` and, when present, `tokenizer_config.json` (pad token,
-    /// `model_max_length`) from a diffusers `tokenizer/` folder.
+    /// Reads `vocab.json` and `merges.txt` (or, without them, `tokenizer.json`) and, when
+    /// present, `tokenizer_config.json` (pad token, `model_max_length`) from a diffusers
+    /// `tokenizer/` folder.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let mut pad = EOS.to_string();
@@ -111,12 +122,61 @@ impl ClipTokenizer {
                 max_length = n as usize;
             }
         }
-        Self::from_files(
-            dir.join("vocab.json"),
-            dir.join("merges.txt"),
-            &pad,
-            max_length,
+        let vocab_path = dir.join("vocab.json");
+        let single = dir.join(TOKENIZER_JSON);
+        if !vocab_path.is_file() && single.is_file() {
+            return Self::from_tokenizer_json(&single, &pad, max_length);
+        }
+        Self::from_files(vocab_path, dir.join("merges.txt"), &pad, max_length)
+    }
+
+    /// Reads the vocabulary and merges of a `tokenizers` library `tokenizer.json` (a BPE
+    /// model; merges written as `"a b"` strings or as `["a", "b"]` pairs, as newer versions
+    /// write them).
+    pub fn from_tokenizer_json(
+        path: impl AsRef<Path>,
+        pad: &str,
+        max_length: usize,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| parse_err(path, e.to_string()))?;
+        let model = doc
+            .get("model")
+            .ok_or_else(|| parse_err(path, "no \"model\" section"))?;
+        if let Some(kind) = model.get("type").and_then(Value::as_str)
+            && kind != "BPE"
+        {
+            return Err(parse_err(
+                path,
+                format!("the model is {kind:?}; CLIP's tokenizer is \"BPE\""),
+            ));
+        }
+        let vocab: HashMap<String, u32> = serde_json::from_value(
+            model
+                .get("vocab")
+                .cloned()
+                .ok_or_else(|| parse_err(path, "no model.vocab table"))?,
         )
+        .map_err(|e| parse_err(path, format!("model.vocab: {e}")))?;
+        let merges = model
+            .get("merges")
+            .and_then(Value::as_array)
+            .ok_or_else(|| parse_err(path, "no model.merges list"))?
+            .iter()
+            .map(|m| match m {
+                Value::String(line) => line
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| parse_err(path, format!("merge {line:?} is not two symbols"))),
+                Value::Array(pair) => match pair.as_slice() {
+                    [Value::String(a), Value::String(b)] => Ok((a.clone(), b.clone())),
+                    _ => Err(parse_err(path, format!("merge {m} is not two symbols"))),
+                },
+                other => Err(parse_err(path, format!("merge {other} is not two symbols"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_tables(vocab, merges, path, path, pad, max_length)
     }
 
     /// Reads a vocabulary and merge list; `pad` names the padding token.
@@ -131,22 +191,39 @@ impl ClipTokenizer {
         let vocab: HashMap<String, u32> =
             serde_json::from_str(&text).map_err(|e| parse_err(vocab_path, e.to_string()))?;
         let text = std::fs::read_to_string(merges_path).map_err(|e| Error::read(merges_path, e))?;
-        let mut ranks = HashMap::new();
-        for (i, line) in text
+        let merges = text
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.is_empty())
-            .enumerate()
-        {
-            let (a, b) = line.split_once(' ').ok_or_else(|| {
-                parse_err(merges_path, format!("merge {line:?} is not two symbols"))
-            })?;
+            .map(|line| {
+                line.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| {
+                        parse_err(merges_path, format!("merge {line:?} is not two symbols"))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_tables(vocab, merges, vocab_path, merges_path, pad, max_length)
+    }
+
+    /// A tokenizer from its vocabulary and its merges in rank order (`vocab_path` and
+    /// `merges_path` name where they came from, in errors).
+    fn from_tables(
+        vocab: HashMap<String, u32>,
+        merges: Vec<(String, String)>,
+        vocab_path: &Path,
+        merges_path: &Path,
+        pad: &str,
+        max_length: usize,
+    ) -> Result<Self> {
+        let mut ranks = HashMap::new();
+        for (i, (a, b)) in merges.into_iter().enumerate() {
             if !vocab.contains_key(&format!("{a}{b}")) {
                 return Err(parse_err(
                     merges_path,
-                    format!("merge {line:?} makes {a}{b:?}, which is not in the vocabulary"),
+                    format!("merge \"{a} {b}\" makes {a}{b:?}, which is not in the vocabulary"),
                 ));
             }
-            ranks.entry((a.to_string(), b.to_string())).or_insert(i);
+            ranks.entry((a, b)).or_insert(i);
         }
         let id = |token: &str| {
             vocab.get(token).copied().ok_or_else(|| {

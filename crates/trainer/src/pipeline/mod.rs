@@ -76,10 +76,7 @@ impl PipelineConfig {
             } else {
                 SchedulerConfig::default()
             },
-            tokenizer_dir: required("tokenizer/vocab.json")?
-                .parent()
-                .expect("a file in tokenizer/")
-                .to_path_buf(),
+            tokenizer_dir: tokenizer_folder(dir, "tokenizer")?,
         })
     }
 
@@ -87,6 +84,24 @@ impl PipelineConfig {
     /// downscale factor (512 for SD1.5).
     pub fn default_image_size(&self) -> usize {
         self.unet.sample_size.unwrap_or(64) * self.vae.downscale_factor()
+    }
+}
+
+/// The tokenizer folder `sub` of a diffusers model: `vocab.json` with `merges.txt`, or
+/// `tokenizer.json`.
+pub(crate) fn tokenizer_folder(dir: &Path, sub: &str) -> Result<PathBuf> {
+    let folder = dir.join(sub);
+    if crate::clip::tokenizer::has_tokenizer(&folder) {
+        Ok(folder)
+    } else {
+        Err(Error::invalid(
+            "model",
+            dir.display(),
+            format!(
+                "a diffusers folder needs {sub}/vocab.json and {sub}/merges.txt, or \
+                 {sub}/tokenizer.json; none is there"
+            ),
+        ))
     }
 }
 

@@ -25,7 +25,7 @@ pub use text::{SdxlIds, SdxlText, SdxlTextEncoders, SdxlTokenizers};
 
 use crate::clip::{ClipProjectionConfig, ClipTextConfig, ClipTokenizer};
 use crate::error::{Error, Result};
-use crate::pipeline::weights_file;
+use crate::pipeline::{tokenizer_folder, weights_file};
 use crate::sample::scheduler::SchedulerConfig;
 use crate::tensor_file::TensorFile;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
@@ -77,7 +77,6 @@ impl SdxlConfig {
                 ))
             }
         };
-        let folder_of = |file: PathBuf| file.parent().expect("a file in a folder").to_path_buf();
         let scheduler_path = dir.join("scheduler/scheduler_config.json");
         let config = Self {
             unet: UNetConfig::from_file(required("unet/config.json")?)?,
@@ -91,8 +90,8 @@ impl SdxlConfig {
             } else {
                 SchedulerConfig::default()
             },
-            tokenizer_dir: folder_of(required("tokenizer/vocab.json")?),
-            tokenizer_2_dir: folder_of(required("tokenizer_2/vocab.json")?),
+            tokenizer_dir: tokenizer_folder(dir, "tokenizer")?,
+            tokenizer_2_dir: tokenizer_folder(dir, "tokenizer_2")?,
         };
         config.validate()?;
         Ok(config)

@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::step::{Objective, StepNoise, diffusion_loss};
+use super::step::{Objective, StepNoise, diffusion_loss_added};
 use crate::error::{Error, Result};
 use crate::rng::{SeededRng, Stream};
 use crate::schedule::NoiseSchedule;
+use crate::sdxl::{SizeConditioning, time_ids_tensor};
 use crate::tensor_file::HostTensor;
-use crate::unet::UNet2DConditionModel;
+use crate::unet::{AddedConditions, UNet2DConditionModel};
 
 fn four() -> usize {
     4
@@ -153,13 +154,17 @@ pub struct ValidationExample {
     pub latents: HostTensor,
     /// Text-encoder states `[tokens, width]`.
     pub context: HostTensor,
+    /// SDXL's added conditioning: the pooled text vector `[projection_dim]` and the image's
+    /// micro-conditioning; `None` for SD1.x/SD2.x.
+    pub added: Option<(HostTensor, SizeConditioning)>,
 }
 
 /// The mean loss of `examples`, each at every timestep of `timesteps`, with noise drawn from
 /// `seed` per example (so adding or removing one image leaves the others' draws alone).
 ///
 /// Pass an inference copy of the UNet (`Module::valid`) and its device: nothing is recorded
-/// for gradients. Returns NaN for no examples.
+/// for gradients. Returns NaN for no examples; refused when an example's added conditioning
+/// does not fit the UNet (SDXL's is required, SD1.x/SD2.x takes none).
 pub fn validation_loss(
     unet: &UNet2DConditionModel,
     schedule: &NoiseSchedule,
@@ -168,7 +173,7 @@ pub fn validation_loss(
     timesteps: &[usize],
     seed: u64,
     device: &Device,
-) -> f32 {
+) -> Result<f32> {
     let k = timesteps.len();
     let mut sum = 0.0f64;
     for (i, e) in examples.iter().enumerate() {
@@ -194,10 +199,26 @@ pub fn validation_loss(
             .flat_map(|_| e.context.data.iter().copied())
             .collect();
         let context = Tensor::<3>::from_data(TensorData::new(context, [k, t, d]), device);
-        let loss = diffusion_loss(unet, schedule, objective, latents, context, &draw);
+        let added = e.added.as_ref().map(|(pooled, size)| {
+            let p = pooled.shape[0];
+            let repeated: Vec<f32> = (0..k).flat_map(|_| pooled.data.iter().copied()).collect();
+            AddedConditions {
+                text_embeds: Tensor::from_data(TensorData::new(repeated, [k, p]), device),
+                time_ids: time_ids_tensor(&vec![*size; k], device),
+            }
+        });
+        let loss = diffusion_loss_added(
+            unet,
+            schedule,
+            objective,
+            latents,
+            context,
+            added.as_ref(),
+            &draw,
+        )?;
         sum += loss.into_scalar::<f32>() as f64;
     }
-    (sum / examples.len() as f64) as f32
+    Ok((sum / examples.len() as f64) as f32)
 }
 
 #[cfg(test)]
