@@ -36,6 +36,10 @@
 //! [[auth.executors]]
 //! executor = "gpu-node-1"
 //! token = "…"
+//!
+//! [telemetry]            # OTLP trace export (docs/http.md)
+//! otlp_endpoint = "http://otel-collector:4317"
+//! service_name = "loraflow"
 //! ```
 
 use std::collections::BTreeMap;
@@ -72,6 +76,27 @@ pub struct Config {
     /// A catalogue file replacing the built-in one (same shape as the
     /// built-in `default.toml`).
     pub catalogue: Option<PathBuf>,
+    /// OpenTelemetry trace export.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where the spans of requests and steps are exported (`crate::telemetry`).
+/// Unset, the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME` apply; none of them,
+/// nothing is exported.
+///
+/// ```toml
+/// [telemetry]
+/// otlp_endpoint = "http://otel-collector:4317"   # OTLP over gRPC
+/// service_name = "loraflow-eu"                   # default `loraflow`
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector: `http://host:4317` or `https://...`.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    pub service_name: Option<String>,
 }
 
 /// The signed audit log (`docs/audit.md`).
@@ -396,6 +421,14 @@ impl Config {
             message,
         };
         let config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if let Some(e) = &config.telemetry.otlp_endpoint {
+            crate::telemetry::check_endpoint("telemetry.otlp_endpoint", e)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(n) = &config.telemetry.service_name {
+            crate::telemetry::check_service_name("telemetry.service_name", n)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
         config.auth.webhook_secrets().map_err(invalid)?;
         let roots = config
             .auth
@@ -501,6 +534,33 @@ mod tests {
             err.to_string().contains("tenant acme has two different"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn telemetry_is_configured_and_checked() {
+        let c = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nservice_name = \"lf\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(c.telemetry.service_name.as_deref(), Some("lf"));
+        assert_eq!(Config::default().telemetry, TelemetryConfig::default());
+        let err = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"127.0.0.1:4317\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
+        assert!(err.contains("\"127.0.0.1:4317\""), "{err}");
+        let err = Config::from_toml("[telemetry]\nendpoint = \"x\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `endpoint`"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 mod scheduler;
+pub mod telemetry;
 pub mod tenancy;
 pub mod tls;
 pub mod transfer;

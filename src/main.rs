@@ -7,15 +7,21 @@ use std::process::ExitCode;
 use clap::Parser;
 use cli::output::StdoutClosed;
 use cli::{Cli, Command, client::Exit, exit};
+use loraflow::config::TelemetryConfig;
+use loraflow::telemetry::{Export, TelemetryError};
 
-/// Logs go to stderr, filtered by `RUST_LOG`; without it, `default`.
-fn init_logging(default: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Where `serve` and `worker` export their spans (`loraflow::telemetry`);
+/// `None` for the other commands. A configuration file that does not load
+/// exports nothing: `serve` reports the file's error itself.
+fn trace_export(cli: &Cli) -> Result<Option<Export>, TelemetryError> {
+    match &cli.command {
+        Command::Serve(a) => {
+            let config = a.config.load().map(|c| c.telemetry).unwrap_or_default();
+            Export::resolve(&config, "loraflow")
+        }
+        Command::Worker(_) => Export::resolve(&TelemetryConfig::default(), "loraflow-worker"),
+        _ => Ok(None),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -48,10 +54,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     loraflow::tls::use_ring();
     // The demo draws progress bars on stderr; routine logs would break them.
-    init_logging(match cli.command {
+    let log_filter = match cli.command {
         Command::Demo(_) => "warn,sqlx=warn",
         _ => "info,sqlx=warn",
-    });
+    };
+    let export = trace_export(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,7 +69,22 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(async {
+        // The exporter's batches run on this runtime.
+        let tracing = match export {
+            Ok(export) => loraflow::telemetry::init(log_filter, export.as_ref()),
+            Err(e) => loraflow::telemetry::init(log_filter, None).and(Err(e)),
+        };
+        let tracing = match tracing {
+            Ok(t) => t,
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot export traces")),
+        };
+        let result = run(cli).await;
+        if let Some(t) = tracing {
+            t.shutdown().await;
+        }
+        result
+    });
     // The command is over (`serve` has stopped its engine, or given up on it
     // when its shutdown grace ended): dropping the runtime would wait for
     // blocking work still running (a training step on CPU), past that grace.

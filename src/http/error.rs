@@ -39,8 +39,37 @@ pub struct ErrorStatus {
     pub message: String,
     /// `google.rpc.BadRequest` (every bad field) and `google.rpc.ErrorInfo`
     /// (the reason, in domain `loraflow.v1`), when the refusal has them.
-    #[schema(value_type = Vec<Object>)]
-    pub details: Vec<serde_json::Value>,
+    pub details: Vec<ErrorDetail>,
+}
+
+/// One detail of a refusal, told apart by `@type`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "@type")]
+pub enum ErrorDetail {
+    /// Every bad field of the request.
+    #[serde(rename = "type.googleapis.com/google.rpc.BadRequest")]
+    BadRequest {
+        #[serde(rename = "fieldViolations")]
+        field_violations: Vec<FieldViolation>,
+    },
+    /// Why, as a machine-readable reason.
+    #[serde(rename = "type.googleapis.com/google.rpc.ErrorInfo")]
+    ErrorInfo {
+        /// `INVALID_ARGUMENT`, `URI_NOT_ALLOWED`, ...
+        reason: String,
+        /// `loraflow.v1`.
+        domain: String,
+        metadata: BTreeMap<String, String>,
+    },
+}
+
+/// One bad field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldViolation {
+    /// The field's path in the request (`job.params.epochs`, `reason`).
+    pub field: String,
+    /// What was given and what is allowed.
+    pub description: String,
 }
 
 /// A refusal of the HTTP API.
@@ -142,29 +171,32 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The details a status carries, as JSON.
-fn details(status: &Status) -> Vec<serde_json::Value> {
+/// The details a status carries.
+fn details(status: &Status) -> Vec<ErrorDetail> {
     let mut out = Vec::new();
     let d = status.get_error_details();
     if let Some(br) = d.bad_request() {
-        let violations: Vec<_> = br
-            .field_violations
-            .iter()
-            .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
-            .collect();
-        out.push(serde_json::json!({
-            "@type": "type.googleapis.com/google.rpc.BadRequest",
-            "fieldViolations": violations,
-        }));
+        out.push(ErrorDetail::BadRequest {
+            field_violations: br
+                .field_violations
+                .iter()
+                .map(|v| FieldViolation {
+                    field: v.field.clone(),
+                    description: v.description.clone(),
+                })
+                .collect(),
+        });
     }
     if let Some(info) = d.error_info() {
-        let metadata: BTreeMap<_, _> = info.metadata.iter().collect();
-        out.push(serde_json::json!({
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": info.reason,
-            "domain": info.domain,
-            "metadata": metadata,
-        }));
+        out.push(ErrorDetail::ErrorInfo {
+            reason: info.reason.clone(),
+            domain: info.domain.clone(),
+            metadata: info
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        });
     }
     out
 }

@@ -26,7 +26,9 @@ pub struct CreateJob {
     /// upload of `ArtifactService` or a URI the tenant may name), `naming`,
     /// and optionally `profile`, `params`, `sample_prompts`, `priority`,
     /// `labels`, `workflow`, `webhooks`. The tenant is the token's.
-    #[schema(value_type = Object)]
+    // Kept as JSON to put the token's tenant in before it is read; the
+    // document declares it as `NewJobSpec` (`openapi::ClosedBodies`).
+    #[schema(value_type = JobSpec)]
     pub job: serde_json::Value,
     /// Idempotency key (a UUID): repeats return the first request's job.
     #[serde(default)]

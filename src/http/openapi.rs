@@ -39,7 +39,7 @@ use super::{datasets, health, jobs, review, sse};
         health::readyz,
         health::metrics,
     ),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &ClosedBodies),
     security(("bearer" = [])),
     tags(
         (name = "jobs", description = "Training jobs: create, follow, review, act"),
@@ -62,6 +62,60 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Request bodies are closed: the server refuses a field it does not know
+/// (`body::parse` names it), so each body's schema says
+/// `additionalProperties: false`. The job of `POST /v1/jobs` is a job spec
+/// whose `tenant` may be left out (it is the token's).
+struct ClosedBodies;
+
+/// The schemas of the request bodies (`JsonBody` in `jobs`).
+const REQUEST_BODIES: [&str; 7] = [
+    "CreateJob",
+    "ResumeJob",
+    "WithReason",
+    "Approve",
+    "Empty",
+    "SampleNow",
+    "Retry",
+];
+
+/// The schema of the job in `POST /v1/jobs`.
+const NEW_JOB: &str = "NewJobSpec";
+
+impl Modify for ClosedBodies {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        use utoipa::openapi::{Ref, RefOr};
+        let components = doc.components.get_or_insert_with(Default::default);
+        let closed = || Some(Box::new(AdditionalProperties::FreeForm(false)));
+        for name in REQUEST_BODIES {
+            if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(name) {
+                o.additional_properties = closed();
+            }
+        }
+        let new_job = match components.schemas.get("JobSpec") {
+            Some(RefOr::T(Schema::Object(spec))) => {
+                let mut spec = spec.clone();
+                spec.required.retain(|f| f != "tenant");
+                spec.description = Some(
+                    "A job spec as `POST /v1/jobs` takes it: `tenant` may be left out (it is the bearer token's); if given, it must be the token's."
+                        .to_owned(),
+                );
+                spec
+            }
+            _ => return,
+        };
+        components
+            .schemas
+            .insert(NEW_JOB.to_owned(), RefOr::T(Schema::Object(new_job)));
+        if let Some(RefOr::T(Schema::Object(create))) = components.schemas.get_mut("CreateJob")
+            && let Some(job) = create.properties.get_mut("job")
+        {
+            *job = RefOr::Ref(Ref::from_schema_name(NEW_JOB));
+        }
     }
 }
 

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use loraflow_core::catalogue::{BaseModel, EffectiveParam, Params, ServiceStatus};
+use loraflow_core::catalogue::{BaseModel, EffectiveParam, ParamValue, Params, ServiceStatus};
 use loraflow_core::executor::Capabilities;
-use loraflow_core::job::JobSpec;
+use loraflow_core::job::{JobEvent, JobSpec};
 use loraflow_core::views::JobStatus;
 use loraflow_core::webhook::{Delivery, DeliveryAttempt};
 use loraflow_store::StoredEvent;
@@ -34,7 +34,6 @@ pub struct Job {
     pub waiting_for: BTreeMap<String, String>,
     /// State, steps, progress, epochs (with their samples and losses),
     /// artifacts: the job's status view.
-    #[schema(value_type = Object)]
     pub status: JobStatus,
 }
 
@@ -59,7 +58,6 @@ impl From<JobView> for Job {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ValidJob {
     pub valid: bool,
-    #[schema(value_type = Object)]
     pub spec: JobSpec,
 }
 
@@ -83,10 +81,12 @@ pub struct Event {
     /// `JobCreated`, `StepProgressed`, ...
     pub event_type: String,
     pub recorded_at: DateTime<Utc>,
-    /// The event, in its stored JSON form.
-    #[schema(value_type = Object)]
+    /// The event, in its stored JSON form: `{"<event_type>": {...}}`.
+    #[schema(value_type = JobEvent)]
     pub payload: serde_json::Value,
     /// Its metadata (tenant, request id, hash chain).
+    // Left open: the store keeps whatever string keys its writers put there
+    // (other tools' events too), and readers take the keys they know.
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
 }
@@ -114,7 +114,6 @@ pub struct History {
 /// The base models of the catalogue.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BaseModels {
-    #[schema(value_type = Vec<Object>)]
     pub base_models: Vec<BaseModel>,
 }
 
@@ -122,9 +121,9 @@ pub struct BaseModels {
 /// profile.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ParameterSchema {
-    #[schema(value_type = Vec<Object>)]
     pub params: Vec<EffectiveParam>,
-    #[schema(value_type = Object)]
+    /// Each profile's parameter values, by profile name.
+    #[schema(value_type = BTreeMap<String, BTreeMap<String, ParamValue>>)]
     pub profiles: BTreeMap<String, Params>,
 }
 
@@ -134,7 +133,6 @@ pub struct Service {
     pub tenant: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataset_root: Option<String>,
-    #[schema(value_type = Object)]
     pub status: ServiceStatus,
 }
 
@@ -144,7 +142,6 @@ pub struct Executor {
     pub executor_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
-    #[schema(value_type = Object)]
     pub capabilities: Capabilities,
     pub register_time: DateTime<Utc>,
     pub last_seen_time: DateTime<Utc>,
@@ -194,9 +191,7 @@ pub struct ExecutorPage {
 /// One event to one webhook URL, with every attempt made for it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookDelivery {
-    #[schema(value_type = Object)]
     pub delivery: Delivery,
-    #[schema(value_type = Vec<Object>)]
     pub attempts: Vec<DeliveryAttempt>,
 }
 

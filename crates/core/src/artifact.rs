@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A SHA-256 digest, lower-case hex.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Sha256(pub String);
 
@@ -30,6 +31,7 @@ impl std::fmt::Display for Sha256 {
 
 /// What an artifact is, so views can group them without parsing names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactKind {
     /// A dataset manifest written by `validate_dataset`.
@@ -70,6 +72,7 @@ pub fn report_uri<'a>(
 
 /// A stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Artifact {
     pub kind: ArtifactKind,
     /// Short name, unique within the step (`epoch-3.safetensors`).
@@ -86,6 +89,7 @@ pub struct Artifact {
 /// What a training run produced at one saved epoch (or at one `save-now`
 /// request, which `step` then identifies).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct EpochOutput {
     pub epoch: u32,
     /// The LoRA saved at this epoch (absent when a sample step reports samples only).
@@ -229,6 +233,7 @@ pub fn absorb_into(
 
 /// Which loss a [`Suggestion`] rests on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SuggestionBasis {
     /// The loss on held-out images (comparable across epochs).
@@ -242,6 +247,7 @@ pub enum SuggestionBasis {
 /// The epoch a reviewer is pointed at, and why: the lowest validation
 /// loss, else the lowest training loss, else the last saved epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Suggestion {
     pub epoch: u32,
     pub basis: SuggestionBasis,

@@ -9,6 +9,7 @@ macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         pub struct $name(pub String);
 

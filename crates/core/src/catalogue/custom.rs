@@ -30,6 +30,7 @@ pub const MAX_MODELS_PER_TENANT: usize = 100;
 
 /// A base model a tenant registered, as checked at registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CustomModel {
     /// What jobs name it by (`base_model`); never a catalogue id.

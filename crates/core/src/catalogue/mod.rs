@@ -24,6 +24,7 @@ use crate::validation::Violations;
 
 /// A training engine: the native burn trainer, or an external one driven as a subprocess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum Engine {
     #[serde(rename = "native")]
     Native,
@@ -69,6 +70,7 @@ impl FromStr for Engine {
 
 /// The architecture family of a base model; LoRA key layouts and defaults follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFamily {
     Sd15,
@@ -118,6 +120,7 @@ impl FromStr for ModelFamily {
 
 /// A base model a LoRA can be trained against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BaseModel {
     pub id: BaseModelId,

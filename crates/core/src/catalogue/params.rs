@@ -72,12 +72,33 @@ impl fmt::Display for ParamValue {
     }
 }
 
+// A parameter value is a JSON boolean, number or string: `anyOf`, not the
+// `oneOf` an untagged enum would derive, since an integer is a number too.
+#[cfg(feature = "utoipa")]
+impl utoipa::PartialSchema for ParamValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, SchemaFormat, KnownFormat, Type};
+        let of = |t: Type| ObjectBuilder::new().schema_type(t);
+        AnyOfBuilder::new()
+            .item(of(Type::Boolean))
+            .item(of(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))))
+            .item(of(Type::Number).format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))))
+            .item(of(Type::String))
+            .description(Some("A parameter value: a boolean, an integer, a number or a string, as the parameter's type says."))
+            .into()
+    }
+}
+
+#[cfg(feature = "utoipa")]
+impl utoipa::ToSchema for ParamValue {}
+
 /// Parameters as a user wrote them (unvalidated) or as resolved (validated,
 /// defaults filled in).
 pub type Params = BTreeMap<String, ParamValue>;
 
 /// The type of a parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ParamType {
     Int,
@@ -99,6 +120,7 @@ impl fmt::Display for ParamType {
 
 /// Changes to a parameter for one base model or engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ParamOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +137,7 @@ pub struct ParamOverride {
 
 /// One parameter of the schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ParamSpec {
     #[serde(rename = "type")]
@@ -138,6 +161,7 @@ pub struct ParamSpec {
 
 /// A parameter as it applies to one base model and engine: overrides folded in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct EffectiveParam {
     pub name: String,
     pub ty: ParamType,
@@ -261,8 +285,10 @@ impl EffectiveParam {
 
 /// The whole schema: parameters and profiles, and what each engine runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ParamSchema {
     pub params: BTreeMap<String, ParamSpec>,
+    #[cfg_attr(feature = "utoipa", schema(value_type = BTreeMap<String, BTreeMap<String, ParamValue>>))]
     pub profiles: BTreeMap<String, Params>,
     /// Declared by the engines, not read from TOML (see
     /// [`engine_rules`](super::engine_rules)).

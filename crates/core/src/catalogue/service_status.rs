@@ -10,6 +10,7 @@ use crate::ids::BaseModelId;
 /// What the operator currently allows. Checked when a job is created and when
 /// its dataset is admitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceStatus {
     pub available: bool,

@@ -10,6 +10,7 @@ use crate::workflow::{Requirements, StepKind};
 
 /// A base model an executor has installed for one engine.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct InstalledModel {
     pub engine: Engine,
     pub model: BaseModelId,
@@ -26,6 +27,7 @@ impl InstalledModel {
 
 /// What an executor can run. Sent when it registers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// Step kinds it has executors for.
     pub kinds: BTreeSet<StepKind>,

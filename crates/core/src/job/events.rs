@@ -19,10 +19,12 @@ use crate::ids::{ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
 use crate::workflow::{Requirements, StepKind, WorkflowSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobCreated {
     pub job_id: JobId,
     pub spec: JobSpec,
     /// The parameters after defaults, profile and validation.
+    #[cfg_attr(feature = "utoipa", schema(value_type = std::collections::BTreeMap<String, crate::catalogue::ParamValue>))]
     pub params: Params,
     pub created_at: DateTime<Utc>,
     /// The tenant's registered model `spec.base_model` names, as checked at
@@ -32,6 +34,7 @@ pub struct JobCreated {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobSubmitted {
     pub dataset: AdmittedDataset,
     /// The planned workflow (the template, or the job's override).
@@ -40,6 +43,7 @@ pub struct JobSubmitted {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepQueued {
     pub step_id: StepId,
     pub kind: StepKind,
@@ -53,6 +57,7 @@ pub struct StepQueued {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepLeased {
     pub step_id: StepId,
     pub kind: StepKind,
@@ -72,6 +77,7 @@ pub struct StepLeased {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepProgressed {
     pub step_id: StepId,
     pub attempt: u32,
@@ -83,6 +89,7 @@ pub struct StepProgressed {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepCompleted {
     pub step_id: StepId,
     pub kind: StepKind,
@@ -99,6 +106,7 @@ pub struct StepCompleted {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepFailed {
     pub step_id: StepId,
     pub kind: StepKind,
@@ -109,6 +117,7 @@ pub struct StepFailed {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct LeaseExpired {
     pub step_id: StepId,
     pub attempt: u32,
@@ -125,6 +134,7 @@ pub struct LeaseExpired {
 /// A failed or expired attempt will be tried again; a `StepQueued` for the
 /// next attempt follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepRetried {
     pub step_id: StepId,
     pub next_attempt: u32,
@@ -137,6 +147,7 @@ pub struct StepRetried {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ReviewRequested {
     pub step_id: StepId,
     /// Every epoch a reviewer can choose, with its LoRA and samples.
@@ -145,6 +156,7 @@ pub struct ReviewRequested {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobApproved {
     pub epoch: u32,
     /// Set when the reviewer chose by optimisation step (since 1.1): the
@@ -158,6 +170,7 @@ pub struct JobApproved {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobRejected {
     pub reason: String,
     pub rejected_by: String,
@@ -165,6 +178,7 @@ pub struct JobRejected {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobPublished {
     pub epoch: u32,
     pub artifact: Artifact,
@@ -172,6 +186,7 @@ pub struct JobPublished {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobFailed {
     pub reason: FailureReason,
     pub message: String,
@@ -183,6 +198,7 @@ pub struct JobFailed {
 /// A lease that was running when the job was cancelled; its executor is told
 /// through its next heartbeat answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct RunningLease {
     pub step_id: StepId,
     pub lease_id: LeaseId,
@@ -190,6 +206,7 @@ pub struct RunningLease {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobCancelled {
     pub reason: String,
     pub cancelled_by: String,
@@ -203,6 +220,7 @@ pub struct JobCancelled {
 // an indirection in every match.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum JobEvent {
     JobCreated(JobCreated),
     JobSubmitted(JobSubmitted),

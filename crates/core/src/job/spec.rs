@@ -13,6 +13,7 @@ use crate::workflow::WorkflowSpec;
 
 /// Where the training images are (a folder or archive in the artifact store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DatasetRef {
     pub uri: String,
@@ -23,6 +24,7 @@ pub struct DatasetRef {
 
 /// How the published LoRA is named: `subject` (a character, a style) and `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Naming {
     pub subject: String,
@@ -36,6 +38,7 @@ fn default_version() -> String {
 
 /// A training job as a client specifies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub tenant: TenantId,
@@ -46,6 +49,7 @@ pub struct JobSpec {
     pub profile: Option<String>,
     /// Parameters as given; validated against the catalogue on creation.
     #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = std::collections::BTreeMap<String, crate::catalogue::ParamValue>))]
     pub params: Params,
     pub dataset: DatasetRef,
     #[serde(default)]
@@ -211,6 +215,7 @@ impl JobSpec {
 
 /// The dataset as admitted at submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdmittedDataset {
     pub image_count: u32,

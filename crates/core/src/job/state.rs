@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum JobState {
     /// Created, parameters valid, dataset not yet admitted.
     Pending,
@@ -70,6 +71,7 @@ impl std::str::FromStr for JobState {
 
 /// Why a job failed; machine-readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum FailureReason {
     /// The dataset was refused by validation.
     InvalidDataset,
@@ -102,6 +104,7 @@ impl fmt::Display for FailureReason {
 
 /// A failed job's reason and the human-readable story.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Failure {
     pub reason: FailureReason,
     pub message: String,

@@ -10,6 +10,7 @@ use crate::workflow::StepKind;
 
 /// Progress an executor reports in a heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepProgress {
     /// 0 to 100.
     pub percent: f32,
@@ -62,6 +63,7 @@ impl StepProgress {
 
 /// What kind of failure an executor reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum StepErrorKind {
     /// The GPU (or host) ran out of memory.
     OutOfMemory,
@@ -83,6 +85,7 @@ impl std::fmt::Display for StepErrorKind {
 
 /// A failure reported by an executor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepError {
     pub kind: StepErrorKind,
     pub message: String,
@@ -93,6 +96,7 @@ pub struct StepError {
 /// A parameter the scheduler changed for a retry (the out-of-memory
 /// auto-adjust), recorded so the change is audited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ParamAdjustment {
     pub param: String,
     pub from: ParamValue,
@@ -101,6 +105,7 @@ pub struct ParamAdjustment {
 
 /// Why a lease ended without a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum ExpiryCause {
     /// No heartbeat within the heartbeat timeout.
     HeartbeatTimeout,
@@ -135,6 +140,7 @@ pub struct Attempt {
 
 /// Where a step is now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum StepStatus {
     /// Its dependencies are not done yet.
     Waiting,

@@ -20,6 +20,7 @@ use crate::workflow::StepKind;
 
 /// One step of a job as a status page shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StepView {
     pub id: StepId,
     pub kind: StepKind,
@@ -43,6 +44,7 @@ pub struct StepView {
 
 /// A job's status: state, steps, training progress and outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct JobStatus {
     pub job_id: JobId,
     pub tenant: TenantId,
@@ -60,11 +62,15 @@ pub struct JobStatus {
     /// The training loss last reported or produced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_loss: Option<f64>,
-    /// Saved epochs with their LoRA, samples and loss.
+    /// Saved epochs with their LoRA, samples and loss, keyed by epoch number
+    /// (in JSON a decimal string: `{"1": {...}}`).
+    #[cfg_attr(feature = "utoipa", schema(value_type = BTreeMap<String, EpochOutput>))]
     pub epochs: BTreeMap<u32, EpochOutput>,
     /// LoRAs and samples made on `save-now`/`sample-now` requests between
-    /// epochs, by the optimisation step they were made at.
+    /// epochs, keyed by the optimisation step they were made at (in JSON a
+    /// decimal string).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = BTreeMap<String, EpochOutput>))]
     pub requested: BTreeMap<u64, EpochOutput>,
     /// Artifacts that belong to no epoch (manifest, labels, reports).
     pub artifacts: Vec<Artifact>,
@@ -91,6 +97,7 @@ pub struct JobStatus {
     pub last_position: u64,
     /// The spec as created, and the parameters it resolved to.
     pub spec: JobSpec,
+    #[cfg_attr(feature = "utoipa", schema(value_type = std::collections::BTreeMap<String, crate::catalogue::ParamValue>))]
     pub params: Params,
 }
 

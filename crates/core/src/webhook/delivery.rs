@@ -10,6 +10,7 @@ use crate::ids::{JobId, TenantId};
 
 /// Where a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Not acknowledged yet: due, waiting for its retry time, or waiting for
@@ -58,6 +59,7 @@ impl FromStr for DeliveryState {
 
 /// One event to one webhook URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// `{job_id}:{sequence}`, sent as the `Loraflow-Event-Id` header.
     pub event_id: String,
@@ -88,6 +90,7 @@ pub struct Delivery {
 
 /// One request made for a delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct DeliveryAttempt {
     pub job_id: JobId,
     pub url: String,

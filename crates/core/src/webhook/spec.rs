@@ -15,6 +15,7 @@ pub const MAX_URL_CHARS: usize = 2048;
 
 /// A callback URL and the events it receives, given when the job is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// `http://` or `https://`, with a host and no user name or password (the

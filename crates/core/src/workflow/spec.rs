@@ -12,6 +12,7 @@ use crate::ids::StepId;
 /// The kind of a step: which executor runs it. Built-in kinds have constants;
 /// any other name is a custom kind that some registered executor must handle.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct StepKind(pub String);
 
@@ -67,6 +68,7 @@ impl From<&str> for StepKind {
 
 /// What an executor must offer to be given a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Requirements {
     /// Needs a GPU.
@@ -85,6 +87,7 @@ pub struct Requirements {
 
 /// How long a step may take, in the spirit of Temporal's activity timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// From queued to leased; `None` waits for an executor forever.
@@ -93,12 +96,15 @@ pub struct Timeouts {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, example = "30m"))]
     pub schedule_to_start: Option<Duration>,
     /// From leased to completed, per attempt.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String, example = "10m"))]
     pub start_to_close: Duration,
     /// Longest silence between heartbeats before the lease expires.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String, example = "10m"))]
     pub heartbeat: Duration,
 }
 
@@ -114,14 +120,17 @@ impl Default for Timeouts {
 
 /// How a failed attempt is retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included. 1 means no retry.
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String, example = "10m"))]
     pub initial_backoff: Duration,
     pub backoff_multiplier: f64,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String, example = "10m"))]
     pub max_backoff: Duration,
     /// Fraction of the backoff added or removed at random (0.2 = ±20%).
     pub jitter: f64,
@@ -160,6 +169,7 @@ impl RetryPolicy {
 
 /// One step of a workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub id: StepId,
@@ -200,6 +210,7 @@ impl StepSpec {
 /// A workflow: steps and their dependencies. Validate it with
 /// [`WorkflowSpec::validate`] before use.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowSpec {
     pub steps: Vec<StepSpec>,
