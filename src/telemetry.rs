@@ -32,7 +32,10 @@ pub const FLUSH_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("cannot start the OTLP exporter to {endpoint}: {message}")]
     Exporter { endpoint: String, message: String },
 }
@@ -55,7 +58,10 @@ pub fn check_endpoint(field: &'static str, value: &str) -> Result<(), TelemetryE
     };
     let url = url::Url::parse(value).map_err(|e| invalid(&format!("not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(&format!("scheme {} is not http or https", url.scheme())));
+        return Err(invalid(&format!(
+            "scheme {} is not http or https",
+            url.scheme()
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
@@ -150,8 +156,8 @@ fn provider(export: &Export) -> Result<SdkTracerProvider, TelemetryError> {
         .with_endpoint(export.endpoint.clone())
         .with_timeout(EXPORT_TIMEOUT);
     if export.endpoint.starts_with("https://") {
-        builder = builder
-            .with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
+        builder =
+            builder.with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
     }
     let exporter = builder.build().map_err(|e| failed(e.to_string()))?;
     let batch = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
@@ -186,7 +192,10 @@ fn exported() -> Targets {
 /// (else `default_filter`), and spans exported as `export` says. Must run
 /// inside the tokio runtime when `export` is given. If the exporter cannot
 /// start, logs are installed alone and the error is returned.
-pub fn init(default_filter: &str, export: Option<&Export>) -> Result<Option<Tracing>, TelemetryError> {
+pub fn init(
+    default_filter: &str,
+    export: Option<&Export>,
+) -> Result<Option<Tracing>, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -250,7 +259,9 @@ mod tests {
     #[test]
     fn endpoints_are_checked_and_named() {
         assert!(check_endpoint("telemetry.otlp_endpoint", "http://127.0.0.1:4317").is_ok());
-        assert!(check_endpoint("telemetry.otlp_endpoint", "https://collector.example:4317").is_ok());
+        assert!(
+            check_endpoint("telemetry.otlp_endpoint", "https://collector.example:4317").is_ok()
+        );
         let e = check_endpoint("telemetry.otlp_endpoint", "ftp://x:1")
             .unwrap_err()
             .to_string();
@@ -259,7 +270,10 @@ mod tests {
         let e = check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost 4317")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT: not a URL"), "{e}");
+        assert!(
+            e.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT: not a URL"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -65,7 +65,10 @@ impl Doc {
     fn errors(schema: &Value, value: &Value) -> Vec<String> {
         let validator = jsonschema::draft202012::new(schema)
             .unwrap_or_else(|e| panic!("the document's schema does not compile: {e}\n{schema}"));
-        validator.iter_errors(value).map(|e| e.to_string()).collect()
+        validator
+            .iter_errors(value)
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Panic unless `value` (the answer to `method path` with `status`)
@@ -176,7 +179,13 @@ async fn every_answer_matches_the_schema_the_document_declares() {
     );
     assert_ne!(epochs["propertyNames"]["type"], "integer", "{epochs}");
     // Request bodies are closed, as the server refuses unknown fields.
-    for name in ["CreateJob", "Approve", "WithReason", "NewJobSpec", "JobSpec"] {
+    for name in [
+        "CreateJob",
+        "Approve",
+        "WithReason",
+        "NewJobSpec",
+        "JobSpec",
+    ] {
         assert_eq!(
             schemas[name]["additionalProperties"],
             json!(false),
@@ -262,7 +271,15 @@ async fn every_answer_matches_the_schema_the_document_declares() {
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())
         .collect();
-    for t in ["JobCreated", "JobSubmitted", "StepQueued", "StepLeased", "StepProgressed", "StepCompleted", "ReviewRequested"] {
+    for t in [
+        "JobCreated",
+        "JobSubmitted",
+        "StepQueued",
+        "StepLeased",
+        "StepProgressed",
+        "StepCompleted",
+        "ReviewRequested",
+    ] {
         assert!(types.contains(&t), "no {t} in {types:?}");
     }
     let (st, verification) = get(
@@ -327,24 +344,39 @@ async fn every_answer_matches_the_schema_the_document_declares() {
     assert!(Doc::errors(&job_schema, &job).is_empty());
     let mut wrong = job.clone();
     wrong["status"]["state"] = json!(42);
-    assert!(!Doc::errors(&job_schema, &wrong).is_empty(), "a state that is a number");
+    assert!(
+        !Doc::errors(&job_schema, &wrong).is_empty(),
+        "a state that is a number"
+    );
     let mut wrong = job.clone();
     wrong["status"]["state"] = json!("Sleeping");
-    assert!(!Doc::errors(&job_schema, &wrong).is_empty(), "a state not in the enum");
+    assert!(
+        !Doc::errors(&job_schema, &wrong).is_empty(),
+        "a state not in the enum"
+    );
     let mut wrong = job.clone();
     wrong.as_object_mut().unwrap().remove("etag");
     assert!(!Doc::errors(&job_schema, &wrong).is_empty(), "no etag");
     let mut wrong = job.clone();
     let first = epochs.keys().next().unwrap().clone();
     wrong["status"]["epochs"][&first]["epoch"] = json!("one");
-    assert!(!Doc::errors(&job_schema, &wrong).is_empty(), "an epoch that is a string");
+    assert!(
+        !Doc::errors(&job_schema, &wrong).is_empty(),
+        "an epoch that is a string"
+    );
     let mut wrong = job.clone();
     wrong["status"]["steps"][0]["status"] = json!({"Leased": {"attempt": 1}});
-    assert!(!Doc::errors(&job_schema, &wrong).is_empty(), "a lease without its fields");
+    assert!(
+        !Doc::errors(&job_schema, &wrong).is_empty(),
+        "a lease without its fields"
+    );
     let error_schema = doc.response_schema("get", "/v1/jobs/{job_id}", 404);
     let mut wrong = missing.clone();
     wrong["error"]["details"] = json!([{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": 3}]}]);
-    assert!(!Doc::errors(&error_schema, &wrong).is_empty(), "a field that is a number");
+    assert!(
+        !Doc::errors(&error_schema, &wrong).is_empty(),
+        "a field that is a number"
+    );
     let create_body = doc.request_schema("post", "/v1/jobs");
     assert!(
         !Doc::errors(&create_body, &json!({"job": spec, "colour": "red"})).is_empty(),

@@ -207,9 +207,9 @@ async fn request_and_step_spans_reach_the_collector() {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|s| s["status"] == "Completed")
+            .filter(|s| s["status"] == "completed")
             .count();
-        if done >= 2 || status["state"] == "InReview" || status["state"] == "Failed" {
+        if done >= 2 || status["state"] == "in_review" || status["state"] == "failed" {
             break;
         }
         assert!(
@@ -255,7 +255,9 @@ async fn request_and_step_spans_reach_the_collector() {
     assert_eq!(step.attribute("job"), Some(id.as_str()), "{step:?}");
     // The exporter's own transport is not traced.
     assert!(
-        !names.iter().any(|n| n.contains("h2") || n.starts_with("hyper")),
+        !names
+            .iter()
+            .any(|n| n.contains("h2") || n.starts_with("hyper")),
         "{names:?}"
     );
 }

@@ -77,7 +77,9 @@ impl fmt::Display for ParamValue {
 #[cfg(feature = "utoipa")]
 impl utoipa::PartialSchema for ParamValue {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, SchemaFormat, KnownFormat, Type};
+        use utoipa::openapi::schema::{
+            AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
         let of = |t: Type| ObjectBuilder::new().schema_type(t);
         AnyOfBuilder::new()
             .item(of(Type::Boolean))
