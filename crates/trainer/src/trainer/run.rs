@@ -24,7 +24,7 @@ use crate::device::parse_device;
 use crate::error::{Error, Result};
 use crate::lora::kohya::Part;
 use crate::lora::{
-    KohyaMetadata, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, adapter_param_count, apply_lora,
+    KohyaMetadata, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, adapter_param_count, apply_lora, store_base_weights,
     save_peft_parts, set_stable_ids,
 };
 use crate::rng::{SeededRng, Stream};
@@ -188,7 +188,11 @@ impl Trainer {
             _ => HashMap::new(),
         };
 
-        // Adapters, with parameter ids that survive a restart.
+        // The frozen base in its training precision (before `apply_lora` freezes it), then
+        // adapters, with parameter ids that survive a restart.
+        if let Some(dtype) = cfg.model.base_weights.float_dtype() {
+            store_base_weights(&mut models.unet, dtype);
+        }
         let (unet, mut adapted) = apply_lora(models.unet, &cfg.network, cfg.seed, &device)?;
         models.unet = unet;
         set_stable_ids(&mut models.unet, "unet");
