@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::Module;
-use loraflow_trainer::device::parse_device;
 use burn::tensor::FloatDType;
+use loraflow_trainer::device::parse_device;
 use loraflow_trainer::lora::{NetworkConfig, adapter_param_count, apply_lora, store_base_weights};
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::schedule::NoiseSchedule;
@@ -302,7 +302,9 @@ fn main() -> anyhow::Result<()> {
                 .filter(|c| c.name.starts_with(name.as_str()))
                 .collect();
             if picked.is_empty() {
-                bail!("no case starts with `{name}`; expected tiny, sd15 or sdxl (sdxl-gc, sdxl-bf16)");
+                bail!(
+                    "no case starts with `{name}`; expected tiny, sd15 or sdxl (sdxl-gc, sdxl-bf16)"
+                );
             }
             picked
         }
@@ -320,7 +322,11 @@ fn main() -> anyhow::Result<()> {
             t["torch"].as_str().unwrap_or("?"),
             t["threads"]
         );
-        if t["threads"].as_u64() != Some(threads() as u64) {
+        // Cases added by `--update` carry their own thread count (checked per case below).
+        let file_threads_apply = all
+            .iter()
+            .any(|c| t["results"][c.name]["threads"].is_null());
+        if file_threads_apply && t["threads"].as_u64() != Some(threads() as u64) {
             println!(
                 "warning: thread counts differ; set RAYON_NUM_THREADS={} for comparable ratios",
                 t["threads"]

@@ -32,7 +32,11 @@ fn randomise(model: &mut impl LoraLayers, alpha: f64, seed: u64, device: &Device
             continue;
         };
         let scaled = |t: &HostTensor, rng: &mut SeededRng| {
-            let values = rng.normal(t.data.len()).into_iter().map(|v| 0.2 * v).collect();
+            let values = rng
+                .normal(t.data.len())
+                .into_iter()
+                .map(|v| 0.2 * v)
+                .collect();
             HostTensor::new(t.shape.clone(), values)
         };
         let down = scaled(&down, &mut rng);

@@ -114,8 +114,14 @@ fn train(base: BaseWeights) -> (Vec<f32>, Vec<f64>, Vec<HostTensor>) {
         norms.push(stats.grad_norm);
     }
     let (bases, adapters) = dtypes(&mut unet);
-    assert!(bases.iter().all(|d| *d == want), "after training: {bases:?}");
-    assert!(adapters.iter().all(|d| *d == DType::F32), "after training: {adapters:?}");
+    assert!(
+        bases.iter().all(|d| *d == want),
+        "after training: {bases:?}"
+    );
+    assert!(
+        adapters.iter().all(|d| *d == DType::F32),
+        "after training: {adapters:?}"
+    );
     let factors = unet
         .layers()
         .into_iter()
@@ -143,7 +149,10 @@ fn bf16_base_training_steps_match_fp32_ones_closely() {
     // products shows more in them than in the loss (up to about 10% measured).
     for (a, b) in n16.iter().zip(&n32) {
         let r = relative(*a, *b);
-        assert!(r < 0.2, "bf16 gradient norm {a} vs fp32 {b}: {r:.2e} relative");
+        assert!(
+            r < 0.2,
+            "bf16 gradient norm {a} vs fp32 {b}: {r:.2e} relative"
+        );
     }
     // bf16 rounding is really in the computation (the base is not silently fp32)...
     assert!(l16.iter().zip(&l32).any(|(a, b)| a != b));
@@ -194,7 +203,10 @@ fn a_bf16_layer_returns_fp32_close_to_the_fp32_layer() {
     let scale = ya.clone().abs().max().into_scalar::<f32>();
     let err = (ya - yb).abs().max().into_scalar::<f32>();
     println!("bf16 base forward: max abs error {err:e} (output scale {scale})");
-    assert!(err > 0.0 && err < 3e-2 * scale, "{err} against scale {scale}");
+    assert!(
+        err > 0.0 && err < 3e-2 * scale,
+        "{err} against scale {scale}"
+    );
 }
 
 #[test]
@@ -218,8 +230,7 @@ fn base_weights_parse_and_bad_values_name_the_field() {
     assert_eq!(c.model.base_weights, BaseWeights::F32, "default");
     // Saved configs read back.
     let again: TrainConfig =
-        serde_json::from_str(&serde_json::to_string(&parse("\"bf16\"").unwrap()).unwrap())
-            .unwrap();
+        serde_json::from_str(&serde_json::to_string(&parse("\"bf16\"").unwrap()).unwrap()).unwrap();
     assert_eq!(again.model.base_weights, BaseWeights::Bf16);
     let err = parse("\"fp16\"").unwrap_err().to_string();
     assert!(err.contains("model.base_weights"), "{err}");
@@ -245,13 +256,17 @@ fn the_trainer_trains_sdxl_with_a_bf16_base() {
     std::fs::write(data.join("a.txt"), "red circle").unwrap();
     let run = |base: BaseWeights, name: &str| {
         let images = ImageDatasetConfig::new(root.join("data"), 32);
-        let mut c = TrainConfig::for_images(fixture("sdxl/pipeline"), images, root.join(name), name);
+        let mut c =
+            TrainConfig::for_images(fixture("sdxl/pipeline"), images, root.join(name), name);
         c.model.base_weights = base;
         c.network = NetworkConfig::new(4, 4.0);
         c.optimizer.learning_rate = 1e-2;
         c.epochs = 1;
         c.seed = 2;
-        Trainer::new(c).unwrap().run(&mut |_| {}, &NeverCancel).unwrap()
+        Trainer::new(c)
+            .unwrap()
+            .run(&mut |_| {}, &NeverCancel)
+            .unwrap()
     };
     let a = run(BaseWeights::F32, "f32");
     let b = run(BaseWeights::Bf16, "bf16");
@@ -269,7 +284,11 @@ fn the_trainer_trains_sdxl_with_a_bf16_base() {
     let names = file.names();
     assert!(names.iter().any(|n| n.starts_with("lora_unet_")));
     for name in names.iter().filter(|n| n.ends_with(".weight")) {
-        assert_eq!(file.tensor(name).unwrap().dtype(), safetensors::Dtype::F32, "{name}");
+        assert_eq!(
+            file.tensor(name).unwrap().dtype(),
+            safetensors::Dtype::F32,
+            "{name}"
+        );
     }
     std::fs::remove_dir_all(&root).ok();
 }

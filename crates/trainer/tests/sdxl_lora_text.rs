@@ -58,7 +58,10 @@ fn written_text_encoder_keys_are_the_ones_diffusers_attached() {
     let from_diffusers: BTreeSet<String> = te1
         .iter()
         .map(|n| format!("lora_te1_{}", n.replace('.', "_")))
-        .chain(te2.iter().map(|n| format!("lora_te2_{}", n.replace('.', "_"))))
+        .chain(
+            te2.iter()
+                .map(|n| format!("lora_te2_{}", n.replace('.', "_"))),
+        )
         .collect();
     assert_eq!(modules(&committed), from_diffusers);
 
@@ -161,7 +164,10 @@ fn text_encoder_lora_outputs_equal_diffusers() {
                 // The adapters matter: the LoRA output is far from the base one.
                 let base = io.read(&format!("base.{name}")).unwrap();
                 let change = max_abs_diff(&want, &base);
-                assert!(change > 1e-2, "{name}: the LoRA changes it by only {change}");
+                assert!(
+                    change > 1e-2,
+                    "{name}: the LoRA changes it by only {change}"
+                );
             }
         }
     }

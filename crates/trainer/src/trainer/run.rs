@@ -24,8 +24,8 @@ use crate::device::parse_device;
 use crate::error::{Error, Result};
 use crate::lora::kohya::Part;
 use crate::lora::{
-    KohyaMetadata, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, adapter_param_count, apply_lora, store_base_weights,
-    save_peft_parts, set_stable_ids,
+    KohyaMetadata, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, adapter_param_count, apply_lora,
+    save_peft_parts, set_stable_ids, store_base_weights,
 };
 use crate::rng::{SeededRng, Stream};
 use crate::sdxl::lora::save_sdxl_peft;
