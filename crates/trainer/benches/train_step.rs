@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo bench -p loraflow-trainer --bench train_step            # every config, one process each
-//! cargo bench -p loraflow-trainer --bench train_step -- tiny    # one config
+//! cargo bench -p loraflow-trainer --bench train_step -- tiny    # the configs named tiny*
+//! cargo bench -p loraflow-trainer --bench train_step -- sdxl    # sdxl, sdxl-gc, sdxl-bf16
 //! LORAFLOW_BENCH_DEVICE=vulkan cargo bench -p loraflow-trainer --features vulkan --bench train_step
 //! ```
 //!
@@ -11,6 +12,12 @@
 //! backward, global-norm clipping and an AdamW update of the adapters (fp32, min-SNR-5,
 //! offset noise, rank-16 attention adapters). When `bench/torch_reference.json` exists (written
 //! by `bench/train_step_torch.py` with the same thread count), the ratio burn/torch is printed.
+//!
+//! The `sdxl` cases are an SDXL-shaped UNet at reduced width (levels 128/256/512 wide instead
+//! of 320/640/1280, 64-wide heads, 1/2/4 transformer layers instead of 1/2/10) with SDXL's
+//! conditioning as it is: a 2048-wide two-encoder context, the 1280-wide pooled vector and six
+//! `time_ids` through the 2816-wide `text_time` embedding. `sdxl-gc` adds burn's gradient
+//! checkpointing, `sdxl-bf16` holds the frozen base in bf16 (`model.base_weights = "bf16"`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,14 +25,15 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::Module;
+use burn::tensor::FloatDType;
 use loraflow_trainer::device::parse_device;
-use loraflow_trainer::lora::{NetworkConfig, adapter_param_count, apply_lora};
+use loraflow_trainer::lora::{NetworkConfig, adapter_param_count, apply_lora, store_base_weights};
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::schedule::NoiseSchedule;
 use loraflow_trainer::tensor_file::HostTensor;
 use loraflow_trainer::train::optim::AdamWSettings;
 use loraflow_trainer::train::step::{MicroBatch, Objective, StepNoise, optimizer_step};
-use loraflow_trainer::unet::UNetConfig;
+use loraflow_trainer::unet::{AddedConditions, UNetConfig};
 
 struct Case {
     name: &'static str,
@@ -35,6 +43,30 @@ struct Case {
     latent: usize,
     tokens: usize,
     steps: usize,
+    /// burn's (balanced) gradient checkpointing.
+    checkpointing: bool,
+    /// The frozen base held in bf16.
+    bf16_base: bool,
+}
+
+/// SDXL's UNet at reduced width and depth, with its conditioning widths unchanged.
+fn sdxl_reduced() -> UNetConfig {
+    UNetConfig::from_diffusers(&serde_json::json!({
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256,
+        "attention_head_dim": [2, 4, 8],
+        "block_out_channels": [128, 256, 512],
+        "cross_attention_dim": 2048,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "layers_per_block": 2,
+        "projection_class_embeddings_input_dim": 2816,
+        "sample_size": 128,
+        "transformer_layers_per_block": [1, 2, 4],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "use_linear_projection": true
+    }))
+    .expect("valid reduced SDXL config")
 }
 
 fn cases() -> Vec<Case> {
@@ -56,6 +88,8 @@ fn cases() -> Vec<Case> {
             latent: 32,
             tokens: 77,
             steps: 10,
+            checkpointing: false,
+            bf16_base: false,
         },
         Case {
             name: "sd15",
@@ -65,6 +99,41 @@ fn cases() -> Vec<Case> {
             latent: 32,
             tokens: 77,
             steps: 3,
+            checkpointing: false,
+            bf16_base: false,
+        },
+        Case {
+            name: "sdxl",
+            what: "SDXL-shaped UNet (128/256/512 wide, 1/2/4 layers), batch 1, 32x32 latents",
+            config: sdxl_reduced(),
+            batch: 1,
+            latent: 32,
+            tokens: 77,
+            steps: 3,
+            checkpointing: false,
+            bf16_base: false,
+        },
+        Case {
+            name: "sdxl-gc",
+            what: "sdxl with gradient checkpointing",
+            config: sdxl_reduced(),
+            batch: 1,
+            latent: 32,
+            tokens: 77,
+            steps: 3,
+            checkpointing: true,
+            bf16_base: false,
+        },
+        Case {
+            name: "sdxl-bf16",
+            what: "sdxl with the frozen base in bf16",
+            config: sdxl_reduced(),
+            batch: 1,
+            latent: 32,
+            tokens: 77,
+            steps: 3,
+            checkpointing: false,
+            bf16_base: true,
         },
     ]
 }
@@ -101,8 +170,14 @@ fn threads() -> usize {
 
 /// Runs one case in this process and prints one JSON line.
 fn run_case(case: &Case) -> anyhow::Result<()> {
-    let device = parse_device(&device_spec())?.autodiff();
-    let unet = case.config.init(&device).no_grad();
+    let mut device = parse_device(&device_spec())?.autodiff();
+    if case.checkpointing {
+        device = device.gradient_checkpointing();
+    }
+    let mut unet = case.config.init(&device).no_grad();
+    if case.bf16_base {
+        store_base_weights(&mut unet, FloatDType::BF16);
+    }
     let network = NetworkConfig::new(16, 16.0);
     let (mut unet, adapted) = apply_lora(unet, &network, 0, &device)?;
     let trainable = adapter_param_count(&mut unet);
@@ -126,6 +201,14 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
         vec![b, case.tokens, cross],
         rng.normal(b * case.tokens * cross),
     );
+    // SDXL: the pooled vector and the micro-conditioning of a 256 px square image.
+    let added = case.config.addition.as_ref().map(|a| {
+        let pooled = a.text_embeds_dim(6).expect("the SDXL widths add up");
+        (
+            HostTensor::new(vec![b, pooled], rng.normal(b * pooled)),
+            HostTensor::new(vec![b, 6], [256.0, 256.0, 0.0, 0.0, 256.0, 256.0].repeat(b)),
+        )
+    });
 
     let mut times = Vec::new();
     let mut cpu_start = None;
@@ -138,7 +221,10 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
         let mb = MicroBatch {
             latents: latents.to_tensor::<4>(&device),
             context: context.to_tensor::<3>(&device),
-            added: None,
+            added: added.as_ref().map(|(pooled, time_ids)| AddedConditions {
+                text_embeds: pooled.to_tensor::<2>(&device),
+                time_ids: time_ids.to_tensor::<2>(&device),
+            }),
             noise,
         };
         let start = Instant::now();
@@ -184,6 +270,9 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Set in the per-case child processes.
+const CHILD: &str = "LORAFLOW_BENCH_CHILD";
+
 fn torch_reference() -> Option<serde_json::Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
@@ -196,13 +285,30 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let all = cases();
-    if let Some(name) = args.first() {
+    if std::env::var_os(CHILD).is_some() {
+        let name = args.first().context("the case to run")?;
         let case = all
             .iter()
             .find(|c| c.name == name)
-            .with_context(|| format!("unknown case `{name}`; expected tiny or sd15"))?;
+            .with_context(|| format!("unknown case `{name}`"))?;
         return run_case(case);
     }
+    // `-- NAME` runs the cases whose names start with NAME.
+    let all: Vec<Case> = match args.first() {
+        None => all,
+        Some(name) => {
+            let picked: Vec<Case> = all
+                .into_iter()
+                .filter(|c| c.name.starts_with(name.as_str()))
+                .collect();
+            if picked.is_empty() {
+                bail!(
+                    "no case starts with `{name}`; expected tiny, sd15 or sdxl (sdxl-gc, sdxl-bf16)"
+                );
+            }
+            picked
+        }
+    };
 
     let torch = torch_reference();
     println!(
@@ -216,7 +322,11 @@ fn main() -> anyhow::Result<()> {
             t["torch"].as_str().unwrap_or("?"),
             t["threads"]
         );
-        if t["threads"].as_u64() != Some(threads() as u64) {
+        // Cases added by `--update` carry their own thread count (checked per case below).
+        let file_threads_apply = all
+            .iter()
+            .any(|c| t["results"][c.name]["threads"].is_null());
+        if file_threads_apply && t["threads"].as_u64() != Some(threads() as u64) {
             println!(
                 "warning: thread counts differ; set RAYON_NUM_THREADS={} for comparable ratios",
                 t["threads"]
@@ -224,7 +334,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<6} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>9}  what",
+        "{:<9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>9}  what",
         "case",
         "burn ms",
         "torch ms",
@@ -237,7 +347,7 @@ fn main() -> anyhow::Result<()> {
     );
     let exe = std::env::current_exe()?;
     for case in &all {
-        let out = Command::new(&exe).arg(case.name).output()?;
+        let out = Command::new(&exe).arg(case.name).env(CHILD, "1").output()?;
         if !out.status.success() {
             bail!(
                 "{} failed: {}",
@@ -247,7 +357,16 @@ fn main() -> anyhow::Result<()> {
         }
         let line = String::from_utf8_lossy(&out.stdout);
         let burn: serde_json::Value = serde_json::from_str(line.trim())?;
-        let t = torch.as_ref().map(|t| &t["results"][case.name]);
+        let t = torch
+            .as_ref()
+            .map(|t| &t["results"][case.name])
+            .filter(|t| !t.is_null());
+        // Results added later by `--update` record their own thread count.
+        if let Some(n) = t.and_then(|t| t["threads"].as_u64())
+            && n != threads() as u64
+        {
+            println!("warning: torch's {} ran on {n} threads", case.name);
+        }
         let burn_ms = burn["step_ms_mean"].as_f64();
         let torch_ms = t.and_then(|t| t["step_ms_mean"].as_f64());
         let burn_cpu = burn["cpu_ms_per_step"].as_f64();
@@ -255,7 +374,7 @@ fn main() -> anyhow::Result<()> {
         let fmt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
         let ratio = |a: Option<f64>, b: Option<f64>| fmt(a.zip(b).map(|(a, b)| a / b), 2);
         println!(
-            "{:<6} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>9}  {}",
+            "{:<9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>9}  {}",
             case.name,
             fmt(burn_ms, 0),
             fmt(torch_ms, 0),

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::rng::SeededRng;
@@ -114,12 +114,15 @@ impl LoraConv2d {
     /// - input: `[batch, channels_in, height, width]`
     /// - output: `[batch, channels_out, height_out, width_out]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let base = conv2d(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            self.options(),
-        );
+        let weight = self.weight.val();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let base = if weight.dtype() == x.dtype() {
+            conv2d(x.clone(), weight, bias, self.options())
+        } else {
+            // A base stored in another precision (`store_base`) computes in it.
+            let (stored, wanted) = (weight.dtype(), x.dtype());
+            conv2d(x.clone().cast(stored), weight, bias, self.options()).cast(wanted)
+        };
         match &self.lora {
             None => base,
             Some(lora) => {
@@ -229,8 +232,20 @@ impl LoraConv2d {
                 .matmul(down)
                 .reshape([c_out, c_in, k, k])
                 .mul_scalar(lora.scale());
-            let merged = (self.weight.val() + delta).detach();
+            let stored = self.weight.val().dtype();
+            let merged = (self.weight.val().cast(delta.dtype()) + delta)
+                .cast(stored)
+                .detach();
             self.weight = Param::initialized(self.weight.id, merged);
+        }
+    }
+
+    /// Stores the frozen base weight and bias in `dtype` (bf16 halves their memory). The
+    /// adapter is left as it is; call `no_grad` on the model afterwards to keep the base frozen.
+    pub fn store_base(&mut self, dtype: FloatDType) {
+        self.weight = Param::initialized(self.weight.id, self.weight.val().cast(dtype).detach());
+        if let Some(b) = &self.bias {
+            self.bias = Some(Param::initialized(b.id, b.val().cast(dtype).detach()));
         }
     }
 }

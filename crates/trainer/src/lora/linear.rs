@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::rng::SeededRng;
@@ -82,12 +82,18 @@ impl LoraLinear {
     ///
     /// - input: `[..., d_input]`
     /// - output: `[..., d_output]`
+    ///
+    /// A base stored in another precision than `x` ([`LoraLinear::store_base`]) computes its
+    /// product in that precision and returns `x`'s; the adapter always computes in `x`'s.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = linear(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let weight = self.weight.val();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let base = if weight.dtype() == x.dtype() {
+            linear(x.clone(), weight, bias)
+        } else {
+            let (stored, wanted) = (weight.dtype(), x.dtype());
+            linear(x.clone().cast(stored), weight, bias).cast(wanted)
+        };
         match &self.lora {
             None => base,
             Some(lora) => {
@@ -154,16 +160,26 @@ impl LoraLinear {
         })
     }
 
-    /// Folds the adapter into the base weight: `W += (alpha / rank) · A B`.
+    /// Folds the adapter into the base weight: `W += (alpha / rank) · A B` (in the adapter's
+    /// precision, stored back in the base's).
     pub fn merge(&mut self) {
         if let Some(lora) = self.lora.take() {
-            let delta = lora
-                .down
-                .val()
-                .matmul(lora.up.val())
-                .mul_scalar(lora.scale());
-            let merged = (self.weight.val() + delta).detach();
+            let up = lora.up.val();
+            let delta = lora.down.val().matmul(up.clone()).mul_scalar(lora.scale());
+            let stored = self.weight.val().dtype();
+            let merged = (self.weight.val().cast(up.dtype()) + delta)
+                .cast(stored)
+                .detach();
             self.weight = Param::initialized(self.weight.id, merged);
+        }
+    }
+
+    /// Stores the frozen base weight and bias in `dtype` (bf16 halves their memory). The
+    /// adapter is left as it is; call `no_grad` on the model afterwards to keep the base frozen.
+    pub fn store_base(&mut self, dtype: FloatDType) {
+        self.weight = Param::initialized(self.weight.id, self.weight.val().cast(dtype).detach());
+        if let Some(b) = &self.bias {
+            self.bias = Some(Param::initialized(b.id, b.val().cast(dtype).detach()));
         }
     }
 }

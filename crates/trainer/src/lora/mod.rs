@@ -23,7 +23,7 @@ pub mod peft;
 pub mod targets;
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -129,6 +129,14 @@ impl LayerMut<'_> {
         }
     }
 
+    /// Stores the frozen base weight and bias in `dtype` ([`LoraLinear::store_base`]).
+    pub fn store_base(&mut self, dtype: FloatDType) {
+        match self {
+            LayerMut::Linear(l) => l.store_base(dtype),
+            LayerMut::Conv(c) => c.store_base(dtype),
+        }
+    }
+
     /// Removes the adapter without merging.
     pub fn detach(&mut self) {
         match self {
@@ -176,6 +184,16 @@ impl<T: LoraLayers> LoraLayers for Option<T> {
         if let Some(item) = self {
             item.collect_layers(prefix, out);
         }
+    }
+}
+
+/// Stores the base weights and biases of every adaptable layer of `model` (all its linears and
+/// convolutions) in `dtype`; norms and embeddings keep theirs. Each layer then computes its base
+/// product in `dtype` and returns its input's precision, while adapters (and so their gradients
+/// and optimiser state) stay in theirs. Call before [`apply_lora`], which freezes the base.
+pub fn store_base_weights<M: LoraLayers>(model: &mut M, dtype: FloatDType) {
+    for (_, mut layer) in model.layers() {
+        layer.store_base(dtype);
     }
 }
 

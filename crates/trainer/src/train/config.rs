@@ -39,6 +39,64 @@ pub struct ModelConfig {
     /// absent.
     #[serde(default)]
     pub base_model_version: Option<String>,
+    /// Precision of the frozen UNet weights while training: `f32` (the default) or `bf16`,
+    /// which halves the memory of the UNet's linear and convolution weights; adapters,
+    /// gradients and optimiser state stay fp32 (see [`BaseWeights`]).
+    #[serde(default)]
+    pub base_weights: BaseWeights,
+}
+
+/// Precision in which the frozen base UNet is held during training (`model.base_weights`).
+///
+/// With `bf16` each linear and convolution of the UNet stores its weight and bias in bfloat16
+/// and computes its base product in bfloat16 (its input rounded to bfloat16, its output
+/// returned as fp32), as mixed-precision training does on GPUs; the LoRA factors, their
+/// gradients and AdamW's state stay fp32, as do norms and embeddings. The text encoders and
+/// the VAE keep fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseWeights {
+    /// 32-bit floats: exact.
+    #[default]
+    F32,
+    /// bfloat16: half the memory, about three significant digits.
+    Bf16,
+}
+
+impl BaseWeights {
+    /// The accepted spellings.
+    pub const ALLOWED: &str = "\"f32\" or \"bf16\"";
+
+    /// Parses `f32` or `bf16` (`fp32`, `float32`, `bfloat16` too), naming the field on error.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(Error::invalid(
+                "model.base_weights",
+                format!("{value:?}"),
+                format!(
+                    "must be {} (fp16 is not offered: its range overflows in SD UNets)",
+                    Self::ALLOWED
+                ),
+            )),
+        }
+    }
+
+    /// The tensor precision to store the base in, `None` for fp32 (nothing to do).
+    pub fn float_dtype(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Self::F32 => None,
+            Self::Bf16 => Some(burn::tensor::FloatDType::BF16),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BaseWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        Self::parse(&value).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where and how LoRA files are written.
@@ -254,6 +312,7 @@ impl TrainConfig {
                 unet_config: None,
                 unet_weights: None,
                 base_model_version: None,
+                base_weights: BaseWeights::F32,
             },
             dataset: None,
             images: Some(images),

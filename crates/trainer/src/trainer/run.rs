@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::lora::kohya::Part;
 use crate::lora::{
     KohyaMetadata, NetworkConfig, PEFT_TEXT_ENCODER, PEFT_UNET, adapter_param_count, apply_lora,
-    save_peft_parts, set_stable_ids,
+    save_peft_parts, set_stable_ids, store_base_weights,
 };
 use crate::rng::{SeededRng, Stream};
 use crate::sdxl::lora::save_sdxl_peft;
@@ -188,7 +188,11 @@ impl Trainer {
             _ => HashMap::new(),
         };
 
-        // Adapters, with parameter ids that survive a restart.
+        // The frozen base in its training precision (before `apply_lora` freezes it), then
+        // adapters, with parameter ids that survive a restart.
+        if let Some(dtype) = cfg.model.base_weights.float_dtype() {
+            store_base_weights(&mut models.unet, dtype);
+        }
         let (unet, mut adapted) = apply_lora(models.unet, &cfg.network, cfg.seed, &device)?;
         models.unet = unet;
         set_stable_ids(&mut models.unet, "unet");
