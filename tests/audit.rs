@@ -4,7 +4,7 @@
 //! running engine refuses to approve a job whose `ReviewRequested` was
 //! edited. The CLI's `audit` commands are in `tests/audit_cli.rs`.
 
-mod common;
+use crate::common;
 
 use common::server::{Backend, ServerSetup, TestServer, database_url};
 use common::*;

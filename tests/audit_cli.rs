@@ -5,7 +5,7 @@
 //! exit 4 with the kind and position; `keygen` makes a key the engine signs
 //! with.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! The `loraflow` binary: a real server process on an OS-chosen port, driven
 //! by the client commands, stopped by SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! run into a refusal (unknown job, unknown model, another tenant's job),
 //! which must exit 1 and say why on stderr.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! Without chromedriver the test is skipped with a notice, except under
 //! `CI=true`, where it fails.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

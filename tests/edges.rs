@@ -5,7 +5,7 @@
 //! once. The `loraflow` binary's own edges (exit codes, closed stdout,
 //! SIGTERM) are in `cli_edges.rs`.
 
-mod common;
+use crate::common;
 
 use bytes::{Buf, BufMut};
 use common::server::{Backend, ServerSetup, TestServer};

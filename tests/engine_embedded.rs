@@ -1,7 +1,7 @@
 //! The embedded engine, end to end: a real SQLite file and artifact folder,
 //! the built-in executors for validation, labelling and publishing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! installed as the worker's model folder), from creation through review to publication; the
 //! published LoRA is a kohya SDXL file.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! worker that pulls its steps over gRPC; `replay_audit` verifies the job
 //! that produced.
 
-mod common;
+use crate::common;
 
 #[allow(dead_code)]
 #[path = "../examples/embed.rs"]

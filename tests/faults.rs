@@ -3,7 +3,7 @@
 //! PostgreSQL, and duplicate or late completions. Workers run the `noop`
 //! executor, so only the orchestration is under test.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! matters (size limits, health, reflection, TLS, spans) are in
 //! `grpc_transport.rs`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -2,7 +2,7 @@
 //! limits, health checking and reflection (on SQLite and PostgreSQL), TLS
 //! with a certificate made for the test, and the tracing span of each call.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

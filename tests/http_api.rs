@@ -5,7 +5,7 @@
 //! tokens), tenant isolation, cross-origin refusals, the OpenAPI document,
 //! health, and `/metrics` moving while a job runs.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

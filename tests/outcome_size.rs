@@ -6,7 +6,7 @@
 //! next attempt). The same holds when the server, with a smaller message
 //! limit than the worker's, refuses the completion as too large.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

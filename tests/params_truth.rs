@@ -5,7 +5,7 @@
 //! the parameter, writing nothing. The walk of every choice and bound through
 //! the mappings themselves is `crates/executors/tests/params_truth.rs`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

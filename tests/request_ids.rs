@@ -2,7 +2,7 @@
 //! the first call's job, finishes it when the first call stopped halfway,
 //! and never returns the job of the other call.
 
-mod common;
+use crate::common;
 
 use common::*;
 use loraflow::core::ids::TenantId;

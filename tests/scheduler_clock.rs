@@ -3,7 +3,7 @@
 //! minutes of heartbeat timeouts and retry backoff pass in no real time and
 //! the instants in the events are exact.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! tree are exactly as before (counted before and after). And the CLI
 //! stores one folder once, and uploads nothing for a refused submit.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

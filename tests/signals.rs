@@ -1,7 +1,7 @@
 //! `SaveNow` and `SampleNow`: a client's request reaches the running training
 //! on a worker through the answer to its next heartbeat, over real gRPC.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! finishes the job, or `loraflow submit --resume` does it later. Either
 //! way there is one job, with one `JobCreated` and one `JobSubmitted`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

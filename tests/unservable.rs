@@ -5,7 +5,7 @@
 //! that reason (on tokio's paused clock); and a (model, engine) pair this
 //! build has no executor for is refused at create, writing nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

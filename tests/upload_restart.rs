@@ -5,7 +5,7 @@
 //! commits. Another tenant cannot take the session over. Real gRPC on
 //! loopback sockets.
 
-mod common;
+use crate::common;
 
 use common::server::{Backend, ServerSetup, TestServer};
 use loraflow::core::artifact::Sha256;

@@ -5,7 +5,7 @@
 //! is broken starts, says why (naming the path), and serves native only.
 //! The server is a real one on a loopback port; the worker a real process.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //! while a reconnect of the same process keeps its leases. The last test
 //! `kill -9`s a real `loraflow worker` in the middle of a training step.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

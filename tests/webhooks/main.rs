@@ -6,8 +6,7 @@
 //! Backoffs are configured short (tens of milliseconds) so the tests are
 //! quick; waits follow the receiver's and the outbox's change signals.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 mod receiver;
 
 use std::collections::HashSet;

@@ -4,7 +4,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{fixture, max_abs, max_abs_diff};

@@ -1,0 +1,41 @@
+//! End-to-end tests of loraflow: real servers, stores and clients on loopback.
+//!
+//! One test binary per package: every file beside this one is a module of it, so the
+//! dependencies (burn, sqlx, tonic, ...) are linked once rather than once per file.
+//! Run one file's tests with its module name as the filter, e.g. `cargo test --test
+//! integration -- audit::`.
+
+mod common;
+
+mod audit;
+mod audit_cli;
+mod cli;
+mod cli_api;
+mod cli_edges;
+mod console_browser;
+mod custom_models;
+mod edges;
+mod engine_embedded;
+mod engine_sdxl;
+mod examples;
+mod faults;
+mod grpc_api;
+mod grpc_transport;
+mod http_api;
+mod models_check;
+mod outcome_size;
+mod params_truth;
+mod request_ids;
+mod s3;
+mod s3_cli;
+mod scheduler_clock;
+mod security;
+mod signals;
+mod submit_retry;
+mod three_folders;
+mod unservable;
+mod upload_restart;
+mod worker_engines;
+mod worker_restart;
+#[path = "webhooks/main.rs"]
+mod webhooks;
