@@ -1,7 +1,7 @@
 //! End-to-end tests of loraflow: real servers, stores and clients on loopback.
 //!
 //! One test binary per package: every file beside this one is a module of it, so the
-//! dependencies (burn, sqlx, tonic, ...) are linked once rather than once per file.
+//! dependencies are compiled into one executable rather than once per file.
 //! Run one file's tests with its module name as the filter, e.g. `cargo test --test
 //! integration -- audit::`.
 
@@ -23,6 +23,7 @@ mod grpc_api;
 mod grpc_transport;
 mod http_api;
 mod models_check;
+mod openapi_wire;
 mod outcome_size;
 mod params_truth;
 mod request_ids;
@@ -32,10 +33,11 @@ mod scheduler_clock;
 mod security;
 mod signals;
 mod submit_retry;
+mod telemetry;
 mod three_folders;
 mod unservable;
 mod upload_restart;
-mod worker_engines;
-mod worker_restart;
 #[path = "webhooks/main.rs"]
 mod webhooks;
+mod worker_engines;
+mod worker_restart;

@@ -8,7 +8,7 @@
 //! bodies are checked against their closed schemas too, and the checker is
 //! shown to reject wrong answers, so passing means something.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! connections but never answers must not stop the server from serving,
 //! nor from exiting promptly on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Tests of loraflow-executors: built-in executors and the external engines' adapters.
 //!
 //! One test binary per package: every file beside this one is a module of it, so the
-//! dependencies (burn, sqlx, tonic, ...) are linked once rather than once per file.
+//! dependencies are compiled into one executable rather than once per file.
 //! Run one file's tests with its module name as the filter, e.g. `cargo test --test
 //! executors -- aitoolkit::`.
 

@@ -7,7 +7,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 
