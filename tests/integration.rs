@@ -6,6 +6,10 @@
 //! integration -- audit::`.
 
 mod common;
+/// The S3-compatible server (moto) the S3 tests start on loopback.
+#[cfg(feature = "s3")]
+#[path = "../crates/executors/tests/support/s3_server.rs"]
+mod s3_server;
 
 mod audit;
 mod audit_cli;

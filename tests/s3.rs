@@ -5,8 +5,7 @@
 
 #![cfg(feature = "s3")]
 
-#[path = "../crates/executors/tests/support/s3_server.rs"]
-mod s3_server;
+use crate::s3_server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,8 +6,7 @@
 
 #![cfg(feature = "s3")]
 
-#[path = "../crates/executors/tests/support/s3_server.rs"]
-mod s3_server;
+use crate::s3_server;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
