@@ -5,6 +5,7 @@
 //! edited. The CLI's `audit` commands are in `tests/audit_cli.rs`.
 
 use crate::common;
+use crate::on_both_backends;
 
 use common::server::{Backend, ServerSetup, TestServer, database_url};
 use common::*;

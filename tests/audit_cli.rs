@@ -6,6 +6,7 @@
 //! with.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::path::Path;
 use std::process::Output;

@@ -6,6 +6,7 @@
 //! SIGTERM) are in `cli_edges.rs`.
 
 use crate::common;
+use crate::on_both_backends;
 
 use bytes::{Buf, BufMut};
 use common::server::{Backend, ServerSetup, TestServer};

@@ -4,6 +4,7 @@
 //! executor, so only the orchestration is under test.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

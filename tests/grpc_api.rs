@@ -5,6 +5,7 @@
 //! `grpc_transport.rs`.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::collections::BTreeSet;
 

@@ -3,6 +3,7 @@
 //! with a certificate made for the test, and the tracing span of each call.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

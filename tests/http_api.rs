@@ -6,6 +6,7 @@
 //! health, and `/metrics` moving while a job runs.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::time::Duration;
 

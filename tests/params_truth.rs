@@ -6,6 +6,7 @@
 //! the mappings themselves is `crates/executors/tests/params_truth.rs`.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::collections::BTreeSet;
 

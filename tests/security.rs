@@ -7,6 +7,7 @@
 //! stores one folder once, and uploads nothing for a refused submit.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,6 +6,7 @@
 //! build has no executor for is refused at create, writing nothing.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,6 +6,7 @@
 //! `kill -9`s a real `loraflow worker` in the middle of a training step.
 
 use crate::common;
+use crate::on_both_backends;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -7,6 +7,7 @@
 //! quick; waits follow the receiver's and the outbox's change signals.
 
 use crate::common;
+use crate::on_both_backends;
 mod receiver;
 
 use std::collections::HashSet;
