@@ -5,7 +5,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-use crate::common;
+mod common;
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use common::fixture;

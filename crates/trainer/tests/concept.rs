@@ -44,7 +44,7 @@ fn demo_config(out: &Path) -> TrainConfig {
 // The thresholds are the demo's target. The committed demo model meets the first two (22/24
 // base probes as asked, 0/16 rings); the committed demo dataset does not show rings yet (the
 // ring dataset is written by `examples/make_demo_dataset.rs`), so the LoRA cannot teach them
-// and this runs on request: `cargo test -p loraflow-trainer --test trainer -- concept:: --ignored`.
+// and this runs on request: `cargo test -p loraflow-trainer --test concept -- --ignored`.
 #[test]
 #[ignore = "assets/demo-dataset does not show the ring yet (examples/make_demo_dataset.rs writes it)"]
 fn the_demo_lora_teaches_the_ring_and_keeps_the_shapes_world() {

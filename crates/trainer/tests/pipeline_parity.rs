@@ -4,7 +4,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-use crate::common;
+mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::{fixture, max_abs_diff};

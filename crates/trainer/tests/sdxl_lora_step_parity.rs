@@ -6,7 +6,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-use crate::common;
+mod common;
 
 use burn::module::Module;
 use burn::tensor::Device;

@@ -7,7 +7,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-use crate::common;
+mod common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-use crate::common;
+mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{fixture, max_abs, max_abs_diff};

@@ -5,7 +5,7 @@
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
-use crate::common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -377,7 +377,7 @@ fn the_prediction_type_comes_from_the_model_scheduler_config() {
 fn probe_peak_rss_kib(checkpointing: bool) -> u64 {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
-            "training::checkpointing_memory_probe",
+            "checkpointing_memory_probe",
             "--exact",
             "--ignored",
             "--nocapture",
