@@ -69,6 +69,21 @@ fn sdxl_reduced() -> UNetConfig {
     .expect("valid reduced SDXL config")
 }
 
+/// A case on [`sdxl_reduced`]: batch 1, 32x32 latents, 77 tokens, 3 steps.
+fn sdxl(name: &'static str, what: &'static str, checkpointing: bool, bf16_base: bool) -> Case {
+    Case {
+        name,
+        what,
+        config: sdxl_reduced(),
+        batch: 1,
+        latent: 32,
+        tokens: 77,
+        steps: 3,
+        checkpointing,
+        bf16_base,
+    }
+}
+
 fn cases() -> Vec<Case> {
     let tiny = UNetConfig::from_diffusers(&serde_json::json!({
         "block_out_channels": [32, 64],
@@ -102,39 +117,19 @@ fn cases() -> Vec<Case> {
             checkpointing: false,
             bf16_base: false,
         },
-        Case {
-            name: "sdxl",
-            what: "SDXL-shaped UNet (128/256/512 wide, 1/2/4 layers), batch 1, 32x32 latents",
-            config: sdxl_reduced(),
-            batch: 1,
-            latent: 32,
-            tokens: 77,
-            steps: 3,
-            checkpointing: false,
-            bf16_base: false,
-        },
-        Case {
-            name: "sdxl-gc",
-            what: "sdxl with gradient checkpointing",
-            config: sdxl_reduced(),
-            batch: 1,
-            latent: 32,
-            tokens: 77,
-            steps: 3,
-            checkpointing: true,
-            bf16_base: false,
-        },
-        Case {
-            name: "sdxl-bf16",
-            what: "sdxl with the frozen base in bf16",
-            config: sdxl_reduced(),
-            batch: 1,
-            latent: 32,
-            tokens: 77,
-            steps: 3,
-            checkpointing: false,
-            bf16_base: true,
-        },
+        sdxl(
+            "sdxl",
+            "SDXL-shaped UNet (128/256/512 wide, 1/2/4 layers), batch 1, 32x32 latents",
+            false,
+            false,
+        ),
+        sdxl("sdxl-gc", "sdxl with gradient checkpointing", true, false),
+        sdxl(
+            "sdxl-bf16",
+            "sdxl with the frozen base in bf16",
+            false,
+            true,
+        ),
     ]
 }
 

@@ -14,15 +14,15 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use loraflow_trainer::clip::TE_TARGETS;
-use loraflow_trainer::lora::{KohyaMetadata, LoraLayers, NetworkConfig, apply_lora};
+use loraflow_trainer::lora::LoraLayers;
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::sdxl::StableDiffusionXl;
-use loraflow_trainer::sdxl::lora::save_sdxl_kohya;
-use loraflow_trainer::tensor_file::{HostTensor, SaveDtype};
+use loraflow_trainer::tensor_file::HostTensor;
 
-/// Rank of every adapter.
-const RANK: usize = 4;
+#[path = "../tests/common/sdxl_text_lora.rs"]
+mod sdxl_text_lora;
+
+use sdxl_text_lora::{adapt_text_encoders, save_kohya};
 
 /// Replaces every adapter's factors with seeded normal values (× 0.2), keeping `alpha`.
 fn randomise(model: &mut impl LoraLayers, alpha: f64, seed: u64, device: &Device) {
@@ -51,30 +51,15 @@ fn main() -> anyhow::Result<()> {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/sdxl");
     let device = Device::flex();
     let mut model = StableDiffusionXl::load_diffusers(here.join("pipeline"), &device)?;
-    let network = |alpha: f64| NetworkConfig::new(RANK, alpha).with_targets(TE_TARGETS);
-
-    let (mut te1, adapted_1) = apply_lora(model.text.text_encoder, &network(2.0), 1, &device)?;
-    randomise(&mut te1, 2.0, 1, &device);
-    let (mut te2, adapted_2) = apply_lora(model.text.text_encoder_2, &network(8.0), 2, &device)?;
-    randomise(&mut te2, 8.0, 2, &device);
-    model.text.text_encoder = te1;
-    model.text.text_encoder_2 = te2;
+    let [adapted_1, adapted_2] = adapt_text_encoders(&mut model, [2.0, 8.0], &device)?;
+    randomise(&mut model.text.text_encoder, 2.0, 1, &device);
+    randomise(&mut model.text.text_encoder_2, 8.0, 2, &device);
 
     let path = here.join("lora_text_kohya.safetensors");
-    let config = model.config.unet.clone();
-    save_sdxl_kohya(
-        &mut model.unet,
-        &config,
-        Some(&mut model.text),
-        &path,
-        &KohyaMetadata::default(),
-        SaveDtype::F32,
-    )?;
+    save_kohya(&mut model, &path)?;
     eprintln!(
-        "wrote {} ({} + {} text-encoder modules)",
-        path.display(),
-        adapted_1.len(),
-        adapted_2.len()
+        "wrote {} ({adapted_1} + {adapted_2} text-encoder modules)",
+        path.display()
     );
     Ok(())
 }

@@ -7,29 +7,20 @@
 
 mod common;
 
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType};
 use common::fixture;
+use common::sdxl::{forward, pipeline_unet, unet_io};
 use image::{Rgb, RgbImage};
 use loraflow_trainer::data::ImageDatasetConfig;
 use loraflow_trainer::lora::{LayerMut, LoraLayers, NetworkConfig, apply_lora, store_base_weights};
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::schedule::NoiseSchedule;
-use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
+use loraflow_trainer::tensor_file::HostTensor;
 use loraflow_trainer::train::config::BaseWeights;
 use loraflow_trainer::train::optim::AdamWSettings;
 use loraflow_trainer::train::step::{MicroBatch, Objective, StepNoise, optimizer_step};
-use loraflow_trainer::unet::{AddedConditions, UNet2DConditionModel, UNetConfig};
+use loraflow_trainer::unet::UNet2DConditionModel;
 use loraflow_trainer::{NeverCancel, TrainConfig, Trainer};
-
-fn unet(device: &Device) -> UNet2DConditionModel {
-    UNetConfig::from_file(fixture("sdxl/pipeline/unet/config.json"))
-        .unwrap()
-        .init(device)
-        .load_diffusers(fixture(
-            "sdxl/pipeline/unet/diffusion_pytorch_model.safetensors",
-        ))
-        .unwrap()
-}
 
 /// Dtypes of the base weights and of the adapters' factors.
 fn dtypes(unet: &mut UNet2DConditionModel) -> (Vec<DType>, Vec<DType>) {
@@ -58,7 +49,7 @@ fn dtypes(unet: &mut UNet2DConditionModel) -> (Vec<DType>, Vec<DType>) {
 /// start on the same batches.
 fn train(base: BaseWeights) -> (Vec<f32>, Vec<f64>, Vec<HostTensor>) {
     let device = Device::flex().autodiff();
-    let mut unet = unet(&device);
+    let mut unet = pipeline_unet(&device);
     if let Some(dtype) = base.float_dtype() {
         store_base_weights(&mut unet, dtype);
     }
@@ -73,11 +64,7 @@ fn train(base: BaseWeights) -> (Vec<f32>, Vec<f64>, Vec<HostTensor>) {
     assert!(bases.iter().all(|d| *d == want), "{bases:?}");
     assert!(adapters.iter().all(|d| *d == DType::F32), "{adapters:?}");
 
-    let io = TensorFile::open(fixture("sdxl/unet_io.safetensors")).unwrap();
-    let context = io.read("encoder_hidden_states").unwrap();
-    let pooled = io.read("text_embeds").unwrap();
-    let time_ids = io.read("time_ids").unwrap();
-    let sample = io.read("sample").unwrap();
+    let io = unet_io(&device);
     let mut optim = AdamWSettings {
         learning_rate: 1e-2,
         ..AdamWSettings::default()
@@ -88,14 +75,11 @@ fn train(base: BaseWeights) -> (Vec<f32>, Vec<f64>, Vec<HostTensor>) {
     let mut rng = SeededRng::new(7, Stream::Noise);
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for step in 1..=3 {
-        let noise = StepNoise::sample(&mut rng, sample.shape[..].try_into().unwrap(), 1000);
+        let noise = StepNoise::sample(&mut rng, io.sample.dims(), 1000);
         let mb = MicroBatch {
-            latents: sample.to_tensor::<4>(&device),
-            context: context.to_tensor::<3>(&device),
-            added: Some(AddedConditions {
-                text_embeds: pooled.to_tensor::<2>(&device),
-                time_ids: time_ids.to_tensor::<2>(&device),
-            }),
+            latents: io.sample.clone(),
+            context: io.context.clone(),
+            added: Some(io.added.clone()),
             noise,
         };
         let (next, stats) = optimizer_step(
@@ -173,32 +157,11 @@ fn bf16_base_training_steps_match_fp32_ones_closely() {
 #[test]
 fn a_bf16_layer_returns_fp32_close_to_the_fp32_layer() {
     let device = Device::flex();
-    let mut a = unet(&device);
+    let a = pipeline_unet(&device);
     let mut b = a.clone();
     store_base_weights(&mut b, FloatDType::BF16);
-    let io = TensorFile::open(fixture("sdxl/unet_io.safetensors")).unwrap();
-    let t: Vec<f32> = io
-        .read_i64("timesteps")
-        .unwrap()
-        .into_iter()
-        .map(|t| t as f32)
-        .collect();
-    let n = t.len();
-    let run = |u: &mut UNet2DConditionModel| {
-        let added = AddedConditions {
-            text_embeds: io.read("text_embeds").unwrap().to_tensor(&device),
-            time_ids: io.read("time_ids").unwrap().to_tensor(&device),
-        };
-        u.forward_added(
-            io.read("sample").unwrap().to_tensor(&device),
-            Tensor::from_data(TensorData::new(t.clone(), [n]), &device),
-            io.read("encoder_hidden_states").unwrap().to_tensor(&device),
-            Some(&added),
-        )
-        .unwrap()
-    };
-    let ya = run(&mut a);
-    let yb = run(&mut b);
+    let ya = forward(&a, &device);
+    let yb = forward(&b, &device);
     assert_eq!(yb.dtype(), DType::F32);
     let scale = ya.clone().abs().max().into_scalar::<f32>();
     let err = (ya - yb).abs().max().into_scalar::<f32>();

@@ -8,49 +8,16 @@
 mod common;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
+use common::sdxl::{forward_host as run, pipeline_unet, unet_config as config};
 use common::{fixture, max_abs_diff};
 use loraflow_trainer::lora::{KohyaMetadata, load_peft, merge_lora};
 use loraflow_trainer::sdxl::lora::{BASE_MODEL_VERSION, load_sdxl_kohya, save_sdxl_kohya};
 use loraflow_trainer::tensor_file::{HostTensor, SaveDtype, TensorFile};
-use loraflow_trainer::unet::{AddedConditions, UNet2DConditionModel, UNetConfig};
-
-fn config() -> UNetConfig {
-    UNetConfig::from_file(fixture("sdxl/pipeline/unet/config.json")).unwrap()
-}
+use loraflow_trainer::unet::UNet2DConditionModel;
 
 fn unet(device: &Device) -> UNet2DConditionModel {
-    config()
-        .init(device)
-        .load_diffusers(fixture(
-            "sdxl/pipeline/unet/diffusion_pytorch_model.safetensors",
-        ))
-        .unwrap()
-        .no_grad()
-}
-
-fn run(unet: &UNet2DConditionModel, device: &Device) -> HostTensor {
-    let io = TensorFile::open(fixture("sdxl/unet_io.safetensors")).unwrap();
-    let t: Vec<f32> = io
-        .read_i64("timesteps")
-        .unwrap()
-        .into_iter()
-        .map(|t| t as f32)
-        .collect();
-    let n = t.len();
-    let added = AddedConditions {
-        text_embeds: io.read("text_embeds").unwrap().to_tensor(device),
-        time_ids: io.read("time_ids").unwrap().to_tensor(device),
-    };
-    HostTensor::from_tensor(
-        unet.forward_added(
-            io.read("sample").unwrap().to_tensor(device),
-            Tensor::from_data(TensorData::new(t, [n]), device),
-            io.read("encoder_hidden_states").unwrap().to_tensor(device),
-            Some(&added),
-        )
-        .unwrap(),
-    )
+    pipeline_unet(device).no_grad()
 }
 
 #[test]

@@ -10,22 +10,16 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::Device;
+use common::sdxl::pipeline_unet;
 use common::{fixture, max_abs, max_abs_diff};
 use loraflow_trainer::lora::{LayerMut, LoraLayers, load_peft};
 use loraflow_trainer::schedule::{NoiseSchedule, Prediction};
 use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
 use loraflow_trainer::train::step::{Objective, StepNoise, diffusion_loss_added};
-use loraflow_trainer::unet::{AddedConditions, UNet2DConditionModel, UNetConfig};
+use loraflow_trainer::unet::{AddedConditions, UNet2DConditionModel};
 
 fn peft_model(device: &Device) -> UNet2DConditionModel {
-    let mut unet = UNetConfig::from_file(fixture("sdxl/pipeline/unet/config.json"))
-        .unwrap()
-        .init(device)
-        .load_diffusers(fixture(
-            "sdxl/pipeline/unet/diffusion_pytorch_model.safetensors",
-        ))
-        .unwrap()
-        .no_grad();
+    let mut unet = pipeline_unet(device).no_grad();
     let loaded = load_peft(
         &mut unet,
         &fixture("sdxl/lora_step/lora_init.safetensors"),

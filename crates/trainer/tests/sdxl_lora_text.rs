@@ -12,12 +12,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use burn::tensor::Device;
+use common::sdxl_text_lora::{adapt_text_encoders, save_kohya};
 use common::{fixture, max_abs_diff};
 use loraflow_trainer::clip::{TE_TARGETS, ids_tensor};
-use loraflow_trainer::lora::{KohyaMetadata, NetworkConfig, apply_lora};
 use loraflow_trainer::sdxl::StableDiffusionXl;
-use loraflow_trainer::sdxl::lora::{BASE_MODEL_VERSION, load_sdxl_kohya, save_sdxl_kohya};
-use loraflow_trainer::tensor_file::{HostTensor, SaveDtype, TensorFile};
+use loraflow_trainer::sdxl::lora::{BASE_MODEL_VERSION, load_sdxl_kohya};
+use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
 
 const FILE: &str = "sdxl/lora_text_kohya.safetensors";
 const IO: &str = "sdxl/lora_text_io.safetensors";
@@ -68,23 +68,14 @@ fn written_text_encoder_keys_are_the_ones_diffusers_attached() {
     // What `save_sdxl_kohya` writes today for adapters on every text-encoder target has the
     // same keys (down, up, alpha of each module) and header.
     let mut model = model(&device);
-    let network = NetworkConfig::new(4, 2.0).with_targets(TE_TARGETS);
-    let (text, adapted) = apply_lora(model.text, &network, 9, &device).unwrap();
-    assert_eq!(adapted.len(), 60);
-    model.text = text;
+    assert_eq!(
+        adapt_text_encoders(&mut model, [2.0, 8.0], &device).unwrap(),
+        [30, 30]
+    );
     let dir = std::env::temp_dir().join(format!("loraflow-xl-te-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ours.safetensors");
-    let config = model.config.unet.clone();
-    save_sdxl_kohya(
-        &mut model.unet,
-        &config,
-        Some(&mut model.text),
-        &path,
-        &KohyaMetadata::default(),
-        SaveDtype::F32,
-    )
-    .unwrap();
+    save_kohya(&mut model, &path).unwrap();
     let ours = TensorFile::open(&path).unwrap();
     let mut a = ours.names();
     let mut b = committed.names();
@@ -98,6 +89,7 @@ fn written_text_encoder_keys_are_the_ones_diffusers_attached() {
 
     // Our loader puts the committed file's adapters on the modules diffusers put them on.
     let mut model = self::model(&device);
+    let config = model.config.unet.clone();
     let loaded = load_sdxl_kohya(
         &mut model.unet,
         &config,

@@ -6,36 +6,14 @@
 
 mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
+use common::sdxl::forward_host;
 use common::{fixture, max_abs_diff};
 use loraflow_trainer::sdxl::{SdxlIds, StableDiffusionXl};
 use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
-use loraflow_trainer::unet::AddedConditions;
 
 fn unet_out(model: &StableDiffusionXl, device: &Device) -> HostTensor {
-    let io = TensorFile::open(fixture("sdxl/unet_io.safetensors")).unwrap();
-    let t: Vec<f32> = io
-        .read_i64("timesteps")
-        .unwrap()
-        .into_iter()
-        .map(|t| t as f32)
-        .collect();
-    let n = t.len();
-    let added = AddedConditions {
-        text_embeds: io.read("text_embeds").unwrap().to_tensor(device),
-        time_ids: io.read("time_ids").unwrap().to_tensor(device),
-    };
-    HostTensor::from_tensor(
-        model
-            .unet
-            .forward_added(
-                io.read("sample").unwrap().to_tensor(device),
-                Tensor::from_data(TensorData::new(t, [n]), device),
-                io.read("encoder_hidden_states").unwrap().to_tensor(device),
-                Some(&added),
-            )
-            .unwrap(),
-    )
+    forward_host(&model.unet, device)
 }
 
 #[test]

@@ -5,49 +5,11 @@
 
 mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
+use common::sdxl::{pipeline_unet, unet_io as io};
 use common::{fixture, max_abs, max_abs_diff};
 use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
-use loraflow_trainer::unet::{AddedConditions, UNet2DConditionModel, UNetConfig};
-
-fn pipeline_unet(device: &Device) -> UNet2DConditionModel {
-    UNetConfig::from_file(fixture("sdxl/pipeline/unet/config.json"))
-        .unwrap()
-        .init(device)
-        .load_diffusers(fixture(
-            "sdxl/pipeline/unet/diffusion_pytorch_model.safetensors",
-        ))
-        .unwrap()
-}
-
-struct Io {
-    sample: Tensor<4>,
-    timesteps: Tensor<1>,
-    context: Tensor<3>,
-    added: AddedConditions,
-    out: HostTensor,
-}
-
-fn io(device: &Device) -> Io {
-    let io = TensorFile::open(fixture("sdxl/unet_io.safetensors")).unwrap();
-    let t: Vec<f32> = io
-        .read_i64("timesteps")
-        .unwrap()
-        .into_iter()
-        .map(|t| t as f32)
-        .collect();
-    let n = t.len();
-    Io {
-        sample: io.read("sample").unwrap().to_tensor(device),
-        timesteps: Tensor::from_data(TensorData::new(t, [n]), device),
-        context: io.read("encoder_hidden_states").unwrap().to_tensor(device),
-        added: AddedConditions {
-            text_embeds: io.read("text_embeds").unwrap().to_tensor(device),
-            time_ids: io.read("time_ids").unwrap().to_tensor(device),
-        },
-        out: io.read("out").unwrap(),
-    }
-}
+use loraflow_trainer::unet::{AddedConditions, UNetConfig};
 
 #[test]
 fn sdxl_pipeline_test_unet_matches_diffusers() {

@@ -18,7 +18,7 @@ use loraflow_core::catalogue::{Engine, EngineRules, Multiple, ParamValue, Params
 use loraflow_trainer::TrainConfig;
 use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
 use loraflow_trainer::schedule::Prediction;
-use loraflow_trainer::train::config::TextEncoderTraining;
+use loraflow_trainer::train::config::{BaseWeights, TextEncoderTraining};
 use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
 use loraflow_trainer::train::validation::ValidationConfig;
 
@@ -36,6 +36,10 @@ pub const LR_SCHEDULERS: [(&str, LrScheduleKind); 4] = [
 /// The optimisers the native engine runs (the trainer has AdamW only).
 pub const OPTIMIZERS: [&str; 1] = ["adamw"];
 
+/// Precisions the frozen base UNet can be held in while training.
+pub const BASE_WEIGHTS: [(&str, BaseWeights); 2] =
+    [("f32", BaseWeights::F32), ("bf16", BaseWeights::Bf16)];
+
 /// What the UNet is trained to predict; `auto` follows the model's scheduler config.
 pub const PREDICTION_TYPES: [(&str, Option<Prediction>); 3] = [
     ("auto", None),
@@ -52,6 +56,7 @@ pub fn rules() -> EngineRules {
         .choices("lr_scheduler", LR_SCHEDULERS.map(|(name, _)| name))
         .choices("optimizer", OPTIMIZERS)
         .choices("prediction_type", PREDICTION_TYPES.map(|(name, _)| name))
+        .choices("base_weights", BASE_WEIGHTS.map(|(name, _)| name))
         .multiple("resolution", Multiple::ModelPixels)
         .choices(
             loraflow_core::sampling::SAMPLER,
@@ -265,6 +270,17 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
             )
         })?,
     };
+    if let Some(name) = p.string("base_weights")? {
+        c.model.base_weights = lookup(&BASE_WEIGHTS, name).ok_or_else(|| {
+            Error::param(
+                "base_weights",
+                format!(
+                    "{name:?} must be one of {}",
+                    BASE_WEIGHTS.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })?;
+    }
     if let Some(n) = p.positive("clip_skip")? {
         c.clip_skip = n;
     }
@@ -294,6 +310,7 @@ fn param_of(field: &str) -> Option<&'static str> {
         "objective.noise_offset" => "noise_offset",
         "objective.min_snr_gamma" => "min_snr_gamma",
         "objective.prediction" => "prediction_type",
+        "model.base_weights" => "base_weights",
         "clip_skip" => "clip_skip",
         "output.save_every_n_epochs" => "save_every_n_epochs",
         "validation.split" | "validation.count" => "validation_split",
@@ -386,6 +403,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`validation_split`"), "{err}");
+    }
+
+    #[test]
+    fn base_weights_choose_the_frozen_precision() {
+        let c = train_config(&params(&[]), paths(), "cpu").unwrap();
+        assert_eq!(c.model.base_weights, BaseWeights::F32);
+        let c = train_config(
+            &params(&[("base_weights", ParamValue::Str("bf16".into()))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(c.model.base_weights, BaseWeights::Bf16);
+        let err = train_config(
+            &params(&[("base_weights", ParamValue::Str("fp16".into()))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`base_weights`") && err.contains("\"fp16\"") && err.contains("f32, bf16"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Utilities shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod sdxl;
+pub mod sdxl_text_lora;
 pub mod tiny;
 
 use std::path::PathBuf;
