@@ -594,6 +594,56 @@ fn out_of_memory_halves_batch_size_then_resolution_then_gives_up() {
 }
 
 #[test]
+fn out_of_memory_on_sdxl_halves_within_the_sdxl_bounds() {
+    let mut d = Driver::new();
+    d.services.status.update(|s| s.max_retries = 10);
+    let mut spec = sample_spec();
+    spec.base_model = "sdxl".into();
+    spec.params.insert("batch_size".into(), ParamValue::Int(4));
+    d.create_with(spec).submit().run("validate").run("label");
+    let train = StepId::new("train");
+    assert_eq!(
+        d.job.step_params(&train)["resolution"],
+        ParamValue::Int(1024),
+        "the catalogue's SDXL default"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        d.advance(Duration::hours(1));
+        let lease = d.lease("train");
+        d.exec(fail_cmd(&lease, StepErrorKind::OutOfMemory, true))
+            .unwrap();
+        if d.job.is_terminal() {
+            break;
+        }
+        let retried = d.events.iter().rev().find_map(|e| match e {
+            JobEvent::StepRetried(r) => Some(r.adjustments.clone()),
+            _ => None,
+        });
+        seen.push(retried.unwrap());
+    }
+    let adj = |p: &str, from, to| {
+        vec![ParamAdjustment {
+            param: p.into(),
+            from: ParamValue::Int(from),
+            to: ParamValue::Int(to),
+        }]
+    };
+    // batch 4 → 2 → 1, then 1024 px → 512 px (SDXL's minimum, not the generic 64), then the job
+    // fails saying so.
+    assert_eq!(
+        seen,
+        vec![
+            adj("batch_size", 4, 2),
+            adj("batch_size", 2, 1),
+            adj("resolution", 1024, 512)
+        ]
+    );
+    let failure = d.job.failure().unwrap();
+    assert_eq!(failure.reason, FailureReason::OutOfMemory);
+}
+
+#[test]
 fn out_of_memory_without_auto_adjust_retries_unchanged() {
     let mut d = Driver::new();
     let mut spec = sample_spec();
