@@ -599,7 +599,6 @@ fn out_of_memory_on_sdxl_halves_within_the_sdxl_bounds() {
     d.services.status.update(|s| s.max_retries = 10);
     let mut spec = sample_spec();
     spec.base_model = "sdxl".into();
-    spec.params.insert("batch_size".into(), ParamValue::Int(4));
     d.create_with(spec).submit().run("validate").run("label");
     let train = StepId::new("train");
     assert_eq!(
@@ -629,18 +628,21 @@ fn out_of_memory_on_sdxl_halves_within_the_sdxl_bounds() {
             to: ParamValue::Int(to),
         }]
     };
-    // batch 4 → 2 → 1, then 1024 px → 512 px (SDXL's minimum, not the generic 64), then the job
-    // fails saying so.
+    // The catalogue's SDXL defaults: batch 2 → 1, then 1024 px → 512 px (SDXL's minimum, not
+    // the generic 64), then the job fails saying so.
     assert_eq!(
         seen,
-        vec![
-            adj("batch_size", 4, 2),
-            adj("batch_size", 2, 1),
-            adj("resolution", 1024, 512)
-        ]
+        vec![adj("batch_size", 2, 1), adj("resolution", 1024, 512)]
     );
     let failure = d.job.failure().unwrap();
     assert_eq!(failure.reason, FailureReason::OutOfMemory);
+    assert!(
+        failure
+            .message
+            .ends_with("batch_size and resolution are already at their minimum"),
+        "{}",
+        failure.message
+    );
 }
 
 #[test]
