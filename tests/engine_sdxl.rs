@@ -106,10 +106,12 @@ async fn a_native_sdxl_job_runs_to_publication_with_a_kohya_sdxl_file() {
         base_model: "tiny-sdxl".into(),
         engine: EngineKind::Native,
         profile: None,
-        // bf16 base weights: the memory saver SDXL users reach for, end to end.
+        // bf16 base weights and checkpointing: the memory savers SDXL users reach for, end to
+        // end.
         params: [
             ("text_encoder_lr".to_owned(), ParamValue::Float(1e-4)),
             ("base_weights".to_owned(), ParamValue::Str("bf16".into())),
+            ("gradient_checkpointing".to_owned(), ParamValue::Bool(true)),
         ]
         .into(),
         dataset: DatasetRef {
@@ -187,6 +189,7 @@ async fn a_native_sdxl_job_runs_to_publication_with_a_kohya_sdxl_file() {
     );
     let config: serde_json::Value = serde_json::from_str(&meta["loraflow_train_config"]).unwrap();
     assert_eq!(config["model"]["base_weights"], "bf16", "{config}");
+    assert_eq!(config["gradient_checkpointing"], true, "{config}");
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let names = file.names();
     for prefix in [

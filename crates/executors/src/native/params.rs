@@ -281,6 +281,7 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
             )
         })?;
     }
+    c.gradient_checkpointing = p.bool("gradient_checkpointing")?.unwrap_or(false);
     if let Some(n) = p.positive("clip_skip")? {
         c.clip_skip = n;
     }
@@ -406,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn base_weights_choose_the_frozen_precision() {
+    fn memory_parameters_reach_the_trainer() {
         let c = train_config(&params(&[]), paths(), "cpu").unwrap();
         assert_eq!(c.model.base_weights, BaseWeights::F32);
         let c = train_config(
@@ -416,6 +417,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.model.base_weights, BaseWeights::Bf16);
+        assert!(!c.gradient_checkpointing, "off unless asked");
+        let c = train_config(
+            &params(&[("gradient_checkpointing", ParamValue::Bool(true))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert!(c.gradient_checkpointing);
         let err = train_config(
             &params(&[("base_weights", ParamValue::Str("fp16".into()))]),
             paths(),
