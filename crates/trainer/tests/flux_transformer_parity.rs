@@ -9,7 +9,7 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::{fixture, max_abs, max_abs_diff};
 use loraflow_trainer::flux::{FluxInputs, FluxTransformer2DModel, FluxTransformerConfig};
-use loraflow_trainer::lora::LoraLayers;
+use loraflow_trainer::lora::{LayerMut, LoraLayers, NetworkConfig, apply_lora};
 use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
 
 /// The model of `fixtures/flux/<name>`, built from its config and loaded from its weights.
@@ -209,5 +209,62 @@ fn every_linear_is_adaptable_under_its_diffusers_path() {
         "norm_out.linear",
     ] {
         assert!(layers.iter().any(|l| l == path), "{path} in {layers:?}");
+    }
+}
+
+#[test]
+fn adapters_on_diffusers_flux_targets_receive_gradients_through_every_block() {
+    // The modules diffusers' Flux LoRA script adapts by default: attention q/k/v/out, the text
+    // stream's added projections and both feed-forwards (the single blocks' q/k/v match too).
+    let targets = [
+        "attn.to_k",
+        "attn.to_q",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    ];
+    let device = Device::flex().autodiff();
+    let base = model("dev", &device);
+    let (inputs, expected) = io("dev", &device);
+    let network = NetworkConfig::new(4, 4.0).with_targets(&targets);
+    let (mut lora, adapted) = apply_lora(base, &network, 18, &device).unwrap();
+    assert_eq!(adapted.len(), 12 + 3, "{adapted:?}");
+    assert!(
+        adapted
+            .iter()
+            .any(|p| p == "single_transformer_blocks.0.attn.to_v")
+    );
+
+    // Fresh adapters (zero up factors) leave the output as it was.
+    let out = lora.forward(inputs).unwrap();
+    let err = max_abs_diff(&HostTensor::from_tensor(out.clone()), &expected);
+    assert!(err <= 1e-4, "fresh adapters moved the output by {err}");
+
+    let grads = out.square().mean().backward();
+    for (path, layer) in lora.layers() {
+        let LayerMut::Linear(linear) = layer else {
+            panic!("{path} is not a linear");
+        };
+        match &linear.lora {
+            Some(adapter) => {
+                let up = adapter
+                    .up
+                    .grad(&grads)
+                    .unwrap_or_else(|| panic!("{path}: no gradient"));
+                let up = max_abs(&HostTensor::from_tensor(up));
+                assert!(up > 0.0, "{path}: zero gradient on the up factor");
+            }
+            None => assert!(
+                linear.weight.grad(&grads).is_none(),
+                "{path}: the frozen base got a gradient"
+            ),
+        }
     }
 }
