@@ -20,6 +20,9 @@
 //! - [`vae`]: diffusers' `AutoencoderKL`.
 //! - [`pipeline`]: a whole model from a diffusers folder or a single-file checkpoint.
 //! - [`sdxl`]: Stable Diffusion XL: its folder, two text encoders and micro-conditioning.
+//! - [`flux`]: FLUX.1's transformer (diffusers' `FluxTransformer2DModel`): double- and
+//!   single-stream blocks, three-axis rotary positions, timestep/guidance/pooled-text
+//!   conditioning, loaded from diffusers' weights.
 //! - [`sample`]: text to image with DDIM or Euler and guidance, PNGs with text chunks.
 //! - [`data`]: kohya-style image folders, captions, buckets, latent and text caches.
 //! - [`lora`]: adaptable layers, target patterns, kohya and PEFT files, merging.
@@ -35,6 +38,7 @@ pub mod clip;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod flux;
 pub mod lora;
 pub mod pipeline;
 pub mod rng;

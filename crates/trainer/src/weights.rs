@@ -2,7 +2,8 @@
 //!
 //! A model's module tree is walked with a burn [`ModuleMapper`]; each parameter's burn path is
 //! turned into its PyTorch key by a few renames (norm `gamma`/`beta` → `weight`/`bias`,
-//! `to_out` → `to_out.0`, the feed-forward's `net.0.proj`/`net.2`, enum variants dropped) and
+//! `to_out` → `to_out.0`, the feed-forward's `net.0.proj`/`net.2`, enum variants and Flux's
+//! grouping of the added text projections dropped) and
 //! looked up in a [`Weights`] source. Linear weights are transposed from PyTorch's `[out, in]` to
 //! burn's `[in, out]`. fp16 and bf16 files are widened to fp32.
 //!
@@ -142,6 +143,11 @@ fn torch_segment<'a>(name: &'a str, container: &str) -> &'a str {
         ("Struct:Attention" | "Struct:VaeAttention", "to_out") => "to_out.0",
         ("Struct:FeedForward", "geglu_proj") => "net.0.proj",
         ("Struct:FeedForward", "out") => "net.2",
+        ("Struct:FluxAttention", "to_out") => "to_out.0",
+        // The text projections of a Flux joint attention sit directly under the attention.
+        ("Struct:FluxAttention", "added") => "",
+        ("Struct:FluxFeedForward", "proj") => "net.0.proj",
+        ("Struct:FluxFeedForward", "out") => "net.2",
         ("Struct:GroupNorm" | "Struct:LayerNorm", "gamma") => "weight",
         ("Struct:GroupNorm" | "Struct:LayerNorm", "beta") => "bias",
         _ => name,
@@ -162,7 +168,10 @@ fn torch_key(prefix: &str, stack: &[(String, String)]) -> Option<String> {
         if container.starts_with("Enum:") {
             continue;
         }
-        parts.push(torch_segment(name, container));
+        let segment = torch_segment(name, container);
+        if !segment.is_empty() {
+            parts.push(segment);
+        }
     }
     Some(parts.join("."))
 }
