@@ -7,7 +7,7 @@
 //! - [`keys`]: the `[audit]` section of `loraflow.toml` as keys.
 //! - [`log`]: a whole log (events in feed order, heads, checkpoints) read
 //!   from a store or an export, and its verification.
-//! - [`export`]: writing and reading an export folder.
+//! - [`export`](mod@export): writing and reading an export folder.
 
 pub mod export;
 pub mod keys;
