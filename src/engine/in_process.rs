@@ -77,6 +77,10 @@ impl WorkerApi for InProcessApi {
         Ok(polled.map(|p| p.assignment))
     }
 
+    fn leases_several(&self) -> bool {
+        true
+    }
+
     async fn poll_many(
         &self,
         executor: &ExecutorId,

@@ -68,6 +68,13 @@ pub trait WorkerApi: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Option<StepAssignment>, ApiError>;
 
+    /// Whether [`poll_many`](Self::poll_many) leases several steps per
+    /// call: the worker then keeps one poll going for all its free slots,
+    /// else one per slot.
+    fn leases_several(&self) -> bool {
+        false
+    }
+
     /// Wait up to `wait` for steps and lease up to `max` of them at once
     /// (the worker's free slots); empty if none came. By default one
     /// [`poll`](Self::poll), for an API that leases one step per call.

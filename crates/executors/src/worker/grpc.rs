@@ -63,6 +63,14 @@ impl GrpcWorkerApi {
         })
     }
 
+    /// A client that leases one step per poll (`PollStep`) even where the
+    /// server has `PollSteps`: for servers known to be older, and to
+    /// measure what batches bring.
+    pub fn one_step_per_poll(self) -> Self {
+        self.batch_polls.store(false, Ordering::Relaxed);
+        self
+    }
+
     fn request<T>(&self, message: T, timeout: Option<Duration>) -> Request<T> {
         let mut r = Request::new(message);
         r.metadata_mut().insert("authorization", self.token.clone());
@@ -156,6 +164,10 @@ impl WorkerApi for GrpcWorkerApi {
             .map(StepAssignment::try_from)
             .transpose()
             .map_err(bad_reply)
+    }
+
+    fn leases_several(&self) -> bool {
+        self.batch_polls.load(Ordering::Relaxed)
     }
 
     async fn poll_many(

@@ -238,37 +238,70 @@ impl Worker {
         }
     }
 
-    /// Keep the free slots asking for work: one poll at a time, for as
-    /// many steps as slots are free (one round trip leases them all), each
-    /// step run on a task of its own holding its slot. At shutdown, wait
-    /// for the running steps (they are cancelled and reported).
+    /// Keep the free slots asking for work. With an API that leases
+    /// several steps per call, one poll at a time asks for as many steps as
+    /// slots are free (one round trip leases them all); otherwise each slot
+    /// polls for one step, as many polls at once as slots. Each step runs
+    /// on a task of its own holding its slot. At shutdown, wait for the
+    /// running steps (they are cancelled and reported).
     async fn keep_busy(
         self: Arc<Self>,
         caps: Capabilities,
         slots: u32,
         shutdown: CancellationToken,
     ) {
-        let id = &self.options.executor_id;
+        let batch = self.api.leases_several();
         let free = Arc::new(tokio::sync::Semaphore::new(slots as usize));
+        let registration = Arc::new(tokio::sync::Mutex::new(None));
+        let pollers = if batch { 1 } else { slots };
+        let mut tasks = Vec::new();
+        for _ in 0..pollers {
+            let (this, caps, free, registration, shutdown) = (
+                self.clone(),
+                caps.clone(),
+                free.clone(),
+                registration.clone(),
+                shutdown.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                this.poller(caps, free, registration, batch, shutdown).await
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn poller(
+        self: Arc<Self>,
+        caps: Capabilities,
+        free: Arc<tokio::sync::Semaphore>,
+        registration: Arc<tokio::sync::Mutex<Option<super::api::Registration>>>,
+        batch: bool,
+        shutdown: CancellationToken,
+    ) {
+        let id = &self.options.executor_id;
         let mut running = tokio::task::JoinSet::new();
-        let mut registration = None;
         let mut backoff = Duration::from_millis(100);
         loop {
             while running.try_join_next().is_some() {}
-            let reg = match registration {
-                Some(r) => r,
-                None => match self.register(&caps, &shutdown).await {
-                    Some(r) => *registration.insert(r),
+            let reg = {
+                let mut guard = registration.lock().await;
+                if guard.is_none() {
+                    *guard = self.register(&caps, &shutdown).await;
+                }
+                match *guard {
+                    Some(r) => r,
                     None => break,
-                },
+                }
             };
-            // One free slot at least, then every one free now.
+            // One free slot at least; with batches, every one free now.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = free.clone().acquire_owned() => p.expect("the slots are never closed"),
             };
             let mut permits = vec![first];
-            while let Ok(p) = free.clone().try_acquire_owned() {
+            while batch && let Ok(p) = free.clone().try_acquire_owned() {
                 permits.push(p);
             }
             let polled = tokio::select! {
@@ -293,7 +326,9 @@ impl Worker {
                         );
                     }
                 }
-                Err(ApiError::UnknownExecutor(_)) => registration = None,
+                Err(ApiError::UnknownExecutor(_)) => {
+                    *registration.lock().await = None;
+                }
                 Err(_) if shutdown.is_cancelled() => break,
                 Err(e) => {
                     warn!("poll failed, retrying in {backoff:?}: {e}");
