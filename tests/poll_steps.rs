@@ -65,7 +65,7 @@ async fn create(s: &TestServer, tenant: &str) -> JobId {
 }
 
 async fn register(s: &TestServer, n: u32, kind: &str, slots: u32) -> ExecutorClient {
-    let mut ex = s.executor_client(Some(&format!("e-gpu-{n}"))).await;
+    let mut ex = s.executor_client(Some(format!("e-gpu-{n}").as_str())).await;
     let caps = Capabilities {
         kinds: [StepKind::new(kind)].into(),
         max_concurrent_steps: slots,
@@ -104,25 +104,37 @@ fn jobs_of(steps: &[StepAssignment]) -> BTreeSet<JobId> {
     steps.iter().map(|a| a.job_id.clone()).collect()
 }
 
-/// Every `StepLeased` in the feed, by (job, step): the lease ids.
-async fn leases_in_feed(s: &TestServer) -> BTreeMap<(String, String), Vec<String>> {
-    let events = s
-        .engine
-        .store()
-        .feed()
-        .read(0, 1_000_000, &FeedFilter::all())
-        .await
-        .unwrap();
-    let mut leases: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for e in events {
-        if let JobEvent::StepLeased(l) = e.payload {
-            leases
-                .entry((e.job_id.to_string(), l.step_id.to_string()))
-                .or_default()
-                .push(l.lease_id.to_string());
+/// Every `StepLeased` in the feed, by (job, step): the lease ids; read
+/// once `n` leases or more are readable (on PostgreSQL a commit becomes
+/// readable when every older transaction has ended).
+async fn leases_in_feed(s: &TestServer, n: usize) -> BTreeMap<(String, String), Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = s
+            .engine
+            .store()
+            .feed()
+            .read(0, 1_000_000, &FeedFilter::all())
+            .await
+            .unwrap();
+        let mut leases: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for e in events {
+            if let JobEvent::StepLeased(l) = e.payload {
+                leases
+                    .entry((e.job_id.to_string(), l.step_id.to_string()))
+                    .or_default()
+                    .push(l.lease_id.to_string());
+            }
         }
+        if leases.values().map(Vec::len).sum::<usize>() >= n {
+            return leases;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {n} leases readable: {leases:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    leases
 }
 
 on_both_backends! {

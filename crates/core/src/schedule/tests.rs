@@ -389,11 +389,21 @@ fn a_batch_pick_serves_as_single_picks_would_and_stays_within_the_limit() {
             .iter()
             .position(|d| d.job_id.as_str() == job)
             .unwrap();
-        f.lease(i, &step, "w");
+        // A lease id of its own (the drivers each count from 1).
+        let d = &mut f.drivers[i];
+        d.exec(JobCommand::LeaseStep(LeaseStep {
+            step_id: StepId::new(&step),
+            lease_id: crate::ids::LeaseId::new(format!("{job}/{step}")),
+            executor_id: ExecutorId::new("w"),
+            instance: None,
+        }))
+        .unwrap();
+        f.sync();
         singles.push(job);
     }
     assert_eq!(batch, singles);
     // The executor holds 4 of 4: nothing more, however many are asked for.
+    assert_eq!(f.state.running_on(&ExecutorId::new("w")), 4);
     assert!(picked_many(&f, "w", &caps, 10).is_empty());
     // Another executor gets what is left, and never a step it cannot run.
     assert_eq!(picked_many(&f, "x", &caps, 10), ["big-3"]);

@@ -346,21 +346,21 @@ pub(crate) async fn insert_many(
 /// one transaction must differ in sequence. Each commit joins the first
 /// group where no commit's sequences meet its own.
 pub(crate) fn transaction_groups(commits: &[(Vec<SerializedEvent>, Head)]) -> Vec<Vec<usize>> {
-    let range = |events: &[SerializedEvent]| {
+    fn range(events: &[SerializedEvent]) -> (usize, usize) {
         let first = events.first().map_or(0, |e| e.sequence);
         (first, first + events.len().saturating_sub(1))
-    };
+    }
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, (events, _)) in commits.iter().enumerate() {
-        let (a, b) = range(events);
-        let fits = |g: &Vec<usize>| {
+        let (a, b) = range(events.as_slice());
+        let slot = groups.iter().position(|g| {
             g.iter().all(|&j| {
-                let (c, d) = range(&commits[j].0);
+                let (c, d) = range(commits[j].0.as_slice());
                 b < c || d < a
             })
-        };
-        match groups.iter_mut().find(|g| fits(g)) {
-            Some(g) => g.push(i),
+        });
+        match slot {
+            Some(g) => groups[g].push(i),
             None => groups.push(vec![i]),
         }
     }
