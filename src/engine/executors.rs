@@ -81,9 +81,10 @@ impl Engine {
 
     /// Wait up to `wait` for steps this executor can run, and lease up to
     /// `max` of them at once (an executor with `max` free slots; never past
-    /// its `max_concurrent_steps`, nor [`MAX_POLL_STEPS`]): as soon as one or more can be leased,
-    /// they are, their leases written together ([`Store::execute_many`]),
-    /// and the answer carries them all. Empty when nothing came in time.
+    /// its `max_concurrent_steps`, nor [`MAX_POLL_STEPS`]): as soon as one
+    /// or more can be leased, they are, their leases written together
+    /// ([`Store::execute_many`]), and the answer carries them all. Empty
+    /// when nothing came in time.
     ///
     /// [`Store::execute_many`]: loraflow_store::Store::execute_many
     /// [`MAX_POLL_STEPS`]: loraflow_core::executor::MAX_POLL_STEPS
