@@ -28,7 +28,9 @@
 //!
 //! `cargo bench --bench scheduler_bench` (a release build); with the restart:
 //! `cargo bench --bench scheduler_bench -- --history 1000000`.
-//! `BENCH_BACKENDS` picks the backends (default `sqlite,postgres`). PostgreSQL
+//! `BENCH_BACKENDS` picks the backends (default `sqlite,postgres`).
+//! `BENCH_BATCH=0` has the workers poll one step per slot (`PollStep`, as
+//! before `PollSteps`) instead of one poll for all their free slots. PostgreSQL
 //! from `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
 //! schema of its own, dropped at the end; skipped with a notice if it is
 //! unreachable.
@@ -42,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use common::noop::{NOOP, Noop, quick_retries, spec_with, three_steps};
 use common::server::{Backend, Deployment, ServerSetup, TestServer};
-use common::worker::bare_worker;
+use common::worker::{bare_worker, bare_worker_polling};
 use futures::StreamExt;
 use loraflow::config::SchedulerConfig;
 use loraflow::core::ids::JobId;
@@ -83,10 +85,12 @@ struct Bench {
     server: TestServer,
     stop: CancellationToken,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    /// Whether workers lease a step for every free slot in one poll.
+    batch: bool,
 }
 
 impl Bench {
-    async fn start(backend: Backend) -> Option<Self> {
+    async fn start(backend: Backend, batch: bool) -> Option<Self> {
         let deployment = Deployment::new(backend).await?;
         let server = TestServer::start_in(
             &deployment,
@@ -104,13 +108,20 @@ impl Bench {
             server,
             stop: CancellationToken::new(),
             workers: Vec::new(),
+            batch,
         })
     }
 
     fn connect_workers(&mut self) {
         for n in 1..=WORKERS {
-            let w = bare_worker(self.server.addr, self.server.tmp.path(), n, SLOTS)
-                .with(Arc::new(Noop::default()));
+            let w = bare_worker_polling(
+                self.server.addr,
+                self.server.tmp.path(),
+                n,
+                SLOTS,
+                self.batch,
+            )
+            .with(Arc::new(Noop::default()));
             self.workers.push(tokio::spawn(w.run(self.stop.clone())));
         }
     }
@@ -414,6 +425,7 @@ fn main() {
         })
         .collect();
     let clients = env("BENCH_CLIENTS", 16).max(1) as usize;
+    let batch = env("BENCH_BATCH", 1) != 0;
     let args: Vec<String> = std::env::args().collect();
     let history = args
         .iter()
@@ -439,10 +451,15 @@ fn main() {
                 }
                 continue;
             }
-            let Some(mut bench) = Bench::start(backend).await else {
+            let Some(mut bench) = Bench::start(backend, batch).await else {
                 continue;
             };
-            println!("== {backend:?}");
+            let polls = if batch {
+                "PollSteps: one poll per worker for all its free slots"
+            } else {
+                "PollStep: one poll per slot, one step each"
+            };
+            println!("== {backend:?} ({polls})");
             println!("{}", bench.burst(jobs, clients).await);
             for &rate in &rates {
                 for line in bench.paced((rate * seconds) as usize, rate).await {

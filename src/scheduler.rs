@@ -196,8 +196,9 @@ impl Scheduler {
         }
     }
 
-    /// Pick a step for `executor` and claim it; `None` if nothing fits now.
-    pub fn claim(&self, executor: &ExecutorId, caps: &Capabilities) -> Option<StepKey> {
+    /// Pick up to `n` steps for `executor` and claim them (see
+    /// [`SchedulerState::pick_many`]); empty if nothing fits now.
+    pub fn claim(&self, executor: &ExecutorId, caps: &Capabilities, n: u32) -> Vec<StepKey> {
         let now = self.clock.now();
         let mut inner = self.inner.lock().expect("scheduler lock poisoned");
         let instant = Instant::now();
@@ -205,7 +206,7 @@ impl Scheduler {
             .lost
             .retain(|_, at| instant.duration_since(*at) < LOST_FOR);
         let pending = inner.claims.values().filter(|e| *e == executor).count() as u32;
-        let key = {
+        let keys: Vec<StepKey> = {
             let Inner {
                 state,
                 claims,
@@ -213,14 +214,18 @@ impl Scheduler {
                 ..
             } = &*inner;
             state
-                .pick_excluding(executor, caps, now, pending, |s| {
+                .pick_many(executor, caps, now, pending, n, |s| {
                     let key = (s.job_id.clone(), s.step_id.clone());
                     claims.contains_key(&key) || lost.contains_key(&key)
                 })
-                .map(|s| (s.job_id.clone(), s.step_id.clone()))?
+                .into_iter()
+                .map(|s| (s.job_id.clone(), s.step_id.clone()))
+                .collect()
         };
-        inner.claims.insert(key.clone(), executor.clone());
-        Some(key)
+        for key in &keys {
+            inner.claims.insert(key.clone(), executor.clone());
+        }
+        keys
     }
 
     /// Someone else leased the step (or it is no longer queued).

@@ -30,6 +30,7 @@ mod models_check;
 mod openapi_wire;
 mod outcome_size;
 mod params_truth;
+mod poll_steps;
 mod request_ids;
 mod s3;
 mod s3_cli;

@@ -76,6 +76,24 @@ impl Engine {
 
     /// Wait up to `wait` for a step this executor can run, and lease it.
     pub async fn poll_step(&self, executor: &ExecutorId, wait: Duration) -> Result<Option<Polled>> {
+        Ok(self.poll_steps(executor, 1, wait).await?.into_iter().next())
+    }
+
+    /// Wait up to `wait` for steps this executor can run, and lease up to
+    /// `max` of them at once (an executor with `max` free slots; never past
+    /// its `max_concurrent_steps`, nor [`MAX_POLL_STEPS`]): as soon as one
+    /// or more can be leased, they are, their leases written together
+    /// ([`Store::execute_many`]), and the answer carries them all. Empty
+    /// when nothing came in time.
+    ///
+    /// [`Store::execute_many`]: loraflow_store::Store::execute_many
+    /// [`MAX_POLL_STEPS`]: loraflow_core::executor::MAX_POLL_STEPS
+    pub async fn poll_steps(
+        &self,
+        executor: &ExecutorId,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Polled>> {
         let deadline =
             Instant::now() + wait.min(self.inner.config.poll_timeout.max(Duration::from_millis(1)));
         let scheduler = &self.inner.scheduler;
@@ -93,54 +111,87 @@ impl Engine {
             let changed = scheduler.changed();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
-            if let Some(key) = scheduler.claim(executor, &caps) {
-                match self.lease(executor, instance, &key.0, &key.1).await {
-                    Ok(polled) => return Ok(Some(polled)),
-                    // Another poll or replica leased it first, or the job moved on.
-                    Err(Error::Domain(_))
-                    | Err(Error::Store(loraflow_store::Error::Conflict { .. })) => {
-                        scheduler.lost(&key);
-                        continue;
-                    }
-                    // A tampered job (logged by the store) is dropped from
-                    // the queue; it must not hold the executor up.
-                    Err(Error::Store(loraflow_store::Error::TamperedLog(_))) => {
-                        scheduler.lost(&key);
-                        continue;
-                    }
-                    Err(e) => {
-                        scheduler.release(&key);
-                        return Err(e);
-                    }
+            let keys = scheduler.claim(
+                executor,
+                &caps,
+                max.clamp(1, loraflow_core::executor::MAX_POLL_STEPS),
+            );
+            if !keys.is_empty() {
+                let polled = self.lease(executor, instance, keys).await?;
+                if !polled.is_empty() {
+                    return Ok(polled);
                 }
+                // Every step went to someone else: look again at once.
+                continue;
             }
             tokio::select! {
                 _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
                 _ = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
             }
         }
     }
 
+    /// Lease the claimed steps, their leases written together. The steps
+    /// leased; a step that another poll or replica leased first (or whose
+    /// job moved on) is passed over. Another error is the answer when no
+    /// step could be leased.
     async fn lease(
         &self,
         executor: &ExecutorId,
         instance: Option<InstanceId>,
-        job: &JobId,
-        step: &loraflow_core::ids::StepId,
-    ) -> Result<Polled> {
-        let lease_id = LeaseId::new(Uuid::now_v7().to_string());
-        let command = JobCommand::LeaseStep(LeaseStep {
-            step_id: step.clone(),
-            lease_id: lease_id.clone(),
-            executor_id: executor.clone(),
-            instance,
-        });
-        let c = self
+        keys: Vec<(JobId, loraflow_core::ids::StepId)>,
+    ) -> Result<Vec<Polled>> {
+        let lease_ids: Vec<LeaseId> = keys
+            .iter()
+            .map(|_| LeaseId::new(Uuid::now_v7().to_string()))
+            .collect();
+        let commands = keys
+            .iter()
+            .zip(&lease_ids)
+            .map(|((job, step), lease_id)| {
+                let command = JobCommand::LeaseStep(LeaseStep {
+                    step_id: step.clone(),
+                    lease_id: lease_id.clone(),
+                    executor_id: executor.clone(),
+                    instance: instance.clone(),
+                });
+                (job.clone(), command)
+            })
+            .collect();
+        let written = self
             .inner
             .store
-            .execute(job, command, system_metadata(executor.as_str()))
-            .await?;
+            .execute_many(commands, system_metadata(executor.as_str()))
+            .await;
+        let scheduler = &self.inner.scheduler;
+        let mut polled = Vec::with_capacity(keys.len());
+        let mut failed = None;
+        for ((key, lease_id), w) in keys.into_iter().zip(lease_ids).zip(written) {
+            match w.map_err(Error::from) {
+                Ok(c) => polled.push(self.leased(c, lease_id)),
+                // Another poll or replica leased it first, or the job moved on.
+                Err(Error::Domain(_))
+                | Err(Error::Store(
+                    loraflow_store::Error::Domain(_) | loraflow_store::Error::Conflict { .. },
+                )) => scheduler.lost(&key),
+                // A tampered job (logged by the store) is dropped from
+                // the queue; it must not hold the executor up.
+                Err(Error::Store(loraflow_store::Error::TamperedLog(_))) => scheduler.lost(&key),
+                Err(e) => {
+                    scheduler.release(&key);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if polled.is_empty() => Err(e),
+            _ => Ok(polled),
+        }
+    }
+
+    /// The assignment and deadlines of the lease `lease_id` just written.
+    fn leased(&self, c: loraflow_store::Committed, lease_id: LeaseId) -> Polled {
         let leased = c
             .events
             .iter()
@@ -171,14 +222,14 @@ impl Engine {
                     progress: None,
                 },
             );
-        Ok(Polled {
+        Polled {
             assignment,
             lease: LeaseInfo {
                 deadline: leased.deadline,
                 close_by: leased.close_by,
                 heartbeat_timeout,
             },
-        })
+        }
     }
 
     /// The lease must be the executor's own; checked against the scheduler's

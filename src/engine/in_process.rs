@@ -77,6 +77,24 @@ impl WorkerApi for InProcessApi {
         Ok(polled.map(|p| p.assignment))
     }
 
+    fn leases_several(&self) -> bool {
+        true
+    }
+
+    async fn poll_many(
+        &self,
+        executor: &ExecutorId,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
+        let polled = self
+            .engine
+            .poll_steps(executor, max, wait)
+            .await
+            .map_err(|e| to_api(e, None))?;
+        Ok(polled.into_iter().map(|p| p.assignment).collect())
+    }
+
     async fn heartbeat(
         &self,
         executor: &ExecutorId,

@@ -23,6 +23,18 @@ fn bad(v: loraflow_core::validation::Violations) -> Status {
     to_status(crate::Error::InvalidArgument(v), None)
 }
 
+/// A leased step as the wire carries it.
+fn wire(p: crate::engine::Polled) -> pb::StepAssignment {
+    assignment_to_wire(
+        p.assignment,
+        LeaseTimes {
+            deadline: p.lease.deadline,
+            close_by: p.lease.close_by,
+            heartbeat_timeout: p.lease.heartbeat_timeout,
+        },
+    )
+}
+
 #[tonic::async_trait]
 impl ExecutorService for Executors {
     async fn register_executor(
@@ -63,17 +75,27 @@ impl ExecutorService for Executors {
             .instrument(tracing::debug_span!("grpc", method = "PollStep", executor = %id))
             .await
             .map_err(|e| to_status(e, None))?;
-        let assignment = polled.map(|p| {
-            assignment_to_wire(
-                p.assignment,
-                LeaseTimes {
-                    deadline: p.lease.deadline,
-                    close_by: p.lease.close_by,
-                    heartbeat_timeout: p.lease.heartbeat_timeout,
-                },
-            )
-        });
-        Ok(Response::new(pb::PollStepResponse { assignment }))
+        Ok(Response::new(pb::PollStepResponse {
+            assignment: polled.map(wire),
+        }))
+    }
+
+    async fn poll_steps(
+        &self,
+        req: Request<pb::PollStepsRequest>,
+    ) -> Result<Response<pb::PollStepsResponse>, Status> {
+        let caller = self.auth.executor(&req)?;
+        let (id, wait, max) = req.get_ref().parse(self.max_poll).map_err(bad)?;
+        check_executor(&caller, &id)?;
+        let polled = self
+            .engine
+            .poll_steps(&id, max, wait)
+            .instrument(tracing::debug_span!("grpc", method = "PollSteps", executor = %id, max))
+            .await
+            .map_err(|e| to_status(e, None))?;
+        Ok(Response::new(pb::PollStepsResponse {
+            assignments: polled.into_iter().map(wire).collect(),
+        }))
     }
 
     async fn heartbeat(

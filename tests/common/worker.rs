@@ -34,7 +34,22 @@ pub fn remote_worker(server: &TestServer) -> Worker {
 /// Worker `gpu-{n}` with no executors, running up to `slots` steps at once,
 /// against the server at `addr` and the artifacts under `root`.
 pub fn bare_worker(addr: SocketAddr, root: &Path, n: u32, slots: u32) -> Worker {
-    let api = GrpcWorkerApi::connect(&format!("http://{addr}"), &format!("e-gpu-{n}")).unwrap();
+    bare_worker_polling(addr, root, n, slots, true)
+}
+
+/// [`bare_worker`] whose slots poll for one step each (`PollStep`) unless
+/// `batch`, when one poll leases a step for every free slot (`PollSteps`).
+pub fn bare_worker_polling(
+    addr: SocketAddr,
+    root: &Path,
+    n: u32,
+    slots: u32,
+    batch: bool,
+) -> Worker {
+    let mut api = GrpcWorkerApi::connect(&format!("http://{addr}"), &format!("e-gpu-{n}")).unwrap();
+    if !batch {
+        api = api.one_step_per_poll();
+    }
     let artifacts = ArtifactStore::open(&root.join("artifacts").display().to_string()).unwrap();
     Worker::new(
         Arc::new(api),

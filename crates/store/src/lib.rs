@@ -13,6 +13,7 @@
 //!
 //! # Modules
 //! - [`store`]: `Store`, `execute`, `load`, `history`, projections control.
+//! - [`batch`]: `execute_many`, one command on each of several jobs, written together.
 //! - [`url`] / [`options`]: how a store is named and opened.
 //! - [`error`]: the crate's `Error`, with gRPC codes.
 //! - [`event`]: `StoredEvent`, `RawEvent`, positions and metadata keys.
@@ -36,6 +37,7 @@
 
 mod audit_log;
 mod backend;
+pub mod batch;
 pub mod chain;
 pub mod checkpoint;
 pub mod error;

@@ -64,6 +64,70 @@ impl EventRepo {
             EventRepo::Memory(log) => log.insert(aggregate_type, events, head),
         }
     }
+
+    /// Write several jobs' commits (each as for [`insert`](Self::insert),
+    /// the jobs distinct) in as few transactions as the backend allows:
+    /// one on SQLite; on PostgreSQL one per group of commits whose
+    /// sequences do not meet (a position is the transaction id with the
+    /// sequence in its low bits, so two events of one sequence cannot share
+    /// a transaction), the groups written at once; in memory one by one.
+    /// Each commit's answer in order: a commit fails with its transaction.
+    pub(crate) async fn insert_many(
+        &self,
+        aggregate_type: &str,
+        commits: &[(Vec<SerializedEvent>, Head)],
+    ) -> Vec<Result<Position, PersistenceError>> {
+        match self {
+            EventRepo::Sqlite(_, pool) => spread(
+                sqlite::insert_many(pool, aggregate_type, commits).await,
+                commits.len(),
+            ),
+            EventRepo::Postgres(_, pool) => {
+                let groups = postgres::transaction_groups(commits);
+                let written = futures::future::join_all(groups.iter().map(|g| {
+                    let members: Vec<_> = g.iter().map(|&i| commits[i].clone()).collect();
+                    async move { postgres::insert_many(pool, aggregate_type, &members).await }
+                }))
+                .await;
+                let mut answers: Vec<Option<Result<Position, PersistenceError>>> =
+                    (0..commits.len()).map(|_| None).collect();
+                for (g, w) in groups.iter().zip(written) {
+                    for (&i, a) in g.iter().zip(spread(w, g.len())) {
+                        answers[i] = Some(a);
+                    }
+                }
+                answers
+                    .into_iter()
+                    .map(|a| a.expect("every commit is in one group"))
+                    .collect()
+            }
+            EventRepo::Memory(log) => commits
+                .iter()
+                .map(|(events, head)| log.insert(aggregate_type, events, head))
+                .collect(),
+        }
+    }
+}
+
+/// One transaction's outcome as each of its `n` commits' answer.
+fn spread(
+    written: Result<Vec<Position>, PersistenceError>,
+    n: usize,
+) -> Vec<Result<Position, PersistenceError>> {
+    match written {
+        Ok(positions) => positions.into_iter().map(Ok).collect(),
+        Err(e) => (0..n)
+            .map(|_| {
+                Err(match &e {
+                    PersistenceError::OptimisticLockError => PersistenceError::OptimisticLockError,
+                    PersistenceError::ConnectionError(c) => {
+                        PersistenceError::ConnectionError(c.to_string().into())
+                    }
+                    other => unknown(other.to_string()),
+                })
+            })
+            .collect(),
+    }
 }
 
 impl PersistedEventRepository for EventRepo {
@@ -216,6 +280,40 @@ impl ChainRepository {
         let position = self.repo.insert(A::TYPE, &events, &head).await?;
         self.commit_seconds.observe(started.elapsed().as_secs_f64());
         Ok((position, head))
+    }
+
+    /// [`commit`](Self::commit) for several jobs at once, written by
+    /// [`EventRepo::insert_many`]: each set's answer, in order.
+    pub(crate) async fn commit_many<A: Aggregate>(
+        &self,
+        sets: &[Vec<SerializedEvent>],
+    ) -> Vec<Result<(Position, Head), PersistenceError>> {
+        let started = std::time::Instant::now();
+        let mut answers: Vec<Option<Result<(Position, Head), PersistenceError>>> =
+            (0..sets.len()).map(|_| None).collect();
+        let mut chained = Vec::with_capacity(sets.len());
+        let mut members = Vec::with_capacity(sets.len());
+        for (i, set) in sets.iter().enumerate() {
+            match self.chained::<A>(set).await {
+                Ok(c) => {
+                    chained.push(c);
+                    members.push(i);
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        let written = self.repo.insert_many(A::TYPE, &chained).await;
+        let took = started.elapsed().as_secs_f64();
+        for ((i, (_, head)), w) in members.into_iter().zip(chained).zip(written) {
+            if w.is_ok() {
+                self.commit_seconds.observe(took);
+            }
+            answers[i] = Some(w.map(|p| (p, head)));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every set answered"))
+            .collect()
     }
 
     /// `events` with the store's metadata, links and signatures filled in,

@@ -152,6 +152,31 @@ pub(crate) struct CachedJob {
     link: String,
 }
 
+impl CachedJob {
+    /// As [`Store::fold`] gives a job: state, sequence, link.
+    pub(crate) fn into_loaded(self) -> (TrainingJob, u64, String) {
+        (self.job, self.sequence, self.link)
+    }
+}
+
+/// A command's events, decided and serialized, not yet written.
+pub(crate) struct Decided {
+    pub(crate) job_id: JobId,
+    /// The job before the events.
+    job: TrainingJob,
+    /// Its sequence before the events.
+    sequence: u64,
+    events: Vec<JobEvent>,
+    pub(crate) serialized: Vec<SerializedEvent>,
+}
+
+/// What deciding a command came to.
+pub(crate) enum Decision {
+    /// Nothing to write (an idempotent repeat): the answer.
+    Nothing(Committed),
+    Write(Decided),
+}
+
 /// Entries of `Shared::jobs` before it is cleared: jobs in flight at once,
 /// with room to spare.
 const CACHED_JOBS: usize = 4096;
@@ -202,7 +227,7 @@ impl Shared {
         }));
     }
 
-    fn cached_job(&self, job: &JobId) -> Option<CachedJob> {
+    pub(crate) fn cached_job(&self, job: &JobId) -> Option<CachedJob> {
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -210,7 +235,7 @@ impl Shared {
             .cloned()
     }
 
-    fn cache_job(&self, job_id: &JobId, cached: Option<CachedJob>) {
+    pub(crate) fn cache_job(&self, job_id: &JobId, cached: Option<CachedJob>) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         match cached {
             // A job that ended takes no more commands.
@@ -228,6 +253,13 @@ impl Shared {
 }
 
 impl Shared {
+    /// Wake the feed's readers in this process and the PostgreSQL notifier
+    /// after one or more commits.
+    pub(crate) fn committed_now(&self) {
+        self.committed_here.notify_one();
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// This process' turn to write, on SQLite (see `sqlite_writer`).
     pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.sqlite_writer {
@@ -297,7 +329,7 @@ fn serialize(
 }
 
 /// Caller metadata with the store's own keys removed.
-fn caller_metadata(metadata: Metadata) -> HashMap<String, String> {
+pub(crate) fn caller_metadata(metadata: Metadata) -> HashMap<String, String> {
     metadata
         .into_iter()
         .filter(|(k, _)| !RESERVED_METADATA.contains(&k.as_str()))
@@ -626,9 +658,35 @@ impl Store {
         job_id: &JobId,
         expected: Option<u64>,
         command: JobCommand,
-        mut metadata: HashMap<String, String>,
-        (mut job, sequence, prev_hash): (TrainingJob, u64, String),
+        metadata: HashMap<String, String>,
+        loaded: (TrainingJob, u64, String),
     ) -> Result<Committed> {
+        let s = &self.shared;
+        let decided = match self.decide(job_id, expected, command, metadata, loaded)? {
+            Decision::Nothing(c) => return Ok(c),
+            Decision::Write(d) => d,
+        };
+        let (position, head) = {
+            let _turn = s.write_turn().await;
+            s.repo.commit::<TrainingJob>(&decided.serialized).await
+        }
+        .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let c = self.written(decided, position, head);
+        s.committed_now();
+        Ok(c)
+    }
+
+    /// Decide `command` on the job as loaded (state, sequence, link): the
+    /// events to write, serialized with the store's metadata, or the answer
+    /// when there is nothing to write.
+    pub(crate) fn decide(
+        &self,
+        job_id: &JobId,
+        expected: Option<u64>,
+        command: JobCommand,
+        mut metadata: HashMap<String, String>,
+        (job, sequence, prev_hash): (TrainingJob, u64, String),
+    ) -> Result<Decision> {
         let s = &self.shared;
         if let Some(expected) = expected
             && expected != sequence
@@ -641,12 +699,12 @@ impl Store {
         }
         let events = job.decide(command, &s.services)?;
         if events.is_empty() {
-            return Ok(Committed {
+            return Ok(Decision::Nothing(Committed {
                 sequence,
                 position: None,
                 events,
                 job,
-            });
+            }));
         }
         if sequence + events.len() as u64 > MAX_JOB_EVENTS {
             return Err(Error::HistoryFull {
@@ -672,36 +730,51 @@ impl Store {
         );
         metadata.insert(PREV_HASH.into(), prev_hash);
         let serialized = serialize(job_id, sequence, &events, metadata)?;
+        Ok(Decision::Write(Decided {
+            job_id: job_id.clone(),
+            job,
+            sequence,
+            events,
+            serialized,
+        }))
+    }
+
+    /// What follows a decision's commit at `position` with `head`: the job
+    /// kept for the next command, its head remembered, in-process readers
+    /// told. The caller then calls `Shared::committed_now` once for
+    /// however many commits it wrote.
+    pub(crate) fn written(&self, d: Decided, position: Position, head: crate::Head) -> Committed {
+        let s = &self.shared;
+        let Decided {
+            job_id,
+            mut job,
+            sequence,
+            events,
+            ..
+        } = d;
         let last = sequence + events.len() as u64;
-        let (position, head) = {
-            let _turn = s.write_turn().await;
-            s.repo.commit::<TrainingJob>(&serialized).await
-        }
-        .map_err(|e| self.conflict_for(job_id, e.into()))?;
         for e in &events {
             job.apply(e.clone());
         }
         s.cache_job(
-            job_id,
+            &job_id,
             Some(CachedJob {
                 job: job.clone(),
                 sequence: last,
                 link: head.link.clone(),
             }),
         );
-        s.remember_head(job_id, head.sig);
-        s.announce(job_id, position, last, &events);
-        s.committed_here.notify_one();
-        s.commits.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(Committed {
+        s.remember_head(&job_id, head.sig);
+        s.announce(&job_id, position, last, &events);
+        Committed {
             sequence: last,
             position: Some(position),
             events,
             job,
-        })
+        }
     }
 
-    fn conflict_for(&self, job_id: &JobId, e: Error) -> Error {
+    pub(crate) fn conflict_for(&self, job_id: &JobId, e: Error) -> Error {
         match e {
             Error::Conflict { attempts, .. } => Error::Conflict {
                 job_id: job_id.clone(),
@@ -754,8 +827,7 @@ impl Store {
         .map_err(|e| self.conflict_for(job_id, e.into()))?;
         s.remember_head(job_id, head.sig);
         s.announce(job_id, position, last, &events);
-        s.committed_here.notify_one();
-        s.commits.send_modify(|n| *n = n.wrapping_add(1));
+        s.committed_now();
         Ok(Appended {
             sequence: last,
             position,
@@ -773,7 +845,7 @@ impl Store {
     /// its chain and head ([`Depth::Links`]: every link recomputed, one
     /// signature checked). A log that does not verify is
     /// [`Error::TamperedLog`], logged as an error: the job is not acted on.
-    async fn fold(&self, job_id: &JobId) -> Result<(TrainingJob, u64, String)> {
+    pub(crate) async fn fold(&self, job_id: &JobId) -> Result<(TrainingJob, u64, String)> {
         let s = &self.shared;
         let log = s.backend.job_log(job_id).await?;
         let known = s.known_head(job_id);

@@ -132,6 +132,9 @@ impl Capabilities {
     }
 }
 
+/// The most steps one poll may lease at once (`PollSteps.max_steps`).
+pub const MAX_POLL_STEPS: u32 = 64;
+
 /// Steps that load the job's base model, and so go only to an executor that
 /// has it installed.
 pub fn loads_base_model(kind: &StepKind) -> bool {

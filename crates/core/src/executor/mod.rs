@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 pub use artifacts::{ArtifactError, ArtifactIo};
 pub use assignment::{StepAssignment, StepOutput};
-pub use capabilities::{Capabilities, InstalledModel, loads_base_model};
+pub use capabilities::{Capabilities, InstalledModel, MAX_POLL_STEPS, loads_base_model};
 pub use context::{StepContext, StepHandle};
 
 use crate::catalogue::Engine;

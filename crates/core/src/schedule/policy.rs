@@ -70,19 +70,66 @@ impl SchedulerState {
         pending: u32,
         skip: impl Fn(&QueuedStep) -> bool,
     ) -> Option<&QueuedStep> {
-        if self.running_on(executor) + pending >= caps.max_concurrent_steps {
-            return None;
+        self.pick_many(executor, caps, now, pending, 1, skip)
+            .into_iter()
+            .next()
+    }
+
+    /// Up to `n` steps for `executor` at once (a poll with `n` free slots),
+    /// in the order repeated [`pick_excluding`](Self::pick_excluding) calls
+    /// would hand them out were each lease recorded in between: every pick
+    /// counts against the executor's limit and as a lease of its tenant, so
+    /// a batch is as fair between tenants as single polls. One pass over
+    /// the queue per step picked, with no sort.
+    pub fn pick_many(
+        &self,
+        executor: &ExecutorId,
+        caps: &Capabilities,
+        now: DateTime<Utc>,
+        pending: u32,
+        n: u32,
+        skip: impl Fn(&QueuedStep) -> bool,
+    ) -> Vec<&QueuedStep> {
+        let room = caps
+            .max_concurrent_steps
+            .saturating_sub(self.running_on(executor) + pending)
+            .min(n) as usize;
+        if room == 0 {
+            return Vec::new();
         }
-        self.ordered_queue().into_iter().find(|s| {
-            s.not_before <= now
-                && caps.satisfies_job(
-                    &s.kind,
-                    &s.requires,
-                    s.family,
-                    s.model.as_ref().map(|(e, m)| (*e, m)),
+        let mut running = self.running_by_tenant();
+        let mut candidates: Vec<&QueuedStep> = self
+            .queued
+            .values()
+            .filter(|s| {
+                s.not_before <= now
+                    && caps.satisfies_job(
+                        &s.kind,
+                        &s.requires,
+                        s.family,
+                        s.model.as_ref().map(|(e, m)| (*e, m)),
+                    )
+                    && !skip(s)
+            })
+            .collect();
+        let mut picked = Vec::with_capacity(room.min(candidates.len()));
+        while picked.len() < room {
+            // The serving order of `ordered_queue`, with this batch's picks
+            // counted as leases of their tenants.
+            let Some((i, _)) = candidates.iter().enumerate().min_by_key(|(_, s)| {
+                (
+                    Reverse(s.priority),
+                    running.get(&s.tenant).copied().unwrap_or(0),
+                    s.position,
                 )
-                && !skip(s)
-        })
+            }) else {
+                break;
+            };
+            let step = candidates.swap_remove(i);
+            *running.entry(&step.tenant).or_default() += 1;
+            picked.push(step);
+        }
+        picked
     }
 
     /// Position (0 = next) of a queued step in the serving order.

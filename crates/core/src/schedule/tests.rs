@@ -354,3 +354,59 @@ fn events_of_unknown_jobs_are_harmless() {
     assert!(matches!(events.last(), Some(JobEvent::ReviewRequested(_))));
     assert_eq!(s.queued().count(), 0);
 }
+
+fn picked_many(f: &Fleet, exec: &str, caps: &Capabilities, n: u32) -> Vec<String> {
+    f.state
+        .pick_many(&ExecutorId::new(exec), caps, f.now(), 0, n, |_| false)
+        .iter()
+        .map(|s| s.job_id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_batch_pick_serves_as_single_picks_would_and_stays_within_the_limit() {
+    let mut f = Fleet::new();
+    f.job("big-1", "bigco", 0, "sd15");
+    f.job("big-2", "bigco", 0, "sd15");
+    f.job("big-3", "bigco", 0, "sd15");
+    f.job("small-1", "smallco", 0, "sd15");
+    f.job("small-2", "smallco", 0, "sd15");
+    let mut caps = cpu(&["validate_dataset"]);
+    caps.max_concurrent_steps = 4;
+    // Each pick counts as a lease of its tenant: the tenants alternate, as
+    // four single polls with their leases recorded in between would go.
+    let batch = picked_many(&f, "w", &caps, 10);
+    assert_eq!(
+        batch,
+        ["big-1", "small-1", "big-2", "small-2"],
+        "4 = the limit"
+    );
+    let mut singles = Vec::new();
+    for _ in 0..4 {
+        let (job, step) = picked(&f, "w", &caps).unwrap();
+        let i = f
+            .drivers
+            .iter()
+            .position(|d| d.job_id.as_str() == job)
+            .unwrap();
+        // A lease id of its own (the drivers each count from 1).
+        let d = &mut f.drivers[i];
+        d.exec(JobCommand::LeaseStep(LeaseStep {
+            step_id: StepId::new(&step),
+            lease_id: crate::ids::LeaseId::new(format!("{job}/{step}")),
+            executor_id: ExecutorId::new("w"),
+            instance: None,
+        }))
+        .unwrap();
+        f.sync();
+        singles.push(job);
+    }
+    assert_eq!(batch, singles);
+    // The executor holds 4 of 4: nothing more, however many are asked for.
+    assert_eq!(f.state.running_on(&ExecutorId::new("w")), 4);
+    assert!(picked_many(&f, "w", &caps, 10).is_empty());
+    // Another executor gets what is left, and never a step it cannot run.
+    assert_eq!(picked_many(&f, "x", &caps, 10), ["big-3"]);
+    assert!(picked_many(&f, "x", &cpu(&["train"]), 10).is_empty());
+    assert!(picked_many(&f, "x", &caps, 0).is_empty());
+}

@@ -68,6 +68,26 @@ pub trait WorkerApi: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Option<StepAssignment>, ApiError>;
 
+    /// Whether [`poll_many`](Self::poll_many) leases several steps per
+    /// call: the worker then keeps one poll going for all its free slots,
+    /// else one per slot.
+    fn leases_several(&self) -> bool {
+        false
+    }
+
+    /// Wait up to `wait` for steps and lease up to `max` of them at once
+    /// (the worker's free slots); empty if none came. By default one
+    /// [`poll`](Self::poll), for an API that leases one step per call.
+    async fn poll_many(
+        &self,
+        executor: &ExecutorId,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
+        let _ = max;
+        Ok(self.poll(executor, wait).await?.into_iter().collect())
+    }
+
     async fn heartbeat(
         &self,
         executor: &ExecutorId,

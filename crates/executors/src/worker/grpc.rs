@@ -1,6 +1,8 @@
 //! The executor protocol over gRPC: what `loraflow worker` uses to reach a
 //! server. The worker connects out; the GPU machine needs no open port.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +26,10 @@ pub const UNKNOWN_EXECUTOR: &str = "UNKNOWN_EXECUTOR";
 pub struct GrpcWorkerApi {
     client: ExecutorServiceClient<Channel>,
     token: MetadataValue<tonic::metadata::Ascii>,
+    /// Whether the server has `PollSteps`; cleared when it answers
+    /// UNIMPLEMENTED (a server older than the call), and `PollStep` is
+    /// used from then on.
+    batch_polls: Arc<AtomicBool>,
 }
 
 /// A bad server URL or token.
@@ -53,7 +59,16 @@ impl GrpcWorkerApi {
         Ok(Self {
             client: ExecutorServiceClient::new(endpoint.connect_lazy()),
             token,
+            batch_polls: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// A client that leases one step per poll (`PollStep`) even where the
+    /// server has `PollSteps`: for servers known to be older, and to
+    /// measure what batches bring.
+    pub fn one_step_per_poll(self) -> Self {
+        self.batch_polls.store(false, Ordering::Relaxed);
+        self
     }
 
     fn request<T>(&self, message: T, timeout: Option<Duration>) -> Request<T> {
@@ -148,6 +163,46 @@ impl WorkerApi for GrpcWorkerApi {
             .assignment
             .map(StepAssignment::try_from)
             .transpose()
+            .map_err(bad_reply)
+    }
+
+    fn leases_several(&self) -> bool {
+        self.batch_polls.load(Ordering::Relaxed)
+    }
+
+    async fn poll_many(
+        &self,
+        executor: &ExecutorId,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
+        if !self.batch_polls.load(Ordering::Relaxed) {
+            return Ok(self.poll(executor, wait).await?.into_iter().collect());
+        }
+        let req = pb::PollStepsRequest {
+            executor_id: executor.to_string(),
+            wait: Some(wait.try_into().map_err(bad_reply)?),
+            max_steps: max.clamp(1, loraflow_core::executor::MAX_POLL_STEPS),
+        };
+        let reply = match self
+            .client
+            .clone()
+            .poll_steps(self.request(req, Some(wait + Duration::from_secs(15))))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => {
+                tracing::info!("the server has no PollSteps; polling one step at a time");
+                self.batch_polls.store(false, Ordering::Relaxed);
+                return Ok(self.poll(executor, wait).await?.into_iter().collect());
+            }
+            Err(s) => return Err(classify(s, executor, None)),
+        };
+        reply
+            .assignments
+            .into_iter()
+            .map(StepAssignment::try_from)
+            .collect::<Result<_, _>>()
             .map_err(bad_reply)
     }
 

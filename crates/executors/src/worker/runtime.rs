@@ -1,5 +1,7 @@
 //! The worker runtime: register, then keep up to `max_concurrent_steps`
-//! slots polling for steps; run each with its executor while heartbeating
+//! slots busy, one poll asking for as many steps as slots are free
+//! (`PollSteps`; `PollStep` against an older server); run each step with
+//! its executor while heartbeating
 //! (forwarding progress, and cancel/save/sample signals back); report the
 //! outcome, retrying transient failures (completions are idempotent by lease).
 //!
@@ -185,27 +187,12 @@ impl Worker {
     }
 
     /// As [`Worker::run`], and say whether the server refused the
-    /// registration (then every slot has stopped).
+    /// registration (then nothing runs).
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), RegistrationRefused> {
         let caps = self.capabilities();
         let slots = caps.max_concurrent_steps.max(1);
         let this = Arc::new(self);
-        let mut tasks = Vec::new();
-        let registration = Arc::new(tokio::sync::Mutex::new(None));
-        for slot in 0..slots {
-            let (this, shutdown, caps, reg) = (
-                this.clone(),
-                shutdown.clone(),
-                caps.clone(),
-                registration.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                this.slot(slot, caps, reg, shutdown).await
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+        this.clone().keep_busy(caps, slots, shutdown).await;
         match this.refused.get() {
             Some(reason) => Err(RegistrationRefused {
                 executor: this.options.executor_id.clone(),
@@ -251,16 +238,53 @@ impl Worker {
         }
     }
 
-    async fn slot(
-        &self,
-        slot: u32,
+    /// Keep the free slots asking for work. With an API that leases
+    /// several steps per call, one poll at a time asks for as many steps as
+    /// slots are free (one round trip leases them all); otherwise each slot
+    /// polls for one step, as many polls at once as slots. Each step runs
+    /// on a task of its own holding its slot. At shutdown, wait for the
+    /// running steps (they are cancelled and reported).
+    async fn keep_busy(
+        self: Arc<Self>,
         caps: Capabilities,
+        slots: u32,
+        shutdown: CancellationToken,
+    ) {
+        let batch = self.api.leases_several();
+        let free = Arc::new(tokio::sync::Semaphore::new(slots as usize));
+        let registration = Arc::new(tokio::sync::Mutex::new(None));
+        let pollers = if batch { 1 } else { slots };
+        let mut tasks = Vec::new();
+        for _ in 0..pollers {
+            let (this, caps, free, registration, shutdown) = (
+                self.clone(),
+                caps.clone(),
+                free.clone(),
+                registration.clone(),
+                shutdown.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                this.poller(caps, free, registration, batch, shutdown).await
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn poller(
+        self: Arc<Self>,
+        caps: Capabilities,
+        free: Arc<tokio::sync::Semaphore>,
         registration: Arc<tokio::sync::Mutex<Option<super::api::Registration>>>,
+        batch: bool,
         shutdown: CancellationToken,
     ) {
         let id = &self.options.executor_id;
+        let mut running = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         loop {
+            while running.try_join_next().is_some() {}
             let reg = {
                 let mut guard = registration.lock().await;
                 if guard.is_none() {
@@ -268,36 +292,55 @@ impl Worker {
                 }
                 match *guard {
                     Some(r) => r,
-                    None => return,
+                    None => break,
                 }
             };
+            // One free slot at least; with batches, every one free now.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = free.clone().acquire_owned() => p.expect("the slots are never closed"),
+            };
+            let mut permits = vec![first];
+            while batch && let Ok(p) = free.clone().try_acquire_owned() {
+                permits.push(p);
+            }
             let polled = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.api.poll(id, reg.poll_timeout) => r,
+                _ = shutdown.cancelled() => break,
+                r = self.api.poll_many(id, permits.len() as u32, reg.poll_timeout) => r,
             };
             match polled {
-                Ok(Some(step)) => {
+                Ok(steps) => {
                     backoff = Duration::from_millis(100);
-                    let span = tracing::info_span!("step", slot, job = %step.job_id, step = %step.step_id, attempt = step.attempt);
-                    self.run_step(step, reg.heartbeat_interval, &shutdown)
-                        .instrument(span)
-                        .await;
+                    for step in steps {
+                        // A server that leased more than asked is obeyed:
+                        // the steps are leased, and run.
+                        let permit = permits.pop();
+                        let (this, shutdown) = (self.clone(), shutdown.clone());
+                        let span = tracing::info_span!("step", job = %step.job_id, step = %step.step_id, attempt = step.attempt);
+                        running.spawn(
+                            async move {
+                                let _slot = permit;
+                                this.run_step(step, reg.heartbeat_interval, &shutdown).await;
+                            }
+                            .instrument(span),
+                        );
+                    }
                 }
-                Ok(None) => backoff = Duration::from_millis(100),
                 Err(ApiError::UnknownExecutor(_)) => {
                     *registration.lock().await = None;
                 }
-                Err(_) if shutdown.is_cancelled() => return,
+                Err(_) if shutdown.is_cancelled() => break,
                 Err(e) => {
                     warn!("poll failed, retrying in {backoff:?}: {e}");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(self.options.max_backoff);
                 }
             }
         }
+        while running.join_next().await.is_some() {}
     }
 
     async fn run_step(

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use loraflow_core::artifact::{Artifact, EpochOutput};
+use loraflow_core::executor::MAX_POLL_STEPS;
 use loraflow_core::ids::{ExecutorId, JobId, LeaseId};
 use loraflow_core::job::{CompleteStep, FailStep, Heartbeat, StepError, StepProgress};
 use loraflow_core::validation::Violations;
@@ -152,6 +153,35 @@ impl pb::PollStepRequest {
             return Err(f.into_violations());
         };
         f.finish((ExecutorId(executor_id), wait.min(max)))
+    }
+}
+
+impl pb::PollStepsRequest {
+    /// The executor, how long it is willing to wait (capped at `max`) and
+    /// how many steps it asks for, 1 to [`MAX_POLL_STEPS`].
+    pub fn parse(&self, max: Duration) -> Result<(ExecutorId, Duration, u32), Violations> {
+        let mut f = Fields::default();
+        let executor_id = f.take("executor_id", non_empty(&self.executor_id, "executor id"));
+        let wait = f.take(
+            "wait",
+            self.wait.map_or(Ok(Duration::ZERO), non_negative_duration),
+        );
+        let steps = f.take(
+            "max_steps",
+            match self.max_steps {
+                0 => Err(invalid(format!(
+                    "0 asks for nothing; give the executor's free slots, 1 to {MAX_POLL_STEPS}"
+                ))),
+                n if n > MAX_POLL_STEPS => Err(invalid(format!(
+                    "{n} is above the maximum of {MAX_POLL_STEPS} steps per poll; ask for {MAX_POLL_STEPS} or fewer"
+                ))),
+                n => Ok(n),
+            },
+        );
+        let (Some(executor_id), Some(wait), Some(steps)) = (executor_id, wait, steps) else {
+            return Err(f.into_violations());
+        };
+        f.finish((ExecutorId(executor_id), wait.min(max), steps))
     }
 }
 
@@ -309,6 +339,30 @@ mod tests {
             fields(&no_kind.into_command().unwrap_err()),
             ["error.kind", "lease_id"]
         );
+    }
+
+    #[test]
+    fn a_batch_poll_asks_for_1_to_64_steps() {
+        let max = Duration::from_secs(30);
+        let req = |max_steps| pb::PollStepsRequest {
+            executor_id: "gpu-0".into(),
+            wait: None,
+            max_steps,
+        };
+        assert_eq!(
+            req(4).parse(max),
+            Ok((ExecutorId::new("gpu-0"), Duration::ZERO, 4))
+        );
+        assert_eq!(req(MAX_POLL_STEPS).parse(max).unwrap().2, MAX_POLL_STEPS);
+        for bad in [0, MAX_POLL_STEPS + 1, u32::MAX] {
+            let v = req(bad).parse(max).unwrap_err();
+            assert_eq!(fields(&v), ["max_steps"]);
+            let said = v.iter().next().unwrap().description.clone();
+            assert!(
+                said.contains(&bad.to_string()) && said.contains("64"),
+                "{said}"
+            );
+        }
     }
 
     #[test]

@@ -314,74 +314,142 @@ pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEven
 }
 
 /// Write one job's events and its new head atomically: postgres-es'
-/// statement and values, all rows in one INSERT, and the head's upsert in
-/// the same statement (one round trip, where postgres-es sends BEGIN, an
-/// INSERT per event and COMMIT), with `RETURNING` the generated global
-/// positions; returns the last.
+/// statement and values, all rows in one INSERT, and the open-jobs entry
+/// and the head's upsert in the same statement (one round trip, where
+/// postgres-es sends BEGIN, an INSERT per event and COMMIT), with
+/// `RETURNING` the generated global positions; returns the last.
 pub(crate) async fn insert_events(
     pool: &PgPool,
     aggregate_type: &str,
     events: &[SerializedEvent],
     head: &Head,
 ) -> Result<Position, PersistenceError> {
-    if events.is_empty() {
+    let positions = insert_statement(pool, aggregate_type, &[(events, head)]).await?;
+    Ok(positions[0])
+}
+
+/// Several jobs' commits in one statement (one transaction): each one's
+/// last position, in order. The jobs must be distinct and their sequences
+/// must not meet (see [`transaction_groups`]).
+pub(crate) async fn insert_many(
+    pool: &PgPool,
+    aggregate_type: &str,
+    commits: &[(Vec<SerializedEvent>, Head)],
+) -> Result<Vec<Position>, PersistenceError> {
+    let commits: Vec<(&[SerializedEvent], &Head)> =
+        commits.iter().map(|(e, h)| (e.as_slice(), h)).collect();
+    insert_statement(pool, aggregate_type, &commits).await
+}
+
+/// Commits that may share a transaction, by index: a position is the
+/// transaction id with the sequence in its low 20 bits, so two events of
+/// one transaction must differ in sequence. Each commit joins the first
+/// group where no commit's sequences meet its own.
+pub(crate) fn transaction_groups(commits: &[(Vec<SerializedEvent>, Head)]) -> Vec<Vec<usize>> {
+    fn range(events: &[SerializedEvent]) -> (usize, usize) {
+        let first = events.first().map_or(0, |e| e.sequence);
+        (first, first + events.len().saturating_sub(1))
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, (events, _)) in commits.iter().enumerate() {
+        let (a, b) = range(events.as_slice());
+        let slot = groups.iter().position(|g| {
+            g.iter().all(|&j| {
+                let (c, d) = range(commits[j].0.as_slice());
+                b < c || d < a
+            })
+        });
+        match slot {
+            Some(g) => groups[g].push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+async fn insert_statement(
+    pool: &PgPool,
+    aggregate_type: &str,
+    commits: &[(&[SerializedEvent], &Head)],
+) -> Result<Vec<Position>, PersistenceError> {
+    if commits.is_empty() || commits.iter().any(|(events, _)| events.is_empty()) {
         return Err(PersistenceError::UnknownError(
-            "an insert needs at least one event".into(),
+            "an insert needs at least one event per job".into(),
         ));
     }
     let mut q = QueryBuilder::<Postgres>::new(
         "WITH ins AS (INSERT INTO events
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
     );
-    q.push_values(events, |mut row, e| {
-        row.push_bind(aggregate_type)
-            .push_bind(e.aggregate_id.as_str())
-            .push_bind(e.sequence as i64)
-            .push_bind(e.event_type.as_str())
-            .push_bind(e.event_version.as_str())
-            .push_bind(&e.payload)
-            .push_bind(&e.metadata);
-    });
-    q.push(" RETURNING global_position)");
+    q.push_values(
+        commits.iter().flat_map(|(events, _)| events.iter()),
+        |mut row, e| {
+            row.push_bind(aggregate_type)
+                .push_bind(e.aggregate_id.as_str())
+                .push_bind(e.sequence as i64)
+                .push_bind(e.event_type.as_str())
+                .push_bind(e.event_version.as_str())
+                .push_bind(&e.payload)
+                .push_bind(&e.metadata);
+        },
+    );
+    q.push(" RETURNING aggregate_id, global_position)");
     // The open-jobs index moves in the same statement (one transaction).
-    match OpenJobs::of(events) {
-        OpenJobs::Unchanged => {}
-        OpenJobs::Opens => {
-            q.push(", open AS (INSERT INTO open_jobs (job_id) VALUES (")
-                .push_bind(head.job_id.as_str())
-                .push(") ON CONFLICT DO NOTHING)");
-        }
-        OpenJobs::Closes => {
-            q.push(", open AS (DELETE FROM open_jobs WHERE job_id = ")
-                .push_bind(head.job_id.as_str())
-                .push(")");
+    let (mut opens, mut closes) = (Vec::new(), Vec::new());
+    for (events, head) in commits {
+        match OpenJobs::of(events) {
+            OpenJobs::Unchanged => {}
+            OpenJobs::Opens => opens.push(head.job_id.as_str()),
+            OpenJobs::Closes => closes.push(head.job_id.as_str()),
         }
     }
-    q.push(", head AS (INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (")
-        .push_bind(head.job_id.as_str())
-        .push(", ")
-        .push_bind(head.sequence as i64)
-        .push(", ")
-        .push_bind(head.link.as_str())
-        .push(", ")
-        .push_bind(head.key_id.as_str())
-        .push(", ")
-        .push_bind(head.sig.as_str())
-        .push(
-            ") ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
-                key_id = excluded.key_id, sig = excluded.sig)",
-        );
-    q.push(" SELECT global_position FROM ins");
-    let positions: Vec<i64> = q
-        .build_query_scalar()
+    if !opens.is_empty() {
+        q.push(", opened AS (INSERT INTO open_jobs (job_id) ");
+        q.push_values(&opens, |mut row, job| {
+            row.push_bind(*job);
+        });
+        q.push(" ON CONFLICT DO NOTHING)");
+    }
+    if !closes.is_empty() {
+        q.push(", closed AS (DELETE FROM open_jobs WHERE job_id = ANY(")
+            .push_bind(closes)
+            .push("))");
+    }
+    q.push(", head AS (INSERT INTO job_heads (job_id, sequence, link, key_id, sig) ");
+    q.push_values(commits, |mut row, (_, head)| {
+        row.push_bind(head.job_id.as_str())
+            .push_bind(head.sequence as i64)
+            .push_bind(head.link.as_str())
+            .push_bind(head.key_id.as_str())
+            .push_bind(head.sig.as_str());
+    });
+    q.push(
+        " ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
+            key_id = excluded.key_id, sig = excluded.sig)",
+    );
+    q.push(" SELECT aggregate_id, global_position FROM ins");
+    let rows: Vec<(String, i64)> = q
+        .build_query_as()
         .fetch_all(pool)
         .await
         .map_err(persistence_error)?;
-    positions
-        .into_iter()
-        .max()
-        .map(|p| p as Position)
-        .ok_or_else(|| PersistenceError::UnknownError("the insert returned no position".into()))
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for (job, position) in &rows {
+        let p = last.entry(job.as_str()).or_insert(*position);
+        *p = (*p).max(*position);
+    }
+    commits
+        .iter()
+        .map(|(_, head)| {
+            last.get(head.job_id.as_str())
+                .map(|p| *p as Position)
+                .ok_or_else(|| {
+                    PersistenceError::UnknownError(
+                        format!("the insert returned no position for job {}", head.job_id).into(),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// The events at or before `upto` of the jobs in `open_jobs`, in feed

@@ -298,6 +298,37 @@ pub(crate) async fn insert_events(
     events: &[SerializedEvent],
     head: &Head,
 ) -> Result<Position, PersistenceError> {
+    let mut tx = pool.begin().await.map_err(persistence_error)?;
+    let last = insert_in(&mut tx, aggregate_type, events, head).await?;
+    tx.commit().await.map_err(persistence_error)?;
+    Ok(last)
+}
+
+/// Several jobs' commits (as [`insert_events`] writes one) in one
+/// transaction: each one's last position, in order. A commit that fails
+/// (a taken sequence) fails them all.
+pub(crate) async fn insert_many(
+    pool: &SqlitePool,
+    aggregate_type: &str,
+    commits: &[(Vec<SerializedEvent>, Head)],
+) -> Result<Vec<Position>, PersistenceError> {
+    let mut tx = pool.begin().await.map_err(persistence_error)?;
+    let mut positions = Vec::with_capacity(commits.len());
+    for (events, head) in commits {
+        positions.push(insert_in(&mut tx, aggregate_type, events, head).await?);
+    }
+    tx.commit().await.map_err(persistence_error)?;
+    Ok(positions)
+}
+
+/// One job's events, its open-jobs entry and its head, in the caller's
+/// transaction; the last position.
+async fn insert_in(
+    tx: &mut sqlx::SqliteConnection,
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+    head: &Head,
+) -> Result<Position, PersistenceError> {
     const INSERT: &str = "INSERT INTO events
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
          VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
@@ -307,7 +338,6 @@ pub(crate) async fn insert_events(
             "an insert needs at least one event".into(),
         ));
     }
-    let mut tx = pool.begin().await.map_err(persistence_error)?;
     let mut last = 0;
     for e in events {
         last = sqlx::query_scalar::<_, i64>(INSERT)
@@ -347,7 +377,6 @@ pub(crate) async fn insert_events(
     .execute(&mut *tx)
     .await
     .map_err(persistence_error)?;
-    tx.commit().await.map_err(persistence_error)?;
     Ok(last as Position)
 }
 

@@ -2,6 +2,7 @@
 //! (memory, a SQLite file, a PostgreSQL schema); PostgreSQL-only proofs (the
 //! gap-free feed under 16 writers) have their own module.
 
+mod batch;
 mod behaviour;
 mod cached;
 mod cancelled;

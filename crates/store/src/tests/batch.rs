@@ -1,0 +1,256 @@
+//! `Store::execute_many`: several jobs' commands decided as `execute` would
+//! decide each, written together; every invariant of one-by-one commits
+//! kept (one live lease per step, the hash chain, the gap-free feed, the
+//! open-jobs index).
+
+use loraflow_core::ids::{ExecutorId, JobId, LeaseId, StepId};
+use loraflow_core::job::canned::{outputs_for, sample_dataset, sample_spec};
+use loraflow_core::job::{CreateJob, JobCommand, JobEvent, LeaseStep, SubmitJob};
+use loraflow_core::workflow::StepKind;
+
+use super::support::{Kind, TestStore, meta, on_every_backend, readable};
+use crate::{Error, FeedFilter, Store};
+
+fn lease(step: &str, lease: &str) -> JobCommand {
+    JobCommand::LeaseStep(LeaseStep {
+        step_id: StepId::new(step),
+        lease_id: LeaseId::new(lease),
+        executor_id: ExecutorId::new("gpu-0"),
+        instance: None,
+    })
+}
+
+/// A submitted job: its `validate` step is queued.
+async fn submitted(store: &Store, id: &str) -> JobId {
+    let job = JobId::new(id);
+    for c in [
+        JobCommand::Create(CreateJob {
+            job_id: job.clone(),
+            spec: sample_spec(),
+        }),
+        JobCommand::Submit(SubmitJob {
+            dataset: sample_dataset(),
+        }),
+    ] {
+        store.execute(&job, c, meta()).await.unwrap();
+    }
+    job
+}
+
+/// Lease and complete `validate`: `label` is queued, at a later sequence.
+async fn validated(store: &Store, job: &JobId) {
+    let l = LeaseId::new(format!("{job}-v"));
+    store
+        .execute(job, lease("validate", l.as_str()), meta())
+        .await
+        .unwrap();
+    let done = outputs_for(&StepKind::new(StepKind::VALIDATE_DATASET), l);
+    store
+        .execute(job, JobCommand::CompleteStep(done), meta())
+        .await
+        .unwrap();
+}
+
+fn leases_in(events: &[JobEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::StepLeased(l) => Some(l.lease_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestStore) {
+    let store = &t.store;
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let job = submitted(store, &format!("batch-{i}")).await;
+        // Half the jobs are a stage further: their leases fall on other
+        // sequences (on PostgreSQL, those may share a transaction).
+        if i % 2 == 1 {
+            validated(store, &job).await;
+        }
+        jobs.push(job);
+    }
+    // A job this process has not written (another process made it; a
+    // memory store is its process' own, so there a job dropped from the
+    // cache): read as stored.
+    let foreign = if t.kind == Kind::Memory {
+        let job = submitted(store, "batch-foreign").await;
+        store.shared().cache_job(&job, None);
+        job
+    } else {
+        let other = t.reopen().await;
+        let job = submitted(&other, "batch-foreign").await;
+        other.close().await;
+        job
+    };
+    jobs.push(foreign.clone());
+    let before = store.feed().head().await.unwrap();
+
+    let mut commands: Vec<(JobId, JobCommand)> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let step = if i % 2 == 1 && j != &foreign {
+                "label"
+            } else {
+                "validate"
+            };
+            (j.clone(), lease(step, &format!("{j}-b")))
+        })
+        .collect();
+    // A second command on one job runs alone, after the batch: the step
+    // is leased by then, so it is refused.
+    commands.push((jobs[0].clone(), lease("validate", "again")));
+    let answers = store.execute_many(commands, meta()).await;
+    assert_eq!(answers.len(), jobs.len() + 1);
+    let mut positions = Vec::new();
+    for (job, a) in jobs.iter().zip(&answers) {
+        let c = a.as_ref().unwrap_or_else(|e| panic!("{job}: {e}"));
+        assert_eq!(leases_in(&c.events), [format!("{job}-b")]);
+        positions.push(c.position.expect("written"));
+    }
+    assert!(
+        matches!(answers.last().unwrap(), Err(Error::Domain(_))),
+        "{:?}",
+        answers.last()
+    );
+
+    // Every job's chain and head verify; each holds one live lease.
+    for job in &jobs {
+        store.verify_job(job).await.unwrap();
+        let h = store.history(job).await.unwrap();
+        let payloads: Vec<JobEvent> = h.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(leases_in(&payloads).last(), Some(&format!("{job}-b")));
+        let sequences: Vec<u64> = h.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (1..=h.len() as u64).collect::<Vec<_>>());
+    }
+    // The feed has each new event once, in order, and the positions the
+    // answers gave.
+    readable(store, *positions.iter().max().unwrap()).await;
+    let fed = store
+        .feed()
+        .read(before, 1000, &FeedFilter::all())
+        .await
+        .unwrap();
+    assert_eq!(fed.len(), jobs.len(), "one StepLeased per job: {fed:?}");
+    assert!(fed.windows(2).all(|w| w[0].position < w[1].position));
+    let mut fed_positions: Vec<u64> = fed.iter().map(|e| e.position).collect();
+    fed_positions.sort_unstable();
+    positions.sort_unstable();
+    assert_eq!(fed_positions, positions);
+    // The jobs are in flight: the open-jobs index has them all.
+    let (_, in_flight) = store.feed().in_flight().await.unwrap();
+    for job in &jobs {
+        assert!(
+            in_flight.iter().any(|e| &e.job_id == job),
+            "{job} in flight"
+        );
+    }
+}
+
+on_every_backend!(leases_of_several_jobs_are_written_together_and_each_answered);
+
+/// Another process leased a step behind this one's back: the batch's
+/// lease of it conflicts, is decided again on the stored job and refused;
+/// the other leases of the batch are written. One lease, never two.
+async fn a_step_leased_elsewhere_is_refused_and_the_rest_written(t: &TestStore) {
+    let a = submitted(&t.store, "race-a").await;
+    let b = submitted(&t.store, "race-b").await;
+    let other = t.reopen().await;
+    other
+        .execute(&a, lease("validate", "there"), meta())
+        .await
+        .unwrap();
+    let answers = t
+        .store
+        .execute_many(
+            vec![
+                (a.clone(), lease("validate", "here-a")),
+                (b.clone(), lease("validate", "here-b")),
+            ],
+            meta(),
+        )
+        .await;
+    assert!(
+        matches!(answers[0], Err(Error::Domain(_))),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(leases_in(&answers[1].as_ref().unwrap().events), ["here-b"]);
+    let history: Vec<JobEvent> = t
+        .store
+        .history(&a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(leases_in(&history), ["there"], "one lease of a's step");
+    t.store.verify_job(&a).await.unwrap();
+    t.store.verify_job(&b).await.unwrap();
+    other.close().await;
+}
+
+// Two processes need a database (a memory store is its process' own).
+mod databases {
+    use super::super::support::Kind;
+    use super::TestStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_step_leased_elsewhere_is_refused_and_the_rest_written() {
+        let t = TestStore::open(Kind::Sqlite).await.unwrap();
+        super::a_step_leased_elsewhere_is_refused_and_the_rest_written(&t).await;
+        t.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_step_leased_elsewhere_is_refused_and_the_rest_written() {
+        let Some(t) = TestStore::open(Kind::Postgres).await else {
+            return;
+        };
+        super::a_step_leased_elsewhere_is_refused_and_the_rest_written(&t).await;
+        t.cleanup().await;
+    }
+}
+
+#[test]
+fn postgres_groups_commits_whose_sequences_do_not_meet() {
+    use cqrs_es::persist::SerializedEvent;
+    let commit = |job: &str, first: usize, n: usize| {
+        let events = (first..first + n)
+            .map(|s| {
+                SerializedEvent::new(
+                    job.into(),
+                    s,
+                    "TrainingJob".into(),
+                    "E".into(),
+                    "1".into(),
+                    serde_json::Value::Null,
+                    serde_json::Value::Null,
+                )
+            })
+            .collect();
+        let head = crate::Head {
+            job_id: job.into(),
+            sequence: (first + n - 1) as u64,
+            link: String::new(),
+            key_id: String::new(),
+            sig: String::new(),
+        };
+        (events, head)
+    };
+    let commits = [
+        commit("a", 5, 1),
+        commit("b", 5, 1),
+        commit("c", 6, 2),
+        commit("d", 8, 1),
+        commit("e", 7, 1),
+    ];
+    assert_eq!(
+        crate::backend::postgres::transaction_groups(&commits),
+        [vec![0, 2, 3], vec![1, 4]]
+    );
+}
