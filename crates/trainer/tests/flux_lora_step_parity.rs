@@ -142,3 +142,69 @@ fn flux_flow_matching_loss_and_gradients_match_peft() {
 fn flux_cosmap_weighted_loss_and_gradients_match_peft() {
     step(LossWeighting::Cosmap, "cosmap");
 }
+
+#[test]
+fn guidance_and_sigma_change_the_loss() {
+    // Guards against a step that ignores the guidance value or σ and still lands near the
+    // reference because their contribution is small. Guidance 3.5 instead of 1 moves this
+    // loss by about 8e-4 relative (the loss is dominated by the target), σ / 2 by far more;
+    // the parity above holds the loss to 1e-4 relative.
+    let device = Device::flex();
+    let f = TensorFile::open(fixture("flux/lora_step/batch.safetensors")).unwrap();
+    let model = peft_model(&device);
+    let loss = |guidance: f64, sigmas: Vec<f64>| {
+        let objective = FlowObjective {
+            guidance,
+            ..FlowObjective::default()
+        };
+        let noise = FlowNoise {
+            sigmas,
+            noise: f.read("noise").unwrap(),
+        };
+        flow_matching_loss(
+            &model,
+            &objective,
+            f.read("latents").unwrap().to_tensor(&device),
+            f.read("encoder_hidden_states").unwrap().to_tensor(&device),
+            f.read("pooled_projections").unwrap().to_tensor(&device),
+            &noise,
+        )
+        .unwrap()
+        .into_scalar::<f32>()
+    };
+    let sigmas: Vec<f64> = f
+        .read("sigmas")
+        .unwrap()
+        .data
+        .iter()
+        .map(|&s| s as f64)
+        .collect();
+    let base = loss(1.0, sigmas.clone());
+    let guided = loss(3.5, sigmas.clone());
+    assert!(
+        (guided - base).abs() > 4e-4 * base,
+        "guidance: {base} vs {guided}"
+    );
+    let shifted = loss(1.0, sigmas.iter().map(|s| s * 0.5).collect());
+    assert!(
+        (shifted - base).abs() > 1e-3 * base,
+        "σ: {base} vs {shifted}"
+    );
+    let err = flow_matching_loss(
+        &model,
+        &FlowObjective::default(),
+        f.read("latents").unwrap().to_tensor(&device),
+        f.read("encoder_hidden_states").unwrap().to_tensor(&device),
+        f.read("pooled_projections").unwrap().to_tensor(&device),
+        &FlowNoise {
+            sigmas: vec![0.5],
+            noise: f.read("noise").unwrap(),
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sigmas") && err.contains("expected 2 values"),
+        "{err}"
+    );
+}
