@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 /// Checks that a latent size can be packed (both sides even and non-zero).
 pub fn check_packable(height: usize, width: usize) -> Result<()> {
-    if height == 0 || width == 0 || height % 2 != 0 || width % 2 != 0 {
+    if height == 0 || width == 0 || !height.is_multiple_of(2) || !width.is_multiple_of(2) {
         return Err(Error::invalid(
             "latents",
             format!("{height}×{width}"),
@@ -45,7 +45,7 @@ pub fn pack_latents(latents: Tensor<4>) -> Result<Tensor<3>> {
 pub fn unpack_latents(tokens: Tensor<3>, height: usize, width: usize) -> Result<Tensor<4>> {
     check_packable(height, width)?;
     let [b, n, f] = tokens.dims();
-    if n != (height / 2) * (width / 2) || f % 4 != 0 {
+    if n != (height / 2) * (width / 2) || !f.is_multiple_of(4) {
         return Err(Error::invalid(
             "tokens",
             format!("{n} tokens of {f} features"),
