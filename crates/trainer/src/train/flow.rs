@@ -216,5 +216,11 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.guidance, 1.0);
         assert_eq!(parsed.weighting, LossWeighting::Cosmap);
+        let err = serde_json::from_str::<FlowObjective>(
+            r#"{"timestep_sampling": {"kind": "flux_shift", "sigmoid_scale": 1.0, "shfit": 3.0}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("shfit"), "{err}");
     }
 }

@@ -32,7 +32,7 @@ pub const MAX_SCALE: f64 = 100.0;
 
 /// How σ is drawn for each sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TimestepSampling {
     /// σ uniform in `[0, 1)`.
     Uniform,
