@@ -7,20 +7,22 @@
 //! - [`norms`]: RMS q/k norms and the adaptive (modulated) layer norms.
 //! - [`attention`]: joint and single-stream attention, the tanh-GELU feed-forward.
 //! - [`blocks`]: the double-stream and single-stream blocks.
+//! - [`packing`]: latents to 2×2-patch tokens and back.
 //!
 //! Module paths follow diffusers (`transformer_blocks.0.attn.add_q_proj`,
 //! `single_transformer_blocks.3.proj_mlp`), the names of diffusers' Flux weights files and of
 //! PEFT LoRA keys. Every linear layer is a [`LoraLinear`], so adapters attach as on the UNet.
 //!
 //! The model takes latents already packed into tokens (2×2 patches of the 16-channel VAE
-//! latent: 64 features per token for FLUX.1); packing, the text encoders, the VAE, the
-//! flow-matching objective and sampling are outside this module.
+//! latent: 64 features per token for FLUX.1, [`pack_latents`]); the text encoders, the VAE,
+//! the flow-matching objective (`train::flow`) and sampling are outside this module.
 
 pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
 pub mod norms;
+pub mod packing;
 pub mod rope;
 
 use std::path::Path;
@@ -30,6 +32,7 @@ use burn::tensor::{Device, Tensor};
 
 pub use blocks::{FluxSingleTransformerBlock, FluxTransformerBlock};
 pub use config::FluxTransformerConfig;
+pub use packing::{pack_latents, unpack_latents};
 pub use rope::{ROPE_THETA, RotaryEmbedding, image_ids, text_ids};
 
 use crate::error::{Error, Result};

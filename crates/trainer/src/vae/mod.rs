@@ -108,6 +108,17 @@ impl VaeConfig {
                 });
             }
         }
+        if get("mid_block_add_attention").is_some_and(|v| v.as_bool() != Some(true)) {
+            return Err(Error::Unsupported {
+                field: "mid_block_add_attention".into(),
+                value: get("mid_block_add_attention")
+                    .map(Value::to_string)
+                    .unwrap_or_default(),
+                hint: "only the mid block with attention is implemented (SD, SDXL and FLUX.1 \
+                       VAEs)"
+                    .into(),
+            });
+        }
         let block_out_channels = match get("block_out_channels") {
             Some(v) => v
                 .as_array()
