@@ -148,6 +148,13 @@ fn torch_segment<'a>(name: &'a str, container: &str) -> &'a str {
         ("Struct:FluxAttention", "added") => "",
         ("Struct:FluxFeedForward", "proj") => "net.0.proj",
         ("Struct:FluxFeedForward", "out") => "net.2",
+        ("Struct:T5Stack", "relative_attention_bias") => {
+            "block.0.layer.0.SelfAttention.relative_attention_bias"
+        }
+        ("Struct:T5Block", "attention") => "layer.0",
+        ("Struct:T5Block", "ff") => "layer.1",
+        ("Struct:T5LayerSelfAttention", "self_attention") => "SelfAttention",
+        ("Struct:T5LayerFf", "dense_relu_dense") => "DenseReluDense",
         ("Struct:GroupNorm" | "Struct:LayerNorm", "gamma") => "weight",
         ("Struct:GroupNorm" | "Struct:LayerNorm", "beta") => "bias",
         _ => name,
