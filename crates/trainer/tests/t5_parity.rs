@@ -2,7 +2,7 @@
 //! `T5EncoderModel`s (gated-GELU as T5 v1.1 / FLUX's T5-XXL, and the original ReLU form) with
 //! `last_hidden_state` within 1e-4 (fp32), with and without an attention mask and past the
 //! maximum relative distance; relative position buckets equal to transformers' on -600..=600;
-//! and the ids of awkward strings equal to the SentencePiece library's (with T5's `nmt_nfkc`
+//! and the ids of 341 awkward strings equal to the SentencePiece library's (with T5's `nmt_nfkc`
 //! normaliser, and with byte fallback) and to transformers' `T5Tokenizer`. Fixtures from
 //! `fixtures/make_t5_fixtures.py`.
 // These tests run on the CPU backend.

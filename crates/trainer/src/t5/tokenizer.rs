@@ -8,10 +8,15 @@
 //! highest-scoring segmentation over the model's pieces and scores (user-defined pieces scored
 //! by length, unused pieces skipped, a character no piece starts with costs the lowest score
 //! minus 10 as `<unk>`), runs of unknown pieces merged into one `<unk>`, or, in models with
-//! byte fallback, spelled as `<0xNN>` byte pieces. [`T5Tokenizer::encode`] adds what
-//! transformers' `T5Tokenizer` does around it: the literal text of the control pieces
-//! (`</s>`, `<pad>`, `<unk>`) becomes their ids, `</s>` ends the sequence, and
-//! [`T5Tokenizer::encode_padded`] truncates and pads as diffusers' FLUX pipelines call it.
+//! byte fallback, spelled as `<0xNN>` byte pieces ([`T5Tokenizer::encode_pieces`]).
+//!
+//! [`T5Tokenizer::encode`] reproduces transformers' `T5Tokenizer` instead, which FLUX's
+//! pipelines use: the `tokenizers` library's conversion of the same model, which reads the
+//! character map per grapheme cluster (combining marks after a mapped character are dropped
+//! where SentencePiece keeps them), splits words at whitespace and before each `▁`, turns the
+//! literal text of the control pieces (`</s>`, `<pad>`, `<unk>`) into their ids, and ends the
+//! sequence with `</s>`; [`T5Tokenizer::encode_padded`] truncates and pads as diffusers' FLUX
+//! pipelines call it.
 //!
 //! The `tokenizers` crate would bring in its whole pipeline (and, with it, about thirty crates,
 //! Oniguruma or fancy-regex among them) for one normaliser and one dynamic programme; the
@@ -20,6 +25,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+
+use unicode_segmentation::UnicodeSegmentation;
 
 use crate::error::{Error, Result};
 
@@ -274,17 +281,17 @@ impl T5Tokenizer {
     ///
     /// When `text` is longer than [`MAX_TEXT_BYTES`].
     pub fn encode_pieces(&self, text: &str) -> Result<Vec<u32>> {
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(Error::invalid(
-                "text",
-                format!("{} bytes", text.len()),
-                format!("expected at most {MAX_TEXT_BYTES} bytes"),
-            ));
-        }
+        check_length(text)?;
         let normalized = self.normalize(text);
+        Ok(self.segment(&normalized))
+    }
+
+    /// The ids of the best segmentation of normalised text, runs of unknown pieces merged into
+    /// one `<unk>` or, with byte fallback, spelled as byte pieces.
+    fn segment(&self, normalized: &str) -> Vec<u32> {
         let mut ids = Vec::new();
         let mut prev_unknown = false;
-        for (surface, id) in self.viterbi(&normalized) {
+        for (surface, id) in self.viterbi(normalized) {
             let unknown = id == self.unk_id;
             if unknown && self.byte_fallback {
                 ids.extend(surface.bytes().map(|b| self.byte_ids[b as usize]));
@@ -293,17 +300,21 @@ impl T5Tokenizer {
             }
             prev_unknown = unknown;
         }
-        Ok(ids)
+        ids
     }
 
-    /// transformers' `T5Tokenizer` ids: the literal text of the control pieces and `<unk>`
-    /// becomes their ids, the text between is encoded by [`encode_pieces`](Self::encode_pieces),
-    /// and `</s>` is appended.
+    /// transformers' `T5Tokenizer` ids (the `tokenizers` library's conversion of the model,
+    /// which FLUX's pipelines use): the literal text of the control pieces and `<unk>` becomes
+    /// their ids, the text between is normalised grapheme by grapheme
+    /// ([`normalize_graphemes`](Self::normalize_graphemes)), split at whitespace, each word
+    /// prefixed with `▁`, split before every `▁` and segmented on its own, and `</s>` is
+    /// appended.
     ///
     /// # Errors
     ///
     /// When `text` is longer than [`MAX_TEXT_BYTES`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        check_length(text)?;
         let specials: Vec<(&str, u32)> = self
             .pieces
             .iter()
@@ -319,20 +330,75 @@ impl T5Tokenizer {
                 .iter()
                 .filter_map(|&(s, id)| rest.find(s).map(|at| (at, s.len(), id)))
                 .min_by_key(|&(at, len, _)| (at, usize::MAX - len));
-            match next {
+            let (segment, special) = match next {
                 Some((at, len, id)) => {
-                    ids.extend(self.encode_pieces(&rest[..at])?);
-                    ids.push(id);
+                    let segment = &rest[..at];
                     rest = &rest[at + len..];
+                    (segment, Some(id))
                 }
-                None => {
-                    ids.extend(self.encode_pieces(rest)?);
-                    break;
+                None => (std::mem::take(&mut rest), None),
+            };
+            let normalized = self.normalize_graphemes(segment);
+            for word in normalized.split(char::is_whitespace).filter(|w| !w.is_empty()) {
+                let word = if word.starts_with(SPACE) {
+                    word.to_string()
+                } else {
+                    format!("{SPACE}{word}")
+                };
+                // Split before every `▁` (the `▁` stays with what follows it).
+                let mut start = 0;
+                for (at, _) in word.match_indices(SPACE).filter(|&(at, _)| at > 0) {
+                    ids.extend(self.segment(&word[start..at]));
+                    start = at;
                 }
+                ids.extend(self.segment(&word[start..]));
+            }
+            match special {
+                Some(id) => ids.push(id),
+                None => break,
             }
         }
         ids.push(self.eos_id);
         Ok(ids)
+    }
+
+    /// The `tokenizers` library's reading of the precompiled map (its `Precompiled`
+    /// normaliser), which differs from SentencePiece's around combining marks: each extended
+    /// grapheme cluster shorter than 6 bytes that starts with a mapped character is replaced
+    /// whole by that character's replacement (the marks after it are dropped); longer clusters
+    /// are mapped character by character.
+    pub fn normalize_graphemes(&self, text: &str) -> String {
+        let trie = &self.normalizer.trie;
+        let mut out = String::with_capacity(text.len());
+        for grapheme in text.graphemes(true) {
+            if grapheme.len() < 6
+                && let Some(replacement) = shortest_prefix(trie, grapheme.as_bytes())
+                    .and_then(|v| self.replacement(v))
+            {
+                out.push_str(replacement);
+                continue;
+            }
+            for (at, c) in grapheme.char_indices() {
+                let part = &grapheme[at..at + c.len_utf8()];
+                match shortest_prefix(trie, part.as_bytes()).and_then(|v| self.replacement(v)) {
+                    Some(replacement) => out.push_str(replacement),
+                    None => out.push_str(part),
+                }
+            }
+        }
+        out
+    }
+
+    /// The replacement string at `offset` of the map.
+    fn replacement(&self, offset: u32) -> Option<&str> {
+        let all = &self.normalizer.replacements;
+        let start = offset as usize;
+        let end = all
+            .get(start..)?
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(all.len(), |p| start + p);
+        std::str::from_utf8(&all[start..end]).ok()
     }
 
     /// [`encode`](Self::encode) cut to `max_length` (keeping the final `</s>`) and padded with
@@ -423,8 +489,30 @@ impl T5Tokenizer {
     }
 }
 
+fn check_length(text: &str) -> Result<()> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(Error::invalid(
+            "text",
+            format!("{} bytes", text.len()),
+            format!("expected at most {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The shortest key of a Darts-clone double array that prefixes `key`: its value.
+fn shortest_prefix(units: &[u32], key: &[u8]) -> Option<u32> {
+    prefix_search(units, key, true).map(|(value, _)| value)
+}
+
 /// The longest key of a Darts-clone double array that prefixes `key`: its value and length.
 fn longest_prefix(units: &[u32], key: &[u8]) -> Option<(u32, usize)> {
+    prefix_search(units, key, false)
+}
+
+/// A key of a Darts-clone double array that prefixes `key` (the shortest with `first`, else the
+/// longest): its value and length.
+fn prefix_search(units: &[u32], key: &[u8], first: bool) -> Option<(u32, usize)> {
     let unit = |i: usize| units.get(i).copied();
     let offset = |u: u32| ((u >> 10) << ((u & (1 << 9)) >> 6)) as usize;
     let has_leaf = |u: u32| (u >> 8) & 1 == 1;
@@ -441,6 +529,9 @@ fn longest_prefix(units: &[u32], key: &[u8]) -> Option<(u32, usize)> {
         pos ^= offset(u);
         if has_leaf(u) {
             found = Some((value(unit(pos)?), i + 1));
+            if first {
+                break;
+            }
         }
     }
     found
