@@ -172,8 +172,14 @@ fn encoder_exposes_its_linears_under_transformers_names() {
 fn config_errors_name_the_field() {
     let bad: Value = serde_json::json!({"model_type": "t5", "feed_forward_proj": "gated-tanh"});
     let err = T5Config::from_transformers(&bad).unwrap_err().to_string();
-    assert!(err.contains("feed_forward_proj") && err.contains("gated-tanh"), "{err}");
+    assert!(
+        err.contains("feed_forward_proj") && err.contains("gated-tanh"),
+        "{err}"
+    );
     let bad: Value = serde_json::json!({"model_type": "t5", "relative_attention_num_buckets": 7});
     let err = T5Config::from_transformers(&bad).unwrap_err().to_string();
-    assert!(err.contains("relative_attention_num_buckets") && err.contains('7'), "{err}");
+    assert!(
+        err.contains("relative_attention_num_buckets") && err.contains('7'),
+        "{err}"
+    );
 }
