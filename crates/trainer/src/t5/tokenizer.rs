@@ -707,7 +707,7 @@ fn parse_charsmap(blob: &[u8]) -> std::result::Result<(Vec<u32>, Vec<u8>), Strin
     let mut buf = blob;
     let size = take(&mut buf, 4)?;
     let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
-    if size % 4 != 0 {
+    if !size.is_multiple_of(4) {
         return Err(format!("charsmap trie of {size} bytes is not whole units"));
     }
     let trie = take(&mut buf, size)?
