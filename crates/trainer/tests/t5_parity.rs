@@ -13,6 +13,7 @@ mod common;
 use burn::tensor::{Device, Int, Tensor};
 use common::{fixture, max_abs, max_abs_diff};
 use loraflow_trainer::clip::ids_tensor;
+use loraflow_trainer::flux::{FluxInputs, FluxTransformer2DModel, FluxTransformerConfig, text_ids};
 use loraflow_trainer::lora::LoraLayers;
 use loraflow_trainer::t5::{T5Config, T5EncoderModel, T5Tokenizer, relative_position_bucket};
 use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
@@ -181,5 +182,85 @@ fn config_errors_name_the_field() {
     assert!(
         err.contains("relative_attention_num_buckets") && err.contains('7'),
         "{err}"
+    );
+}
+
+#[test]
+fn encode_checks_ids_by_field() {
+    let device = Device::flex();
+    let model = model("gated", &device);
+    let vocab = model.vocab_size() as u32;
+    let err = model.encode(&[], &device).unwrap_err().to_string();
+    assert!(err.contains("`ids`"), "{err}");
+    let err = model
+        .encode(&[vec![3, vocab]], &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`ids`") && err.contains(&vocab.to_string()),
+        "{err}"
+    );
+    let err = model
+        .encode(&[vec![3, 4], vec![5]], &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`ids[1]`") && err.contains("1 tokens"),
+        "{err}"
+    );
+    assert_eq!(
+        model.encode(&[vec![3, 4, 1]], &device).unwrap().dims(),
+        [1, 3, 32]
+    );
+}
+
+/// The tiny T5 (d_model 32) feeds the tiny Flux transformer (joint_attention_dim 32) as the
+/// FLUX pipelines do: the tokenizer's padded ids, the encoder's last state as
+/// `encoder_hidden_states`, zero text positions. Different captions give different outputs.
+#[test]
+fn t5_states_drive_the_flux_transformer() {
+    let device = Device::flex();
+    let tok = T5Tokenizer::from_file(fixture("t5/spiece.model")).unwrap();
+    let t5 = model("gated", &device);
+    let flux: FluxTransformer2DModel =
+        FluxTransformerConfig::from_file(fixture("flux/schnell/config.json"))
+            .unwrap()
+            .init(&device)
+            .load_diffusers(fixture("flux/schnell/diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let file = TensorFile::open(fixture("flux/schnell/io.safetensors")).unwrap();
+    let read = |k: &str| file.read(k).unwrap();
+    let run = |captions: [&str; 2]| {
+        let ids: Vec<Vec<u32>> = captions
+            .iter()
+            .map(|c| tok.encode_padded(c, 8).unwrap())
+            .collect();
+        let states = t5.encode(&ids, &device).unwrap();
+        let inputs = FluxInputs {
+            hidden_states: read("hidden_states").to_tensor(&device),
+            encoder_hidden_states: states,
+            pooled_projections: read("pooled_projections").to_tensor(&device),
+            timestep: read("timestep").to_tensor(&device),
+            img_ids: read("img_ids"),
+            txt_ids: text_ids(8),
+            guidance: None,
+        };
+        HostTensor::from_tensor(flux.forward(inputs).unwrap())
+    };
+    let a = run(["a red fox in the snow", "a robot on Mars"]);
+    let b = run(["a red fox in the snow", "two cats by the sea"]);
+    let rows = a.data.len() / 2;
+    let first = max_abs_diff(
+        &HostTensor::new(vec![rows], a.data[..rows].to_vec()),
+        &HostTensor::new(vec![rows], b.data[..rows].to_vec()),
+    );
+    let second = max_abs_diff(
+        &HostTensor::new(vec![rows], a.data[rows..].to_vec()),
+        &HostTensor::new(vec![rows], b.data[rows..].to_vec()),
+    );
+    assert_eq!(first, 0.0, "the same caption gives the same output");
+    assert!(
+        second > 1e-3,
+        "another caption changes the output ({second})"
     );
 }

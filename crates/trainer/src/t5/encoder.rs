@@ -157,6 +157,57 @@ impl T5EncoderModel {
     }
 }
 
+/// The longest sequence [`T5EncoderModel::encode`] accepts (FLUX.1-dev uses 512).
+pub const MAX_TOKENS: usize = 4096;
+
+impl T5EncoderModel {
+    /// The vocabulary size (rows of `shared`).
+    pub fn vocab_size(&self) -> usize {
+        self.shared.weight.dims()[0]
+    }
+
+    /// [`forward`](Self::forward) on token ids given as rows (as
+    /// [`super::T5Tokenizer::encode_padded`] gives them), without a mask, after checking them.
+    ///
+    /// # Errors
+    ///
+    /// When there are no rows, the rows differ in length or are empty or longer than
+    /// [`MAX_TOKENS`], or an id is outside the vocabulary; the error names `ids`.
+    pub fn encode(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor<3>> {
+        let Some(first) = ids.first() else {
+            return Err(Error::invalid(
+                "ids",
+                "no rows",
+                "expected at least one sequence",
+            ));
+        };
+        let tokens = first.len();
+        if tokens == 0 || tokens > MAX_TOKENS {
+            return Err(Error::invalid(
+                "ids",
+                format!("{tokens} tokens"),
+                format!("expected 1..={MAX_TOKENS} tokens"),
+            ));
+        }
+        if let Some((row, r)) = ids.iter().enumerate().find(|(_, r)| r.len() != tokens) {
+            return Err(Error::invalid(
+                format!("ids[{row}]"),
+                format!("{} tokens", r.len()),
+                format!("expected {tokens} tokens, as the first row"),
+            ));
+        }
+        let vocab = self.vocab_size();
+        if let Some(&id) = ids.iter().flatten().find(|&&id| id as usize >= vocab) {
+            return Err(Error::invalid(
+                "ids",
+                id,
+                format!("expected token ids below the vocabulary size {vocab}"),
+            ));
+        }
+        Ok(self.forward(crate::clip::ids_tensor(ids, device), None))
+    }
+}
+
 impl LoraLayers for T5EncoderModel {
     fn collect_layers<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, LayerMut<'a>)>) {
         for (i, block) in self.encoder.block.iter_mut().enumerate() {
