@@ -264,3 +264,50 @@ fn t5_states_drive_the_flux_transformer() {
         "another caption changes the output ({second})"
     );
 }
+
+/// The tiny model split into two shards with a transformers index loads to the same output.
+#[test]
+fn sharded_weights_load_through_the_index() {
+    use loraflow_trainer::tensor_file::{SaveDtype, write};
+    use std::collections::HashMap;
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("loraflow-t5-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = TensorFile::open(fixture("t5/gated/model.safetensors")).unwrap();
+    let names = file.names();
+    let mut map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let shard = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let tensors: Vec<(String, HostTensor)> = part
+            .iter()
+            .map(|n| (n.clone(), file.read(n).unwrap()))
+            .collect();
+        write(&dir.join(&shard), &tensors, HashMap::new(), SaveDtype::F32).unwrap();
+        for n in part {
+            map.insert(n.clone(), Value::String(shard.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
+    let config = T5Config::from_file(fixture("t5/gated/config.json")).unwrap();
+    let sharded = config.init(&device).load_dir(&dir).unwrap();
+    let single = model("gated", &device);
+    let ids = vec![vec![5, 9, 14, 1]];
+    let a = HostTensor::from_tensor(sharded.encode(&ids, &device).unwrap());
+    let b = HostTensor::from_tensor(single.encode(&ids, &device).unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+
+    // An index naming a file outside its folder is refused, naming the entry.
+    let bad = serde_json::json!({"weight_map": {"shared.weight": "../elsewhere.safetensors"}});
+    std::fs::write(dir.join("model.safetensors.index.json"), bad.to_string()).unwrap();
+    for i in 1..=2 {
+        std::fs::remove_file(dir.join(format!("model-0000{i}-of-00002.safetensors"))).unwrap();
+    }
+    let err = config.init(&device).load_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("weight_map.shared.weight"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

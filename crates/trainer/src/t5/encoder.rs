@@ -16,7 +16,7 @@ use crate::flux::norms::RmsNorm;
 use crate::flux::norms::RmsNormConfig;
 use crate::lora::{LayerMut, LoraLayers, LoraLinearConfig, join};
 use crate::tensor_file::{HostTensor, TensorFile};
-use crate::weights::{Weights, load_module};
+use crate::weights::{Weights, load_module, open_weights};
 
 impl T5Config {
     /// Builds the encoder with PyTorch's default initialisation (weights are usually loaded
@@ -117,6 +117,13 @@ impl T5EncoderModel {
     /// `encoder.block.N.layer.0.SelfAttention.q.weight`, ...).
     pub fn load_weights(self, weights: &dyn Weights) -> Result<Self> {
         load_module(self, &TiedEmbeddings(weights), "")
+    }
+
+    /// Loads a transformers folder's weights (`text_encoder_2/`): `model.safetensors`, or the
+    /// shards of `model.safetensors.index.json` (FLUX.1's T5-XXL is saved in two).
+    pub fn load_dir(self, dir: impl AsRef<Path>) -> Result<Self> {
+        let weights = open_weights(dir.as_ref(), "model")?;
+        self.load_weights(weights.as_ref())
     }
 
     /// Loads a transformers `model.safetensors` file.
