@@ -23,6 +23,8 @@
 //! - [`flux`]: FLUX.1's transformer (diffusers' `FluxTransformer2DModel`): double- and
 //!   single-stream blocks, three-axis rotary positions, timestep/guidance/pooled-text
 //!   conditioning, loaded from diffusers' weights.
+//! - [`t5`]: transformers' `T5EncoderModel` (FLUX.1's second text encoder) and T5's
+//!   SentencePiece unigram tokenizer.
 //! - [`sample`]: text to image with DDIM or Euler and guidance, PNGs with text chunks.
 //! - [`data`]: kohya-style image folders, captions, buckets, latent and text caches.
 //! - [`lora`]: adaptable layers, target patterns, kohya and PEFT files, merging.
@@ -45,6 +47,7 @@ pub mod rng;
 pub mod sample;
 pub mod schedule;
 pub mod sdxl;
+pub mod t5;
 pub mod tensor_file;
 pub mod train;
 pub mod trainer;

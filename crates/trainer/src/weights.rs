@@ -7,7 +7,8 @@
 //! looked up in a [`Weights`] source. Linear weights are transposed from PyTorch's `[out, in]` to
 //! burn's `[in, out]`. fp16 and bf16 files are widened to fp32.
 //!
-//! Sources are a safetensors file ([`TensorFile`]) or a view of one with other key names
+//! Sources are a safetensors file ([`TensorFile`]), the shards of a large model through their
+//! index ([`ShardedFiles`], [`open_weights`]) or a view of one with other key names
 //! ([`Renamed`], used for the original LDM single-file layout).
 
 use std::collections::HashMap;
@@ -100,6 +101,102 @@ impl Weights for Renamed<'_> {
     }
 }
 
+/// The shards of a model saved in pieces (`model.safetensors.index.json` beside
+/// `model-00001-of-00002.safetensors`, ...; transformers' and diffusers' layout for large
+/// models such as FLUX's T5-XXL and transformer), read through the index's `weight_map`.
+#[derive(Debug)]
+pub struct ShardedFiles {
+    index: std::path::PathBuf,
+    files: Vec<TensorFile>,
+    /// Tensor name → position in `files`.
+    map: HashMap<String, usize>,
+}
+
+/// The most shards an index may name.
+pub const MAX_SHARDS: usize = 1024;
+
+impl ShardedFiles {
+    /// Reads an index file and every shard it names (shard paths relative to the index's
+    /// folder, without `..` or absolute paths).
+    pub fn open(index: impl AsRef<Path>) -> Result<Self> {
+        let index = index.as_ref();
+        let parse = |reason: String| Error::Parse {
+            path: index.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(index).map_err(|e| Error::read(index, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        let map = value
+            .get("weight_map")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| parse("no `weight_map` object".into()))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<String> = Vec::new();
+        let mut names = HashMap::new();
+        for (name, shard) in map {
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| parse(format!("`weight_map.{name}` is not a file name")))?;
+            let plain = Path::new(shard)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(parse(format!(
+                    "`weight_map.{name}` = {shard:?}: expected a file inside the index's folder"
+                )));
+            }
+            let at = match shards.iter().position(|s| s == shard) {
+                Some(at) => at,
+                None => {
+                    if shards.len() == MAX_SHARDS {
+                        return Err(parse(format!("more than {MAX_SHARDS} shards")));
+                    }
+                    shards.push(shard.to_string());
+                    shards.len() - 1
+                }
+            };
+            names.insert(name.clone(), at);
+        }
+        let files = shards
+            .iter()
+            .map(|s| TensorFile::open(dir.join(s)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            index: index.to_path_buf(),
+            files,
+            map: names,
+        })
+    }
+}
+
+impl Weights for ShardedFiles {
+    fn read(&self, key: &str) -> Result<HostTensor> {
+        match self.map.get(key) {
+            Some(&at) => self.files[at].read(key),
+            None => Err(Error::MissingTensor {
+                name: key.to_string(),
+                path: self.index.clone(),
+            }),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.index
+    }
+}
+
+/// The weights `stem.safetensors` in `dir`, or its shards through `stem.safetensors.index.json`
+/// (`stem` is `model` for transformers, `diffusion_pytorch_model` for diffusers).
+pub fn open_weights(dir: &Path, stem: &str) -> Result<Box<dyn Weights>> {
+    let single = dir.join(format!("{stem}.safetensors"));
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if !single.is_file() && index.is_file() {
+        return Ok(Box::new(ShardedFiles::open(index)?));
+    }
+    Ok(Box::new(TensorFile::open(single)?))
+}
+
 /// A source that also answers keys without a leading `prefix` (transformers 5 saves
 /// `CLIPTextModel` without the `text_model.` level that older files and LDM checkpoints have).
 pub struct OptionalPrefix<'a> {
@@ -148,6 +245,13 @@ fn torch_segment<'a>(name: &'a str, container: &str) -> &'a str {
         ("Struct:FluxAttention", "added") => "",
         ("Struct:FluxFeedForward", "proj") => "net.0.proj",
         ("Struct:FluxFeedForward", "out") => "net.2",
+        ("Struct:T5Stack", "relative_attention_bias") => {
+            "block.0.layer.0.SelfAttention.relative_attention_bias"
+        }
+        ("Struct:T5Block", "attention") => "layer.0",
+        ("Struct:T5Block", "ff") => "layer.1",
+        ("Struct:T5LayerSelfAttention", "self_attention") => "SelfAttention",
+        ("Struct:T5LayerFf", "dense_relu_dense") => "DenseReluDense",
         ("Struct:GroupNorm" | "Struct:LayerNorm", "gamma") => "weight",
         ("Struct:GroupNorm" | "Struct:LayerNorm", "beta") => "bias",
         _ => name,
