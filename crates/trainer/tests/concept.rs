@@ -6,39 +6,25 @@
 
 use std::path::{Path, PathBuf};
 
-use loraflow_trainer::data::ImageDatasetConfig;
 use loraflow_trainer::device::parse_device;
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::Pipeline;
-use loraflow_trainer::train::config::TextEncoderTraining;
-use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
-use loraflow_trainer::world::{ConceptScore, TRIGGER};
+use loraflow_trainer::world::{ConceptScore, demo};
 use loraflow_trainer::{Controls, TrainConfig, Trainer};
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets")
 }
 
-/// The demo job's training settings (`loraflow demo`: the catalogue's defaults for `tiny-sd`
-/// and the demo's epochs, repeats, trigger word and seed).
+/// The demo job's training settings (`loraflow demo`; the root package checks that the job's
+/// parameters map to exactly these).
 fn demo_config(out: &Path) -> TrainConfig {
-    let mut images = ImageDatasetConfig::new(assets().join("demo-dataset"), 64);
-    images.num_repeats = 4;
-    images.trigger_word = Some(TRIGGER.into());
-    let mut c = TrainConfig::for_images(assets().join("tiny-sd"), images, out, "demo");
-    c.network.rank = 4;
-    c.network.alpha = 4.0;
-    c.optimizer.learning_rate = 1e-3;
-    c.text_encoder = Some(TextEncoderTraining::new(5e-5));
-    c.lr_schedule = LrSchedule {
-        kind: LrScheduleKind::Cosine,
-        warmup_steps: 0,
-    };
-    c.objective.min_snr_gamma = Some(5.0);
-    c.batch_size = 2;
-    c.epochs = 8;
-    c.seed = 42;
-    c
+    demo::train_config(
+        assets().join("tiny-sd"),
+        assets().join("demo-dataset"),
+        out,
+        "demo",
+    )
 }
 
 // The thresholds are the demo's target. The committed demo model meets the first two (22/24
