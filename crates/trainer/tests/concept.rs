@@ -1,6 +1,7 @@
 //! The demo's promise, measured: the demo model (`assets/tiny-sd`) draws the shapes world as
-//! asked, does not know the ring, and the demo's LoRA (the demo job's settings on
-//! `assets/demo-dataset`) teaches it the ring under the trigger word without breaking the rest.
+//! asked, does not know the ring, and the demo's LoRA (the demo job's settings,
+//! `world::demo::train_config`, on `assets/demo-dataset`) teaches it the ring under the trigger
+//! word without breaking the rest.
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
@@ -28,11 +29,12 @@ fn demo_config(out: &Path) -> TrainConfig {
 }
 
 // The thresholds are the demo's target. The committed demo model meets the first two (22/24
-// base probes as asked, 0/16 rings); the committed demo dataset does not show rings yet (the
-// ring dataset is written by `examples/make_demo_dataset.rs`), so the LoRA cannot teach them
-// and this runs on request: `cargo test -p loraflow-trainer --test concept -- --ignored`.
+// base probes as asked, 0/16 rings). The demo's LoRA does not meet the third yet: with the demo
+// job's settings on the committed demo dataset (32 rings under the trigger word, 24
+// regularisation pictures) its last epoch draws rings for 3/16 trigger probes (19%), so this
+// runs on request: `cargo test --workspace --test concept -- --ignored`.
 #[test]
-#[ignore = "assets/demo-dataset does not show the ring yet (examples/make_demo_dataset.rs writes it)"]
+#[ignore = "the demo's LoRA draws rings for 3/16 trigger probes; the target is 80% (see crates/trainer/README.md)"]
 fn the_demo_lora_teaches_the_ring_and_keeps_the_shapes_world() {
     let device = parse_device("cpu").unwrap();
     let base = StableDiffusion::load(assets().join("tiny-sd"), None, &device).unwrap();
