@@ -60,9 +60,15 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
     // captions carry it, and the regularisation pictures must stay without it.
     let params: Params = [
         ("epochs", ParamValue::Int(epochs.into())),
-        ("num_repeats", ParamValue::Int(world_demo::NUM_REPEATS as i64)),
+        (
+            "num_repeats",
+            ParamValue::Int(world_demo::NUM_REPEATS as i64),
+        ),
         ("unet_lr", ParamValue::Float(world_demo::UNET_LR)),
-        ("caption_dropout", ParamValue::Float(world_demo::CAPTION_DROPOUT)),
+        (
+            "caption_dropout",
+            ParamValue::Float(world_demo::CAPTION_DROPOUT),
+        ),
         ("seed", ParamValue::Int(world_demo::SEED as i64)),
         // The probes' sampler settings, so that the samples are what the scorer expects.
         ("sample_sampler", ParamValue::Str("ddim".into())),
