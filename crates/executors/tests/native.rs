@@ -527,13 +527,18 @@ async fn a_retried_attempt_resumes_from_the_work_folder() {
     params.insert("epochs".into(), ParamValue::Int(3));
     params.insert("text_encoder_lr".into(), ParamValue::Float(0.0));
 
-    // Attempt 1 is lost after step 7 or a little later (epoch 1 was saved at step 5, epoch 2
-    // at step 10; cancellation reaches the trainer within a poll interval).
+    // Attempt 1 is lost after step 35 or a little later (the 56 pictures make 28 steps of 2 per
+    // epoch: epoch 1 was saved at step 28, epoch 2 at step 56; cancellation reaches the trainer
+    // within a poll interval).
     let step = assignment("train", &env, params.clone());
     let (ctx, mut handle) = context(&env, &step, "attempt-1");
     let watcher = tokio::spawn(async move {
         while handle.changed().await {
-            if handle.latest().and_then(|p| p.step).is_some_and(|s| s >= 7) {
+            if handle
+                .latest()
+                .and_then(|p| p.step)
+                .is_some_and(|s| s >= 35)
+            {
                 handle.cancel();
                 break;
             }
@@ -549,8 +554,8 @@ async fn a_retried_attempt_resumes_from_the_work_folder() {
     let (ctx, _h) = context(&env, &step, "attempt-2");
     let out = trainer.run(&step, &ctx).await.unwrap();
     let resumed = out.outputs["resumed_from_step"].as_u64().unwrap();
-    assert!(resumed == 5 || resumed == 10, "{resumed}");
-    assert_eq!(out.outputs["steps"], 15);
+    assert!(resumed == 28 || resumed == 56, "{resumed}");
+    assert_eq!(out.outputs["steps"], 84);
     assert_eq!(
         out.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
         vec![1, 2, 3]
