@@ -31,7 +31,8 @@ fn demo_config(out: &Path) -> TrainConfig {
 // The thresholds are the demo's target. The committed demo model meets the first two (22/24
 // base probes as asked, 0/16 rings). The demo's LoRA does not meet the third yet: with the demo
 // job's settings on the committed demo dataset (32 rings under the trigger word, 24
-// regularisation pictures) its last epoch draws rings for 3/16 trigger probes (19%), so this
+// regularisation pictures) its last epoch draws rings for 3/16 trigger probes (19%; the base
+// probes stay at 20/24, 83%), so this
 // runs on request: `cargo test --workspace --test concept -- --ignored`.
 #[test]
 #[ignore = "the demo's LoRA draws rings for 3/16 trigger probes; the target is 80% (see crates/trainer/README.md)"]
