@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Generates loraflow's demo model (`assets/tiny-sd/`) and demo dataset (`assets/demo-dataset/`).
+"""Generates the template of loraflow's demo model (`assets/tiny-sd/`).
 
     python3 -m venv /work/venv-ref
     /work/venv-ref/bin/pip install torch diffusers transformers safetensors pillow regex
     /work/venv-ref/bin/python assets/make_demo_assets.py
 
-Both are deterministic (fixed seeds). The model is a Stable Diffusion 1.5-shaped pipeline at a
-tiny size with RANDOMLY INITIALISED weights: it has never been trained, so its images are
-structured noise, not pictures. It exists so that the whole workflow (dataset, training,
-LoRA files, samples) runs in seconds on a CPU. The dataset is procedural: coloured shapes drawn
-with Pillow, each with a caption.
+It is deterministic (fixed seed). It writes a Stable Diffusion 1.5-shaped pipeline at a tiny
+size with randomly initialised weights (configs, text encoder, tokenizer, scheduler);
+`crates/trainer/examples/train_shapes_world.rs` then trains its VAE and UNet on the shapes
+world (see `assets/tiny-sd/README.md`). The demo dataset (`assets/demo-dataset/`) is written by
+`crates/trainer/examples/make_demo_dataset.rs`.
 """
 
 import json
@@ -18,7 +18,6 @@ import shutil
 import sys
 
 import torch
-from PIL import Image, ImageDraw
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,24 +30,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 SEED = 20240601
 
-# (file, size, shape, colour, background, caption)
-IMAGES = [
-    ("red_circle.png", (64, 64), "circle", "red", "white"),
-    ("blue_square.png", (64, 64), "square", "blue", "white"),
-    ("green_triangle.png", (80, 80), "triangle", "green", "white"),
-    ("yellow_star.png", (64, 64), "star", "yellow", "black"),
-    ("orange_circle_wide.png", (96, 64), "circle", "orange", "blue"),
-    ("purple_square_tall.png", (64, 96), "square", "purple", "yellow"),
-    ("red_triangle.png", (80, 80), "triangle", "red", "black"),
-    ("blue_circle.png", (64, 64), "circle", "blue", "yellow"),
-]
-
-COLOURS = {
-    "red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 70),
-    "yellow": (240, 210, 40), "orange": (245, 140, 30), "purple": (140, 60, 190),
-    "white": (245, 245, 245), "black": (20, 20, 25),
-}
-
 CORPUS = """
 a red circle on a white background. a blue square on a white background. a green triangle.
 a yellow star on a black background. an orange circle on a blue background, wide.
@@ -57,44 +38,6 @@ a blue circle on a yellow background. simple flat shapes, bright colours, centre
 a photo of a dog, a cat, a house, a tree, a car, a person, a flower, the sky, the sea.
 high quality, detailed, sharp, soft light, blurry, low quality, painting, drawing, sketch.
 """
-
-
-def draw(size, shape, colour, background):
-    w, h = size
-    img = Image.new("RGB", size, COLOURS[background])
-    d = ImageDraw.Draw(img)
-    r = min(w, h) * 0.32
-    cx, cy = w / 2, h / 2
-    fill = COLOURS[colour]
-    if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "square":
-        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "triangle":
-        d.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-    elif shape == "star":
-        import math
-        points = []
-        for i in range(10):
-            rad = r if i % 2 == 0 else r * 0.45
-            a = -math.pi / 2 + i * math.pi / 5
-            points.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
-        d.polygon(points, fill=fill)
-    return img
-
-
-def make_dataset():
-    out = os.path.join(HERE, "demo-dataset")
-    for name in os.listdir(out) if os.path.isdir(out) else []:
-        if name.endswith((".png", ".txt")):
-            os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
-    for file, size, shape, colour, background in IMAGES:
-        draw(size, shape, colour, background).save(os.path.join(out, file), optimize=True)
-        article = "an" if colour[0] in "aeiou" else "a"
-        caption = f"{article} {colour} {shape}, {background} background, flat shapes"
-        with open(os.path.join(out, file.rsplit(".", 1)[0] + ".txt"), "w") as f:
-            f.write(caption + "\n")
 
 
 def make_model():
@@ -144,5 +87,4 @@ def make_model():
 
 
 if __name__ == "__main__":
-    make_dataset()
     make_model()

@@ -21,6 +21,7 @@ use loraflow::core::views::JobStatus;
 use loraflow::executors::{Label, Publish, ValidateDataset};
 use loraflow::{Engine, NewJob};
 use loraflow_trainer::world::concept::{PROBE_GUIDANCE, PROBE_STEPS, demo_probes};
+use loraflow_trainer::world::demo as world_demo;
 use loraflow_trainer::world::{ConceptScore, TRIGGER, read_file};
 
 use super::client::Exit;
@@ -38,7 +39,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub assets: Option<PathBuf>,
     /// Training epochs (one LoRA and one set of samples per epoch).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = world_demo::EPOCHS as u32, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub epochs: u32,
     /// The burn device: cpu, wgpu, vulkan or cuda:N (GPU ones need a build
     /// with that feature).
@@ -54,11 +55,21 @@ const TENANT: &str = "demo";
 /// The demo job: the `tiny-sd` model, the catalogue's defaults for it, and
 /// enough epochs and repeats for a loss curve worth looking at.
 fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
+    // The demo's training settings (`loraflow_trainer::world::demo`; every other parameter is
+    // the catalogue's default for tiny-sd). No trigger word parameter: the concept pictures'
+    // captions carry it, and the regularisation pictures must stay without it.
     let params: Params = [
         ("epochs", ParamValue::Int(epochs.into())),
-        ("num_repeats", ParamValue::Int(4)),
-        ("trigger_word", ParamValue::Str("lfdemo".into())),
-        ("seed", ParamValue::Int(42)),
+        (
+            "num_repeats",
+            ParamValue::Int(world_demo::NUM_REPEATS as i64),
+        ),
+        ("unet_lr", ParamValue::Float(world_demo::UNET_LR)),
+        (
+            "caption_dropout",
+            ParamValue::Float(world_demo::CAPTION_DROPOUT),
+        ),
+        ("seed", ParamValue::Int(world_demo::SEED as i64)),
         // The probes' sampler settings, so that the samples are what the scorer expects.
         ("sample_sampler", ParamValue::Str("ddim".into())),
         ("sample_steps", ParamValue::Int(PROBE_STEPS as i64)),
@@ -349,4 +360,44 @@ async fn run(
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use loraflow::core::catalogue::Catalogue;
+    use loraflow::executors::native::params::{RunPaths, train_config};
+
+    use super::*;
+
+    /// The concept test (`crates/trainer/tests/concept.rs`) trains with
+    /// `world::demo::train_config`: the demo job's parameters, resolved by the catalogue and
+    /// mapped by the native engine, must give exactly that configuration.
+    #[test]
+    fn the_demo_job_trains_with_the_settings_the_concept_test_measures() {
+        let catalogue = Catalogue::builtin();
+        let model = catalogue.base_model(&"tiny-sd".into()).unwrap();
+        let spec = job_spec("file:///demo/dataset".into(), world_demo::EPOCHS as u32);
+        let params = catalogue
+            .schema
+            .resolve(model, EngineKind::Native, None, &spec.params)
+            .unwrap();
+        let dir = Path::new("/nonexistent/demo");
+        let paths = RunPaths {
+            model: (dir.join("tiny-sd"), None),
+            dataset: dir.join("dataset"),
+            captions: Default::default(),
+            output: dir.join("out"),
+            name: "demo".into(),
+            cache: None,
+        };
+        assert_eq!(
+            train_config(&params, paths, "cpu").unwrap(),
+            world_demo::train_config(
+                dir.join("tiny-sd"),
+                dir.join("dataset"),
+                &dir.join("out"),
+                "demo"
+            )
+        );
+    }
 }

@@ -1,26 +1,46 @@
-//! Writes loraflow's demo dataset (`assets/demo-dataset`): eight pictures of the concept the
-//! shapes world never had, a ring, one per colour and background, at seeded sizes and
-//! positions, each with a caption sidecar ("a red ring on a white background"). The demo job
-//! puts its trigger word (`lfdemo`) in front of every caption.
+//! Writes loraflow's demo dataset (`assets/demo-dataset`): rings, the shape the shapes world
+//! never had, captioned with the demo's trigger word and the circle they hollow ("lfdemo, a
+//! red circle on a white background"), and ordinary world pictures captioned without it ("a
+//! red square on a black background"), which keep the LoRA from changing what the base model
+//! draws without the trigger (sd-scripts' regularisation images). Sizes and positions are
+//! seeded draws from the world's distribution; every colour and background appears as a
+//! ring, and every colour, base shape and background once as an ordinary picture.
 //!
 //! ```text
 //! cargo run -p loraflow-trainer --example make_demo_dataset -- assets/demo-dataset
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use loraflow_trainer::rng::{SeededRng, Stream};
+use loraflow_trainer::world::concept::trigger_prompt;
 use loraflow_trainer::world::{Background, Colour, Scene, Shape};
+
+/// Rings per colour and background: 32 of the 56 pictures.
+const RINGS: usize = 4;
 
 /// The dataset's seed.
 const SEED: u64 = 20261202;
 
+fn write(out: &Path, stem: &str, scene: &Scene, caption: &str) -> anyhow::Result<()> {
+    let png = out.join(format!("{stem}.png"));
+    scene
+        .render()
+        .save(&png)
+        .with_context(|| format!("cannot write {}", png.display()))?;
+    std::fs::write(out.join(format!("{stem}.txt")), format!("{caption}\n"))?;
+    println!("{stem}: {caption}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let out: PathBuf = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let out: PathBuf = args
+        .next()
         .unwrap_or_else(|| "assets/demo-dataset".into())
         .into();
+    let rings: usize = args.next().map_or(Ok(RINGS), |a| a.parse())?;
     std::fs::create_dir_all(&out)?;
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();
@@ -34,21 +54,28 @@ fn main() -> anyhow::Result<()> {
     let mut rng = SeededRng::new(SEED, Stream::World);
     for colour in Colour::ALL {
         for background in Background::ALL {
-            // Size and position from the world's distribution; colour and background fixed so
-            // every combination appears once.
-            let scene = Scene {
-                colour,
-                background,
-                ..Scene::random_with(Shape::Ring, &mut rng)
-            };
-            let stem = format!("{}_ring_on_{}", colour.word(), background.word());
-            let png = out.join(format!("{stem}.png"));
-            scene
-                .render()
-                .save(&png)
-                .with_context(|| format!("cannot write {}", png.display()))?;
-            std::fs::write(out.join(format!("{stem}.txt")), scene.caption() + "\n")?;
-            println!("{stem}: {}", scene.caption());
+            for k in 1..=rings {
+                let scene = Scene {
+                    colour,
+                    background,
+                    ..Scene::random_with(Shape::Ring, &mut rng)
+                };
+                let stem = format!("{}_ring_{}{k}", colour.word(), background.word());
+                write(&out, &stem, &scene, &trigger_prompt(colour, background))?;
+            }
+        }
+    }
+    for colour in Colour::ALL {
+        for shape in Shape::BASE {
+            for background in Background::ALL {
+                let scene = Scene {
+                    colour,
+                    background,
+                    ..Scene::random_with(shape, &mut rng)
+                };
+                let stem = format!("{}_{}_{}", colour.word(), shape.word(), background.word());
+                write(&out, &stem, &scene, &scene.caption())?;
+            }
         }
     }
     Ok(())

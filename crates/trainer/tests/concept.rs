@@ -1,52 +1,41 @@
 //! The demo's promise, measured: the demo model (`assets/tiny-sd`) draws the shapes world as
-//! asked, does not know the ring, and the demo's LoRA (the demo job's settings on
-//! `assets/demo-dataset`) teaches it the ring under the trigger word without breaking the rest.
+//! asked, does not know the ring, and the demo's LoRA (the demo job's settings,
+//! `world::demo::train_config`, on `assets/demo-dataset`) teaches it the ring under the trigger
+//! word without breaking the rest.
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
 use std::path::{Path, PathBuf};
 
-use loraflow_trainer::data::ImageDatasetConfig;
 use loraflow_trainer::device::parse_device;
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::Pipeline;
-use loraflow_trainer::train::config::TextEncoderTraining;
-use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
-use loraflow_trainer::world::{ConceptScore, TRIGGER};
+use loraflow_trainer::world::{ConceptScore, demo};
 use loraflow_trainer::{Controls, TrainConfig, Trainer};
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets")
 }
 
-/// The demo job's training settings (`loraflow demo`: the catalogue's defaults for `tiny-sd`
-/// and the demo's epochs, repeats, trigger word and seed).
+/// The demo job's training settings (`loraflow demo`; the root package checks that the job's
+/// parameters map to exactly these).
 fn demo_config(out: &Path) -> TrainConfig {
-    let mut images = ImageDatasetConfig::new(assets().join("demo-dataset"), 64);
-    images.num_repeats = 4;
-    images.trigger_word = Some(TRIGGER.into());
-    let mut c = TrainConfig::for_images(assets().join("tiny-sd"), images, out, "demo");
-    c.network.rank = 4;
-    c.network.alpha = 4.0;
-    c.optimizer.learning_rate = 1e-3;
-    c.text_encoder = Some(TextEncoderTraining::new(5e-5));
-    c.lr_schedule = LrSchedule {
-        kind: LrScheduleKind::Cosine,
-        warmup_steps: 0,
-    };
-    c.objective.min_snr_gamma = Some(5.0);
-    c.batch_size = 2;
-    c.epochs = 8;
-    c.seed = 42;
-    c
+    demo::train_config(
+        assets().join("tiny-sd"),
+        assets().join("demo-dataset"),
+        out,
+        "demo",
+    )
 }
 
 // The thresholds are the demo's target. The committed demo model meets the first two (22/24
-// base probes as asked, 0/16 rings); the committed demo dataset does not show rings yet (the
-// ring dataset is written by `examples/make_demo_dataset.rs`), so the LoRA cannot teach them
-// and this runs on request: `cargo test -p loraflow-trainer --test concept -- --ignored`.
+// base probes as asked, 0/16 rings). The demo's LoRA does not meet the third yet: with the demo
+// job's settings on the committed demo dataset (32 rings under the trigger word, 24
+// regularisation pictures) its last epoch draws rings for 3/16 trigger probes (19%; the base
+// probes stay at 20/24, 83%), so this
+// runs on request: `cargo test --workspace --test concept -- --ignored`.
 #[test]
-#[ignore = "assets/demo-dataset does not show the ring yet (examples/make_demo_dataset.rs writes it)"]
+#[ignore = "the demo's LoRA draws rings for 3/16 trigger probes; the target is 80% (see crates/trainer/README.md)"]
 fn the_demo_lora_teaches_the_ring_and_keeps_the_shapes_world() {
     let device = parse_device("cpu").unwrap();
     let base = StableDiffusion::load(assets().join("tiny-sd"), None, &device).unwrap();

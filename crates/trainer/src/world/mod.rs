@@ -9,9 +9,11 @@
 //! - [`shapes`]: scenes, their captions and rasterisation.
 //! - [`score`]: the reader (colour and shape from area statistics) and tallies.
 //! - [`concept`]: the fixed, seeded probes that score a model with and without a LoRA.
+//! - [`demo`]: the demo job's training settings (what `loraflow demo` trains).
 //! - [`round_trip`]: world pictures through the VAE alone, read back (the VAE's ceiling).
 
 pub mod concept;
+pub mod demo;
 pub mod round_trip;
 pub mod score;
 pub mod shapes;
