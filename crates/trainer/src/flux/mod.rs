@@ -21,6 +21,7 @@ pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
+pub mod lora;
 pub mod norms;
 pub mod packing;
 pub mod rope;

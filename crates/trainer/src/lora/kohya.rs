@@ -266,14 +266,14 @@ impl KohyaMetadata {
 }
 
 /// sd-scripts' `addnet_hash_safetensors`: SHA-256 of everything after the header.
-fn addnet_hash(bytes: &[u8]) -> String {
+pub fn addnet_hash(bytes: &[u8]) -> String {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
     hex::encode(Sha256::digest(&bytes[8 + n..]))
 }
 
 /// sd-scripts' `addnet_hash_legacy`: the first 8 hex digits of SHA-256 of bytes
 /// `0x100000..0x110000` (empty for files under 1 MiB, as in Python).
-fn addnet_legacy_hash(bytes: &[u8]) -> String {
+pub fn addnet_legacy_hash(bytes: &[u8]) -> String {
     let start = 0x100000.min(bytes.len());
     let end = 0x110000.min(bytes.len());
     hex::encode(Sha256::digest(&bytes[start..end]))[..8].to_string()
