@@ -273,3 +273,106 @@ fn kohya_file_of_another_width_is_refused_naming_the_module() {
     );
     assert!(err.contains("[96, 6]"), "{err}");
 }
+
+/// diffusers' record of `fixtures/flux/lora_files`: its outputs and the modules it attached.
+fn diffusers_record() -> (TensorFile, Vec<String>, Vec<String>) {
+    let file = TensorFile::open(fixture("flux/lora_files/expected.safetensors")).unwrap();
+    let meta = file.metadata();
+    let list = |k: &str| serde_json::from_str::<Vec<String>>(&meta[k]).unwrap();
+    let (peft, kohya) = (list("attached_peft"), list("attached_kohya"));
+    (file, peft, kohya)
+}
+
+fn matches_diffusers(kohya: bool) {
+    let device = Device::flex();
+    let (expected, attached_peft, attached_kohya) = diffusers_record();
+    let (fmt, attached) = if kohya {
+        ("kohya", attached_kohya)
+    } else {
+        ("peft", attached_peft)
+    };
+    let path = fixture(&format!("flux/lora_files/{fmt}.safetensors"));
+    let mut m = model(&device);
+    let loaded = if kohya {
+        load_flux_kohya(&mut m, &path, 1.0, &device).unwrap()
+    } else {
+        load_flux_peft(&mut m, &path, None, &device).unwrap()
+    };
+    let mut modules = loaded.modules.clone();
+    modules.sort();
+    assert_eq!(
+        modules, attached,
+        "{fmt}: modules differ from what diffusers attached"
+    );
+    let want = expected.read(fmt).unwrap();
+    let err = max_abs_diff(&run(&m, &device), &want);
+    let moved = max_abs_diff(&want, &run(&model(&device), &device));
+    println!(
+        "flux {fmt} file vs diffusers: {} modules, max abs error {err:e} (output scale {}, adapters move it {moved})",
+        modules.len(),
+        max_abs(&want)
+    );
+    assert!(
+        moved > 1e-2,
+        "the adapters must move the output, moved {moved}"
+    );
+    assert!(err <= 1e-4, "{fmt}: max abs error {err}");
+    merge_lora(&mut m);
+    let want = expected.read(&format!("{fmt}_merged")).unwrap();
+    let err = max_abs_diff(&run(&m, &device), &want);
+    println!("  merged: max abs error {err:e}");
+    assert!(err <= 1e-4, "{fmt} merged: max abs error {err}");
+}
+
+#[test]
+fn peft_file_attaches_what_diffusers_attached_with_its_output() {
+    matches_diffusers(false);
+}
+
+#[test]
+fn kohya_file_attaches_what_diffusers_attached_with_its_output() {
+    matches_diffusers(true);
+}
+
+/// Our files written from the fixture's adapters (read from its kohya file, which keeps their
+/// alphas) have the fixture files' keys and tensors.
+#[test]
+fn written_files_equal_the_fixture_files() {
+    let device = Device::flex();
+    let mut m = model(&device);
+    load_flux_kohya(
+        &mut m,
+        &fixture("flux/lora_files/kohya.safetensors"),
+        1.0,
+        &device,
+    )
+    .unwrap();
+    for (fmt, path) in [
+        ("peft", temp("w-peft.safetensors")),
+        ("kohya", temp("w-kohya.safetensors")),
+    ] {
+        if fmt == "kohya" {
+            save_flux_kohya(&mut m, &path, &KohyaMetadata::default(), SaveDtype::F32).unwrap();
+        } else {
+            save_flux_peft(&mut m, &path, SaveDtype::F32).unwrap();
+        }
+        let ours = TensorFile::open(&path).unwrap();
+        let reference =
+            TensorFile::open(fixture(&format!("flux/lora_files/{fmt}.safetensors"))).unwrap();
+        let (mut a, mut b) = (ours.names(), reference.names());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{fmt}: key names differ from the fixture's");
+        let mut worst = 0f32;
+        for k in &a {
+            let (x, y) = (ours.read(k).unwrap(), reference.read(k).unwrap());
+            assert_eq!(x.shape, y.shape, "{fmt} {k}");
+            worst = worst.max(max_abs_diff(&x, &y));
+        }
+        println!(
+            "flux {fmt}: {} tensors, max abs difference {worst:e}",
+            a.len()
+        );
+        assert!(worst <= 1e-6, "{fmt}: tensors differ by {worst}");
+    }
+}

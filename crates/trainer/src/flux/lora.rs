@@ -13,9 +13,10 @@
 //! (diffusers' `_convert_kohya_flux_lora_to_diffusers`, ComfyUI, sd-scripts without
 //! `split_qkv`) scale a fused module by `alpha / Σ rᵢ`, so the written alpha is the parts'
 //! common scale times `Σ rᵢ`; parts of different scales have theirs folded into their `lora_up`
-//! block (alpha = `Σ rᵢ`). `final_layer_adaLN_modulation_1` (diffusers' `norm_out.linear`, whose
-//! output halves BFL orders shift-then-scale) is written with its `lora_up` halves swapped and
-//! its scale folded in (alpha = rank), since diffusers ignores that alpha.
+//! block (alpha = `Σ rᵢ`). The final layer's modules (`final_layer_linear`, and
+//! `final_layer_adaLN_modulation_1`, diffusers' `norm_out.linear`, whose `lora_up` halves are
+//! swapped since BFL orders its output shift-then-scale) are written with the scale folded
+//! into `lora_up` and alpha = rank, since diffusers' converter ignores their alpha.
 //!
 //! On loading, a fused adapter whose `lora_up` is block-diagonal with equal blocks is split
 //! back into per-projection adapters of rank `R / n`; any other fused adapter (a dense one
@@ -197,9 +198,14 @@ pub fn flux_kohya_tensors(model: &mut FluxTransformer2DModel) -> Result<Vec<(Str
             continue;
         };
         let name = format!("{KOHYA_PREFIX}{}", slot.module);
-        if slot.module == FINAL_ADALN {
+        if slot.module.starts_with("final_layer_") {
             let rank = down.shape[0];
-            let up = swap_halves(&scaled(up, (alpha / rank as f64) as f32));
+            let up = scaled(up, (alpha / rank as f64) as f32);
+            let up = if slot.module == FINAL_ADALN {
+                swap_halves(&up)
+            } else {
+                up
+            };
             out.push((format!("{name}.lora_down.weight"), down));
             out.push((format!("{name}.lora_up.weight"), up));
             out.push((format!("{name}.alpha"), HostTensor::scalar(rank as f32)));
