@@ -323,7 +323,7 @@ fn split(down: &HostTensor, up: &HostTensor, widths: &[usize]) -> Vec<(HostTenso
     let n = widths.len();
     let rank = down.shape[0];
     let d_in = down.shape[1];
-    let block_sparse = rank % n == 0 && {
+    let block_sparse = rank.is_multiple_of(n) && {
         let r = rank / n;
         let mut row0 = 0;
         let mut ok = true;
@@ -447,7 +447,7 @@ pub fn load_flux_kohya(
                 _ => rank as f64,
             };
             if slot.module == FINAL_ADALN {
-                if up.shape.first().is_none_or(|r| r % 2 != 0) {
+                if up.shape.first().is_none_or(|r| !r.is_multiple_of(2)) {
                     return Err(bad(format!(
                         "`{name}.lora_up.weight` has shape {:?}, expected an even number of rows",
                         up.shape
