@@ -274,26 +274,19 @@ fn kohya_file_of_another_width_is_refused_naming_the_module() {
     assert!(err.contains("[96, 6]"), "{err}");
 }
 
-/// diffusers' record of `fixtures/flux/lora_files`: its outputs and the modules it attached.
-fn diffusers_record() -> (TensorFile, Vec<String>, Vec<String>) {
+/// diffusers' outputs for `fixtures/flux/lora_files` and the modules it attached from `fmt`.
+fn diffusers_record(fmt: &str) -> (TensorFile, Vec<String>) {
     let file = TensorFile::open(fixture("flux/lora_files/expected.safetensors")).unwrap();
-    let meta = file.metadata();
-    let list = |k: &str| serde_json::from_str::<Vec<String>>(&meta[k]).unwrap();
-    let (peft, kohya) = (list("attached_peft"), list("attached_kohya"));
-    (file, peft, kohya)
+    let attached = serde_json::from_str(&file.metadata()[&format!("attached_{fmt}")]).unwrap();
+    (file, attached)
 }
 
-fn matches_diffusers(kohya: bool) {
+fn matches_diffusers(fmt: &str) {
     let device = Device::flex();
-    let (expected, attached_peft, attached_kohya) = diffusers_record();
-    let (fmt, attached) = if kohya {
-        ("kohya", attached_kohya)
-    } else {
-        ("peft", attached_peft)
-    };
+    let (expected, attached) = diffusers_record(fmt);
     let path = fixture(&format!("flux/lora_files/{fmt}.safetensors"));
     let mut m = model(&device);
-    let loaded = if kohya {
+    let loaded = if fmt.starts_with("kohya") {
         load_flux_kohya(&mut m, &path, 1.0, &device).unwrap()
     } else {
         load_flux_peft(&mut m, &path, None, &device).unwrap()
@@ -326,12 +319,34 @@ fn matches_diffusers(kohya: bool) {
 
 #[test]
 fn peft_file_attaches_what_diffusers_attached_with_its_output() {
-    matches_diffusers(false);
+    matches_diffusers("peft");
 }
 
 #[test]
 fn kohya_file_attaches_what_diffusers_attached_with_its_output() {
-    matches_diffusers(true);
+    matches_diffusers("kohya");
+}
+
+/// sd-scripts' default layout: each fused q/k/v one dense adapter; every part gets the whole
+/// `lora_down` and its rows of `lora_up`.
+#[test]
+fn dense_fused_kohya_file_matches_diffusers() {
+    matches_diffusers("kohya_dense");
+    let device = Device::flex();
+    let mut m = model(&device);
+    load_flux_kohya(
+        &mut m,
+        &fixture("flux/lora_files/kohya_dense.safetensors"),
+        1.0,
+        &device,
+    )
+    .unwrap();
+    for (path, layer) in m.layers() {
+        if path.starts_with("transformer_blocks.0.attn.to_") && !path.ends_with("out.0") {
+            let (down, up, alpha) = layer.factors().unwrap();
+            assert_eq!((down.shape[0], up.shape[0], alpha), (2, 32, 4.0), "{path}");
+        }
+    }
 }
 
 /// Our files written from the fixture's adapters (read from its kohya file, which keeps their
