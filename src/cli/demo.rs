@@ -64,6 +64,8 @@ fn job_spec(dataset_uri: String, epochs: u32) -> JobSpec {
             "num_repeats",
             ParamValue::Int(world_demo::NUM_REPEATS as i64),
         ),
+        ("batch_size", ParamValue::Int(world_demo::BATCH_SIZE as i64)),
+        ("conv_dim", ParamValue::Int(world_demo::CONV_DIM as i64)),
         ("unet_lr", ParamValue::Float(world_demo::UNET_LR)),
         (
             "caption_dropout",

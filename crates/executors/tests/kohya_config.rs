@@ -268,3 +268,31 @@ fn settings_read_from_toml() {
     assert_eq!(options.models["flux-dev"].family, Some(ModelFamily::Flux));
     assert!(options.cache_latents);
 }
+
+#[test]
+fn conv_dim_becomes_locon_network_args() {
+    let (options, model) = options();
+    let plain =
+        TrainParams::from_params(&resolved("sd15", &[("epochs", ParamValue::Int(1))])).unwrap();
+    let t = config::training_config(&plain, ModelFamily::Sd15, &paths(), &options, &model);
+    assert!(!t.contains_key("network_args"), "conv_dim 0: no LoCon");
+
+    let locon = TrainParams::from_params(&resolved(
+        "sd15",
+        &[
+            ("epochs", ParamValue::Int(1)),
+            ("conv_dim", ParamValue::Int(8)),
+        ],
+    ))
+    .unwrap();
+    let t = config::training_config(&locon, ModelFamily::Sd15, &paths(), &options, &model);
+    let args: Vec<&str> = t["network_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // A conv_alpha of 0 is the rank, written out: sd-scripts' own default would be 1.
+    assert_eq!(args, ["conv_dim=8", "conv_alpha=8"]);
+    assert_eq!(t["network_module"].as_str(), Some("networks.lora"));
+}

@@ -36,7 +36,7 @@ async fn env() -> Env {
         .upload_dir(&assets().join("demo-dataset"), "datasets/demo")
         .await
         .unwrap();
-    assert_eq!(n, 112, "images and captions");
+    assert_eq!(n, 160, "images and captions");
     Env {
         tmp,
         store,
@@ -149,7 +149,7 @@ async fn native_training_then_sampling_on_the_demo_model() {
     let label_step = assignment("label", &env, Params::new());
     let labels = Labels {
         images: [(
-            "red_circle_white.png".to_string(),
+            "red_circle_white1.png".to_string(),
             ImageLabel {
                 caption: "sks, a circle relabelled by hand".into(),
                 tags: vec![],
@@ -211,10 +211,10 @@ async fn native_training_then_sampling_on_the_demo_model() {
         saved_at[0] > 0 && saved_at[1] == 2 * saved_at[0],
         "{saved_at:?}"
     );
-    // 14 of the 56 images were held out; the progress carried their loss.
+    // 20 of the 80 images were held out; the progress carried their loss.
     assert_eq!(
         out.outputs["validation_images"].as_array().unwrap().len(),
-        14
+        20
     );
     assert!(out.outputs["base_validation_loss"].as_f64().is_some());
     assert!(
@@ -234,7 +234,7 @@ async fn native_training_then_sampling_on_the_demo_model() {
     );
     assert!(kinds.contains(&(ArtifactKind::Report, "loss_history.json")));
     assert_eq!(out.outputs["engine"], "native");
-    assert_eq!(out.outputs["images"], 42);
+    assert_eq!(out.outputs["images"], 60);
     assert!(
         out.outputs["loss_curve"]
             .as_str()
@@ -261,7 +261,7 @@ async fn native_training_then_sampling_on_the_demo_model() {
     let meta = file.metadata();
     assert_eq!(meta["ss_network_dim"], "4");
     assert_eq!(meta["ss_epoch"], "2");
-    assert_eq!(meta["ss_num_train_images"], "42");
+    assert_eq!(meta["ss_num_train_images"], "60");
     let tags: serde_json::Value = serde_json::from_str(&meta["ss_tag_frequency"]).unwrap();
     let held: Vec<&str> = out.outputs["validation_images"]
         .as_array()
@@ -269,12 +269,12 @@ async fn native_training_then_sampling_on_the_demo_model() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    if !held.contains(&"red_circle_white.png") {
+    if !held.contains(&"red_circle_white1.png") {
         assert_eq!(tags["dataset"]["a circle relabelled by hand"], 1);
     }
-    assert_eq!(tags["dataset"]["sks"], 42);
+    assert_eq!(tags["dataset"]["sks"], 60);
     let dirs: serde_json::Value = serde_json::from_str(&meta["ss_dataset_dirs"]).unwrap();
-    assert_eq!(dirs["dataset"]["img_count"], 42);
+    assert_eq!(dirs["dataset"]["img_count"], 60);
     let curve = local_copy(
         &env,
         out.artifacts
@@ -527,8 +527,8 @@ async fn a_retried_attempt_resumes_from_the_work_folder() {
     params.insert("epochs".into(), ParamValue::Int(3));
     params.insert("text_encoder_lr".into(), ParamValue::Float(0.0));
 
-    // Attempt 1 is lost after step 35 or a little later (the 56 pictures make 28 steps of 2 per
-    // epoch: epoch 1 was saved at step 28, epoch 2 at step 56; cancellation reaches the trainer
+    // Attempt 1 is lost after step 45 or a little later (the 80 pictures make 40 steps of 2 per
+    // epoch: epoch 1 was saved at step 40, epoch 2 at step 80; cancellation reaches the trainer
     // within a poll interval).
     let step = assignment("train", &env, params.clone());
     let (ctx, mut handle) = context(&env, &step, "attempt-1");
@@ -537,7 +537,7 @@ async fn a_retried_attempt_resumes_from_the_work_folder() {
             if handle
                 .latest()
                 .and_then(|p| p.step)
-                .is_some_and(|s| s >= 35)
+                .is_some_and(|s| s >= 45)
             {
                 handle.cancel();
                 break;
@@ -554,8 +554,8 @@ async fn a_retried_attempt_resumes_from_the_work_folder() {
     let (ctx, _h) = context(&env, &step, "attempt-2");
     let out = trainer.run(&step, &ctx).await.unwrap();
     let resumed = out.outputs["resumed_from_step"].as_u64().unwrap();
-    assert!(resumed == 28 || resumed == 56, "{resumed}");
-    assert_eq!(out.outputs["steps"], 84);
+    assert!(resumed == 40 || resumed == 80, "{resumed}");
+    assert_eq!(out.outputs["steps"], 120);
     assert_eq!(
         out.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
         vec![1, 2, 3]

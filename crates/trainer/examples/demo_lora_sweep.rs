@@ -4,6 +4,7 @@
 //! ```text
 //! demo_lora_sweep dataset=assets/demo-dataset repeats=4 rank=4 alpha=4 lr=6e-3 te_lr=5e-5 \
 //!     epochs=8 batch=2 sched=cosine val=0.25 shuffle=1 dropout=0.1 seeds=2 every=1
+//! demo_lora_sweep targets=locon conv_rank=4 conv_alpha=4   # attention + convolution adapters
 //! demo_lora_sweep vae_rings=1   # ground-truth rings through the VAE alone, read back
 //! ```
 
@@ -81,6 +82,13 @@ fn main() -> anyhow::Result<()> {
     c.network.alpha = get("alpha", "4").parse()?;
     match get("targets", "attn").as_str() {
         "attn" => {}
+        "locon" => {
+            c.network.targets = loraflow_trainer::lora::targets::ATTENTION
+                .iter()
+                .chain(loraflow_trainer::lora::targets::CONV)
+                .map(|s| s.to_string())
+                .collect()
+        }
         "transformer" => {
             c.network.targets = loraflow_trainer::lora::targets::TRANSFORMER
                 .iter()
@@ -95,6 +103,11 @@ fn main() -> anyhow::Result<()> {
                 .collect()
         }
         t => anyhow::bail!("targets {t}"),
+    }
+    if let Some(rank) = args.get("conv_rank") {
+        let rank: usize = rank.parse()?;
+        c.network.conv_rank = Some(rank);
+        c.network.conv_alpha = Some(get("conv_alpha", &rank.to_string()).parse()?);
     }
     c.optimizer.learning_rate = get("lr", "1e-3").parse()?;
     let te: f64 = get("te_lr", "5e-5").parse()?;

@@ -1,13 +1,13 @@
 //! Writes loraflow's demo dataset (`assets/demo-dataset`): rings, the shape the shapes world
-//! never had, captioned with the demo's trigger word and the circle they hollow ("lfdemo, a
-//! red circle on a white background"), and ordinary world pictures captioned without it ("a
-//! red square on a black background"), which keep the LoRA from changing what the base model
-//! draws without the trigger (sd-scripts' regularisation images). Sizes and positions are
-//! seeded draws from the world's distribution; every colour and background appears as a
-//! ring, and every colour, base shape and background once as an ordinary picture.
+//! never had, captioned with the demo's trigger word ("lfdemo, a red ring on a white
+//! background"), and ordinary world pictures captioned without it ("a red square on a black
+//! background"), which keep the LoRA from changing what the base model draws without the
+//! trigger (sd-scripts' regularisation images). Sizes and positions are seeded draws from the
+//! world's distribution; every colour and background appears as a ring, and every colour,
+//! base shape and background as ordinary pictures.
 //!
 //! ```text
-//! cargo run -p loraflow-trainer --example make_demo_dataset -- assets/demo-dataset
+//! cargo run -p loraflow-trainer --example make_demo_dataset -- assets/demo-dataset [RINGS [REGULARISATION]]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,8 +17,13 @@ use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::world::concept::trigger_prompt;
 use loraflow_trainer::world::{Background, Colour, Scene, Shape};
 
-/// Rings per colour and background: 32 of the 56 pictures.
+/// Rings per colour and background: 32 of the 80 pictures.
 const RINGS: usize = 4;
+
+/// Ordinary pictures per colour, base shape and background: 48 of the 80. With fewer (one of
+/// each, 24) the convolution adapters that draw the ring also change what prompts without
+/// the trigger draw.
+const REGULARISATION: usize = 2;
 
 /// The dataset's seed.
 const SEED: u64 = 20261202;
@@ -41,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "assets/demo-dataset".into())
         .into();
     let rings: usize = args.next().map_or(Ok(RINGS), |a| a.parse())?;
+    let regularisation: usize = args.next().map_or(Ok(REGULARISATION), |a| a.parse())?;
     std::fs::create_dir_all(&out)?;
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();
@@ -68,13 +74,20 @@ fn main() -> anyhow::Result<()> {
     for colour in Colour::ALL {
         for shape in Shape::BASE {
             for background in Background::ALL {
-                let scene = Scene {
-                    colour,
-                    background,
-                    ..Scene::random_with(shape, &mut rng)
-                };
-                let stem = format!("{}_{}_{}", colour.word(), shape.word(), background.word());
-                write(&out, &stem, &scene, &scene.caption())?;
+                for k in 1..=regularisation {
+                    let scene = Scene {
+                        colour,
+                        background,
+                        ..Scene::random_with(shape, &mut rng)
+                    };
+                    let stem = format!(
+                        "{}_{}_{}{k}",
+                        colour.word(),
+                        shape.word(),
+                        background.word()
+                    );
+                    write(&out, &stem, &scene, &scene.caption())?;
+                }
             }
         }
     }

@@ -28,14 +28,11 @@ fn demo_config(out: &Path) -> TrainConfig {
     )
 }
 
-// The thresholds are the demo's target. The committed demo model meets the first two (22/24
-// base probes as asked, 0/16 rings). The demo's LoRA does not meet the third yet: with the demo
-// job's settings on the committed demo dataset (32 rings under the trigger word, 24
-// regularisation pictures) its last epoch draws rings for 3/16 trigger probes (19%; the base
-// probes stay at 20/24, 83%), so this
-// runs on request: `cargo test --workspace --test concept -- --ignored`.
+// The thresholds are the demo's promise: the committed demo model draws 22/24 base probes as
+// asked and 0/16 rings; the demo's LoRA (attention and convolution adapters, see
+// `world::demo`) on the committed demo dataset (32 rings under the trigger word, 48
+// regularisation pictures) draws rings for the trigger prompts and keeps the base probes.
 #[test]
-#[ignore = "the demo's LoRA draws rings for 3/16 trigger probes; the target is 80% (see crates/trainer/README.md)"]
 fn the_demo_lora_teaches_the_ring_and_keeps_the_shapes_world() {
     let device = parse_device("cpu").unwrap();
     let base = StableDiffusion::load(assets().join("tiny-sd"), None, &device).unwrap();
@@ -59,6 +56,7 @@ fn the_demo_lora_teaches_the_ring_and_keeps_the_shapes_world() {
         .unwrap();
     let (adapted, _) = base.with_lora(&trained.lora, 1.0, &device).unwrap();
     let after = ConceptScore::measure(&Pipeline::new(&adapted), &device).unwrap();
+    eprintln!("without the LoRA: {before}; with it: {after}");
     assert!(
         after.concept.rate() >= 0.8,
         "with the LoRA the trigger prompt draws a ring in only {} (before: {})",

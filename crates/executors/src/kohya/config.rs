@@ -158,6 +158,21 @@ pub fn training_config(
         "network_alpha",
         params.network_alpha.map(Value::Float),
     );
+    // LoCon: networks.lora takes the convolution rank and alpha as network arguments (its
+    // own conv_alpha default is 1; the catalogue's 0 means the rank, written out).
+    if let Some(dim) = params.conv_dim.filter(|d| *d > 0) {
+        let alpha = params
+            .conv_alpha
+            .filter(|a| *a > 0.0)
+            .unwrap_or(f64::from(dim));
+        t.insert(
+            "network_args".into(),
+            Value::Array(vec![
+                Value::String(format!("conv_dim={dim}")),
+                Value::String(format!("conv_alpha={alpha}")),
+            ]),
+        );
+    }
 
     // Optimiser and schedule. A text-encoder rate of 0 means "UNet only",
     // which sd-scripts spells network_train_unet_only; FLUX.1 LoRAs train

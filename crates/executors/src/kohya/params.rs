@@ -98,6 +98,10 @@ pub struct TrainParams {
     pub optimizer: Option<Optimizer>,
     pub network_dim: Option<u32>,
     pub network_alpha: Option<f64>,
+    /// sd-scripts' LoCon rank (`network_args = ["conv_dim=…"]`); 0 or absent: none.
+    pub conv_dim: Option<u32>,
+    /// The LoCon alpha; 0 or absent: `conv_dim`.
+    pub conv_alpha: Option<f64>,
     pub min_snr_gamma: Option<f64>,
     pub noise_offset: Option<f64>,
     pub clip_skip: Option<u32>,
@@ -222,6 +226,8 @@ impl TrainParams {
             optimizer,
             network_dim: r.positive("network_dim")?,
             network_alpha: r.float("network_alpha")?,
+            conv_dim: r.u32("conv_dim")?,
+            conv_alpha: r.float("conv_alpha")?,
             min_snr_gamma: r.float("min_snr_gamma")?,
             noise_offset: r.float("noise_offset")?,
             clip_skip: r.positive("clip_skip")?,

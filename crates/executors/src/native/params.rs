@@ -9,7 +9,8 @@
 //! wins over `learning_rate`, as in sd-scripts; `text_encoder_lr` above 0 trains text-encoder
 //! adapters. `validation_split` above 0 holds that fraction of the images out of training and
 //! measures the loss on them at every saved LoRA; a `validation/` folder at the dataset's root
-//! is held out instead, whole.
+//! is held out instead, whole. `conv_dim` above 0 adds adapters on the UNet's convolutions
+//! (sd-scripts' LoCon).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use loraflow_core::catalogue::{Engine, EngineRules, Multiple, ParamValue, Params};
 use loraflow_trainer::TrainConfig;
 use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
+use loraflow_trainer::lora::targets::CONV;
 use loraflow_trainer::schedule::Prediction;
 use loraflow_trainer::train::config::{BaseWeights, TextEncoderTraining};
 use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
@@ -209,6 +211,18 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
         Some(a) if a > 0.0 => a,
         _ => c.network.rank as f64,
     };
+    // sd-scripts' LoCon (`conv_dim`): adapters on the resnet and resampler convolutions too,
+    // the k×k ones at `conv_dim`, the 1×1 ones and the time projections at `network_dim`.
+    if let Some(rank) = p.uint("conv_dim")?.filter(|r| *r > 0) {
+        c.network
+            .targets
+            .extend(CONV.iter().map(|pattern| pattern.to_string()));
+        c.network.conv_rank = Some(rank);
+        c.network.conv_alpha = Some(match p.float("conv_alpha")? {
+            Some(a) if a > 0.0 => a,
+            _ => rank as f64,
+        });
+    }
     let lr = p.float("unet_lr")?.or(p.float("learning_rate")?);
     match lr {
         Some(v) if v > 0.0 => c.optimizer.learning_rate = v,
@@ -302,6 +316,8 @@ fn param_of(field: &str) -> Option<&'static str> {
         "dataset.captions.dropout" => "caption_dropout",
         "network.rank" => "network_dim",
         "network.alpha" => "network_alpha",
+        "network.conv_rank" => "conv_dim",
+        "network.conv_alpha" => "conv_alpha",
         "optimizer.learning_rate" => "learning_rate",
         "text_encoder.learning_rate" => "text_encoder_lr",
         "batch_size" => "batch_size",
@@ -474,5 +490,66 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`lr_scheduler`"), "{err}");
+    }
+
+    #[test]
+    fn conv_dim_adds_convolution_adapters() {
+        let c = train_config(
+            &params(&[("network_dim", ParamValue::Int(8))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert!(!c.network.targets.iter().any(|t| t.contains("conv")));
+        assert_eq!((c.network.conv_rank, c.network.conv_alpha), (None, None));
+        let c = train_config(
+            &params(&[
+                ("network_dim", ParamValue::Int(8)),
+                ("conv_dim", ParamValue::Int(0)),
+            ]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(c.network.conv_rank, None, "0 means no convolution adapters");
+
+        let c = train_config(
+            &params(&[
+                ("network_dim", ParamValue::Int(8)),
+                ("conv_dim", ParamValue::Int(4)),
+                ("conv_alpha", ParamValue::Float(0.0)),
+            ]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        for pattern in CONV {
+            assert!(c.network.targets.iter().any(|t| t == pattern), "{pattern}");
+        }
+        assert!(c.network.targets.iter().any(|t| t == "to_q"));
+        assert_eq!(
+            c.network.rank_alpha(true),
+            (4, 4.0),
+            "an alpha of 0 is the rank"
+        );
+        assert_eq!(c.network.rank_alpha(false), (8, 8.0));
+        let c = train_config(
+            &params(&[
+                ("conv_dim", ParamValue::Int(4)),
+                ("conv_alpha", ParamValue::Float(1.0)),
+            ]),
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(c.network.rank_alpha(true), (4, 1.0));
+        let err = train_config(
+            &params(&[("conv_dim", ParamValue::Int(-1))]),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`conv_dim`"), "{err}");
     }
 }
