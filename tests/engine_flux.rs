@@ -74,7 +74,8 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn a_native_flux_job_runs_to_publication_with_a_kohya_flux_file() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/trainer/fixtures/flux/pipeline");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/trainer/fixtures/flux/pipeline");
     copy_dir(&fixture, &models.join("tiny-flux"));
     let native = NativeOptions::new(&models).with_device("cpu");
     assert_eq!(native.installed_models(), ["tiny-flux"]);
@@ -111,7 +112,10 @@ async fn a_native_flux_job_runs_to_publication_with_a_kohya_flux_file() {
         profile: None,
         // sd-scripts' other recommended FLUX.1 setting (a fixed shift), and bf16 base weights.
         params: [
-            ("timestep_sampling".to_owned(), ParamValue::Str("shift".into())),
+            (
+                "timestep_sampling".to_owned(),
+                ParamValue::Str("shift".into()),
+            ),
             ("discrete_flow_shift".to_owned(), ParamValue::Float(3.1582)),
             ("base_weights".to_owned(), ParamValue::Str("bf16".into())),
             ("learning_rate".to_owned(), ParamValue::Float(1e-3)),
@@ -201,7 +205,10 @@ async fn a_native_flux_job_runs_to_publication_with_a_kohya_flux_file() {
     ] {
         assert!(names.contains(&key), "no {key} in the published file");
     }
-    assert!(names.iter().all(|n| n.starts_with("lora_unet_")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("lora_unet_")),
+        "{names:?}"
+    );
 
     let device = loraflow_trainer::device::parse_device("cpu").unwrap();
     let dir = models.join("tiny-flux/transformer");

@@ -102,11 +102,20 @@ fn flux_images_train_to_kohya_flux_epoch_files() {
         .run(&mut |e: ProgressEvent| events.push(e), &Controls::default())
         .unwrap();
     assert_eq!(output.steps, 6);
-    assert!(output.losses.iter().all(|l| l.is_finite()), "{:?}", output.losses);
+    assert!(
+        output.losses.iter().all(|l| l.is_finite()),
+        "{:?}",
+        output.losses
+    );
     assert!(output.trainable_params > 0);
     // The double block: 8 attention projections and 4 feed-forward layers; the single
     // block: q, k, v, proj_mlp and proj_out.
-    assert_eq!(output.adapted_modules.len(), 17, "{:?}", output.adapted_modules);
+    assert_eq!(
+        output.adapted_modules.len(),
+        17,
+        "{:?}",
+        output.adapted_modules
+    );
     // Every distinct caption (and the empty one, for dropout) was encoded once.
     let text_items = events
         .iter()
@@ -115,10 +124,15 @@ fn flux_images_train_to_kohya_flux_epoch_files() {
     assert_eq!(text_items, 4);
 
     // Epochs 1 and 2, then the final file (epoch 3).
-    let epochs: Vec<(usize, SaveReason)> = output.saved.iter().map(|s| (s.epoch, s.reason)).collect();
+    let epochs: Vec<(usize, SaveReason)> =
+        output.saved.iter().map(|s| (s.epoch, s.reason)).collect();
     assert_eq!(
         epochs,
-        [(1, SaveReason::Epoch), (2, SaveReason::Epoch), (3, SaveReason::Final)]
+        [
+            (1, SaveReason::Epoch),
+            (2, SaveReason::Epoch),
+            (3, SaveReason::Final)
+        ]
     );
     // The base model's validation loss, then one per file.
     assert_eq!(output.validation.len(), 4);
@@ -165,6 +179,37 @@ fn flux_images_train_to_kohya_flux_epoch_files() {
     };
     assert_ne!(up(0).data, up(2).data);
     assert_eq!(output.lora, output.saved[2].path);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_resumed_flux_run_ends_with_the_weights_of_an_uninterrupted_one() {
+    let root = tmp("resume");
+    let data = root.join("data");
+    dataset(&data);
+    let mut c = config(&data, &root.join("whole"));
+    c.epochs = 2;
+    let whole = Trainer::new(c.clone())
+        .unwrap()
+        .run(&mut |_: ProgressEvent| {}, &Controls::default())
+        .unwrap();
+    assert_eq!(whole.saved[0].epoch, 1);
+    // The same run, continued from the state written after its first epoch.
+    c.output.dir = root.join("resumed");
+    c.resume = whole.saved[0].state.clone();
+    let resumed = Trainer::new(c)
+        .unwrap()
+        .run(&mut |_: ProgressEvent| {}, &Controls::default())
+        .unwrap();
+    assert_eq!(resumed.resumed_from, Some(3));
+    assert_eq!(resumed.losses, whole.losses);
+    let (a, b) = (
+        TensorFile::open(&whole.lora).unwrap(),
+        TensorFile::open(&resumed.lora).unwrap(),
+    );
+    for name in a.names() {
+        assert_eq!(a.read(&name).unwrap(), b.read(&name).unwrap(), "{name}");
+    }
     std::fs::remove_dir_all(root).unwrap();
 }
 

@@ -215,10 +215,7 @@ fn flow_objective(p: &Reader<'_>) -> Result<FlowObjective> {
         other => {
             return Err(Error::param(
                 "timestep_sampling",
-                format!(
-                    "{other:?} must be one of {}",
-                    TIMESTEP_SAMPLINGS.join(", ")
-                ),
+                format!("{other:?} must be one of {}", TIMESTEP_SAMPLINGS.join(", ")),
             ));
         }
     };
@@ -632,8 +629,8 @@ mod tests {
             paths(),
             "cpu",
         )
-            .unwrap_err()
-            .to_string();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`epochs`"), "{err}");
         let err = train_config(
             &params(&[("caption_dropout", ParamValue::Float(2.0))]),
@@ -664,7 +661,8 @@ mod tests {
         let c = train_config(&params(&[]), flux, paths(), "cpu").unwrap();
         // sd-scripts' recommendation: flux_shift, guidance 1.0, no weighting.
         assert_eq!(c.objective.flow, Some(FlowObjective::default()));
-        assert_eq!(c.network.targets, FLUX_TARGETS.map(str::to_string).to_vec());
+        let targets: Vec<String> = FLUX_TARGETS.iter().map(|t| t.to_string()).collect();
+        assert_eq!(c.network.targets, targets);
         let c = train_config(
             &params(&[
                 ("timestep_sampling", ParamValue::Str("shift".into())),

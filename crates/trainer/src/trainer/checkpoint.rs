@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::prepare::Models;
 use crate::error::{Error, Result};
+use crate::flux::lora::BASE_MODEL_VERSION;
 use crate::lora::kohya::{Part, kohya_name_with};
 use crate::lora::{KohyaMetadata, LoraLayers, TE_PREFIX, UNET_PREFIX, save_kohya_parts};
 use crate::schedule::Prediction;
@@ -25,7 +26,6 @@ use crate::train::config::TrainConfig;
 use crate::train::flow::FlowObjective;
 use crate::train::step::Objective;
 use crate::unet::UNetConfig;
-use crate::flux::lora::BASE_MODEL_VERSION;
 
 /// `state.json` of a training state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,8 +146,8 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
         .clone()
         .unwrap_or_else(|| match &inputs.base {
             BaseKind::Sd(unet_config) => {
-                let sd2 = unet_config.use_linear_projection
-                    || unet_config.cross_attention_dim[0] == 1024;
+                let sd2 =
+                    unet_config.use_linear_projection || unet_config.cross_attention_dim[0] == 1024;
                 if sd2 { "sd_v2" } else { "sd_v1" }.to_string()
             }
             // Replaced below by the family's own.

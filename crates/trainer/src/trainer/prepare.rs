@@ -264,60 +264,60 @@ impl ImagesEncoder<'_> {
         cancel: &dyn CancelSignal,
         device: &Device,
     ) -> Result<TrainingSet> {
-    let vae = self.vae;
-    let total = scanned.entries.len();
-    let mut examples = Vec::with_capacity(total);
-    for (i, (entry, &bucket)) in scanned.entries.iter().zip(&scanned.buckets).enumerate() {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled { completed_steps: 0 });
-        }
-        let bytes = std::fs::read(&entry.path).map_err(|e| Error::read(&entry.path, e))?;
-        let key = Cache::latent_key(&bytes, bucket, self.vae_identity);
-        let latents = match cache.get("latents", &key) {
-            Some(l) => l,
-            None => {
-                let image = image::load_from_memory(&bytes)
-                    .map_err(|e| Error::Parse {
-                        path: entry.path.clone(),
-                        reason: format!("not a readable image: {e}"),
-                    })?
-                    .to_rgb8();
-                let pixels: Tensor<4> = fit_to_bucket(&image, bucket)
-                    .to_tensor::<3>(device)
-                    .unsqueeze_dim(0);
-                let latents =
-                    HostTensor::from_tensor(vae.encode_latents(pixels).squeeze_dim::<3>(0));
-                cache.put("latents", &key, &latents)?;
-                latents
+        let vae = self.vae;
+        let total = scanned.entries.len();
+        let mut examples = Vec::with_capacity(total);
+        for (i, (entry, &bucket)) in scanned.entries.iter().zip(&scanned.buckets).enumerate() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled { completed_steps: 0 });
             }
-        };
-        // SDXL's micro-conditioning, from the image's own size (headers only).
-        let size = if self.sdxl_sizes {
-            let (w, h) = image::image_dimensions(&entry.path).map_err(|e| Error::Parse {
-                path: entry.path.clone(),
-                reason: format!("not a readable image: {e}"),
-            })?;
-            Some(SizeConditioning::for_bucket(
-                (w, h),
-                (bucket.0 as u32, bucket.1 as u32),
-                false,
-            ))
-        } else {
-            None
-        };
-        examples.push(Example {
-            latents,
-            conditioning: Conditioning::Caption(entry.caption.clone()),
-            repeats: entry.repeats,
-            size,
-        });
-        sink.report(ProgressEvent::Preparing {
-            stage: "latents",
-            done: i + 1,
-            total,
-        });
-    }
-    Ok(TrainingSet::new(examples))
+            let bytes = std::fs::read(&entry.path).map_err(|e| Error::read(&entry.path, e))?;
+            let key = Cache::latent_key(&bytes, bucket, self.vae_identity);
+            let latents = match cache.get("latents", &key) {
+                Some(l) => l,
+                None => {
+                    let image = image::load_from_memory(&bytes)
+                        .map_err(|e| Error::Parse {
+                            path: entry.path.clone(),
+                            reason: format!("not a readable image: {e}"),
+                        })?
+                        .to_rgb8();
+                    let pixels: Tensor<4> = fit_to_bucket(&image, bucket)
+                        .to_tensor::<3>(device)
+                        .unsqueeze_dim(0);
+                    let latents =
+                        HostTensor::from_tensor(vae.encode_latents(pixels).squeeze_dim::<3>(0));
+                    cache.put("latents", &key, &latents)?;
+                    latents
+                }
+            };
+            // SDXL's micro-conditioning, from the image's own size (headers only).
+            let size = if self.sdxl_sizes {
+                let (w, h) = image::image_dimensions(&entry.path).map_err(|e| Error::Parse {
+                    path: entry.path.clone(),
+                    reason: format!("not a readable image: {e}"),
+                })?;
+                Some(SizeConditioning::for_bucket(
+                    (w, h),
+                    (bucket.0 as u32, bucket.1 as u32),
+                    false,
+                ))
+            } else {
+                None
+            };
+            examples.push(Example {
+                latents,
+                conditioning: Conditioning::Caption(entry.caption.clone()),
+                repeats: entry.repeats,
+                size,
+            });
+            sink.report(ProgressEvent::Preparing {
+                stage: "latents",
+                done: i + 1,
+                total,
+            });
+        }
+        Ok(TrainingSet::new(examples))
     }
 }
 

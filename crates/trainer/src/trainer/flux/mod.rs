@@ -40,8 +40,8 @@ use super::{
 use crate::data::folder;
 use crate::error::{Error, Result};
 use crate::flux::FluxTransformer2DModel;
-use crate::flux::scheduler::FlowMatchConfig;
 use crate::flux::lora::save_flux_peft;
+use crate::flux::scheduler::FlowMatchConfig;
 use crate::lora::{
     KohyaMetadata, adapter_param_count, apply_lora, set_stable_ids, store_base_weights,
 };
@@ -412,7 +412,8 @@ impl FluxRun<'_> {
     /// rate and the gradient norm before clipping.
     fn step(&mut self, group: &[Vec<usize>]) -> Result<(f32, f64, f64)> {
         let cfg = self.cfg;
-        let lr = cfg.optimizer.learning_rate * cfg.lr_schedule.factor(self.pos.step, self.total_steps);
+        let lr =
+            cfg.optimizer.learning_rate * cfg.lr_schedule.factor(self.pos.step, self.total_steps);
         let mut micro_batches = Vec::with_capacity(group.len());
         for indices in group {
             let latents = self.set.latents(indices, &self.device);
@@ -441,7 +442,6 @@ impl FluxRun<'_> {
         self.transformer = transformer;
         Ok((stats.loss, lr, stats.grad_norm))
     }
-
 }
 
 /// Text states of several captions as a batch.

@@ -63,9 +63,7 @@ impl FluxRun<'_> {
             let text = &self.text[prompt];
             let states = text.t5.to_tensor::<2>(&device).unsqueeze_dim::<3>(0);
             let pooled = text.pooled.to_tensor::<1>(&device).unsqueeze_dim::<2>(0);
-            let latents = pipeline
-                .initial_latents(&settings)?
-                .to_tensor::<4>(&device);
+            let latents = pipeline.initial_latents(&settings)?.to_tensor::<4>(&device);
             let out = pipeline.denoise(&settings, latents, states, pooled)?;
             let [_, _, h, w] = out.image.dims();
             let image = RgbImage::from_chw(&HostTensor::from_tensor(out.image).data, h, w);

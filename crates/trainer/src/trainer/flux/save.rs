@@ -14,7 +14,11 @@ use crate::lora::{LoraLayers, set_stable_ids};
 
 impl FluxRun<'_> {
     /// Continues from a state folder; returns the step it resumes at.
-    pub(super) fn resume(&mut self, path: &std::path::Path, sink: &mut dyn ProgressSink) -> Result<usize> {
+    pub(super) fn resume(
+        &mut self,
+        path: &std::path::Path,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<usize> {
         let (dir, state) = read_state(path, self.cfg, &self.dataset_digest)?;
         let optim = std::mem::replace(&mut self.optim, self.cfg.optimizer.build());
         let (optim, _) = restore(
@@ -70,7 +74,12 @@ impl FluxRun<'_> {
         }
     }
 
-    pub(super) fn save(&mut self, path: PathBuf, reason: SaveReason, sink: &mut dyn ProgressSink) -> Result<()> {
+    pub(super) fn save(
+        &mut self,
+        path: PathBuf,
+        reason: SaveReason,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
         let (sum, n) = self.pos.epoch_loss;
         let loss = if n > 0 {
             (sum / n as f64) as f32
@@ -93,7 +102,12 @@ impl FluxRun<'_> {
         self.metadata.epoch = epoch;
         self.metadata.steps = self.pos.step;
         self.metadata.training_finished_at = unix_now();
-        save_flux_kohya(&mut self.transformer, &path, &self.metadata, self.cfg.output.dtype)?;
+        save_flux_kohya(
+            &mut self.transformer,
+            &path,
+            &self.metadata,
+            self.cfg.output.dtype,
+        )?;
         let sha256 = sha256_file(&path)?;
         let state = if self.cfg.output.save_state {
             let dir = state_dir(&path);
