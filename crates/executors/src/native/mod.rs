@@ -8,6 +8,7 @@
 //! - [`train`]: [`NativeTrainer`], the `train` executor.
 //! - [`sample`]: [`NativeSampler`], the `sample` executor.
 //! - `sample_xl`: the `sample` executor's rendering with an SDXL base model.
+//! - `sample_flux`: the `sample` executor's rendering with a FLUX.1 base model.
 //! - [`sampling`]: a job's sample settings as the native engine renders them.
 //! - [`report`]: the loss history (`loss_history.json`).
 //! - [`loss_plot`]: the loss plot drawn from it (plotters).
@@ -24,6 +25,7 @@ pub mod options;
 pub mod params;
 pub mod report;
 pub mod sample;
+mod sample_flux;
 mod sample_xl;
 pub mod sampling;
 pub mod train;

@@ -15,6 +15,7 @@ use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput}
 use loraflow_core::job::{StepError, StepProgress};
 use loraflow_core::workflow::StepKind;
 use loraflow_trainer::device::parse_device;
+use loraflow_trainer::flux::is_flux_dir;
 use loraflow_trainer::pipeline::StableDiffusion;
 use loraflow_trainer::sample::png::write_png;
 use loraflow_trainer::sample::{Pipeline, SampleSettings, png_text};
@@ -24,6 +25,7 @@ use tracing::Instrument;
 use super::contact_sheet;
 use super::error::{Error, Result};
 use super::options::NativeOptions;
+use super::sample_flux::FluxRun;
 use super::sample_xl::XlRun;
 use super::sampling::{job_settings, sampler_kind};
 use super::train::NativeTrainer;
@@ -43,10 +45,19 @@ pub(super) struct Key {
 
 impl Key {
     /// The base model without a LoRA: the contact sheet's first row.
-    const BASE: Self = Self {
+    pub(super) const BASE: Self = Self {
         epoch: 0,
         requested_at: None,
     };
+
+    /// An epoch's LoRA.
+    #[cfg(test)]
+    pub(super) const fn epoch(epoch: u32) -> Self {
+        Self {
+            epoch,
+            requested_at: None,
+        }
+    }
 
     fn is_base(&self) -> bool {
         *self == Self::BASE
@@ -189,6 +200,18 @@ impl NativeSampler {
         let base_name = step.base_model.to_string();
         let mut handle = tokio::task::spawn_blocking(move || -> Result<()> {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
+                if is_flux_dir(config_dir.as_deref().unwrap_or(&model)) {
+                    let run = FluxRun {
+                        model: &model,
+                        config_dir: config_dir.as_deref(),
+                        strength,
+                        base_name: &base_name,
+                        device: &device,
+                        stop: &stop,
+                        tx: &tx,
+                    };
+                    return run.render(jobs);
+                }
                 if is_sdxl_dir(config_dir.as_deref().unwrap_or(&model)) {
                     let run = XlRun {
                         model: &model,

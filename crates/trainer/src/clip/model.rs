@@ -240,6 +240,42 @@ impl ClipTextModel {
         Ok(self.text_model.final_layer_norm.forward(x))
     }
 
+    /// transformers' `pooler_output`: the last layer through the final norm, at each row's
+    /// pooled position ([`pooled_positions`](super::projection::pooled_positions): the first
+    /// `eos_token_id`, or the largest id for legacy configs). What FLUX.1 conditions on.
+    ///
+    /// # Shapes
+    ///
+    /// - input_ids: `[batch, tokens]`, the rows of `ids`
+    /// - output: `[batch, hidden]`
+    pub fn pooler_output(
+        &self,
+        input_ids: Tensor<2, Int>,
+        ids: &[Vec<u32>],
+        eos_token_id: usize,
+    ) -> Result<Tensor<2>> {
+        let [batch, tokens] = input_ids.dims();
+        if ids.len() != batch || ids.iter().any(|r| r.len() != tokens) {
+            return Err(Error::invalid(
+                "ids",
+                format!("{} rows", ids.len()),
+                format!("expected the {batch} rows of {tokens} tokens of input_ids"),
+            ));
+        }
+        let last = self.forward(input_ids, 1)?;
+        let [_, _, hidden] = last.dims();
+        let rows = super::projection::pooled_positions(ids, eos_token_id)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                last.clone()
+                    .slice([i..i + 1, p..p + 1, 0..hidden])
+                    .reshape([1, hidden])
+            })
+            .collect();
+        Ok(Tensor::cat(rows, 0))
+    }
+
     /// transformers' `hidden_states` (the embeddings, then every layer's output, without the
     /// final norm) and `last_hidden_state`.
     pub fn hidden_states(&self, input_ids: Tensor<2, Int>) -> (Vec<Tensor<3>>, Tensor<3>) {

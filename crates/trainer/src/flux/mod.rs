@@ -8,23 +8,34 @@
 //! - [`attention`]: joint and single-stream attention, the tanh-GELU feed-forward.
 //! - [`blocks`]: the double-stream and single-stream blocks.
 //! - [`packing`]: latents to 2×2-patch tokens and back.
+//! - [`lora`]: kohya (BFL names) and PEFT LoRA files.
+//! - [`model`]: a whole FLUX.1 model from a diffusers folder, its prompt encoding and LoRAs.
+//! - [`scheduler`]: the flow-matching Euler schedule (`FlowMatchEulerDiscreteScheduler`).
+//! - [`sample`]: text to image as `FluxPipeline` renders it.
+//! - [`single_file`]: BFL's transformer file, `ae.safetensors` and separate text encoders.
 //!
 //! Module paths follow diffusers (`transformer_blocks.0.attn.add_q_proj`,
 //! `single_transformer_blocks.3.proj_mlp`), the names of diffusers' Flux weights files and of
 //! PEFT LoRA keys. Every linear layer is a [`LoraLinear`], so adapters attach as on the UNet.
 //!
-//! The model takes latents already packed into tokens (2×2 patches of the 16-channel VAE
-//! latent: 64 features per token for FLUX.1, [`pack_latents`]); the text encoders, the VAE,
-//! the flow-matching objective (`train::flow`) and sampling are outside this module.
+//! The transformer takes latents already packed into tokens (2×2 patches of the 16-channel
+//! VAE latent: 64 features per token for FLUX.1, [`pack_latents`]). [`FluxModel`] adds the VAE
+//! (the crate's [`crate::vae`] with FLUX.1's config), the CLIP and T5 text encoders
+//! ([`crate::clip`], [`crate::t5`]) and the scheduler; the flow-matching objective is in
+//! `train::flow`.
 
 pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
 pub mod lora;
+pub mod model;
 pub mod norms;
 pub mod packing;
 pub mod rope;
+pub mod sample;
+pub mod scheduler;
+pub mod single_file;
 
 use std::path::Path;
 
@@ -33,8 +44,12 @@ use burn::tensor::{Device, Tensor};
 
 pub use blocks::{FluxSingleTransformerBlock, FluxTransformerBlock};
 pub use config::FluxTransformerConfig;
+pub use model::{FluxModel, FluxModelConfig, MAX_SEQUENCE_LENGTH, is_flux_dir};
 pub use packing::{pack_latents, unpack_latents};
 pub use rope::{ROPE_THETA, RotaryEmbedding, image_ids, text_ids};
+pub use sample::{FluxOutput, FluxPipeline};
+pub use scheduler::{FlowMatchConfig, TimeShift};
+pub use single_file::FluxParts;
 
 use crate::error::{Error, Result};
 use crate::lora::{LayerMut, LoraLayers, LoraLinear, LoraLinearConfig, join};
