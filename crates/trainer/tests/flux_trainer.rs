@@ -1,8 +1,9 @@
 //! The [`Trainer`] on the tiny FLUX.1 fixture folder: images encoded once by the Flux VAE,
 //! captions once by T5 and CLIP, the flow-matching objective on the transformer's adapters,
 //! a validation loss at fixed σ, and per-epoch files in kohya's Flux format that
-//! `load_flux_kohya` reads back; `save_now` and cancel between steps; and the settings a Flux
-//! run cannot honour refused by name.
+//! `load_flux_kohya` reads back; samples through the Flux sampler; `save_now`, `sample_now`
+//! and cancel between steps; resuming; and the settings a Flux run cannot honour refused by
+//! name.
 // These tests run on the CPU backend.
 #![cfg(feature = "cpu")]
 
@@ -19,7 +20,7 @@ use loraflow_trainer::flux::lora::{BASE_MODEL_VERSION, FLUX_TARGETS, load_flux_k
 use loraflow_trainer::flux::{FluxTransformer2DModel, FluxTransformerConfig};
 use loraflow_trainer::lora::NetworkConfig;
 use loraflow_trainer::tensor_file::TensorFile;
-use loraflow_trainer::train::config::TextEncoderTraining;
+use loraflow_trainer::train::config::{SampleConfig, TextEncoderTraining};
 use loraflow_trainer::train::flow::FlowObjective;
 use loraflow_trainer::train::validation::ValidationConfig;
 use loraflow_trainer::{Controls, Error, ProgressEvent, SaveReason, TrainConfig, Trainer};
@@ -71,6 +72,21 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
     c
 }
 
+/// Two steps of the Flux sampler at 32 px.
+fn samples(prompt: &str, every_n_epochs: Option<usize>) -> SampleConfig {
+    SampleConfig {
+        prompts: vec![prompt.to_string()],
+        negative_prompt: String::new(),
+        steps: 2,
+        guidance_scale: 3.5,
+        sampler: Default::default(),
+        seed: 1,
+        size: Some(32),
+        height: None,
+        every_n_epochs,
+    }
+}
+
 fn base_transformer(device: &Device) -> FluxTransformer2DModel {
     FluxTransformerConfig::from_file(fixture("flux/pipeline/transformer/config.json"))
         .unwrap()
@@ -91,6 +107,8 @@ fn flux_images_train_to_kohya_flux_epoch_files() {
     let mut v = ValidationConfig::split(0.0);
     v.count = Some(1);
     c.validation = Some(v);
+    // Rendered after the last epoch, from the prompt's states cached before training.
+    c.sample = Some(samples("a disc", Some(3)));
     let trainer = Trainer::new(c).unwrap();
     assert_eq!(trainer.flow_objective(), Some(&FlowObjective::default()));
     assert_eq!(trainer.validation_images().len(), 1);
@@ -121,7 +139,12 @@ fn flux_images_train_to_kohya_flux_epoch_files() {
         .iter()
         .filter(|e| matches!(e, ProgressEvent::Preparing { stage: "text", .. }))
         .count();
-    assert_eq!(text_items, 4);
+    // ... and the sample prompt.
+    assert_eq!(text_items, 5);
+    assert_eq!(output.samples.len(), 1);
+    assert_eq!((output.samples[0].epoch, output.samples[0].step), (3, 6));
+    let png = image::open(&output.samples[0].paths[0]).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (32, 32));
 
     // Epochs 1 and 2, then the final file (epoch 3).
     let epochs: Vec<(usize, SaveReason)> =
@@ -224,9 +247,12 @@ fn save_now_and_cancel_act_between_flux_steps() {
     let trainer = Trainer::new(c).unwrap();
     let controls = Arc::new(Controls::default());
     controls.request_save();
+    // A prompt the run did not encode before dropping its text encoders.
+    controls.request_sample_with(samples("a yellow square", None));
     let remote = controls.clone();
     let mut steps = 0;
     let mut saved = Vec::new();
+    let mut sampled = Vec::new();
     let err = trainer
         .run(
             &mut |e: ProgressEvent| match e {
@@ -237,6 +263,7 @@ fn save_now_and_cancel_act_between_flux_steps() {
                     }
                 }
                 ProgressEvent::Saved(s) => saved.push(s),
+                ProgressEvent::Sampled(s) => sampled.push(s),
                 _ => {}
             },
             &controls,
@@ -251,6 +278,9 @@ fn save_now_and_cancel_act_between_flux_steps() {
     assert_eq!(saved[0].reason, SaveReason::Requested);
     assert_eq!(saved[0].step, 0);
     assert!(saved[0].path.is_file());
+    assert_eq!(sampled.len(), 1);
+    assert_eq!(sampled[0].step, 0);
+    assert!(sampled[0].paths[0].is_file());
     std::fs::remove_dir_all(root).unwrap();
 }
 
