@@ -16,6 +16,7 @@ use loraflow_trainer::flux::{
     FluxInputs, FluxModel, FluxTransformer2DModel, MAX_SEQUENCE_LENGTH, image_ids, is_flux_dir,
     text_ids,
 };
+use loraflow_trainer::sdxl::is_sdxl_dir;
 use loraflow_trainer::tensor_file::{HostTensor, TensorFile};
 
 const PROMPTS: [&str; 3] = [
@@ -39,6 +40,9 @@ fn the_fixture_folder_is_recognised_and_configured() {
     assert!(is_flux_dir(&fixture("flux/pipeline")));
     assert!(!is_flux_dir(&fixture("sdxl/pipeline")));
     assert!(!is_flux_dir(&fixture("pipeline")));
+    // Both have a second text encoder; only the SDXL one is SDXL.
+    assert!(is_sdxl_dir(&fixture("sdxl/pipeline")));
+    assert!(!is_sdxl_dir(&fixture("flux/pipeline")));
     let (model, _) = load();
     let c = &model.config;
     assert_eq!(c.max_sequence_length, MAX_SEQUENCE_LENGTH);

@@ -35,9 +35,9 @@ use crate::vae::{AutoencoderKL, VaeConfig};
 pub const TIME_IDS: usize = 6;
 
 /// Whether `dir` is a diffusers SDXL folder (or an SDXL config folder): it has a second text
-/// encoder's config.
+/// encoder's config and is not a FLUX.1 folder (whose second encoder is T5).
 pub fn is_sdxl_dir(dir: &Path) -> bool {
-    dir.join("text_encoder_2").join("config.json").is_file()
+    dir.join("text_encoder_2").join("config.json").is_file() && !crate::flux::is_flux_dir(dir)
 }
 
 /// The configurations of an SDXL model's components.
