@@ -309,7 +309,7 @@ on_both_backends! {
         assert!(err.message().contains("\"nope\""), "{}", err.message());
         assert_eq!(err.get_error_details().error_info().unwrap().reason, "BASE_MODEL_NOT_FOUND");
         let err = c
-            .get_parameter_schema(pb::GetParameterSchemaRequest { base_model: "flux-dev".into(), engine: "native".into() })
+            .get_parameter_schema(pb::GetParameterSchemaRequest { base_model: "tiny-sd".into(), engine: "kohya".into() })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

@@ -20,6 +20,7 @@ mod console_browser;
 mod custom_models;
 mod edges;
 mod engine_embedded;
+mod engine_flux;
 mod engine_sdxl;
 mod examples;
 mod faults;

@@ -208,8 +208,8 @@ on_both_backends! {
         assert_eq!(s.engine.store().feed().head().await.unwrap(), head);
         let jobs = c.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner();
         assert!(jobs.jobs.is_empty(), "{:?}", jobs.jobs);
-        // The catalogue offers what this build runs: SDXL on native, kohya
-        // and ai-toolkit; FLUX.1 on kohya and ai-toolkit.
+        // The catalogue offers what this build runs: SDXL and FLUX.1 on
+        // native, kohya and ai-toolkit.
         let models = c
             .list_base_models(pb::ListBaseModelsRequest::default())
             .await
@@ -218,7 +218,7 @@ on_both_backends! {
             .base_models;
         for (id, engines) in [
             ("sdxl", &["native", "kohya", "ai-toolkit"][..]),
-            ("flux-dev", &["kohya", "ai-toolkit"][..]),
+            ("flux-dev", &["native", "kohya", "ai-toolkit"][..]),
         ] {
             let m = models.iter().find(|m| m.id == id).unwrap();
             assert_eq!(m.engines, engines, "{m:?}");

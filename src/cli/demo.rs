@@ -393,7 +393,7 @@ mod tests {
             cache: None,
         };
         assert_eq!(
-            train_config(&params, paths, "cpu").unwrap(),
+            train_config(&params, Some(model.family), paths, "cpu").unwrap(),
             world_demo::train_config(
                 dir.join("tiny-sd"),
                 dir.join("dataset"),

@@ -103,16 +103,19 @@ fn read_json(path: &Path) -> Result<serde_json::Value, CheckError> {
 /// What the native trainer implements (see `loraflow_trainer::pipeline`).
 fn native_support(layout: Layout, family: ModelFamily) -> Option<String> {
     match (family, layout) {
-        (ModelFamily::Sd15 | ModelFamily::Sdxl, _) | (ModelFamily::Sd2, Layout::Diffusers) => None,
+        (ModelFamily::Sd15 | ModelFamily::Sdxl, _)
+        | (ModelFamily::Sd2 | ModelFamily::Flux, Layout::Diffusers) => None,
         (ModelFamily::Sd2, Layout::SingleFile) => Some(
             "the native trainer reads SD2.x as a diffusers folder only; convert the checkpoint \
              (diffusers' convert_original_stable_diffusion_to_diffusers.py) or train with kohya"
                 .into(),
         ),
-        (ModelFamily::Flux, _) => Some(format!(
-            "the native trainer implements SD1.x, SD2.x and SDXL; train {family} with the kohya \
-             engine"
-        )),
+        (ModelFamily::Flux, Layout::SingleFile) => Some(
+            "the native trainer reads FLUX.1 as a diffusers folder only (transformer/, vae/, \
+             text_encoder/, text_encoder_2/, tokenizers and scheduler); use the diffusers \
+             release or train with kohya"
+                .into(),
+        ),
     }
 }
 

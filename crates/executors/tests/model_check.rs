@@ -222,7 +222,10 @@ fn diffusers_folders_of_each_family() {
             "scheduler",
         ],
     );
-    assert_eq!(check_model(&flux).unwrap().family, ModelFamily::Flux);
+    let r = check_model(&flux).unwrap();
+    assert_eq!(r.family, ModelFamily::Flux);
+    // FLUX.1 trains natively from a diffusers folder (not from a single file, above).
+    assert!(r.native_trainable(), "{r:?}");
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn has_mapping(engine: Engine) -> bool {
 fn map(model: &BaseModel, engine: Engine, params: &Params) -> Result<(), String> {
     match engine {
         Engine::Native => {
-            train_config(params, paths(), "cpu").map_err(|e| e.to_string())?;
+            train_config(params, Some(model.family), paths(), "cpu").map_err(|e| e.to_string())?;
             // The sampler of the job's samples.
             if let Some(s) = params.get(SAMPLER).and_then(ParamValue::as_str) {
                 sampler_kind(s).map_err(|e| e.to_string())?;
@@ -134,10 +134,11 @@ fn every_choice_and_bound_of_every_model_and_engine_runs_in_that_engine() {
             }
         }
     }
-    // tiny-sd, sd15, sd21 and sdxl on native; sd15, sd21, sdxl and flux-dev on kohya; sdxl
-    // and flux-dev on ai-toolkit.
-    assert_eq!(pairs.len(), 10, "{pairs:?}");
+    // tiny-sd, sd15, sd21, sdxl and flux-dev on native; sd15, sd21, sdxl and flux-dev on
+    // kohya; sdxl and flux-dev on ai-toolkit.
+    assert_eq!(pairs.len(), 11, "{pairs:?}");
     assert!(pairs.contains(&("sdxl".to_owned(), Engine::Native)));
+    assert!(pairs.contains(&("flux-dev".to_owned(), Engine::Native)));
     assert!(pairs.contains(&("flux-dev".to_owned(), Engine::Kohya)));
     assert!(pairs.contains(&("flux-dev".to_owned(), Engine::AiToolkit)));
     assert!(walked > 200, "walked only {walked} values");

@@ -278,9 +278,13 @@ fn a_build_offers_only_the_engines_it_has_rules_for() {
     let c = builtin()
         .with_engine_rules([EngineRules::new(Engine::Native)])
         .unwrap();
-    // SDXL is offered on the native engine alone; FLUX.1 has no native engine: not offered.
+    // SDXL and FLUX.1 are offered on the native engine alone.
     assert_eq!(model(&c, "sdxl").engines, [Engine::Native]);
-    assert!(c.base_model(&"flux-dev".into()).is_none());
+    assert_eq!(model(&c, "flux-dev").engines, [Engine::Native]);
+    assert_eq!(
+        c.withheld[&BaseModelId::new("flux-dev")],
+        [Engine::Kohya, Engine::AiToolkit]
+    );
     assert_eq!(model(&c, "sd15").engines, [Engine::Native]);
     assert_eq!(
         c.withheld[&BaseModelId::new("sdxl")],

@@ -11,16 +11,26 @@
 //! measures the loss on them at every saved LoRA; a `validation/` folder at the dataset's root
 //! is held out instead, whole. `conv_dim` above 0 adds adapters on the UNet's convolutions
 //! (sd-scripts' LoCon).
+//!
+//! A FLUX.1 model (family `flux`) trains by flow matching: `timestep_sampling`,
+//! `sigmoid_scale`, `discrete_flow_shift`, `weighting_scheme` and `guidance_scale` set the
+//! trainer's `objective.flow`, the adapters go on [`FLUX_TARGETS`], and the SD parameters
+//! that act on the DDPM schedule or the text encoder (`min_snr_gamma`, `noise_offset`,
+//! `prediction_type`, `clip_skip`, `text_encoder_lr`) are refused by name when a job sets
+//! them; the flow parameters are refused for other families.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use loraflow_core::catalogue::{Engine, EngineRules, Multiple, ParamValue, Params};
+use loraflow_core::catalogue::{Engine, EngineRules, ModelFamily, Multiple, ParamValue, Params};
 use loraflow_trainer::TrainConfig;
 use loraflow_trainer::data::{CaptionOptions, ImageDatasetConfig};
+use loraflow_trainer::flux::lora::FLUX_TARGETS;
 use loraflow_trainer::lora::targets::CONV;
 use loraflow_trainer::schedule::Prediction;
 use loraflow_trainer::train::config::{BaseWeights, TextEncoderTraining};
+use loraflow_trainer::train::flow::FlowObjective;
+use loraflow_trainer::train::flow_timesteps::{LossWeighting, TimestepSampling};
 use loraflow_trainer::train::lr::{LrSchedule, LrScheduleKind};
 use loraflow_trainer::train::validation::ValidationConfig;
 
@@ -49,6 +59,32 @@ pub const PREDICTION_TYPES: [(&str, Option<Prediction>); 3] = [
     ("v_prediction", Some(Prediction::VPrediction)),
 ];
 
+/// How FLUX.1's noise levels are drawn, by catalogue name (`timestep_sampling`).
+pub const TIMESTEP_SAMPLINGS: [&str; 6] = [
+    "flux_shift",
+    "shift",
+    "sigmoid",
+    "uniform",
+    "logit_normal",
+    "mode",
+];
+
+/// FLUX.1's loss weightings, by catalogue name (`weighting_scheme`).
+pub const WEIGHTING_SCHEMES: [(&str, LossWeighting); 3] = [
+    ("none", LossWeighting::None),
+    ("sigma_sqrt", LossWeighting::SigmaSqrt),
+    ("cosmap", LossWeighting::Cosmap),
+];
+
+/// The parameters of FLUX.1's flow-matching objective.
+pub const FLOW_PARAMS: [&str; 5] = [
+    "timestep_sampling",
+    "sigmoid_scale",
+    "discrete_flow_shift",
+    "weighting_scheme",
+    "guidance_scale",
+];
+
 /// What the native engine runs, for the catalogue (see
 /// [`loraflow_core::catalogue::engine_rules`]): the tables above, and the resolution rule the
 /// trainer's buckets enforce (a positive multiple of what the model's VAE and UNet downsample
@@ -59,6 +95,8 @@ pub fn rules() -> EngineRules {
         .choices("optimizer", OPTIMIZERS)
         .choices("prediction_type", PREDICTION_TYPES.map(|(name, _)| name))
         .choices("base_weights", BASE_WEIGHTS.map(|(name, _)| name))
+        .choices("timestep_sampling", TIMESTEP_SAMPLINGS)
+        .choices("weighting_scheme", WEIGHTING_SCHEMES.map(|(name, _)| name))
         .multiple("resolution", Multiple::ModelPixels)
         .choices(
             loraflow_core::sampling::SAMPLER,
@@ -144,9 +182,137 @@ pub struct RunPaths {
     pub cache: Option<PathBuf>,
 }
 
-/// The trainer configuration for a job's parameters.
-pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<TrainConfig> {
+/// Whether a job on `family` (`None`: a model the catalogue does not know, judged by its
+/// folder) trains a FLUX.1 model.
+pub fn is_flux(family: Option<ModelFamily>, model: &std::path::Path) -> bool {
+    match family {
+        Some(f) => f == ModelFamily::Flux,
+        None => model.is_dir() && loraflow_trainer::flux::model::is_flux_dir(model),
+    }
+}
+
+/// The flow-matching objective of a FLUX.1 job.
+fn flow_objective(p: &Reader<'_>) -> Result<FlowObjective> {
+    let defaults = FlowObjective::default();
+    let sigmoid_scale = p.float("sigmoid_scale")?.unwrap_or(1.0);
+    let shift = p.float("discrete_flow_shift")?.unwrap_or(3.1582);
+    let timestep_sampling = match p.string("timestep_sampling")?.unwrap_or("flux_shift") {
+        "flux_shift" => TimestepSampling::FluxShift { sigmoid_scale },
+        "shift" => TimestepSampling::Shift {
+            sigmoid_scale,
+            shift,
+        },
+        "sigmoid" => TimestepSampling::Sigmoid { sigmoid_scale },
+        "uniform" => TimestepSampling::Uniform,
+        // diffusers' defaults for the density's own parameters.
+        "logit_normal" => TimestepSampling::LogitNormal {
+            logit_mean: 0.0,
+            logit_std: 1.0,
+            shift,
+        },
+        "mode" => TimestepSampling::Mode {
+            mode_scale: 1.29,
+            shift,
+        },
+        other => {
+            return Err(Error::param(
+                "timestep_sampling",
+                format!("{other:?} must be one of {}", TIMESTEP_SAMPLINGS.join(", ")),
+            ));
+        }
+    };
+    let weighting = match p.string("weighting_scheme")? {
+        None => defaults.weighting,
+        Some(name) => lookup(&WEIGHTING_SCHEMES, name).ok_or_else(|| {
+            Error::param(
+                "weighting_scheme",
+                format!(
+                    "{name:?} must be one of {}",
+                    WEIGHTING_SCHEMES.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })?,
+    };
+    Ok(FlowObjective {
+        timestep_sampling,
+        weighting,
+        guidance: p.float("guidance_scale")?.unwrap_or(defaults.guidance),
+    })
+}
+
+/// Refuses, by name, the SD parameters a FLUX.1 job sets (they act on the DDPM noise schedule
+/// or train the text encoder, neither of which a Flux run has).
+fn refuse_sd_params(p: &Reader<'_>) -> Result<()> {
+    let flow = "FLUX.1 trains by flow matching, with no DDPM noise schedule";
+    if let Some(g) = p.float("min_snr_gamma")?.filter(|g| *g > 0.0) {
+        return Err(Error::param(
+            "min_snr_gamma",
+            format!("{g} is not available for FLUX.1: {flow} to weight; leave it unset"),
+        ));
+    }
+    if let Some(o) = p.float("noise_offset")?.filter(|o| *o > 0.0) {
+        return Err(Error::param(
+            "noise_offset",
+            format!("{o} is not available for FLUX.1: {flow}; leave it unset"),
+        ));
+    }
+    if let Some(t) = p.string("prediction_type")?.filter(|t| *t != "auto") {
+        return Err(Error::param(
+            "prediction_type",
+            format!(
+                "{t:?} is not available for FLUX.1, which predicts the flow (noise − image) \
+                 as it is; leave it unset"
+            ),
+        ));
+    }
+    if let Some(n) = p.positive("clip_skip")?.filter(|n| *n != 1) {
+        return Err(Error::param(
+            "clip_skip",
+            format!(
+                "{n} is not available for FLUX.1, which conditions on T5's last layer and \
+                 CLIP's pooled output; leave it unset"
+            ),
+        ));
+    }
+    if let Some(n) = p.uint("conv_dim")?.filter(|n| *n > 0) {
+        return Err(Error::param(
+            "conv_dim",
+            format!(
+                "{n} is not available for FLUX.1, whose transformer has no convolutions to \
+                 adapt; leave it unset or 0"
+            ),
+        ));
+    }
+    if let Some(lr) = p.float("text_encoder_lr")?.filter(|lr| *lr > 0.0) {
+        return Err(Error::param(
+            "text_encoder_lr",
+            format!(
+                "{lr} is not available for FLUX.1: its text encoders are not trained (their \
+                 outputs are cached once); leave it unset or 0"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The trainer configuration for a job's parameters, for a model of `family` (`None`: one the
+/// catalogue does not know, judged by its folder).
+pub fn train_config(
+    params: &Params,
+    family: Option<ModelFamily>,
+    paths: RunPaths,
+    device: &str,
+) -> Result<TrainConfig> {
     let p = Reader(params);
+    let flux = is_flux(family, &paths.model.0);
+    if flux {
+        refuse_sd_params(&p)?;
+    } else if let Some(name) = FLOW_PARAMS.iter().find(|n| params.contains_key(**n)) {
+        return Err(Error::param(
+            name,
+            "is a setting of FLUX.1's flow-matching objective; this model is not FLUX.1",
+        ));
+    }
     let resolution = p.positive("resolution")?.unwrap_or(512);
     let split = p.float("validation_split")?.unwrap_or(0.0);
     if split >= 1.0 {
@@ -295,6 +461,10 @@ pub fn train_config(params: &Params, paths: RunPaths, device: &str) -> Result<Tr
             )
         })?;
     }
+    if flux {
+        c.network.targets = FLUX_TARGETS.iter().map(|t| t.to_string()).collect();
+        c.objective.flow = Some(flow_objective(&p)?);
+    }
     c.gradient_checkpointing = p.bool("gradient_checkpointing")?.unwrap_or(false);
     if let Some(n) = p.positive("clip_skip")? {
         c.clip_skip = n;
@@ -314,6 +484,10 @@ fn param_of(field: &str) -> Option<&'static str> {
         "dataset.resolution" | "dataset.buckets" | "dataset.buckets.step" => "resolution",
         "dataset.num_repeats" => "num_repeats",
         "dataset.captions.dropout" => "caption_dropout",
+        "dataset.captions.shuffle_tags" => "shuffle_tags",
+        "objective.flow.timestep_sampling.sigmoid_scale" => "sigmoid_scale",
+        "objective.flow.timestep_sampling.shift" => "discrete_flow_shift",
+        "objective.flow.guidance" => "guidance_scale",
         "network.rank" => "network_dim",
         "network.alpha" => "network_alpha",
         "network.conv_rank" => "conv_dim",
@@ -390,6 +564,7 @@ mod tests {
                 ("keep_tokens", ParamValue::Int(1)),
                 ("auto_adjust", ParamValue::Bool(true)),
             ]),
+            None,
             paths(),
             "cpu",
         )
@@ -407,6 +582,7 @@ mod tests {
 
         let c = train_config(
             &params(&[("validation_split", ParamValue::Float(0.2))]),
+            None,
             paths(),
             "cpu",
         )
@@ -414,6 +590,7 @@ mod tests {
         assert_eq!(c.validation, Some(ValidationConfig::split(0.2)));
         let err = train_config(
             &params(&[("validation_split", ParamValue::Float(1.0))]),
+            None,
             paths(),
             "cpu",
         )
@@ -424,10 +601,11 @@ mod tests {
 
     #[test]
     fn memory_parameters_reach_the_trainer() {
-        let c = train_config(&params(&[]), paths(), "cpu").unwrap();
+        let c = train_config(&params(&[]), None, paths(), "cpu").unwrap();
         assert_eq!(c.model.base_weights, BaseWeights::F32);
         let c = train_config(
             &params(&[("base_weights", ParamValue::Str("bf16".into()))]),
+            None,
             paths(),
             "cpu",
         )
@@ -436,6 +614,7 @@ mod tests {
         assert!(!c.gradient_checkpointing, "off unless asked");
         let c = train_config(
             &params(&[("gradient_checkpointing", ParamValue::Bool(true))]),
+            None,
             paths(),
             "cpu",
         )
@@ -443,6 +622,7 @@ mod tests {
         assert!(c.gradient_checkpointing);
         let err = train_config(
             &params(&[("base_weights", ParamValue::Str("fp16".into()))]),
+            None,
             paths(),
             "cpu",
         )
@@ -458,6 +638,7 @@ mod tests {
     fn unusable_values_name_the_parameter() {
         let err = train_config(
             &params(&[("optimizer", ParamValue::Str("prodigy".into()))]),
+            None,
             paths(),
             "cpu",
         )
@@ -467,12 +648,18 @@ mod tests {
             err.contains("`optimizer`") && err.contains("prodigy"),
             "{err}"
         );
-        let err = train_config(&params(&[("epochs", ParamValue::Int(0))]), paths(), "cpu")
-            .unwrap_err()
-            .to_string();
+        let err = train_config(
+            &params(&[("epochs", ParamValue::Int(0))]),
+            None,
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`epochs`"), "{err}");
         let err = train_config(
             &params(&[("caption_dropout", ParamValue::Float(2.0))]),
+            None,
             paths(),
             "cpu",
         )
@@ -484,6 +671,7 @@ mod tests {
                 "lr_scheduler",
                 ParamValue::Str("cosine_with_restarts".into()),
             )]),
+            None,
             paths(),
             "cpu",
         )
@@ -493,9 +681,77 @@ mod tests {
     }
 
     #[test]
+    fn flux_jobs_train_the_flow_objective_and_refuse_sd_parameters() {
+        let flux = Some(ModelFamily::Flux);
+        let c = train_config(&params(&[]), flux, paths(), "cpu").unwrap();
+        // sd-scripts' recommendation: flux_shift, guidance 1.0, no weighting.
+        assert_eq!(c.objective.flow, Some(FlowObjective::default()));
+        let targets: Vec<String> = FLUX_TARGETS.iter().map(|t| t.to_string()).collect();
+        assert_eq!(c.network.targets, targets);
+        let c = train_config(
+            &params(&[
+                ("timestep_sampling", ParamValue::Str("shift".into())),
+                ("discrete_flow_shift", ParamValue::Float(3.1582)),
+                ("sigmoid_scale", ParamValue::Float(1.5)),
+                ("weighting_scheme", ParamValue::Str("cosmap".into())),
+                ("guidance_scale", ParamValue::Float(3.5)),
+            ]),
+            flux,
+            paths(),
+            "cpu",
+        )
+        .unwrap();
+        let flow = c.objective.flow.unwrap();
+        assert_eq!(
+            flow.timestep_sampling,
+            TimestepSampling::Shift {
+                sigmoid_scale: 1.5,
+                shift: 3.1582
+            }
+        );
+        assert_eq!(flow.weighting, LossWeighting::Cosmap);
+        assert_eq!(flow.guidance, 3.5);
+        for (name, value) in [
+            ("min_snr_gamma", ParamValue::Float(5.0)),
+            ("noise_offset", ParamValue::Float(0.05)),
+            ("prediction_type", ParamValue::Str("v_prediction".into())),
+            ("clip_skip", ParamValue::Int(2)),
+            ("text_encoder_lr", ParamValue::Float(1e-4)),
+        ] {
+            let err = train_config(&params(&[(name, value)]), flux, paths(), "cpu")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`{name}`")) && err.contains("FLUX.1"),
+                "{err}"
+            );
+        }
+        let err = train_config(
+            &params(&[("guidance_scale", ParamValue::Float(500.0))]),
+            flux,
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`guidance_scale`"), "{err}");
+        // The flow parameters belong to FLUX.1.
+        let err = train_config(
+            &params(&[("timestep_sampling", ParamValue::Str("shift".into()))]),
+            Some(ModelFamily::Sd15),
+            paths(),
+            "cpu",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`timestep_sampling`"), "{err}");
+    }
+
+    #[test]
     fn conv_dim_adds_convolution_adapters() {
         let c = train_config(
             &params(&[("network_dim", ParamValue::Int(8))]),
+            None,
             paths(),
             "cpu",
         )
@@ -507,6 +763,7 @@ mod tests {
                 ("network_dim", ParamValue::Int(8)),
                 ("conv_dim", ParamValue::Int(0)),
             ]),
+            None,
             paths(),
             "cpu",
         )
@@ -519,6 +776,7 @@ mod tests {
                 ("conv_dim", ParamValue::Int(4)),
                 ("conv_alpha", ParamValue::Float(0.0)),
             ]),
+            None,
             paths(),
             "cpu",
         )
@@ -538,6 +796,7 @@ mod tests {
                 ("conv_dim", ParamValue::Int(4)),
                 ("conv_alpha", ParamValue::Float(1.0)),
             ]),
+            None,
             paths(),
             "cpu",
         )
@@ -545,6 +804,7 @@ mod tests {
         assert_eq!(c.network.rank_alpha(true), (4, 1.0));
         let err = train_config(
             &params(&[("conv_dim", ParamValue::Int(-1))]),
+            None,
             paths(),
             "cpu",
         )

@@ -213,6 +213,7 @@ impl NativeTrainer {
         let name = safe_name(&step.naming.subject, "lora");
         let mut config = train_config(
             &step.params,
+            step.model_family,
             RunPaths {
                 model,
                 dataset: root,

@@ -48,6 +48,28 @@ pub const ARCHITECTURE_DEV: &str = "flux-1-dev/lora";
 /// The `modelspec.architecture` sd-scripts writes for FLUX.1 [schnell] LoRAs.
 pub const ARCHITECTURE_SCHNELL: &str = "flux-1-schnell/lora";
 
+/// The layers a Flux LoRA adapts by default, as sd-scripts' `networks/lora_flux.py` chooses
+/// them: every linear of the double- and single-stream blocks (image and text q/k/v and
+/// output projections, both feed-forwards; a single block's q/k/v, `proj_mlp` and `proj_out`,
+/// BFL's `linear1` and `linear2`) except the modulation layers, which sd-scripts leaves out
+/// by default.
+pub const FLUX_TARGETS: &[&str] = &[
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "single_transformer_blocks.*.proj_mlp",
+    "single_transformer_blocks.*.proj_out",
+];
+
 const FINAL_ADALN: &str = "final_layer_adaLN_modulation_1";
 
 /// Where a diffusers module lives in BFL's tree: the module name (without `lora_unet_`), the

@@ -41,8 +41,10 @@ pub struct FluxPipeline<'a> {
     pub transformer: &'a FluxTransformer2DModel,
     /// The autoencoder.
     pub vae: &'a AutoencoderKL,
-    /// Text encoders, tokenizers and configs.
-    pub model: &'a FluxModel,
+    /// Text encoders, tokenizers and configs; `None` when the prompts come encoded (a
+    /// training run, which drops its text encoders after caching their outputs, renders
+    /// through [`denoise`](Self::denoise)).
+    pub model: Option<&'a FluxModel>,
     /// The schedule.
     pub scheduler: &'a FlowMatchConfig,
 }
@@ -64,7 +66,7 @@ impl<'a> FluxPipeline<'a> {
         Self {
             transformer: &model.transformer,
             vae: &model.vae,
-            model,
+            model: Some(model),
             scheduler: &model.config.scheduler,
         }
     }
@@ -146,7 +148,15 @@ impl<'a> FluxPipeline<'a> {
             Some(l) => l,
             None => self.initial_latents(settings)?.to_tensor(device),
         };
-        let (states, pooled) = self.model.encode_prompt(&settings.prompt, device)?;
+        let model = self.model.ok_or_else(|| {
+            Error::invalid(
+                "model",
+                "none",
+                "encoding a prompt needs the model's text encoders; give the pipeline a \
+                 FluxModel, or call denoise with the prompt's encoded states",
+            )
+        })?;
+        let (states, pooled) = model.encode_prompt(&settings.prompt, device)?;
         self.denoise(settings, latents, states, pooled)
     }
 

@@ -419,6 +419,9 @@ impl TrainConfig {
                 "must be positive (typically 5)",
             ));
         }
+        if let Some(flow) = &self.objective.flow {
+            flow.validate()?;
+        }
         self.network.validate()?;
         self.optimizer.validate()?;
         self.validate_sources()?;

@@ -56,13 +56,14 @@ impl Default for FlowObjective {
 }
 
 impl FlowObjective {
-    /// Refuses settings outside their ranges, naming the field under `objective.`.
+    /// Refuses settings outside their ranges, naming the field under `objective.flow.`
+    /// (where [`TrainConfig`](super::config::TrainConfig) holds it).
     pub fn validate(&self) -> Result<()> {
         self.timestep_sampling
-            .validate("objective.timestep_sampling")?;
+            .validate("objective.flow.timestep_sampling")?;
         if !(self.guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&self.guidance)) {
             return Err(Error::invalid(
-                "objective.guidance",
+                "objective.flow.guidance",
                 self.guidance,
                 format!("expected a number in [0, {MAX_GUIDANCE}]"),
             ));
@@ -207,7 +208,7 @@ mod tests {
             ..FlowObjective::default()
         };
         let err = bad.validate().unwrap_err().to_string();
-        assert!(err.contains("objective.guidance"), "{err}");
+        assert!(err.contains("objective.flow.guidance"), "{err}");
         assert!(FlowObjective::default().validate().is_ok());
         let parsed: FlowObjective = serde_json::from_str(
             r#"{"timestep_sampling": {"kind": "shift", "sigmoid_scale": 1.0, "shift": 3.1582},

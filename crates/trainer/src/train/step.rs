@@ -16,6 +16,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::flow::FlowObjective;
 use super::optim::{clip_global_norm, global_grad_norm, scale_grads};
 use crate::error::{Error, Result};
 use crate::rng::SeededRng;
@@ -62,6 +63,12 @@ pub struct ObjectiveConfig {
     /// Min-SNR-γ weighting (sd-scripts' `min_snr_gamma`; typically 5).
     #[serde(default)]
     pub min_snr_gamma: Option<f64>,
+    /// FLUX.1's flow-matching objective (timestep sampling, loss weighting, guidance); only
+    /// for a Flux model, which trains with [`FlowObjective::default`] when it is unset.
+    /// `prediction`, `noise_offset` and `min_snr_gamma` act on the DDPM noise schedule and
+    /// are refused for Flux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowObjective>,
 }
 
 impl ObjectiveConfig {

@@ -16,13 +16,16 @@ use sha2::{Digest, Sha256};
 
 use super::prepare::Models;
 use crate::error::{Error, Result};
+use crate::flux::lora::BASE_MODEL_VERSION;
 use crate::lora::kohya::{Part, kohya_name_with};
 use crate::lora::{KohyaMetadata, LoraLayers, TE_PREFIX, UNET_PREFIX, save_kohya_parts};
 use crate::schedule::Prediction;
 use crate::sdxl::lora::{SgmNames, TE1_PREFIX, TE2_PREFIX, sdxl_metadata};
 use crate::tensor_file::{SaveDtype, TensorFile};
 use crate::train::config::TrainConfig;
+use crate::train::flow::FlowObjective;
 use crate::train::step::Objective;
+use crate::unet::UNetConfig;
 
 /// `state.json` of a training state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,10 +98,22 @@ pub(super) fn with_parts<R>(
     f(&mut parts)
 }
 
+/// What kind of base model a run trains, for its kohya header.
+pub(super) enum BaseKind<'a> {
+    /// SD1.x/SD2.x: the version follows the UNet config.
+    Sd(&'a UNetConfig),
+    /// SDXL.
+    Sdxl,
+    /// FLUX.1, with the flow-matching settings sd-scripts records.
+    Flux(&'a FlowObjective),
+}
+
 /// sd-scripts' header for a run; `epoch`, `steps` and `training_finished_at` are filled in at
 /// each save.
 pub(super) struct MetadataInputs<'a> {
-    pub models: &'a Models,
+    pub base: BaseKind<'a>,
+    /// The base model's file or folder name (`ss_sd_model_name`).
+    pub model_name: &'a str,
     /// The objective as resolved against the model.
     pub objective: &'a Objective,
     pub examples_per_epoch: usize,
@@ -112,12 +127,33 @@ pub(super) struct MetadataInputs<'a> {
     pub dataset_dirs: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
+impl<'a> MetadataInputs<'a> {
+    /// The base kind and name of the models of a UNet run.
+    pub(super) fn base_of(models: &'a Models) -> (BaseKind<'a>, &'a str) {
+        let kind = if models.sdxl.is_some() {
+            BaseKind::Sdxl
+        } else {
+            BaseKind::Sd(&models.unet_config)
+        };
+        (kind, &models.model_name)
+    }
+}
+
 pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> KohyaMetadata {
-    let unet_config = &inputs.models.unet_config;
-    let base_model_version = cfg.model.base_model_version.clone().unwrap_or_else(|| {
-        let sd2 = unet_config.use_linear_projection || unet_config.cross_attention_dim[0] == 1024;
-        if sd2 { "sd_v2" } else { "sd_v1" }.to_string()
-    });
+    let base_model_version = cfg
+        .model
+        .base_model_version
+        .clone()
+        .unwrap_or_else(|| match &inputs.base {
+            BaseKind::Sd(unet_config) => {
+                let sd2 =
+                    unet_config.use_linear_projection || unet_config.cross_attention_dim[0] == 1024;
+                if sd2 { "sd_v2" } else { "sd_v1" }.to_string()
+            }
+            // Replaced below by the family's own.
+            BaseKind::Sdxl => "sd_v1".to_string(),
+            BaseKind::Flux(_) => BASE_MODEL_VERSION.to_string(),
+        });
     let mut metadata = KohyaMetadata {
         v2: base_model_version.starts_with("sd_v2"),
         base_model_version,
@@ -140,7 +176,7 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
         min_snr_gamma: inputs.objective.min_snr_gamma,
         training_started_at: inputs.started_at,
         output_name: cfg.output.name.clone(),
-        sd_model_name: inputs.models.model_name.clone(),
+        sd_model_name: inputs.model_name.to_string(),
         resolution: inputs.resolution,
         session_id: u64::from_le_bytes(
             Sha256::digest(format!("{}:{}", cfg.seed, inputs.started_at))[..8]
@@ -148,7 +184,11 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
                 .expect("8 bytes"),
         ) & 0xffff_ffff,
         text_encoder_lr: cfg.text_encoder.as_ref().map(|t| t.learning_rate),
-        clip_skip: cfg.images.as_ref().map(|_| cfg.clip_skip),
+        clip_skip: match inputs.base {
+            // FLUX.1 conditions on T5's last layer and CLIP's pooled output.
+            BaseKind::Flux(_) => None,
+            _ => cfg.images.as_ref().map(|_| cfg.clip_skip),
+        },
         tag_frequency: inputs.tag_frequency,
         dataset_dirs: inputs.dataset_dirs,
         ..KohyaMetadata::default()
@@ -173,13 +213,77 @@ pub(super) fn kohya_metadata(cfg: &TrainConfig, inputs: MetadataInputs<'_>) -> K
         "loraflow_train_config".into(),
         serde_json::to_string(cfg).expect("the config serialises"),
     );
-    if inputs.models.sdxl.is_some() {
-        metadata = sdxl_metadata(&metadata);
-        if let Some(v) = &cfg.model.base_model_version {
-            metadata.base_model_version.clone_from(v);
+    match inputs.base {
+        BaseKind::Sdxl => {
+            metadata = sdxl_metadata(&metadata);
+            if let Some(v) = &cfg.model.base_model_version {
+                metadata.base_model_version.clone_from(v);
+            }
         }
+        BaseKind::Flux(flow) => flow_metadata(&mut metadata.extra, flow),
+        BaseKind::Sd(_) => {}
     }
     metadata
+}
+
+/// The flow-matching settings under the keys sd-scripts' `flux_train_network.py` writes.
+fn flow_metadata(extra: &mut std::collections::BTreeMap<String, String>, flow: &FlowObjective) {
+    use crate::train::flow_timesteps::{LossWeighting, TimestepSampling};
+    // sd-scripts' defaults for what a mode does not use.
+    let (mut sigmoid_scale, mut shift) = (1.0, 3.0);
+    let (mut logit_mean, mut logit_std, mut mode_scale) = (0.0, 1.0, 1.29);
+    let sampling = match flow.timestep_sampling {
+        TimestepSampling::Uniform => "uniform",
+        TimestepSampling::Sigmoid { sigmoid_scale: s } => {
+            sigmoid_scale = s;
+            "sigmoid"
+        }
+        TimestepSampling::Shift {
+            sigmoid_scale: s,
+            shift: f,
+        } => {
+            (sigmoid_scale, shift) = (s, f);
+            "shift"
+        }
+        TimestepSampling::FluxShift { sigmoid_scale: s } => {
+            sigmoid_scale = s;
+            "flux_shift"
+        }
+        TimestepSampling::LogitNormal {
+            logit_mean: m,
+            logit_std: d,
+            shift: f,
+        } => {
+            (logit_mean, logit_std, shift) = (m, d, f);
+            "logit_normal"
+        }
+        TimestepSampling::Mode {
+            mode_scale: m,
+            shift: f,
+        } => {
+            (mode_scale, shift) = (m, f);
+            "mode"
+        }
+    };
+    let weighting = match flow.weighting {
+        LossWeighting::None => "none",
+        LossWeighting::SigmaSqrt => "sigma_sqrt",
+        LossWeighting::Cosmap => "cosmap",
+    };
+    for (key, value) in [
+        ("ss_timestep_sampling", sampling.to_string()),
+        ("ss_sigmoid_scale", sigmoid_scale.to_string()),
+        ("ss_discrete_flow_shift", shift.to_string()),
+        ("ss_weighting_scheme", weighting.to_string()),
+        ("ss_logit_mean", logit_mean.to_string()),
+        ("ss_logit_std", logit_std.to_string()),
+        ("ss_mode_scale", mode_scale.to_string()),
+        ("ss_guidance_scale", flow.guidance.to_string()),
+        ("ss_model_prediction_type", "raw".to_string()),
+        ("ss_apply_t5_attn_mask", py_bool(false)),
+    ] {
+        extra.insert(key.to_string(), value);
+    }
 }
 
 fn py_bool(b: bool) -> String {

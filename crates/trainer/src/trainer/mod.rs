@@ -12,8 +12,11 @@
 //! - `samples`: images rendered during training.
 //! - `validate`: the validation loss on held-out images at every saved LoRA.
 //! - `checkpoint`: kohya metadata, LoRA files, training states and resuming.
+//! - `flux`: the same run for a FLUX.1 model: the flow-matching objective on the transformer,
+//!   text-encoder outputs cached once, kohya Flux files.
 
 mod checkpoint;
+mod flux;
 mod prepare;
 mod run;
 mod samples;
@@ -34,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::PipelineConfig;
 use crate::train::dataset::LatentDataset;
 use crate::train::examples::TrainingSet;
+use crate::train::flow::FlowObjective;
 use crate::train::step::Objective;
 use prepare::model_prediction;
 
@@ -367,6 +371,8 @@ enum HeldOut {
 pub struct Trainer {
     config: TrainConfig,
     objective: Objective,
+    /// FLUX.1's objective, for a Flux model (then `objective` is unused).
+    flow: Option<FlowObjective>,
     data: Data,
     held_out: HeldOut,
 }
@@ -377,6 +383,7 @@ impl Trainer {
     /// the run starts).
     pub fn new(config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        let flow = flux::flow_objective(&config)?;
         if prepare::is_sdxl(&config) && config.clip_skip != 1 {
             return Err(Error::invalid(
                 "clip_skip",
@@ -387,7 +394,11 @@ impl Trainer {
         if prepare::is_sdxl(&config) && config.images.is_none() {
             return Err(sdxl_needs_images());
         }
-        let objective = config.objective.resolve(model_prediction(&config)?)?;
+        let objective = match flow {
+            // FLUX.1 has no DDPM schedule: the UNet objective stays at its defaults, unused.
+            Some(_) => Objective::default(),
+            None => config.objective.resolve(model_prediction(&config)?)?,
+        };
         let (data, held_out) = match (&config.dataset, &config.images) {
             (Some(path), _) => {
                 let d = LatentDataset::open(path)?;
@@ -404,6 +415,7 @@ impl Trainer {
         Ok(Self {
             config,
             objective,
+            flow,
             data,
             held_out,
         })
@@ -422,11 +434,15 @@ impl Trainer {
         if prepare::is_sdxl(&config) {
             return Err(sdxl_needs_images());
         }
+        if flux::flow_objective(&config)?.is_some() {
+            return Err(flux::needs_images());
+        }
         let objective = config.objective.resolve(model_prediction(&config)?)?;
         let held_out = held_out_latents(&config, dataset.len())?;
         Ok(Self {
             config,
             objective,
+            flow: None,
             data: Data::Latents(dataset),
             held_out,
         })
@@ -447,10 +463,17 @@ impl Trainer {
         &self.config
     }
 
-    /// The objective the run trains with: the configured one, with the prediction type the
-    /// model's scheduler config gives when the configuration leaves it open.
+    /// The objective a UNet run trains with: the configured one, with the prediction type the
+    /// model's scheduler config gives when the configuration leaves it open (its defaults, and
+    /// unused, for a Flux model: see [`flow_objective`](Self::flow_objective)).
     pub fn objective(&self) -> &Objective {
         &self.objective
+    }
+
+    /// The flow-matching objective a FLUX.1 run trains with (`objective.flow`, or its
+    /// defaults); `None` for a UNet model.
+    pub fn flow_objective(&self) -> Option<&FlowObjective> {
+        self.flow.as_ref()
     }
 
     /// The images of an image dataset, with their captions and repeats.
@@ -646,7 +669,9 @@ fn scan_images(
     images: &crate::data::ImageDatasetConfig,
     dir: &std::path::Path,
 ) -> Result<ScannedImages> {
-    let pixel_multiple = if prepare::is_sdxl(config) {
+    let pixel_multiple = if let Some(multiple) = flux::pixel_multiple(config)? {
+        multiple
+    } else if prepare::is_sdxl(config) {
         let path = config.model.path.as_ref().expect("is_sdxl: a whole model");
         let dir = if path.is_dir() {
             path.as_path()
@@ -668,6 +693,9 @@ fn scan_images(
         &images.caption_overrides,
     )?;
     let buckets = Buckets::new(images.resolution, &images.buckets, pixel_multiple)?;
+    if prepare::is_flux(config) {
+        flux::check_resolution(images.resolution, pixel_multiple)?;
+    }
     let mut chosen = Vec::with_capacity(entries.len());
     for e in &entries {
         let (w, h) = image::image_dimensions(&e.path).map_err(|err| Error::Parse {

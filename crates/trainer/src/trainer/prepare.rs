@@ -54,7 +54,18 @@ pub(super) fn is_sdxl(config: &TrainConfig) -> bool {
         Some(_) => m.config_dir.as_deref(),
         None => None,
     };
-    dir.is_some_and(crate::sdxl::is_sdxl_dir)
+    // A FLUX.1 folder has a `text_encoder_2/` (T5) too.
+    dir.is_some_and(|d| crate::sdxl::is_sdxl_dir(d) && !crate::flux::model::is_flux_dir(d))
+}
+
+/// Whether the configured whole model is a FLUX.1 diffusers folder (a `transformer/`
+/// instead of a `unet/`).
+pub(super) fn is_flux(config: &TrainConfig) -> bool {
+    config
+        .model
+        .path
+        .as_deref()
+        .is_some_and(|p| p.is_dir() && crate::flux::model::is_flux_dir(p))
 }
 
 fn load_sdxl(config: &TrainConfig, path: &Path, device: &Device) -> Result<Models> {
@@ -102,7 +113,7 @@ fn load_sdxl(config: &TrainConfig, path: &Path, device: &Device) -> Result<Model
     })
 }
 
-fn file_name(path: &Path) -> String {
+pub(super) fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -110,7 +121,7 @@ fn file_name(path: &Path) -> String {
 }
 
 /// The weights file of a component (for cache identities), or the single file itself.
-fn component_file(model: &Path, component: &str, stem: &str) -> PathBuf {
+pub(super) fn component_file(model: &Path, component: &str, stem: &str) -> PathBuf {
     if model.is_file() {
         return model.to_path_buf();
     }
@@ -226,59 +237,88 @@ pub(super) fn encode_images(
     device: &Device,
 ) -> Result<TrainingSet> {
     let vae = models.vae.as_ref().expect("a whole model has a VAE");
-    let total = scanned.entries.len();
-    let mut examples = Vec::with_capacity(total);
-    for (i, (entry, &bucket)) in scanned.entries.iter().zip(&scanned.buckets).enumerate() {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled { completed_steps: 0 });
-        }
-        let bytes = std::fs::read(&entry.path).map_err(|e| Error::read(&entry.path, e))?;
-        let key = Cache::latent_key(&bytes, bucket, &models.vae_identity);
-        let latents = match cache.get("latents", &key) {
-            Some(l) => l,
-            None => {
-                let image = image::load_from_memory(&bytes)
-                    .map_err(|e| Error::Parse {
-                        path: entry.path.clone(),
-                        reason: format!("not a readable image: {e}"),
-                    })?
-                    .to_rgb8();
-                let pixels: Tensor<4> = fit_to_bucket(&image, bucket)
-                    .to_tensor::<3>(device)
-                    .unsqueeze_dim(0);
-                let latents =
-                    HostTensor::from_tensor(vae.encode_latents(pixels).squeeze_dim::<3>(0));
-                cache.put("latents", &key, &latents)?;
-                latents
+    let images = ImagesEncoder {
+        vae,
+        vae_identity: &models.vae_identity,
+        sdxl_sizes: models.sdxl.is_some(),
+    };
+    images.encode(scanned, cache, sink, cancel, device)
+}
+
+/// A VAE that encodes a dataset's images to latents, through the cache.
+pub(super) struct ImagesEncoder<'a> {
+    pub vae: &'a AutoencoderKL,
+    /// The VAE's cache identity.
+    pub vae_identity: &'a str,
+    /// Whether examples carry SDXL's micro-conditioning.
+    pub sdxl_sizes: bool,
+}
+
+impl ImagesEncoder<'_> {
+    /// Encodes every image to latents (from the cache when it has them).
+    pub(super) fn encode(
+        &self,
+        scanned: &ScannedImages,
+        cache: &Cache,
+        sink: &mut dyn ProgressSink,
+        cancel: &dyn CancelSignal,
+        device: &Device,
+    ) -> Result<TrainingSet> {
+        let vae = self.vae;
+        let total = scanned.entries.len();
+        let mut examples = Vec::with_capacity(total);
+        for (i, (entry, &bucket)) in scanned.entries.iter().zip(&scanned.buckets).enumerate() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled { completed_steps: 0 });
             }
-        };
-        // SDXL's micro-conditioning, from the image's own size (headers only).
-        let size = if models.sdxl.is_some() {
-            let (w, h) = image::image_dimensions(&entry.path).map_err(|e| Error::Parse {
-                path: entry.path.clone(),
-                reason: format!("not a readable image: {e}"),
-            })?;
-            Some(SizeConditioning::for_bucket(
-                (w, h),
-                (bucket.0 as u32, bucket.1 as u32),
-                false,
-            ))
-        } else {
-            None
-        };
-        examples.push(Example {
-            latents,
-            conditioning: Conditioning::Caption(entry.caption.clone()),
-            repeats: entry.repeats,
-            size,
-        });
-        sink.report(ProgressEvent::Preparing {
-            stage: "latents",
-            done: i + 1,
-            total,
-        });
+            let bytes = std::fs::read(&entry.path).map_err(|e| Error::read(&entry.path, e))?;
+            let key = Cache::latent_key(&bytes, bucket, self.vae_identity);
+            let latents = match cache.get("latents", &key) {
+                Some(l) => l,
+                None => {
+                    let image = image::load_from_memory(&bytes)
+                        .map_err(|e| Error::Parse {
+                            path: entry.path.clone(),
+                            reason: format!("not a readable image: {e}"),
+                        })?
+                        .to_rgb8();
+                    let pixels: Tensor<4> = fit_to_bucket(&image, bucket)
+                        .to_tensor::<3>(device)
+                        .unsqueeze_dim(0);
+                    let latents =
+                        HostTensor::from_tensor(vae.encode_latents(pixels).squeeze_dim::<3>(0));
+                    cache.put("latents", &key, &latents)?;
+                    latents
+                }
+            };
+            // SDXL's micro-conditioning, from the image's own size (headers only).
+            let size = if self.sdxl_sizes {
+                let (w, h) = image::image_dimensions(&entry.path).map_err(|e| Error::Parse {
+                    path: entry.path.clone(),
+                    reason: format!("not a readable image: {e}"),
+                })?;
+                Some(SizeConditioning::for_bucket(
+                    (w, h),
+                    (bucket.0 as u32, bucket.1 as u32),
+                    false,
+                ))
+            } else {
+                None
+            };
+            examples.push(Example {
+                latents,
+                conditioning: Conditioning::Caption(entry.caption.clone()),
+                repeats: entry.repeats,
+                size,
+            });
+            sink.report(ProgressEvent::Preparing {
+                stage: "latents",
+                done: i + 1,
+                total,
+            });
+        }
+        Ok(TrainingSet::new(examples))
     }
-    Ok(TrainingSet::new(examples))
 }
 
 /// The text conditioning of one caption: its states, and SDXL's pooled vector.

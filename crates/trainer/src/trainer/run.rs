@@ -134,6 +134,9 @@ impl Trainer {
         sink: &mut dyn ProgressSink,
         cancel: &dyn CancelSignal,
     ) -> Result<TrainOutput> {
+        if let Some(flow) = self.flow {
+            return self.run_flux(flow, sink, cancel);
+        }
         let started = Instant::now();
         let started_at = unix_now();
         let cfg = &self.config;
@@ -244,10 +247,12 @@ impl Trainer {
         let config_json = serde_json::to_string_pretty(cfg).expect("the config serialises");
         std::fs::write(&config_file, &config_json).map_err(|e| Error::write(&config_file, e))?;
 
+        let (base, model_name) = MetadataInputs::base_of(&models);
         let metadata = kohya_metadata(
             cfg,
             MetadataInputs {
-                models: &models,
+                base,
+                model_name,
                 objective: &self.objective,
                 examples_per_epoch: set.len_with_repeats(),
                 batches_per_epoch,

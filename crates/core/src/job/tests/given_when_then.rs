@@ -119,7 +119,8 @@ fn create_with_invalid_spec_lists_every_bad_field() {
 fn create_refuses_unknown_model_and_unsupported_engine() {
     let d = Driver::new();
     let mut spec = sample_spec();
-    spec.base_model = "flux-dev".into(); // FLUX.1 is not trained by the native engine
+    spec.base_model = "tiny-sd".into(); // the tiny model is trained by the native engine only
+    spec.engine = crate::catalogue::Engine::Kohya;
     let err = given(&d)
         .when(JobCommand::Create(CreateJob {
             job_id: "j".into(),
@@ -134,7 +135,7 @@ fn create_refuses_unknown_model_and_unsupported_engine() {
     assert!(
         v.0[0]
             .description
-            .contains("engine native cannot train base model flux-dev")
+            .contains("engine kohya cannot train base model tiny-sd")
     );
 }
 
