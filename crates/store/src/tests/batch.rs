@@ -87,6 +87,15 @@ async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestS
         job
     };
     jobs.push(foreign.clone());
+    // Everything written so far is readable before the batch: on PostgreSQL
+    // the feed's horizon can trail a commit while any other transaction of
+    // the cluster is open, and the read below must start after these.
+    let mut written = 0;
+    for job in &jobs {
+        let h = store.history(job).await.unwrap();
+        written = written.max(h.last().expect("submitted").position);
+    }
+    readable(store, written).await;
     let before = store.feed().head().await.unwrap();
 
     let mut commands: Vec<(JobId, JobCommand)> = jobs
