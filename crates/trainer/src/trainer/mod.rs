@@ -9,6 +9,7 @@
 //! - `prepare`: loading the models and encoding the dataset.
 //! - `run`: setting a run up, and the training loop.
 //! - `step`: one optimiser step over UNet and text-encoder adapters.
+//! - `train_loop`: the epoch and step loop the UNet and the Flux runs share.
 //! - `samples`: images rendered during training.
 //! - `validate`: the validation loss on held-out images at every saved LoRA.
 //! - `checkpoint`: kohya metadata, LoRA files, training states and resuming.
@@ -21,6 +22,7 @@ mod prepare;
 mod run;
 mod samples;
 mod step;
+mod train_loop;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -92,16 +92,7 @@ impl Run<'_> {
         self.render_with(self.pos.epoch, asked, sink)
     }
 
-    /// Renders the configured prompts with the current adapters.
-    pub(super) fn render_samples_at(
-        &mut self,
-        epoch: usize,
-        sink: &mut dyn ProgressSink,
-    ) -> Result<()> {
-        self.render_with(epoch, None, sink)
-    }
-
-    fn render_with(
+    pub(super) fn render_with(
         &mut self,
         epoch: usize,
         asked: Option<&SampleConfig>,

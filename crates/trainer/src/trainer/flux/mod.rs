@@ -33,9 +33,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::checkpoint::{BaseKind, MetadataInputs, kohya_metadata, unix_now};
 use super::prepare::{ImagesEncoder, cache_of};
 use super::run::Position;
+use super::train_loop::{TrainLoop, train};
 use super::{
-    CancelSignal, Data, HeldOut, ProgressEvent, ProgressSink, SaveReason, SavedLora, SavedSamples,
-    StepProgress, TrainOutput, Trainer, ValidationPoint,
+    CancelSignal, Data, HeldOut, ProgressEvent, ProgressSink, SampleConfig, SaveReason, SavedLora,
+    SavedSamples, TrainOutput, Trainer, ValidationPoint,
 };
 use crate::data::folder;
 use crate::error::{Error, Result};
@@ -234,7 +235,7 @@ impl Trainer {
         if resumed_from.is_none() {
             run.validate(0, sink)?;
         }
-        run.train(sink, cancel)?;
+        train(&mut run, sink, cancel)?;
 
         let lora = cfg
             .output
@@ -282,104 +283,6 @@ impl Trainer {
 }
 
 impl FluxRun<'_> {
-    fn train(&mut self, sink: &mut dyn ProgressSink, cancel: &dyn CancelSignal) -> Result<()> {
-        let cfg = self.cfg;
-        let run_start = Instant::now();
-        let (start_step, mut examples) = (self.pos.step, 0usize);
-        let mut ema = (0.0f64, 0i32);
-        while self.pos.step < self.total_steps {
-            self.shuffle_rng.set_word_pos(self.pos.epoch_shuffle_pos);
-            let plan = self
-                .set
-                .epoch_batches(cfg.batch_size, &mut self.shuffle_rng);
-            let next_epoch_pos = self.shuffle_rng.word_pos();
-            let remaining: Vec<Vec<usize>> = plan[self.pos.batch.min(plan.len())..].to_vec();
-            for group in remaining.chunks(cfg.gradient_accumulation_steps) {
-                if self.pos.step >= self.total_steps {
-                    break;
-                }
-                if cancel.is_cancelled() {
-                    return Err(Error::Cancelled {
-                        completed_steps: self.pos.step,
-                    });
-                }
-                if cancel.take_save_now() {
-                    let path = cfg.output.dir.join(format!(
-                        "{}-step{:08}.safetensors",
-                        cfg.output.name, self.pos.step
-                    ));
-                    self.save(path, SaveReason::Requested, sink)?;
-                }
-                if cancel.take_sample_now() {
-                    let asked = cancel.take_sample_config();
-                    self.render_samples(self.pos.epoch, asked.as_ref(), sink)?;
-                }
-                let step_start = Instant::now();
-                let (loss, learning_rate, grad_norm) = self.step(group)?;
-                self.pos.batch += group.len();
-                self.pos.step += 1;
-                self.pos.losses.push(loss);
-                self.pos.epoch_loss.0 += loss as f64;
-                self.pos.epoch_loss.1 += 1;
-                examples += group.iter().map(Vec::len).sum::<usize>();
-                ema = (0.9 * ema.0 + 0.1 * loss as f64, ema.1 + 1);
-                let elapsed = run_start.elapsed();
-                let done = self.pos.step - start_step;
-                sink.report(ProgressEvent::Step(StepProgress {
-                    step: self.pos.step,
-                    total_steps: self.total_steps,
-                    epoch: self.pos.epoch,
-                    total_epochs: self.total_epochs,
-                    loss,
-                    smoothed_loss: (ema.0 / (1.0 - 0.9f64.powi(ema.1))) as f32,
-                    learning_rate,
-                    grad_norm,
-                    step_time: step_start.elapsed(),
-                    samples_per_sec: examples as f64 / elapsed.as_secs_f64().max(1e-9),
-                    eta: elapsed.mul_f64((self.total_steps - self.pos.step) as f64 / done as f64),
-                }));
-            }
-            let (sum, n) = self.pos.epoch_loss;
-            let mean = if n > 0 {
-                (sum / n as f64) as f32
-            } else {
-                f32::NAN
-            };
-            let finished_epoch = self.pos.epoch;
-            if self.pos.batch >= plan.len() {
-                self.pos.epoch_losses.push(mean);
-                sink.report(ProgressEvent::EpochEnd {
-                    epoch: finished_epoch,
-                    mean_loss: mean,
-                });
-            }
-            if self.pos.step >= self.total_steps {
-                break;
-            }
-            self.pos.epoch += 1;
-            self.pos.batch = 0;
-            self.pos.epoch_shuffle_pos = next_epoch_pos;
-            self.pos.epoch_loss = (0.0, 0);
-            if cfg
-                .output
-                .save_every_n_epochs
-                .is_some_and(|n| finished_epoch.is_multiple_of(n))
-            {
-                let path = cfg.output.dir.join(format!(
-                    "{}-{finished_epoch:06}.safetensors",
-                    cfg.output.name
-                ));
-                self.save_as(path, SaveReason::Epoch, finished_epoch, mean, sink)?;
-            }
-            if let Some(n) = cfg.sample.as_ref().and_then(|s| s.every_n_epochs)
-                && finished_epoch.is_multiple_of(n)
-            {
-                self.render_samples(finished_epoch, None, sink)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The T5 states `[b, tokens, joint_attention_dim]` and pooled CLIP text
     /// `[b, pooled_projection_dim]` of a micro-batch's captions (dropout applied), from the
     /// cache of encoded captions.
@@ -465,4 +368,46 @@ fn stack_text(states: &[&FluxText], device: &Device) -> (Tensor<3>, Tensor<2>) {
         device,
     );
     (t5, pooled)
+}
+
+impl<'a> TrainLoop<'a> for FluxRun<'a> {
+    fn cfg(&self) -> &'a TrainConfig {
+        self.cfg
+    }
+
+    fn pos(&mut self) -> &mut Position {
+        &mut self.pos
+    }
+
+    fn totals(&self) -> (usize, usize) {
+        (self.total_steps, self.total_epochs)
+    }
+
+    fn shuffling(&mut self) -> (&TrainingSet, &mut SeededRng) {
+        (&self.set, &mut self.shuffle_rng)
+    }
+
+    fn optimizer_step(&mut self, group: &[Vec<usize>]) -> Result<(f32, f64, f64)> {
+        self.step(group)
+    }
+
+    fn write_lora(
+        &mut self,
+        path: PathBuf,
+        reason: SaveReason,
+        epoch: usize,
+        loss: f32,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
+        self.save_as(path, reason, epoch, loss, sink)
+    }
+
+    fn render(
+        &mut self,
+        epoch: usize,
+        asked: Option<&SampleConfig>,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<()> {
+        self.render_samples(epoch, asked, sink)
+    }
 }

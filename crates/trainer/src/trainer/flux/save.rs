@@ -74,21 +74,6 @@ impl FluxRun<'_> {
         }
     }
 
-    pub(super) fn save(
-        &mut self,
-        path: PathBuf,
-        reason: SaveReason,
-        sink: &mut dyn ProgressSink,
-    ) -> Result<()> {
-        let (sum, n) = self.pos.epoch_loss;
-        let loss = if n > 0 {
-            (sum / n as f64) as f32
-        } else {
-            self.pos.epoch_losses.last().copied().unwrap_or(f32::NAN)
-        };
-        self.save_as(path, reason, self.pos.epoch, loss, sink)
-    }
-
     /// Writes a kohya Flux LoRA file (and the state beside it) labelled with `epoch`.
     pub(super) fn save_as(
         &mut self,
