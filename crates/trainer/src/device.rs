@@ -4,7 +4,8 @@
 //! device from its configuration (`cpu`, `wgpu`, `vulkan`, `cuda:N`) instead of from a generic
 //! parameter. Which strings work depends on the crate features this build was compiled with.
 
-use burn::tensor::Device;
+/// The device a model lives on (re-exported for crates that hold one without depending on burn).
+pub use burn::tensor::Device;
 
 use crate::error::{Error, Result};
 

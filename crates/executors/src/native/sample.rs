@@ -5,7 +5,7 @@
 //! sheet (a row per epoch after the base row, a column per prompt), stored as a report and in
 //! a TensorBoard event file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,12 +14,13 @@ use loraflow_core::artifact::{ArtifactKind, EpochOutput};
 use loraflow_core::executor::{Executor, StepAssignment, StepContext, StepOutput};
 use loraflow_core::job::{StepError, StepProgress};
 use loraflow_core::workflow::StepKind;
-use loraflow_trainer::device::parse_device;
+use loraflow_trainer::device::{Device, parse_device};
 use loraflow_trainer::flux::is_flux_dir;
 use loraflow_trainer::pipeline::StableDiffusion;
-use loraflow_trainer::sample::png::write_png;
+use loraflow_trainer::sample::png::{RgbImage, write_png};
 use loraflow_trainer::sample::{Pipeline, SampleSettings, png_text};
 use loraflow_trainer::sdxl::is_sdxl_dir;
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 
 use super::contact_sheet;
@@ -226,38 +227,13 @@ impl NativeSampler {
                 }
                 let device = parse_device(&device)?;
                 let base = StableDiffusion::load(&model, config_dir.as_deref(), &device)?;
-                // A size of 0 (a job from before sizes were parameters) is the model's own.
-                let size = base.config.default_image_size();
-                let mut current: Option<(PathBuf, StableDiffusion)> = None;
-                for mut job in jobs {
-                    if stop.load(Ordering::Relaxed) {
-                        return Err(Error::Cancelled);
-                    }
-                    let model = match &job.lora {
-                        None => &base,
-                        Some(lora) => {
-                            if current.as_ref().is_none_or(|(p, _)| p != lora) {
-                                let (adapted, _) = base.with_lora(lora, strength, &device)?;
-                                current = Some((lora.clone(), adapted));
-                            }
-                            &current.as_ref().expect("loaded above").1
-                        }
-                    };
-                    for side in [&mut job.settings.width, &mut job.settings.height] {
-                        if *side == 0 {
-                            *side = size;
-                        }
-                    }
-                    let image = Pipeline::new(model).render(&job.settings, &device)?;
-                    let lora = job
-                        .lora
-                        .as_ref()
-                        .map(|_| (job.lora_name.as_str(), strength));
-                    let text = png_text(&job.settings, &base_name, lora);
-                    write_png(&job.out, &image, &text)?;
-                    let _ = tx.send((job.key, job.index, job.out));
+                Renderer {
+                    strength,
+                    base_name: &base_name,
+                    stop: &stop,
+                    tx: &tx,
                 }
-                Ok(())
+                .render(&base, jobs, &device)
             }));
             run.unwrap_or_else(|panic| Err(Error::from_panic(panic)))
         });
@@ -396,5 +372,81 @@ impl Executor for NativeSampler {
             .instrument(ctx.span().clone())
             .await
             .map_err(StepError::from)
+    }
+}
+
+/// A base model the `sample` step renders on: SD1.x/SD2.x, SDXL or FLUX.1.
+pub(super) trait SampleBase: Sized {
+    /// The side a size of 0 stands for (a job from before sizes were parameters).
+    fn default_size(&self) -> usize;
+    /// The model with `lora` applied at `strength`.
+    fn adapted(&self, lora: &Path, strength: f64, device: &Device) -> Result<Self>;
+    /// What the model renders with in place of the job's settings, recorded as such.
+    fn adjust(&self, _settings: &mut SampleSettings) {}
+    /// One image.
+    fn draw(&self, settings: &SampleSettings, device: &Device) -> Result<RgbImage>;
+}
+
+impl SampleBase for StableDiffusion {
+    fn default_size(&self) -> usize {
+        self.config.default_image_size()
+    }
+
+    fn adapted(&self, lora: &Path, strength: f64, device: &Device) -> Result<Self> {
+        Ok(self.with_lora(lora, strength, device)?.0)
+    }
+
+    fn draw(&self, settings: &SampleSettings, device: &Device) -> Result<RgbImage> {
+        Ok(Pipeline::new(self).render(settings, device)?)
+    }
+}
+
+/// Where rendered images go, and what their text chunks say.
+pub(super) struct Renderer<'a> {
+    pub strength: f64,
+    pub base_name: &'a str,
+    pub stop: &'a AtomicBool,
+    pub tx: &'a UnboundedSender<(Key, usize, PathBuf)>,
+}
+
+impl Renderer<'_> {
+    /// Renders `jobs` on `base` in order, loading each LoRA once.
+    pub(super) fn render<M: SampleBase>(
+        &self,
+        base: &M,
+        jobs: Vec<Job>,
+        device: &Device,
+    ) -> Result<()> {
+        let size = base.default_size();
+        let mut current: Option<(PathBuf, M)> = None;
+        for mut job in jobs {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let model = match &job.lora {
+                None => base,
+                Some(lora) => {
+                    if current.as_ref().is_none_or(|(p, _)| p != lora) {
+                        current = Some((lora.clone(), base.adapted(lora, self.strength, device)?));
+                    }
+                    &current.as_ref().expect("loaded above").1
+                }
+            };
+            for side in [&mut job.settings.width, &mut job.settings.height] {
+                if *side == 0 {
+                    *side = size;
+                }
+            }
+            model.adjust(&mut job.settings);
+            let image = model.draw(&job.settings, device)?;
+            let lora = job
+                .lora
+                .as_ref()
+                .map(|_| (job.lora_name.as_str(), self.strength));
+            let text = png_text(&job.settings, self.base_name, lora);
+            write_png(&job.out, &image, &text)?;
+            let _ = self.tx.send((job.key, job.index, job.out));
+        }
+        Ok(())
     }
 }

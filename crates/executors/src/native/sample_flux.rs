@@ -8,17 +8,17 @@
 //! sampler as Euler whatever the job asked for.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use loraflow_trainer::device::parse_device;
+use loraflow_trainer::device::{Device, parse_device};
 use loraflow_trainer::flux::{FluxModel, FluxParts, FluxPipeline};
-use loraflow_trainer::sample::png::write_png;
-use loraflow_trainer::sample::png_text;
+use loraflow_trainer::sample::SampleSettings;
+use loraflow_trainer::sample::png::RgbImage;
 use loraflow_trainer::sample::scheduler::SamplerKind;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::error::{Error, Result};
-use super::sample::{Job, Key};
+use super::error::Result;
+use super::sample::{Job, Key, Renderer, SampleBase};
 
 /// What rendering a list of jobs on a FLUX.1 base needs.
 pub(super) struct FluxRun<'a> {
@@ -44,49 +44,40 @@ impl FluxRun<'_> {
             }
             _ => FluxModel::load_diffusers(self.model, device)?,
         };
-        // A size of 0 is the model's own.
-        let size = base.config.default_image_size();
-        let mut current: Option<(PathBuf, FluxModel)> = None;
-        for mut job in jobs {
-            if self.stop.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let model = match &job.lora {
-                None => &base,
-                Some(lora) => {
-                    if current.as_ref().is_none_or(|(p, _)| p != lora) {
-                        let (adapted, _) = base.with_lora(lora, self.strength, device)?;
-                        current = Some((lora.clone(), adapted));
-                    }
-                    &current.as_ref().expect("loaded above").1
-                }
-            };
-            for side in [&mut job.settings.width, &mut job.settings.height] {
-                if *side == 0 {
-                    *side = size;
-                }
-            }
-            job.settings.sampler = SamplerKind::Euler;
-            let image = FluxPipeline::new(model).render(&job.settings, device)?;
-            let text = png_text(
-                &job.settings,
-                self.base_name,
-                job.lora
-                    .as_ref()
-                    .map(|_| (job.lora_name.as_str(), self.strength)),
-            );
-            write_png(&job.out, &image, &text)?;
-            let _ = self.tx.send((job.key, job.index, job.out));
+        Renderer {
+            strength: self.strength,
+            base_name: self.base_name,
+            stop: self.stop,
+            tx: self.tx,
         }
-        Ok(())
+        .render(&base, jobs, device)
+    }
+}
+
+impl SampleBase for FluxModel {
+    fn default_size(&self) -> usize {
+        self.config.default_image_size()
+    }
+
+    fn adapted(&self, lora: &Path, strength: f64, device: &Device) -> Result<Self> {
+        Ok(self.with_lora(lora, strength, device)?.0)
+    }
+
+    /// Flux samples with its flow-matching Euler schedule whatever the job asked for.
+    fn adjust(&self, settings: &mut SampleSettings) {
+        settings.sampler = SamplerKind::Euler;
+    }
+
+    fn draw(&self, settings: &SampleSettings, device: &Device) -> Result<RgbImage> {
+        Ok(FluxPipeline::new(self).render(settings, device)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use loraflow_trainer::sample::SampleSettings;
     use loraflow_trainer::sample::png::read_png_text;
 
+    use super::super::error::Error;
     use super::*;
 
     fn trainer_fixture(rel: &str) -> PathBuf {

@@ -2,17 +2,17 @@
 //! names) on the base, rendered with micro-conditioning at the sample size.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use loraflow_trainer::device::parse_device;
-use loraflow_trainer::sample::png::write_png;
-use loraflow_trainer::sample::png_text;
+use loraflow_trainer::device::{Device, parse_device};
+use loraflow_trainer::sample::SampleSettings;
+use loraflow_trainer::sample::png::RgbImage;
 use loraflow_trainer::sdxl::StableDiffusionXl;
 use loraflow_trainer::sdxl::sample::SdxlPipeline;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::error::{Error, Result};
-use super::sample::{Job, Key};
+use super::error::Result;
+use super::sample::{Job, Key, Renderer, SampleBase};
 
 /// What rendering a list of jobs on an SDXL base needs.
 pub(super) struct XlRun<'a> {
@@ -38,39 +38,26 @@ impl XlRun<'_> {
             }
             _ => StableDiffusionXl::load_diffusers(self.model, device)?,
         };
-        // A size of 0 is the model's own.
-        let size = base.config.default_image_size();
-        let mut current: Option<(PathBuf, StableDiffusionXl)> = None;
-        for mut job in jobs {
-            if self.stop.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let model = match &job.lora {
-                None => &base,
-                Some(lora) => {
-                    if current.as_ref().is_none_or(|(p, _)| p != lora) {
-                        let (adapted, _) = base.with_lora(lora, self.strength, device)?;
-                        current = Some((lora.clone(), adapted));
-                    }
-                    &current.as_ref().expect("loaded above").1
-                }
-            };
-            for side in [&mut job.settings.width, &mut job.settings.height] {
-                if *side == 0 {
-                    *side = size;
-                }
-            }
-            let image = SdxlPipeline::new(model).render(&job.settings, device)?;
-            let text = png_text(
-                &job.settings,
-                self.base_name,
-                job.lora
-                    .as_ref()
-                    .map(|_| (job.lora_name.as_str(), self.strength)),
-            );
-            write_png(&job.out, &image, &text)?;
-            let _ = self.tx.send((job.key, job.index, job.out));
+        Renderer {
+            strength: self.strength,
+            base_name: self.base_name,
+            stop: self.stop,
+            tx: self.tx,
         }
-        Ok(())
+        .render(&base, jobs, device)
+    }
+}
+
+impl SampleBase for StableDiffusionXl {
+    fn default_size(&self) -> usize {
+        self.config.default_image_size()
+    }
+
+    fn adapted(&self, lora: &Path, strength: f64, device: &Device) -> Result<Self> {
+        Ok(self.with_lora(lora, strength, device)?.0)
+    }
+
+    fn draw(&self, settings: &SampleSettings, device: &Device) -> Result<RgbImage> {
+        Ok(SdxlPipeline::new(self).render(settings, device)?)
     }
 }
