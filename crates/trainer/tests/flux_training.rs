@@ -12,7 +12,7 @@ use loraflow_trainer::flux::FluxTransformerConfig;
 use loraflow_trainer::lora::{NetworkConfig, apply_lora};
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::train::flow::{FlowNoise, FlowObjective};
-use loraflow_trainer::train::flow_step::{FlowMicroBatch, flow_optimizer_step};
+use loraflow_trainer::train::flow_step::{FlowMicroBatch, FlowStepSettings, flow_optimizer_step};
 use loraflow_trainer::train::optim::AdamWSettings;
 
 #[test]
@@ -76,9 +76,12 @@ fn flux_lora_steps_reduce_the_flow_matching_loss() {
             &mut optim,
             &objective,
             vec![mb],
-            1e-2,
-            Some(1.0),
-            step,
+            FlowStepSettings {
+                learning_rate: 1e-2,
+                max_grad_norm: Some(1.0),
+                accumulation: 1,
+                step,
+            },
         )
         .unwrap();
         model = next;

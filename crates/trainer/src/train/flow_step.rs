@@ -5,7 +5,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
 use super::flow::{FlowNoise, FlowObjective, flow_matching_loss};
-use super::optim::{clip_global_norm, global_grad_norm, scale_grads};
+use super::optim::{accumulation_factor, clip_global_norm, global_grad_norm, scale_grads};
 use super::step::StepStats;
 use crate::error::{Error, Result};
 use crate::flux::FluxTransformer2DModel;
@@ -23,28 +23,40 @@ pub struct FlowMicroBatch {
     pub noise: FlowNoise,
 }
 
-/// One optimiser step: forward and backward for each micro-batch, gradients accumulated and
-/// averaged, clipped to `max_grad_norm` (global norm), then an update of the adapters at
-/// `learning_rate`. A non-finite loss stops before the update with [`Error::NonFiniteLoss`]
-/// (`step` is the 1-based step number used in that error).
-#[allow(clippy::too_many_arguments)]
+/// How one optimiser step runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowStepSettings {
+    /// Learning rate of this step.
+    pub learning_rate: f64,
+    /// Global gradient-norm clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Micro-batches a full step accumulates (`gradient_accumulation_steps`): the summed
+    /// gradients are divided by it, so a shorter group (an epoch's last) weighs `k/N` of a
+    /// full one, as in sd-scripts ([`accumulation_factor`]).
+    pub accumulation: usize,
+    /// The 1-based step number, for [`Error::NonFiniteLoss`].
+    pub step: usize,
+}
+
+/// One optimiser step: forward and backward for each micro-batch, gradients summed and divided
+/// by `settings.accumulation`, clipped to `max_grad_norm` (global norm), then an update of the
+/// adapters at `learning_rate`. A non-finite loss stops before the update with
+/// [`Error::NonFiniteLoss`]; more micro-batches than `accumulation`, or none, are refused.
 pub fn flow_optimizer_step(
     model: FluxTransformer2DModel,
     optim: &mut ModuleOptimizer,
     objective: &FlowObjective,
     micro_batches: Vec<FlowMicroBatch>,
-    learning_rate: f64,
-    max_grad_norm: Option<f64>,
-    step: usize,
+    settings: FlowStepSettings,
 ) -> Result<(FluxTransformer2DModel, StepStats)> {
+    let FlowStepSettings {
+        learning_rate,
+        max_grad_norm,
+        accumulation,
+        step,
+    } = settings;
     let count = micro_batches.len();
-    if count == 0 {
-        return Err(Error::invalid(
-            "micro_batches",
-            0,
-            "a step needs at least one micro-batch",
-        ));
-    }
+    let factor = accumulation_factor(count, accumulation)?;
     let mut accumulator = GradientsAccumulator::new();
     let mut loss_sum = 0.0f64;
     for mb in micro_batches {
@@ -65,8 +77,8 @@ pub fn flow_optimizer_step(
         return Err(Error::NonFiniteLoss { step, loss });
     }
     let mut grads = accumulator.grads();
-    if count > 1 {
-        scale_grads(&model, &mut grads, 1.0 / count as f64);
+    if factor != 1.0 {
+        scale_grads(&model, &mut grads, factor);
     }
     let grad_norm = match max_grad_norm {
         Some(max) => clip_global_norm(&model, &mut grads, max),

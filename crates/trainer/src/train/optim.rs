@@ -169,3 +169,24 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_
 pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
     module.visit(&mut Scale { grads, factor });
 }
+
+/// The factor that turns gradients summed over a group of `group` micro-batches into one
+/// step's gradient, when a step accumulates `accumulation` micro-batches: `1 / accumulation`.
+///
+/// The divisor is the configured number, not the group's: accelerate's `backward` divides every
+/// loss by `gradient_accumulation_steps` and steps at the end of an epoch with whatever has
+/// accumulated, so in sd-scripts and diffusers the shorter last group of an epoch weighs `k/N`
+/// of a full one. Matching it keeps runs comparable with theirs. A group larger than
+/// `accumulation` (or an empty one) is refused naming `micro_batches`.
+pub fn accumulation_factor(group: usize, accumulation: usize) -> Result<f64> {
+    if group == 0 || group > accumulation {
+        return Err(Error::invalid(
+            "micro_batches",
+            group,
+            format!(
+                "a step takes 1..={accumulation} micro-batches (gradient_accumulation_steps)"
+            ),
+        ));
+    }
+    Ok(1.0 / accumulation as f64)
+}

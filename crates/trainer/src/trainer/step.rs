@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::sdxl::{SizeConditioning, time_ids_tensor};
 use crate::tensor_file::HostTensor;
 use crate::train::examples::Conditioning;
-use crate::train::optim::{global_grad_norm, scale_grads};
+use crate::train::optim::{accumulation_factor, global_grad_norm, scale_grads};
 use crate::train::step::{StepNoise, diffusion_loss_added};
 use crate::unet::AddedConditions;
 
@@ -201,13 +201,9 @@ impl Run<'_> {
             }
         });
         // The sum over the group divided by the configured number of micro-batches, not by the
-        // group's: accelerate's `backward` divides every loss by `gradient_accumulation_steps`
-        // and steps at the end of the epoch with whatever has accumulated, so in sd-scripts and
-        // diffusers the shorter last group of an epoch weighs k/N of a full one. Matching it
-        // keeps runs comparable with theirs.
-        let accumulation = cfg.gradient_accumulation_steps;
-        if accumulation > 1 {
-            let f = 1.0 / accumulation as f64;
+        // group's (accelerate's rule, see `accumulation_factor`).
+        let f = accumulation_factor(count, cfg.gradient_accumulation_steps)?;
+        if f != 1.0 {
             scale_grads(&m.unet, &mut g_unet, f);
             if let Some(g) = g_te.as_mut() {
                 scale_text_grads(m, g, f);

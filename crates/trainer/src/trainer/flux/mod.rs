@@ -51,7 +51,7 @@ use crate::tensor_file::HostTensor;
 use crate::train::config::TrainConfig;
 use crate::train::examples::{Conditioning, TrainingSet};
 use crate::train::flow::{FlowNoise, FlowObjective};
-use crate::train::flow_step::{FlowMicroBatch, flow_optimizer_step};
+use crate::train::flow_step::{FlowMicroBatch, FlowStepSettings, flow_optimizer_step};
 use crate::vae::AutoencoderKL;
 pub(super) use checks::{check_resolution, flow_objective, needs_images, pixel_multiple};
 use prepare::{FluxText, LoadedFlux};
@@ -311,8 +311,10 @@ impl FluxRun<'_> {
         Ok(stack_text(&states, &self.device))
     }
 
-    /// One optimiser step over a group of micro-batches; returns the mean loss, the learning
-    /// rate and the gradient norm before clipping.
+    /// One optimiser step over a group of micro-batches (`gradient_accumulation_steps` of
+    /// them, fewer at the end of an epoch, which then weighs `k/N` of a full group as in the
+    /// UNet run); returns the mean loss, the learning rate and the gradient norm before
+    /// clipping.
     fn step(&mut self, group: &[Vec<usize>]) -> Result<(f32, f64, f64)> {
         let cfg = self.cfg;
         let lr =
@@ -338,9 +340,12 @@ impl FluxRun<'_> {
             &mut self.optim,
             &self.flow,
             micro_batches,
-            lr,
-            cfg.max_grad_norm,
-            self.pos.step + 1,
+            FlowStepSettings {
+                learning_rate: lr,
+                max_grad_norm: cfg.max_grad_norm,
+                accumulation: cfg.gradient_accumulation_steps,
+                step: self.pos.step + 1,
+            },
         )?;
         self.transformer = transformer;
         Ok((stats.loss, lr, stats.grad_norm))
