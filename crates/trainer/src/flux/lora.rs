@@ -33,14 +33,29 @@ use burn::tensor::Device;
 
 use super::FluxTransformer2DModel;
 use crate::error::{Error, Result};
-use crate::lora::kohya::{KohyaMetadata, LoadedLora, addnet_hash, addnet_legacy_hash};
+use crate::clip::ClipTextModel;
+use crate::lora::kohya::{
+    KohyaMetadata, LoadedLora, Part, addnet_hash, addnet_legacy_hash, load_kohya_parts,
+};
 use crate::lora::{LayerMut, LoraLayers, load_peft_parts, save_peft_parts};
+use crate::t5::T5EncoderModel;
 use crate::tensor_file::{self, HostTensor, SaveDtype, TensorFile};
 
 /// diffusers' component prefix of the transformer's adapters in PEFT files.
 pub const PEFT_TRANSFORMER: &str = "transformer";
 /// Key prefix of the transformer's modules in kohya files.
 pub const KOHYA_PREFIX: &str = "lora_unet_";
+/// Key prefix of CLIP-L's modules in kohya Flux files (sd-scripts' `lora_te1`, written when
+/// the text encoder is trained): `lora_te1_text_model_encoder_layers_0_self_attn_q_proj`.
+pub const TE1_PREFIX: &str = "lora_te1_";
+/// Key prefix of T5's modules in kohya Flux files (sd-scripts' `lora_te3`, ComfyUI's name
+/// for T5): `lora_te3_encoder_block_0_layer_0_SelfAttention_q`.
+pub const TE3_PREFIX: &str = "lora_te3_";
+/// diffusers' component name of CLIP in PEFT files (`text_encoder.text_model...`), and the
+/// prefix of CLIP's modules in a [`LoadedLora`] report.
+pub const PEFT_TEXT_ENCODER: &str = "text_encoder";
+/// The prefix of T5's modules in a [`LoadedLora`] report (diffusers' `text_encoder_2`).
+pub const T5_COMPONENT: &str = "text_encoder_2";
 /// sd-scripts' `ss_base_model_version` of FLUX.1.
 pub const BASE_MODEL_VERSION: &str = "flux1";
 /// The `modelspec.architecture` sd-scripts writes for FLUX.1 [dev] LoRAs.
@@ -384,8 +399,9 @@ fn split(down: &HostTensor, up: &HostTensor, widths: &[usize]) -> Vec<(HostTenso
 }
 
 /// Installs the adapters of a kohya Flux LoRA file (BFL module names, fused q/k/v) into the
-/// transformer, scaled by `strength`. Text-encoder keys (`lora_te*`) are skipped and listed; a
-/// key that is not a plain LoRA tensor, a module BFL's tree or this model lacks, or factors
+/// transformer, scaled by `strength`. Text-encoder keys (`lora_te1_` for CLIP, `lora_te3_` for
+/// T5; [`load_flux_kohya_text`] reads them) are skipped and listed; another `lora_te*` prefix,
+/// a key that is not a plain LoRA tensor, a module BFL's tree or this model lacks, or factors
 /// that do not fit are errors naming the key. Modules come back as diffusers paths, in model
 /// order. A missing or zero `.alpha` means `alpha = rank`.
 pub fn load_flux_kohya(
@@ -402,13 +418,14 @@ pub fn load_flux_kohya(
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut skipped = Vec::new();
     for key in file.names() {
-        if key.starts_with("lora_te") {
+        if key.starts_with(TE1_PREFIX) || key.starts_with(TE3_PREFIX) {
             skipped.push(key);
             continue;
         }
         let Some(rest) = key.strip_prefix(KOHYA_PREFIX) else {
             return Err(bad(format!(
-                "key `{key}` is not a kohya Flux key (expected `{KOHYA_PREFIX}` or `lora_te*`)"
+                "key `{key}` is not a kohya Flux key (expected `{KOHYA_PREFIX}` for the \
+                 transformer, `{TE1_PREFIX}` for CLIP-L or `{TE3_PREFIX}` for T5)"
             )));
         };
         let (module, kind) = rest
@@ -531,6 +548,32 @@ pub fn load_flux_kohya(
         skipped,
         metadata: file.metadata(),
     })
+}
+
+/// Installs the text-encoder adapters of a kohya Flux LoRA file, scaled by `strength`:
+/// `lora_te1_*` keys into CLIP (whose pooled output conditions the transformer) and
+/// `lora_te3_*` keys into T5, under the module names sd-scripts' `lora_flux.py` gives them
+/// (transformers' paths with `_` for `.`). The transformer's keys are skipped and listed
+/// ([`load_flux_kohya`] reads them). A text-encoder key that is not a plain LoRA tensor, names
+/// no layer of the encoder, or has factors that do not fit is an error naming it. Modules come
+/// back as `text_encoder.<path>` (CLIP) and `text_encoder_2.<path>` (T5), in model order.
+pub fn load_flux_kohya_text(
+    clip: &mut ClipTextModel,
+    t5: &mut T5EncoderModel,
+    path: &Path,
+    strength: f64,
+    device: &Device,
+) -> Result<LoadedLora> {
+    let mut parts: Vec<Part<'_>> = vec![(TE1_PREFIX, clip), (TE3_PREFIX, t5)];
+    let mut loaded = load_kohya_parts(&mut parts, path, strength, device)?;
+    for m in &mut loaded.modules {
+        if let Some(rest) = m.strip_prefix(TE1_PREFIX) {
+            *m = format!("{PEFT_TEXT_ENCODER}.{rest}");
+        } else if let Some(rest) = m.strip_prefix(TE3_PREFIX) {
+            *m = format!("{T5_COMPONENT}.{rest}");
+        }
+    }
+    Ok(loaded)
 }
 
 /// Writes the transformer's adapters as a diffusers/PEFT file, as

@@ -13,11 +13,15 @@ use serde_json::Value;
 
 use super::FluxTransformer2DModel;
 use super::config::FluxTransformerConfig;
-use super::lora::{KOHYA_PREFIX, load_flux_kohya, load_flux_peft};
+use super::lora::{
+    KOHYA_PREFIX, PEFT_TEXT_ENCODER, PEFT_TRANSFORMER, TE1_PREFIX, TE3_PREFIX, load_flux_kohya,
+    load_flux_kohya_text, load_flux_peft,
+};
 use super::scheduler::FlowMatchConfig;
 use crate::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer, ids_tensor};
 use crate::error::{Error, Result};
-use crate::lora::{LayerMut, LoadedLora, LoraLayers};
+use crate::lora::kohya::Part;
+use crate::lora::{LayerMut, LoadedLora, LoraLayers, load_peft_parts};
 use crate::pipeline::{tokenizer_folder, weights_file};
 use crate::t5::{T5Config, T5EncoderModel, T5Tokenizer};
 use crate::tensor_file::TensorFile;
@@ -300,10 +304,14 @@ impl FluxModel {
         Ok((states, pooled))
     }
 
-    /// A copy of the model with a Flux LoRA file applied to the transformer at `strength`:
-    /// a kohya file (sd-scripts' `lora_unet_*` BFL names, fused q/k/v) or a diffusers/PEFT one
-    /// (`transformer.<path>.lora_A.weight`, as `FluxPipeline.save_lora_weights` and ai-toolkit
-    /// write it). Text-encoder keys are skipped and listed in the report.
+    /// A copy of the model with a Flux LoRA file applied at `strength`: a kohya file
+    /// (sd-scripts' `lora_unet_*` BFL names, fused q/k/v; `lora_te1_*` for CLIP and
+    /// `lora_te3_*` for T5 when the text encoder was trained) or a diffusers/PEFT one
+    /// (`transformer.<path>.lora_A.weight`, and `text_encoder.<path>` for CLIP, as
+    /// `FluxPipeline.save_lora_weights` and ai-toolkit write it). Text-encoder adapters change
+    /// the prompt encoding ([`encode_prompt`](Self::encode_prompt)): CLIP's pooled output and
+    /// T5's states. The report lists the transformer's modules by diffusers path, then CLIP's
+    /// as `text_encoder.<path>` and T5's as `text_encoder_2.<path>`.
     pub fn with_lora(
         &self,
         lora: &Path,
@@ -319,17 +327,44 @@ impl FluxModel {
         }
         let names = TensorFile::open(lora)?.names();
         let mut model = self.clone();
-        let loaded = if names.iter().any(|k| k.starts_with(KOHYA_PREFIX)) {
-            load_flux_kohya(&mut model.transformer, lora, strength, device)?
-        } else if names.iter().any(|k| k.ends_with(".lora_A.weight")) {
-            let loaded = load_flux_peft(&mut model.transformer, lora, None, device)?;
-            for (_, layer) in model.transformer.layers() {
-                if let LayerMut::Linear(l) = layer
-                    && let Some(adapter) = &mut l.lora
-                {
-                    adapter.alpha *= strength;
-                }
+        let kohya_text = names
+            .iter()
+            .any(|k| k.starts_with(TE1_PREFIX) || k.starts_with(TE3_PREFIX));
+        // Any `lora_te*` key makes it a kohya file, so that one of another model (SD's
+        // `lora_te_`, SDXL's `lora_te2_`) is refused naming the key.
+        let kohya = names
+            .iter()
+            .any(|k| k.starts_with(KOHYA_PREFIX) || k.starts_with("lora_te"));
+        let loaded = if kohya {
+            let mut loaded = load_flux_kohya(&mut model.transformer, lora, strength, device)?;
+            if kohya_text {
+                let text =
+                    load_flux_kohya_text(&mut model.clip, &mut model.t5, lora, strength, device)?;
+                loaded.modules.extend(text.modules);
+                loaded.skipped.clear();
             }
+            loaded
+        } else if names.iter().any(|k| k.ends_with(".lora_A.weight")) {
+            let peft_text = names
+                .iter()
+                .any(|k| k.starts_with(&format!("{PEFT_TEXT_ENCODER}.")));
+            let loaded = if peft_text {
+                let mut parts: Vec<Part<'_>> = vec![
+                    (PEFT_TRANSFORMER, &mut model.transformer),
+                    (PEFT_TEXT_ENCODER, &mut model.clip),
+                ];
+                let mut loaded = load_peft_parts(&mut parts, lora, None, device)?;
+                for m in &mut loaded.modules {
+                    if let Some(rest) = m.strip_prefix("transformer.") {
+                        *m = rest.to_string();
+                    }
+                }
+                loaded
+            } else {
+                load_flux_peft(&mut model.transformer, lora, None, device)?
+            };
+            scale_adapters(model.transformer.layers(), strength);
+            scale_adapters(model.clip.layers(), strength);
             loaded
         } else {
             return Err(Error::InvalidLora {
@@ -341,5 +376,16 @@ impl FluxModel {
             });
         };
         Ok((model, loaded))
+    }
+}
+
+/// Multiplies the scale of every adapter among `layers` by `strength`.
+fn scale_adapters(layers: Vec<(String, LayerMut<'_>)>, strength: f64) {
+    for (_, layer) in layers {
+        if let LayerMut::Linear(l) = layer
+            && let Some(adapter) = &mut l.lora
+        {
+            adapter.alpha *= strength;
+        }
     }
 }
