@@ -1,12 +1,14 @@
 //! A FLUX.1 job on the native engine, end to end: the embedded engine with the real native
 //! trainer and sampler on a tiny FLUX.1-dev-shaped diffusers folder (the trainer crate's
 //! fixture, installed as the worker's model), from creation through review to publication;
-//! the published LoRA is a kohya Flux file that the trainer's Flux loader reads back.
+//! the published LoRA is a kohya Flux file that the trainer's Flux loader reads back. The same
+//! job runs on the fixture's transformer as a BFL single file registered with the folder of
+//! its other parts (`[models.<id>] path`, `config_dir`).
 
 use crate::common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::dataset;
@@ -14,7 +16,7 @@ use futures::StreamExt;
 use loraflow::core::catalogue::{Catalogue, Engine as EngineKind, ParamValue};
 use loraflow::core::ids::TenantId;
 use loraflow::core::job::{DatasetRef, JobEvent, JobSpec, JobState, Naming};
-use loraflow::executors::native::NativeOptions;
+use loraflow::executors::native::{NativeModel, NativeOptions};
 use loraflow::executors::{Label, NativeSampler, NativeTrainer, Publish, ValidateDataset};
 use loraflow::{Engine, NewJob};
 use loraflow_trainer::flux::FluxTransformerConfig;
@@ -70,37 +72,73 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/trainer/fixtures/flux")
+        .join(rel)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_flux_job_runs_to_publication_with_a_kohya_flux_file() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/trainer/fixtures/flux/pipeline");
-    copy_dir(&fixture, &models.join("tiny-flux"));
+    copy_dir(&fixture("pipeline"), &models.join("tiny-flux"));
     let native = NativeOptions::new(&models).with_device("cpu");
     assert_eq!(native.installed_models(), ["tiny-flux"]);
+    publish_a_flux_job(tmp.path(), native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_flux_job_trains_a_bfl_transformer_file_with_its_parts_folder() {
+    // As ComfyUI users keep FLUX.1: `flux1-dev.safetensors` under BFL's names, registered with
+    // a diffusers FLUX.1 folder for its text encoders, VAE, configs and tokenizers.
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::copy(
+        fixture("single_file/flux1-tiny-dev.safetensors"),
+        models.join("flux1-tiny-dev.safetensors"),
+    )
+    .unwrap();
+    let parts = tmp.path().join("flux-parts");
+    copy_dir(&fixture("pipeline"), &parts);
+    let mut native = NativeOptions::new(&models).with_device("cpu");
+    native.models.insert(
+        "tiny-flux".into(),
+        NativeModel {
+            path: "flux1-tiny-dev.safetensors".into(),
+            config_dir: Some(parts),
+        },
+    );
+    assert_eq!(native.installed_models(), ["tiny-flux"]);
+    publish_a_flux_job(tmp.path(), native).await;
+}
+
+/// Runs a `tiny-flux` job on `native` through review to publication and checks the published
+/// kohya Flux file.
+async fn publish_a_flux_job(tmp: &Path, native: NativeOptions) {
     let engine = Engine::builder()
         .catalogue(catalogue())
         .store(format!(
             "sqlite://{}",
-            tmp.path().join("loraflow.db").display()
+            tmp.join("loraflow.db").display()
         ))
-        .artifacts(tmp.path().join("artifacts").display().to_string())
-        .workdir(tmp.path().join("work"))
+        .artifacts(tmp.join("artifacts").display().to_string())
+        .workdir(tmp.join("work"))
         .executor(ValidateDataset::default())
         .executor(Label::default())
         .executor(NativeTrainer::new(native.clone()).unwrap())
         .executor(NativeSampler::new(native).unwrap())
         .executor(Publish {
-            destination: format!("file://{}", tmp.path().join("published").display()),
+            destination: format!("file://{}", tmp.join("published").display()),
         })
         .build()
         .await
         .unwrap();
-    dataset(&tmp.path().join("upload"), 3);
+    dataset(&tmp.join("upload"), 3);
     let (dataset_uri, _) = engine
         .artifacts()
-        .upload_dir(&tmp.path().join("upload"), "datasets/acme/corgi")
+        .upload_dir(&tmp.join("upload"), "datasets/acme/corgi")
         .await
         .unwrap();
 
@@ -184,9 +222,7 @@ async fn a_native_flux_job_runs_to_publication_with_a_kohya_flux_file() {
         "{:?}",
         status.epochs
     );
-    let published = tmp
-        .path()
-        .join(format!("published/corgi/v1/{job}/corgi-v1.safetensors"));
+    let published = tmp.join(format!("published/corgi/v1/{job}/corgi-v1.safetensors"));
     let bytes = std::fs::read(&published).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
@@ -211,7 +247,7 @@ async fn a_native_flux_job_runs_to_publication_with_a_kohya_flux_file() {
     );
 
     let device = loraflow_trainer::device::parse_device("cpu").unwrap();
-    let dir = models.join("tiny-flux/transformer");
+    let dir = fixture("pipeline/transformer");
     let mut transformer = FluxTransformerConfig::from_file(dir.join("config.json"))
         .unwrap()
         .init(&device)

@@ -103,17 +103,11 @@ fn read_json(path: &Path) -> Result<serde_json::Value, CheckError> {
 /// What the native trainer implements (see `loraflow_trainer::pipeline`).
 fn native_support(layout: Layout, family: ModelFamily) -> Option<String> {
     match (family, layout) {
-        (ModelFamily::Sd15 | ModelFamily::Sdxl, _)
-        | (ModelFamily::Sd2 | ModelFamily::Flux, Layout::Diffusers) => None,
+        (ModelFamily::Sd15 | ModelFamily::Sdxl | ModelFamily::Flux, _)
+        | (ModelFamily::Sd2, Layout::Diffusers) => None,
         (ModelFamily::Sd2, Layout::SingleFile) => Some(
             "the native trainer reads SD2.x as a diffusers folder only; convert the checkpoint \
              (diffusers' convert_original_stable_diffusion_to_diffusers.py) or train with kohya"
-                .into(),
-        ),
-        (ModelFamily::Flux, Layout::SingleFile) => Some(
-            "the native trainer reads FLUX.1 as a diffusers folder only (transformer/, vae/, \
-             text_encoder/, text_encoder_2/, tokenizers and scheduler); use the diffusers \
-             release or train with kohya"
                 .into(),
         ),
     }
@@ -452,7 +446,15 @@ fn check_file(path: &Path) -> Result<ModelReport, CheckError> {
     }
     let native_unsupported = native_support(Layout::SingleFile, family);
     let mut notes = Vec::new();
-    if native_unsupported.is_none() {
+    if family == ModelFamily::Flux {
+        notes.push(
+            "a FLUX.1 transformer file trains and samples natively with config_dir, a diffusers \
+             FLUX.1 folder whose text encoders (text_encoder/, text_encoder_2/), VAE (vae/), \
+             configs, tokenizers and scheduler go with it; its transformer/ weights are not \
+             read ([models.<id>] path = \"flux1-dev.safetensors\", config_dir = \"...\")"
+                .to_owned(),
+        );
+    } else if native_unsupported.is_none() {
         notes.push(
             "a single file carries no configs or tokenizer: the native engine needs config_dir, \
              a diffusers folder of the same architecture ([models.<id>] path = \"...\", \

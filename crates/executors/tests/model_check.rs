@@ -111,7 +111,11 @@ fn single_files_of_each_family_are_told_apart_by_their_keys() {
         r.missing.iter().any(|m| m.contains("ae.safetensors")),
         "{r:?}"
     );
+    // The file alone lacks its VAE and text encoders; with a FLUX.1 config_dir that holds
+    // them the native engine trains it.
     assert!(!r.native_trainable());
+    assert_eq!(r.native_unsupported, None, "{r:?}");
+    assert!(r.notes[0].contains("config_dir"), "{r:?}");
 }
 
 #[test]

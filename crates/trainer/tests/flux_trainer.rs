@@ -237,6 +237,91 @@ fn a_resumed_flux_run_ends_with_the_weights_of_an_uninterrupted_one() {
 }
 
 #[test]
+fn an_epochs_short_last_flux_group_is_divided_by_the_configured_accumulation() {
+    // Three micro-batches per epoch. Accumulating 4 leaves one group of 3 whose summed
+    // gradient is divided by 4 (accelerate's rule, as the UNet run does: sd-scripts' last group
+    // of an epoch weighs k/N); accumulating 3 divides the same sum by 3. Same initial weights,
+    // shuffle, captions and draws: the gradient norms before clipping are exactly 3:4.
+    let root = tmp("short-group");
+    let data = root.join("data");
+    dataset(&data);
+    let first_norm = |accumulation: usize| {
+        let mut c = config(&data, &root.join(format!("acc{accumulation}")));
+        c.batch_size = 1;
+        c.gradient_accumulation_steps = accumulation;
+        c.epochs = 1;
+        c.images.as_mut().unwrap().captions.dropout = 0.0;
+        let trainer = Trainer::new(c).unwrap();
+        assert_eq!(trainer.plan(), (1, 1));
+        let mut norms = Vec::new();
+        trainer
+            .run(
+                &mut |e: ProgressEvent| {
+                    if let ProgressEvent::Step(p) = e {
+                        norms.push(p.grad_norm);
+                    }
+                },
+                &Controls::default(),
+            )
+            .unwrap();
+        assert_eq!(norms.len(), 1);
+        norms[0]
+    };
+    let full = first_norm(3);
+    let short = first_norm(4);
+    assert!(full > 0.0);
+    let ratio = short / full;
+    assert!((ratio - 0.75).abs() <= 1e-6, "{short} / {full} = {ratio}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_bfl_transformer_file_trains_as_its_diffusers_folder() {
+    // ComfyUI users' `flux1-dev.safetensors` (BFL names) with a diffusers FLUX.1 folder for
+    // the text encoders, VAE, configs and tokenizers (`model.config_dir`), as the sample step
+    // takes it. The fixture file holds the folder's transformer exactly, so the run is the
+    // folder's, loss for loss and factor for factor.
+    let root = tmp("single-file");
+    let data = root.join("data");
+    dataset(&data);
+    let mut c = config(&data, &root.join("folder"));
+    c.epochs = 2;
+    let folder = Trainer::new(c.clone())
+        .unwrap()
+        .run(&mut |_: ProgressEvent| {}, &Controls::default())
+        .unwrap();
+
+    let file = fixture("flux/single_file/flux1-tiny-dev.safetensors");
+    c.model.path = Some(file.clone());
+    c.output.dir = root.join("file");
+    // Without its parts the file is not taken for a whole model.
+    let mut alone = c.clone();
+    alone.model.config_dir = None;
+    let err = Trainer::new(alone).unwrap_err().to_string();
+    assert!(err.contains("model.config_dir"), "{err}");
+
+    c.model.config_dir = Some(fixture("flux/pipeline"));
+    let trainer = Trainer::new(c).unwrap();
+    assert_eq!(trainer.flow_objective(), Some(&FlowObjective::default()));
+    let single = trainer
+        .run(&mut |_: ProgressEvent| {}, &Controls::default())
+        .unwrap();
+    assert_eq!(single.losses, folder.losses);
+    assert_eq!(single.adapted_modules, folder.adapted_modules);
+    let (a, b) = (
+        TensorFile::open(&folder.lora).unwrap(),
+        TensorFile::open(&single.lora).unwrap(),
+    );
+    assert_eq!(a.names(), b.names());
+    for name in a.names() {
+        assert_eq!(a.read(&name).unwrap(), b.read(&name).unwrap(), "{name}");
+    }
+    assert_eq!(b.metadata()["ss_sd_model_name"], "flux1-tiny-dev.safetensors");
+    assert_eq!(b.metadata()["ss_base_model_version"], BASE_MODEL_VERSION);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn save_now_and_cancel_act_between_flux_steps() {
     let root = tmp("cancel");
     let data = root.join("data");

@@ -13,10 +13,12 @@ use super::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NativeModel {
-    /// A diffusers folder, or an SD1.x single-file checkpoint; relative paths are resolved
-    /// against [`NativeOptions::models_root`].
+    /// A diffusers folder, an SD1.x or SDXL single-file checkpoint, or a FLUX.1 transformer
+    /// file under BFL's names (`flux1-dev.safetensors`); relative paths are resolved against
+    /// [`NativeOptions::models_root`].
     pub path: PathBuf,
-    /// For a single-file checkpoint: a diffusers folder with its configs and tokenizer.
+    /// For a single-file checkpoint: a diffusers folder with its configs and tokenizer (for a
+    /// FLUX.1 transformer file, a FLUX.1 folder whose text encoders and VAE go with it).
     #[serde(default)]
     pub config_dir: Option<PathBuf>,
 }

@@ -184,10 +184,17 @@ pub struct RunPaths {
 
 /// Whether a job on `family` (`None`: a model the catalogue does not know, judged by its
 /// folder) trains a FLUX.1 model.
-pub fn is_flux(family: Option<ModelFamily>, model: &std::path::Path) -> bool {
+pub fn is_flux(
+    family: Option<ModelFamily>,
+    model: &std::path::Path,
+    config_dir: Option<&std::path::Path>,
+) -> bool {
+    use loraflow_trainer::flux::model::is_flux_dir;
     match family {
         Some(f) => f == ModelFamily::Flux,
-        None => model.is_dir() && loraflow_trainer::flux::model::is_flux_dir(model),
+        // A diffusers FLUX.1 folder, or a BFL transformer file with a FLUX.1 config folder.
+        None if model.is_dir() => is_flux_dir(model),
+        None => model.is_file() && config_dir.is_some_and(is_flux_dir),
     }
 }
 
@@ -304,7 +311,7 @@ pub fn train_config(
     device: &str,
 ) -> Result<TrainConfig> {
     let p = Reader(params);
-    let flux = is_flux(family, &paths.model.0);
+    let flux = is_flux(family, &paths.model.0, paths.model.1.as_deref());
     if flux {
         refuse_sd_params(&p)?;
     } else if let Some(name) = FLOW_PARAMS.iter().find(|n| params.contains_key(**n)) {
@@ -678,6 +685,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`lr_scheduler`"), "{err}");
+    }
+
+    #[test]
+    fn a_model_outside_the_catalogue_is_flux_by_its_folder_or_config_folder() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/fixtures/flux");
+        let folder = fixtures.join("pipeline");
+        let file = fixtures.join("single_file/flux1-tiny-dev.safetensors");
+        assert!(is_flux(None, &folder, None));
+        // A BFL transformer file with the FLUX.1 folder of its other parts.
+        assert!(is_flux(None, &file, Some(&folder)));
+        assert!(!is_flux(None, &file, None));
+        assert!(is_flux(Some(ModelFamily::Flux), &file, None));
+        assert!(!is_flux(Some(ModelFamily::Sd15), &folder, None));
     }
 
     #[test]

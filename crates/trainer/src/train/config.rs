@@ -20,12 +20,16 @@ use crate::tensor_file::SaveDtype;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// A diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
-    /// `scheduler/`) or an SD1.x single-file checkpoint (`.safetensors`).
+    /// A diffusers folder (`model_index.json`, `unet/` or FLUX.1's `transformer/`, `vae/`,
+    /// `text_encoder/`, `tokenizer/`, `scheduler/`), an SD1.x or SDXL single-file checkpoint
+    /// (`.safetensors`), or FLUX.1's transformer as one file under Black Forest Labs' names
+    /// (`flux1-dev.safetensors`).
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// For a single-file `path`: a diffusers folder with the component configs and tokenizer
-    /// (weights not needed).
+    /// (weights not needed). For a FLUX.1 transformer file, a diffusers FLUX.1 folder whose
+    /// text encoders (`text_encoder/`, `text_encoder_2/`) and VAE (`vae/`) are loaded with it
+    /// (its `transformer/` weights are not read), as the sample step reads it.
     #[serde(default)]
     pub config_dir: Option<PathBuf>,
     /// diffusers `unet/config.json`, when training a UNet alone.

@@ -58,14 +58,26 @@ pub(super) fn is_sdxl(config: &TrainConfig) -> bool {
     dir.is_some_and(|d| crate::sdxl::is_sdxl_dir(d) && !crate::flux::model::is_flux_dir(d))
 }
 
-/// Whether the configured whole model is a FLUX.1 diffusers folder (a `transformer/`
-/// instead of a `unet/`).
+/// The diffusers FLUX.1 folder of the configured whole model: `model.path` itself (a folder
+/// with a `transformer/` instead of a `unet/`), or, when `model.path` is a transformer file
+/// under Black Forest Labs' names (`flux1-dev.safetensors`), `model.config_dir`, whose text
+/// encoders, VAE, configs, tokenizers and scheduler go with it (as the sample step reads it).
+pub(super) fn flux_folder(config: &TrainConfig) -> Option<&Path> {
+    let m = &config.model;
+    let path = m.path.as_deref()?;
+    let dir = if path.is_dir() {
+        path
+    } else if path.is_file() {
+        m.config_dir.as_deref()?
+    } else {
+        return None;
+    };
+    crate::flux::model::is_flux_dir(dir).then_some(dir)
+}
+
+/// Whether the configured whole model is FLUX.1 ([`flux_folder`]).
 pub(super) fn is_flux(config: &TrainConfig) -> bool {
-    config
-        .model
-        .path
-        .as_deref()
-        .is_some_and(|p| p.is_dir() && crate::flux::model::is_flux_dir(p))
+    flux_folder(config).is_some()
 }
 
 fn load_sdxl(config: &TrainConfig, path: &Path, device: &Device) -> Result<Models> {

@@ -14,8 +14,9 @@ pub(in crate::trainer) fn flow_objective(config: &TrainConfig) -> Result<Option<
             return Err(Error::invalid(
                 "objective.flow",
                 "set",
-                "is FLUX.1's flow-matching objective, but model.path is not a FLUX.1 diffusers \
-                 folder (with transformer/); leave it unset for SD1.x, SD2.x and SDXL",
+                "is FLUX.1's flow-matching objective, but model.path is neither a FLUX.1 \
+                 diffusers folder (with transformer/) nor a FLUX.1 transformer file with a \
+                 FLUX.1 model.config_dir; leave it unset for SD1.x, SD2.x and SDXL",
             ));
         }
         return Ok(None);
@@ -92,10 +93,9 @@ pub(in crate::trainer) fn needs_images() -> Error {
 /// Image sides a Flux model takes: the VAE's downscale factor times the 2×2 packing (16 for
 /// FLUX.1); `None` for other models.
 pub(in crate::trainer) fn pixel_multiple(config: &TrainConfig) -> Result<Option<usize>> {
-    if !super::super::prepare::is_flux(config) {
+    let Some(dir) = super::super::prepare::flux_folder(config) else {
         return Ok(None);
-    }
-    let dir = config.model.path.as_ref().expect("is_flux: a folder");
+    };
     let vae = VaeConfig::from_file(dir.join("vae").join("config.json"))?;
     Ok(Some(vae.downscale_factor() * 2))
 }

@@ -85,7 +85,9 @@ pub(super) struct FluxRun<'a> {
     dataset_digest: String,
     held_out: Option<FluxHeldOut>,
     validations: Vec<ValidationPoint>,
-    /// The model folder and its name (`ss_sd_model_name`).
+    /// The model (a diffusers folder or a BFL transformer file), the diffusers folder of its
+    /// other parts, and its name (`ss_sd_model_name`).
+    model: PathBuf,
     model_dir: PathBuf,
     model_name: String,
     /// The sampler's schedule (for samples).
@@ -107,9 +109,12 @@ impl Trainer {
         let Data::Images(scanned) = &self.data else {
             return Err(needs_images());
         };
-        let model_dir = cfg.model.path.clone().expect("is_flux: a folder");
+        let model = cfg.model.path.clone().expect("is_flux: a model path");
+        let model_dir = super::prepare::flux_folder(cfg)
+            .expect("is_flux: a FLUX.1 folder")
+            .to_path_buf();
         let cache = cache_of(cfg);
-        let loaded = LoadedFlux::load(&model_dir, &device)?;
+        let loaded = LoadedFlux::load(&model, &model_dir, &device)?;
 
         let tag_frequency = folder::tag_frequency(&scanned.entries);
         let dataset_dirs = folder::dataset_dirs(&scanned.entries);
@@ -163,7 +168,7 @@ impl Trainer {
         let config_json = serde_json::to_string_pretty(cfg).expect("the config serialises");
         std::fs::write(&config_file, &config_json).map_err(|e| Error::write(&config_file, e))?;
 
-        let model_name = super::prepare::file_name(&model_dir);
+        let model_name = super::prepare::file_name(&model);
         let resolution = dataset_cfg.resolution;
         let metadata = kohya_metadata(
             cfg,
@@ -218,6 +223,7 @@ impl Trainer {
             dataset_digest: self.dataset_digest(),
             held_out,
             validations: Vec::new(),
+            model,
             model_dir,
             model_name,
             scheduler,

@@ -1,4 +1,5 @@
-//! Loading a FLUX.1 folder for training, and encoding its captions once.
+//! Loading a FLUX.1 model (a diffusers folder, or a BFL transformer file with a folder's other
+//! parts) for training, and encoding its captions once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use super::super::{ProgressEvent, ProgressSink};
 use crate::data::cache::{Cache, model_identity};
 use crate::error::{Error, Result};
 use crate::flux::FluxTransformer2DModel;
+use crate::flux::FluxParts;
 use crate::flux::model::FluxModel;
 use crate::flux::scheduler::FlowMatchConfig;
 use crate::tensor_file::HostTensor;
@@ -37,9 +39,15 @@ fn config_text(dir: &Path, component: &str) -> String {
 }
 
 impl LoadedFlux {
-    /// Loads the diffusers folder `dir` on `device`.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let model = FluxModel::load_diffusers(dir, device)?;
+    /// Loads `model` on `device`: a diffusers FLUX.1 folder, or a BFL transformer file with
+    /// the other parts of the diffusers folder `dir` ([`FluxParts::from_folder`]; for a
+    /// folder, `dir` is the folder itself). Cache identities come from `dir`'s parts.
+    pub fn load(model: &Path, dir: &Path, device: &Device) -> Result<Self> {
+        let model = if model.is_dir() {
+            FluxModel::load_diffusers(model, device)?
+        } else {
+            FluxModel::load_single_file(model, &FluxParts::from_folder(dir), device)?
+        };
         let vae_identity = model_identity(
             &config_text(dir, "vae"),
             &component_file(dir, "vae", "diffusion_pytorch_model"),

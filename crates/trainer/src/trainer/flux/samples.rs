@@ -101,7 +101,7 @@ impl FluxRun<'_> {
             return Ok(());
         }
         let cpu = parse_device("cpu")?;
-        let loaded = LoadedFlux::load(&self.model_dir, &cpu)?;
+        let loaded = LoadedFlux::load(&self.model, &self.model_dir, &cpu)?;
         let cache = cache_of(self.cfg);
         self.text
             .extend(loaded.encode_captions(&new, &cache, sink, &cpu)?);
