@@ -119,10 +119,7 @@ async fn a_native_flux_job_trains_a_bfl_transformer_file_with_its_parts_folder()
 async fn publish_a_flux_job(tmp: &Path, native: NativeOptions) {
     let engine = Engine::builder()
         .catalogue(catalogue())
-        .store(format!(
-            "sqlite://{}",
-            tmp.join("loraflow.db").display()
-        ))
+        .store(format!("sqlite://{}", tmp.join("loraflow.db").display()))
         .artifacts(tmp.join("artifacts").display().to_string())
         .workdir(tmp.join("work"))
         .executor(ValidateDataset::default())

@@ -13,6 +13,16 @@ Each configuration runs in a fresh subprocess so that its peak RSS is its own. T
 are an SDXL-shaped UNet at reduced width with SDXL's conditioning widths (2048-wide context,
 1280-wide pooled text, six time ids); `sdxl-gc` enables diffusers' gradient checkpointing,
 `sdxl-bf16` holds the frozen UNet in bf16 with fp32 adapters under CPU/CUDA bf16 autocast.
+
+The `flux` cases are diffusers' `FluxTransformer2DModel` at reduced size (FLUX.1's 128-wide
+heads, rotary axes, token widths and guidance embedding; 4 heads, 2 double + 4 single blocks)
+trained as the Rust bench trains it: flow matching with sd-scripts' `flux_shift` timesteps,
+guidance 1.0, rank-16 PEFT adapters on the modules `FLUX_TARGETS` selects, global-norm
+clipping, AdamW; batch 1, a 16x32x32 latent packed 2x2, 128 text tokens. `flux` holds the
+base in bf16 (fp32 adapters, bf16 autocast), `flux-f32` in fp32.
+
+    /work/venv-ref/bin/python crates/trainer/bench/train_step_torch.py --threads 2 \\
+        --only flux,flux-f32 --update crates/trainer/bench/torch_reference.json
 """
 
 import argparse
@@ -46,12 +56,102 @@ SDXL_REDUCED = dict(
 for _name, _extra in [("sdxl", {}), ("sdxl-gc", dict(checkpointing=True)),
                       ("sdxl-bf16", dict(bf16_base=True))]:
     CASES[_name] = dict(config=SDXL_REDUCED, batch=1, latent=32, tokens=77, steps=3, **_extra)
+# The same config as `flux_reduced()` in benches/train_step.rs.
+FLUX_REDUCED = dict(
+    attention_head_dim=128, axes_dims_rope=(16, 56, 56), guidance_embeds=True, in_channels=64,
+    joint_attention_dim=4096, num_attention_heads=4, num_layers=2, num_single_layers=4,
+    patch_size=1, pooled_projection_dim=768)
+for _name, _bf16 in [("flux", True), ("flux-f32", False)]:
+    CASES[_name] = dict(config=FLUX_REDUCED, flux=True, batch=1, latent=32, tokens=128, steps=3,
+                        bf16_base=_bf16)
+# `flux::lora::FLUX_TARGETS` (module-path suffixes; `*` is one segment).
+FLUX_TARGETS = [
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+    "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+    "ff_context.net.2", "single_transformer_blocks.*.proj_mlp",
+    "single_transformer_blocks.*.proj_out"]
 
 
 def sync(device):
     import torch
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def flux_targets(model):
+    """Full names of the linear layers `FLUX_TARGETS` selects, as the Rust trainer matches them
+    (patterns anchored at the end of the module path, `*` one segment)."""
+    import re
+
+    import torch
+    regex = re.compile("(^|.*\\.)(" + "|".join(
+        re.escape(p).replace("\\*", "[^.]+") for p in FLUX_TARGETS) + ")$")
+    return [n for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and regex.match(n)]
+
+
+def run_flux_case(name, case, threads, device):
+    import math
+
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(**case["config"]).to(device)
+    model.requires_grad_(False)
+    if case.get("bf16_base"):
+        model.to(torch.bfloat16)
+    targets = flux_targets(model)
+    model.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian",
+                                 target_modules=targets))
+    if case.get("bf16_base"):
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.data = p.data.float()
+    model.train()
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=bool(case.get("bf16_base")))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    cfg = case["config"]
+    b, s, tokens = case["batch"], case["latent"], case["tokens"]
+    channels = cfg["in_channels"] // 4
+    latents = torch.randn(b, channels, s, s, device=device)
+    text = torch.randn(b, tokens, cfg["joint_attention_dim"], device=device)
+    pooled = torch.randn(b, cfg["pooled_projection_dim"], device=device)
+    img_ids = FluxPipeline._prepare_latent_image_ids(b, s // 2, s // 2, device, torch.float32)
+    txt_ids = torch.zeros(tokens, 3, device=device)
+    guidance = torch.full((b,), 1.0, device=device)
+    image_tokens = (s // 2) * (s // 2)
+    # sd-scripts' flux_shift: sigmoid of a normal draw, shifted by mu(image tokens).
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (image_tokens - 256)
+    times = []
+    for step in range(case["steps"] + 1):
+        if step == 1:
+            cpu_start = time.process_time()
+        start = time.perf_counter()
+        t = torch.sigmoid(torch.randn(b, device=device))
+        sigma = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+        noise = torch.randn_like(latents)
+        sig = sigma.view(b, 1, 1, 1)
+        noisy = (1 - sig) * latents + sig * noise
+        packed = FluxPipeline._pack_latents(noisy, b, channels, s, s)
+        with autocast:
+            pred = model(hidden_states=packed, timestep=sigma, guidance=guidance,
+                         pooled_projections=pooled, encoder_hidden_states=text,
+                         txt_ids=txt_ids, img_ids=img_ids).sample.float()
+        pred = FluxPipeline._unpack_latents(pred, s * 8, s * 8, 8)
+        loss = torch.nn.functional.mse_loss(pred, noise - latents)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert torch.isfinite(loss)
+        sync(device)
+        if step > 0:
+            times.append((time.perf_counter() - start) * 1e3)
+    return times, cpu_start, params, len(targets)
 
 
 def run_case(name, threads, device):
@@ -61,6 +161,10 @@ def run_case(name, threads, device):
 
     torch.set_num_threads(threads)
     case = CASES[name]
+    if case.get("flux"):
+        times, cpu_start, params, adapted = run_flux_case(name, case, threads, device)
+        report(name, case, threads, device, times, cpu_start, params, adapted)
+        return
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**case["config"]).to(device)
     unet.requires_grad_(False)
@@ -115,6 +219,11 @@ def run_case(name, threads, device):
         sync(device)
         if step > 0:
             times.append((time.perf_counter() - start) * 1e3)
+    report(name, case, threads, device, times, cpu_start, params, None)
+
+
+def report(name, case, threads, device, times, cpu_start, params, adapted):
+    import torch
     print(json.dumps({
         "name": name,
         "step_ms_mean": sum(times) / len(times),
@@ -124,6 +233,7 @@ def run_case(name, threads, device):
         "peak_device_mib": (torch.cuda.max_memory_allocated() / 2**20
                             if device.startswith("cuda") else None),
         "trainable_params": sum(p.numel() for p in params),
+        **({"adapted_modules": adapted} if adapted is not None else {}),
         "steps": case["steps"],
         "threads": threads,
     }))

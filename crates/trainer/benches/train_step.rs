@@ -4,6 +4,7 @@
 //! cargo bench -p loraflow-trainer --bench train_step            # every config, one process each
 //! cargo bench -p loraflow-trainer --bench train_step -- tiny    # the configs named tiny*
 //! cargo bench -p loraflow-trainer --bench train_step -- sdxl    # sdxl, sdxl-gc, sdxl-bf16
+//! cargo bench -p loraflow-trainer --bench train_step -- flux    # flux, flux-f32
 //! LORAFLOW_BENCH_DEVICE=vulkan cargo bench -p loraflow-trainer --features vulkan --bench train_step
 //! ```
 //!
@@ -18,6 +19,15 @@
 //! conditioning as it is: a 2048-wide two-encoder context, the 1280-wide pooled vector and six
 //! `time_ids` through the 2816-wide `text_time` embedding. `sdxl-gc` adds burn's gradient
 //! checkpointing, `sdxl-bf16` holds the frozen base in bf16 (`model.base_weights = "bf16"`).
+//!
+//! The `flux` cases are a FLUX.1-shaped transformer at reduced size: FLUX.1's 128-wide heads
+//! and rotary axes (16, 56, 56), its 64-feature packed latent tokens, the 4096-wide T5 context
+//! and 768-wide pooled CLIP vector and its guidance embedding, with 4 heads (512 wide instead
+//! of 3072) and 2 double-stream + 4 single-stream blocks (instead of 19 + 38). A step is the
+//! Flux run's: flow matching (sd-scripts' `flux_shift` timesteps, guidance 1.0), rank-16
+//! adapters on the default `FLUX_TARGETS`, global-norm clipping, AdamW; batch 1, a 32×32
+//! latent (256 px, 256 image tokens), 128 text tokens. `flux` holds the base in bf16 as FLUX.1
+//! training does (`model.base_weights = "bf16"`), `flux-f32` in fp32.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,21 +36,33 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::tensor::FloatDType;
-use loraflow_trainer::device::parse_device;
+use loraflow_trainer::device::{Device, parse_device};
+use loraflow_trainer::flux::FluxTransformerConfig;
+use loraflow_trainer::flux::lora::FLUX_TARGETS;
 use loraflow_trainer::lora::{NetworkConfig, adapter_param_count, apply_lora, store_base_weights};
 use loraflow_trainer::rng::{SeededRng, Stream};
 use loraflow_trainer::schedule::NoiseSchedule;
 use loraflow_trainer::tensor_file::HostTensor;
+use loraflow_trainer::train::flow::{FlowNoise, FlowObjective};
+use loraflow_trainer::train::flow_step::{FlowMicroBatch, FlowStepSettings, flow_optimizer_step};
 use loraflow_trainer::train::optim::AdamWSettings;
 use loraflow_trainer::train::step::{MicroBatch, Objective, StepNoise, optimizer_step};
 use loraflow_trainer::unet::{AddedConditions, UNetConfig};
 
+/// The model a case trains.
+enum Model {
+    UNet(UNetConfig),
+    Flux(FluxTransformerConfig),
+}
+
 struct Case {
     name: &'static str,
     what: &'static str,
-    config: UNetConfig,
+    model: Model,
     batch: usize,
+    /// Side of the square latent (4 channels for UNets, 16 for Flux).
     latent: usize,
+    /// Text tokens of the context.
     tokens: usize,
     steps: usize,
     /// burn's (balanced) gradient checkpointing.
@@ -74,7 +96,7 @@ fn sdxl(name: &'static str, what: &'static str, checkpointing: bool, bf16_base: 
     Case {
         name,
         what,
-        config: sdxl_reduced(),
+        model: Model::UNet(sdxl_reduced()),
         batch: 1,
         latent: 32,
         tokens: 77,
@@ -98,7 +120,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "tiny",
             what: "diffusers test UNet (32, 64), batch 2, 32x32 latents",
-            config: tiny,
+            model: Model::UNet(tiny),
             batch: 2,
             latent: 32,
             tokens: 77,
@@ -109,7 +131,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "sd15",
             what: "SD1.5 UNet (860M), batch 1, 32x32 latents (256 px)",
-            config: UNetConfig::sd15(),
+            model: Model::UNet(UNetConfig::sd15()),
             batch: 1,
             latent: 32,
             tokens: 77,
@@ -130,7 +152,46 @@ fn cases() -> Vec<Case> {
             false,
             true,
         ),
+        flux(
+            "flux",
+            "FLUX.1-shaped transformer (512 wide, 2+4 blocks), bf16 base, 256 px",
+            true,
+        ),
+        flux("flux-f32", "flux with the frozen base in fp32", false),
     ]
+}
+
+/// FLUX.1's transformer at reduced width and depth, with its head width, rotary axes, token
+/// widths and guidance embedding unchanged (the same config as `bench/train_step_torch.py`).
+fn flux_reduced() -> FluxTransformerConfig {
+    FluxTransformerConfig::from_diffusers(&serde_json::json!({
+        "attention_head_dim": 128,
+        "axes_dims_rope": [16, 56, 56],
+        "guidance_embeds": true,
+        "in_channels": 64,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 4,
+        "num_layers": 2,
+        "num_single_layers": 4,
+        "patch_size": 1,
+        "pooled_projection_dim": 768
+    }))
+    .expect("valid reduced FLUX.1 config")
+}
+
+/// A case on [`flux_reduced`]: batch 1, a 16×32×32 latent, 128 text tokens, 3 steps.
+fn flux(name: &'static str, what: &'static str, bf16_base: bool) -> Case {
+    Case {
+        name,
+        what,
+        model: Model::Flux(flux_reduced()),
+        batch: 1,
+        latent: 32,
+        tokens: 128,
+        steps: 3,
+        checkpointing: false,
+        bf16_base,
+    }
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -163,18 +224,88 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Step times and CPU time of one case: a warm-up step, then the timed ones.
+struct Timing {
+    times: Vec<f64>,
+    cpu_start: Option<f64>,
+}
+
+impl Timing {
+    fn new() -> Self {
+        Self {
+            times: Vec::new(),
+            cpu_start: None,
+        }
+    }
+
+    /// Call before step `step` (0 is the warm-up, allocations and GPU autotuning).
+    fn start(&mut self, step: usize) -> Instant {
+        if step == 1 {
+            self.cpu_start = cpu_ms();
+        }
+        Instant::now()
+    }
+
+    /// Call after step `step`, once the device has finished it.
+    fn end(&mut self, step: usize, started: Instant, loss: f32) -> anyhow::Result<()> {
+        anyhow::ensure!(loss.is_finite(), "loss diverged");
+        if step > 0 {
+            self.times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    }
+
+    /// Prints the case's JSON line.
+    fn report(&self, case: &Case, trainable: usize, frozen: usize, adapted: usize) {
+        let cpu_per_step = self
+            .cpu_start
+            .zip(cpu_ms())
+            .map(|(a, b)| (b - a) / case.steps as f64);
+        let mean = self.times.iter().sum::<f64>() / self.times.len() as f64;
+        let min = self.times.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": case.name,
+                "step_ms_mean": mean,
+                "step_ms_min": min,
+                "cpu_ms_per_step": cpu_per_step,
+                "peak_rss_mib": peak_rss_mib(),
+                "trainable_params": trainable,
+                "frozen_params": frozen,
+                "adapted_modules": adapted,
+                "steps": case.steps,
+            })
+        );
+    }
+}
+
+/// Waits for queued work (the update on GPU backends) so the time covers the whole step.
+fn sync(device: &Device) -> anyhow::Result<()> {
+    device
+        .sync()
+        .map_err(|e| anyhow::anyhow!("device sync: {e:?}"))
+}
+
 /// Runs one case in this process and prints one JSON line.
 fn run_case(case: &Case) -> anyhow::Result<()> {
     let mut device = parse_device(&device_spec())?.autodiff();
     if case.checkpointing {
         device = device.gradient_checkpointing();
     }
-    let mut unet = case.config.init(&device).no_grad();
+    match &case.model {
+        Model::UNet(config) => run_unet(case, config, &device),
+        Model::Flux(config) => run_flux(case, config, &device),
+    }
+}
+
+fn run_unet(case: &Case, config: &UNetConfig, device: &Device) -> anyhow::Result<()> {
+    let mut unet = config.init(device).no_grad();
     if case.bf16_base {
         store_base_weights(&mut unet, FloatDType::BF16);
     }
     let network = NetworkConfig::new(16, 16.0);
-    let (mut unet, adapted) = apply_lora(unet, &network, 0, &device)?;
+    let (mut unet, adapted) = apply_lora(unet, &network, 0, device)?;
     let trainable = adapter_param_count(&mut unet);
     let frozen = unet.num_params() - trainable;
     let settings = AdamWSettings {
@@ -190,14 +321,14 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
     };
     let mut rng = SeededRng::new(0, Stream::Noise);
     let (b, s) = (case.batch, case.latent);
-    let cross = case.config.cross_attention_dim[0];
+    let cross = config.cross_attention_dim[0];
     let latents = HostTensor::new(vec![b, 4, s, s], rng.normal(b * 4 * s * s));
     let context = HostTensor::new(
         vec![b, case.tokens, cross],
         rng.normal(b * case.tokens * cross),
     );
     // SDXL: the pooled vector and the micro-conditioning of a 256 px square image.
-    let added = case.config.addition.as_ref().map(|a| {
+    let added = config.addition.as_ref().map(|a| {
         let pooled = a.text_embeds_dim(6).expect("the SDXL widths add up");
         (
             HostTensor::new(vec![b, pooled], rng.normal(b * pooled)),
@@ -205,24 +336,19 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
         )
     });
 
-    let mut times = Vec::new();
-    let mut cpu_start = None;
-    // One warm-up step (allocations, autotuning on GPUs), then the timed steps.
+    let mut timing = Timing::new();
     for step in 0..=case.steps {
-        if step == 1 {
-            cpu_start = cpu_ms();
-        }
         let noise = StepNoise::sample(&mut rng, [b, 4, s, s], 1000);
         let mb = MicroBatch {
-            latents: latents.to_tensor::<4>(&device),
-            context: context.to_tensor::<3>(&device),
+            latents: latents.to_tensor::<4>(device),
+            context: context.to_tensor::<3>(device),
             added: added.as_ref().map(|(pooled, time_ids)| AddedConditions {
-                text_embeds: pooled.to_tensor::<2>(&device),
-                time_ids: time_ids.to_tensor::<2>(&device),
+                text_embeds: pooled.to_tensor::<2>(device),
+                time_ids: time_ids.to_tensor::<2>(device),
             }),
             noise,
         };
-        let start = Instant::now();
+        let start = timing.start(step);
         let (next, stats) = optimizer_step(
             unet,
             &mut optim,
@@ -234,34 +360,63 @@ fn run_case(case: &Case) -> anyhow::Result<()> {
             step + 1,
         )?;
         unet = next;
-        // Wait for queued work (the update on GPU backends) so the time covers the whole step.
-        device
-            .sync()
-            .map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
-        anyhow::ensure!(stats.loss.is_finite(), "loss diverged");
-        if step > 0 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
+        sync(device)?;
+        timing.end(step, start, stats.loss)?;
     }
-    let cpu_per_step = cpu_start
-        .zip(cpu_ms())
-        .map(|(a, b)| (b - a) / case.steps as f64);
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-    println!(
-        "{}",
-        serde_json::json!({
-            "name": case.name,
-            "step_ms_mean": mean,
-            "step_ms_min": min,
-            "cpu_ms_per_step": cpu_per_step,
-            "peak_rss_mib": peak_rss_mib(),
-            "trainable_params": trainable,
-            "frozen_params": frozen,
-            "adapted_modules": adapted.len(),
-            "steps": case.steps,
-        })
-    );
+    timing.report(case, trainable, frozen, adapted.len());
+    Ok(())
+}
+
+fn run_flux(case: &Case, config: &FluxTransformerConfig, device: &Device) -> anyhow::Result<()> {
+    let mut model = config.init(device).no_grad();
+    if case.bf16_base {
+        store_base_weights(&mut model, FloatDType::BF16);
+    }
+    let network = NetworkConfig::new(16, 16.0).with_targets(FLUX_TARGETS);
+    let (mut model, adapted) = apply_lora(model, &network, 0, device)?;
+    let trainable = adapter_param_count(&mut model);
+    let frozen = model.num_params() - trainable;
+    let settings = AdamWSettings {
+        learning_rate: 1e-4,
+        ..AdamWSettings::default()
+    };
+    let mut optim = settings.build();
+    let objective = FlowObjective::default();
+    let mut rng = SeededRng::new(0, Stream::Noise);
+    let (b, s, t) = (case.batch, case.latent, case.tokens);
+    let channels = config.in_channels / 4;
+    let (joint, pooled_dim) = (config.joint_attention_dim, config.pooled_projection_dim);
+    let latents = HostTensor::new(vec![b, channels, s, s], rng.normal(b * channels * s * s));
+    let text = HostTensor::new(vec![b, t, joint], rng.normal(b * t * joint));
+    let pooled = HostTensor::new(vec![b, pooled_dim], rng.normal(b * pooled_dim));
+
+    let mut timing = Timing::new();
+    for step in 0..=case.steps {
+        let noise = FlowNoise::sample(&mut rng, [b, channels, s, s], &objective.timestep_sampling);
+        let mb = FlowMicroBatch {
+            latents: latents.to_tensor::<4>(device),
+            encoder_hidden_states: text.to_tensor::<3>(device),
+            pooled_projections: pooled.to_tensor::<2>(device),
+            noise,
+        };
+        let start = timing.start(step);
+        let (next, stats) = flow_optimizer_step(
+            model,
+            &mut optim,
+            &objective,
+            vec![mb],
+            FlowStepSettings {
+                learning_rate: 1e-4,
+                max_grad_norm: Some(1.0),
+                accumulation: 1,
+                step: step + 1,
+            },
+        )?;
+        model = next;
+        sync(device)?;
+        timing.end(step, start, stats.loss)?;
+    }
+    timing.report(case, trainable, frozen, adapted.len());
     Ok(())
 }
 
@@ -298,7 +453,7 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             if picked.is_empty() {
                 bail!(
-                    "no case starts with `{name}`; expected tiny, sd15 or sdxl (sdxl-gc, sdxl-bf16)"
+                    "no case starts with `{name}`; expected tiny, sd15, sdxl (sdxl-gc, sdxl-bf16) or flux (flux-f32)"
                 );
             }
             picked
@@ -307,7 +462,7 @@ fn main() -> anyhow::Result<()> {
 
     let torch = torch_reference();
     println!(
-        "burn 0.22.1 on `{}`, {} CPU threads, fp32",
+        "burn 0.22.1 on `{}`, {} CPU threads, fp32 adapters",
         device_spec(),
         threads()
     );

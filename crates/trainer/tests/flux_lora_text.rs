@@ -26,8 +26,7 @@ const ALPHA: f32 = 4.0;
 const STRENGTH: f64 = 0.75;
 
 fn temp(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("loraflow-flux-te-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("loraflow-flux-te-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -122,7 +121,10 @@ fn save(path: &Path, tensors: &[(String, HostTensor)]) {
 /// The prompt's T5 states and CLIP pooled output.
 fn encode(model: &FluxModel, device: &Device) -> (HostTensor, HostTensor) {
     let (states, pooled) = model.encode_prompt("a red disc on white", device).unwrap();
-    let (states, pooled) = (HostTensor::from_tensor(states), HostTensor::from_tensor(pooled));
+    let (states, pooled) = (
+        HostTensor::from_tensor(states),
+        HostTensor::from_tensor(pooled),
+    );
     assert_finite(&states, "T5 states");
     assert_finite(&pooled, "pooled");
     (states, pooled)
@@ -183,14 +185,26 @@ fn kohya_te1_and_te3_keys_change_the_encoding_as_merged_weights_do() {
     );
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     let (states, pooled) = encode(&adapted, &device);
-    let reference = with_encoders(&base, &clip_merged, &torch_tensors(&base.t5, ""), &dir, &device);
+    let reference = with_encoders(
+        &base,
+        &clip_merged,
+        &torch_tensors(&base.t5, ""),
+        &dir,
+        &device,
+    );
     let (_, merged_pooled) = encode(&reference, &device);
     let moved = relative(&pooled, &base_pooled);
-    assert!(moved > 1e-2, "the adapters moved the pooled output by {moved:e} only");
+    assert!(
+        moved > 1e-2,
+        "the adapters moved the pooled output by {moved:e} only"
+    );
     let err = relative(&pooled, &merged_pooled);
     println!("te1: pooled moved {moved:e}, differs from merged by {err:e}");
     assert!(err <= 1e-5, "pooled vs merged: {err:e}");
-    assert_eq!(states, base_states, "CLIP adapters must not touch T5's states");
+    assert_eq!(
+        states, base_states,
+        "CLIP adapters must not touch T5's states"
+    );
 
     // Transformer, CLIP and T5 keys in one file: each part gets its adapters.
     let all = dir.join("all.safetensors");
@@ -207,7 +221,10 @@ fn kohya_te1_and_te3_keys_change_the_encoding_as_merged_weights_do() {
     let reference = with_encoders(&base, &clip_merged, &t5_merged, &dir, &device);
     let (merged_states, merged_pooled) = encode(&reference, &device);
     let moved = relative(&states, &base_states);
-    assert!(moved > 1e-2, "the adapters moved T5's states by {moved:e} only");
+    assert!(
+        moved > 1e-2,
+        "the adapters moved T5's states by {moved:e} only"
+    );
     let (e_states, e_pooled) = (
         relative(&states, &merged_states),
         relative(&pooled, &merged_pooled),
@@ -246,7 +263,13 @@ fn peft_text_encoder_keys_change_the_pooled_output_as_merged_weights_do() {
         &clip_adapters,
         STRENGTH as f32,
     );
-    let reference = with_encoders(&base, &clip_merged, &torch_tensors(&base.t5, ""), &dir, &device);
+    let reference = with_encoders(
+        &base,
+        &clip_merged,
+        &torch_tensors(&base.t5, ""),
+        &dir,
+        &device,
+    );
     let (_, pooled) = encode(&adapted, &device);
     let (_, merged_pooled) = encode(&reference, &device);
     let (_, base_pooled) = encode(&base, &device);

@@ -316,7 +316,10 @@ fn a_bfl_transformer_file_trains_as_its_diffusers_folder() {
     for name in a.names() {
         assert_eq!(a.read(&name).unwrap(), b.read(&name).unwrap(), "{name}");
     }
-    assert_eq!(b.metadata()["ss_sd_model_name"], "flux1-tiny-dev.safetensors");
+    assert_eq!(
+        b.metadata()["ss_sd_model_name"],
+        "flux1-tiny-dev.safetensors"
+    );
     assert_eq!(b.metadata()["ss_base_model_version"], BASE_MODEL_VERSION);
     std::fs::remove_dir_all(root).unwrap();
 }

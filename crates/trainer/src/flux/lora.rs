@@ -32,8 +32,8 @@ use std::path::Path;
 use burn::tensor::Device;
 
 use super::FluxTransformer2DModel;
-use crate::error::{Error, Result};
 use crate::clip::ClipTextModel;
+use crate::error::{Error, Result};
 use crate::lora::kohya::{
     KohyaMetadata, LoadedLora, Part, addnet_hash, addnet_legacy_hash, load_kohya_parts,
 };

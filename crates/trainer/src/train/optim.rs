@@ -183,9 +183,7 @@ pub fn accumulation_factor(group: usize, accumulation: usize) -> Result<f64> {
         return Err(Error::invalid(
             "micro_batches",
             group,
-            format!(
-                "a step takes 1..={accumulation} micro-batches (gradient_accumulation_steps)"
-            ),
+            format!("a step takes 1..={accumulation} micro-batches (gradient_accumulation_steps)"),
         ));
     }
     Ok(1.0 / accumulation as f64)
