@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod native;
 pub mod noop;
 pub mod process;
 pub mod server;
