@@ -459,7 +459,8 @@ async fn insert_statement(
 /// join (even a `LATERAL` one, which PostgreSQL flattens into a plain join),
 /// a table without statistics, as it is after a bulk write, was planned as
 /// a hash join over every event (1.2 s with 1,000,000 events).
-pub(crate) const OPEN_JOB_EVENTS: &str = "SELECT global_position, aggregate_id, sequence, event_type, event_version, payload, metadata
+pub(crate) const OPEN_JOB_EVENTS: &str =
+    "SELECT global_position, aggregate_id, sequence, event_type, event_version, payload, metadata
        FROM events
       WHERE aggregate_type = $1 AND aggregate_id = ANY(ARRAY(SELECT job_id FROM open_jobs))
         AND global_position <= $2

@@ -116,7 +116,10 @@ async fn a_submit_after_another_process_cancelled_is_decided_as_stored(t: &TestS
         })
     };
     let plain = JobId::new("plain");
-    t.store.execute(&plain, create(&plain), meta()).await.unwrap();
+    t.store
+        .execute(&plain, create(&plain), meta())
+        .await
+        .unwrap();
     let submitted = t.store.execute(&plain, submit(), meta()).await.unwrap();
     assert_eq!(submitted.sequence, 1 + submitted.events.len() as u64);
     assert!(matches!(submitted.events[0], JobEvent::JobSubmitted(_)));
@@ -135,7 +138,10 @@ async fn a_submit_after_another_process_cancelled_is_decided_as_stored(t: &TestS
         .await
         .unwrap();
     let err = t.store.execute(&job, submit(), meta()).await.unwrap_err();
-    assert!(matches!(err, Error::Domain(_)), "refused as stored: {err:?}");
+    assert!(
+        matches!(err, Error::Domain(_)),
+        "refused as stored: {err:?}"
+    );
     let history = t.store.history(&job).await.unwrap();
     assert!(
         !history

@@ -301,7 +301,8 @@ mod databases {
                 .as_str()
                 .is_some_and(|i| i.starts_with("events"));
         let own = if on_events {
-            node["Actual Rows"].as_f64().unwrap_or(0.0) * node["Actual Loops"].as_f64().unwrap_or(1.0)
+            node["Actual Rows"].as_f64().unwrap_or(0.0)
+                * node["Actual Loops"].as_f64().unwrap_or(1.0)
         } else {
             0.0
         };
