@@ -7,8 +7,8 @@
 //!   connected; then 4 workers of 4 slots each connect, and the time until
 //!   the last job reaches review gives steps/s.
 //! - **paced**: with the workers idle, jobs arrive at each rate of
-//!   `BENCH_RATES` jobs/s (default `3,30`: 9 and 90 steps/s) for
-//!   `BENCH_PACED_SECONDS` (default 10). Per step, ready → leased is
+//!   `BENCH_RATES` jobs/s (default `3,30`: 9 and 90 steps/s; empty for
+//!   none) for `BENCH_PACED_SECONDS` (default 10). Per step, ready → leased is
 //!   `StepQueued.queued_at` → `StepLeased.leased_at` (both taken by the
 //!   engine's clock as it decides). Per job: the three steps,
 //!   `JobSubmitted.submitted_at` → `ReviewRequested.requested_at`; and end to
@@ -18,6 +18,12 @@
 //! - **create_job**: the burst's jobs are queued by `BENCH_CLIENTS` (default
 //!   16) concurrent callers of `Engine::create_job` (which returns once the
 //!   views show the job): jobs/s.
+//! - **CPU**: beside `create_job` and the burst, the CPU time (user and
+//!   system, from `/proc`) per job and per step, of the bench's process
+//!   (engine, gRPC, workers) and of PostgreSQL's processes (all of them: on
+//!   a shared server another client's work counts too; on SQLite this is
+//!   whatever else the cluster does). Wall-clock rates move with the load of
+//!   a shared machine; CPU per operation much less.
 //! - **restart** (`--history N`, or `BENCH_HISTORY=N`): the store is filled
 //!   with finished jobs (each a whole published history, about 25 events,
 //!   chained and signed as any commit), until it holds `N` events; one job is
@@ -153,6 +159,7 @@ impl Bench {
 
     async fn burst(&mut self, jobs: usize, clients: usize) -> String {
         let mut reviews = self.reviews().await;
+        let cpu = cpu_seconds();
         let t = Instant::now();
         let mut callers = Vec::new();
         for c in 0..clients {
@@ -169,10 +176,12 @@ impl Bench {
         }
         let queued_in = t.elapsed();
         println!(
-            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s",
+            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s; per job {}",
             queued_in.as_secs_f64(),
-            jobs as f64 / queued_in.as_secs_f64()
+            jobs as f64 / queued_in.as_secs_f64(),
+            cpu_per(cpu, jobs)
         );
+        let cpu = cpu_seconds();
         let t = Instant::now();
         self.connect_workers();
         for _ in 0..jobs {
@@ -180,12 +189,13 @@ impl Bench {
         }
         let took = t.elapsed().as_secs_f64();
         format!(
-            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots",
+            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots; per step {}",
             queued_in.as_secs_f64(),
             jobs * 3,
             (jobs * 3) as f64 / took,
             jobs as f64 / took,
             WORKERS,
+            cpu_per(cpu, jobs * 3)
         )
     }
 
@@ -269,6 +279,45 @@ impl Bench {
 }
 
 /// Resident memory of this process, in MiB (Linux; NaN elsewhere).
+/// CPU seconds (user and system) spent so far by this process and by the
+/// PostgreSQL server's processes (all of them: another client of the
+/// cluster counts too), from `/proc` (in USER_HZ, 100 per second).
+fn cpu_seconds() -> (f64, f64) {
+    fn of(stat: &str) -> Option<(String, f64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((comm, ticks / 100.0))
+    }
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| of(&s))
+        .map_or(f64::NAN, |(_, s)| s);
+    let mut postgres = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some((comm, s)) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| of(&s))
+            && comm == "postgres"
+        {
+            postgres += s;
+        }
+    }
+    (own, postgres)
+}
+
+/// CPU milliseconds per unit since `before`: this process, PostgreSQL.
+fn cpu_per(before: (f64, f64), units: usize) -> String {
+    let (own, pg) = cpu_seconds();
+    let per = |s: f64| s * 1e3 / units as f64;
+    format!(
+        "CPU {:.2} ms in this process + {:.2} ms in PostgreSQL",
+        per(own - before.0),
+        per(pg - before.1)
+    )
+}
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -418,6 +467,7 @@ fn main() {
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
         .unwrap_or_else(|_| "3,30".into())
         .split(',')
+        .filter(|r| !r.trim().is_empty())
         .map(|r| {
             r.trim()
                 .parse()

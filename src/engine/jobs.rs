@@ -293,10 +293,12 @@ impl Engine {
         let submit = JobCommand::Submit(SubmitJob { dataset });
         match self.inner.store.execute(job_id, submit, meta).await {
             Ok(c) => {
+                // The views show the job once they reach its submission;
+                // what other callers wrote meanwhile need not be waited for.
                 if let Some(p) = c.position {
                     self.inner.store.wait_for(p).await?;
                 }
-                self.get_job(tenant, job_id).await
+                self.job_as_viewed(tenant, job_id).await
             }
             // A repeat of the request submitted it meanwhile (or a client
             // cancelled it): the job is past Pending either way.
@@ -367,6 +369,11 @@ impl Engine {
 
     pub async fn get_job(&self, tenant: &TenantId, job: &JobId) -> Result<JobView> {
         self.fresh_views().await?;
+        self.job_as_viewed(tenant, job).await
+    }
+
+    /// The job as the views hold it now (the caller has let them catch up).
+    async fn job_as_viewed(&self, tenant: &TenantId, job: &JobId) -> Result<JobView> {
         match self.inner.store.views().job_status(job).await? {
             Some(status) if &status.tenant == tenant => {
                 // Queue position and ETA come from the scheduler, which
@@ -387,7 +394,7 @@ impl Engine {
         let connected =
             scheduler.connected(&self.inner.fleet, self.inner.config.connected_within());
         let (queue_position, running, waiting_for) = scheduler.read(|s| {
-            let position = s.ordered_queue().iter().position(|q| q.job_id == job);
+            let position = s.queue_place(&job);
             let running: Vec<_> = s
                 .leases()
                 .filter(|l| l.job_id == job)

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loraflow_core::ids::JobId;
-use loraflow_core::views::{JobStatus, QueueChange, QueueView};
+use loraflow_core::ids::{JobId, StepId};
+use loraflow_core::views::{JobStatus, QueueChange, QueueView, QueuedStep};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -43,6 +43,52 @@ pub(crate) fn fold_batch<'a>(
         .filter_map(|(id, s)| s.map(|s| (id, s)))
         .collect();
     (statuses, changes)
+}
+
+/// A batch's queue changes reduced to what they leave behind, for a
+/// backend that writes them as a few set statements: first delete every
+/// entry of `cleared` jobs, then the `removed` steps, then write `upserted`.
+/// Applied in that order they leave the queue as the changes one by one do.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct NetQueue {
+    pub cleared: Vec<JobId>,
+    pub removed: Vec<(JobId, StepId)>,
+    pub upserted: Vec<QueuedStep>,
+}
+
+impl NetQueue {
+    pub(crate) fn of(changes: Vec<QueueChange>) -> Self {
+        // Each step's last change wins; a job's end drops what came before.
+        let mut last: HashMap<(JobId, StepId), Option<QueuedStep>> = HashMap::new();
+        let mut cleared: Vec<JobId> = Vec::new();
+        for c in changes {
+            match c {
+                QueueChange::Upsert(q) => {
+                    last.insert((q.job_id.clone(), q.step_id.clone()), Some(q));
+                }
+                QueueChange::Remove { job_id, step_id } => {
+                    last.insert((job_id, step_id), None);
+                }
+                QueueChange::RemoveJob { job_id } => {
+                    last.retain(|(j, _), _| *j != job_id);
+                    if !cleared.contains(&job_id) {
+                        cleared.push(job_id);
+                    }
+                }
+            }
+        }
+        let mut net = Self {
+            cleared,
+            ..Self::default()
+        };
+        for (key, q) in last {
+            match q {
+                Some(q) => net.upserted.push(q),
+                None => net.removed.push(key),
+            }
+        }
+        net
+    }
 }
 
 /// One batch: read after `from`, apply. Returns the checkpoint after it, and
@@ -108,6 +154,106 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
                     _ = tokio::time::sleep(poll) => {}
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{TimeZone, Utc};
+    use loraflow_core::ids::TenantId;
+    use loraflow_core::workflow::{Requirements, StepKind};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn queued(job: &str, step: &str, position: u64) -> QueuedStep {
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        QueuedStep {
+            job_id: JobId::new(job),
+            step_id: StepId::new(step),
+            kind: StepKind::new("noop"),
+            attempt: 1,
+            tenant: TenantId::new("acme"),
+            priority: 0,
+            requires: Requirements::default(),
+            queued_at: at,
+            not_before: at,
+            position,
+        }
+    }
+
+    type Model = BTreeMap<(String, String), u64>;
+
+    /// The queue after `changes` one by one, as the per-change statements
+    /// leave it.
+    fn one_by_one(mut queue: Model, changes: &[QueueChange]) -> Model {
+        for c in changes {
+            match c {
+                QueueChange::Upsert(q) => {
+                    queue.insert((q.job_id.to_string(), q.step_id.to_string()), q.position);
+                }
+                QueueChange::Remove { job_id, step_id } => {
+                    queue.remove(&(job_id.to_string(), step_id.to_string()));
+                }
+                QueueChange::RemoveJob { job_id } => {
+                    queue.retain(|(j, _), _| j != job_id.as_str());
+                }
+            }
+        }
+        queue
+    }
+
+    /// The queue after the net changes, in their documented order.
+    fn net(mut queue: Model, net: &NetQueue) -> Model {
+        queue.retain(|(j, _), _| !net.cleared.iter().any(|c| c.as_str() == j));
+        for (j, s) in &net.removed {
+            queue.remove(&(j.to_string(), s.to_string()));
+        }
+        for q in &net.upserted {
+            queue.insert((q.job_id.to_string(), q.step_id.to_string()), q.position);
+        }
+        queue
+    }
+
+    #[test]
+    fn net_queue_changes_leave_the_queue_as_the_changes_one_by_one() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let jobs = ["j1", "j2", "j3"];
+        let steps = ["s1", "s2", "s3"];
+        for round in 0..2_000u64 {
+            let mut before = Model::new();
+            for j in jobs {
+                for s in steps {
+                    if rng.random_bool(0.4) {
+                        before.insert((j.into(), s.into()), 0);
+                    }
+                }
+            }
+            let changes: Vec<QueueChange> = (0..rng.random_range(0..12u64))
+                .map(|i| {
+                    let j = jobs[rng.random_range(0..jobs.len())];
+                    let s = steps[rng.random_range(0..steps.len())];
+                    match rng.random_range(0..5) {
+                        0 => QueueChange::RemoveJob {
+                            job_id: JobId::new(j),
+                        },
+                        1 | 2 => QueueChange::Remove {
+                            job_id: JobId::new(j),
+                            step_id: StepId::new(s),
+                        },
+                        _ => QueueChange::Upsert(queued(j, s, round * 100 + i + 1)),
+                    }
+                })
+                .collect();
+            let reduced = NetQueue::of(changes.clone());
+            assert_eq!(
+                net(before.clone(), &reduced),
+                one_by_one(before, &changes),
+                "{changes:?}"
+            );
         }
     }
 }

@@ -611,7 +611,8 @@ impl Store {
     }
 
     /// One attempt. A command the store may retry (see [`crate::retry`])
-    /// is first decided on the job as this process last wrote it, when it
+    /// and a `Submit` (which follows its job's `Create` in `create_job`)
+    /// are first decided on the job as this process last wrote it, when it
     /// has it, and that answer is kept only if it wrote events (the store's
     /// key on the sequence proved the state current); a refusal, a repeat
     /// that writes nothing or a conflict is decided again on the job as
@@ -628,7 +629,8 @@ impl Store {
         command: JobCommand,
         metadata: HashMap<String, String>,
     ) -> Result<Committed> {
-        let cached = if expected.is_none() && retry_safe(&command) {
+        let on_copy = retry_safe(&command) || matches!(command, JobCommand::Submit(_));
+        let cached = if expected.is_none() && on_copy {
             self.shared.cached_job(job_id)
         } else {
             None
@@ -988,9 +990,24 @@ impl Store {
             if cp >= position {
                 return Ok(());
             }
-            tokio::select! {
-                _ = moved.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
+            // Asked again once this process' runner has passed `position`,
+            // or at the next tick (another process' runner may have): not
+            // at every batch before (under load, each waiter would ask
+            // once per batch of every other caller's events).
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    changed = moved.changed() => match changed {
+                        Ok(()) if *moved.borrow_and_update() >= position => break,
+                        Ok(()) => {}
+                        Err(_) => {
+                            (&mut sleep).await;
+                            break;
+                        }
+                    },
+                    _ = &mut sleep => break,
+                }
             }
             wait = (wait * 2).min(self.shared.options.poll_interval);
         }

@@ -48,6 +48,34 @@ impl SchedulerState {
         q
     }
 
+    /// Where `job`'s first step stands in [`ordered_queue`](Self::ordered_queue)
+    /// (0 is served next), without sorting the queue: one pass counting the
+    /// steps served before it. `None` when none of its steps is queued.
+    pub fn queue_place(&self, job: &JobId) -> Option<usize> {
+        let running = self.running_by_tenant();
+        let order = |s: &QueuedStep| {
+            (
+                Reverse(s.priority),
+                running.get(&s.tenant).copied().unwrap_or(0),
+                s.position,
+            )
+        };
+        // The sort is stable over the map, ordered by (job, step): that
+        // order breaks ties.
+        let (first, first_key) = self
+            .queued
+            .range((job.clone(), StepId::new(""))..)
+            .take_while(|((j, _), _)| j == job)
+            .map(|(k, s)| (order(s), k))
+            .min()?;
+        Some(
+            self.queued
+                .iter()
+                .filter(|&(k, s)| (order(s), k) < (first, first_key))
+                .count(),
+        )
+    }
+
     /// The step `executor` should get now, if any: one it can run, past its
     /// backoff, and only while the executor is under its concurrency limit.
     pub fn pick(

@@ -319,6 +319,14 @@ proptest! {
             let idx = f.drivers.iter().position(|d| &d.job_id == job).unwrap();
             f.lease(idx, step.as_str(), "w");
         }
+        // A job's place without the sort is its first step's in the sorted queue.
+        let ordered = f.state.ordered_queue();
+        for d in &f.drivers {
+            prop_assert_eq!(
+                f.state.queue_place(&d.job_id),
+                ordered.iter().position(|q| q.job_id == d.job_id)
+            );
+        }
         let mut caps = cpu(&["validate_dataset", "label"]);
         if offers_train {
             caps.kinds.insert("train".into());

@@ -1,12 +1,13 @@
-//! The command path decides retry-safe commands on the job as this process
-//! last wrote it; another process writing the same job in between must
-//! never make it act on the old copy: its write conflicts, and a refusal or
-//! a no-op from the copy is decided again on the stored job.
+//! The command path decides retry-safe commands, and the `Submit` that
+//! follows a `Create`, on the job as this process last wrote it; another
+//! process writing the same job in between must never make it act on the
+//! old copy: its write conflicts, and a refusal or a no-op from the copy is
+//! decided again on the stored job.
 
 use loraflow_core::ids::{ExecutorId, JobId, LeaseId, StepId};
 use loraflow_core::job::canned::{outputs_for, sample_dataset, sample_spec};
 use loraflow_core::job::{
-    CreateJob, Heartbeat, JobCommand, JobEvent, LeaseStep, StepProgress, SubmitJob,
+    CancelJob, CreateJob, Heartbeat, JobCommand, JobEvent, LeaseStep, StepProgress, SubmitJob,
 };
 use loraflow_core::workflow::StepKind;
 
@@ -99,9 +100,78 @@ async fn a_job_moved_on_by_another_process_is_decided_as_stored(t: &TestStore) {
     other.close().await;
 }
 
+/// A submit follows its create on the copy this process wrote; a job
+/// cancelled by another process in between is not submitted from the copy.
+async fn a_submit_after_another_process_cancelled_is_decided_as_stored(t: &TestStore) {
+    let other = t.reopen().await;
+    let create = |id: &JobId| {
+        JobCommand::Create(CreateJob {
+            job_id: id.clone(),
+            spec: sample_spec(),
+        })
+    };
+    let submit = || {
+        JobCommand::Submit(SubmitJob {
+            dataset: sample_dataset(),
+        })
+    };
+    let plain = JobId::new("plain");
+    t.store
+        .execute(&plain, create(&plain), meta())
+        .await
+        .unwrap();
+    let submitted = t.store.execute(&plain, submit(), meta()).await.unwrap();
+    assert_eq!(submitted.sequence, 1 + submitted.events.len() as u64);
+    assert!(matches!(submitted.events[0], JobEvent::JobSubmitted(_)));
+
+    let job = JobId::new("cancelled-meanwhile");
+    t.store.execute(&job, create(&job), meta()).await.unwrap();
+    other
+        .execute(
+            &job,
+            JobCommand::Cancel(CancelJob {
+                reason: "wrong dataset".into(),
+                cancelled_by: "alice".into(),
+            }),
+            meta(),
+        )
+        .await
+        .unwrap();
+    let err = t.store.execute(&job, submit(), meta()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Domain(_)),
+        "refused as stored: {err:?}"
+    );
+    let history = t.store.history(&job).await.unwrap();
+    assert!(
+        !history
+            .iter()
+            .any(|e| matches!(e.payload, JobEvent::JobSubmitted(_))),
+        "{history:?}"
+    );
+    t.store.verify_job(&job).await.unwrap();
+    other.close().await;
+}
+
 // Two processes need a database (a memory store is its process' own).
 mod databases {
     use super::super::support::{Kind, TestStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_submit_after_another_process_cancelled_is_decided_as_stored() {
+        let t = TestStore::open(Kind::Sqlite).await.unwrap();
+        super::a_submit_after_another_process_cancelled_is_decided_as_stored(&t).await;
+        t.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_submit_after_another_process_cancelled_is_decided_as_stored() {
+        let Some(t) = TestStore::open(Kind::Postgres).await else {
+            return;
+        };
+        super::a_submit_after_another_process_cancelled_is_decided_as_stored(&t).await;
+        t.cleanup().await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_a_job_moved_on_by_another_process_is_decided_as_stored() {
