@@ -178,3 +178,12 @@ impl Error {
         }
     }
 }
+
+/// A JSON file (a model's or scheduler's config), read and parsed; errors name the file.
+pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}

@@ -35,13 +35,7 @@ pub struct ClipProjectionConfig {
 impl ClipProjectionConfig {
     /// Reads `text_encoder_2/config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::from_transformers(&value)
+        Self::from_transformers(&crate::error::read_json(path.as_ref())?)
     }
 
     /// Interprets a parsed config, with transformers' defaults for absent keys.

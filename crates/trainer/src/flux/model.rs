@@ -83,11 +83,7 @@ pub(crate) fn tokenizer_max_length(dir: &Path) -> Result<Option<usize>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::read(&path, e))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let value = crate::error::read_json(&path)?;
     // Some configs hold a huge sentinel instead of a length.
     Ok(value["model_max_length"]
         .as_u64()

@@ -70,13 +70,7 @@ const MAX_WIDTH: usize = 1 << 20;
 impl T5Config {
     /// Reads a transformers `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::from_transformers(&value)
+        Self::from_transformers(&crate::error::read_json(path.as_ref())?)
     }
 
     /// Interprets a parsed transformers config, filling transformers' defaults for absent keys

@@ -137,13 +137,7 @@ fn strings(key: &str, v: &Value) -> Result<Vec<String>> {
 impl UNetConfig {
     /// Reads a diffusers `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::from_diffusers(&value)
+        Self::from_diffusers(&crate::error::read_json(path.as_ref())?)
     }
 
     /// Interprets a parsed diffusers config, filling diffusers' defaults for absent keys.
