@@ -10,12 +10,11 @@ use crate::s3_server;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
 use loraflow::config::Config;
 use loraflow::core::artifact::Sha256;
 use loraflow::core::catalogue::{Engine as EngineKind, ParamValue};
 use loraflow::core::ids::TenantId;
-use loraflow::core::job::{DatasetRef, JobEvent, JobSpec, JobState, Naming};
+use loraflow::core::job::{DatasetRef, JobSpec, JobState, Naming};
 use loraflow::executors::native::NativeOptions;
 use loraflow::executors::{
     Label, LocalDataset, NativeSampler, NativeTrainer, Publish, ValidateDataset,
@@ -157,29 +156,7 @@ async fn a_tiny_sd_job_runs_to_publication_with_its_artifacts_on_s3() {
         .status
         .job_id;
 
-    let mut feed = std::pin::pin!(engine.watch(&tenant, &job, 0).await.unwrap());
-    let ended = tokio::time::timeout(Duration::from_secs(600), async {
-        while let Some(event) = feed.next().await {
-            let event = event.unwrap();
-            match &event.payload {
-                JobEvent::ReviewRequested(review) => {
-                    let last = review.epochs.iter().filter_map(|e| e.lora.as_ref()).count();
-                    engine
-                        .approve(&tenant, &job, last as u32, "s3 test", None)
-                        .await
-                        .unwrap();
-                }
-                JobEvent::JobPublished(_) | JobEvent::JobFailed(_) | JobEvent::JobCancelled(_) => {
-                    engine.store().wait_for(event.position).await.unwrap();
-                    return;
-                }
-                _ => {}
-            }
-        }
-        panic!("the engine stopped before the job ended");
-    })
-    .await;
-    assert!(ended.is_ok(), "the job did not end within 10 minutes");
+    crate::common::approve_last_epoch_until_ended(&engine, &tenant, &job, "s3 test").await;
 
     let status = engine.get_job(&tenant, &job).await.unwrap().status;
     assert_eq!(status.state, JobState::Published, "{:?}", status.failure);

@@ -194,6 +194,39 @@ pub async fn create_job(engine: &Engine, spec: JobSpec) -> JobId {
     view.expect("create a job").status.job_id
 }
 
+/// Follows the job's feed until it ends (published, failed or cancelled, and the views show
+/// it), approving the last epoch with a LoRA when review is requested; panics after 10 minutes.
+pub async fn approve_last_epoch_until_ended(
+    engine: &Engine,
+    tenant: &TenantId,
+    job: &JobId,
+    note: &str,
+) {
+    let mut feed = std::pin::pin!(engine.watch(tenant, job, 0).await.unwrap());
+    let ended = tokio::time::timeout(Duration::from_secs(600), async {
+        while let Some(event) = feed.next().await {
+            let event = event.unwrap();
+            match &event.payload {
+                JobEvent::ReviewRequested(review) => {
+                    let last = review.epochs.iter().filter_map(|e| e.lora.as_ref()).count();
+                    engine
+                        .approve(tenant, job, last as u32, note, None)
+                        .await
+                        .unwrap();
+                }
+                JobEvent::JobPublished(_) | JobEvent::JobFailed(_) | JobEvent::JobCancelled(_) => {
+                    engine.store().wait_for(event.position).await.unwrap();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        panic!("the engine stopped before the job ended");
+    })
+    .await;
+    assert!(ended.is_ok(), "the job did not end within 10 minutes");
+}
+
 /// Wait until the job writes an event matching `pred`, and the views include
 /// it; returns it.
 pub async fn wait_event(

@@ -2,17 +2,14 @@
 //! engine with the real native trainer and sampler on a tiny model of the trainer crate's
 //! fixtures, for the per-family end-to-end tests (`engine_sdxl`, `engine_flux`).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use futures::StreamExt;
 use loraflow::core::catalogue::{Catalogue, Engine as EngineKind, ParamValue};
 use loraflow::core::ids::{JobId, TenantId};
-use loraflow::core::job::{DatasetRef, JobEvent, JobSpec, JobState, Naming};
+use loraflow::core::job::{DatasetRef, JobSpec, JobState, Naming};
 use loraflow::executors::native::NativeOptions;
 use loraflow::executors::{Label, NativeSampler, NativeTrainer, Publish, ValidateDataset};
 use loraflow::{Engine, NewJob};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use super::dataset;
 
@@ -132,29 +129,7 @@ pub async fn publish_native_job(
     };
     let job = engine.create_job(&tenant, new).await.unwrap().status.job_id;
 
-    let mut feed = std::pin::pin!(engine.watch(&tenant, &job, 0).await.unwrap());
-    let ended = tokio::time::timeout(Duration::from_secs(600), async {
-        while let Some(event) = feed.next().await {
-            let event = event.unwrap();
-            match &event.payload {
-                JobEvent::ReviewRequested(review) => {
-                    let last = review.epochs.iter().filter_map(|e| e.lora.as_ref()).count();
-                    engine
-                        .approve(&tenant, &job, last as u32, "native test", None)
-                        .await
-                        .unwrap();
-                }
-                JobEvent::JobPublished(_) | JobEvent::JobFailed(_) | JobEvent::JobCancelled(_) => {
-                    engine.store().wait_for(event.position).await.unwrap();
-                    return;
-                }
-                _ => {}
-            }
-        }
-        panic!("the engine stopped before the job ended");
-    })
-    .await;
-    assert!(ended.is_ok(), "the job did not end within 10 minutes");
+    super::approve_last_epoch_until_ended(&engine, &tenant, &job, "native test").await;
 
     let status = engine.get_job(&tenant, &job).await.unwrap().status;
     assert_eq!(status.state, JobState::Published, "{:?}", status.failure);
