@@ -38,7 +38,7 @@ fn failed(m: &Migration, e: sqlx::Error) -> Error {
 }
 
 pub(crate) async fn postgres(pool: &PgPool, migrations: &[Migration]) -> Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::backend::postgres::begin(pool).await?;
     // Keyed by schema so that databases holding several stores (tests) do
     // not wait on each other.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('loraflow.migrate.' || current_schema()))")

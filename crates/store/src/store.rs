@@ -421,11 +421,14 @@ impl Store {
                 )
             }
             StoreUrl::Postgres { url } => {
-                let pool = postgres::connect(url, &options).await?;
+                let postgres::Pools {
+                    main: pool,
+                    checked,
+                } = postgres::connect(url, &options).await?;
                 migrate::postgres(&pool, postgres::MIGRATIONS).await?;
                 (
                     Backend::Postgres(pool.clone()),
-                    EventRepo::Postgres(PostgresEventRepository::new(pool.clone()), pool),
+                    EventRepo::Postgres(PostgresEventRepository::new(checked), pool),
                 )
             }
             StoreUrl::Memory => {

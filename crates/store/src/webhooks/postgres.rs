@@ -105,7 +105,7 @@ pub(crate) async fn apply(
     events: &[StoredEvent],
     now: DateTime<Utc>,
 ) -> Result<(Position, usize)> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::backend::postgres::begin(pool).await?;
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
     )
@@ -240,7 +240,7 @@ pub(crate) async fn claim(pool: &PgPool, d: &Delivery, until: DateTime<Utc>) -> 
 }
 
 pub(crate) async fn record(pool: &PgPool, d: &Delivery, r: &AttemptRecord) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::backend::postgres::begin(pool).await?;
     sqlx::query("SELECT 1 FROM webhook_subscriptions WHERE job_id = $1 AND url = $2 FOR UPDATE")
         .bind(d.job_id.as_str())
         .bind(&d.url)
