@@ -34,6 +34,9 @@ const LOST_FOR: Duration = Duration::from_secs(2);
 const EXPIRING_FOR: Duration = Duration::from_secs(2);
 /// The timer wakes at least this often, to catch clock jumps.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// The timer looks for due deadlines at most this often when woken by
+/// changes of the state.
+const RESCAN_EVERY: Duration = Duration::from_millis(10);
 
 struct Inner {
     state: SchedulerState,
@@ -366,13 +369,27 @@ impl Scheduler {
             let notified = self.changed.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
+            let scanned = Instant::now();
+            let wake = scanned + sleep.unwrap_or(MAX_SLEEP);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(sleep.unwrap_or(MAX_SLEEP)) => {
+                _ = tokio::time::sleep_until(wake) => {
                     // Wake polls: a backoff may have ended.
                     self.changed.notify_waiters();
                 }
-                _ = notified => {}
+                _ = notified => {
+                    // Each scan walks every queued step and lease: under a
+                    // stream of changes, at most one per `RESCAN_EVERY`
+                    // (a deadline is then met that much late at worst).
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep_until(wake.min(scanned + RESCAN_EVERY)) => {
+                            if Instant::now() >= wake {
+                                self.changed.notify_waiters();
+                            }
+                        }
+                    }
+                }
             }
         }
     }

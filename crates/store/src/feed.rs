@@ -13,7 +13,7 @@ use futures::Stream;
 use loraflow_core::ids::{JobId, TenantId};
 
 use crate::error::Result;
-use crate::event::{Position, StoredEvent};
+use crate::event::{Position, StoredEvent, TENANT};
 use crate::store::Shared;
 
 /// Which events a reader wants; both fields set means both must match.
@@ -105,12 +105,11 @@ impl Feed {
         filter: FeedFilter,
     ) -> impl Stream<Item = Result<StoredEvent>> + Send + 'static + use<> {
         let state = Subscription {
-            commits: self.shared.commits.subscribe(),
+            wake: Wake::new(&self.shared),
             shared: self.shared.clone(),
             cursor: after,
             filter,
             buffer: VecDeque::new(),
-            wait: MIN_WAIT,
         };
         futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await;
@@ -121,16 +120,281 @@ impl Feed {
 
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
+/// Events the [`Tail`] keeps.
+pub(crate) const TAIL_EVENTS: usize = 2048;
+
+/// The recent feed, read from the database once for every follower in this
+/// process (subscriptions, the views and the webhook outbox), instead of
+/// once by each of them after every commit. Started by the first follower;
+/// it follows the feed from the head at its start and keeps the last
+/// [`TAIL_EVENTS`] events. A follower whose position lies before what the
+/// tail holds reads the database until it reaches it.
+#[derive(Default)]
+pub(crate) struct Tail {
+    state: std::sync::Mutex<TailState>,
+    /// The position up to which the tail holds every event; moves as it reads.
+    moved: OnceWatch,
+    started: std::sync::atomic::AtomicBool,
+}
+
+/// `tokio::sync::watch::Sender` has no `Default` without a value; this is
+/// one made on first use.
+#[derive(Default)]
+struct OnceWatch(std::sync::OnceLock<tokio::sync::watch::Sender<Position>>);
+
+impl OnceWatch {
+    fn get(&self) -> &tokio::sync::watch::Sender<Position> {
+        self.0.get_or_init(|| tokio::sync::watch::channel(0).0)
+    }
+}
+
+#[derive(Default)]
+struct TailState {
+    /// Whether the tail has read the head: until then it covers nothing.
+    running: bool,
+    /// Every event after `from` up to `cursor` is in `events`.
+    from: Position,
+    cursor: Position,
+    events: VecDeque<Arc<StoredEvent>>,
+}
+
+impl Tail {
+    /// Start the tail's reader if it is not running (within a tokio runtime).
+    pub(crate) fn start(&self, shared: &Arc<Shared>) {
+        use std::sync::atomic::Ordering;
+        if shared.stop.is_cancelled() || self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(shared);
+        let stop = shared.stop.clone();
+        tokio::spawn(async move {
+            // However the reader ends (the store closed, its runtime shut
+            // down), followers go back to the database and the next one
+            // starts it again.
+            let _ended = Ended(weak.clone());
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = follow_tail(weak) => {}
+            }
+        });
+    }
+
+    fn ended(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = TailState::default();
+        self.started
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A receiver that changes each time the tail moves.
+    pub(crate) fn moves(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.moved.get().subscribe()
+    }
+
+    /// Up to `limit` events after `after` that match `filter`, and the
+    /// position up to which the tail looked (every event up to it that
+    /// matches is in the answer); `None` when the tail does not hold every
+    /// event after `after`.
+    pub(crate) fn read(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Option<(Vec<StoredEvent>, Position)> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.running || after < state.from {
+            return None;
+        }
+        let first = state.events.partition_point(|e| e.position <= after);
+        let mut found = Vec::new();
+        let mut looked = after;
+        for e in state.events.range(first..) {
+            if found.len() == limit {
+                return Some((found, looked));
+            }
+            if matches(filter, e) {
+                found.push(StoredEvent::clone(e));
+            }
+            looked = e.position;
+        }
+        Some((found, state.cursor.max(after)))
+    }
+
+    fn begin_at(&self, head: Position) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = TailState {
+            running: true,
+            from: head,
+            cursor: head,
+            events: VecDeque::new(),
+        };
+        drop(state);
+        self.moved.get().send_replace(head);
+    }
+
+    fn push(&self, events: Vec<StoredEvent>) {
+        let Some(last) = events.last().map(|e| e.position) else {
+            return;
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.events.extend(events.into_iter().map(Arc::new));
+        while state.events.len() > TAIL_EVENTS {
+            if let Some(e) = state.events.pop_front() {
+                state.from = e.position;
+            }
+        }
+        state.cursor = last;
+        drop(state);
+        self.moved.get().send_replace(last);
+    }
+}
+
+struct Ended(std::sync::Weak<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.tail.ended();
+        }
+    }
+}
+
+fn matches(filter: &FeedFilter, e: &StoredEvent) -> bool {
+    filter.job.as_ref().is_none_or(|j| *j == e.job_id)
+        && filter
+            .tenant
+            .as_ref()
+            .is_none_or(|t| e.metadata.get(TENANT).map(String::as_str) == Some(t.as_str()))
+}
+
+/// The tail's reader: the head, then every event after it, as a
+/// subscription reads them.
+async fn follow_tail(weak: std::sync::Weak<Shared>) {
+    let Some(mut commits) = weak.upgrade().map(|s| s.commits.subscribe()) else {
+        return;
+    };
+    let head = loop {
+        let Some(shared) = weak.upgrade() else { return };
+        match shared.backend.head().await {
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::warn!(error = %e, "the feed's tail cannot read the head; trying again");
+                tokio::time::sleep(shared.options.poll_interval).await;
+            }
+        }
+    };
+    let Some(shared) = weak.upgrade() else { return };
+    shared.tail.begin_at(head);
+    drop(shared);
+    let mut cursor = head;
+    let mut wait = MIN_WAIT;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let poll = shared.options.poll_interval;
+        commits.borrow_and_update();
+        match shared
+            .read_feed(cursor, SUBSCRIBE_BATCH, &FeedFilter::all())
+            .await
+        {
+            Ok(events) if !events.is_empty() => {
+                cursor = events.last().map_or(cursor, |e| e.position);
+                shared.tail.push(events);
+                wait = MIN_WAIT;
+            }
+            Ok(_) => {
+                drop(shared);
+                tokio::select! {
+                    changed = commits.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        wait = MIN_WAIT;
+                    }
+                    _ = tokio::time::sleep(wait) => wait = (wait * 2).min(poll),
+                }
+            }
+            Err(e) => {
+                drop(shared);
+                tracing::warn!(error = %e, "the feed's tail cannot read the feed; trying again");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// What a follower of the feed reads next: from the tail when it holds
+    /// every event after `after`, else from the database. With the
+    /// position up to which it looked (at least the last event's).
+    pub(crate) async fn read_followed(
+        self: &Arc<Self>,
+        after: Position,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Result<(Vec<StoredEvent>, Position)> {
+        self.tail.start(self);
+        if let Some(read) = self.tail.read(after, limit, filter) {
+            return Ok(read);
+        }
+        let events = self.read_feed(after, limit, filter).await?;
+        let upto = events.last().map_or(after, |e| e.position);
+        Ok((events, upto))
+    }
+}
+
+/// Wakes a follower of the feed after an empty read: a commit of this
+/// process, the tail moving, or a pause growing to the poll interval (for
+/// other processes' commits while the tail is not running).
+pub(crate) struct Wake {
+    commits: tokio::sync::watch::Receiver<u64>,
+    moves: tokio::sync::watch::Receiver<Position>,
+    wait: Duration,
+    poll: Duration,
+}
+
+impl Wake {
+    pub(crate) fn new(shared: &Shared) -> Self {
+        Self {
+            commits: shared.commits.subscribe(),
+            moves: shared.tail.moves(),
+            wait: MIN_WAIT,
+            poll: shared.options.poll_interval,
+        }
+    }
+
+    /// Call before each read: what changes after it wakes [`wait`](Self::wait).
+    pub(crate) fn mark(&mut self) {
+        self.commits.borrow_and_update();
+        self.moves.borrow_and_update();
+    }
+
+    /// Something was read: the next empty read waits the shortest pause.
+    pub(crate) fn reset(&mut self) {
+        self.wait = MIN_WAIT;
+    }
+
+    /// After an empty read: until something may have changed.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            changed = self.commits.changed() => {
+                if changed.is_err() {
+                    // The store is gone; keep polling the database.
+                    tokio::time::sleep(self.poll).await;
+                } else {
+                    self.wait = MIN_WAIT;
+                }
+            }
+            Ok(()) = self.moves.changed() => self.wait = MIN_WAIT,
+            _ = tokio::time::sleep(self.wait) => self.wait = (self.wait * 2).min(self.poll),
+        }
+    }
+}
+
 struct Subscription {
     shared: Arc<Shared>,
-    commits: tokio::sync::watch::Receiver<u64>,
+    wake: Wake,
     cursor: Position,
     filter: FeedFilter,
     buffer: VecDeque<StoredEvent>,
-    /// The current pause between empty reads: short right after a commit
-    /// (on PostgreSQL a committed event can stay unreadable until older
-    /// transactions end), growing to the poll interval.
-    wait: Duration,
 }
 
 impl Subscription {
@@ -140,30 +404,20 @@ impl Subscription {
                 self.cursor = e.position;
                 return Ok(e);
             }
+            self.wake.mark();
             match self
                 .shared
-                .read_feed(self.cursor, SUBSCRIBE_BATCH, &self.filter)
+                .read_followed(self.cursor, SUBSCRIBE_BATCH, &self.filter)
                 .await
             {
-                Ok(events) if !events.is_empty() => {
+                Ok((events, _)) if !events.is_empty() => {
                     self.buffer.extend(events);
-                    self.wait = MIN_WAIT;
+                    self.wake.reset();
                 }
-                Ok(_) => {
-                    let poll = self.shared.options.poll_interval;
-                    tokio::select! {
-                        changed = self.commits.changed() => {
-                            if changed.is_ok() {
-                                self.wait = MIN_WAIT;
-                            } else {
-                                // The store is gone; keep polling the database.
-                                tokio::time::sleep(poll).await;
-                            }
-                        }
-                        _ = tokio::time::sleep(self.wait) => {
-                            self.wait = (self.wait * 2).min(poll);
-                        }
-                    }
+                Ok((_, upto)) => {
+                    // Nothing matched up to `upto`: look on from there.
+                    self.cursor = upto;
+                    self.wake.wait().await;
                 }
                 Err(e) => {
                     tokio::time::sleep(self.shared.options.poll_interval).await;

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use loraflow_core::ids::{JobId, StepId};
 use loraflow_core::views::{JobStatus, QueueChange, QueueView, QueuedStep};
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::event::{Position, StoredEvent};
-use crate::feed::FeedFilter;
+use crate::feed::{FeedFilter, Wake};
 use crate::store::Shared;
 
 /// The checkpoint name of the views kept by this crate.
@@ -97,6 +96,22 @@ pub(crate) async fn step(shared: &Shared, from: Position) -> Result<(Position, b
     let events = shared
         .read_feed(from, shared.options.projection_batch, &FeedFilter::all())
         .await?;
+    apply(shared, from, events).await
+}
+
+/// As [`step`], reading as a follower (from the feed's tail when it can).
+async fn step_followed(shared: &Arc<Shared>, from: Position) -> Result<(Position, bool)> {
+    let (events, _) = shared
+        .read_followed(from, shared.options.projection_batch, &FeedFilter::all())
+        .await?;
+    apply(shared, from, events).await
+}
+
+async fn apply(
+    shared: &Shared,
+    from: Position,
+    events: Vec<StoredEvent>,
+) -> Result<(Position, bool)> {
     if events.is_empty() {
         return Ok((from, false));
     }
@@ -116,32 +131,31 @@ pub(crate) async fn step(shared: &Shared, from: Position) -> Result<(Position, b
 /// after the poll interval: a projection never skips an event, so one it
 /// cannot read stops it until a release that can is deployed.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<()> {
-    let mut commits = shared.commits.subscribe();
+    let mut wake = Wake::new(&shared);
     let poll = shared.options.poll_interval;
-    let mut wait = Duration::from_millis(1);
     let mut from: Option<Position> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        wake.mark();
         let result = match from {
-            Some(p) => step(&shared, p).await,
+            Some(p) => step_followed(&shared, p).await,
             None => match shared.backend.checkpoint(VIEWS).await {
-                Ok(p) => step(&shared, p).await,
+                Ok(p) => step_followed(&shared, p).await,
                 Err(e) => Err(e),
             },
         };
         match result {
             Ok((cp, true)) => {
                 from = Some(cp);
-                wait = Duration::from_millis(1);
+                wake.reset();
             }
             Ok((cp, false)) => {
                 from = Some(cp);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = commits.changed() => wait = Duration::from_millis(1),
-                    _ = tokio::time::sleep(wait) => wait = (wait * 2).min(poll),
+                    _ = wake.wait() => {}
                 }
             }
             Err(e) => {

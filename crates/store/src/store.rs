@@ -124,6 +124,10 @@ pub(crate) struct Shared {
     pub committed: tokio::sync::broadcast::Sender<Arc<CommittedEvents>>,
     /// Tells the PostgreSQL notifier that this process committed.
     pub committed_here: Arc<tokio::sync::Notify>,
+    /// The recent feed, read once for every follower in this process.
+    pub tail: crate::feed::Tail,
+    /// Whether this process runs a views runner (`Store::start_projections`).
+    pub views_here: std::sync::atomic::AtomicBool,
 }
 
 /// One commit of this process, handed to in-process readers as it returns,
@@ -476,6 +480,8 @@ impl Store {
             keys,
             signing_began: signing_began.into(),
             known_heads: Default::default(),
+            tail: Default::default(),
+            views_here: Default::default(),
             records: Default::default(),
             jobs: Default::default(),
             stop: CancellationToken::new(),
@@ -616,7 +622,7 @@ impl Store {
     /// One attempt. A command the store may retry (see [`crate::retry`])
     /// and a `Submit` (which follows its job's `Create` in `create_job`)
     /// are first decided on the job as this process last wrote it, when it
-    /// has it, and that answer is kept only if it wrote events (the store's
+    /// has it (a `Create` on no job), and that answer is kept only if it wrote events (the store's
     /// key on the sequence proved the state current); a refusal, a repeat
     /// that writes nothing or a conflict is decided again on the job as
     /// stored, so no answer rests on a state that may be old. Other
@@ -638,6 +644,16 @@ impl Store {
         } else {
             None
         };
+        // A create is first decided on no job at all, without reading: an
+        // id in use makes its write at sequence 1 conflict, and it is
+        // decided again on the job as stored (which refuses it).
+        let cached = cached.or_else(|| {
+            (expected.is_none() && matches!(command, JobCommand::Create(_))).then(|| CachedJob {
+                job: TrainingJob::default(),
+                sequence: 0,
+                link: GENESIS_HASH.to_owned(),
+            })
+        });
         if let Some(c) = cached {
             match self
                 .decide_and_write(
@@ -953,6 +969,9 @@ impl Store {
     /// `shutdown` is cancelled. One per process is enough; several processes
     /// may each run one on a shared database.
     pub fn start_projections(&self, shutdown: CancellationToken) -> JoinHandle<Result<()>> {
+        self.shared
+            .views_here
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(projection::run(self.shared.clone(), shutdown))
     }
 
@@ -985,14 +1004,28 @@ impl Store {
     /// [`wait_for_timeout`](Self::wait_for_timeout) where that can happen.
     pub async fn wait_for(&self, position: Position) -> Result<()> {
         let mut moved = self.shared.views_at.subscribe();
-        let mut wait = Duration::from_millis(1);
+        // With a runner in this process, its batches say when the views
+        // pass `position`: a batch applied after this call began has read
+        // the checkpoint in its transaction, so it cannot predate a reset
+        // of the views by another process. The database is then asked
+        // only at the poll interval, as a backstop.
+        let here = self
+            .shared
+            .views_here
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let poll = self.shared.options.poll_interval;
+        let mut wait = if here { poll } else { Duration::from_millis(1) };
+        let mut ask = !here || *moved.borrow_and_update() >= position;
         loop {
             // The database, not the local watch, is the truth: another
             // process may have rebuilt the views.
-            let cp = self.shared.backend.checkpoint(VIEWS).await?;
-            if cp >= position {
-                return Ok(());
+            if ask {
+                let cp = self.shared.backend.checkpoint(VIEWS).await?;
+                if cp >= position {
+                    return Ok(());
+                }
             }
+            ask = true;
             // Asked again once this process' runner has passed `position`,
             // or at the next tick (another process' runner may have): not
             // at every batch before (under load, each waiter would ask
@@ -1002,7 +1035,12 @@ impl Store {
             loop {
                 tokio::select! {
                     changed = moved.changed() => match changed {
-                        Ok(()) if *moved.borrow_and_update() >= position => break,
+                        Ok(()) if *moved.borrow_and_update() >= position => {
+                            if here {
+                                return Ok(());
+                            }
+                            break;
+                        }
                         Ok(()) => {}
                         Err(_) => {
                             (&mut sleep).await;
@@ -1012,7 +1050,7 @@ impl Store {
                     _ = &mut sleep => break,
                 }
             }
-            wait = (wait * 2).min(self.shared.options.poll_interval);
+            wait = (wait * 2).min(poll);
         }
     }
 

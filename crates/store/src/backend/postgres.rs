@@ -223,9 +223,21 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Pools> 
     }
     // Every transaction of this backend begins through [`begin`], so a
     // connection that sqlx does not count as in a transaction is not in one.
+    // A connection is pinged before use only after an idle spell (when the
+    // server may have closed it, or restarted): sqlx's default pings before
+    // every use, a round trip per statement.
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections.unwrap_or(24))
         .after_release(|conn, _| Box::pin(async move { Ok(!super::abandoned(conn)) }))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .acquire_timeout(options.acquire_timeout);
     // postgres-es begins its own transactions (only on paths the engine
     // does not take: cqrs-es' snapshots); its pool asks the server whether
@@ -240,6 +252,10 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Pools> 
         checked,
     })
 }
+
+/// How long a pooled connection may sit idle before it is pinged on its
+/// next use.
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The pools of one store: `main` for everything the store sends itself,
 /// `checked` for postgres-es' repository.

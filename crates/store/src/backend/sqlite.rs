@@ -181,7 +181,10 @@ pub(crate) async fn connect(path: Option<&Path>, options: &StoreOptions) -> Resu
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new().acquire_timeout(options.acquire_timeout);
+    // A file has no other end to hang up: no ping before each use.
+    let pool = SqlitePoolOptions::new()
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(false);
     let pool = match path {
         Some(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -12,6 +12,7 @@ mod job_list;
 mod records;
 mod restart;
 mod support;
+mod tail;
 mod tampering;
 mod upcasting;
 mod wake;

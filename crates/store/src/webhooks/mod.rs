@@ -180,6 +180,21 @@ impl Webhooks {
         let events = s
             .read_feed(from, s.options.projection_batch, &FeedFilter::all())
             .await?;
+        self.apply(from, events).await
+    }
+
+    /// As [`step`](Self::step), reading as a follower (from the feed's
+    /// tail when it can): the runner's step.
+    pub(crate) async fn step_followed(&self, from: Position) -> Result<(Position, bool)> {
+        let s = &self.shared;
+        let (events, _) = s
+            .read_followed(from, s.options.projection_batch, &FeedFilter::all())
+            .await?;
+        self.apply(from, events).await
+    }
+
+    async fn apply(&self, from: Position, events: Vec<StoredEvent>) -> Result<(Position, bool)> {
+        let s = &self.shared;
         if events.is_empty() {
             return Ok((from, false));
         }

@@ -1,43 +1,41 @@
 //! The outbox runner: follows the feed from the outbox checkpoint and queues
 //! deliveries, batch by batch, like the projection runner keeps the views.
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
 use crate::error::Result;
 use crate::event::Position;
+use crate::feed::Wake;
 
 /// Run until `shutdown` is cancelled. Database errors are logged and retried
 /// after the poll interval; an event is never skipped.
 pub(crate) async fn run(webhooks: Webhooks, shutdown: CancellationToken) -> Result<()> {
-    let mut commits = webhooks.shared.commits.subscribe();
+    let mut wake = Wake::new(&webhooks.shared);
     let poll = webhooks.shared.options.poll_interval;
-    let mut wait = Duration::from_millis(1);
     let mut from: Option<Position> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        wake.mark();
         let result = match from {
-            Some(p) => webhooks.step(p).await,
+            Some(p) => webhooks.step_followed(p).await,
             None => match webhooks.position().await {
-                Ok(p) => webhooks.step(p).await,
+                Ok(p) => webhooks.step_followed(p).await,
                 Err(e) => Err(e),
             },
         };
         match result {
             Ok((cp, true)) => {
                 from = Some(cp);
-                wait = Duration::from_millis(1);
+                wake.reset();
             }
             Ok((cp, false)) => {
                 from = Some(cp);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = commits.changed() => wait = Duration::from_millis(1),
-                    _ = tokio::time::sleep(wait) => wait = (wait * 2).min(poll),
+                    _ = wake.wait() => {}
                 }
             }
             Err(e) => {
