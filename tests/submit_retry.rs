@@ -1,10 +1,12 @@
 //! Submitting is safe to retry. A real `loraflow serve` process is stopped
-//! exactly between `JobCreated` and the dataset's admission (the
-//! `create-job-after-created` fail point aborts it there, as a crash
-//! would), then started again on the same address; the `loraflow submit`
-//! that was waiting for an answer retries with the same request id and
-//! finishes the job, or `loraflow submit --resume` does it later. Either
-//! way there is one job, with one `JobCreated` and one `JobSubmitted`.
+//! exactly after a job's commit and before its answer (the
+//! `create-job-after-commit` fail point aborts it there, as a crash would),
+//! then started again on the same address; the `loraflow submit` that was
+//! waiting for an answer retries with the same request id and gets the job,
+//! or `loraflow submit --resume` gets it later. Either way there is one
+//! job, with one `JobCreated` and one `JobSubmitted`. (A job created and
+//! submitted in one commit is never left `Pending` by a crash; one left so
+//! by an earlier release is finished by a repeat: `tests/request_ids.rs`.)
 
 use crate::common;
 
@@ -20,8 +22,8 @@ use loraflow::core::job::{JobServices, JobState};
 use loraflow::store::Store;
 
 /// The fail point, as `FAILPOINTS` names it, that aborts the server after
-/// it wrote `JobCreated` and before it admitted the dataset.
-const CRASH_AFTER_CREATE: &str = "create-job-after-created=return";
+/// it committed a new job and before it answered.
+const CRASH_AFTER_COMMIT: &str = "create-job-after-commit=return";
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_loraflow"));
@@ -69,7 +71,7 @@ fn serve(dir: &Path, listen: &str, crash: bool) -> Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if crash {
-            cmd.env("FAILPOINTS", CRASH_AFTER_CREATE);
+            cmd.env("FAILPOINTS", CRASH_AFTER_COMMIT);
         }
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -164,7 +166,7 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submit_cut_by_a_crash_after_job_created_is_finished_by_its_retry() {
+async fn a_submit_whose_answer_a_crash_lost_is_answered_by_its_retry() {
     let (_tmp, dir) = setup();
     let mut first = serve(&dir, "127.0.0.1:0", true);
     let addr = first.addr.clone();
@@ -177,15 +179,19 @@ async fn a_submit_cut_by_a_crash_after_job_created_is_finished_by_its_retry() {
         .spawn()
         .unwrap();
 
-    // The server dies between the two writes: the job is left Pending.
+    // The server dies after the commit, before its answer: the job is
+    // submitted, and the client does not know it.
     let crashed = exits_within(&mut first.child, Duration::from_secs(60));
     assert!(
         !crashed.success(),
         "the fail point aborts the server: {crashed:?}"
     );
-    assert_eq!(stored_events(&dir, &rid).await, ["JobCreated"]);
+    assert_eq!(
+        stored_events(&dir, &rid).await,
+        ["JobCreated", "JobSubmitted", "StepQueued"]
+    );
 
-    // Back on the same address, the client's retry finishes the job.
+    // Back on the same address, the client's retry gets the job.
     let second = serve(&dir, &addr, false);
     exits_within(&mut submit, Duration::from_secs(90));
     let out = submit.wait_with_output().unwrap();
@@ -219,7 +225,7 @@ async fn a_submit_cut_by_a_crash_after_job_created_is_finished_by_its_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_resume_finishes_a_job_the_server_did_not_confirm() {
+async fn submit_resume_answers_for_a_job_the_server_did_not_confirm() {
     let (_tmp, dir) = setup();
     let mut first = serve(&dir, "127.0.0.1:0", true);
     let addr = first.addr.clone();
@@ -243,7 +249,10 @@ async fn submit_resume_finishes_a_job_the_server_did_not_confirm() {
         "{stderr}"
     );
     exits_within(&mut first.child, Duration::from_secs(30));
-    assert_eq!(stored_events(&dir, &rid).await, ["JobCreated"]);
+    assert_eq!(
+        stored_events(&dir, &rid).await,
+        ["JobCreated", "JobSubmitted", "StepQueued"]
+    );
     let pending = Engine::job_id_for_request(&TenantId::new("acme"), &rid);
 
     let second = serve(&dir, &addr, false);

@@ -259,10 +259,13 @@ impl Engine {
             return Err(Error::InvalidArgument(violations));
         };
         let meta = metadata(tenant, tenant.as_str());
-        match self
+        // Created and submitted in one commit: a crash leaves no job, or a
+        // submitted one.
+        let submit = JobCommand::Submit(SubmitJob { dataset });
+        let committed = match self
             .inner
             .store
-            .execute(&job_id, create, meta.clone())
+            .execute_all(&job_id, vec![create, submit], meta)
             .await
         {
             // A concurrent repeat of the same request won the race.
@@ -273,16 +276,23 @@ impl Engine {
                 return self.resume(tenant, &job_id, existing).await;
             }
             Err(e) => return Err(e.into()),
-            Ok(_) => {}
-        }
+            Ok(c) => c,
+        };
         // A test hook (docs/liveness.md): with `FAILPOINTS` set to
-        // `create-job-after-created=return` the process dies here, between
-        // the two writes, as a crash would leave it: the job `Pending`.
-        fail::fail_point!("create-job-after-created", |_| std::process::abort());
-        self.submit_created(tenant, &job_id, dataset).await
+        // `create-job-after-commit=return` the process dies here, after the
+        // job's commit and before its answer, as a crash would.
+        fail::fail_point!("create-job-after-commit", |_| std::process::abort());
+        // The views show the job once they reach its submission; what
+        // other callers wrote meanwhile need not be waited for.
+        if let Some(p) = committed.position {
+            self.inner.store.wait_for(p).await?;
+        }
+        self.job_as_viewed(tenant, &job_id).await
     }
 
-    /// Submit a job this engine created: `Pending` to `Submitted`.
+    /// Submit a job left `Pending` (by a release that created and
+    /// submitted in two commits, or by a `Create` through the store's
+    /// API): `Pending` to `Submitted`.
     async fn submit_created(
         &self,
         tenant: &TenantId,

@@ -682,8 +682,66 @@ impl Store {
         metadata: HashMap<String, String>,
         loaded: (TrainingJob, u64, String),
     ) -> Result<Committed> {
+        let decision = self.decide(job_id, expected, command, metadata, loaded)?;
+        self.write(job_id, decision).await
+    }
+
+    /// Run several commands on one job as one: each decided on the job as
+    /// the ones before it leave it, and all their events written in one
+    /// commit, or nothing at all when one of them is refused. The answer
+    /// is the last command's. Never retried. `create_job` creates and
+    /// submits a job this way (one commit, one signature, and no job left
+    /// `Pending` by a crash in between). A list that starts with a `Create`
+    /// is decided on no job first, as [`execute`](Self::execute) decides a
+    /// create.
+    pub async fn execute_all(
+        &self,
+        job_id: &JobId,
+        commands: Vec<JobCommand>,
+        metadata: Metadata,
+    ) -> Result<Committed> {
+        let metadata = caller_metadata(metadata);
+        if matches!(commands.first(), Some(JobCommand::Create(_))) {
+            let none = (TrainingJob::default(), 0, GENESIS_HASH.to_owned());
+            if let Ok(d @ Decision::Write(_)) =
+                self.decide_all(job_id, commands.clone(), metadata.clone(), none)
+                && let Ok(done) = self.write(job_id, d).await
+            {
+                return Ok(done);
+            }
+        }
+        let loaded = self.fold(job_id).await?;
+        let decision = self.decide_all(job_id, commands, metadata, loaded)?;
+        self.write(job_id, decision)
+            .await
+            .map_err(|e| self.conflict_for(job_id, e))
+    }
+
+    /// Decide `commands` in turn, each on the job the ones before leave.
+    fn decide_all(
+        &self,
+        job_id: &JobId,
+        commands: Vec<JobCommand>,
+        metadata: HashMap<String, String>,
+        (job, sequence, prev_hash): (TrainingJob, u64, String),
+    ) -> Result<Decision> {
         let s = &self.shared;
-        let decided = match self.decide(job_id, expected, command, metadata, loaded)? {
+        let mut after = job.clone();
+        let mut events = Vec::new();
+        for command in commands {
+            let decided = after.decide(command, &s.services)?;
+            for e in &decided {
+                after.apply(e.clone());
+            }
+            events.extend(decided);
+        }
+        self.to_write(job_id, events, metadata, (job, sequence, prev_hash))
+    }
+
+    /// Write a decision (nothing for [`Decision::Nothing`]).
+    async fn write(&self, job_id: &JobId, decision: Decision) -> Result<Committed> {
+        let s = &self.shared;
+        let decided = match decision {
             Decision::Nothing(c) => return Ok(c),
             Decision::Write(d) => d,
         };
@@ -705,7 +763,7 @@ impl Store {
         job_id: &JobId,
         expected: Option<u64>,
         command: JobCommand,
-        mut metadata: HashMap<String, String>,
+        metadata: HashMap<String, String>,
         (job, sequence, prev_hash): (TrainingJob, u64, String),
     ) -> Result<Decision> {
         let s = &self.shared;
@@ -719,6 +777,19 @@ impl Store {
             });
         }
         let events = job.decide(command, &s.services)?;
+        self.to_write(job_id, events, metadata, (job, sequence, prev_hash))
+    }
+
+    /// `events` decided on the job as loaded, serialized with the store's
+    /// metadata; or the answer when there are none.
+    fn to_write(
+        &self,
+        job_id: &JobId,
+        events: Vec<JobEvent>,
+        mut metadata: HashMap<String, String>,
+        (job, sequence, prev_hash): (TrainingJob, u64, String),
+    ) -> Result<Decision> {
+        let s = &self.shared;
         if events.is_empty() {
             return Ok(Decision::Nothing(Committed {
                 sequence,

@@ -727,8 +727,84 @@ impl TestStore {
     }
 }
 
+/// `execute_all`: a create and a submit in one commit, the events chained
+/// and the job submitted; a list with a refused command writes nothing; a
+/// create on an id in use is refused (decided first on no job, its write
+/// conflicts, and the job as stored refuses it).
+async fn commands_run_as_one_commit_or_not_at_all(t: &TestStore) {
+    let s = &t.store;
+    let spec = |tenant: &str| {
+        let mut spec = sample_spec();
+        spec.tenant = TenantId::new(tenant);
+        spec
+    };
+    let create = |job: &str| {
+        JobCommand::Create(CreateJob {
+            job_id: id(job),
+            spec: spec("acme"),
+        })
+    };
+    let submit = || {
+        JobCommand::Submit(SubmitJob {
+            dataset: sample_dataset(),
+        })
+    };
+    let head = s.feed().head().await.unwrap();
+    let done = s
+        .execute_all(&id("both"), vec![create("both"), submit()], meta())
+        .await
+        .expect("create and submit");
+    assert_eq!(done.sequence, 3);
+    assert_eq!(done.job.state(), Some(JobState::Submitted));
+    let names: Vec<_> = done.events.iter().map(JobEvent::name).collect();
+    assert_eq!(names, ["JobCreated", "JobSubmitted", "StepQueued"]);
+    s.verify_job(&id("both")).await.expect("one chain");
+    let history = s.history(&id("both")).await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[2].position, done.position.unwrap());
+    assert!(history.iter().all(|e| e.position > head));
+
+    // Approving a pending job is refused: neither command is written.
+    let approve = JobCommand::Approve(ApproveJob {
+        epoch: 1,
+        step: None,
+        approved_by: "r".into(),
+    });
+    let err = s
+        .execute_all(&id("refused"), vec![create("refused"), approve], meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Domain(_)), "{err:?}");
+    assert!(s.load(&id("refused")).await.unwrap().is_none());
+
+    let err = s
+        .execute_all(&id("both"), vec![create("both"), submit()], meta())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Domain(loraflow_core::job::Error::AlreadyExists { .. })
+        ),
+        "{err:?}"
+    );
+    let err = s
+        .execute(&id("both"), create("both"), meta())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Domain(loraflow_core::job::Error::AlreadyExists { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s.history(&id("both")).await.unwrap().len(), 3);
+}
+
 on_every_backend!(
     execute_commits_events_with_positions_metadata_and_chain,
+    commands_run_as_one_commit_or_not_at_all,
     refused_commands_write_nothing,
     a_repeated_cancel_writes_nothing,
     a_stale_etag_is_refused_without_writing,
