@@ -378,7 +378,8 @@ on_both_backends! {
         let Some((url, options)) = store_for(backend, tmp.path()).await else {
             return;
         };
-        // Three events get through, then the receiver answers 503.
+        // Three deliveries get through (to either URL: the two deliver
+        // side by side), then the receiver answers 503.
         let rx = Receiver::start(&[200, 200, 200]).await;
         rx.set_default(503);
         let first = engine(&url, &options, tmp.path(), true).await;
@@ -396,7 +397,8 @@ on_both_backends! {
         wait_event(&first, &tenant, &job, |e| matches!(e, JobEvent::ReviewRequested(_))).await;
         first.cancel(&tenant, &job, "enough", "tester", None).await.unwrap();
         rx.wait("a backlog behind 503s", |s| {
-            s.acked("/all").len() == 3 && s.requests.iter().filter(|r| r.status == 503).count() >= 3
+            s.acked("/all").len() + s.acked("/failed").len() == 3
+                && s.requests.iter().filter(|r| r.status == 503).count() >= 3
         })
         .await;
         first.shutdown().await;

@@ -133,19 +133,8 @@ pub(crate) const TAIL_EVENTS: usize = 2048;
 pub(crate) struct Tail {
     state: std::sync::Mutex<TailState>,
     /// The position up to which the tail holds every event; moves as it reads.
-    moved: OnceWatch,
+    moved: tokio::sync::watch::Sender<Position>,
     started: std::sync::atomic::AtomicBool,
-}
-
-/// `tokio::sync::watch::Sender` has no `Default` without a value; this is
-/// one made on first use.
-#[derive(Default)]
-struct OnceWatch(std::sync::OnceLock<tokio::sync::watch::Sender<Position>>);
-
-impl OnceWatch {
-    fn get(&self) -> &tokio::sync::watch::Sender<Position> {
-        self.0.get_or_init(|| tokio::sync::watch::channel(0).0)
-    }
 }
 
 #[derive(Default)]
@@ -155,7 +144,7 @@ struct TailState {
     /// Every event after `from` up to `cursor` is in `events`.
     from: Position,
     cursor: Position,
-    events: VecDeque<Arc<StoredEvent>>,
+    events: VecDeque<StoredEvent>,
 }
 
 impl Tail {
@@ -187,7 +176,7 @@ impl Tail {
 
     /// A receiver that changes each time the tail moves.
     pub(crate) fn moves(&self) -> tokio::sync::watch::Receiver<Position> {
-        self.moved.get().subscribe()
+        self.moved.subscribe()
     }
 
     /// Up to `limit` events after `after` that match `filter`, and the
@@ -212,7 +201,7 @@ impl Tail {
                 return Some((found, looked));
             }
             if matches(filter, e) {
-                found.push(StoredEvent::clone(e));
+                found.push(e.clone());
             }
             looked = e.position;
         }
@@ -228,7 +217,7 @@ impl Tail {
             events: VecDeque::new(),
         };
         drop(state);
-        self.moved.get().send_replace(head);
+        self.moved.send_replace(head);
     }
 
     fn push(&self, events: Vec<StoredEvent>) {
@@ -236,7 +225,7 @@ impl Tail {
             return;
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.events.extend(events.into_iter().map(Arc::new));
+        state.events.extend(events);
         while state.events.len() > TAIL_EVENTS {
             if let Some(e) = state.events.pop_front() {
                 state.from = e.position;
@@ -244,7 +233,7 @@ impl Tail {
         }
         state.cursor = last;
         drop(state);
-        self.moved.get().send_replace(last);
+        self.moved.send_replace(last);
     }
 }
 
