@@ -258,7 +258,7 @@ fn matches(filter: &FeedFilter, e: &StoredEvent) -> bool {
 /// The tail's reader: the head, then every event after it, as a
 /// subscription reads them.
 async fn follow_tail(weak: std::sync::Weak<Shared>) {
-    let Some(mut commits) = weak.upgrade().map(|s| s.commits.subscribe()) else {
+    let Some(mut wake) = weak.upgrade().map(|s| Wake::new(&s)) else {
         return;
     };
     let head = loop {
@@ -275,11 +275,9 @@ async fn follow_tail(weak: std::sync::Weak<Shared>) {
     shared.tail.begin_at(head);
     drop(shared);
     let mut cursor = head;
-    let mut wait = MIN_WAIT;
     loop {
         let Some(shared) = weak.upgrade() else { return };
-        let poll = shared.options.poll_interval;
-        commits.borrow_and_update();
+        wake.mark();
         match shared
             .read_feed(cursor, SUBSCRIBE_BATCH, &FeedFilter::all())
             .await
@@ -287,21 +285,14 @@ async fn follow_tail(weak: std::sync::Weak<Shared>) {
             Ok(events) if !events.is_empty() => {
                 cursor = events.last().map_or(cursor, |e| e.position);
                 shared.tail.push(events);
-                wait = MIN_WAIT;
+                wake.reset();
             }
             Ok(_) => {
                 drop(shared);
-                tokio::select! {
-                    changed = commits.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        wait = MIN_WAIT;
-                    }
-                    _ = tokio::time::sleep(wait) => wait = (wait * 2).min(poll),
-                }
+                wake.wait().await;
             }
             Err(e) => {
+                let poll = shared.options.poll_interval;
                 drop(shared);
                 tracing::warn!(error = %e, "the feed's tail cannot read the feed; trying again");
                 tokio::time::sleep(poll).await;

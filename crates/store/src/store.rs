@@ -157,6 +157,16 @@ pub(crate) struct CachedJob {
 }
 
 impl CachedJob {
+    /// No job at all: what a create is first decided on, without reading
+    /// (an id in use makes its write at sequence 1 conflict).
+    fn none() -> Self {
+        Self {
+            job: TrainingJob::default(),
+            sequence: 0,
+            link: GENESIS_HASH.to_owned(),
+        }
+    }
+
     /// As [`Store::fold`] gives a job: state, sequence, link.
     pub(crate) fn into_loaded(self) -> (TrainingJob, u64, String) {
         (self.job, self.sequence, self.link)
@@ -648,11 +658,7 @@ impl Store {
         // id in use makes its write at sequence 1 conflict, and it is
         // decided again on the job as stored (which refuses it).
         let cached = cached.or_else(|| {
-            (expected.is_none() && matches!(command, JobCommand::Create(_))).then(|| CachedJob {
-                job: TrainingJob::default(),
-                sequence: 0,
-                link: GENESIS_HASH.to_owned(),
-            })
+            (expected.is_none() && matches!(command, JobCommand::Create(_))).then(CachedJob::none)
         });
         if let Some(c) = cached {
             match self
@@ -702,7 +708,7 @@ impl Store {
     ) -> Result<Committed> {
         let metadata = caller_metadata(metadata);
         if matches!(commands.first(), Some(JobCommand::Create(_))) {
-            let none = (TrainingJob::default(), 0, GENESIS_HASH.to_owned());
+            let none = CachedJob::none().into_loaded();
             if let Ok(d @ Decision::Write(_)) =
                 self.decide_all(job_id, commands.clone(), metadata.clone(), none)
                 && let Ok(done) = self.write(job_id, d).await

@@ -25,6 +25,13 @@ fn id(s: &str) -> JobId {
     JobId::new(s)
 }
 
+fn already_exists(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Domain(loraflow_core::job::Error::AlreadyExists { .. })
+    )
+}
+
 async fn create(store: &Store, job: &str, tenant: &str, priority: i32) -> crate::Committed {
     let mut spec = sample_spec();
     spec.tenant = TenantId::new(tenant);
@@ -153,13 +160,7 @@ async fn refused_commands_write_nothing(t: &TestStore) {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Domain(loraflow_core::job::Error::AlreadyExists { .. })
-        ),
-        "{err:?}"
-    );
+    assert!(already_exists(&err), "{err:?}");
     let err = s
         .execute(
             &id("job-b"),
@@ -781,24 +782,12 @@ async fn commands_run_as_one_commit_or_not_at_all(t: &TestStore) {
         .execute_all(&id("both"), vec![create("both"), submit()], meta())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Domain(loraflow_core::job::Error::AlreadyExists { .. })
-        ),
-        "{err:?}"
-    );
+    assert!(already_exists(&err), "{err:?}");
     let err = s
         .execute(&id("both"), create("both"), meta())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Domain(loraflow_core::job::Error::AlreadyExists { .. })
-        ),
-        "{err:?}"
-    );
+    assert!(already_exists(&err), "{err:?}");
     assert_eq!(s.history(&id("both")).await.unwrap().len(), 3);
 }
 
