@@ -14,7 +14,7 @@ use futures::StreamExt;
 use loraflow_core::catalogue::Catalogue;
 use loraflow_core::clock::Clock;
 use loraflow_core::executor::Capabilities;
-use loraflow_core::ids::{ExecutorId, JobId, StepId};
+use loraflow_core::ids::{ExecutorId, JobId, LeaseId, StepId};
 use loraflow_core::job::JobEvent;
 use loraflow_core::schedule::{Action, SchedulerState, Unservable};
 use loraflow_store::{FeedFilter, Store};
@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::engine::fleet::Fleet;
 
-type StepKey = (JobId, StepId);
+pub(crate) type StepKey = (JobId, StepId);
 
 /// How long a step that lost a lease race is passed over: long enough for
 /// the feed to deliver the winner's lease.
@@ -200,8 +200,16 @@ impl Scheduler {
     }
 
     /// Pick up to `n` steps for `executor` and claim them (see
-    /// [`SchedulerState::pick_many`]); empty if nothing fits now.
-    pub fn claim(&self, executor: &ExecutorId, caps: &Capabilities, n: u32) -> Vec<StepKey> {
+    /// [`SchedulerState::pick_many`]); empty if nothing fits now. `ended`:
+    /// a lease of the executor just completed or failed, whose slot is free
+    /// even while the state has not applied its end yet.
+    pub fn claim(
+        &self,
+        executor: &ExecutorId,
+        caps: &Capabilities,
+        n: u32,
+        ended: Option<&LeaseId>,
+    ) -> Vec<StepKey> {
         let now = self.clock.now();
         let mut inner = self.inner.lock().expect("scheduler lock poisoned");
         let instant = Instant::now();
@@ -209,6 +217,12 @@ impl Scheduler {
             .lost
             .retain(|_, at| instant.duration_since(*at) < LOST_FOR);
         let pending = inner.claims.values().filter(|e| *e == executor).count() as u32;
+        let ending = ended.is_some_and(|l| {
+            inner
+                .state
+                .lease(l)
+                .is_some_and(|l| &l.executor_id == executor)
+        }) as u32;
         let keys: Vec<StepKey> = {
             let Inner {
                 state,
@@ -217,7 +231,7 @@ impl Scheduler {
                 ..
             } = &*inner;
             state
-                .pick_many(executor, caps, now, pending, n, |s| {
+                .pick_many(executor, caps, now, pending, ending, n, |s| {
                     let key = (s.job_id.clone(), s.step_id.clone());
                     claims.contains_key(&key) || lost.contains_key(&key)
                 })

@@ -1,6 +1,7 @@
 //! `PollSteps` over real loopback gRPC: an executor with free slots leases
 //! several steps in one round trip, never past its limit, only steps it can
-//! run, fairly between tenants; the single-step `PollStep` still works; and
+//! run, fairly between tenants; the single-step `PollStep` still works; a
+//! completion or failure leases the slot's next step in its answer; and
 //! two replicas on one PostgreSQL, polled in batches at once, never lease a
 //! step twice.
 
@@ -195,6 +196,82 @@ on_both_backends! {
         assert!(leases.values().all(|l| l.len() == 1), "{leases:?}");
         let written: BTreeSet<String> = leases.into_values().flatten().collect();
         assert_eq!(written, handed);
+        s.stop().await;
+    }
+}
+
+/// The one assignment an outcome's answer carries.
+fn one_leased(assignments: Vec<pb::StepAssignment>) -> StepAssignment {
+    assert_eq!(assignments.len(), 1, "{assignments:?}");
+    StepAssignment::try_from(assignments.into_iter().next().unwrap()).unwrap()
+}
+
+fn step_of(a: &StepAssignment) -> (JobId, String) {
+    (a.job_id.clone(), a.step_id.to_string())
+}
+
+on_both_backends! {
+    async fn an_outcome_leases_the_slot_s_next_step_in_the_same_call(backend: Backend) {
+        let Some(s) = TestServer::start(backend, setup()).await else { return };
+        let jobs: Vec<JobId> = [create(&s, "acme").await, create(&s, "acme").await, create(&s, "acme").await].into();
+        let mut gpu1 = register(&s, 1, NOOP, 1).await;
+        let me = ExecutorId::new("gpu-1");
+        let a = poll_steps(&mut gpu1, poll(1, 4, 5000)).await;
+        assert_eq!(a.iter().map(step_of).collect::<Vec<_>>(), [(jobs[0].clone(), "s1".into())]);
+
+        // One slot, held by the step being completed: five asked, one
+        // leased, the oldest queued (job 1's s1, queued before job 0's s2).
+        let b = one_leased(
+            gpu1.complete_step(pb::CompleteStepRequest { lease_next: 5, ..pb::CompleteStepRequest::new(&me, &a[0], StepOutput::default()) })
+                .await
+                .unwrap()
+                .into_inner()
+                .assignments,
+        );
+        assert_eq!((step_of(&b), b.attempt), ((jobs[1].clone(), "s1".into()), 1));
+
+        // A failure leases the same way; the step is retried later.
+        let failure = loraflow::core::job::StepError {
+            kind: loraflow::core::job::StepErrorKind::Unavailable,
+            message: "the dataset server did not answer".into(),
+            retryable: true,
+        };
+        let c = one_leased(
+            gpu1.fail_step(pb::FailStepRequest { lease_next: 1, ..pb::FailStepRequest::new(&me, &b, failure) })
+                .await
+                .unwrap()
+                .into_inner()
+                .assignments,
+        );
+        assert_eq!(step_of(&c), (jobs[2].clone(), "s1".into()));
+
+        // Over the limit: refused, naming the field, and nothing recorded.
+        let err = gpu1
+            .complete_step(pb::CompleteStepRequest { lease_next: 65, ..pb::CompleteStepRequest::new(&me, &c, StepOutput::default()) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let violations = err.get_error_details().bad_request().unwrap().field_violations.clone();
+        assert_eq!(violations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), ["lease_next"]);
+        assert!(violations[0].description.contains("65") && violations[0].description.contains("64"), "{violations:?}");
+        let history = s.engine.store().history(&jobs[2]).await.unwrap();
+        assert!(!history.iter().any(|e| matches!(e.payload, JobEvent::StepCompleted(_))), "{history:?}");
+
+        // Without lease_next the answer carries nothing; with it, the next.
+        let none = gpu1
+            .complete_step(pb::CompleteStepRequest::new(&me, &c, StepOutput::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(none.assignments.is_empty());
+        let d = poll_steps(&mut gpu1, poll(1, 1, 5000)).await;
+        assert_eq!(d.iter().map(step_of).collect::<Vec<_>>(), [(jobs[0].clone(), "s2".into())]);
+
+        // The feed: every lease written is one handed out, each step once.
+        let handed: BTreeSet<String> = a.iter().chain([&b, &c]).chain(&d).map(|x| x.lease_id.to_string()).collect();
+        let leases = leases_in_feed(&s, 4).await;
+        assert!(leases.values().all(|l| l.len() == 1), "{leases:?}");
+        assert_eq!(leases.into_values().flatten().collect::<BTreeSet<_>>(), handed);
         s.stop().await;
     }
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{Engine, LeaseTrack, system_metadata};
 use crate::error::{Error, Result};
+use crate::scheduler::StepKey;
 
 /// The deadlines of a fresh lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,18 @@ impl Engine {
         max: u32,
         wait: Duration,
     ) -> Result<Vec<Polled>> {
+        self.poll_after(executor, max, wait, None).await
+    }
+
+    /// [`poll_steps`](Self::poll_steps) right after the executor's lease
+    /// `ended` was completed or failed: its slot counts as free.
+    async fn poll_after(
+        &self,
+        executor: &ExecutorId,
+        max: u32,
+        wait: Duration,
+        ended: Option<&LeaseId>,
+    ) -> Result<Vec<Polled>> {
         let deadline =
             Instant::now() + wait.min(self.inner.config.poll_timeout.max(Duration::from_millis(1)));
         let scheduler = &self.inner.scheduler;
@@ -115,6 +128,7 @@ impl Engine {
                 executor,
                 &caps,
                 max.clamp(1, loraflow_core::executor::MAX_POLL_STEPS),
+                ended,
             );
             if !keys.is_empty() {
                 let polled = self.lease(executor, instance, keys).await?;
@@ -140,30 +154,25 @@ impl Engine {
         &self,
         executor: &ExecutorId,
         instance: Option<InstanceId>,
-        keys: Vec<(JobId, loraflow_core::ids::StepId)>,
+        keys: Vec<StepKey>,
     ) -> Result<Vec<Polled>> {
-        let lease_ids: Vec<LeaseId> = keys
-            .iter()
-            .map(|_| LeaseId::new(Uuid::now_v7().to_string()))
-            .collect();
-        let commands = keys
-            .iter()
-            .zip(&lease_ids)
-            .map(|((job, step), lease_id)| {
-                let command = JobCommand::LeaseStep(LeaseStep {
-                    step_id: step.clone(),
-                    lease_id: lease_id.clone(),
-                    executor_id: executor.clone(),
-                    instance: instance.clone(),
-                });
-                (job.clone(), command)
-            })
-            .collect();
+        let (lease_ids, commands) = lease_commands(executor, instance, &keys);
         let written = self
             .inner
             .store
             .execute_many(commands, system_metadata(executor.as_str()))
             .await;
+        self.take_leases(keys, lease_ids, written)
+    }
+
+    /// The leases of the claimed steps `keys` as written: each step leased,
+    /// lost to another poll, or released.
+    fn take_leases(
+        &self,
+        keys: Vec<StepKey>,
+        lease_ids: Vec<LeaseId>,
+        written: Vec<loraflow_store::Result<loraflow_store::Committed>>,
+    ) -> Result<Vec<Polled>> {
         let scheduler = &self.inner.scheduler;
         let mut polled = Vec::with_capacity(keys.len());
         let mut failed = None;
@@ -408,44 +417,144 @@ impl Engine {
     }
 
     /// Record a step's success. A repeat for the same lease is harmless.
+    /// Then lease up to `lease_next` steps to the executor, as a poll with
+    /// no wait would (its slot of this lease counted free): the steps
+    /// leased, none when the completion is refused.
     pub async fn complete_step(
         &self,
         executor: &ExecutorId,
         job: &JobId,
         command: CompleteStep,
-    ) -> Result<()> {
-        self.check_holder(executor, &command.lease_id)?;
+        lease_next: u32,
+    ) -> Result<Vec<Polled>> {
         let lease = command.lease_id.clone();
-        self.inner
-            .store
-            .execute(
-                job,
-                JobCommand::CompleteStep(command),
-                system_metadata(executor.as_str()),
-            )
-            .await?;
-        self.forget(&lease);
-        Ok(())
+        self.report(
+            executor,
+            job,
+            JobCommand::CompleteStep(command),
+            &lease,
+            lease_next,
+        )
+        .await
     }
 
     /// Record a step's failure; the job decides between retry and failure.
+    /// `lease_next` as for [`complete_step`](Self::complete_step).
     pub async fn fail_step(
         &self,
         executor: &ExecutorId,
         job: &JobId,
         command: FailStep,
-    ) -> Result<()> {
-        self.check_holder(executor, &command.lease_id)?;
+        lease_next: u32,
+    ) -> Result<Vec<Polled>> {
         let lease = command.lease_id.clone();
-        self.inner
-            .store
-            .execute(
-                job,
-                JobCommand::FailStep(command),
-                system_metadata(executor.as_str()),
-            )
-            .await?;
-        self.forget(&lease);
-        Ok(())
+        self.report(
+            executor,
+            job,
+            JobCommand::FailStep(command),
+            &lease,
+            lease_next,
+        )
+        .await
     }
+
+    /// Record the outcome (`CompleteStep` or `FailStep`) of `lease`, and
+    /// lease up to `lease_next` steps to the executor. The steps it can
+    /// have now are leased with the outcome, written only once it is
+    /// (`Store::execute_after`: one commit where the backend allows); when
+    /// there are none, or they could not go with it, a poll with no wait
+    /// follows the outcome (and finds the step it queued, say).
+    async fn report(
+        &self,
+        executor: &ExecutorId,
+        job: &JobId,
+        command: JobCommand,
+        lease: &LeaseId,
+        lease_next: u32,
+    ) -> Result<Vec<Polled>> {
+        self.check_holder(executor, lease)?;
+        let metadata = system_metadata(executor.as_str());
+        let claimed = match lease_next {
+            0 => None,
+            n => self
+                .inner
+                .fleet
+                .touch(executor, self.inner.services.clock.now())
+                .map(|(caps, instance)| {
+                    let n = n.min(loraflow_core::executor::MAX_POLL_STEPS);
+                    let keys = self.inner.scheduler.claim(executor, &caps, n, Some(lease));
+                    (instance, keys)
+                })
+                .filter(|(_, keys)| !keys.is_empty()),
+        };
+        let Some((instance, keys)) = claimed else {
+            self.inner.store.execute(job, command, metadata).await?;
+            self.forget(lease);
+            return Ok(self.lease_next(executor, lease_next, lease).await);
+        };
+        let (lease_ids, commands) = lease_commands(executor, instance, &keys);
+        let after = self
+            .inner
+            .store
+            .execute_after((job.clone(), command), commands, metadata)
+            .await;
+        let Some(written) = after.then else {
+            for key in &keys {
+                self.inner.scheduler.release(key);
+            }
+            after.first?;
+            self.forget(lease);
+            return Ok(self.lease_next(executor, lease_next, lease).await);
+        };
+        after.first?;
+        self.forget(lease);
+        Ok(self
+            .take_leases(keys, lease_ids, written)
+            .unwrap_or_else(|e| {
+                tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
+                Vec::new()
+            }))
+    }
+
+    /// The steps leased with an outcome of `ended`, recorded already: what
+    /// a poll with no wait leases now. A poll that fails leaves the
+    /// executor to poll; the outcome stands.
+    async fn lease_next(&self, executor: &ExecutorId, n: u32, ended: &LeaseId) -> Vec<Polled> {
+        if n == 0 {
+            return Vec::new();
+        }
+        match self.poll_after(executor, n, Duration::ZERO, Some(ended)).await {
+            Ok(polled) => polled,
+            Err(e) => {
+                tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// A `LeaseStep` for each claimed step, each with a fresh lease id.
+fn lease_commands(
+    executor: &ExecutorId,
+    instance: Option<InstanceId>,
+    keys: &[StepKey],
+) -> (Vec<LeaseId>, Vec<(JobId, JobCommand)>) {
+    let lease_ids: Vec<LeaseId> = keys
+        .iter()
+        .map(|_| LeaseId::new(Uuid::now_v7().to_string()))
+        .collect();
+    let commands = keys
+        .iter()
+        .zip(&lease_ids)
+        .map(|((job, step), lease_id)| {
+            let command = JobCommand::LeaseStep(LeaseStep {
+                step_id: step.clone(),
+                lease_id: lease_id.clone(),
+                executor_id: executor.clone(),
+                instance: instance.clone(),
+            });
+            (job.clone(), command)
+        })
+        .collect();
+    (lease_ids, commands)
 }

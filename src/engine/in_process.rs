@@ -107,37 +107,43 @@ impl WorkerApi for InProcessApi {
             .map_err(|e| to_api(e, Some(step)))
     }
 
-    async fn complete(
+    async fn complete_leasing(
         &self,
         executor: &ExecutorId,
         step: &StepAssignment,
         output: StepOutput,
-    ) -> Result<(), ApiError> {
+        lease_next: u32,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
         let command = CompleteStep {
             lease_id: step.lease_id.clone(),
             outputs: output.outputs,
             artifacts: output.artifacts,
             epochs: output.epochs,
         };
-        self.engine
-            .complete_step(executor, &step.job_id, command)
+        let leased = self
+            .engine
+            .complete_step(executor, &step.job_id, command, lease_next)
             .await
-            .map_err(|e| to_api(e, Some(step)))
+            .map_err(|e| to_api(e, Some(step)))?;
+        Ok(leased.into_iter().map(|p| p.assignment).collect())
     }
 
-    async fn fail(
+    async fn fail_leasing(
         &self,
         executor: &ExecutorId,
         step: &StepAssignment,
         error: StepError,
-    ) -> Result<(), ApiError> {
+        lease_next: u32,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
         let command = FailStep {
             lease_id: step.lease_id.clone(),
             error,
         };
-        self.engine
-            .fail_step(executor, &step.job_id, command)
+        let leased = self
+            .engine
+            .fail_step(executor, &step.job_id, command, lease_next)
             .await
-            .map_err(|e| to_api(e, Some(step)))
+            .map_err(|e| to_api(e, Some(step)))?;
+        Ok(leased.into_iter().map(|p| p.assignment).collect())
     }
 }

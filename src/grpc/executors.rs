@@ -134,12 +134,20 @@ impl ExecutorService for Executors {
         let caller = self.auth.executor(&req)?;
         let call = req.into_inner().into_command().map_err(bad)?;
         check_executor(&caller, &call.executor_id)?;
-        self.engine
-            .complete_step(&call.executor_id, &call.job_id, call.command)
+        let leased = self
+            .engine
+            .complete_step(
+                &call.executor_id,
+                &call.job_id,
+                call.command,
+                call.lease_next,
+            )
             .instrument(tracing::info_span!("grpc", method = "CompleteStep", job = %call.job_id))
             .await
             .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(pb::CompleteStepResponse {}))
+        Ok(Response::new(pb::CompleteStepResponse {
+            assignments: leased.into_iter().map(wire).collect(),
+        }))
     }
 
     async fn fail_step(
@@ -149,11 +157,19 @@ impl ExecutorService for Executors {
         let caller = self.auth.executor(&req)?;
         let call = req.into_inner().into_command().map_err(bad)?;
         check_executor(&caller, &call.executor_id)?;
-        self.engine
-            .fail_step(&call.executor_id, &call.job_id, call.command)
+        let leased = self
+            .engine
+            .fail_step(
+                &call.executor_id,
+                &call.job_id,
+                call.command,
+                call.lease_next,
+            )
             .instrument(tracing::info_span!("grpc", method = "FailStep", job = %call.job_id))
             .await
             .map_err(|e| to_status(e, None))?;
-        Ok(Response::new(pb::FailStepResponse {}))
+        Ok(Response::new(pb::FailStepResponse {
+            assignments: leased.into_iter().map(wire).collect(),
+        }))
     }
 }

@@ -1,5 +1,7 @@
 //! Several jobs' commands written together: [`Store::execute_many`], what a
-//! poll that leases several steps at once uses. Each command is decided
+//! poll that leases several steps at once uses, and
+//! [`Store::execute_after`], what a completion that leases the executor's
+//! next steps uses. Each command is decided
 //! as [`Store::execute`] would decide it; the writes then share as few
 //! transactions as the backend allows (one on SQLite and in memory; on
 //! PostgreSQL one per set of jobs whose sequences do not meet, see
@@ -22,6 +24,17 @@ use crate::store::{Committed, Decided, Decision, Store, caller_metadata};
 /// written in further batches.
 pub const MAX_BATCH: usize = 256;
 
+/// What [`Store::execute_after`] answers.
+#[derive(Debug)]
+pub struct After {
+    /// The first command's answer, as [`Store::execute`] would give it.
+    pub first: Result<Committed>,
+    /// The other commands' answers, in order, each as `execute` would give
+    /// it; `None` when the first was not written with them, and then none
+    /// of them was run.
+    pub then: Option<Vec<Result<Committed>>>,
+}
+
 impl Store {
     /// Run one command on each of several jobs; the answers in the order
     /// of `commands`, each what [`execute`](Self::execute) would answer.
@@ -39,14 +52,74 @@ impl Store {
         let mut start = 0;
         while start < commands.len() {
             let end = (start + MAX_BATCH).min(commands.len());
-            self.batch(&commands[start..end], &metadata, &mut answers[start..end])
-                .await;
+            self.batch(
+                &commands[start..end],
+                &metadata,
+                &mut answers[start..end],
+                false,
+            )
+            .await;
             start = end;
         }
-        // What the batch left: one by one, with the store's retries.
+        self.settle(&commands, answers, &metadata).await
+    }
+
+    /// Run `then` only with `first`: as [`execute_many`](Self::execute_many)
+    /// would run them all, but the others are written only once `first` is
+    /// (in its transaction on SQLite; on PostgreSQL its transaction commits
+    /// first), and not at all when `first` is refused, writes nothing, or
+    /// cannot be written with them. A completion and the leases it hands
+    /// the executor for its next steps are written so, in one commit where
+    /// the backend allows. At most [`MAX_BATCH`] commands in all.
+    pub async fn execute_after(
+        &self,
+        first: (JobId, JobCommand),
+        then: Vec<(JobId, JobCommand)>,
+        metadata: Metadata,
+    ) -> After {
+        let mut commands = Vec::with_capacity(then.len() + 1);
+        commands.push(first);
+        commands.extend(then);
+        commands.truncate(MAX_BATCH);
+        let mut answers: Vec<Option<Result<Committed>>> = Vec::with_capacity(commands.len());
+        answers.resize_with(commands.len(), || None);
+        self.batch(&commands, &metadata, &mut answers, true).await;
+        match answers[0].take() {
+            Some(Ok(c)) if c.position.is_some() => {
+                answers[0] = Some(Ok(c));
+                let mut all = self.settle(&commands, answers, &metadata).await;
+                let first = all.remove(0);
+                After {
+                    first,
+                    then: Some(all),
+                }
+            }
+            // Answered in the batch without a write (decided on the job as
+            // stored), or left for a run of its own.
+            answer => {
+                let first = match answer {
+                    Some(a) => a,
+                    None => {
+                        let (job, command) = &commands[0];
+                        self.execute(job, command.clone(), metadata).await
+                    }
+                };
+                After { first, then: None }
+            }
+        }
+    }
+
+    /// The answers, those the batch left run one by one, with the store's
+    /// retries.
+    async fn settle(
+        &self,
+        commands: &[(JobId, JobCommand)],
+        answers: Vec<Option<Result<Committed>>>,
+        metadata: &Metadata,
+    ) -> Vec<Result<Committed>> {
         let alone = answers
             .iter()
-            .zip(&commands)
+            .zip(commands)
             .filter(|(a, _)| a.is_none())
             .map(|(_, (job, command))| self.execute(job, command.clone(), metadata.clone()));
         let mut alone = futures::future::join_all(alone).await.into_iter();
@@ -60,11 +133,13 @@ impl Store {
     }
 
     /// Decide and write what can go together; fill in the answers settled.
+    /// `gate`: nothing is written unless the first command is, first.
     async fn batch(
         &self,
         commands: &[(JobId, JobCommand)],
         metadata: &Metadata,
         answers: &mut [Option<Result<Committed>>],
+        gate: bool,
     ) {
         let s = self.shared();
         let caller = caller_metadata(metadata.clone());
@@ -106,7 +181,10 @@ impl Store {
                 _ => s.cache_job(job, None),
             }
         }
-        if decided.is_empty() {
+        if gate {
+            decided.sort_by_key(|(i, _, _)| *i);
+        }
+        if decided.is_empty() || (gate && decided.first().is_none_or(|(i, _, _)| *i != 0)) {
             return;
         }
         let sets: Vec<_> = decided
@@ -115,7 +193,7 @@ impl Store {
             .collect();
         let written = {
             let _turn = s.write_turn().await;
-            s.repo.commit_many::<TrainingJob>(&sets).await
+            s.repo.commit_many::<TrainingJob>(&sets, gate).await
         };
         for ((i, d, _), w) in decided.into_iter().zip(written) {
             match w {

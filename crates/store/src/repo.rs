@@ -72,10 +72,14 @@ impl EventRepo {
     /// sequence in its low bits, so two events of one sequence cannot share
     /// a transaction), the groups written at once; in memory one by one.
     /// Each commit's answer in order: a commit fails with its transaction.
+    /// `gate`: the first commit is written before the others (on
+    /// PostgreSQL its group first, then the rest), and when it fails none
+    /// of them is written.
     pub(crate) async fn insert_many(
         &self,
         aggregate_type: &str,
         commits: &[(Vec<SerializedEvent>, Head)],
+        gate: bool,
     ) -> Vec<Result<Position, PersistenceError>> {
         match self {
             EventRepo::Sqlite(_, pool) => spread(
@@ -84,27 +88,54 @@ impl EventRepo {
             ),
             EventRepo::Postgres(_, pool) => {
                 let groups = postgres::transaction_groups(commits);
-                let written = futures::future::join_all(groups.iter().map(|g| {
+                let write = |g: &Vec<usize>| {
                     let members: Vec<_> = g.iter().map(|&i| commits[i].clone()).collect();
                     async move { postgres::insert_many(pool, aggregate_type, &members).await }
-                }))
-                .await;
+                };
                 let mut answers: Vec<Option<Result<Position, PersistenceError>>> =
                     (0..commits.len()).map(|_| None).collect();
-                for (g, w) in groups.iter().zip(written) {
+                let mut put = |g: &Vec<usize>, w| {
                     for (&i, a) in g.iter().zip(spread(w, g.len())) {
                         answers[i] = Some(a);
                     }
+                };
+                // The first commit is in the first group.
+                let rest = if gate && let Some(first) = groups.first() {
+                    let w = write(first).await;
+                    let failed = w.is_err();
+                    put(first, w);
+                    if failed {
+                        for g in &groups[1..] {
+                            put(g, Err(unknown("not written: the commit it follows failed".into())));
+                        }
+                        &groups[groups.len()..]
+                    } else {
+                        &groups[1..]
+                    }
+                } else {
+                    &groups[..]
+                };
+                let written = futures::future::join_all(rest.iter().map(write)).await;
+                for (g, w) in rest.iter().zip(written) {
+                    put(g, w);
                 }
                 answers
                     .into_iter()
                     .map(|a| a.expect("every commit is in one group"))
                     .collect()
             }
-            EventRepo::Memory(log) => commits
-                .iter()
-                .map(|(events, head)| log.insert(aggregate_type, events, head))
-                .collect(),
+            EventRepo::Memory(log) => {
+                let mut answers = Vec::with_capacity(commits.len());
+                for (i, (events, head)) in commits.iter().enumerate() {
+                    let failed = gate && i > 0 && answers.first().is_some_and(Result::is_err);
+                    answers.push(if failed {
+                        Err(unknown("not written: the commit it follows failed".into()))
+                    } else {
+                        log.insert(aggregate_type, events, head)
+                    });
+                }
+                answers
+            }
         }
     }
 }
@@ -284,9 +315,12 @@ impl ChainRepository {
 
     /// [`commit`](Self::commit) for several jobs at once, written by
     /// [`EventRepo::insert_many`]: each set's answer, in order.
+    /// With `gate`, the first set is written first, and the others only
+    /// when it is (see [`EventRepo::insert_many`]).
     pub(crate) async fn commit_many<A: Aggregate>(
         &self,
         sets: &[Vec<SerializedEvent>],
+        gate: bool,
     ) -> Vec<Result<(Position, Head), PersistenceError>> {
         let started = std::time::Instant::now();
         let mut answers: Vec<Option<Result<(Position, Head), PersistenceError>>> =
@@ -299,10 +333,18 @@ impl ChainRepository {
                     chained.push(c);
                     members.push(i);
                 }
+                Err(e) if gate && i == 0 => {
+                    let why = format!("not written: the commit it follows failed: {e}");
+                    answers[0] = Some(Err(e));
+                    for a in &mut answers[1..] {
+                        *a = Some(Err(unknown(why.clone())));
+                    }
+                    return answers.into_iter().map(|a| a.expect("answered")).collect();
+                }
                 Err(e) => answers[i] = Some(Err(e)),
             }
         }
-        let written = self.repo.insert_many(A::TYPE, &chained).await;
+        let written = self.repo.insert_many(A::TYPE, &chained, gate).await;
         let took = started.elapsed().as_secs_f64();
         for ((i, (_, head)), w) in members.into_iter().zip(chained).zip(written) {
             if w.is_ok() {

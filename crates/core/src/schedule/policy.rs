@@ -98,7 +98,7 @@ impl SchedulerState {
         pending: u32,
         skip: impl Fn(&QueuedStep) -> bool,
     ) -> Option<&QueuedStep> {
-        self.pick_many(executor, caps, now, pending, 1, skip)
+        self.pick_many(executor, caps, now, pending, 0, 1, skip)
             .into_iter()
             .next()
     }
@@ -108,20 +108,22 @@ impl SchedulerState {
     /// would hand them out were each lease recorded in between: every pick
     /// counts against the executor's limit and as a lease of its tenant, so
     /// a batch is as fair between tenants as single polls. One pass over
-    /// the queue per step picked, with no sort.
+    /// the queue per step picked, with no sort. `ending` of the executor's
+    /// leases in the state are being ended by the call that asks (a
+    /// completion that leases the next step) and leave their slots free.
+    #[allow(clippy::too_many_arguments)]
     pub fn pick_many(
         &self,
         executor: &ExecutorId,
         caps: &Capabilities,
         now: DateTime<Utc>,
         pending: u32,
+        ending: u32,
         n: u32,
         skip: impl Fn(&QueuedStep) -> bool,
     ) -> Vec<&QueuedStep> {
-        let room = caps
-            .max_concurrent_steps
-            .saturating_sub(self.running_on(executor) + pending)
-            .min(n) as usize;
+        let held = (self.running_on(executor) + pending).saturating_sub(ending);
+        let room = caps.max_concurrent_steps.saturating_sub(held).min(n) as usize;
         if room == 0 {
             return Vec::new();
         }

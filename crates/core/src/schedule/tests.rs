@@ -365,7 +365,7 @@ fn events_of_unknown_jobs_are_harmless() {
 
 fn picked_many(f: &Fleet, exec: &str, caps: &Capabilities, n: u32) -> Vec<String> {
     f.state
-        .pick_many(&ExecutorId::new(exec), caps, f.now(), 0, n, |_| false)
+        .pick_many(&ExecutorId::new(exec), caps, f.now(), 0, 0, n, |_| false)
         .iter()
         .map(|s| s.job_id.to_string())
         .collect()
@@ -413,8 +413,22 @@ fn a_batch_pick_serves_as_single_picks_would_and_stays_within_the_limit() {
     // The executor holds 4 of 4: nothing more, however many are asked for.
     assert_eq!(f.state.running_on(&ExecutorId::new("w")), 4);
     assert!(picked_many(&f, "w", &caps, 10).is_empty());
+    // A completion that leases the next step frees its own slot, and only it.
+    f.job("big-4", "bigco", 0, "sd15");
+    let w = ExecutorId::new("w");
+    let ending = |f: &Fleet, pending, n| {
+        f.state
+            .pick_many(&w, &caps, f.now(), pending, n, 10, |_| false)
+            .len()
+    };
+    assert_eq!((ending(&f, 0, 1), ending(&f, 0, 2)), (1, 2));
+    assert_eq!(
+        ending(&f, 1, 1),
+        0,
+        "a claim pending fills the slot the completion frees"
+    );
     // Another executor gets what is left, and never a step it cannot run.
-    assert_eq!(picked_many(&f, "x", &caps, 10), ["big-3"]);
+    assert_eq!(picked_many(&f, "x", &caps, 10), ["big-3", "big-4"]);
     assert!(picked_many(&f, "x", &cpu(&["train"]), 10).is_empty());
     assert!(picked_many(&f, "x", &caps, 0).is_empty());
 }

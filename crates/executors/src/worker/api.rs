@@ -107,18 +107,48 @@ pub trait WorkerApi: Send + Sync + 'static {
         serde_json::to_vec(output).map_or(usize::MAX, |b| b.len())
     }
 
-    /// Idempotent by lease: a repeat after a lost answer is harmless.
+    /// Report a step's success, and lease up to `lease_next` steps in the
+    /// same call (the slots free once this one is; 0: none): the steps
+    /// leased, which the worker must run. Never waits for work. Idempotent
+    /// by lease: a repeat after a lost answer is harmless (but leases
+    /// nothing the lost answer carried: ask for none when repeating).
+    async fn complete_leasing(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        output: StepOutput,
+        lease_next: u32,
+    ) -> Result<Vec<StepAssignment>, ApiError>;
+
+    /// Report a step's failure; `lease_next` as for
+    /// [`complete_leasing`](Self::complete_leasing).
+    async fn fail_leasing(
+        &self,
+        executor: &ExecutorId,
+        step: &StepAssignment,
+        error: StepError,
+        lease_next: u32,
+    ) -> Result<Vec<StepAssignment>, ApiError>;
+
+    /// Report a step's success, leasing nothing.
     async fn complete(
         &self,
         executor: &ExecutorId,
         step: &StepAssignment,
         output: StepOutput,
-    ) -> Result<(), ApiError>;
+    ) -> Result<(), ApiError> {
+        self.complete_leasing(executor, step, output, 0)
+            .await
+            .map(drop)
+    }
 
+    /// Report a step's failure, leasing nothing.
     async fn fail(
         &self,
         executor: &ExecutorId,
         step: &StepAssignment,
         error: StepError,
-    ) -> Result<(), ApiError>;
+    ) -> Result<(), ApiError> {
+        self.fail_leasing(executor, step, error, 0).await.map(drop)
+    }
 }

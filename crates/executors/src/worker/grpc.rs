@@ -241,14 +241,19 @@ impl WorkerApi for GrpcWorkerApi {
         pb::CompleteStepRequest::new(executor, step, output.clone()).encoded_len()
     }
 
-    async fn complete(
+    async fn complete_leasing(
         &self,
         executor: &ExecutorId,
         step: &StepAssignment,
         output: StepOutput,
-    ) -> Result<(), ApiError> {
-        let req = pb::CompleteStepRequest::new(executor, step, output);
-        self.client
+        lease_next: u32,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
+        let req = pb::CompleteStepRequest {
+            lease_next,
+            ..pb::CompleteStepRequest::new(executor, step, output)
+        };
+        let reply = self
+            .client
             .clone()
             .complete_step(self.request(req, Some(Duration::from_secs(60))))
             .await
@@ -257,21 +262,40 @@ impl WorkerApi for GrpcWorkerApi {
                 Code::ResourceExhausted => ApiError::TooLarge(s.message().to_owned()),
                 _ => classify(s, executor, Some(&step.lease_id)),
             })?;
-        Ok(())
+        Ok(leased_with(reply.into_inner().assignments))
     }
 
-    async fn fail(
+    async fn fail_leasing(
         &self,
         executor: &ExecutorId,
         step: &StepAssignment,
         error: StepError,
-    ) -> Result<(), ApiError> {
-        let req = pb::FailStepRequest::new(executor, step, error);
-        self.client
+        lease_next: u32,
+    ) -> Result<Vec<StepAssignment>, ApiError> {
+        let req = pb::FailStepRequest {
+            lease_next,
+            ..pb::FailStepRequest::new(executor, step, error)
+        };
+        let reply = self
+            .client
             .clone()
             .fail_step(self.request(req, Some(Duration::from_secs(60))))
             .await
             .map_err(|s| classify(s, executor, Some(&step.lease_id)))?;
-        Ok(())
+        Ok(leased_with(reply.into_inner().assignments))
     }
+}
+
+/// The steps leased with an outcome. The outcome is recorded whatever
+/// they hold: one this worker cannot read is left to expire (and be
+/// retried elsewhere) rather than failing the report.
+fn leased_with(assignments: Vec<pb::StepAssignment>) -> Vec<StepAssignment> {
+    assignments
+        .into_iter()
+        .filter_map(|a| {
+            StepAssignment::try_from(a)
+                .map_err(|e| tracing::warn!("a step leased with the outcome cannot be read: {e}"))
+                .ok()
+        })
+        .collect()
 }

@@ -316,14 +316,11 @@ impl Worker {
                         // the steps are leased, and run.
                         let permit = permits.pop();
                         let (this, shutdown) = (self.clone(), shutdown.clone());
-                        let span = tracing::info_span!("step", job = %step.job_id, step = %step.step_id, attempt = step.attempt);
-                        running.spawn(
-                            async move {
-                                let _slot = permit;
-                                this.run_step(step, reg.heartbeat_interval, &shutdown).await;
-                            }
-                            .instrument(span),
-                        );
+                        running.spawn(async move {
+                            let _slot = permit;
+                            this.run_slot(step, reg.heartbeat_interval, &shutdown)
+                                .await;
+                        });
                     }
                 }
                 Err(ApiError::UnknownExecutor(_)) => {
@@ -343,12 +340,28 @@ impl Worker {
         while running.join_next().await.is_some() {}
     }
 
+    /// Run `step` on its slot, then each step its report leased for the
+    /// slot (one round trip per step while work is queued); the slot is
+    /// free again when a report leases nothing.
+    async fn run_slot(&self, step: StepAssignment, heartbeat: Duration, shutdown: &CancellationToken) {
+        let mut next = std::collections::VecDeque::from([step]);
+        while let Some(step) = next.pop_front() {
+            let span = tracing::info_span!("step", job = %step.job_id, step = %step.step_id, attempt = step.attempt);
+            next.extend(
+                self.run_step(step, heartbeat, shutdown)
+                    .instrument(span)
+                    .await,
+            );
+        }
+    }
+
+    /// Run one step and report it; the steps leased with the report.
     async fn run_step(
         &self,
         step: StepAssignment,
         heartbeat: Duration,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Vec<StepAssignment> {
         let id = &self.options.executor_id;
         let workdir = self
             .options
@@ -367,8 +380,7 @@ impl Worker {
                 ),
                 retryable: true,
             };
-            self.report(Err(err), &step).await;
-            return;
+            return self.report(Err(err), &step, shutdown).await;
         };
         if let Err(e) = tokio::fs::create_dir_all(&workdir).await {
             let err = StepError {
@@ -376,8 +388,7 @@ impl Worker {
                 message: format!("cannot create work directory {}: {e}", workdir.display()),
                 retryable: true,
             };
-            self.report(Err(err), &step).await;
-            return;
+            return self.report(Err(err), &step, shutdown).await;
         }
         info!("step started");
 
@@ -432,14 +443,16 @@ impl Worker {
         if result.is_ok() && !lease_lost && milestone(&sent) {
             lease_lost = self.beat(&step, &ctx, &handle, &mut sent).await;
         }
-        if lease_lost {
+        let next = if lease_lost {
             info!("step stopped: its lease is no longer held");
+            Vec::new()
         } else {
-            self.report(result, &step).await;
-        }
+            self.report(result, &step, shutdown).await
+        };
         if let Err(e) = tokio::fs::remove_dir_all(&workdir).await {
             warn!("could not remove {}: {e}", workdir.display());
         }
+        next
     }
 
     /// One heartbeat: the latest progress and the outputs made since the
@@ -493,11 +506,18 @@ impl Worker {
         }
     }
 
-    /// Report a step's outcome, retrying while the server is unreachable.
-    /// An outcome over the size limit is not sent: the step fails with
+    /// Report a step's outcome, retrying while the server is unreachable;
+    /// the first attempt asks for the slot's next step (none once shutting
+    /// down), and the steps it leased are the answer. An outcome over the
+    /// size limit is not sent: the step fails with
     /// [`OutcomeTooLarge`](super::OutcomeTooLarge) (not retryable), as it does when the server
     /// finds the completion too large.
-    async fn report(&self, result: Result<StepOutput, StepError>, step: &StepAssignment) {
+    async fn report(
+        &self,
+        result: Result<StepOutput, StepError>,
+        step: &StepAssignment,
+        shutdown: &CancellationToken,
+    ) -> Vec<StepAssignment> {
         let id = &self.options.executor_id;
         let mut result = match result {
             Ok(out) => {
@@ -517,18 +537,24 @@ impl Worker {
         }
         .map_err(|e| self.outcome_limits.bound_error(e));
         let mut backoff = Duration::from_millis(100);
-        for _ in 0..20 {
+        for attempt in 0..20 {
+            // A repeat leases nothing: what a lost answer leased expires.
+            let lease_next = u32::from(attempt == 0 && !shutdown.is_cancelled());
             let sent = match &result {
-                Ok(out) => self.api.complete(id, step, out.clone()).await,
-                Err(e) => self.api.fail(id, step, e.clone()).await,
+                Ok(out) => {
+                    self.api
+                        .complete_leasing(id, step, out.clone(), lease_next)
+                        .await
+                }
+                Err(e) => self.api.fail_leasing(id, step, e.clone(), lease_next).await,
             };
             match sent {
-                Ok(()) => {
+                Ok(next) => {
                     match &result {
                         Ok(_) => info!("step completed"),
                         Err(e) => warn!(kind = %e.kind, "step failed: {}", e.message),
                     }
-                    return;
+                    return next;
                 }
                 Err(ApiError::TooLarge(msg)) if result.is_ok() => {
                     warn!("the server refused the outcome as too large: {msg}; failing the step");
@@ -551,10 +577,11 @@ impl Worker {
                 }
                 Err(e) => {
                     warn!("the outcome was refused: {e}");
-                    return;
+                    return Vec::new();
                 }
             }
         }
         warn!("gave up reporting the outcome; the lease will expire and the step be retried");
+        Vec::new()
     }
 }

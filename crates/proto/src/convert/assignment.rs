@@ -335,6 +335,7 @@ impl pb::CompleteStepRequest {
             outputs: to_struct(output.outputs),
             artifacts: output.artifacts.into_iter().map(Into::into).collect(),
             epochs: output.epochs.into_iter().map(Into::into).collect(),
+            lease_next: 0,
         }
     }
 }
@@ -347,6 +348,7 @@ impl pb::FailStepRequest {
             lease_id: step.lease_id.0.clone(),
             job_id: step.job_id.0.clone(),
             error: Some(error.into()),
+            lease_next: 0,
         }
     }
 }

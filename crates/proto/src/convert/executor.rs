@@ -21,6 +21,10 @@ pub struct LeaseCall<C> {
     pub job_id: JobId,
     /// The command for the job; it quotes the lease.
     pub command: C,
+    /// Steps to lease to the executor once the command is recorded
+    /// (`lease_next` of a completion or failure), 0 to [`MAX_POLL_STEPS`];
+    /// 0 for a heartbeat.
+    pub lease_next: u32,
 }
 
 fn non_empty(value: &str, what: &str) -> Result<String, Violations> {
@@ -31,21 +35,36 @@ fn non_empty(value: &str, what: &str) -> Result<String, Violations> {
     }
 }
 
-/// Checks the three fields every lease call has.
+/// `lease_next` of a completion or failure: 0 to [`MAX_POLL_STEPS`].
+fn lease_next(n: u32) -> Result<u32, Violations> {
+    if n > MAX_POLL_STEPS {
+        Err(invalid(format!(
+            "{n} is above the maximum of {MAX_POLL_STEPS} steps leased with an outcome; ask for {MAX_POLL_STEPS} or fewer (0: none)"
+        )))
+    } else {
+        Ok(n)
+    }
+}
+
+/// Checks the three fields every lease call has, and `lease_next`.
 fn lease_call<C>(
     mut f: Fields,
     executor_id: &str,
     job_id: &str,
     lease_id: &str,
+    next: u32,
     command: impl FnOnce(LeaseId) -> Option<C>,
 ) -> Result<LeaseCall<C>, Violations> {
+    let next = f.take("lease_next", lease_next(next));
     let executor_id = f.take("executor_id", non_empty(executor_id, "executor id"));
     let lease_id = f.take(
         "lease_id",
         non_empty(lease_id, "lease id of the assignment"),
     );
     let job_id = f.take("job_id", non_empty(job_id, "job id of the assignment"));
-    let (Some(executor_id), Some(lease_id), Some(job_id)) = (executor_id, lease_id, job_id) else {
+    let (Some(executor_id), Some(lease_id), Some(job_id), Some(lease_next)) =
+        (executor_id, lease_id, job_id, next)
+    else {
         return Err(f.into_violations());
     };
     let Some(command) = command(LeaseId(lease_id)) else {
@@ -55,6 +74,7 @@ fn lease_call<C>(
         executor_id: ExecutorId(executor_id),
         job_id: JobId(job_id),
         command,
+        lease_next,
     })
 }
 
@@ -93,6 +113,7 @@ impl pb::HeartbeatRequest {
             &self.executor_id,
             &self.job_id,
             &self.lease_id,
+            0,
             |lease_id| Some(HeartbeatCall { lease_id, progress }),
         )
     }
@@ -109,6 +130,7 @@ impl pb::CompleteStepRequest {
             &self.executor_id,
             &self.job_id,
             &self.lease_id,
+            self.lease_next,
             |lease_id| {
                 Some(CompleteStep {
                     lease_id,
@@ -130,6 +152,7 @@ impl pb::FailStepRequest {
             &self.executor_id,
             &self.job_id,
             &self.lease_id,
+            self.lease_next,
             |lease_id| {
                 Some(FailStep {
                     lease_id,
@@ -208,6 +231,7 @@ mod tests {
                 outputs: super::super::json::to_struct(c.outputs.clone()),
                 artifacts: c.artifacts.iter().cloned().map(Into::into).collect(),
                 epochs: c.epochs.iter().cloned().map(Into::into).collect(),
+                lease_next: 0,
             };
             let call = req.into_command().unwrap();
             assert_eq!(call.command, c, "{kind}");
@@ -230,6 +254,7 @@ mod tests {
             job_id: "j".into(),
             outputs: None,
             artifacts: vec![],
+            lease_next: 0,
             epochs: vec![pb::EpochOutput {
                 epoch: 1,
                 lora: Some(bad),
@@ -328,6 +353,7 @@ mod tests {
             lease_id: "l".into(),
             job_id: "j".into(),
             error: Some(error.clone().into()),
+            lease_next: 0,
         };
         assert_eq!(req.clone().into_command().unwrap().command.error, error);
         let no_kind = pb::FailStepRequest {
@@ -339,6 +365,42 @@ mod tests {
             fields(&no_kind.into_command().unwrap_err()),
             ["error.kind", "lease_id"]
         );
+    }
+
+    #[test]
+    fn an_outcome_leases_at_most_64_steps_with_it() {
+        let complete = |lease_next| pb::CompleteStepRequest {
+            executor_id: "gpu-0".into(),
+            lease_id: "l".into(),
+            job_id: "j".into(),
+            lease_next,
+            ..Default::default()
+        };
+        let fail = |lease_next| pb::FailStepRequest {
+            executor_id: "gpu-0".into(),
+            lease_id: "l".into(),
+            job_id: "j".into(),
+            error: Some(pb::StepError {
+                kind: pb::StepErrorKind::Internal as i32,
+                ..Default::default()
+            }),
+            lease_next,
+        };
+        for n in [0, 1, MAX_POLL_STEPS] {
+            assert_eq!(complete(n).into_command().unwrap().lease_next, n);
+            assert_eq!(fail(n).into_command().unwrap().lease_next, n);
+        }
+        for bad in [MAX_POLL_STEPS + 1, u32::MAX] {
+            for err in [
+                complete(bad).into_command().unwrap_err(),
+                fail(bad).into_command().unwrap_err(),
+            ] {
+                assert_eq!(fields(&err), ["lease_next"]);
+                let message = &err.iter().next().unwrap().description;
+                assert!(message.contains(&bad.to_string()), "{message}");
+                assert!(message.contains("64"), "{message}");
+            }
+        }
     }
 
     #[test]
