@@ -523,7 +523,10 @@ impl Engine {
         if n == 0 {
             return Vec::new();
         }
-        match self.poll_after(executor, n, Duration::ZERO, Some(ended)).await {
+        match self
+            .poll_after(executor, n, Duration::ZERO, Some(ended))
+            .await
+        {
             Ok(polled) => polled,
             Err(e) => {
                 tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");

@@ -106,7 +106,10 @@ impl EventRepo {
                     put(first, w);
                     if failed {
                         for g in &groups[1..] {
-                            put(g, Err(unknown("not written: the commit it follows failed".into())));
+                            put(
+                                g,
+                                Err(unknown("not written: the commit it follows failed".into())),
+                            );
                         }
                         &groups[groups.len()..]
                     } else {

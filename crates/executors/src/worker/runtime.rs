@@ -318,8 +318,7 @@ impl Worker {
                         let (this, shutdown) = (self.clone(), shutdown.clone());
                         running.spawn(async move {
                             let _slot = permit;
-                            this.run_slot(step, reg.heartbeat_interval, &shutdown)
-                                .await;
+                            this.run_slot(step, reg.heartbeat_interval, &shutdown).await;
                         });
                     }
                 }
@@ -343,7 +342,12 @@ impl Worker {
     /// Run `step` on its slot, then each step its report leased for the
     /// slot (one round trip per step while work is queued); the slot is
     /// free again when a report leases nothing.
-    async fn run_slot(&self, step: StepAssignment, heartbeat: Duration, shutdown: &CancellationToken) {
+    async fn run_slot(
+        &self,
+        step: StepAssignment,
+        heartbeat: Duration,
+        shutdown: &CancellationToken,
+    ) {
         let mut next = std::collections::VecDeque::from([step]);
         while let Some(step) = next.pop_front() {
             let span = tracing::info_span!("step", job = %step.job_id, step = %step.step_id, attempt = step.attempt);

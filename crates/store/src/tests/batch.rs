@@ -1,7 +1,8 @@
 //! `Store::execute_many`: several jobs' commands decided as `execute` would
 //! decide each, written together; every invariant of one-by-one commits
 //! kept (one live lease per step, the hash chain, the gap-free feed, the
-//! open-jobs index).
+//! open-jobs index). `Store::execute_after`: the same behind a first
+//! command that gates the rest.
 
 use loraflow_core::ids::{ExecutorId, JobId, LeaseId, StepId};
 use loraflow_core::job::canned::{outputs_for, sample_dataset, sample_spec};
@@ -160,8 +161,6 @@ async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestS
     }
 }
 
-on_every_backend!(leases_of_several_jobs_are_written_together_and_each_answered);
-
 /// Another process leased a step behind this one's back: the batch's
 /// lease of it conflicts, is decided again on the stored job and refused;
 /// the other leases of the batch are written. One lease, never two.
@@ -202,6 +201,119 @@ async fn a_step_leased_elsewhere_is_refused_and_the_rest_written(t: &TestStore) 
     t.store.verify_job(&b).await.unwrap();
     other.close().await;
 }
+
+/// `execute_after`: a completion gates the leases that go with it. A
+/// refused completion writes nothing and runs none of them; a repeat that
+/// writes nothing runs none; an accepted one is written with them, and
+/// each is answered as `execute` would answer it.
+async fn leases_written_after_a_completion_go_only_with_it(t: &TestStore) {
+    let store = &t.store;
+    let done = submitted(store, "gate-done").await;
+    let lease_id = LeaseId::new("gate-done-v");
+    store
+        .execute(&done, lease("validate", lease_id.as_str()), meta())
+        .await
+        .unwrap();
+    // Jobs at other sequences than the completion's, and one at the same.
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let job = submitted(store, &format!("gate-{i}")).await;
+        if i % 2 == 1 {
+            validated(store, &job).await;
+        }
+        others.push(job);
+    }
+    let leases = |tag: &str| -> Vec<(JobId, JobCommand)> {
+        others
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let step = if i % 2 == 1 { "label" } else { "validate" };
+                (j.clone(), lease(step, &format!("{j}-{tag}")))
+            })
+            .collect()
+    };
+    let sequences = |store: &Store| {
+        let jobs = others.clone();
+        let store = store.clone();
+        async move {
+            let mut out = Vec::new();
+            for j in &jobs {
+                out.push(store.history(j).await.unwrap().len());
+            }
+            out
+        }
+    };
+    let before = sequences(store).await;
+
+    // A completion of a lease the job never granted: refused, nothing run.
+    let stranger = outputs_for(
+        &StepKind::new(StepKind::VALIDATE_DATASET),
+        LeaseId::new("never-granted"),
+    );
+    let refused = store
+        .execute_after(
+            (done.clone(), JobCommand::CompleteStep(stranger)),
+            leases("refused"),
+            meta(),
+        )
+        .await;
+    assert!(
+        matches!(refused.first, Err(Error::Domain(_))),
+        "{:?}",
+        refused.first
+    );
+    assert!(refused.then.is_none());
+    assert_eq!(sequences(store).await, before, "no lease written");
+
+    // The real completion: written, and every lease with it.
+    let completion = outputs_for(&StepKind::new(StepKind::VALIDATE_DATASET), lease_id);
+    let after = store
+        .execute_after(
+            (done.clone(), JobCommand::CompleteStep(completion.clone())),
+            leases("with"),
+            meta(),
+        )
+        .await;
+    let first = after.first.expect("the completion is written");
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| matches!(e, JobEvent::StepCompleted(_)))
+    );
+    let then = after.then.expect("written with the completion");
+    assert_eq!(then.len(), others.len());
+    for (job, a) in others.iter().zip(&then) {
+        let c = a.as_ref().unwrap_or_else(|e| panic!("{job}: {e}"));
+        assert_eq!(leases_in(&c.events), [format!("{job}-with")]);
+    }
+    let mut written = first.position.unwrap();
+    for (job, n) in others.iter().zip(before) {
+        let h = store.history(job).await.unwrap();
+        assert_eq!(h.len(), n + 1, "{job}: one StepLeased more");
+        written = written.max(h.last().unwrap().position);
+        store.verify_job(job).await.unwrap();
+    }
+    store.verify_job(&done).await.unwrap();
+    readable(store, written).await;
+
+    // The completion again: a repeat writes nothing, so nothing is run.
+    let repeat = store
+        .execute_after(
+            (done.clone(), JobCommand::CompleteStep(completion)),
+            vec![(others[0].clone(), lease("label", "repeat"))],
+            meta(),
+        )
+        .await;
+    assert_eq!(repeat.first.unwrap().position, None);
+    assert!(repeat.then.is_none());
+}
+
+on_every_backend!(
+    leases_of_several_jobs_are_written_together_and_each_answered,
+    leases_written_after_a_completion_go_only_with_it,
+);
 
 // Two processes need a database (a memory store is its process' own).
 mod databases {
