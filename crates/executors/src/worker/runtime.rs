@@ -367,12 +367,14 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Vec<StepAssignment> {
         let id = &self.options.executor_id;
+        // One directory per attempt, removed with everything in it when the
+        // attempt ends; nothing of a finished step is left behind (nested
+        // job and step directories were, one pair per job, and cost a
+        // directory inode each to make). `+` is in neither kind of id.
         let workdir = self
             .options
             .workdir
-            .join(step.job_id.as_str())
-            .join(step.step_id.as_str())
-            .join(step.attempt.to_string());
+            .join(format!("{}+{}+{}", step.job_id, step.step_id, step.attempt));
         let io = self.artifacts.for_step(&step);
         let (ctx, handle) = StepContext::new(io, workdir.clone(), tracing::Span::current());
         let Some(executor) = self.executor_for(&step) else {
