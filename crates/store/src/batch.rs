@@ -70,7 +70,8 @@ impl Store {
     /// first), and not at all when `first` is refused, writes nothing, or
     /// cannot be written with them. A completion and the leases it hands
     /// the executor for its next steps are written so, in one commit where
-    /// the backend allows. At most [`MAX_BATCH`] commands in all.
+    /// the backend allows. Past [`MAX_BATCH`] commands in all, the others
+    /// run one by one after `first` is written.
     pub async fn execute_after(
         &self,
         first: (JobId, JobCommand),
@@ -80,10 +81,12 @@ impl Store {
         let mut commands = Vec::with_capacity(then.len() + 1);
         commands.push(first);
         commands.extend(then);
-        commands.truncate(MAX_BATCH);
         let mut answers: Vec<Option<Result<Committed>>> = Vec::with_capacity(commands.len());
         answers.resize_with(commands.len(), || None);
-        self.batch(&commands, &metadata, &mut answers, true).await;
+        // Past the first batch, the rest run one by one once `first` is in.
+        let n = commands.len().min(MAX_BATCH);
+        self.batch(&commands[..n], &metadata, &mut answers[..n], true)
+            .await;
         match answers[0].take() {
             Some(Ok(c)) if c.position.is_some() => {
                 answers[0] = Some(Ok(c));
