@@ -487,52 +487,43 @@ impl Engine {
                 })
                 .filter(|(_, keys)| !keys.is_empty()),
         };
-        let Some((instance, keys)) = claimed else {
-            self.inner.store.execute(job, command, metadata).await?;
-            self.forget(lease);
-            return Ok(self.lease_next(executor, lease_next, lease).await);
-        };
-        let (lease_ids, commands) = lease_commands(executor, instance, &keys);
-        let after = self
-            .inner
-            .store
-            .execute_after((job.clone(), command), commands, metadata)
-            .await;
-        let Some(written) = after.then else {
-            for key in &keys {
-                self.inner.scheduler.release(key);
+        // The leases written with the outcome, if any were.
+        let written = match claimed {
+            Some((instance, keys)) => {
+                let (lease_ids, commands) = lease_commands(executor, instance, &keys);
+                let after = self
+                    .inner
+                    .store
+                    .execute_after((job.clone(), command), commands, metadata)
+                    .await;
+                if after.then.is_none() {
+                    for key in &keys {
+                        self.inner.scheduler.release(key);
+                    }
+                }
+                after.first?;
+                after.then.map(|written| (keys, lease_ids, written))
             }
-            after.first?;
-            self.forget(lease);
-            return Ok(self.lease_next(executor, lease_next, lease).await);
+            None => {
+                self.inner.store.execute(job, command, metadata).await?;
+                None
+            }
         };
-        after.first?;
         self.forget(lease);
-        Ok(self
-            .take_leases(keys, lease_ids, written)
-            .unwrap_or_else(|e| {
-                tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
-                Vec::new()
-            }))
-    }
-
-    /// The steps leased with an outcome of `ended`, recorded already: what
-    /// a poll with no wait leases now. A poll that fails leaves the
-    /// executor to poll; the outcome stands.
-    async fn lease_next(&self, executor: &ExecutorId, n: u32, ended: &LeaseId) -> Vec<Polled> {
-        if n == 0 {
-            return Vec::new();
-        }
-        match self
-            .poll_after(executor, n, Duration::ZERO, Some(ended))
-            .await
-        {
-            Ok(polled) => polled,
-            Err(e) => {
-                tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
-                Vec::new()
+        // The outcome is recorded; leasing nothing more only leaves the
+        // executor to poll.
+        let leased = match written {
+            Some((keys, lease_ids, written)) => self.take_leases(keys, lease_ids, written),
+            None if lease_next == 0 => Ok(Vec::new()),
+            None => {
+                self.poll_after(executor, lease_next, Duration::ZERO, Some(lease))
+                    .await
             }
-        }
+        };
+        Ok(leased.unwrap_or_else(|e| {
+            tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
+            Vec::new()
+        }))
     }
 }
 
