@@ -369,6 +369,62 @@ impl Wake {
     }
 }
 
+/// The loop of a follower that keeps its checkpoint in the database (the
+/// views, the webhook outbox): from the stored `checkpoint`, one `step`
+/// after another (each answering its new position and whether it read
+/// anything), waiting on a [`Wake`] after an empty one. An error is logged
+/// as `what` and, after the poll interval, the checkpoint is read again:
+/// the failed transaction may or may not have committed. Until `shutdown`.
+pub(crate) async fn follow_checkpointed<C, S>(
+    shared: &Shared,
+    shutdown: &tokio_util::sync::CancellationToken,
+    what: &str,
+    checkpoint: impl Fn() -> C,
+    step: impl Fn(Position) -> S,
+) -> Result<()>
+where
+    C: std::future::Future<Output = Result<Position>>,
+    S: std::future::Future<Output = Result<(Position, bool)>>,
+{
+    let mut wake = Wake::new(shared);
+    let poll = shared.options.poll_interval;
+    let mut from: Option<Position> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        wake.mark();
+        let result = match from {
+            Some(p) => step(p).await,
+            None => match checkpoint().await {
+                Ok(p) => step(p).await,
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok((cp, true)) => {
+                from = Some(cp);
+                wake.reset();
+            }
+            Ok((cp, false)) => {
+                from = Some(cp);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = wake.wait() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                from = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+    }
+}
+
 struct Subscription {
     shared: Arc<Shared>,
     wake: Wake,

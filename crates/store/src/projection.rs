@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::event::{Position, StoredEvent};
-use crate::feed::{FeedFilter, Wake};
+use crate::feed::{FeedFilter, follow_checkpointed};
 use crate::store::Shared;
 
 /// The checkpoint name of the views kept by this crate.
@@ -131,45 +131,14 @@ async fn apply(
 /// after the poll interval: a projection never skips an event, so one it
 /// cannot read stops it until a release that can is deployed.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<()> {
-    let mut wake = Wake::new(&shared);
-    let poll = shared.options.poll_interval;
-    let mut from: Option<Position> = None;
-    loop {
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        wake.mark();
-        let result = match from {
-            Some(p) => step_followed(&shared, p).await,
-            None => match shared.backend.checkpoint(VIEWS).await {
-                Ok(p) => step_followed(&shared, p).await,
-                Err(e) => Err(e),
-            },
-        };
-        match result {
-            Ok((cp, true)) => {
-                from = Some(cp);
-                wake.reset();
-            }
-            Ok((cp, false)) => {
-                from = Some(cp);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = wake.wait() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "projection batch failed; retrying");
-                // Re-read the checkpoint: the failed transaction may or may
-                // not have committed.
-                from = None;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(poll) => {}
-                }
-            }
-        }
-    }
+    follow_checkpointed(
+        &shared,
+        &shutdown,
+        "projection batch",
+        || shared.backend.checkpoint(VIEWS),
+        |p| step_followed(&shared, p),
+    )
+    .await
 }
 
 #[cfg(test)]
