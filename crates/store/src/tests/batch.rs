@@ -52,6 +52,24 @@ async fn validated(store: &Store, job: &JobId) {
         .unwrap();
 }
 
+/// `n` submitted jobs `{prefix}-{i}`, every other one a stage further (its
+/// lease falls on another sequence: on PostgreSQL, such leases may share a
+/// transaction), each with the step it has queued.
+async fn staged(store: &Store, prefix: &str, n: usize) -> Vec<(JobId, &'static str)> {
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let job = submitted(store, &format!("{prefix}-{i}")).await;
+        let step = if i % 2 == 1 {
+            validated(store, &job).await;
+            "label"
+        } else {
+            "validate"
+        };
+        jobs.push((job, step));
+    }
+    jobs
+}
+
 fn leases_in(events: &[JobEvent]) -> Vec<String> {
     events
         .iter()
@@ -64,16 +82,7 @@ fn leases_in(events: &[JobEvent]) -> Vec<String> {
 
 async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestStore) {
     let store = &t.store;
-    let mut jobs = Vec::new();
-    for i in 0..6 {
-        let job = submitted(store, &format!("batch-{i}")).await;
-        // Half the jobs are a stage further: their leases fall on other
-        // sequences (on PostgreSQL, those may share a transaction).
-        if i % 2 == 1 {
-            validated(store, &job).await;
-        }
-        jobs.push(job);
-    }
+    let mut staged = staged(store, "batch", 6).await;
     // A job this process has not written (another process made it; a
     // memory store is its process' own, so there a job dropped from the
     // cache): read as stored.
@@ -87,7 +96,8 @@ async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestS
         other.close().await;
         job
     };
-    jobs.push(foreign.clone());
+    staged.push((foreign, "validate"));
+    let jobs: Vec<JobId> = staged.iter().map(|(j, _)| j.clone()).collect();
     // Everything written so far is readable before the batch: on PostgreSQL
     // the feed's horizon can trail a commit while any other transaction of
     // the cluster is open, and the read below must start after these.
@@ -99,17 +109,9 @@ async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestS
     readable(store, written).await;
     let before = store.feed().head().await.unwrap();
 
-    let mut commands: Vec<(JobId, JobCommand)> = jobs
+    let mut commands: Vec<(JobId, JobCommand)> = staged
         .iter()
-        .enumerate()
-        .map(|(i, j)| {
-            let step = if i % 2 == 1 && j != &foreign {
-                "label"
-            } else {
-                "validate"
-            };
-            (j.clone(), lease(step, &format!("{j}-b")))
-        })
+        .map(|(j, step)| (j.clone(), lease(step, &format!("{j}-b"))))
         .collect();
     // A second command on one job runs alone, after the batch: the step
     // is leased by then, so it is refused.
@@ -215,36 +217,22 @@ async fn leases_written_after_a_completion_go_only_with_it(t: &TestStore) {
         .await
         .unwrap();
     // Jobs at other sequences than the completion's, and one at the same.
-    let mut others = Vec::new();
-    for i in 0..4 {
-        let job = submitted(store, &format!("gate-{i}")).await;
-        if i % 2 == 1 {
-            validated(store, &job).await;
-        }
-        others.push(job);
-    }
+    let staged = staged(store, "gate", 4).await;
+    let others: Vec<JobId> = staged.iter().map(|(j, _)| j.clone()).collect();
     let leases = |tag: &str| -> Vec<(JobId, JobCommand)> {
-        others
+        staged
             .iter()
-            .enumerate()
-            .map(|(i, j)| {
-                let step = if i % 2 == 1 { "label" } else { "validate" };
-                (j.clone(), lease(step, &format!("{j}-{tag}")))
-            })
+            .map(|(j, step)| (j.clone(), lease(step, &format!("{j}-{tag}"))))
             .collect()
     };
-    let sequences = |store: &Store| {
-        let jobs = others.clone();
-        let store = store.clone();
-        async move {
-            let mut out = Vec::new();
-            for j in &jobs {
-                out.push(store.history(j).await.unwrap().len());
-            }
-            out
+    let sequences = || async {
+        let mut out = Vec::new();
+        for j in &others {
+            out.push(store.history(j).await.unwrap().len());
         }
+        out
     };
-    let before = sequences(store).await;
+    let before = sequences().await;
 
     // A completion of a lease the job never granted: refused, nothing run.
     let stranger = outputs_for(
@@ -264,7 +252,7 @@ async fn leases_written_after_a_completion_go_only_with_it(t: &TestStore) {
         refused.first
     );
     assert!(refused.then.is_none());
-    assert_eq!(sequences(store).await, before, "no lease written");
+    assert_eq!(sequences().await, before, "no lease written");
 
     // The real completion: written, and every lease with it.
     let completion = outputs_for(&StepKind::new(StepKind::VALIDATE_DATASET), lease_id);
