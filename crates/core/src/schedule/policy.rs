@@ -23,12 +23,8 @@ pub enum Action {
 
 impl SchedulerState {
     /// Leases held per tenant: the fairness measure.
-    fn running_by_tenant(&self) -> HashMap<&TenantId, usize> {
-        let mut m = HashMap::new();
-        for l in self.leases.values() {
-            *m.entry(&l.tenant).or_default() += 1;
-        }
-        m
+    fn running_by_tenant(&self) -> &HashMap<TenantId, u32> {
+        &self.leases_by_tenant
     }
 
     /// Queued steps in the order they will be served, ignoring capabilities:
@@ -107,10 +103,15 @@ impl SchedulerState {
     /// in the order repeated [`pick_excluding`](Self::pick_excluding) calls
     /// would hand them out were each lease recorded in between: every pick
     /// counts against the executor's limit and as a lease of its tenant, so
-    /// a batch is as fair between tenants as single polls. One pass over
-    /// the queue per step picked, with no sort. `ending` of the executor's
-    /// leases in the state are being ended by the call that asks (a
-    /// completion that leases the next step) and leave their slots free.
+    /// a batch is as fair between tenants as single polls. `ending` of the
+    /// executor's leases in the state are being ended by the call that asks
+    /// (a completion that leases the next step) and leave their slots free.
+    ///
+    /// The queue is indexed by priority, then per tenant by arrival, so a
+    /// pick looks only at the first eligible step of each tenant at the
+    /// highest priority that has one (steps it passes over: in backoff,
+    /// beyond the executor's capabilities, or skipped), never at the whole
+    /// queue.
     #[allow(clippy::too_many_arguments)]
     pub fn pick_many(
         &self,
@@ -124,40 +125,55 @@ impl SchedulerState {
     ) -> Vec<&QueuedStep> {
         let held = (self.running_on(executor) + pending).saturating_sub(ending);
         let room = caps.max_concurrent_steps.saturating_sub(held).min(n) as usize;
+        let mut picked = Vec::new();
         if room == 0 {
-            return Vec::new();
+            return picked;
         }
-        let mut running = self.running_by_tenant();
-        let mut candidates: Vec<&QueuedStep> = self
-            .queued
-            .values()
-            .filter(|s| {
-                s.not_before <= now
-                    && caps.satisfies_job(
-                        &s.kind,
-                        &s.requires,
-                        s.family,
-                        s.model.as_ref().map(|(e, m)| (*e, m)),
-                    )
-                    && !skip(s)
-            })
-            .collect();
-        let mut picked = Vec::with_capacity(room.min(candidates.len()));
-        while picked.len() < room {
-            // The serving order of `ordered_queue`, with this batch's picks
-            // counted as leases of their tenants.
-            let Some((i, _)) = candidates.iter().enumerate().min_by_key(|(_, s)| {
-                (
-                    Reverse(s.priority),
-                    running.get(&s.tenant).copied().unwrap_or(0),
-                    s.position,
+        let eligible = |s: &QueuedStep| {
+            s.not_before <= now
+                && caps.satisfies_job(
+                    &s.kind,
+                    &s.requires,
+                    s.family,
+                    s.model.as_ref().map(|(e, m)| (*e, m)),
                 )
-            }) else {
+                && !skip(s)
+        };
+        // This batch's picks per tenant, counted as leases.
+        let mut batch: HashMap<&TenantId, u32> = HashMap::new();
+        for tenants in self.serving.values() {
+            // Each tenant's next eligible step at this priority, and the
+            // rest of its queue to go on with once that one is picked.
+            let mut heads: Vec<_> = tenants
+                .iter()
+                .map(|(tenant, steps)| {
+                    let mut rest = steps.values().map(|k| &self.queued[k]);
+                    let head = rest.find(|s| eligible(s));
+                    (tenant, head, rest)
+                })
+                .collect();
+            while picked.len() < room {
+                // The serving order of `ordered_queue`: within a priority,
+                // the tenant holding the fewest leases, then the oldest.
+                let best = heads
+                    .iter_mut()
+                    .filter_map(|(tenant, head, rest)| {
+                        let s = (*head)?;
+                        let running = self.leases_by_tenant.get(*tenant).copied().unwrap_or(0)
+                            + batch.get(*tenant).copied().unwrap_or(0);
+                        Some(((running, s.position), tenant, head, rest))
+                    })
+                    .min_by_key(|(order, ..)| *order);
+                let Some((_, tenant, head, rest)) = best else {
+                    break;
+                };
+                picked.extend(head.take());
+                *batch.entry(*tenant).or_default() += 1;
+                *head = rest.find(|s| eligible(s));
+            }
+            if picked.len() == room {
                 break;
-            };
-            let step = candidates.swap_remove(i);
-            *running.entry(&step.tenant).or_default() += 1;
-            picked.push(step);
+            }
         }
         picked
     }

@@ -2,6 +2,7 @@
 //! queued steps and live leases. Nothing here is authoritative: it is a cache
 //! of the store, rebuilt by replaying the feed after a restart.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,13 +68,28 @@ struct OpenJob {
     schedule_to_start: HashMap<StepId, Duration>,
 }
 
+/// A queued step's key: its job and step.
+pub(super) type QueueKey = (JobId, StepId);
+
+/// Queued steps of one priority, per tenant in arrival order (by the
+/// `StepQueued` event's position).
+pub(super) type TenantQueues = HashMap<TenantId, BTreeMap<u64, QueueKey>>;
+
 /// Open jobs, queued steps and live leases.
 #[derive(Debug, Clone)]
 pub struct SchedulerState {
     catalogue: Arc<Catalogue>,
     jobs: HashMap<JobId, OpenJob>,
-    pub(super) queued: BTreeMap<(JobId, StepId), QueuedStep>,
+    pub(super) queued: BTreeMap<QueueKey, QueuedStep>,
     pub(super) leases: HashMap<LeaseId, LiveLease>,
+    /// The queue indexed in serving order less the fairness term: highest
+    /// priority first, then per tenant the oldest first. A pick walks the
+    /// heads of the tenants' queues instead of the whole queue.
+    pub(super) serving: BTreeMap<Reverse<i32>, TenantQueues>,
+    /// Live leases per tenant (the fairness measure) and per executor
+    /// (what its concurrency limit counts), kept with `leases`.
+    pub(super) leases_by_tenant: HashMap<TenantId, u32>,
+    leases_by_executor: HashMap<ExecutorId, u32>,
     position: u64,
 }
 
@@ -96,8 +112,76 @@ impl SchedulerState {
             jobs: HashMap::new(),
             queued: BTreeMap::new(),
             leases: HashMap::new(),
+            serving: BTreeMap::new(),
+            leases_by_tenant: HashMap::new(),
+            leases_by_executor: HashMap::new(),
             position: 0,
         }
+    }
+
+    fn queue_insert(&mut self, step: QueuedStep) {
+        let key = (step.job_id.clone(), step.step_id.clone());
+        self.queue_remove(&key);
+        self.serving
+            .entry(Reverse(step.priority))
+            .or_default()
+            .entry(step.tenant.clone())
+            .or_default()
+            .insert(step.position, key.clone());
+        self.queued.insert(key, step);
+    }
+
+    fn queue_remove(&mut self, key: &QueueKey) {
+        if let Some(old) = self.queued.remove(key) {
+            self.unindex(&old);
+        }
+    }
+
+    fn unindex(&mut self, step: &QueuedStep) {
+        let Some(tenants) = self.serving.get_mut(&Reverse(step.priority)) else {
+            return;
+        };
+        if let Some(steps) = tenants.get_mut(&step.tenant) {
+            steps.remove(&step.position);
+            if steps.is_empty() {
+                tenants.remove(&step.tenant);
+            }
+        }
+        if tenants.is_empty() {
+            self.serving.remove(&Reverse(step.priority));
+        }
+    }
+
+    fn lease_insert(&mut self, lease: LiveLease) {
+        self.lease_remove(&lease.lease_id);
+        *self
+            .leases_by_tenant
+            .entry(lease.tenant.clone())
+            .or_default() += 1;
+        *self
+            .leases_by_executor
+            .entry(lease.executor_id.clone())
+            .or_default() += 1;
+        self.leases.insert(lease.lease_id.clone(), lease);
+    }
+
+    fn lease_remove(&mut self, lease: &LeaseId) {
+        if let Some(old) = self.leases.remove(lease) {
+            self.uncount(&old);
+        }
+    }
+
+    fn uncount(&mut self, lease: &LiveLease) {
+        fn down<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: &K) {
+            if let Some(n) = m.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+        down(&mut self.leases_by_tenant, &lease.tenant);
+        down(&mut self.leases_by_executor, &lease.executor_id);
     }
 
     /// The global position of the last event applied.
@@ -123,10 +207,7 @@ impl SchedulerState {
 
     /// Steps an executor holds now; what its concurrency limit counts.
     pub fn running_on(&self, executor: &ExecutorId) -> u32 {
-        self.leases
-            .values()
-            .filter(|l| &l.executor_id == executor)
-            .count() as u32
+        self.leases_by_executor.get(executor).copied().unwrap_or(0)
     }
 
     /// Leases of `executor` held by processes other than `instance`: dead
@@ -206,68 +287,72 @@ impl SchedulerState {
                     .get(job)
                     .filter(|_| crate::executor::loads_base_model(&e.kind))
                     .and_then(|j| j.model.clone());
-                self.queued.insert(
-                    (job.clone(), e.step_id.clone()),
-                    QueuedStep {
-                        job_id: job.clone(),
-                        step_id: e.step_id.clone(),
-                        kind: e.kind.clone(),
-                        attempt: e.attempt,
-                        tenant: e.tenant.clone(),
-                        priority: e.priority,
-                        requires: e.requires.clone(),
-                        family,
-                        model,
-                        queued_at: e.queued_at,
-                        not_before: e.not_before,
-                        position,
-                    },
-                );
+                self.queue_insert(QueuedStep {
+                    job_id: job.clone(),
+                    step_id: e.step_id.clone(),
+                    kind: e.kind.clone(),
+                    attempt: e.attempt,
+                    tenant: e.tenant.clone(),
+                    priority: e.priority,
+                    requires: e.requires.clone(),
+                    family,
+                    model,
+                    queued_at: e.queued_at,
+                    not_before: e.not_before,
+                    position,
+                });
             }
             JobEvent::StepLeased(e) => {
-                self.queued.remove(&(job.clone(), e.step_id.clone()));
+                self.queue_remove(&(job.clone(), e.step_id.clone()));
                 let tenant = self
                     .jobs
                     .get(job)
                     .map(|j| j.tenant.clone())
                     .unwrap_or_else(|| TenantId::new(""));
-                self.leases.insert(
-                    e.lease_id.clone(),
-                    LiveLease {
-                        job_id: job.clone(),
-                        step_id: e.step_id.clone(),
-                        lease_id: e.lease_id.clone(),
-                        executor_id: e.executor_id.clone(),
-                        instance: e.instance.clone(),
-                        kind: e.kind.clone(),
-                        tenant,
-                        leased_at: e.leased_at,
-                        deadline: e.deadline,
-                        close_by: e.close_by,
-                    },
-                );
+                self.lease_insert(LiveLease {
+                    job_id: job.clone(),
+                    step_id: e.step_id.clone(),
+                    lease_id: e.lease_id.clone(),
+                    executor_id: e.executor_id.clone(),
+                    instance: e.instance.clone(),
+                    kind: e.kind.clone(),
+                    tenant,
+                    leased_at: e.leased_at,
+                    deadline: e.deadline,
+                    close_by: e.close_by,
+                });
             }
             JobEvent::StepProgressed(e) => {
                 if let Some(l) = self.leases.get_mut(&e.lease_id) {
                     l.deadline = e.deadline;
                 }
             }
-            JobEvent::StepCompleted(e) => {
-                self.leases.remove(&e.lease_id);
-            }
-            JobEvent::StepFailed(e) => {
-                self.leases.remove(&e.lease_id);
-            }
-            JobEvent::LeaseExpired(e) => {
-                self.leases.remove(&e.lease_id);
-            }
+            JobEvent::StepCompleted(e) => self.lease_remove(&e.lease_id),
+            JobEvent::StepFailed(e) => self.lease_remove(&e.lease_id),
+            JobEvent::LeaseExpired(e) => self.lease_remove(&e.lease_id),
             JobEvent::JobPublished(_)
             | JobEvent::JobFailed(_)
             | JobEvent::JobCancelled(_)
             | JobEvent::JobRejected(_) => {
                 self.jobs.remove(job);
-                self.queued.retain(|(j, _), _| j != job);
-                self.leases.retain(|_, l| &l.job_id != job);
+                let queued: Vec<QueueKey> = self
+                    .queued
+                    .range((job.clone(), StepId::new(""))..)
+                    .take_while(|((j, _), _)| j == job)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in &queued {
+                    self.queue_remove(key);
+                }
+                let leases: Vec<LeaseId> = self
+                    .leases
+                    .values()
+                    .filter(|l| &l.job_id == job)
+                    .map(|l| l.lease_id.clone())
+                    .collect();
+                for lease in &leases {
+                    self.lease_remove(lease);
+                }
             }
             JobEvent::StepRetried(_) | JobEvent::ReviewRequested(_) | JobEvent::JobApproved(_) => {}
         }

@@ -432,3 +432,141 @@ fn a_batch_pick_serves_as_single_picks_would_and_stays_within_the_limit() {
     assert!(picked_many(&f, "x", &cpu(&["train"]), 10).is_empty());
     assert!(picked_many(&f, "x", &caps, 0).is_empty());
 }
+
+/// The serving order by brute force: every eligible step, the minimum of
+/// (priority, the tenant's leases with this batch's picks, arrival) taken
+/// once per pick. What the indexed [`SchedulerState::pick_many`] must equal.
+#[allow(clippy::too_many_arguments)]
+fn pick_many_by_scan<'a>(
+    state: &'a SchedulerState,
+    executor: &ExecutorId,
+    caps: &Capabilities,
+    now: chrono::DateTime<chrono::Utc>,
+    pending: u32,
+    ending: u32,
+    n: u32,
+    skip: impl Fn(&QueuedStep) -> bool,
+) -> Vec<&'a QueuedStep> {
+    let running_on = state
+        .leases()
+        .filter(|l| &l.executor_id == executor)
+        .count() as u32;
+    let held = (running_on + pending).saturating_sub(ending);
+    let room = caps.max_concurrent_steps.saturating_sub(held).min(n) as usize;
+    let mut running: std::collections::HashMap<&TenantId, usize> = Default::default();
+    for l in state.leases() {
+        *running.entry(&l.tenant).or_default() += 1;
+    }
+    let mut candidates: Vec<&QueuedStep> = state
+        .queued()
+        .filter(|s| {
+            s.not_before <= now
+                && caps.satisfies_job(
+                    &s.kind,
+                    &s.requires,
+                    s.family,
+                    s.model.as_ref().map(|(e, m)| (*e, m)),
+                )
+                && !skip(s)
+        })
+        .collect();
+    let mut picked = Vec::new();
+    while picked.len() < room {
+        let Some((i, _)) = candidates.iter().enumerate().min_by_key(|(_, s)| {
+            (
+                std::cmp::Reverse(s.priority),
+                running.get(&s.tenant).copied().unwrap_or(0),
+                s.position,
+            )
+        }) else {
+            break;
+        };
+        let step = candidates.swap_remove(i);
+        *running.entry(&step.tenant).or_default() += 1;
+        picked.push(step);
+    }
+    picked
+}
+
+proptest! {
+    /// Whatever the queue (priorities, tenants, steps in backoff, leases
+    /// held, jobs ended), a batch pick through the index hands out exactly
+    /// the steps a scan of the whole queue would, in the same order; and the
+    /// lease counts kept with the leases equal a count of them.
+    #[test]
+    fn the_indexed_pick_equals_a_scan_of_the_queue(
+        jobs in proptest::collection::vec((0usize..4, -1i32..2, 0u8..4), 1..16),
+        leases in proptest::collection::vec((any::<usize>(), 0usize..3), 0..8),
+        offers_train in any::<bool>(),
+        skipped in proptest::collection::vec(any::<bool>(), 16),
+        (max, pending, ending, n) in (1u32..8, 0u32..3, 0u32..2, 0u32..10),
+        exec in 0usize..3,
+    ) {
+        let mut f = Fleet::new();
+        for (i, (tenant, priority, stage)) in jobs.iter().enumerate() {
+            let j = f.job(&format!("j{i:02}"), &format!("t{tenant}"), *priority, "tiny-sd");
+            match stage {
+                // A step failed and retried: queued again, in backoff.
+                1 => {
+                    f.lease(j, "validate", "w0");
+                    let lease = f.drivers[j].job.step(&StepId::new("validate")).unwrap()
+                        .current_lease().unwrap().clone();
+                    f.drivers[j].exec(JobCommand::FailStep(crate::job::FailStep {
+                        lease_id: lease,
+                        error: crate::job::StepError {
+                            kind: StepErrorKind::Unavailable,
+                            message: "s3 down".into(),
+                            retryable: true,
+                        },
+                    })).unwrap();
+                }
+                2 => { f.drivers[j].run("validate").run("label"); }
+                // Ended: leaves nothing queued or leased.
+                3 => {
+                    f.lease(j, "validate", "w1");
+                    f.drivers[j].exec(JobCommand::Cancel(crate::job::CancelJob {
+                        reason: "test".into(),
+                        cancelled_by: "test".into(),
+                    })).unwrap();
+                }
+                _ => {}
+            }
+            f.sync();
+        }
+        for (l, e) in leases {
+            let now = f.now();
+            let queued: Vec<_> = f.state.queued().filter(|q| q.not_before <= now)
+                .map(|q| (q.job_id.clone(), q.step_id.clone())).collect();
+            if queued.is_empty() { break; }
+            let (job, step) = &queued[l % queued.len()];
+            let idx = f.drivers.iter().position(|d| &d.job_id == job).unwrap();
+            f.lease(idx, step.as_str(), &format!("w{e}"));
+        }
+        let mut caps = cpu(&["validate_dataset", "label"]);
+        if offers_train {
+            caps.kinds.insert("train".into());
+            caps.engines.insert(crate::catalogue::Engine::Native);
+        }
+        caps.max_concurrent_steps = max;
+        let exec = ExecutorId::new(format!("w{exec}"));
+        let skip = |s: &QueuedStep| {
+            let i: usize = s.job_id.as_str()[1..].parse().unwrap();
+            skipped[i]
+        };
+        let ids = |v: Vec<&QueuedStep>| {
+            v.iter().map(|s| (s.job_id.to_string(), s.step_id.to_string())).collect::<Vec<_>>()
+        };
+        let now = f.now();
+        prop_assert_eq!(
+            ids(f.state.pick_many(&exec, &caps, now, pending, ending, n, skip)),
+            ids(pick_many_by_scan(&f.state, &exec, &caps, now, pending, ending, n, skip))
+        );
+        for e in ["w0", "w1", "w2"] {
+            let e = ExecutorId::new(e);
+            prop_assert_eq!(
+                f.state.running_on(&e) as usize,
+                f.state.leases().filter(|l| l.executor_id == e).count()
+            );
+        }
+    }
+}
