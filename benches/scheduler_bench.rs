@@ -24,6 +24,9 @@
 //!   a shared server another client's work counts too; on SQLite this is
 //!   whatever else the cluster does). Wall-clock rates move with the load of
 //!   a shared machine; CPU per operation much less.
+//!   On PostgreSQL also the write transactions (each a WAL flush at its
+//!   commit) and the WAL bytes per job and per step, cluster-wide, from the
+//!   transaction id counter and the WAL position.
 //! - **restart** (`--history N`, or `BENCH_HISTORY=N`): the store is filled
 //!   with finished jobs (each a whole published history, about 25 events,
 //!   chained and signed as any commit), until it holds `N` events; one job is
@@ -93,11 +96,47 @@ struct Bench {
     workers: Vec<tokio::task::JoinHandle<()>>,
     /// Whether workers lease a step for every free slot in one poll.
     batch: bool,
+    postgres: bool,
+}
+
+/// PostgreSQL's write transactions and WAL bytes so far, cluster-wide:
+/// each write transaction is a WAL flush (fsync) at its commit. The
+/// transaction id counter moves once per transaction that writes (this
+/// query's own `pg_current_xact_id` counts one); the WAL position is the
+/// bytes written.
+async fn pg_writes() -> Option<(i64, f64)> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&common::server::database_url())
+        .await
+        .ok()?;
+    sqlx::query_as(
+        "SELECT pg_current_xact_id()::text::int8, (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8",
+    )
+    .fetch_one(&mut c)
+    .await
+    .ok()
+}
+
+/// Write transactions and WAL bytes per unit since `before`.
+async fn pg_writes_per(before: Option<(i64, f64)>, units: usize) -> String {
+    match (before, pg_writes().await) {
+        (Some((x0, w0)), Some((x1, w1))) => format!(
+            "; PostgreSQL {:.2} write transactions and {:.1} KiB of WAL",
+            // Less the counter's own transaction.
+            (x1 - x0 - 1) as f64 / units as f64,
+            (w1 - w0) / 1024.0 / units as f64
+        ),
+        _ => String::new(),
+    }
 }
 
 impl Bench {
     async fn start(backend: Backend, batch: bool) -> Option<Self> {
-        let deployment = Deployment::new(backend).await?;
+        let mut deployment = Deployment::new(backend).await?;
+        if let Ok(ms) = std::env::var("BENCH_OUTBOX_MS") {
+            deployment.store_options.outbox_interval =
+                Duration::from_millis(ms.parse().expect("BENCH_OUTBOX_MS: milliseconds"));
+        }
         let server = TestServer::start_in(
             &deployment,
             ServerSetup {
@@ -115,6 +154,7 @@ impl Bench {
             stop: CancellationToken::new(),
             workers: Vec::new(),
             batch,
+            postgres: matches!(backend, Backend::Postgres),
         })
     }
 
@@ -159,6 +199,7 @@ impl Bench {
 
     async fn burst(&mut self, jobs: usize, clients: usize) -> String {
         let mut reviews = self.reviews().await;
+        let writes = self.pg_writes().await;
         let cpu = cpu_seconds();
         let t = Instant::now();
         let mut callers = Vec::new();
@@ -175,12 +216,14 @@ impl Bench {
             c.await.expect("a create_job caller");
         }
         let queued_in = t.elapsed();
+        let cpu = cpu_per(cpu, jobs);
         println!(
-            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s; per job {}",
+            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s; per job {cpu}{}",
             queued_in.as_secs_f64(),
             jobs as f64 / queued_in.as_secs_f64(),
-            cpu_per(cpu, jobs)
+            pg_writes_per(writes, jobs).await
         );
+        let writes = self.pg_writes().await;
         let cpu = cpu_seconds();
         let t = Instant::now();
         self.connect_workers();
@@ -188,15 +231,25 @@ impl Bench {
             reviews.recv().await.expect("reviews follow");
         }
         let took = t.elapsed().as_secs_f64();
+        let cpu = cpu_per(cpu, jobs * 3);
         format!(
-            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots; per step {}",
+            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots; per step {cpu}{}",
             queued_in.as_secs_f64(),
             jobs * 3,
             (jobs * 3) as f64 / took,
             jobs as f64 / took,
             WORKERS,
-            cpu_per(cpu, jobs * 3)
+            pg_writes_per(writes, jobs * 3).await
         )
+    }
+
+    /// [`pg_writes`] on PostgreSQL; `None` on SQLite.
+    async fn pg_writes(&self) -> Option<(i64, f64)> {
+        if self.postgres {
+            pg_writes().await
+        } else {
+            None
+        }
     }
 
     async fn paced(&self, jobs: usize, rate: u64) -> Vec<String> {

@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use super::state::{QueuedStep, SchedulerState};
 use crate::executor::Capabilities;
@@ -196,16 +196,13 @@ impl SchedulerState {
                 lease_id: l.lease_id.clone(),
             })
             .collect();
-        for s in self.queued.values() {
-            if let Some(limit) = self.schedule_to_start(&s.job_id, &s.step_id)
-                && s.queued_at + Duration::from_std(limit).unwrap_or(Duration::MAX) <= now
-            {
-                actions.push(Action::ExpireQueued {
-                    job_id: s.job_id.clone(),
-                    step_id: s.step_id.clone(),
-                });
-            }
-        }
+        // Indexed by deadline: only the overdue are looked at.
+        actions.extend(self.start_by.iter().take_while(|(t, _)| *t <= now).map(
+            |(_, (job, step))| Action::ExpireQueued {
+                job_id: job.clone(),
+                step_id: step.clone(),
+            },
+        ));
         actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         actions
     }
@@ -214,15 +211,12 @@ impl SchedulerState {
     /// runtime sleeps until then (or until a new event arrives).
     pub fn next_wakeup(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let leases = self.leases.values().map(|l| l.expires_at());
-        let backoffs = self
-            .queued
-            .values()
-            .map(|s| s.not_before)
-            .filter(|t| *t > now);
-        let queue_timeouts = self.queued.values().filter_map(|s| {
-            let limit = self.schedule_to_start(&s.job_id, &s.step_id)?;
-            Some(s.queued_at + Duration::from_std(limit).ok()?)
-        });
-        leases.chain(backoffs).chain(queue_timeouts).min()
+        let backoff = self
+            .backoffs
+            .range((std::ops::Bound::Excluded(now), std::ops::Bound::Unbounded))
+            .next()
+            .map(|(t, _)| *t);
+        let queue_timeout = self.start_by.first().map(|(t, _)| *t);
+        leases.chain(backoff).chain(queue_timeout).min()
     }
 }

@@ -3,7 +3,7 @@
 //! of the store, rebuilt by replaying the feed after a restart.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +90,12 @@ pub struct SchedulerState {
     /// (what its concurrency limit counts), kept with `leases`.
     pub(super) leases_by_tenant: HashMap<TenantId, u32>,
     leases_by_executor: HashMap<ExecutorId, u32>,
+    /// How many queued steps end their backoff (`not_before`) at each
+    /// instant, and the queued steps
+    /// with a schedule-to-start timeout by when they must have started:
+    /// what the timer looks up without a scan of the queue.
+    pub(super) backoffs: BTreeMap<DateTime<Utc>, u32>,
+    pub(super) start_by: BTreeSet<(DateTime<Utc>, QueueKey)>,
     position: u64,
 }
 
@@ -115,6 +121,8 @@ impl SchedulerState {
             serving: BTreeMap::new(),
             leases_by_tenant: HashMap::new(),
             leases_by_executor: HashMap::new(),
+            backoffs: BTreeMap::new(),
+            start_by: BTreeSet::new(),
             position: 0,
         }
     }
@@ -128,7 +136,19 @@ impl SchedulerState {
             .entry(step.tenant.clone())
             .or_default()
             .insert(step.position, key.clone());
+        *self.backoffs.entry(step.not_before).or_default() += 1;
+        if let Some(t) = self.start_by_of(&step) {
+            self.start_by.insert((t, key.clone()));
+        }
         self.queued.insert(key, step);
+    }
+
+    /// When queued `step` must have started by, if its job gives it a
+    /// schedule-to-start timeout (a deadline past the calendar: none).
+    fn start_by_of(&self, step: &QueuedStep) -> Option<DateTime<Utc>> {
+        let limit = self.schedule_to_start(&step.job_id, &step.step_id)?;
+        step.queued_at
+            .checked_add_signed(chrono::Duration::from_std(limit).ok()?)
     }
 
     fn queue_remove(&mut self, key: &QueueKey) {
@@ -138,6 +158,16 @@ impl SchedulerState {
     }
 
     fn unindex(&mut self, step: &QueuedStep) {
+        let key = (step.job_id.clone(), step.step_id.clone());
+        if let Some(t) = self.start_by_of(step) {
+            self.start_by.remove(&(t, key));
+        }
+        if let Some(n) = self.backoffs.get_mut(&step.not_before) {
+            *n -= 1;
+            if *n == 0 {
+                self.backoffs.remove(&step.not_before);
+            }
+        }
         let Some(tenants) = self.serving.get_mut(&Reverse(step.priority)) else {
             return;
         };
@@ -334,7 +364,7 @@ impl SchedulerState {
             | JobEvent::JobFailed(_)
             | JobEvent::JobCancelled(_)
             | JobEvent::JobRejected(_) => {
-                self.jobs.remove(job);
+                // The queue first: its deadlines are found through the job.
                 let queued: Vec<QueueKey> = self
                     .queued
                     .range((job.clone(), StepId::new(""))..)
@@ -344,6 +374,7 @@ impl SchedulerState {
                 for key in &queued {
                     self.queue_remove(key);
                 }
+                self.jobs.remove(job);
                 let leases: Vec<LeaseId> = self
                     .leases
                     .values()

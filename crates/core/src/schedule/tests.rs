@@ -31,12 +31,30 @@ impl Fleet {
     }
 
     fn job(&mut self, id: &str, tenant: &str, priority: i32, base_model: &str) -> usize {
+        self.job_with(id, tenant, priority, base_model, |_| {})
+    }
+
+    /// [`job`](Self::job) with its standard workflow changed by `edit`.
+    fn job_with(
+        &mut self,
+        id: &str,
+        tenant: &str,
+        priority: i32,
+        base_model: &str,
+        edit: impl FnOnce(&mut crate::workflow::WorkflowSpec),
+    ) -> usize {
         let mut d = Driver::new();
         d.job_id = JobId::new(id);
         let mut spec = sample_spec();
         spec.tenant = TenantId::new(tenant);
         spec.priority = priority;
         spec.base_model = base_model.into();
+        let mut workflow = crate::workflow::standard_lora(
+            d.services.catalogue.base_model(&spec.base_model).unwrap(),
+            spec.engine,
+        );
+        edit(&mut workflow);
+        spec.workflow = Some(workflow);
         d.create_with(spec).submit();
         self.drivers.push(d);
         self.fed.push(0);
@@ -488,14 +506,53 @@ fn pick_many_by_scan<'a>(
     picked
 }
 
+/// [`SchedulerState::due`] by a scan of every lease and queued step.
+fn due_by_scan(state: &SchedulerState, now: chrono::DateTime<chrono::Utc>) -> Vec<Action> {
+    let mut actions: Vec<Action> = state
+        .leases()
+        .filter(|l| l.expires_at() <= now)
+        .map(|l| Action::ExpireLease {
+            job_id: l.job_id.clone(),
+            lease_id: l.lease_id.clone(),
+        })
+        .collect();
+    for s in state.queued() {
+        if let Some(limit) = state.schedule_to_start(&s.job_id, &s.step_id)
+            && s.queued_at + Duration::from_std(limit).unwrap() <= now
+        {
+            actions.push(Action::ExpireQueued {
+                job_id: s.job_id.clone(),
+                step_id: s.step_id.clone(),
+            });
+        }
+    }
+    actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    actions
+}
+
+/// [`SchedulerState::next_wakeup`] by a scan of every lease and queued step.
+fn next_wakeup_by_scan(
+    state: &SchedulerState,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let leases = state.leases().map(|l| l.expires_at());
+    let backoffs = state.queued().map(|s| s.not_before).filter(|t| *t > now);
+    let queue_timeouts = state.queued().filter_map(|s| {
+        let limit = state.schedule_to_start(&s.job_id, &s.step_id)?;
+        Some(s.queued_at + Duration::from_std(limit).ok()?)
+    });
+    leases.chain(backoffs).chain(queue_timeouts).min()
+}
+
 proptest! {
     /// Whatever the queue (priorities, tenants, steps in backoff, leases
     /// held, jobs ended), a batch pick through the index hands out exactly
     /// the steps a scan of the whole queue would, in the same order; and the
-    /// lease counts kept with the leases equal a count of them.
+    /// lease counts kept with the leases equal a count of them; what is
+    /// due, and when, is what a scan of every deadline finds.
     #[test]
     fn the_indexed_pick_equals_a_scan_of_the_queue(
-        jobs in proptest::collection::vec((0usize..4, -1i32..2, 0u8..4), 1..16),
+        jobs in proptest::collection::vec((0usize..4, -1i32..2, 0u8..4, 0u8..3), 1..16),
         leases in proptest::collection::vec((any::<usize>(), 0usize..3), 0..8),
         offers_train in any::<bool>(),
         skipped in proptest::collection::vec(any::<bool>(), 16),
@@ -503,8 +560,18 @@ proptest! {
         exec in 0usize..3,
     ) {
         let mut f = Fleet::new();
-        for (i, (tenant, priority, stage)) in jobs.iter().enumerate() {
-            let j = f.job(&format!("j{i:02}"), &format!("t{tenant}"), *priority, "tiny-sd");
+        for (i, (tenant, priority, stage, limit)) in jobs.iter().enumerate() {
+            // Schedule-to-start: the template's default, none, or short.
+            let limit = match limit {
+                0 => None,
+                1 => Some(std::time::Duration::from_secs(5 + i as u64)),
+                _ => Some(crate::workflow::TemplateOptions::DEFAULT_SCHEDULE_TO_START),
+            };
+            let j = f.job_with(&format!("j{i:02}"), &format!("t{tenant}"), *priority, "tiny-sd", |w| {
+                for s in &mut w.steps {
+                    s.timeouts.schedule_to_start = limit;
+                }
+            });
             match stage {
                 // A step failed and retried: queued again, in backoff.
                 1 => {
@@ -561,6 +628,12 @@ proptest! {
             ids(f.state.pick_many(&exec, &caps, now, pending, ending, n, skip)),
             ids(pick_many_by_scan(&f.state, &exec, &caps, now, pending, ending, n, skip))
         );
+        // The timer's look-ups through the deadline index equal a scan.
+        for later in [0, 3, 9, 20, 31 * 60] {
+            let at = now + Duration::seconds(later);
+            prop_assert_eq!(f.state.due(at), due_by_scan(&f.state, at));
+            prop_assert_eq!(f.state.next_wakeup(at), next_wakeup_by_scan(&f.state, at));
+        }
         for e in ["w0", "w1", "w2"] {
             let e = ExecutorId::new(e);
             prop_assert_eq!(
