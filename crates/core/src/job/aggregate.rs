@@ -96,12 +96,16 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainingJob {
     pub(crate) job_id: Option<JobId>,
-    pub(crate) spec: Option<JobSpec>,
+    /// Shared, not copied, when the job is cloned (the store keeps jobs in
+    /// memory and decides each command on a clone): set once, by the
+    /// creation, and read after.
+    pub(crate) spec: Option<Arc<JobSpec>>,
     pub(crate) params: Params,
     pub(crate) phase: Phase,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) dataset: Option<AdmittedDataset>,
-    pub(crate) workflow: Option<WorkflowSpec>,
+    /// Shared as `spec` is; set once, by the submission.
+    pub(crate) workflow: Option<Arc<WorkflowSpec>>,
     pub(crate) steps: BTreeMap<StepId, StepRecord>,
     pub(crate) outputs: Reviewables,
     pub(crate) approved: Option<JobApproved>,
@@ -128,7 +132,7 @@ impl TrainingJob {
         match &self.custom_model {
             Some(m) => Some(m.as_base_model()),
             None => catalogue
-                .base_model(&self.spec.as_ref()?.base_model)
+                .base_model(&self.spec.as_deref()?.base_model)
                 .cloned(),
         }
     }
@@ -158,7 +162,7 @@ impl TrainingJob {
     }
 
     pub fn spec(&self) -> Option<&JobSpec> {
-        self.spec.as_ref()
+        self.spec.as_deref()
     }
 
     /// Resolved parameters (defaults, profile and the client's values).
@@ -175,7 +179,7 @@ impl TrainingJob {
     }
 
     pub fn workflow(&self) -> Option<&WorkflowSpec> {
-        self.workflow.as_ref()
+        self.workflow.as_deref()
     }
 
     pub fn steps(&self) -> &BTreeMap<StepId, StepRecord> {
@@ -233,7 +237,7 @@ impl TrainingJob {
         if rec.current_lease() != Some(lease) {
             return None;
         }
-        let spec = self.spec.as_ref()?;
+        let spec = self.spec.as_deref()?;
         let dag = self.dag()?;
         let step = dag.step(step_id)?;
         let inputs = dag
@@ -269,7 +273,7 @@ impl TrainingJob {
     }
 
     pub(crate) fn dag(&self) -> Option<Dag> {
-        self.workflow.as_ref().and_then(Dag::build)
+        self.workflow.as_deref().and_then(Dag::build)
     }
 
     pub(crate) fn progress_map(&self) -> BTreeMap<StepId, Progress> {
@@ -350,7 +354,7 @@ impl Aggregate for TrainingJob {
         match event {
             JobEvent::JobCreated(e) => {
                 self.job_id = Some(e.job_id);
-                self.spec = Some(e.spec);
+                self.spec = Some(Arc::new(e.spec));
                 self.params = e.params;
                 self.created_at = Some(e.created_at);
                 self.custom_model = e.custom_model;
@@ -364,7 +368,7 @@ impl Aggregate for TrainingJob {
                     .map(|s| (s.id.clone(), StepRecord::new(s.kind.clone())))
                     .collect();
                 self.dataset = Some(e.dataset);
-                self.workflow = Some(e.workflow);
+                self.workflow = Some(Arc::new(e.workflow));
                 self.phase = Phase::Submitted;
             }
             JobEvent::StepQueued(e) => {

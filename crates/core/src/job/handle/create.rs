@@ -105,7 +105,7 @@ pub(super) fn submit(d: &mut Decision, c: SubmitJob) -> Result<(), Error> {
         return Err(Error::DatasetRefused(v));
     }
 
-    let workflow = match spec.workflow {
+    let workflow = match spec.workflow.clone() {
         Some(w) => w,
         None => {
             let model = d.job.base_model(&d.services.catalogue).ok_or_else(|| {

@@ -56,14 +56,18 @@ impl<'a> Decision<'a> {
     }
 
     pub fn step_spec(&self, id: &StepId) -> Option<&StepSpec> {
-        self.job.workflow.as_ref()?.step(id)
+        self.job.workflow.as_deref()?.step(id)
     }
 
     /// Queue every step whose dependencies are now done; open the review
     /// when its gate becomes ready.
     pub fn queue_ready(&mut self) {
         let Some(dag) = self.job.dag() else { return };
-        let spec = self.job.spec.as_ref().expect("a submitted job has a spec");
+        let spec = self
+            .job
+            .spec
+            .as_deref()
+            .expect("a submitted job has a spec");
         let (tenant, priority) = (spec.tenant.clone(), spec.priority);
         let ready: Vec<StepSpec> = dag
             .ready(&self.job.progress_map())

@@ -259,7 +259,7 @@ pub(super) fn end_attempt(d: &mut Decision, step_id: StepId, lease_id: LeaseId, 
             .backoff(next_attempt, jitter_seed(d, &step_id, next_attempt)),
     };
     let not_before = d.now + Duration::from_std(backoff).unwrap_or(Duration::MAX);
-    let job = d.job.spec.as_ref().expect("a running job has a spec");
+    let job = d.job.spec.as_deref().expect("a running job has a spec");
     let (tenant, priority) = (job.tenant.clone(), job.priority);
     d.emit(JobEvent::StepRetried(StepRetried {
         step_id: step_id.clone(),
@@ -328,7 +328,7 @@ fn auto_adjust(d: &Decision, step: &StepId) -> bool {
 /// Halve the batch size, or when it is at its minimum, the resolution, within
 /// the schema's bounds for this model and engine.
 fn oom_adjustment(d: &Decision, step: &StepId) -> Option<ParamAdjustment> {
-    let spec = d.job.spec.as_ref()?;
+    let spec = d.job.spec.as_deref()?;
     let model = d.job.base_model(&d.services.catalogue)?;
     let model = &model;
     let params = d.job.step_params(step);
