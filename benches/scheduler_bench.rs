@@ -132,11 +132,7 @@ async fn pg_writes_per(before: Option<(i64, f64)>, units: usize) -> String {
 
 impl Bench {
     async fn start(backend: Backend, batch: bool) -> Option<Self> {
-        let mut deployment = Deployment::new(backend).await?;
-        if let Ok(ms) = std::env::var("BENCH_OUTBOX_MS") {
-            deployment.store_options.outbox_interval =
-                Duration::from_millis(ms.parse().expect("BENCH_OUTBOX_MS: milliseconds"));
-        }
+        let deployment = Deployment::new(backend).await?;
         let server = TestServer::start_in(
             &deployment,
             ServerSetup {
