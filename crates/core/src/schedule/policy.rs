@@ -22,9 +22,9 @@ pub enum Action {
 }
 
 impl SchedulerState {
-    /// Leases held per tenant: the fairness measure.
-    fn running_by_tenant(&self) -> &HashMap<TenantId, u32> {
-        &self.leases_by_tenant
+    /// Leases `tenant` holds: the fairness measure.
+    fn running_of(&self, tenant: &TenantId) -> u32 {
+        self.leases_by_tenant.get(tenant).copied().unwrap_or(0)
     }
 
     /// Queued steps in the order they will be served, ignoring capabilities:
@@ -32,15 +32,8 @@ impl SchedulerState {
     /// leases first (so one tenant's hundred jobs cannot starve another's
     /// one); then the oldest.
     pub fn ordered_queue(&self) -> Vec<&QueuedStep> {
-        let running = self.running_by_tenant();
         let mut q: Vec<&QueuedStep> = self.queued.values().collect();
-        q.sort_by_key(|s| {
-            (
-                Reverse(s.priority),
-                running.get(&s.tenant).copied().unwrap_or(0),
-                s.position,
-            )
-        });
+        q.sort_by_key(|s| (Reverse(s.priority), self.running_of(&s.tenant), s.position));
         q
     }
 
@@ -48,14 +41,7 @@ impl SchedulerState {
     /// (0 is served next), without sorting the queue: one pass counting the
     /// steps served before it. `None` when none of its steps is queued.
     pub fn queue_place(&self, job: &JobId) -> Option<usize> {
-        let running = self.running_by_tenant();
-        let order = |s: &QueuedStep| {
-            (
-                Reverse(s.priority),
-                running.get(&s.tenant).copied().unwrap_or(0),
-                s.position,
-            )
-        };
+        let order = |s: &QueuedStep| (Reverse(s.priority), self.running_of(&s.tenant), s.position);
         // The sort is stable over the map, ordered by (job, step): that
         // order breaks ties.
         let (first, first_key) = self
@@ -129,16 +115,7 @@ impl SchedulerState {
         if room == 0 {
             return picked;
         }
-        let eligible = |s: &QueuedStep| {
-            s.not_before <= now
-                && caps.satisfies_job(
-                    &s.kind,
-                    &s.requires,
-                    s.family,
-                    s.model.as_ref().map(|(e, m)| (*e, m)),
-                )
-                && !skip(s)
-        };
+        let eligible = |s: &QueuedStep| s.runnable_by(caps, now) && !skip(s);
         // This batch's picks per tenant, counted as leases.
         let mut batch: HashMap<&TenantId, u32> = HashMap::new();
         for tenants in self.serving.values() {
@@ -159,8 +136,8 @@ impl SchedulerState {
                     .iter_mut()
                     .filter_map(|(tenant, head, rest)| {
                         let s = (*head)?;
-                        let running = self.leases_by_tenant.get(*tenant).copied().unwrap_or(0)
-                            + batch.get(*tenant).copied().unwrap_or(0);
+                        let running =
+                            self.running_of(tenant) + batch.get(*tenant).copied().unwrap_or(0);
                         Some(((running, s.position), tenant, head, rest))
                     })
                     .min_by_key(|(order, ..)| *order);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::catalogue::{Catalogue, Engine, ModelFamily};
+use crate::executor::Capabilities;
 use crate::ids::{BaseModelId, ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
 use crate::job::JobEvent;
 use crate::workflow::{Requirements, StepKind};
@@ -48,6 +49,20 @@ pub struct LiveLease {
     pub leased_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
     pub close_by: DateTime<Utc>,
+}
+
+impl QueuedStep {
+    /// Whether an executor offering `caps` may lease the step at `now`:
+    /// past its backoff, and the executor can run it.
+    pub fn runnable_by(&self, caps: &Capabilities, now: DateTime<Utc>) -> bool {
+        self.not_before <= now
+            && caps.satisfies_job(
+                &self.kind,
+                &self.requires,
+                self.family,
+                self.model.as_ref().map(|(e, m)| (*e, m)),
+            )
+    }
 }
 
 impl LiveLease {

@@ -477,16 +477,7 @@ fn pick_many_by_scan<'a>(
     }
     let mut candidates: Vec<&QueuedStep> = state
         .queued()
-        .filter(|s| {
-            s.not_before <= now
-                && caps.satisfies_job(
-                    &s.kind,
-                    &s.requires,
-                    s.family,
-                    s.model.as_ref().map(|(e, m)| (*e, m)),
-                )
-                && !skip(s)
-        })
+        .filter(|s| s.runnable_by(caps, now) && !skip(s))
         .collect();
     let mut picked = Vec::new();
     while picked.len() < room {
