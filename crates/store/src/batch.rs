@@ -3,9 +3,8 @@
 //! [`Store::execute_after`], what a completion that leases the executor's
 //! next steps uses. Each command is decided
 //! as [`Store::execute`] would decide it; the writes then share as few
-//! transactions as the backend allows (one on SQLite and in memory; on
-//! PostgreSQL one per set of jobs whose sequences do not meet, see
-//! `EventRepo::insert_many`). Anything the batch cannot settle (a
+//! transactions as the backend allows (one on SQLite, PostgreSQL and in
+//! memory, see `EventRepo::insert_many`). Anything the batch cannot settle (a
 //! conflict, a refusal decided on a cached job, an error) is run again on
 //! its own through [`Store::execute`], so each command gets the answer it
 //! would have had alone.

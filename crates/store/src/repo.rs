@@ -67,14 +67,15 @@ impl EventRepo {
 
     /// Write several jobs' commits (each as for [`insert`](Self::insert),
     /// the jobs distinct) in as few transactions as the backend allows:
-    /// one on SQLite; on PostgreSQL one per group of commits whose
-    /// sequences do not meet (a position is the transaction id with the
-    /// sequence in its low bits, so two events of one sequence cannot share
-    /// a transaction), the groups written at once; in memory one by one.
-    /// Each commit's answer in order: a commit fails with its transaction.
-    /// `gate`: the first commit is written before the others (on
-    /// PostgreSQL its group first, then the rest), and when it fails none
-    /// of them is written.
+    /// one on SQLite; on PostgreSQL one per [`MAX_TX_EVENTS`] rows (a
+    /// position holds the row's place in its transaction in its low bits),
+    /// so one for any batch the engine writes, the groups written at once;
+    /// in memory one by one. Each commit's answer in order: a commit fails
+    /// with its transaction. `gate`: the first commit is written before
+    /// the others or with them (in its transaction), and when it fails
+    /// none of them is written.
+    ///
+    /// [`MAX_TX_EVENTS`]: postgres::MAX_TX_EVENTS
     pub(crate) async fn insert_many(
         &self,
         aggregate_type: &str,
@@ -87,19 +88,37 @@ impl EventRepo {
                 commits.len(),
             ),
             EventRepo::Postgres(_, pool) => {
-                let groups = postgres::transaction_groups(commits);
-                let write = |g: &Vec<usize>| {
-                    let members: Vec<_> = g.iter().map(|&i| commits[i].clone()).collect();
+                // Rows go in a fixed order: the gate's commit first (its
+                // events lead the feed), the others by job id, so that two
+                // batches meeting on the same jobs take their locks in the
+                // same order rather than deadlock.
+                let mut order: Vec<usize> = (0..commits.len()).collect();
+                let skip = usize::from(gate);
+                order[skip.min(commits.len())..].sort_by(|&a, &b| {
+                    commits[a]
+                        .1
+                        .job_id
+                        .as_str()
+                        .cmp(commits[b].1.job_id.as_str())
+                });
+                let sizes: Vec<usize> = order.iter().map(|&i| commits[i].0.len()).collect();
+                let groups = postgres::transaction_groups(&sizes);
+                let write = |g: &std::ops::Range<usize>| {
+                    let members: Vec<(&[SerializedEvent], &Head)> = order[g.clone()]
+                        .iter()
+                        .map(|&i| (commits[i].0.as_slice(), &commits[i].1))
+                        .collect();
                     async move { postgres::insert_many(pool, aggregate_type, &members).await }
                 };
                 let mut answers: Vec<Option<Result<Position, PersistenceError>>> =
                     (0..commits.len()).map(|_| None).collect();
-                let mut put = |g: &Vec<usize>, w| {
-                    for (&i, a) in g.iter().zip(spread(w, g.len())) {
+                let mut put = |g: &std::ops::Range<usize>, w| {
+                    for (&i, a) in order[g.clone()].iter().zip(spread(w, g.len())) {
                         answers[i] = Some(a);
                     }
                 };
-                // The first commit is in the first group.
+                // Groups are consecutive: with a gate, the first (which
+                // holds the gate's commit) is written before the rest.
                 let rest = if gate && let Some(first) = groups.first() {
                     let w = write(first).await;
                     let failed = w.is_err();

@@ -3,9 +3,15 @@
 //!
 //! # Global positions
 //! Each event row records the id of the transaction that wrote it
-//! (`tx_id xid8 DEFAULT pg_current_xact_id()`), and its position is
-//! `tx_id << 20 | sequence`, a generated column. postgres-es' INSERT names
-//! its columns, so both are filled in by default.
+//! (`tx_id xid8 DEFAULT pg_current_xact_id()`) and its place among that
+//! transaction's rows (`tx_ord`, bound by this module's INSERT), and its
+//! position is `tx_id << 20 | tx_ord`, a generated column. Rows written
+//! without `tx_ord` (postgres-es' own INSERT, which names its columns, and
+//! every row written before migration 8) take their sequence in its place:
+//! `tx_id << 20 | sequence`, so one such transaction holds one job's events.
+//! Numbering the rows of a transaction lets one transaction hold the
+//! commits of many jobs whatever their sequences: a batch of leases is one
+//! write, not one per sequence.
 //!
 //! A reader only reads rows whose transaction is older than the oldest one
 //! still running (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`): those
@@ -19,7 +25,8 @@
 //! before the younger one commits with the smaller value.
 //!
 //! The price: a long-running transaction anywhere in the cluster holds the
-//! feed back until it ends, and a job holds at most 2^20 - 1 events.
+//! feed back until it ends, a job holds at most 2^20 - 1 events and a
+//! transaction at most [`MAX_TX_EVENTS`].
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -173,7 +180,32 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 8,
+        name: "global position by row within a transaction (tx_ord)",
+        // Rewrites the events table once (a stored generated column's
+        // expression can only change by dropping and adding it again);
+        // rows already written keep their positions, as `tx_ord` is null.
+        steps: &[
+            Step::Sql(
+                "ALTER TABLE events ADD COLUMN IF NOT EXISTS
+                 tx_ord integer CHECK (tx_ord >= 0 AND tx_ord < 1048576)",
+            ),
+            Step::Sql("ALTER TABLE events DROP COLUMN IF EXISTS global_position"),
+            Step::Sql(
+                "ALTER TABLE events ADD COLUMN
+                 global_position bigint GENERATED ALWAYS AS
+                     (((tx_id::text)::bigint << 20) | COALESCE(tx_ord, sequence)) STORED",
+            ),
+            Step::Sql("CREATE UNIQUE INDEX IF NOT EXISTS events_global_position ON events (global_position)"),
+            Step::Sql("CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, global_position)"),
+        ],
+    },
 ];
+
+/// The most events one transaction writes: a position holds the row's
+/// place in its transaction in its low 20 bits.
+pub(crate) const MAX_TX_EVENTS: usize = 1 << 20;
 
 /// The feed's horizon: positions below it belong to ended transactions.
 const HORIZON: &str = "((pg_snapshot_xmin(pg_current_snapshot())::text)::bigint << 20)";
@@ -380,40 +412,32 @@ pub(crate) async fn insert_events(
 }
 
 /// Several jobs' commits in one statement (one transaction): each one's
-/// last position, in order. The jobs must be distinct and their sequences
-/// must not meet (see [`transaction_groups`]).
+/// last position, in order. The jobs must be distinct and hold at most
+/// [`MAX_TX_EVENTS`] events together (see [`transaction_groups`]).
 pub(crate) async fn insert_many(
     pool: &PgPool,
     aggregate_type: &str,
-    commits: &[(Vec<SerializedEvent>, Head)],
+    commits: &[(&[SerializedEvent], &Head)],
 ) -> Result<Vec<Position>, PersistenceError> {
-    let commits: Vec<(&[SerializedEvent], &Head)> =
-        commits.iter().map(|(e, h)| (e.as_slice(), h)).collect();
-    insert_statement(pool, aggregate_type, &commits).await
+    insert_statement(pool, aggregate_type, commits).await
 }
 
-/// Commits that may share a transaction, by index: a position is the
-/// transaction id with the sequence in its low 20 bits, so two events of
-/// one transaction must differ in sequence. Each commit joins the first
-/// group where no commit's sequences meet its own.
-pub(crate) fn transaction_groups(commits: &[(Vec<SerializedEvent>, Head)]) -> Vec<Vec<usize>> {
-    fn range(events: &[SerializedEvent]) -> (usize, usize) {
-        let first = events.first().map_or(0, |e| e.sequence);
-        (first, first + events.len().saturating_sub(1))
-    }
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, (events, _)) in commits.iter().enumerate() {
-        let (a, b) = range(events.as_slice());
-        let slot = groups.iter().position(|g| {
-            g.iter().all(|&j| {
-                let (c, d) = range(commits[j].0.as_slice());
-                b < c || d < a
-            })
-        });
-        match slot {
-            Some(g) => groups[g].push(i),
-            None => groups.push(vec![i]),
+/// Commits that may share a transaction, as ranges of consecutive
+/// indices, given each one's number of events: as many as fit in
+/// [`MAX_TX_EVENTS`] rows (a commit larger than that alone; a job's events
+/// never reach it). Any batch the engine writes is one group.
+pub(crate) fn transaction_groups(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && rows + n > MAX_TX_EVENTS {
+            groups.push(start..i);
+            (start, rows) = (i, 0);
         }
+        rows += n;
+    }
+    if start < sizes.len() {
+        groups.push(start..sizes.len());
     }
     groups
 }
@@ -428,20 +452,32 @@ async fn insert_statement(
             "an insert needs at least one event per job".into(),
         ));
     }
+    let rows: usize = commits.iter().map(|(events, _)| events.len()).sum();
+    if rows > MAX_TX_EVENTS {
+        return Err(PersistenceError::UnknownError(
+            format!("{rows} events in one transaction; the limit is {MAX_TX_EVENTS}").into(),
+        ));
+    }
     let mut q = QueryBuilder::<Postgres>::new(
         "WITH ins AS (INSERT INTO events
-            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tx_ord) ",
     );
+    // `tx_ord` numbers the rows in the order given: a job's events in
+    // sequence order, so the feed keeps each job's order.
     q.push_values(
-        commits.iter().flat_map(|(events, _)| events.iter()),
-        |mut row, e| {
+        commits
+            .iter()
+            .flat_map(|(events, _)| events.iter())
+            .enumerate(),
+        |mut row, (ord, e)| {
             row.push_bind(aggregate_type)
                 .push_bind(e.aggregate_id.as_str())
                 .push_bind(e.sequence as i64)
                 .push_bind(e.event_type.as_str())
                 .push_bind(e.event_version.as_str())
                 .push_bind(&e.payload)
-                .push_bind(&e.metadata);
+                .push_bind(&e.metadata)
+                .push_bind(ord as i32);
         },
     );
     q.push(" RETURNING aggregate_id, global_position)");

@@ -9,6 +9,7 @@ mod cancelled;
 mod gap_free;
 mod in_flight;
 mod job_list;
+mod positions;
 mod records;
 mod restart;
 mod support;
