@@ -12,10 +12,22 @@
 //! notification lock at commit and hold it through the WAL flush, which
 //! lines every writer's commit up behind the others' (no group commit).
 //!
+//! A notification is a write transaction of its own (PostgreSQL gives it a
+//! transaction id and flushes its commit), as costly to the server as a
+//! small commit; so a store sends them only once it knows another store
+//! listens. Each store, once its listener is up, says `hello:<id>`; a
+//! store that hears another's hello answers `here:<id>`, and any message
+//! of another store's (a hello, an answer or a commit's notification)
+//! tells the hearer it has a peer. From then on it notifies after its
+//! commits, for as long as it runs. A store on its own, the usual single
+//! engine, sends none.
+//!
 //! Polling stays as the backstop: notifications sent while the listening
-//! connection is being re-established are lost, and cost at most one
+//! connection is being re-established are lost, as are commits made before
+//! a new peer's hello is heard, and cost at most one
 //! `StoreOptions::poll_interval`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -27,9 +39,50 @@ use crate::store::Shared;
 /// The channel, as SQL: one per schema, within PostgreSQL's 63 bytes.
 pub(crate) const CHANNEL: &str = "left('loraflow_feed_' || current_schema(), 63)";
 
+/// What a notification says, from its payload: a commit's notification
+/// carries the sender's id alone.
+#[derive(Debug, PartialEq, Eq)]
+enum Message<'a> {
+    Hello(&'a str),
+    Here(&'a str),
+    Committed(&'a str),
+}
+
+impl<'a> Message<'a> {
+    fn parse(payload: &'a str) -> Self {
+        if let Some(id) = payload.strip_prefix("hello:") {
+            Message::Hello(id)
+        } else if let Some(id) = payload.strip_prefix("here:") {
+            Message::Here(id)
+        } else {
+            Message::Committed(payload)
+        }
+    }
+
+    fn sender(&self) -> &'a str {
+        match self {
+            Message::Hello(id) | Message::Here(id) | Message::Committed(id) => id,
+        }
+    }
+}
+
+/// Whether another store listens on this store's channel: set by the
+/// listener, read by the sender.
+pub(crate) type Peers = Arc<AtomicBool>;
+
+/// Send `payload` on the channel of `pool`'s schema.
+async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SELECT pg_notify({CHANNEL}, $1)"))
+        .bind(payload)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
 /// Listen on `pool`'s channel until the store is dropped or closed, waking
-/// the store's readers on each notification another store sent.
-pub(crate) fn listen(pool: PgPool, shared: Weak<Shared>, own: Arc<str>) {
+/// the store's readers on each notification another store sent, and
+/// telling the other stores this one is here.
+pub(crate) fn listen(pool: PgPool, shared: Weak<Shared>, own: Arc<str>, peers: Peers) {
     let Some(stop) = shared.upgrade().map(|s| s.stop.clone()) else {
         return;
     };
@@ -45,10 +98,28 @@ pub(crate) fn listen(pool: PgPool, shared: Weak<Shared>, own: Arc<str>) {
                 // Anything sent before the listener was up is read by the
                 // readers' next poll; wake them now instead.
                 wake(&shared);
+                notify(&pool, &format!("hello:{own}")).await?;
                 loop {
                     let n = listener.recv().await?;
-                    if n.payload() != &*own && !wake(&shared) {
-                        return Ok::<_, sqlx::Error>(());
+                    let message = Message::parse(n.payload());
+                    if message.sender() == &*own {
+                        continue;
+                    }
+                    peers.store(true, Ordering::Relaxed);
+                    match message {
+                        Message::Hello(_) => {
+                            if let Err(e) = notify(&pool, &format!("here:{own}")).await {
+                                // The newcomer learns of this store from its
+                                // next notification instead.
+                                tracing::debug!("PostgreSQL answer to a hello not sent: {e}");
+                            }
+                        }
+                        Message::Here(_) => {}
+                        Message::Committed(_) => {
+                            if !wake(&shared) {
+                                return Ok::<_, sqlx::Error>(());
+                            }
+                        }
                     }
                 }
             };
@@ -84,24 +155,26 @@ fn wake(shared: &Weak<Shared>) -> bool {
     }
 }
 
-/// Send a notification after this store's commits until the store is
-/// dropped or closed; commits that return while one is being sent share the
-/// next.
-pub(crate) fn send(pool: PgPool, shared: Weak<Shared>, own: Arc<str>) {
+/// Send a notification after this store's commits, once another store
+/// listens (`peers`), until the store is dropped or closed; commits that
+/// return while one is being sent share the next.
+pub(crate) fn send(pool: PgPool, shared: Weak<Shared>, own: Arc<str>, peers: Peers) {
     let Some((stop, committed)) = shared
         .upgrade()
         .map(|s| (s.stop.clone(), s.committed_here.clone()))
     else {
         return;
     };
-    let sql = format!("SELECT pg_notify({CHANNEL}, $1)");
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = committed.notified() => {}
             }
-            if let Err(e) = sqlx::query(&sql).bind(&*own).execute(&pool).await {
+            if !peers.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Err(e) = notify(&pool, &own).await {
                 if matches!(e, sqlx::Error::PoolClosed) {
                     return;
                 }
@@ -110,4 +183,17 @@ pub(crate) fn send(pool: PgPool, shared: Weak<Shared>, own: Arc<str>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Message;
+
+    #[test]
+    fn a_payload_names_its_sender_and_what_it_says() {
+        assert_eq!(Message::parse("hello:a1"), Message::Hello("a1"));
+        assert_eq!(Message::parse("here:b2"), Message::Here("b2"));
+        assert_eq!(Message::parse("c3"), Message::Committed("c3"));
+        assert_eq!(Message::parse("here:b2").sender(), "b2");
+    }
 }

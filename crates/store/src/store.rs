@@ -499,8 +499,14 @@ impl Store {
             committed_here: Default::default(),
         });
         if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
-            crate::notify::listen(pool.clone(), Arc::downgrade(&shared), notify_id.clone());
-            crate::notify::send(pool.clone(), Arc::downgrade(&shared), notify_id);
+            let peers = crate::notify::Peers::default();
+            crate::notify::listen(
+                pool.clone(),
+                Arc::downgrade(&shared),
+                notify_id.clone(),
+                peers.clone(),
+            );
+            crate::notify::send(pool.clone(), Arc::downgrade(&shared), notify_id, peers);
         }
         Ok(Self { shared })
     }
