@@ -44,6 +44,10 @@ struct Inner {
     claims: HashMap<StepKey, ExecutorId>,
     /// Steps whose lease went to someone else, until the feed shows it.
     lost: HashMap<StepKey, Instant>,
+    /// Leases whose outcome an executor is reporting now, by executor:
+    /// each one's slot is free for the executor's next step, though the
+    /// state still holds the lease until the outcome is applied.
+    ending: HashMap<LeaseId, ExecutorId>,
     expiring: HashMap<Action, Instant>,
     /// The last sequence applied of each open job: a job's events come
     /// from this process' commits and again from the feed, and each is
@@ -105,6 +109,7 @@ impl Scheduler {
                 state: SchedulerState::new(catalogue),
                 claims: HashMap::new(),
                 lost: HashMap::new(),
+                ending: HashMap::new(),
                 expiring: HashMap::new(),
                 seen: HashMap::new(),
             }),
@@ -202,7 +207,10 @@ impl Scheduler {
     /// Pick up to `n` steps for `executor` and claim them (see
     /// [`SchedulerState::pick_many`]); empty if nothing fits now. `ended`:
     /// a lease of the executor just completed or failed, whose slot is free
-    /// even while the state has not applied its end yet.
+    /// even while the state has not applied its end yet; so is the slot of
+    /// every lease of the executor whose outcome is being reported
+    /// ([`reporting`](Self::reporting)), so that outcomes reported at once
+    /// each lease the slot's next step.
     pub fn claim(
         &self,
         executor: &ExecutorId,
@@ -217,12 +225,15 @@ impl Scheduler {
             .lost
             .retain(|_, at| instant.duration_since(*at) < LOST_FOR);
         let pending = inner.claims.values().filter(|e| *e == executor).count() as u32;
-        let ending = ended.is_some_and(|l| {
-            inner
-                .state
-                .lease(l)
-                .is_some_and(|l| &l.executor_id == executor)
-        }) as u32;
+        let Inner { state, ending, .. } = &mut *inner;
+        // A lease whose end the state has applied frees nothing more.
+        ending.retain(|l, _| state.lease(l).is_some());
+        let live_here = |l: &LeaseId| state.lease(l).is_some_and(|l| &l.executor_id == executor);
+        let reported = ending
+            .iter()
+            .filter(|(l, e)| *e == executor && Some(*l) != ended && live_here(l))
+            .count();
+        let ending = (reported + usize::from(ended.is_some_and(live_here))) as u32;
         let keys: Vec<StepKey> = {
             let Inner {
                 state,
@@ -243,6 +254,26 @@ impl Scheduler {
             inner.claims.insert(key.clone(), executor.clone());
         }
         keys
+    }
+
+    /// `executor` is reporting the outcome of `lease`: until
+    /// [`reported`](Self::reported), its slot counts as free to every
+    /// claim for the executor.
+    pub fn reporting(&self, executor: &ExecutorId, lease: &LeaseId) {
+        self.inner
+            .lock()
+            .expect("scheduler lock poisoned")
+            .ending
+            .insert(lease.clone(), executor.clone());
+    }
+
+    /// The outcome of `lease` is written, or could not be.
+    pub fn reported(&self, lease: &LeaseId) {
+        self.inner
+            .lock()
+            .expect("scheduler lock poisoned")
+            .ending
+            .remove(lease);
     }
 
     /// Someone else leased the step (or it is no longer queued).

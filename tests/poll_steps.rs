@@ -276,6 +276,62 @@ on_both_backends! {
     }
 }
 
+on_both_backends! {
+    async fn outcomes_reported_at_once_each_lease_their_slot_s_next_step(backend: Backend) {
+        let Some(s) = TestServer::start(backend, setup()).await else { return };
+        for _ in 0..4 {
+            create(&s, "acme").await;
+        }
+        let gpu1 = register(&s, 1, NOOP, 2).await;
+        let me = ExecutorId::new("gpu-1");
+        let a = poll_steps(&mut gpu1.clone(), poll(1, 2, 5000)).await;
+        assert_eq!(a.len(), 2, "{a:?}");
+        // Both slots' outcomes at once, each asking for its slot's next
+        // step: while one is being written, its lease is still held, and
+        // the other must count that slot as ending, not as busy.
+        let complete = |done: &StepAssignment| {
+            let mut client = gpu1.clone();
+            let request = pb::CompleteStepRequest {
+                lease_next: 1,
+                ..pb::CompleteStepRequest::new(&me, done, StepOutput::default())
+            };
+            async move { client.complete_step(request).await.unwrap().into_inner().assignments }
+        };
+        let (x, y) = tokio::join!(complete(&a[0]), complete(&a[1]));
+        let (x, y) = (one_leased(x), one_leased(y));
+        assert_ne!(step_of(&x), step_of(&y));
+        // Never past the executor's two slots: nothing more now.
+        let more = poll_steps(&mut gpu1.clone(), poll(1, 2, 200)).await;
+        assert!(more.is_empty(), "{more:?}");
+        let handed: BTreeSet<String> = a.iter().chain([&x, &y]).map(|l| l.lease_id.to_string()).collect();
+        let leases = leases_in_feed(&s, 4).await;
+        assert!(leases.values().all(|l| l.len() == 1), "{leases:?}");
+        assert_eq!(leases.into_values().flatten().collect::<BTreeSet<_>>(), handed);
+        // Each next lease was written with an outcome, not by a poll after
+        // it: on PostgreSQL a position's high bits are its transaction.
+        if matches!(backend, Backend::Postgres) {
+            let events = s.engine.store().feed().read(0, 1_000_000, &FeedFilter::all()).await.unwrap();
+            let position = |lease: &str, completed: bool| {
+                events
+                    .iter()
+                    .find(|e| match &e.payload {
+                        JobEvent::StepCompleted(c) => completed && c.lease_id.as_str() == lease,
+                        JobEvent::StepLeased(l) => !completed && l.lease_id.as_str() == lease,
+                        _ => false,
+                    })
+                    .unwrap_or_else(|| panic!("{lease} in the feed"))
+                    .position
+            };
+            let outcomes: BTreeSet<u64> = a.iter().map(|l| position(l.lease_id.as_str(), true) >> 20).collect();
+            for next in [&x, &y] {
+                let tx = position(next.lease_id.as_str(), false) >> 20;
+                assert!(outcomes.contains(&tx), "lease {} written apart from the outcomes", next.lease_id);
+            }
+        }
+        s.stop().await;
+    }
+}
+
 /// Two replicas on one PostgreSQL schema; four executors, two on each,
 /// poll in batches of up to 16 at once until 60 queued steps are all leased:
 /// each step is leased once, and every lease written is one handed out.

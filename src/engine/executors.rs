@@ -473,6 +473,9 @@ impl Engine {
         lease_next: u32,
     ) -> Result<Vec<Polled>> {
         self.check_holder(executor, lease)?;
+        // Other slots' outcomes reported meanwhile count this slot as free
+        // too (and this one theirs), until this call ends however it ends.
+        let _reporting = Reporting::new(&self.inner.scheduler, executor, lease);
         let metadata = system_metadata(executor.as_str());
         let claimed = match lease_next {
             0 => None,
@@ -524,6 +527,30 @@ impl Engine {
             tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
             Vec::new()
         }))
+    }
+}
+
+/// A lease whose outcome is being reported, registered with the scheduler
+/// for as long as the report lasts.
+struct Reporting<'a> {
+    scheduler: &'a crate::scheduler::Scheduler,
+    lease: &'a LeaseId,
+}
+
+impl<'a> Reporting<'a> {
+    fn new(
+        scheduler: &'a crate::scheduler::Scheduler,
+        executor: &ExecutorId,
+        lease: &'a LeaseId,
+    ) -> Self {
+        scheduler.reporting(executor, lease);
+        Self { scheduler, lease }
+    }
+}
+
+impl Drop for Reporting<'_> {
+    fn drop(&mut self) {
+        self.scheduler.reported(self.lease);
     }
 }
 
