@@ -79,6 +79,10 @@ pub struct LoadedJob {
 
 pub(crate) struct Shared {
     pub backend: Backend,
+    /// This store's id on the PostgreSQL notification channel.
+    pub notify_id: Arc<str>,
+    /// Whether another store listens on it (`notify.rs`).
+    pub peers: crate::notify::Peers,
     /// The engine's path reads and writes through it directly: one query
     /// to load a job, one transaction to write.
     pub repo: ChainRepository,
@@ -497,9 +501,11 @@ impl Store {
             stop: CancellationToken::new(),
             committed: tokio::sync::broadcast::Sender::new(1024),
             committed_here: Default::default(),
+            notify_id: notify_id.clone(),
+            peers: Default::default(),
         });
         if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
-            let peers = crate::notify::Peers::default();
+            let peers = shared.peers.clone();
             crate::notify::listen(
                 pool.clone(),
                 Arc::downgrade(&shared),

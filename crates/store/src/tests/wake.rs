@@ -90,23 +90,34 @@ async fn a_store_notifies_only_once_another_store_listens() {
     // Time for a notification to go out, were one sent.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Another store opens: its hello is the first thing on the channel
-    // (notifications arrive in commit order), and the first store answers.
+    // Another store opens; the two learn of each other (whichever hello is
+    // heard first). Until then nothing announced the first store's commit.
+    let own = t.store.shared().notify_id.to_string();
     let other = t.reopen().await;
-    let hello = next(&mut listener).await;
-    let other_id = hello
-        .strip_prefix("hello:")
-        .expect("a hello first")
-        .to_owned();
-    let here = next(&mut listener).await;
-    let own = here.strip_prefix("here:").expect("the answer").to_owned();
-    assert_ne!(own, other_id);
+    let peers = &t.store.shared().peers;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !peers.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the first store hears of the newcomer");
+    let mut heard = Vec::new();
+    while let Ok(n) = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await {
+        heard.push(n.expect("received").payload().to_owned());
+    }
+    assert!(
+        !heard.contains(&own),
+        "a notification before any store listened: {heard:?}"
+    );
+    let newcomer = format!("hello:{}", other.shared().notify_id);
+    assert!(heard.contains(&newcomer), "{heard:?}");
     // Now a commit of the first store is announced, with its id.
     t.store
         .append_events(&job, 1, vec![history[1].clone()], meta())
         .await
         .expect("append");
-    assert_eq!(next(&mut listener).await, own);
+    while next(&mut listener).await != own {}
     other.close().await;
     t.cleanup().await;
 }
