@@ -501,18 +501,18 @@ impl Store {
             stop: CancellationToken::new(),
             committed: tokio::sync::broadcast::Sender::new(1024),
             committed_here: Default::default(),
-            notify_id: notify_id.clone(),
+            notify_id,
             peers: Default::default(),
         });
         if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
-            let peers = shared.peers.clone();
+            let (id, peers) = (shared.notify_id.clone(), shared.peers.clone());
             crate::notify::listen(
                 pool.clone(),
                 Arc::downgrade(&shared),
-                notify_id.clone(),
+                id.clone(),
                 peers.clone(),
             );
-            crate::notify::send(pool.clone(), Arc::downgrade(&shared), notify_id, peers);
+            crate::notify::send(pool.clone(), Arc::downgrade(&shared), id, peers);
         }
         Ok(Self { shared })
     }
