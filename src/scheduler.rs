@@ -63,6 +63,22 @@ pub(crate) struct Scheduler {
 }
 
 impl Inner {
+    /// The executor's steps being leased now (claims) and its leases
+    /// ending now: `ended`, and every one whose outcome is being reported.
+    fn slots_in_motion(&mut self, executor: &ExecutorId, ended: Option<&LeaseId>) -> (u32, u32) {
+        let pending = self.claims.values().filter(|e| *e == executor).count() as u32;
+        let Inner { state, ending, .. } = self;
+        // A lease whose end the state has applied frees nothing more.
+        ending.retain(|l, _| state.lease(l).is_some());
+        let live_here = |l: &LeaseId| state.lease(l).is_some_and(|l| &l.executor_id == executor);
+        let reported = ending
+            .iter()
+            .filter(|(l, e)| *e == executor && Some(*l) != ended && live_here(l))
+            .count();
+        let ending = (reported + usize::from(ended.is_some_and(live_here))) as u32;
+        (pending, ending)
+    }
+
     /// Apply event `sequence` of `job` once: from the feed (`early` false),
     /// which has every event in order, or from a commit of this process
     /// (`early`), taken only when it is the job's next event, and without
@@ -224,16 +240,7 @@ impl Scheduler {
         inner
             .lost
             .retain(|_, at| instant.duration_since(*at) < LOST_FOR);
-        let pending = inner.claims.values().filter(|e| *e == executor).count() as u32;
-        let Inner { state, ending, .. } = &mut *inner;
-        // A lease whose end the state has applied frees nothing more.
-        ending.retain(|l, _| state.lease(l).is_some());
-        let live_here = |l: &LeaseId| state.lease(l).is_some_and(|l| &l.executor_id == executor);
-        let reported = ending
-            .iter()
-            .filter(|(l, e)| *e == executor && Some(*l) != ended && live_here(l))
-            .count();
-        let ending = (reported + usize::from(ended.is_some_and(live_here))) as u32;
+        let (pending, ending) = inner.slots_in_motion(executor, ended);
         let keys: Vec<StepKey> = {
             let Inner {
                 state,
@@ -254,6 +261,25 @@ impl Scheduler {
             inner.claims.insert(key.clone(), executor.clone());
         }
         keys
+    }
+
+    /// Whether `executor`, reporting the outcome of `ended`, may lease with
+    /// it the step `queued` that the outcome queues for `job` (see
+    /// `SchedulerState::may_follow`).
+    pub fn may_follow(
+        &self,
+        executor: &ExecutorId,
+        caps: &Capabilities,
+        ended: &LeaseId,
+        job: &JobId,
+        queued: &loraflow_core::job::events::StepQueued,
+    ) -> bool {
+        let now = self.clock.now();
+        let mut inner = self.inner.lock().expect("scheduler lock poisoned");
+        let (pending, ending) = inner.slots_in_motion(executor, Some(ended));
+        inner
+            .state
+            .may_follow(executor, caps, now, pending, ending, job, queued)
     }
 
     /// `executor` is reporting the outcome of `lease`: until

@@ -332,6 +332,63 @@ on_both_backends! {
     }
 }
 
+on_both_backends! {
+    async fn an_outcome_leases_the_step_it_queues_in_its_commit_when_nothing_else_waits(backend: Backend) {
+        let Some(s) = TestServer::start(backend, setup()).await else { return };
+        let job = create(&s, "acme").await;
+        let mut gpu1 = register(&s, 1, NOOP, 1).await;
+        let me = ExecutorId::new("gpu-1");
+        let a = poll_steps(&mut gpu1, poll(1, 1, 5000)).await;
+        assert_eq!(a.iter().map(step_of).collect::<Vec<_>>(), [(job.clone(), "s1".into())]);
+        // Nothing else is queued: the completion queues s2, and the answer
+        // carries it, leased in the completion's own commit.
+        let b = one_leased(
+            gpu1.complete_step(pb::CompleteStepRequest { lease_next: 1, ..pb::CompleteStepRequest::new(&me, &a[0], StepOutput::default()) })
+                .await
+                .unwrap()
+                .into_inner()
+                .assignments,
+        );
+        assert_eq!(step_of(&b), (job.clone(), "s2".into()));
+        let history = s.engine.store().history(&job).await.unwrap();
+        let completed = history
+            .iter()
+            .position(|e| matches!(&e.payload, JobEvent::StepCompleted(c) if c.lease_id == a[0].lease_id))
+            .expect("s1 completed");
+        let leased = history
+            .iter()
+            .position(|e| matches!(&e.payload, JobEvent::StepLeased(l) if l.lease_id == b.lease_id))
+            .expect("s2 leased");
+        assert!(completed < leased);
+        if matches!(backend, Backend::Postgres) {
+            assert_eq!(
+                history[completed].position >> 20,
+                history[leased].position >> 20,
+                "one transaction: {history:?}"
+            );
+        }
+        // It runs on: s2's completion leases s3 the same way, and the job
+        // reaches review with each step leased once.
+        let c = one_leased(
+            gpu1.complete_step(pb::CompleteStepRequest { lease_next: 1, ..pb::CompleteStepRequest::new(&me, &b, StepOutput::default()) })
+                .await
+                .unwrap()
+                .into_inner()
+                .assignments,
+        );
+        assert_eq!(step_of(&c), (job.clone(), "s3".into()));
+        let none = gpu1
+            .complete_step(pb::CompleteStepRequest { lease_next: 1, ..pb::CompleteStepRequest::new(&me, &c, StepOutput::default()) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(none.assignments.is_empty(), "{none:?}");
+        let leases = leases_in_feed(&s, 3).await;
+        assert!(leases.values().all(|l| l.len() == 1), "{leases:?}");
+        s.stop().await;
+    }
+}
+
 /// Two replicas on one PostgreSQL schema; four executors, two on each,
 /// poll in batches of up to 16 at once until 60 queued steps are all leased:
 /// each step is leased once, and every lease written is one handed out.

@@ -477,19 +477,21 @@ impl Engine {
         // too (and this one theirs), until this call ends however it ends.
         let _reporting = Reporting::new(&self.inner.scheduler, executor, lease);
         let metadata = system_metadata(executor.as_str());
-        let claimed = match lease_next {
+        let touched = match lease_next {
             0 => None,
-            n => self
+            _ => self
                 .inner
                 .fleet
-                .touch(executor, self.inner.services.clock.now())
-                .map(|(caps, instance)| {
-                    let n = n.min(loraflow_core::executor::MAX_POLL_STEPS);
-                    let keys = self.inner.scheduler.claim(executor, &caps, n, Some(lease));
-                    (instance, keys)
-                })
-                .filter(|(_, keys)| !keys.is_empty()),
+                .touch(executor, self.inner.services.clock.now()),
         };
+        let claimed = touched
+            .as_ref()
+            .map(|(caps, instance)| {
+                let n = lease_next.min(loraflow_core::executor::MAX_POLL_STEPS);
+                let keys = self.inner.scheduler.claim(executor, caps, n, Some(lease));
+                (instance.clone(), keys)
+            })
+            .filter(|(_, keys)| !keys.is_empty());
         // The leases written with the outcome, if any were.
         let written = match claimed {
             Some((instance, keys)) => {
@@ -505,18 +507,63 @@ impl Engine {
                     }
                 }
                 after.first?;
-                after.then.map(|written| (keys, lease_ids, written))
+                after
+                    .then
+                    .map(|written| WithOutcome::Claimed(keys, lease_ids, written))
             }
-            None => {
-                self.inner.store.execute(job, command, metadata).await?;
-                None
-            }
+            // Nothing queued for the executor now: the step the outcome
+            // queues, if the executor may run it, is leased in its commit
+            // (where the poll after it would lease it, one commit later).
+            None => match &touched {
+                Some((caps, instance)) => {
+                    let next = LeaseId::new(Uuid::now_v7().to_string());
+                    let scheduler = &self.inner.scheduler;
+                    let follow = |events: &[JobEvent]| {
+                        let queued = events.iter().find_map(|e| match e {
+                            JobEvent::StepQueued(q)
+                                if scheduler.may_follow(executor, caps, lease, job, q) =>
+                            {
+                                Some(q)
+                            }
+                            _ => None,
+                        });
+                        queued
+                            .map(|q| {
+                                JobCommand::LeaseStep(LeaseStep {
+                                    step_id: q.step_id.clone(),
+                                    lease_id: next.clone(),
+                                    executor_id: executor.clone(),
+                                    instance: instance.clone(),
+                                })
+                            })
+                            .into_iter()
+                            .collect()
+                    };
+                    let c = self
+                        .inner
+                        .store
+                        .execute_following(job, command, follow, metadata)
+                        .await?;
+                    let followed = c
+                        .events
+                        .iter()
+                        .any(|e| matches!(e, JobEvent::StepLeased(l) if l.lease_id == next));
+                    followed.then(|| WithOutcome::Followed(Box::new(c), next))
+                }
+                None => {
+                    self.inner.store.execute(job, command, metadata).await?;
+                    None
+                }
+            },
         };
         self.forget(lease);
         // The outcome is recorded; leasing nothing more only leaves the
         // executor to poll.
         let leased = match written {
-            Some((keys, lease_ids, written)) => self.take_leases(keys, lease_ids, written),
+            Some(WithOutcome::Claimed(keys, lease_ids, written)) => {
+                self.take_leases(keys, lease_ids, written)
+            }
+            Some(WithOutcome::Followed(c, lease_id)) => Ok(vec![self.leased(*c, lease_id)]),
             None if lease_next == 0 => Ok(Vec::new()),
             None => {
                 self.poll_after(executor, lease_next, Duration::ZERO, Some(lease))
@@ -528,6 +575,17 @@ impl Engine {
             Vec::new()
         }))
     }
+}
+
+/// Steps leased in an outcome's commit: claimed from the queue, or the step
+/// the outcome itself queued.
+enum WithOutcome {
+    Claimed(
+        Vec<StepKey>,
+        Vec<LeaseId>,
+        Vec<loraflow_store::Result<loraflow_store::Committed>>,
+    ),
+    Followed(Box<loraflow_store::Committed>, LeaseId),
 }
 
 /// A lease whose outcome is being reported, registered with the scheduler

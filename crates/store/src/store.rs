@@ -735,6 +735,56 @@ impl Store {
             .map_err(|e| self.conflict_for(job_id, e))
     }
 
+    /// Run `command` and, in the same commit, the commands `follow` makes
+    /// of its events, each decided on the job as the ones before leave it
+    /// (a follow-up refused is left out). Decided on the job as this
+    /// process last wrote it when it has it, else as stored; when the
+    /// command writes nothing, or the commit cannot be written (a
+    /// conflict, say), the command runs alone as [`execute`](Self::execute)
+    /// runs it and nothing follows. A completion and the lease of the step
+    /// it queues go so, for the executor that completed it.
+    pub async fn execute_following(
+        &self,
+        job_id: &JobId,
+        command: JobCommand,
+        follow: impl FnOnce(&[JobEvent]) -> Vec<JobCommand>,
+        metadata: Metadata,
+    ) -> Result<Committed> {
+        let s = &self.shared;
+        let caller = caller_metadata(metadata.clone());
+        let loaded = match s.cached_job(job_id) {
+            Some(c) => Ok(c.into_loaded()),
+            None => self.fold(job_id).await,
+        };
+        if let Ok((job, sequence, link)) = loaded
+            && let Ok(events) = job.decide(command.clone(), &s.services)
+            && !events.is_empty()
+        {
+            let mut after = job.clone();
+            for e in &events {
+                after.apply(e.clone());
+            }
+            let mut all = events.clone();
+            for c in follow(&events) {
+                if let Ok(more) = after.decide(c, &s.services) {
+                    for e in &more {
+                        after.apply(e.clone());
+                    }
+                    all.extend(more);
+                }
+            }
+            if let Ok(d @ Decision::Write(_)) =
+                self.to_write(job_id, all, caller, (job, sequence, link))
+            {
+                match self.write(job_id, d).await {
+                    Ok(done) => return Ok(done),
+                    Err(_) => s.cache_job(job_id, None),
+                }
+            }
+        }
+        self.execute(job_id, command, metadata).await
+    }
+
     /// Decide `commands` in turn, each on the job the ones before leave.
     fn decide_all(
         &self,

@@ -98,6 +98,29 @@ impl SchedulerState {
     /// highest priority that has one (steps it passes over: in backoff,
     /// beyond the executor's capabilities, or skipped), never at the whole
     /// queue.
+    /// Whether `executor` may take, with the outcome that ends one of its
+    /// leases (`ending` of them end), the step `queued` that the outcome
+    /// queues for `job`: it has a slot then, and can run the step now. For
+    /// an outcome whose poll found nothing else for the executor: the step
+    /// then goes where a poll right after the outcome would send it, a
+    /// commit sooner.
+    #[allow(clippy::too_many_arguments)]
+    pub fn may_follow(
+        &self,
+        executor: &ExecutorId,
+        caps: &Capabilities,
+        now: DateTime<Utc>,
+        pending: u32,
+        ending: u32,
+        job: &JobId,
+        queued: &crate::job::events::StepQueued,
+    ) -> bool {
+        let held = (self.running_on(executor) + pending).saturating_sub(ending);
+        held < caps.max_concurrent_steps
+            && self.is_open(job)
+            && self.queued_step(job, queued, 0).runnable_by(caps, now)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn pick_many(
         &self,

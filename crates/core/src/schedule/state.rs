@@ -13,6 +13,7 @@ use crate::catalogue::{Catalogue, Engine, ModelFamily};
 use crate::executor::Capabilities;
 use crate::ids::{BaseModelId, ExecutorId, InstanceId, JobId, LeaseId, StepId, TenantId};
 use crate::job::JobEvent;
+use crate::job::events::StepQueued;
 use crate::workflow::{Requirements, StepKind};
 
 /// A step waiting for an executor.
@@ -127,6 +128,28 @@ impl PartialEq for SchedulerState {
 }
 
 impl SchedulerState {
+    /// The queue entry `e` of `job` makes at `position`, with the job's
+    /// model family and (for a step that loads it) its base model.
+    pub(super) fn queued_step(&self, job: &JobId, e: &StepQueued, position: u64) -> QueuedStep {
+        let open = self.jobs.get(job);
+        QueuedStep {
+            job_id: job.clone(),
+            step_id: e.step_id.clone(),
+            kind: e.kind.clone(),
+            attempt: e.attempt,
+            tenant: e.tenant.clone(),
+            priority: e.priority,
+            requires: e.requires.clone(),
+            family: open.and_then(|j| j.family),
+            model: open
+                .filter(|_| crate::executor::loads_base_model(&e.kind))
+                .and_then(|j| j.model.clone()),
+            queued_at: e.queued_at,
+            not_before: e.not_before,
+            position,
+        }
+    }
+
     pub fn new(catalogue: Arc<Catalogue>) -> Self {
         Self {
             catalogue,
@@ -326,26 +349,8 @@ impl SchedulerState {
                 }
             }
             JobEvent::StepQueued(e) => {
-                let family = self.jobs.get(job).and_then(|j| j.family);
-                let model = self
-                    .jobs
-                    .get(job)
-                    .filter(|_| crate::executor::loads_base_model(&e.kind))
-                    .and_then(|j| j.model.clone());
-                self.queue_insert(QueuedStep {
-                    job_id: job.clone(),
-                    step_id: e.step_id.clone(),
-                    kind: e.kind.clone(),
-                    attempt: e.attempt,
-                    tenant: e.tenant.clone(),
-                    priority: e.priority,
-                    requires: e.requires.clone(),
-                    family,
-                    model,
-                    queued_at: e.queued_at,
-                    not_before: e.not_before,
-                    position,
-                });
+                let step = self.queued_step(job, e, position);
+                self.queue_insert(step);
             }
             JobEvent::StepLeased(e) => {
                 self.queue_remove(&(job.clone(), e.step_id.clone()));

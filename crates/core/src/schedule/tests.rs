@@ -634,3 +634,74 @@ proptest! {
         }
     }
 }
+
+/// The step an outcome queues may go with the outcome to the executor that
+/// reported it only when that executor has the slot (the one the outcome
+/// frees) and can run the step, model included.
+#[test]
+fn an_outcome_s_next_step_follows_only_to_an_executor_that_can_run_it() {
+    use crate::catalogue::Engine;
+    use crate::executor::InstalledModel;
+    let mut f = Fleet::new();
+    let a = f.job("a", "acme", 0, "sd15");
+    let job = JobId::new("a");
+    let w = ExecutorId::new("w");
+    // `step` leased to w and applied; its completion decided, not yet
+    // applied (as when its outcome is being reported): what it queues.
+    let queued_by = |f: &mut Fleet, step: &str| {
+        let lease = f.drivers[a].next_lease_id();
+        f.drivers[a]
+            .exec(JobCommand::LeaseStep(LeaseStep {
+                step_id: StepId::new(step),
+                lease_id: lease.clone(),
+                executor_id: ExecutorId::new("w"),
+                instance: None,
+            }))
+            .unwrap();
+        f.sync();
+        let d = &mut f.drivers[a];
+        let kind = d.job.step(&StepId::new(step)).expect("step").kind.clone();
+        let events = d
+            .exec(JobCommand::CompleteStep(crate::job::canned::outputs_for(
+                &kind, lease,
+            )))
+            .unwrap();
+        events
+            .into_iter()
+            .find_map(|e| match e {
+                JobEvent::StepQueued(q) => Some(q),
+                _ => None,
+            })
+            .expect("a step queued")
+    };
+    let label = queued_by(&mut f, "validate");
+    let mut caps = cpu(&["validate_dataset", "label"]);
+    caps.max_concurrent_steps = 1;
+    let now = f.now();
+    assert!(f.state.may_follow(&w, &caps, now, 0, 1, &job, &label));
+    assert!(
+        !f.state.may_follow(&w, &caps, now, 0, 0, &job, &label),
+        "no slot unless the outcome frees one"
+    );
+    assert!(
+        !f.state.may_follow(&w, &caps, now, 1, 1, &job, &label),
+        "a claim pending takes the freed slot"
+    );
+    let validating_only = cpu(&["validate_dataset"]);
+    assert!(
+        !f.state
+            .may_follow(&w, &validating_only, now, 0, 1, &job, &label)
+    );
+    // Training needs the job's base model installed (and a GPU).
+    f.sync();
+    let train = queued_by(&mut f, "label");
+    let mut gpu = cpu(&["train"]);
+    gpu.engines.insert(Engine::Native);
+    gpu.gpu = true;
+    gpu.vram_gb = 24;
+    gpu.base_models = [InstalledModel::new(Engine::Native, "tiny-sd")].into();
+    assert!(!f.state.may_follow(&w, &gpu, now, 0, 1, &job, &train));
+    gpu.base_models
+        .insert(InstalledModel::new(Engine::Native, "sd15"));
+    assert!(f.state.may_follow(&w, &gpu, now, 0, 1, &job, &train));
+}
