@@ -85,19 +85,6 @@ impl SchedulerState {
             .next()
     }
 
-    /// Up to `n` steps for `executor` at once (a poll with `n` free slots),
-    /// in the order repeated [`pick_excluding`](Self::pick_excluding) calls
-    /// would hand them out were each lease recorded in between: every pick
-    /// counts against the executor's limit and as a lease of its tenant, so
-    /// a batch is as fair between tenants as single polls. `ending` of the
-    /// executor's leases in the state are being ended by the call that asks
-    /// (a completion that leases the next step) and leave their slots free.
-    ///
-    /// The queue is indexed by priority, then per tenant by arrival, so a
-    /// pick looks only at the first eligible step of each tenant at the
-    /// highest priority that has one (steps it passes over: in backoff,
-    /// beyond the executor's capabilities, or skipped), never at the whole
-    /// queue.
     /// Whether `executor` may take, with the outcome that ends one of its
     /// leases (`ending` of them end), the step `queued` that the outcome
     /// queues for `job`: it has a slot then, and can run the step now. For
@@ -115,12 +102,31 @@ impl SchedulerState {
         job: &JobId,
         queued: &crate::job::events::StepQueued,
     ) -> bool {
-        let held = (self.running_on(executor) + pending).saturating_sub(ending);
-        held < caps.max_concurrent_steps
+        self.room(executor, caps, pending, ending) > 0
             && self.is_open(job)
             && self.queued_step(job, queued, 0).runnable_by(caps, now)
     }
 
+    /// The slots `executor` has free with `pending` claims and `ending`
+    /// leases ending.
+    fn room(&self, executor: &ExecutorId, caps: &Capabilities, pending: u32, ending: u32) -> u32 {
+        let held = (self.running_on(executor) + pending).saturating_sub(ending);
+        caps.max_concurrent_steps.saturating_sub(held)
+    }
+
+    /// Up to `n` steps for `executor` at once (a poll with `n` free slots),
+    /// in the order repeated [`pick_excluding`](Self::pick_excluding) calls
+    /// would hand them out were each lease recorded in between: every pick
+    /// counts against the executor's limit and as a lease of its tenant, so
+    /// a batch is as fair between tenants as single polls. `ending` of the
+    /// executor's leases in the state are being ended by the call that asks
+    /// (a completion that leases the next step) and leave their slots free.
+    ///
+    /// The queue is indexed by priority, then per tenant by arrival, so a
+    /// pick looks only at the first eligible step of each tenant at the
+    /// highest priority that has one (steps it passes over: in backoff,
+    /// beyond the executor's capabilities, or skipped), never at the whole
+    /// queue.
     #[allow(clippy::too_many_arguments)]
     pub fn pick_many(
         &self,
@@ -132,8 +138,7 @@ impl SchedulerState {
         n: u32,
         skip: impl Fn(&QueuedStep) -> bool,
     ) -> Vec<&QueuedStep> {
-        let held = (self.running_on(executor) + pending).saturating_sub(ending);
-        let room = caps.max_concurrent_steps.saturating_sub(held).min(n) as usize;
+        let room = self.room(executor, caps, pending, ending).min(n) as usize;
         let mut picked = Vec::new();
         if room == 0 {
             return picked;
