@@ -346,6 +346,20 @@ fn serialize(
         .collect()
 }
 
+/// Decide `command` on `job` and apply its events to it: the events.
+/// A refusal leaves the job as it was.
+fn decide_on(
+    job: &mut TrainingJob,
+    command: JobCommand,
+    services: &JobServices,
+) -> Result<Vec<JobEvent>> {
+    let events = job.decide(command, services)?;
+    for e in &events {
+        job.apply(e.clone());
+    }
+    Ok(events)
+}
+
 /// Caller metadata with the store's own keys removed.
 pub(crate) fn caller_metadata(metadata: Metadata) -> HashMap<String, String> {
     metadata
@@ -756,29 +770,25 @@ impl Store {
             Some(c) => Ok(c.into_loaded()),
             None => self.fold(job_id).await,
         };
-        if let Ok((job, sequence, link)) = loaded
-            && let Ok(events) = job.decide(command.clone(), &s.services)
-            && !events.is_empty()
-        {
+        if let Ok((job, sequence, link)) = loaded {
             let mut after = job.clone();
-            for e in &events {
-                after.apply(e.clone());
-            }
-            let mut all = events.clone();
-            for c in follow(&events) {
-                if let Ok(more) = after.decide(c, &s.services) {
-                    for e in &more {
-                        after.apply(e.clone());
-                    }
-                    all.extend(more);
-                }
-            }
-            if let Ok(d @ Decision::Write(_)) =
-                self.to_write(job_id, all, caller, (job, sequence, link))
+            if let Ok(events) = decide_on(&mut after, command.clone(), &s.services)
+                && !events.is_empty()
             {
-                match self.write(job_id, d).await {
-                    Ok(done) => return Ok(done),
-                    Err(_) => s.cache_job(job_id, None),
+                let follow_ups = follow(&events);
+                let mut all = events;
+                for c in follow_ups {
+                    if let Ok(more) = decide_on(&mut after, c, &s.services) {
+                        all.extend(more);
+                    }
+                }
+                if let Ok(d @ Decision::Write(_)) =
+                    self.to_write(job_id, all, caller, (job, sequence, link))
+                {
+                    match self.write(job_id, d).await {
+                        Ok(done) => return Ok(done),
+                        Err(_) => s.cache_job(job_id, None),
+                    }
                 }
             }
         }
@@ -797,11 +807,7 @@ impl Store {
         let mut after = job.clone();
         let mut events = Vec::new();
         for command in commands {
-            let decided = after.decide(command, &s.services)?;
-            for e in &decided {
-                after.apply(e.clone());
-            }
-            events.extend(decided);
+            events.extend(decide_on(&mut after, command, &s.services)?);
         }
         self.to_write(job_id, events, metadata, (job, sequence, prev_hash))
     }
