@@ -44,10 +44,10 @@ struct Inner {
     claims: HashMap<StepKey, ExecutorId>,
     /// Steps whose lease went to someone else, until the feed shows it.
     lost: HashMap<StepKey, Instant>,
-    /// Leases whose outcome an executor is reporting now, by executor:
-    /// each one's slot is free for the executor's next step, though the
-    /// state still holds the lease until the outcome is applied.
-    ending: HashMap<LeaseId, ExecutorId>,
+    /// Leases whose outcome their executor is reporting now: each one's
+    /// slot is free for the executor's next step, though the state still
+    /// holds the lease until the outcome is applied.
+    ending: HashSet<LeaseId>,
     expiring: HashMap<Action, Instant>,
     /// The last sequence applied of each open job: a job's events come
     /// from this process' commits and again from the feed, and each is
@@ -64,18 +64,16 @@ pub(crate) struct Scheduler {
 
 impl Inner {
     /// The executor's steps being leased now (claims) and its leases
-    /// ending now: `ended`, and every one whose outcome is being reported.
-    fn slots_in_motion(&mut self, executor: &ExecutorId, ended: Option<&LeaseId>) -> (u32, u32) {
+    /// ending now: those whose outcome is being reported.
+    fn slots_in_motion(&mut self, executor: &ExecutorId) -> (u32, u32) {
         let pending = self.claims.values().filter(|e| *e == executor).count() as u32;
         let Inner { state, ending, .. } = self;
         // A lease whose end the state has applied frees nothing more.
-        ending.retain(|l, _| state.lease(l).is_some());
-        let live_here = |l: &LeaseId| state.lease(l).is_some_and(|l| &l.executor_id == executor);
-        let reported = ending
+        ending.retain(|l| state.lease(l).is_some());
+        let ending = ending
             .iter()
-            .filter(|(l, e)| *e == executor && Some(*l) != ended && live_here(l))
-            .count();
-        let ending = (reported + usize::from(ended.is_some_and(live_here))) as u32;
+            .filter(|l| state.lease(l).is_some_and(|l| &l.executor_id == executor))
+            .count() as u32;
         (pending, ending)
     }
 
@@ -125,7 +123,7 @@ impl Scheduler {
                 state: SchedulerState::new(catalogue),
                 claims: HashMap::new(),
                 lost: HashMap::new(),
-                ending: HashMap::new(),
+                ending: HashSet::new(),
                 expiring: HashMap::new(),
                 seen: HashMap::new(),
             }),
@@ -221,26 +219,19 @@ impl Scheduler {
     }
 
     /// Pick up to `n` steps for `executor` and claim them (see
-    /// [`SchedulerState::pick_many`]); empty if nothing fits now. `ended`:
-    /// a lease of the executor just completed or failed, whose slot is free
-    /// even while the state has not applied its end yet; so is the slot of
-    /// every lease of the executor whose outcome is being reported
-    /// ([`reporting`](Self::reporting)), so that outcomes reported at once
-    /// each lease the slot's next step.
-    pub fn claim(
-        &self,
-        executor: &ExecutorId,
-        caps: &Capabilities,
-        n: u32,
-        ended: Option<&LeaseId>,
-    ) -> Vec<StepKey> {
+    /// [`SchedulerState::pick_many`]); empty if nothing fits now. The slot
+    /// of every lease of the executor whose outcome is being reported
+    /// ([`reporting`](Self::reporting)) is free, though the state has not
+    /// applied its end yet, so that each outcome, and outcomes reported at
+    /// once, lease the slot's next step.
+    pub fn claim(&self, executor: &ExecutorId, caps: &Capabilities, n: u32) -> Vec<StepKey> {
         let now = self.clock.now();
         let mut inner = self.inner.lock().expect("scheduler lock poisoned");
         let instant = Instant::now();
         inner
             .lost
             .retain(|_, at| instant.duration_since(*at) < LOST_FOR);
-        let (pending, ending) = inner.slots_in_motion(executor, ended);
+        let (pending, ending) = inner.slots_in_motion(executor);
         let keys: Vec<StepKey> = {
             let Inner {
                 state,
@@ -263,34 +254,33 @@ impl Scheduler {
         keys
     }
 
-    /// Whether `executor`, reporting the outcome of `ended`, may lease with
-    /// it the step `queued` that the outcome queues for `job` (see
+    /// Whether `executor`, reporting an outcome, may lease with it the step
+    /// `queued` that the outcome queues for `job` (see
     /// `SchedulerState::may_follow`).
     pub fn may_follow(
         &self,
         executor: &ExecutorId,
         caps: &Capabilities,
-        ended: &LeaseId,
         job: &JobId,
         queued: &loraflow_core::job::events::StepQueued,
     ) -> bool {
         let now = self.clock.now();
         let mut inner = self.inner.lock().expect("scheduler lock poisoned");
-        let (pending, ending) = inner.slots_in_motion(executor, Some(ended));
+        let (pending, ending) = inner.slots_in_motion(executor);
         inner
             .state
             .may_follow(executor, caps, now, pending, ending, job, queued)
     }
 
-    /// `executor` is reporting the outcome of `lease`: until
+    /// The outcome of `lease` is being reported: until
     /// [`reported`](Self::reported), its slot counts as free to every
-    /// claim for the executor.
-    pub fn reporting(&self, executor: &ExecutorId, lease: &LeaseId) {
+    /// claim for its executor.
+    pub fn reporting(&self, lease: &LeaseId) {
         self.inner
             .lock()
             .expect("scheduler lock poisoned")
             .ending
-            .insert(lease.clone(), executor.clone());
+            .insert(lease.clone());
     }
 
     /// The outcome of `lease` is written, or could not be.

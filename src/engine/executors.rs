@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use loraflow_core::executor::{Capabilities, StepAssignment};
-use loraflow_core::ids::{ExecutorId, InstanceId, JobId, LeaseId};
+use loraflow_core::ids::{ExecutorId, InstanceId, JobId, LeaseId, StepId};
 use loraflow_core::job::{
     self, CompleteStep, FailStep, Heartbeat, JobCommand, JobEvent, LeaseStep, StepProgress,
 };
@@ -95,18 +95,6 @@ impl Engine {
         max: u32,
         wait: Duration,
     ) -> Result<Vec<Polled>> {
-        self.poll_after(executor, max, wait, None).await
-    }
-
-    /// [`poll_steps`](Self::poll_steps) right after the executor's lease
-    /// `ended` was completed or failed: its slot counts as free.
-    async fn poll_after(
-        &self,
-        executor: &ExecutorId,
-        max: u32,
-        wait: Duration,
-        ended: Option<&LeaseId>,
-    ) -> Result<Vec<Polled>> {
         let deadline =
             Instant::now() + wait.min(self.inner.config.poll_timeout.max(Duration::from_millis(1)));
         let scheduler = &self.inner.scheduler;
@@ -128,7 +116,6 @@ impl Engine {
                 executor,
                 &caps,
                 max.clamp(1, loraflow_core::executor::MAX_POLL_STEPS),
-                ended,
             );
             if !keys.is_empty() {
                 let polled = self.lease(executor, instance, keys).await?;
@@ -475,7 +462,7 @@ impl Engine {
         self.check_holder(executor, lease)?;
         // Other slots' outcomes reported meanwhile count this slot as free
         // too (and this one theirs), until this call ends however it ends.
-        let _reporting = Reporting::new(&self.inner.scheduler, executor, lease);
+        let _reporting = Reporting::new(&self.inner.scheduler, lease);
         let metadata = system_metadata(executor.as_str());
         let touched = match lease_next {
             0 => None,
@@ -488,7 +475,7 @@ impl Engine {
             .as_ref()
             .map(|(caps, instance)| {
                 let n = lease_next.min(loraflow_core::executor::MAX_POLL_STEPS);
-                let keys = self.inner.scheduler.claim(executor, caps, n, Some(lease));
+                let keys = self.inner.scheduler.claim(executor, caps, n);
                 (instance.clone(), keys)
             })
             .filter(|(_, keys)| !keys.is_empty());
@@ -521,21 +508,14 @@ impl Engine {
                     let follow = |events: &[JobEvent]| {
                         let queued = events.iter().find_map(|e| match e {
                             JobEvent::StepQueued(q)
-                                if scheduler.may_follow(executor, caps, lease, job, q) =>
+                                if scheduler.may_follow(executor, caps, job, q) =>
                             {
                                 Some(q)
                             }
                             _ => None,
                         });
                         queued
-                            .map(|q| {
-                                JobCommand::LeaseStep(LeaseStep {
-                                    step_id: q.step_id.clone(),
-                                    lease_id: next.clone(),
-                                    executor_id: executor.clone(),
-                                    instance: instance.clone(),
-                                })
-                            })
+                            .map(|q| lease_command(executor, instance, &q.step_id, &next))
                             .into_iter()
                             .collect()
                     };
@@ -565,10 +545,7 @@ impl Engine {
             }
             Some(WithOutcome::Followed(c, lease_id)) => Ok(vec![self.leased(*c, lease_id)]),
             None if lease_next == 0 => Ok(Vec::new()),
-            None => {
-                self.poll_after(executor, lease_next, Duration::ZERO, Some(lease))
-                    .await
-            }
+            None => self.poll_steps(executor, lease_next, Duration::ZERO).await,
         };
         Ok(leased.unwrap_or_else(|e| {
             tracing::debug!(executor = %executor, "no steps leased with the outcome: {e}");
@@ -596,12 +573,8 @@ struct Reporting<'a> {
 }
 
 impl<'a> Reporting<'a> {
-    fn new(
-        scheduler: &'a crate::scheduler::Scheduler,
-        executor: &ExecutorId,
-        lease: &'a LeaseId,
-    ) -> Self {
-        scheduler.reporting(executor, lease);
+    fn new(scheduler: &'a crate::scheduler::Scheduler, lease: &'a LeaseId) -> Self {
+        scheduler.reporting(lease);
         Self { scheduler, lease }
     }
 }
@@ -626,14 +599,26 @@ fn lease_commands(
         .iter()
         .zip(&lease_ids)
         .map(|((job, step), lease_id)| {
-            let command = JobCommand::LeaseStep(LeaseStep {
-                step_id: step.clone(),
-                lease_id: lease_id.clone(),
-                executor_id: executor.clone(),
-                instance: instance.clone(),
-            });
-            (job.clone(), command)
+            (
+                job.clone(),
+                lease_command(executor, &instance, step, lease_id),
+            )
         })
         .collect();
     (lease_ids, commands)
+}
+
+/// The `LeaseStep` of `step` to `executor` under `lease_id`.
+fn lease_command(
+    executor: &ExecutorId,
+    instance: &Option<InstanceId>,
+    step: &StepId,
+    lease_id: &LeaseId,
+) -> JobCommand {
+    JobCommand::LeaseStep(LeaseStep {
+        step_id: step.clone(),
+        lease_id: lease_id.clone(),
+        executor_id: executor.clone(),
+        instance: instance.clone(),
+    })
 }
