@@ -24,6 +24,8 @@
 //!   a shared server another client's work counts too; on SQLite this is
 //!   whatever else the cluster does). Wall-clock rates move with the load of
 //!   a shared machine; CPU per operation much less.
+//!   Both backends: the commits per write transaction of the engine's
+//!   store (its group commit; the views' and the outbox's writes aside).
 //!   On PostgreSQL also the write transactions (each a WAL flush at its
 //!   commit) and the WAL bytes per job and per step, cluster-wide, from the
 //!   transaction id counter and the WAL position.
@@ -193,9 +195,29 @@ impl Bench {
         rx
     }
 
+    /// The store's group commit so far: transactions written, commits in them.
+    fn grouped(&self) -> (u64, f64) {
+        let h = self.server.engine.store().commits_per_transaction();
+        (h.get_sample_count(), h.get_sample_sum())
+    }
+
+    /// Commits per write transaction of the engine's store since `before`.
+    fn grouped_since(&self, before: (u64, f64)) -> String {
+        let (count, sum) = self.grouped();
+        let transactions = count - before.0;
+        if transactions == 0 {
+            return String::new();
+        }
+        format!(
+            "; {:.2} commits per store transaction",
+            (sum - before.1) / transactions as f64
+        )
+    }
+
     async fn burst(&mut self, jobs: usize, clients: usize) -> String {
         let mut reviews = self.reviews().await;
         let writes = self.pg_writes().await;
+        let grouped = self.grouped();
         let cpu = cpu_seconds();
         let t = Instant::now();
         let mut callers = Vec::new();
@@ -214,12 +236,14 @@ impl Bench {
         let queued_in = t.elapsed();
         let cpu = cpu_per(cpu, jobs);
         println!(
-            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s; per job {cpu}{}",
+            "create_job: {jobs} jobs by {clients} concurrent clients in {:.2} s = {:.0} jobs/s; per job {cpu}{}{}",
             queued_in.as_secs_f64(),
             jobs as f64 / queued_in.as_secs_f64(),
-            pg_writes_per(writes, jobs).await
+            pg_writes_per(writes, jobs).await,
+            self.grouped_since(grouped)
         );
         let writes = self.pg_writes().await;
+        let grouped = self.grouped();
         let cpu = cpu_seconds();
         let t = Instant::now();
         self.connect_workers();
@@ -229,13 +253,14 @@ impl Bench {
         let took = t.elapsed().as_secs_f64();
         let cpu = cpu_per(cpu, jobs * 3);
         format!(
-            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots; per step {cpu}{}",
+            "burst: {jobs} jobs queued in {:.1} s; {} steps run in {took:.2} s = {:.0} steps/s ({:.0} jobs/s) with {} workers x {SLOTS} slots; per step {cpu}{}{}",
             queued_in.as_secs_f64(),
             jobs * 3,
             (jobs * 3) as f64 / took,
             jobs as f64 / took,
             WORKERS,
-            pg_writes_per(writes, jobs * 3).await
+            pg_writes_per(writes, jobs * 3).await,
+            self.grouped_since(grouped)
         )
     }
 

@@ -10,8 +10,8 @@
 //!   the moment the server started: events by type, ready → leased wait
 //!   and step duration histograms by step kind, lease expiries, step
 //!   retries;
-//! - counted where the work happens: the store's commit latency
-//!   (histogram), webhook attempts delivered, failed and abandoned.
+//! - counted where the work happens: the store's commit latency and
+//!   commits per write transaction (histograms), webhook attempts delivered, failed and abandoned.
 //!
 //! Counters start at zero with the process, as Prometheus expects.
 
@@ -202,14 +202,14 @@ impl Metrics {
     }
 
     /// Follow `engine`'s event feed from its head now until `shutdown`,
-    /// counting, and expose its store's commit latency.
+    /// counting, and expose its store's commit latency and commits per
+    /// transaction.
     pub fn follow(&self, engine: &Engine, shutdown: CancellationToken) {
-        if let Err(e) = self
-            .inner
-            .registry
-            .register(Box::new(engine.store().commit_latency()))
-        {
-            tracing::warn!(error = %e, "metrics: the store's commit latency is not exposed");
+        let store = engine.store();
+        for histogram in [store.commit_latency(), store.commits_per_transaction()] {
+            if let Err(e) = self.inner.registry.register(Box::new(histogram)) {
+                tracing::warn!(error = %e, "metrics: a histogram of the store's commits is not exposed");
+            }
         }
         let metrics = self.clone();
         let feed = engine.store().feed();

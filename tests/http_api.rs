@@ -424,6 +424,15 @@ async fn metrics_move_while_a_job_runs_and_health_answers() {
         "{after}"
     );
     assert!(metric(&after, "loraflow_store_commit_seconds_sum") > 0.0);
+    // Each commit went in some write transaction, one or more to each.
+    let in_transactions = metric(&after, "loraflow_store_commits_per_transaction_sum")
+        - metric(&before, "loraflow_store_commits_per_transaction_sum");
+    let transactions = metric(&after, "loraflow_store_commits_per_transaction_count")
+        - metric(&before, "loraflow_store_commits_per_transaction_count");
+    assert!(
+        transactions >= 1.0 && in_transactions >= transactions,
+        "{transactions} transactions of {in_transactions} commits: {after}"
+    );
     h.stop().await;
     s.stop().await;
 }

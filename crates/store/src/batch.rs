@@ -193,10 +193,7 @@ impl Store {
             .iter()
             .map(|(_, d, _)| d.serialized.clone())
             .collect();
-        let written = {
-            let _turn = s.write_turn().await;
-            s.repo.commit_many::<TrainingJob>(&sets, gate).await
-        };
+        let written = s.repo.commit_many::<TrainingJob>(&sets, gate).await;
         for ((i, d, _), w) in decided.into_iter().zip(written) {
             match w {
                 Ok((position, head)) => answers[i] = Some(Ok(self.written(d, position, head))),

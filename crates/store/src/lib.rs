@@ -43,6 +43,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod event;
 pub mod feed;
+mod group;
 pub mod keys;
 mod migrate;
 mod notify;

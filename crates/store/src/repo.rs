@@ -22,6 +22,7 @@ use crate::chain::{CHAIN_VERSION, GENESIS_HASH, Head, event_link, event_message,
 use crate::event::{
     CHAIN, HASH, KEY_ID, MAX_JOB_EVENTS, PREV_HASH, Position, RECORDED_AT, SIG, TENANT,
 };
+use crate::group::GroupCommit;
 use crate::keys::AuditKey;
 
 /// One of the three repositories; dispatches every read to it. Writes go
@@ -43,26 +44,11 @@ macro_rules! dispatch {
 }
 
 impl EventRepo {
-    /// Write one job's consecutive events and its new head in one
-    /// transaction, as the backend's repository would (same table, columns
-    /// and values; a taken sequence is `OptimisticLockError`), and return the
-    /// global position of the last one. sqlite-es' and postgres-es' `persist` return nothing,
-    /// so the position would take a second query per command.
-    pub(crate) async fn insert(
-        &self,
-        aggregate_type: &str,
-        events: &[SerializedEvent],
-        head: &Head,
-    ) -> Result<Position, PersistenceError> {
-        match self {
-            EventRepo::Sqlite(_, pool) => {
-                sqlite::insert_events(pool, aggregate_type, events, head).await
-            }
-            EventRepo::Postgres(_, pool) => {
-                postgres::insert_events(pool, aggregate_type, events, head).await
-            }
-            EventRepo::Memory(log) => log.insert(aggregate_type, events, head),
-        }
+    /// Whether several jobs' commits can be one transaction (all or
+    /// nothing): on SQLite and PostgreSQL; the in-process log writes each
+    /// on its own.
+    pub(crate) fn shares_transactions(&self) -> bool {
+        !matches!(self, EventRepo::Memory(_))
     }
 
     /// Write several jobs' commits (each as for [`insert`](Self::insert),
@@ -238,6 +224,8 @@ impl PersistedEventRepository for EventRepo {
 #[derive(Clone)]
 pub struct ChainRepository {
     repo: Arc<EventRepo>,
+    /// Where every commit is written (see [`crate::group`]).
+    group: GroupCommit,
     clock: Arc<dyn Clock>,
     key: AuditKey,
     /// How long each commit took, chaining and signing included.
@@ -264,7 +252,13 @@ fn created_tenant(payload: &Value) -> Option<String> {
 }
 
 impl ChainRepository {
-    pub(crate) fn new(repo: Arc<EventRepo>, clock: Arc<dyn Clock>, key: AuditKey) -> Self {
+    /// Commits are written holding `turn` (see [`GroupCommit::start`]).
+    pub(crate) fn new(
+        repo: Arc<EventRepo>,
+        turn: Arc<tokio::sync::Mutex<()>>,
+        clock: Arc<dyn Clock>,
+        key: AuditKey,
+    ) -> Self {
         let commit_seconds = prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
                 "store_commit_seconds",
@@ -274,11 +268,17 @@ impl ChainRepository {
         )
         .expect("a valid histogram");
         Self {
+            group: GroupCommit::start(repo.clone(), turn),
             repo,
             clock,
             key,
             commit_seconds,
         }
+    }
+
+    /// The group commit every commit goes through.
+    pub(crate) fn group(&self) -> &GroupCommit {
+        &self.group
     }
 
     /// The commit latency histogram (a handle: it keeps counting).
@@ -329,10 +329,11 @@ impl ChainRepository {
         events: &[SerializedEvent],
     ) -> Result<(Position, Head), PersistenceError> {
         let started = std::time::Instant::now();
-        let (events, head) = self.chained::<A>(events).await?;
-        let position = self.repo.insert(A::TYPE, &events, &head).await?;
+        let commit = self.chained::<A>(events).await?;
+        let written = self.group.write(A::TYPE, vec![commit], false).await;
+        let written = written.into_iter().next().expect("one answer per commit")?;
         self.commit_seconds.observe(started.elapsed().as_secs_f64());
-        Ok((position, head))
+        Ok(written)
     }
 
     /// [`commit`](Self::commit) for several jobs at once, written by
@@ -366,13 +367,13 @@ impl ChainRepository {
                 Err(e) => answers[i] = Some(Err(e)),
             }
         }
-        let written = self.repo.insert_many(A::TYPE, &chained, gate).await;
+        let written = self.group.write(A::TYPE, chained, gate).await;
         let took = started.elapsed().as_secs_f64();
-        for ((i, (_, head)), w) in members.into_iter().zip(chained).zip(written) {
+        for (i, w) in members.into_iter().zip(written) {
             if w.is_ok() {
                 self.commit_seconds.observe(took);
             }
-            answers[i] = Some(w.map(|p| (p, head)));
+            answers[i] = Some(w);
         }
         answers
             .into_iter()

@@ -91,7 +91,8 @@ pub(crate) struct Shared {
     /// short commits the projection runner starved for half a second. This
     /// process' writers therefore take turns here, in arrival order
     /// (other processes still meet at the database's lock).
-    pub sqlite_writer: Option<tokio::sync::Mutex<()>>,
+    /// Commits take it in the store's writer task (see [`crate::group`]).
+    pub sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
     pub framework: JobCqrs,
     pub services: JobServices,
     pub options: StoreOptions,
@@ -471,7 +472,10 @@ impl Store {
                 )
             }
         };
-        let repo = ChainRepository::new(Arc::new(repo), services.clock.clone(), key);
+        let sqlite_writer =
+            matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let turn = sqlite_writer.clone().unwrap_or_default();
+        let repo = ChainRepository::new(Arc::new(repo), turn, services.clock.clone(), key);
         let framework = CqrsFramework::new(
             PersistedEventStore::new_event_store(repo.clone()).with_upcasters(upcasters()),
             vec![],
@@ -492,8 +496,7 @@ impl Store {
             }
         };
         let shared = Arc::new(Shared {
-            sqlite_writer: matches!(backend, Backend::Sqlite(_))
-                .then(|| tokio::sync::Mutex::new(())),
+            sqlite_writer,
             backend,
             repo,
             framework,
@@ -540,6 +543,13 @@ impl Store {
     /// store's own histogram, which keeps counting.
     pub fn commit_latency(&self) -> prometheus::Histogram {
         self.shared.repo.commit_seconds()
+    }
+
+    /// How many commits each of this process's write transactions held
+    /// (`/metrics`; see the group commit in `Store::execute`): a handle on
+    /// the store's own histogram, which keeps counting.
+    pub fn commits_per_transaction(&self) -> prometheus::Histogram {
+        self.shared.repo.group().sizes()
     }
 
     pub fn services(&self) -> &JobServices {
@@ -819,11 +829,11 @@ impl Store {
             Decision::Nothing(c) => return Ok(c),
             Decision::Write(d) => d,
         };
-        let (position, head) = {
-            let _turn = s.write_turn().await;
-            s.repo.commit::<TrainingJob>(&decided.serialized).await
-        }
-        .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let (position, head) = s
+            .repo
+            .commit::<TrainingJob>(&decided.serialized)
+            .await
+            .map_err(|e| self.conflict_for(job_id, e.into()))?;
         let c = self.written(decided, position, head);
         s.committed_now();
         Ok(c)
@@ -986,11 +996,11 @@ impl Store {
         let last = expected_sequence + events.len() as u64;
         // Decided elsewhere: the next command reads the job back.
         s.cache_job(job_id, None);
-        let (position, head) = {
-            let _turn = s.write_turn().await;
-            s.repo.commit::<TrainingJob>(&serialized).await
-        }
-        .map_err(|e| self.conflict_for(job_id, e.into()))?;
+        let (position, head) = s
+            .repo
+            .commit::<TrainingJob>(&serialized)
+            .await
+            .map_err(|e| self.conflict_for(job_id, e.into()))?;
         s.remember_head(job_id, head.sig);
         s.announce(job_id, position, last, &events);
         s.committed_now();

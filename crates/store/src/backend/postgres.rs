@@ -396,23 +396,11 @@ pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEven
     .collect()
 }
 
-/// Write one job's events and its new head atomically: postgres-es'
-/// statement and values, all rows in one INSERT, and the open-jobs entry
-/// and the head's upsert in the same statement (one round trip, where
-/// postgres-es sends BEGIN, an INSERT per event and COMMIT), with
-/// `RETURNING` the generated global positions; returns the last.
-pub(crate) async fn insert_events(
-    pool: &PgPool,
-    aggregate_type: &str,
-    events: &[SerializedEvent],
-    head: &Head,
-) -> Result<Position, PersistenceError> {
-    let positions = insert_statement(pool, aggregate_type, &[(events, head)]).await?;
-    Ok(positions[0])
-}
-
-/// Several jobs' commits in one statement (one transaction): each one's
-/// last position, in order. The jobs must be distinct and hold at most
+/// Several jobs' commits in one statement (one transaction): postgres-es'
+/// statement and values, all rows in one INSERT, with the open-jobs entries
+/// and the heads' upserts in the same statement (one round trip, where
+/// postgres-es sends BEGIN, an INSERT per event and COMMIT) and `RETURNING`
+/// the generated positions; each commit's last position, in order. The jobs must be distinct and hold at most
 /// [`MAX_TX_EVENTS`] events together (see [`transaction_groups`]).
 pub(crate) async fn insert_many(
     pool: &PgPool,

@@ -290,26 +290,12 @@ pub(crate) async fn job_events(pool: &SqlitePool, job: &JobId) -> Result<Vec<Raw
     .collect()
 }
 
-/// Write one job's events and its new head atomically, each event with the
-/// next global position (`MAX + 1`: SQLite has one writer at a time, so
-/// this is commit order), which the trigger would otherwise set in a second
-/// write of the row. sqlite-es' statement, plus the position; returns the
-/// last position.
-pub(crate) async fn insert_events(
-    pool: &SqlitePool,
-    aggregate_type: &str,
-    events: &[SerializedEvent],
-    head: &Head,
-) -> Result<Position, PersistenceError> {
-    let mut tx = pool.begin().await.map_err(persistence_error)?;
-    let last = insert_in(&mut tx, aggregate_type, events, head).await?;
-    tx.commit().await.map_err(persistence_error)?;
-    Ok(last)
-}
-
-/// Several jobs' commits (as [`insert_events`] writes one) in one
+/// Several jobs' commits (each a job's events and its new head) in one
 /// transaction: each one's last position, in order. A commit that fails
-/// (a taken sequence) fails them all.
+/// (a taken sequence) fails them all. Each event gets the next global
+/// position (`MAX + 1`: SQLite has one writer at a time, so this is commit
+/// order), which the trigger would otherwise set in a second write of the
+/// row: sqlite-es' statement, plus the position.
 pub(crate) async fn insert_many(
     pool: &SqlitePool,
     aggregate_type: &str,

@@ -7,6 +7,7 @@ mod behaviour;
 mod cached;
 mod cancelled;
 mod gap_free;
+mod group;
 mod in_flight;
 mod job_list;
 mod positions;
