@@ -49,6 +49,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+/// The `loraflow` binary's allocator, so that the engine is measured as it
+/// runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// mimalloc rather than glibc's malloc: see `mimalloc` in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;
