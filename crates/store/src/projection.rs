@@ -23,6 +23,42 @@ use crate::store::Shared;
 /// The checkpoint name of the views kept by this crate.
 pub(crate) const VIEWS: &str = "views";
 
+/// A JSON object's members.
+pub(crate) type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// The members of a job status that its creation sets for good (the spec
+/// and the parameters it resolved to: two thirds of a status' JSON). The
+/// `job_status` table keeps them in a column of their own (`fixed`),
+/// written with the row and never again, so that the update each batch of
+/// events makes writes (and PostgreSQL parses, stores and compresses) only
+/// what changes (`payload`).
+const FIXED: [&str; 2] = ["spec", "params"];
+
+/// A status as its row stores it: `payload` without the [`FIXED`]
+/// members, and with `fixed` (for a new row) those members alone.
+pub(crate) fn status_row(status: &JobStatus, fixed: bool) -> Result<(String, Option<String>)> {
+    let serde_json::Value::Object(mut payload) = serde_json::to_value(status)? else {
+        return Err(crate::Error::serialization(
+            "a job status is not a JSON object",
+        ));
+    };
+    let mut kept = JsonMap::new();
+    for k in FIXED {
+        if let Some(v) = payload.remove(k) {
+            kept.insert(k.to_owned(), v);
+        }
+    }
+    let fixed = fixed.then(|| serde_json::to_string(&kept)).transpose()?;
+    Ok((serde_json::to_string(&payload)?, fixed))
+}
+
+/// A status from its row: `payload` with the members of `fixed` (none on a
+/// row written before the split, whose payload holds them).
+pub(crate) fn status_from_row(mut payload: JsonMap, fixed: Option<JsonMap>) -> Result<JobStatus> {
+    payload.extend(fixed.unwrap_or_default());
+    Ok(serde_json::from_value(serde_json::Value::Object(payload))?)
+}
+
 /// Fold `events` into the statuses of their jobs (`current`: each job's
 /// status before the batch, `None` if it has none yet) and list the queue
 /// changes they make, in order.

@@ -28,7 +28,7 @@
 //! feed back until it ends, a job holds at most 2^20 - 1 events and a
 //! transaction at most [`MAX_TX_EVENTS`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use loraflow_core::ids::JobId;
@@ -49,7 +49,7 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::migrate::{Migration, Step};
 use crate::options::StoreOptions;
-use crate::projection::{NetQueue, fold_batch};
+use crate::projection::{JsonMap, NetQueue, fold_batch, status_from_row, status_row};
 use crate::views::ListCursor;
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -199,6 +199,21 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
             Step::Sql("CREATE UNIQUE INDEX IF NOT EXISTS events_global_position ON events (global_position)"),
             Step::Sql("CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, global_position)"),
+        ],
+    },
+    Migration {
+        version: 9,
+        name: "job statuses: what creation fixes in a column of its own",
+        // Rewrites each status row once; the views' updates after it write
+        // only `payload` (see `projection::status_row`).
+        steps: &[
+            Step::Sql("ALTER TABLE job_status ADD COLUMN IF NOT EXISTS fixed jsonb"),
+            Step::Sql(
+                "UPDATE job_status
+                    SET fixed = jsonb_build_object('spec', payload->'spec', 'params', payload->'params'),
+                        payload = payload - 'spec' - 'params'
+                  WHERE fixed IS NULL",
+            ),
         ],
     },
 ];
@@ -680,20 +695,26 @@ pub(crate) async fn apply_views(
     let mut ids: Vec<&str> = events.iter().map(|e| e.job_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<(String, Json<JobStatus>)> =
-        sqlx::query_as("SELECT job_id, payload FROM job_status WHERE job_id = ANY($1)")
+    let rows: Vec<(String, Json<JsonMap>, Option<Json<JsonMap>>)> =
+        sqlx::query_as("SELECT job_id, payload, fixed FROM job_status WHERE job_id = ANY($1)")
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
     let mut current: HashMap<JobId, Option<JobStatus>> =
         ids.iter().map(|id| (JobId::new(*id), None)).collect();
-    for (id, Json(s)) in rows {
-        current.insert(JobId::new(id), Some(s));
+    for (id, Json(payload), fixed) in rows {
+        let status = status_from_row(payload, fixed.map(|Json(f)| f))?;
+        current.insert(JobId::new(id), Some(status));
     }
+    let stored: HashSet<JobId> = current
+        .iter()
+        .filter(|(_, s)| s.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
     let (statuses, changes) = fold_batch(current, events.into_iter());
     // A few set statements per batch, whatever its size (one per row made
     // the views' transaction the longest part of a busy `create_job`).
-    write_statuses(&mut tx, statuses.values()).await?;
+    write_statuses(&mut tx, statuses.values(), &stored).await?;
     let net = NetQueue::of(changes);
     if !net.cleared.is_empty() {
         let jobs: Vec<&str> = net.cleared.iter().map(JobId::as_str).collect();
@@ -750,29 +771,32 @@ pub(crate) async fn apply_views(
     Ok(last)
 }
 
-/// Upsert job statuses in one statement.
+/// Upsert job statuses in one statement; `stored`: the jobs that have a
+/// row already, whose fixed part is not written again.
 async fn write_statuses<'a>(
     tx: &mut sqlx::PgConnection,
     statuses: impl Iterator<Item = &'a JobStatus>,
+    stored: &HashSet<JobId>,
 ) -> Result<()> {
     let statuses: Vec<&JobStatus> = statuses.collect();
     if statuses.is_empty() {
         return Ok(());
     }
-    let payloads = statuses
+    let (payloads, fixed): (Vec<String>, Vec<Option<String>>) = statuses
         .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::serialization(format!("a job status: {e}")))?;
+        .map(|s| status_row(s, !stored.contains(&s.job_id)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let col = |f: fn(&JobStatus) -> &str| statuses.iter().map(|s| f(s)).collect::<Vec<_>>();
     let num = |f: fn(&JobStatus) -> i64| statuses.iter().map(|s| f(s)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO job_status
-            (job_id, tenant, state, base_model, engine, created_us, updated_us, sequence, last_position, payload)
-         SELECT j, t, st, b, e, c, u, sq, lp, payload::jsonb
+            (job_id, tenant, state, base_model, engine, created_us, updated_us, sequence, last_position, payload, fixed)
+         SELECT j, t, st, b, e, c, u, sq, lp, payload::jsonb, fixed::jsonb
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                       $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::text[])
-                AS r(j, t, st, b, e, c, u, sq, lp, payload)
+                       $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::text[])
+                AS r(j, t, st, b, e, c, u, sq, lp, payload, fixed)
          ON CONFLICT (job_id) DO UPDATE SET
             tenant = excluded.tenant, state = excluded.state, base_model = excluded.base_model,
             engine = excluded.engine, created_us = excluded.created_us, updated_us = excluded.updated_us,
@@ -788,6 +812,7 @@ async fn write_statuses<'a>(
     .bind(num(|s| s.sequence as i64))
     .bind(num(|s| s.last_position as i64))
     .bind(payloads)
+    .bind(fixed)
     .execute(tx)
     .await?;
     Ok(())
@@ -819,12 +844,13 @@ pub(crate) async fn reset_views(pool: &PgPool, name: &str) -> Result<()> {
 }
 
 pub(crate) async fn job_status(pool: &PgPool, job: &JobId) -> Result<Option<JobStatus>> {
-    let row: Option<Json<JobStatus>> =
-        sqlx::query_scalar("SELECT payload FROM job_status WHERE job_id = $1")
+    let row: Option<(Json<JsonMap>, Option<Json<JsonMap>>)> =
+        sqlx::query_as("SELECT payload, fixed FROM job_status WHERE job_id = $1")
             .bind(job.as_str())
             .fetch_optional(pool)
             .await?;
-    Ok(row.map(|Json(s)| s))
+    row.map(|(Json(p), f)| status_from_row(p, f.map(|Json(f)| f)))
+        .transpose()
 }
 
 pub(crate) async fn list_jobs(
@@ -836,7 +862,7 @@ pub(crate) async fn list_jobs(
     if !filter.labels.keys().all(|k| plain_label_key(k)) {
         return Ok(Vec::new());
     }
-    let mut q = QueryBuilder::<Postgres>::new("SELECT payload FROM job_status WHERE true");
+    let mut q = QueryBuilder::<Postgres>::new("SELECT payload, fixed FROM job_status WHERE true");
     if let Some(t) = &filter.tenant {
         q.push(" AND tenant = ").push_bind(t.as_str());
     }
@@ -864,8 +890,11 @@ pub(crate) async fn list_jobs(
     }
     q.push(" ORDER BY created_us DESC, job_id DESC LIMIT ")
         .push_bind(limit as i64);
-    let rows: Vec<Json<JobStatus>> = q.build_query_scalar().fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|Json(s)| s).collect())
+    let rows: Vec<(Json<JsonMap>, Option<Json<JsonMap>>)> =
+        q.build_query_as().fetch_all(pool).await?;
+    rows.into_iter()
+        .map(|(Json(p), f)| status_from_row(p, f.map(|Json(f)| f)))
+        .collect()
 }
 
 pub(crate) async fn queue(pool: &PgPool) -> Result<Vec<QueuedStep>> {

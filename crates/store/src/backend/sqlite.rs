@@ -8,7 +8,7 @@
 //! `ORDER BY global_position` never skips an event. It is a real column (not the implicit `rowid`, which
 //! `VACUUM` may renumber), so checkpoints stay valid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::migrate::{Migration, Step};
 use crate::options::StoreOptions;
-use crate::projection::fold_batch;
+use crate::projection::{fold_batch, status_from_row, status_row};
 use crate::views::ListCursor;
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -168,6 +168,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                      SELECT 1 FROM events t WHERE t.aggregate_type = e.aggregate_type
                         AND t.aggregate_id = e.aggregate_id
                         AND t.event_type IN ('JobPublished', 'JobFailed', 'JobCancelled', 'JobRejected'))",
+            ),
+        ],
+    },
+    Migration {
+        version: 8,
+        name: "job statuses: what creation fixes in a column of its own",
+        // Rewrites each status row once; the views' updates after it write
+        // only `payload` (see `projection::status_row`).
+        steps: &[
+            Step::AddColumn {
+                table: "job_status",
+                column: "fixed",
+                sql: "ALTER TABLE job_status ADD COLUMN fixed TEXT",
+            },
+            Step::Sql(
+                "UPDATE job_status
+                    SET fixed = json_object('spec', json_extract(payload, '$.spec'),
+                                            'params', json_extract(payload, '$.params')),
+                        payload = json_remove(payload, '$.spec', '$.params')
+                  WHERE fixed IS NULL",
             ),
         ],
     },
@@ -498,22 +518,28 @@ pub(crate) async fn apply_views(
         if current.contains_key(&e.job_id) {
             continue;
         }
-        let payload: Option<String> =
-            sqlx::query_scalar("SELECT payload FROM job_status WHERE job_id = ?")
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT payload, fixed FROM job_status WHERE job_id = ?")
                 .bind(e.job_id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-        let status = payload
-            .map(|p| serde_json::from_str::<JobStatus>(&p))
+        let status = row
+            .map(|(p, f)| status_from_text(&p, f.as_deref()))
             .transpose()?;
         current.insert(e.job_id.clone(), status);
     }
+    let stored: HashSet<JobId> = current
+        .iter()
+        .filter(|(_, s)| s.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
     let (statuses, changes) = fold_batch(current, events.into_iter());
     for s in statuses.values() {
+        let (payload, fixed) = status_row(s, !stored.contains(&s.job_id))?;
         sqlx::query(
             "INSERT INTO job_status
-                (job_id, tenant, state, base_model, engine, created_us, updated_us, sequence, last_position, payload)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                (job_id, tenant, state, base_model, engine, created_us, updated_us, sequence, last_position, payload, fixed)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (job_id) DO UPDATE SET
                 tenant = excluded.tenant, state = excluded.state, base_model = excluded.base_model,
                 engine = excluded.engine, created_us = excluded.created_us, updated_us = excluded.updated_us,
@@ -528,7 +554,8 @@ pub(crate) async fn apply_views(
         .bind(s.updated_at.timestamp_micros())
         .bind(s.sequence as i64)
         .bind(s.last_position as i64)
-        .bind(serde_json::to_string(s)?)
+        .bind(payload)
+        .bind(fixed)
         .execute(&mut *tx)
         .await?;
     }
@@ -591,12 +618,13 @@ pub(crate) async fn reset_views(pool: &SqlitePool, name: &str) -> Result<()> {
 }
 
 pub(crate) async fn job_status(pool: &SqlitePool, job: &JobId) -> Result<Option<JobStatus>> {
-    let payload: Option<String> =
-        sqlx::query_scalar("SELECT payload FROM job_status WHERE job_id = ?")
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT payload, fixed FROM job_status WHERE job_id = ?")
             .bind(job.as_str())
             .fetch_optional(pool)
             .await?;
-    Ok(payload.map(|p| serde_json::from_str(&p)).transpose()?)
+    row.map(|(p, f)| status_from_text(&p, f.as_deref()))
+        .transpose()
 }
 
 pub(crate) async fn list_jobs(
@@ -608,7 +636,7 @@ pub(crate) async fn list_jobs(
     if !filter.labels.keys().all(|k| plain_label_key(k)) {
         return Ok(Vec::new());
     }
-    let mut q = QueryBuilder::<Sqlite>::new("SELECT payload FROM job_status WHERE 1 = 1");
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT payload, fixed FROM job_status WHERE 1 = 1");
     if let Some(t) = &filter.tenant {
         q.push(" AND tenant = ").push_bind(t.as_str());
     }
@@ -636,11 +664,16 @@ pub(crate) async fn list_jobs(
     }
     q.push(" ORDER BY created_us DESC, job_id DESC LIMIT ")
         .push_bind(limit as i64);
-    let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
-    Ok(rows
-        .iter()
-        .map(|p| serde_json::from_str(p))
-        .collect::<Result<_, _>>()?)
+    let rows: Vec<(String, Option<String>)> = q.build_query_as().fetch_all(pool).await?;
+    rows.iter()
+        .map(|(p, f)| status_from_text(p, f.as_deref()))
+        .collect()
+}
+
+/// A status from its row's two texts (see `projection::status_row`).
+fn status_from_text(payload: &str, fixed: Option<&str>) -> Result<JobStatus> {
+    let fixed = fixed.map(serde_json::from_str).transpose()?;
+    status_from_row(serde_json::from_str(payload)?, fixed)
 }
 
 pub(crate) async fn queue(pool: &SqlitePool) -> Result<Vec<QueuedStep>> {

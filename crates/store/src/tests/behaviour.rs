@@ -709,11 +709,11 @@ async fn opening_again_migrates_nothing(t: &TestStore) {
     match &a.shared().backend {
         crate::backend::Backend::Sqlite(pool) => assert_eq!(
             crate::migrate::applied_sqlite(pool).await.unwrap(),
-            [1, 2, 3, 4, 5, 6, 7]
+            [1, 2, 3, 4, 5, 6, 7, 8]
         ),
         crate::backend::Backend::Postgres(pool) => assert_eq!(
             crate::migrate::applied_postgres(pool).await.unwrap(),
-            [1, 2, 3, 4, 5, 6, 7, 8]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9]
         ),
         crate::backend::Backend::Memory(..) => {}
     }

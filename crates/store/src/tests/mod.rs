@@ -13,6 +13,7 @@ mod job_list;
 mod positions;
 mod records;
 mod restart;
+mod status_rows;
 mod support;
 mod tail;
 mod tampering;

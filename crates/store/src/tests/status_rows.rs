@@ -1,0 +1,139 @@
+//! The `job_status` row keeps what a job's creation fixes (its spec and
+//! resolved parameters) in a column of its own, written once; the views'
+//! updates write only the rest. A store whose rows hold everything in the
+//! payload (written before the split) reads the same statuses, and its
+//! migration splits them.
+
+use loraflow_core::ids::JobId;
+use loraflow_core::views::{JobStatus, JobSummary};
+
+use super::batch::{lease, submitted};
+use super::support::{Kind, TestStore, meta};
+use crate::Store;
+use crate::backend::Backend;
+
+/// Each status row's payload and fixed part, as JSON text, by job.
+async fn raw_rows(store: &Store) -> Vec<(String, String, Option<String>)> {
+    match &store.shared().backend {
+        Backend::Sqlite(pool) => {
+            sqlx::query_as("SELECT job_id, payload, fixed FROM job_status ORDER BY job_id")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres(pool) => sqlx::query_as(
+            "SELECT job_id, payload::text, fixed::text FROM job_status ORDER BY job_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+        Backend::Memory(..) => unreachable!("a database store"),
+    }
+}
+
+/// Put every row back as it was written before the split (everything in
+/// the payload, no fixed part) and forget the migration that split it.
+async fn unsplit(store: &Store) {
+    match &store.shared().backend {
+        Backend::Sqlite(pool) => {
+            for sql in [
+                "UPDATE job_status SET payload = json_set(payload,
+                     '$.spec', json_extract(fixed, '$.spec'),
+                     '$.params', json_extract(fixed, '$.params')), fixed = NULL",
+                "DELETE FROM schema_migrations WHERE version = 8",
+            ] {
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }
+        }
+        Backend::Postgres(pool) => {
+            for sql in [
+                "UPDATE job_status SET payload = payload || fixed, fixed = NULL",
+                "DELETE FROM schema_migrations WHERE version = 9",
+            ] {
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }
+        }
+        Backend::Memory(..) => unreachable!("a database store"),
+    }
+}
+
+async fn statuses(store: &Store, jobs: &[JobId]) -> Vec<JobStatus> {
+    let mut out = Vec::new();
+    for job in jobs {
+        out.push(
+            store
+                .views()
+                .job_status(job)
+                .await
+                .unwrap()
+                .expect("a status"),
+        );
+    }
+    out
+}
+
+async fn a_status_row_keeps_what_creation_fixed_apart(kind: Kind) {
+    let Some(t) = TestStore::open(kind).await else {
+        return;
+    };
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(submitted(&t.store, &format!("rows-{i}")).await);
+    }
+    t.store.catch_up_views().await.unwrap();
+    let before = statuses(&t.store, &jobs).await;
+    // Split: the spec and parameters only in `fixed`.
+    for (job, payload, fixed) in raw_rows(&t.store).await {
+        let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert!(payload.get("spec").is_none(), "{job}: {payload}");
+        assert!(payload.get("state").is_some(), "{job}: {payload}");
+        let fixed: serde_json::Value = serde_json::from_str(&fixed.expect("fixed")).unwrap();
+        assert!(fixed["spec"].is_object() && fixed["params"].is_object());
+    }
+
+    // Rows as an earlier release wrote them read the same.
+    unsplit(&t.store).await;
+    for (_, payload, fixed) in raw_rows(&t.store).await {
+        assert!(payload.contains("\"spec\"") && fixed.is_none());
+    }
+    assert_eq!(statuses(&t.store, &jobs).await, before);
+    // The migration splits them again, and they still read the same.
+    let again = t.reopen().await;
+    for (_, payload, fixed) in raw_rows(&again).await {
+        assert!(!payload.contains("\"spec\"") && fixed.is_some());
+    }
+    assert_eq!(statuses(&again, &jobs).await, before);
+
+    // An update after it (a lease) changes the status and keeps the spec.
+    again
+        .execute(&jobs[0], lease("validate", "rows-lease"), meta())
+        .await
+        .unwrap();
+    again.catch_up_views().await.unwrap();
+    let after = statuses(&again, &jobs).await;
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[0].spec, before[0].spec);
+    assert_eq!(after[0].params, before[0].params);
+    assert_eq!(after[1..], before[1..]);
+    // The list reads the same rows.
+    let listed = again
+        .views()
+        .list_jobs(&crate::JobListQuery::default())
+        .await
+        .unwrap();
+    let mut summaries: Vec<JobSummary> = after.iter().map(JobSummary::from).collect();
+    summaries.sort_by(|a, b| (b.created_at, &b.job_id).cmp(&(a.created_at, &a.job_id)));
+    assert_eq!(listed.jobs, summaries);
+    again.close().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_status_rows_keep_what_creation_fixed_apart() {
+    a_status_row_keeps_what_creation_fixed_apart(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_status_rows_keep_what_creation_fixed_apart() {
+    a_status_row_keeps_what_creation_fixed_apart(Kind::Postgres).await;
+}
