@@ -23,6 +23,45 @@ use crate::store::Shared;
 /// The checkpoint name of the views kept by this crate.
 pub(crate) const VIEWS: &str = "views";
 
+/// The most statuses [`Written`] keeps; past it, it starts again empty.
+const WRITTEN_STATUSES: usize = 4096;
+
+/// The job statuses this process' views runner last wrote, and the
+/// checkpoint they are the rows at. A batch that finds the checkpoint
+/// there (read under its row lock) knows no other runner (another
+/// process, a reset) has written since, so these are the rows as stored:
+/// it folds onto them and reads only the jobs they lack. Any other
+/// checkpoint empties them. The views are a fold of the feed up to the
+/// checkpoint, so the rows at a checkpoint are the same whoever wrote them.
+#[derive(Default)]
+pub(crate) struct Written {
+    at: Position,
+    statuses: HashMap<JobId, JobStatus>,
+}
+
+impl Written {
+    /// The statuses as stored at checkpoint `cp` (none unless they were
+    /// written at it).
+    pub(crate) fn at(&mut self, cp: Position) -> &HashMap<JobId, JobStatus> {
+        if self.at != cp {
+            self.statuses.clear();
+            self.at = cp;
+        }
+        &self.statuses
+    }
+
+    /// `statuses` were written, and the checkpoint moved to `cp`, in one
+    /// committed transaction.
+    pub(crate) fn wrote(&mut self, cp: Position, statuses: impl Iterator<Item = JobStatus>) {
+        if self.statuses.len() >= WRITTEN_STATUSES {
+            self.statuses.clear();
+        }
+        self.statuses
+            .extend(statuses.map(|s| (s.job_id.clone(), s)));
+        self.at = cp;
+    }
+}
+
 /// A JSON object's members.
 pub(crate) type JsonMap = serde_json::Map<String, serde_json::Value>;
 
@@ -153,7 +192,26 @@ async fn apply(
     }
     let cp = {
         let _turn = shared.write_turn().await;
-        shared.backend.apply_views(VIEWS, from, &events).await?
+        // Taken out for the transaction and put back after it: a second
+        // batch of this process meanwhile (`catch_up_views`) reads its rows.
+        let mut written = std::mem::take(
+            &mut *shared
+                .views_written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let cp = shared
+            .backend
+            .apply_views(VIEWS, from, &events, &mut written)
+            .await;
+        let mut kept = shared
+            .views_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if written.at >= kept.at {
+            *kept = written;
+        }
+        cp?
     };
     shared.views_at.send_if_modified(|at| {
         let moved = cp > *at;

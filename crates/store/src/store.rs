@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     pub tail: crate::feed::Tail,
     /// Whether this process runs a views runner (`Store::start_projections`).
     pub views_here: std::sync::atomic::AtomicBool,
+    /// The statuses this process' views runner last wrote.
+    pub views_written: std::sync::Mutex<crate::projection::Written>,
 }
 
 /// One commit of this process, handed to in-process readers as it returns,
@@ -513,6 +515,7 @@ impl Store {
             known_heads: Default::default(),
             tail: Default::default(),
             views_here: Default::default(),
+            views_written: Default::default(),
             records: Default::default(),
             jobs: Default::default(),
             stop: CancellationToken::new(),

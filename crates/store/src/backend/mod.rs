@@ -128,15 +128,18 @@ impl Backend {
     /// apply one twice; a checkpoint below `from` (the views were reset
     /// meanwhile) applies nothing, since the batch would leave a hole.
     /// Returns the checkpoint after the transaction.
+    /// `written`: the statuses this process last wrote (see
+    /// [`crate::projection::Written`]), kept up to date.
     pub(crate) async fn apply_views(
         &self,
         name: &str,
         from: Position,
         events: &[StoredEvent],
+        written: &mut crate::projection::Written,
     ) -> Result<Position> {
         match self {
-            Self::Sqlite(p) => sqlite::apply_views(p, name, from, events).await,
-            Self::Postgres(p) => postgres::apply_views(p, name, from, events).await,
+            Self::Sqlite(p) => sqlite::apply_views(p, name, from, events, written).await,
+            Self::Postgres(p) => postgres::apply_views(p, name, from, events, written).await,
             Self::Memory(_, v) => Ok(v.apply(name, from, events)),
         }
     }

@@ -49,7 +49,7 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::migrate::{Migration, Step};
 use crate::options::StoreOptions;
-use crate::projection::{JsonMap, NetQueue, fold_batch, status_from_row, status_row};
+use crate::projection::{JsonMap, NetQueue, Written, fold_batch, status_from_row, status_row};
 use crate::views::ListCursor;
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -669,6 +669,7 @@ pub(crate) async fn apply_views(
     name: &str,
     from: Position,
     events: &[StoredEvent],
+    written: &mut Written,
 ) -> Result<Position> {
     let mut tx = begin(pool).await?;
     // The row lock (taken by the upsert, which writes the row as it is)
@@ -692,19 +693,30 @@ pub(crate) async fn apply_views(
         tx.commit().await?;
         return Ok(cp);
     };
-    let mut ids: Vec<&str> = events.iter().map(|e| e.job_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let rows: Vec<(String, Json<JsonMap>, Option<Json<JsonMap>>)> =
-        sqlx::query_as("SELECT job_id, payload, fixed FROM job_status WHERE job_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    let mut current: HashMap<JobId, Option<JobStatus>> =
-        ids.iter().map(|id| (JobId::new(*id), None)).collect();
-    for (id, Json(payload), fixed) in rows {
-        let status = status_from_row(payload, fixed.map(|Json(f)| f))?;
-        current.insert(JobId::new(id), Some(status));
+    // The jobs' statuses: as this process wrote them when the checkpoint
+    // says they are current, the others read.
+    let known = written.at(cp);
+    let mut current: HashMap<JobId, Option<JobStatus>> = HashMap::new();
+    let mut unread: Vec<&str> = Vec::new();
+    for e in &events {
+        if !current.contains_key(&e.job_id) {
+            let status = known.get(&e.job_id).cloned();
+            if status.is_none() {
+                unread.push(e.job_id.as_str());
+            }
+            current.insert(e.job_id.clone(), status);
+        }
+    }
+    if !unread.is_empty() {
+        let rows: Vec<(String, Json<JsonMap>, Option<Json<JsonMap>>)> =
+            sqlx::query_as("SELECT job_id, payload, fixed FROM job_status WHERE job_id = ANY($1)")
+                .bind(&unread)
+                .fetch_all(&mut *tx)
+                .await?;
+        for (id, Json(payload), fixed) in rows {
+            let status = status_from_row(payload, fixed.map(|Json(f)| f))?;
+            current.insert(JobId::new(id), Some(status));
+        }
     }
     let stored: HashSet<JobId> = current
         .iter()
@@ -768,6 +780,7 @@ pub(crate) async fn apply_views(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    written.wrote(last, statuses.into_values());
     Ok(last)
 }
 

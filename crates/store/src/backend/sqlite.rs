@@ -31,7 +31,7 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::migrate::{Migration, Step};
 use crate::options::StoreOptions;
-use crate::projection::{fold_batch, status_from_row, status_row};
+use crate::projection::{Written, fold_batch, status_from_row, status_row};
 use crate::views::ListCursor;
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -491,6 +491,7 @@ pub(crate) async fn apply_views(
     name: &str,
     from: Position,
     events: &[StoredEvent],
+    written: &mut Written,
 ) -> Result<Position> {
     // The write lock first, so the checkpoint read below cannot go stale.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -513,19 +514,26 @@ pub(crate) async fn apply_views(
         tx.commit().await?;
         return Ok(cp);
     };
+    // The jobs' statuses: as this process wrote them when the checkpoint
+    // says they are current, the others read.
+    let known = written.at(cp);
     let mut current = HashMap::new();
     for e in &events {
         if current.contains_key(&e.job_id) {
             continue;
         }
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT payload, fixed FROM job_status WHERE job_id = ?")
-                .bind(e.job_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let status = row
-            .map(|(p, f)| status_from_text(&p, f.as_deref()))
-            .transpose()?;
+        let status = match known.get(&e.job_id) {
+            Some(s) => Some(s.clone()),
+            None => {
+                let row: Option<(String, Option<String>)> =
+                    sqlx::query_as("SELECT payload, fixed FROM job_status WHERE job_id = ?")
+                        .bind(e.job_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                row.map(|(p, f)| status_from_text(&p, f.as_deref()))
+                    .transpose()?
+            }
+        };
         current.insert(e.job_id.clone(), status);
     }
     let stored: HashSet<JobId> = current
@@ -599,6 +607,7 @@ pub(crate) async fn apply_views(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    written.wrote(last, statuses.into_values());
     Ok(last)
 }
 

@@ -2,10 +2,14 @@
 //! resolved parameters) in a column of its own, written once; the views'
 //! updates write only the rest. A store whose rows hold everything in the
 //! payload (written before the split) reads the same statuses, and its
-//! migration splits them.
+//! migration splits them. A views runner folds onto the statuses it
+//! wrote only while the checkpoint says no other runner wrote since.
 
-use loraflow_core::ids::JobId;
+use loraflow_core::ids::{JobId, LeaseId};
+use loraflow_core::job::JobCommand;
+use loraflow_core::job::canned::outputs_for;
 use loraflow_core::views::{JobStatus, JobSummary};
+use loraflow_core::workflow::StepKind;
 
 use super::batch::{lease, submitted};
 use super::support::{Kind, TestStore, meta};
@@ -126,6 +130,65 @@ async fn a_status_row_keeps_what_creation_fixed_apart(kind: Kind) {
     assert_eq!(listed.jobs, summaries);
     again.close().await;
     t.cleanup().await;
+}
+
+/// Two processes' runners take turns on one database: each folds onto the
+/// statuses it wrote only when nothing came between, and the views equal a
+/// rebuild from the feed. (Folding onto its own rows after the other's
+/// batch would lose the other's changes.)
+async fn runners_taking_turns_keep_the_views_a_fold_of_the_feed(kind: Kind) {
+    let Some(t) = TestStore::open(kind).await else {
+        return;
+    };
+    let a = &t.store;
+    let b = t.reopen().await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(submitted(a, &format!("turns-{i}")).await);
+    }
+    a.catch_up_views().await.unwrap();
+    // B leases job 0's step and applies it: A's rows of job 0 are now old.
+    b.execute(&jobs[0], lease("validate", "turns-b"), meta())
+        .await
+        .unwrap();
+    b.catch_up_views().await.unwrap();
+    // A completes that step and leases job 1's, and applies both.
+    let done = outputs_for(
+        &StepKind::new(StepKind::VALIDATE_DATASET),
+        LeaseId::new("turns-b"),
+    );
+    a.execute(&jobs[0], JobCommand::CompleteStep(done), meta())
+        .await
+        .unwrap();
+    a.execute(&jobs[1], lease("validate", "turns-a"), meta())
+        .await
+        .unwrap();
+    a.catch_up_views().await.unwrap();
+    // Then only A: it folds onto what it wrote.
+    a.execute(&jobs[2], lease("validate", "turns-a2"), meta())
+        .await
+        .unwrap();
+    a.catch_up_views().await.unwrap();
+    let seen = statuses(a, &jobs).await;
+    for (job, status) in jobs.iter().zip(&seen) {
+        let stored = a.load(job).await.unwrap().unwrap().sequence;
+        assert_eq!(status.sequence, stored, "{job}");
+    }
+    // A rebuild from the feed gives the same rows.
+    a.rebuild_views().await.unwrap();
+    assert_eq!(statuses(a, &jobs).await, seen);
+    b.close().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_runners_taking_turns_keep_the_views_a_fold_of_the_feed() {
+    runners_taking_turns_keep_the_views_a_fold_of_the_feed(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runners_taking_turns_keep_the_views_a_fold_of_the_feed() {
+    runners_taking_turns_keep_the_views_a_fold_of_the_feed(Kind::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
