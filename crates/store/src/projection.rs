@@ -8,7 +8,7 @@
 //! transaction locks the checkpoint row first and skips what another runner
 //! applied meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use loraflow_core::ids::{JobId, StepId};
@@ -60,6 +60,17 @@ impl Written {
             .extend(statuses.map(|s| (s.job_id.clone(), s)));
         self.at = cp;
     }
+}
+
+/// The jobs of `current` (a batch's statuses before it, as
+/// [`fold_batch`] takes them) that have a row already: their fixed part is
+/// not written again (see [`status_row`]).
+pub(crate) fn stored(current: &HashMap<JobId, Option<JobStatus>>) -> HashSet<JobId> {
+    current
+        .iter()
+        .filter(|(_, s)| s.is_some())
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// A JSON object's members.

@@ -49,7 +49,9 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::migrate::{Migration, Step};
 use crate::options::StoreOptions;
-use crate::projection::{JsonMap, NetQueue, Written, fold_batch, status_from_row, status_row};
+use crate::projection::{
+    JsonMap, NetQueue, Written, fold_batch, status_from_row, status_row, stored,
+};
 use crate::views::ListCursor;
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -718,11 +720,7 @@ pub(crate) async fn apply_views(
             current.insert(JobId::new(id), Some(status));
         }
     }
-    let stored: HashSet<JobId> = current
-        .iter()
-        .filter(|(_, s)| s.is_some())
-        .map(|(id, _)| id.clone())
-        .collect();
+    let stored = stored(&current);
     let (statuses, changes) = fold_batch(current, events.into_iter());
     // A few set statements per batch, whatever its size (one per row made
     // the views' transaction the longest part of a busy `create_job`).

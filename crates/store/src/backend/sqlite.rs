@@ -8,7 +8,7 @@
 //! `ORDER BY global_position` never skips an event. It is a real column (not the implicit `rowid`, which
 //! `VACUUM` may renumber), so checkpoints stay valid.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::event::{Position, RawEvent, StoredEvent};
 use crate::feed::FeedFilter;
 use crate::migrate::{Migration, Step};
 use crate::options::StoreOptions;
-use crate::projection::{Written, fold_batch, status_from_row, status_row};
+use crate::projection::{Written, fold_batch, status_from_row, status_row, stored};
 use crate::views::ListCursor;
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -536,11 +536,7 @@ pub(crate) async fn apply_views(
         };
         current.insert(e.job_id.clone(), status);
     }
-    let stored: HashSet<JobId> = current
-        .iter()
-        .filter(|(_, s)| s.is_some())
-        .map(|(id, _)| id.clone())
-        .collect();
+    let stored = stored(&current);
     let (statuses, changes) = fold_batch(current, events.into_iter());
     for s in statuses.values() {
         let (payload, fixed) = status_row(s, !stored.contains(&s.job_id))?;
