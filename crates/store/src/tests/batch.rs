@@ -10,7 +10,7 @@ use loraflow_core::job::{CreateJob, JobCommand, JobEvent, LeaseStep, SubmitJob};
 use loraflow_core::workflow::StepKind;
 
 use super::support::{Kind, TestStore, meta, on_every_backend, readable};
-use crate::{Error, FeedFilter, Store};
+use crate::{Error, FeedFilter, Position, Store};
 
 pub(super) fn lease(step: &str, lease: &str) -> JobCommand {
     JobCommand::LeaseStep(LeaseStep {
@@ -69,7 +69,7 @@ async fn staged(store: &Store, prefix: &str, n: usize) -> Vec<(JobId, &'static s
     jobs
 }
 
-fn leases_in(events: &[JobEvent]) -> Vec<String> {
+pub(super) fn leases_in(events: &[JobEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -77,6 +77,32 @@ fn leases_in(events: &[JobEvent]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// The lease ids in `job`'s stored history, in order.
+pub(super) async fn history_leases(store: &Store, job: &JobId) -> Vec<String> {
+    let h: Vec<JobEvent> = store
+        .history(job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
+    leases_in(&h)
+}
+
+/// The feed's head once everything written to `jobs` so far is readable:
+/// on PostgreSQL the feed's horizon can trail a commit while any other
+/// transaction of the cluster is open, and a read from this head must
+/// start after these.
+pub(super) async fn head_after(store: &Store, jobs: &[JobId]) -> Position {
+    let mut written = 0;
+    for job in jobs {
+        let h = store.history(job).await.unwrap();
+        written = written.max(h.last().expect("written").position);
+    }
+    readable(store, written).await;
+    store.feed().head().await.unwrap()
 }
 
 async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestStore) {
@@ -97,16 +123,7 @@ async fn leases_of_several_jobs_are_written_together_and_each_answered(t: &TestS
     };
     staged.push((foreign, "validate"));
     let jobs: Vec<JobId> = staged.iter().map(|(j, _)| j.clone()).collect();
-    // Everything written so far is readable before the batch: on PostgreSQL
-    // the feed's horizon can trail a commit while any other transaction of
-    // the cluster is open, and the read below must start after these.
-    let mut written = 0;
-    for job in &jobs {
-        let h = store.history(job).await.unwrap();
-        written = written.max(h.last().expect("submitted").position);
-    }
-    readable(store, written).await;
-    let before = store.feed().head().await.unwrap();
+    let before = head_after(store, &jobs).await;
 
     let mut commands: Vec<(JobId, JobCommand)> = staged
         .iter()
@@ -197,15 +214,11 @@ async fn a_step_leased_elsewhere_is_refused_and_the_rest_written(t: &TestStore) 
         answers[0]
     );
     assert_eq!(leases_in(&answers[1].as_ref().unwrap().events), ["here-b"]);
-    let history: Vec<JobEvent> = t
-        .store
-        .history(&a)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.payload)
-        .collect();
-    assert_eq!(leases_in(&history), ["there"], "one lease of a's step");
+    assert_eq!(
+        history_leases(&t.store, &a).await,
+        ["there"],
+        "one lease of a's step"
+    );
     t.store.verify_job(&a).await.unwrap();
     t.store.verify_job(&b).await.unwrap();
     other.close().await;

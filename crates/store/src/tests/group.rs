@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use loraflow_core::ids::JobId;
-use loraflow_core::job::{JobCommand, JobEvent};
+use loraflow_core::job::JobCommand;
 
-use super::batch::{lease, submitted};
+use super::batch::{head_after, history_leases, lease, leases_in, submitted};
 use super::support::{Kind, TestStore, meta, on_every_backend, readable};
 use crate::{Committed, Error, FeedFilter, Result, Store};
 
@@ -26,6 +26,16 @@ async fn waiting(store: &Store, n: usize) {
     }
 }
 
+/// `store.execute` on a task of its own.
+fn spawn_execute(
+    store: &Store,
+    job: JobId,
+    command: JobCommand,
+) -> tokio::task::JoinHandle<Result<Committed>> {
+    let store = store.clone();
+    tokio::spawn(async move { store.execute(&job, command, meta()).await })
+}
+
 /// Run `commands` at once while the writer is held, once all of them wait;
 /// their answers in order.
 async fn while_held(store: &Store, commands: Vec<(JobId, JobCommand)>) -> Vec<Result<Committed>> {
@@ -33,10 +43,7 @@ async fn while_held(store: &Store, commands: Vec<(JobId, JobCommand)>) -> Vec<Re
     let n = commands.len();
     let tasks: Vec<_> = commands
         .into_iter()
-        .map(|(job, command)| {
-            let store = store.clone();
-            tokio::spawn(async move { store.execute(&job, command, meta()).await })
-        })
+        .map(|(job, command)| spawn_execute(store, job, command))
         .collect();
     waiting(store, n).await;
     drop(held);
@@ -47,27 +54,6 @@ async fn while_held(store: &Store, commands: Vec<(JobId, JobCommand)>) -> Vec<Re
     answers
 }
 
-fn leases_in(events: &[JobEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            JobEvent::StepLeased(l) => Some(l.lease_id.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-async fn history_leases(store: &Store, job: &JobId) -> Vec<String> {
-    let h: Vec<JobEvent> = store
-        .history(job)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.payload)
-        .collect();
-    leases_in(&h)
-}
-
 async fn commits_that_wait_share_one_transaction(t: &TestStore) {
     let store = &t.store;
     let mut jobs = Vec::new();
@@ -76,16 +62,7 @@ async fn commits_that_wait_share_one_transaction(t: &TestStore) {
     }
     let sizes = store.shared().repo.group().sizes();
     let (count, sum) = (sizes.get_sample_count(), sizes.get_sample_sum());
-    // Everything written so far is readable before the group: on
-    // PostgreSQL the feed's horizon can trail a commit while any other
-    // transaction of the cluster is open.
-    let mut written = 0;
-    for job in &jobs {
-        let h = store.history(job).await.unwrap();
-        written = written.max(h.last().expect("submitted").position);
-    }
-    readable(store, written).await;
-    let before = store.feed().head().await.unwrap();
+    let before = head_after(store, &jobs).await;
 
     let commands = jobs
         .iter()
@@ -200,23 +177,9 @@ async fn a_caller_that_stops_waiting_leaves_its_write_done(t: &TestStore) {
     let gone = submitted(store, "gone").await;
     let stays = submitted(store, "stays").await;
     let held = store.shared().repo.group().hold().await;
-    let dropped = {
-        let (store, gone) = (store.clone(), gone.clone());
-        tokio::spawn(async move {
-            store
-                .execute(&gone, lease("validate", "gone-1"), meta())
-                .await
-        })
-    };
+    let dropped = spawn_execute(store, gone.clone(), lease("validate", "gone-1"));
     waiting(store, 1).await;
-    let kept = {
-        let (store, stays) = (store.clone(), stays.clone());
-        tokio::spawn(async move {
-            store
-                .execute(&stays, lease("validate", "stays-1"), meta())
-                .await
-        })
-    };
+    let kept = spawn_execute(store, stays.clone(), lease("validate", "stays-1"));
     waiting(store, 2).await;
     dropped.abort();
     assert!(dropped.await.unwrap_err().is_cancelled());

@@ -11,8 +11,8 @@ use loraflow_core::job::canned::Driver;
 use loraflow_core::job::{CancelJob, JobCommand, JobEvent, RejectJob};
 use loraflow_core::schedule::SchedulerState;
 
-use super::support::{Kind, TestStore, driver, meta, on_every_backend, readable};
-use crate::backend::{Backend, ENDING_EVENTS};
+use super::support::{Kind, TestStore, driver, meta, on_every_backend, readable, run_sql};
+use crate::backend::ENDING_EVENTS;
 use crate::{FeedFilter, Store};
 
 /// Histories by the state they leave the job in; `true` for a job that ended.
@@ -240,25 +240,11 @@ on_every_backend!(a_start_from_the_open_jobs_equals_a_full_replay);
 /// Drop the index and forget its migration, as a store written before it
 /// existed; reopening runs the migration, which rebuilds it from the events.
 async fn forget_the_index(t: &TestStore) {
-    match &t.store.shared().backend {
-        Backend::Sqlite(pool) => {
-            for sql in [
-                "DROP TABLE open_jobs",
-                "DELETE FROM schema_migrations WHERE version = 7",
-            ] {
-                sqlx::query(sql).execute(pool).await.expect(sql);
-            }
-        }
-        Backend::Postgres(pool) => {
-            for sql in [
-                "DROP TABLE open_jobs",
-                "DELETE FROM schema_migrations WHERE version = 7",
-            ] {
-                sqlx::query(sql).execute(pool).await.expect(sql);
-            }
-        }
-        Backend::Memory(..) => unreachable!("databases only"),
-    }
+    let sql = [
+        "DROP TABLE open_jobs",
+        "DELETE FROM schema_migrations WHERE version = 7",
+    ];
+    run_sql(&t.store, &sql, &sql).await;
 }
 
 async fn the_migration_builds_the_index_from_the_events(t: &TestStore) {

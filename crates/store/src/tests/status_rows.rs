@@ -12,7 +12,7 @@ use loraflow_core::views::{JobStatus, JobSummary};
 use loraflow_core::workflow::StepKind;
 
 use super::batch::{lease, submitted};
-use super::support::{Kind, TestStore, meta};
+use super::support::{Kind, TestStore, meta, run_sql};
 use crate::Store;
 use crate::backend::Backend;
 
@@ -38,27 +38,20 @@ async fn raw_rows(store: &Store) -> Vec<(String, String, Option<String>)> {
 /// Put every row back as it was written before the split (everything in
 /// the payload, no fixed part) and forget the migration that split it.
 async fn unsplit(store: &Store) {
-    match &store.shared().backend {
-        Backend::Sqlite(pool) => {
-            for sql in [
-                "UPDATE job_status SET payload = json_set(payload,
-                     '$.spec', json_extract(fixed, '$.spec'),
-                     '$.params', json_extract(fixed, '$.params')), fixed = NULL",
-                "DELETE FROM schema_migrations WHERE version = 8",
-            ] {
-                sqlx::query(sql).execute(pool).await.expect(sql);
-            }
-        }
-        Backend::Postgres(pool) => {
-            for sql in [
-                "UPDATE job_status SET payload = payload || fixed, fixed = NULL",
-                "DELETE FROM schema_migrations WHERE version = 9",
-            ] {
-                sqlx::query(sql).execute(pool).await.expect(sql);
-            }
-        }
-        Backend::Memory(..) => unreachable!("a database store"),
-    }
+    run_sql(
+        store,
+        &[
+            "UPDATE job_status SET payload = json_set(payload,
+                 '$.spec', json_extract(fixed, '$.spec'),
+                 '$.params', json_extract(fixed, '$.params')), fixed = NULL",
+            "DELETE FROM schema_migrations WHERE version = 8",
+        ],
+        &[
+            "UPDATE job_status SET payload = payload || fixed, fixed = NULL",
+            "DELETE FROM schema_migrations WHERE version = 9",
+        ],
+    )
+    .await;
 }
 
 async fn statuses(store: &Store, jobs: &[JobId]) -> Vec<JobStatus> {

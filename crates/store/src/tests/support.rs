@@ -227,6 +227,25 @@ macro_rules! on_every_backend {
 }
 pub(crate) use on_every_backend;
 
+/// Run raw statements on a database store, in order: `sqlite`'s on
+/// SQLite, `postgres`'s on PostgreSQL (to make a store look as an earlier
+/// release left it, say).
+pub(crate) async fn run_sql(store: &Store, sqlite: &[&str], postgres: &[&str]) {
+    match &store.shared().backend {
+        Backend::Sqlite(pool) => {
+            for sql in sqlite {
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }
+        }
+        Backend::Postgres(pool) => {
+            for sql in postgres {
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }
+        }
+        Backend::Memory(..) => unreachable!("a database store"),
+    }
+}
+
 /// Wait until the feed can read `position`. On PostgreSQL a committed event
 /// stays unreadable while an older transaction (of any test sharing the
 /// cluster) is still open.
