@@ -100,7 +100,8 @@ pub struct TrainingJob {
     /// memory and decides each command on a clone): set once, by the
     /// creation, and read after.
     pub(crate) spec: Option<Arc<JobSpec>>,
-    pub(crate) params: Params,
+    /// Shared as `spec` is; set once, by the creation.
+    pub(crate) params: Arc<Params>,
     pub(crate) phase: Phase,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) dataset: Option<AdmittedDataset>,
@@ -212,7 +213,7 @@ impl TrainingJob {
     /// The parameters a step's next attempt runs with: the job's, with the
     /// step's retry adjustments applied in order.
     pub fn step_params(&self, step: &StepId) -> Params {
-        let mut p = self.params.clone();
+        let mut p = Params::clone(&self.params);
         if let Some(rec) = self.steps.get(step) {
             for a in &rec.adjustments {
                 p.insert(a.param.clone(), a.to.clone());
@@ -355,7 +356,7 @@ impl Aggregate for TrainingJob {
             JobEvent::JobCreated(e) => {
                 self.job_id = Some(e.job_id);
                 self.spec = Some(Arc::new(e.spec));
-                self.params = e.params;
+                self.params = Arc::new(e.params);
                 self.created_at = Some(e.created_at);
                 self.custom_model = e.custom_model;
                 self.phase = Phase::Pending;
