@@ -713,7 +713,7 @@ async fn opening_again_migrates_nothing(t: &TestStore) {
         ),
         crate::backend::Backend::Postgres(pool) => assert_eq!(
             crate::migrate::applied_postgres(pool).await.unwrap(),
-            [1, 2, 3, 4, 5, 6, 7, 8, 9]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
         ),
         crate::backend::Backend::Memory(..) => {}
     }

@@ -79,7 +79,7 @@ async fn postgres_migration_8_keeps_every_position_and_batches_after_it() {
     };
     assert_eq!(
         crate::migrate::applied_postgres(pool).await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     let migrated = again.raw_feed(None).await.unwrap();
     assert_eq!(positions(&migrated), positions(&old));
