@@ -38,7 +38,10 @@
 //!   process' resident memory before and after the restart.
 //!
 //! `cargo bench --bench scheduler_bench` (a release build); with the restart:
-//! `cargo bench --bench scheduler_bench -- --history 1000000`.
+//! `cargo bench --bench scheduler_bench -- --history 1000000`. With
+//! `--features anchor`, the PostgreSQL figures are followed by apalis-postgres'
+//! drain and pick-up on the same server (`benches/anchor/apalis.rs`), the
+//! plain job queue the aims are set against.
 //! `BENCH_BACKENDS` picks the backends (default `sqlite,postgres`).
 //! `BENCH_BATCH=0` has the workers poll one step per slot (`PollStep`, as
 //! before `PollSteps`) instead of one poll for all their free slots. PostgreSQL
@@ -48,6 +51,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+#[cfg(feature = "anchor")]
+#[path = "anchor/apalis.rs"]
+mod anchor;
 
 /// The `loraflow` binary's allocator, so that the engine is measured as it
 /// runs there.
@@ -596,6 +603,18 @@ fn main() {
                 }
             }
             bench.finish().await;
+            #[cfg(feature = "anchor")]
+            if matches!(backend, Backend::Postgres) {
+                // As fast a dispatch as the bench's fastest paced one.
+                let rate = rates.iter().max().map_or(90, |r| r * 3);
+                println!(
+                    "== the anchor: apalis-postgres 1.0 on the same PostgreSQL (LISTEN/NOTIFY, 16 concurrent handlers)"
+                );
+                let url = common::server::database_url();
+                for line in anchor::run(&url, jobs, rate, seconds).await {
+                    println!("{line}");
+                }
+            }
         }
     });
 }
