@@ -68,6 +68,14 @@ async fn done(url: &str, queue: &str) -> i64 {
 
 /// Drain and pick-up, as the module says; the lines to print.
 pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String> {
+    let mut c = sqlx::PgConnection::connect(url).await.expect("PostgreSQL");
+    // apalis keeps its tables in a schema of its own: made here, it goes at
+    // the end; found here, only this run's rows go.
+    let had_schema: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'apalis')")
+            .fetch_one(&mut c)
+            .await
+            .expect("look for apalis' schema");
     let pool = PgPool::connect(url).await.expect("PostgreSQL for apalis");
     PostgresStorage::setup(&pool)
         .await
@@ -138,11 +146,30 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
         ended = worker.run() => panic!("the apalis worker ended: {ended:?}"),
         () = measure => {}
     }
-    let mut c = sqlx::PgConnection::connect(url).await.expect("PostgreSQL");
-    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1")
-        .bind(&queue)
+    // The worker is gone; a statement of its still on the wire would hold
+    // a lock for a moment at most.
+    sqlx::query("SET lock_timeout = '5s'")
         .execute(&mut c)
         .await
-        .expect("remove the anchor's jobs");
+        .expect("set a lock timeout");
+    let cleanup: &[&str] = if had_schema {
+        &[
+            "DELETE FROM apalis.jobs WHERE job_type = $1",
+            "DELETE FROM apalis.workers WHERE worker_type = $1",
+        ]
+    } else {
+        &["DROP SCHEMA apalis CASCADE"]
+    };
+    for statement in cleanup {
+        let q = sqlx::query(statement);
+        let q = if statement.contains("$1") {
+            q.bind(&queue)
+        } else {
+            q
+        };
+        if let Err(e) = q.execute(&mut c).await {
+            lines.push(format!("(left in the database: {statement} failed: {e})"));
+        }
+    }
     lines
 }
