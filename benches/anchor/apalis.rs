@@ -103,10 +103,11 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
         .data(seen.clone())
         .build(handle);
     let mut lines = Vec::new();
+    // Taken before the worker runs: it starts with the select below.
+    let writes = super::pg_writes().await;
+    let cpu = super::cpu_seconds();
+    let t = Instant::now();
     let measure = async {
-        let writes = super::pg_writes().await;
-        let cpu = super::cpu_seconds();
-        let t = Instant::now();
         seen.drained.notified().await;
         let took = t.elapsed().as_secs_f64();
         let cpu = super::cpu_per(cpu, jobs);
