@@ -183,8 +183,11 @@ impl CachedJob {
 /// A command's events, decided and serialized, not yet written.
 pub(crate) struct Decided {
     pub(crate) job_id: JobId,
-    /// The job before the events.
+    /// The job before the events, or after them when `applied`.
     job: TrainingJob,
+    /// Whether `job` already holds the events (it was decided on with
+    /// `decide_on`); else they are applied to it once written.
+    applied: bool,
     /// Its sequence before the events.
     sequence: u64,
     events: Vec<JobEvent>,
@@ -783,25 +786,23 @@ impl Store {
             Some(c) => Ok(c.into_loaded()),
             None => self.fold(job_id).await,
         };
-        if let Ok((job, sequence, link)) = loaded {
-            let mut after = job.clone();
-            if let Ok(events) = decide_on(&mut after, command.clone(), &s.services)
-                && !events.is_empty()
-            {
-                let follow_ups = follow(&events);
-                let mut all = events;
-                for c in follow_ups {
-                    if let Ok(more) = decide_on(&mut after, c, &s.services) {
-                        all.extend(more);
-                    }
+        if let Ok((mut after, sequence, link)) = loaded
+            && let Ok(events) = decide_on(&mut after, command.clone(), &s.services)
+            && !events.is_empty()
+        {
+            let follow_ups = follow(&events);
+            let mut all = events;
+            for c in follow_ups {
+                if let Ok(more) = decide_on(&mut after, c, &s.services) {
+                    all.extend(more);
                 }
-                if let Ok(d @ Decision::Write(_)) =
-                    self.to_write(job_id, all, caller, (job, sequence, link))
-                {
-                    match self.write(job_id, d).await {
-                        Ok(done) => return Ok(done),
-                        Err(_) => s.cache_job(job_id, None),
-                    }
+            }
+            if let Ok(d @ Decision::Write(_)) =
+                self.to_write(job_id, all, caller, (after, sequence, link), true)
+            {
+                match self.write(job_id, d).await {
+                    Ok(done) => return Ok(done),
+                    Err(_) => s.cache_job(job_id, None),
                 }
             }
         }
@@ -817,12 +818,12 @@ impl Store {
         (job, sequence, prev_hash): (TrainingJob, u64, String),
     ) -> Result<Decision> {
         let s = &self.shared;
-        let mut after = job.clone();
+        let mut after = job;
         let mut events = Vec::new();
         for command in commands {
             events.extend(decide_on(&mut after, command, &s.services)?);
         }
-        self.to_write(job_id, events, metadata, (job, sequence, prev_hash))
+        self.to_write(job_id, events, metadata, (after, sequence, prev_hash), true)
     }
 
     /// Write a decision (nothing for [`Decision::Nothing`]).
@@ -864,17 +865,20 @@ impl Store {
             });
         }
         let events = job.decide(command, &s.services)?;
-        self.to_write(job_id, events, metadata, (job, sequence, prev_hash))
+        self.to_write(job_id, events, metadata, (job, sequence, prev_hash), false)
     }
 
     /// `events` decided on the job as loaded, serialized with the store's
-    /// metadata; or the answer when there are none.
+    /// metadata; or the answer when there are none. `applied`: the job
+    /// given is the one after the events (as `decide_on` leaves it), not
+    /// the one loaded; its sequence and link are still the loaded ones.
     fn to_write(
         &self,
         job_id: &JobId,
         events: Vec<JobEvent>,
         mut metadata: HashMap<String, String>,
         (job, sequence, prev_hash): (TrainingJob, u64, String),
+        applied: bool,
     ) -> Result<Decision> {
         let s = &self.shared;
         if events.is_empty() {
@@ -912,6 +916,7 @@ impl Store {
         Ok(Decision::Write(Decided {
             job_id: job_id.clone(),
             job,
+            applied,
             sequence,
             events,
             serialized,
@@ -927,13 +932,16 @@ impl Store {
         let Decided {
             job_id,
             mut job,
+            applied,
             sequence,
             events,
             ..
         } = d;
         let last = sequence + events.len() as u64;
-        for e in &events {
-            job.apply(e.clone());
+        if !applied {
+            for e in &events {
+                job.apply(e.clone());
+            }
         }
         s.cache_job(
             &job_id,
