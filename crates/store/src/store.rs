@@ -183,11 +183,8 @@ impl CachedJob {
 /// A command's events, decided and serialized, not yet written.
 pub(crate) struct Decided {
     pub(crate) job_id: JobId,
-    /// The job before the events, or after them when `applied`.
+    /// The job after the events (deciding applied them, see `decide_on`).
     job: TrainingJob,
-    /// Whether `job` already holds the events (it was decided on with
-    /// `decide_on`); else they are applied to it once written.
-    applied: bool,
     /// Its sequence before the events.
     sequence: u64,
     events: Vec<JobEvent>,
@@ -798,7 +795,7 @@ impl Store {
                 }
             }
             if let Ok(d @ Decision::Write(_)) =
-                self.to_write(job_id, all, caller, (after, sequence, link), true)
+                self.to_write(job_id, all, caller, (after, sequence, link))
             {
                 match self.write(job_id, d).await {
                     Ok(done) => return Ok(done),
@@ -823,7 +820,7 @@ impl Store {
         for command in commands {
             events.extend(decide_on(&mut after, command, &s.services)?);
         }
-        self.to_write(job_id, events, metadata, (after, sequence, prev_hash), true)
+        self.to_write(job_id, events, metadata, (after, sequence, prev_hash))
     }
 
     /// Write a decision (nothing for [`Decision::Nothing`]).
@@ -852,7 +849,7 @@ impl Store {
         expected: Option<u64>,
         command: JobCommand,
         metadata: HashMap<String, String>,
-        (job, sequence, prev_hash): (TrainingJob, u64, String),
+        (mut job, sequence, prev_hash): (TrainingJob, u64, String),
     ) -> Result<Decision> {
         let s = &self.shared;
         if let Some(expected) = expected
@@ -864,21 +861,20 @@ impl Store {
                 actual: sequence,
             });
         }
-        let events = job.decide(command, &s.services)?;
-        self.to_write(job_id, events, metadata, (job, sequence, prev_hash), false)
+        let events = decide_on(&mut job, command, &s.services)?;
+        self.to_write(job_id, events, metadata, (job, sequence, prev_hash))
     }
 
     /// `events` decided on the job as loaded, serialized with the store's
-    /// metadata; or the answer when there are none. `applied`: the job
-    /// given is the one after the events (as `decide_on` leaves it), not
-    /// the one loaded; its sequence and link are still the loaded ones.
+    /// metadata; or the answer when there are none. The job given is the
+    /// one after the events (as `decide_on` leaves it); the sequence and
+    /// link are the loaded ones.
     fn to_write(
         &self,
         job_id: &JobId,
         events: Vec<JobEvent>,
         mut metadata: HashMap<String, String>,
         (job, sequence, prev_hash): (TrainingJob, u64, String),
-        applied: bool,
     ) -> Result<Decision> {
         let s = &self.shared;
         if events.is_empty() {
@@ -895,14 +891,9 @@ impl Store {
                 limit: MAX_JOB_EVENTS,
             });
         }
-        let tenant = job.spec().map(|s| s.tenant.clone()).or_else(|| {
-            events.iter().find_map(|e| match e {
-                JobEvent::JobCreated(c) => Some(c.spec.tenant.clone()),
-                _ => None,
-            })
-        });
-        if let Some(t) = tenant {
-            metadata.insert(TENANT.into(), t.to_string());
+        // The job after the events: a create's spec is already in it.
+        if let Some(spec) = job.spec() {
+            metadata.insert(TENANT.into(), spec.tenant.to_string());
         }
         metadata.insert(
             RECORDED_AT.into(),
@@ -916,7 +907,6 @@ impl Store {
         Ok(Decision::Write(Decided {
             job_id: job_id.clone(),
             job,
-            applied,
             sequence,
             events,
             serialized,
@@ -931,18 +921,12 @@ impl Store {
         let s = &self.shared;
         let Decided {
             job_id,
-            mut job,
-            applied,
+            job,
             sequence,
             events,
             ..
         } = d;
         let last = sequence + events.len() as u64;
-        if !applied {
-            for e in &events {
-                job.apply(e.clone());
-            }
-        }
         s.cache_job(
             &job_id,
             Some(CachedJob {
