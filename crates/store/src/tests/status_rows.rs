@@ -12,7 +12,7 @@ use loraflow_core::views::{JobStatus, JobSummary};
 use loraflow_core::workflow::StepKind;
 
 use super::batch::{lease, submitted};
-use super::support::{Kind, TestStore, meta, run_sql};
+use super::support::{Kind, TestStore, meta, on_databases, run_sql};
 use crate::Store;
 use crate::backend::Backend;
 
@@ -69,10 +69,7 @@ async fn statuses(store: &Store, jobs: &[JobId]) -> Vec<JobStatus> {
     out
 }
 
-async fn a_status_row_keeps_what_creation_fixed_apart(kind: Kind) {
-    let Some(t) = TestStore::open(kind).await else {
-        return;
-    };
+async fn status_rows_keep_what_creation_fixed_apart(t: &TestStore) {
     let mut jobs = Vec::new();
     for i in 0..3 {
         jobs.push(submitted(&t.store, &format!("rows-{i}")).await);
@@ -122,17 +119,13 @@ async fn a_status_row_keeps_what_creation_fixed_apart(kind: Kind) {
     summaries.sort_by(|a, b| (b.created_at, &b.job_id).cmp(&(a.created_at, &a.job_id)));
     assert_eq!(listed.jobs, summaries);
     again.close().await;
-    t.cleanup().await;
 }
 
 /// Two processes' runners take turns on one database: each folds onto the
 /// statuses it wrote only when nothing came between, and the views equal a
 /// rebuild from the feed. (Folding onto its own rows after the other's
 /// batch would lose the other's changes.)
-async fn runners_taking_turns_keep_the_views_a_fold_of_the_feed(kind: Kind) {
-    let Some(t) = TestStore::open(kind).await else {
-        return;
-    };
+async fn runners_taking_turns_keep_the_views_a_fold_of_the_feed(t: &TestStore) {
     let a = &t.store;
     let b = t.reopen().await;
     let mut jobs = Vec::new();
@@ -171,28 +164,12 @@ async fn runners_taking_turns_keep_the_views_a_fold_of_the_feed(kind: Kind) {
     a.rebuild_views().await.unwrap();
     assert_eq!(statuses(a, &jobs).await, seen);
     b.close().await;
-    t.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_runners_taking_turns_keep_the_views_a_fold_of_the_feed() {
-    runners_taking_turns_keep_the_views_a_fold_of_the_feed(Kind::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_runners_taking_turns_keep_the_views_a_fold_of_the_feed() {
-    runners_taking_turns_keep_the_views_a_fold_of_the_feed(Kind::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_status_rows_keep_what_creation_fixed_apart() {
-    a_status_row_keeps_what_creation_fixed_apart(Kind::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_status_rows_keep_what_creation_fixed_apart() {
-    a_status_row_keeps_what_creation_fixed_apart(Kind::Postgres).await;
-}
+on_databases!(
+    status_rows_keep_what_creation_fixed_apart,
+    runners_taking_turns_keep_the_views_a_fold_of_the_feed,
+);
 
 /// The block (page) of `job`'s status row.
 async fn status_block(store: &Store, job: &JobId) -> i64 {

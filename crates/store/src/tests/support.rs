@@ -227,6 +227,35 @@ macro_rules! on_every_backend {
 }
 pub(crate) use on_every_backend;
 
+/// As [`on_every_backend`], on the two databases only (what needs SQL).
+macro_rules! on_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = $crate::tests::support::TestStore::open($crate::tests::support::Kind::Sqlite).await.unwrap();
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(t) = $crate::tests::support::TestStore::open($crate::tests::support::Kind::Postgres).await else {
+                        return;
+                    };
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_databases;
+
 /// Run raw statements on a database store, in order: `sqlite`'s on
 /// SQLite, `postgres`'s on PostgreSQL (to make a store look as an earlier
 /// release left it, say).

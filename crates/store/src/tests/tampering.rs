@@ -7,7 +7,7 @@ use loraflow_core::ids::JobId;
 use loraflow_core::job::{CancelJob, JobCommand};
 use serde_json::{Value, json};
 
-use super::support::{Kind, TestStore, long_history, meta};
+use super::support::{TestStore, long_history, meta, on_databases};
 use crate::backend::Backend;
 use crate::chain::{GENESIS_HASH, event_hash_v1, event_link};
 use crate::event::RawEvent;
@@ -127,35 +127,6 @@ async fn refused(t: &TestStore, kind: ChainFault) {
     };
     assert_eq!(e.fault, kind, "{e}");
     assert!(t.store.load(&job()).await.is_err(), "load refuses too");
-}
-
-async fn open(kind: Kind) -> Option<TestStore> {
-    TestStore::open(kind).await
-}
-
-macro_rules! on_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let t = super::open(super::Kind::Sqlite).await.unwrap();
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(t) = super::open(super::Kind::Postgres).await else { return };
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-    };
 }
 
 async fn an_intact_log_verifies_and_heads_follow_commits(t: &TestStore) {
