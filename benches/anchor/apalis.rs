@@ -57,11 +57,10 @@ async fn handle(queued_us: i64, seen: Data<Arc<Seen>>) -> Result<(), BoxDynError
 }
 
 /// Jobs of `queue` marked `Done` in apalis' table.
-async fn done(url: &str, queue: &str) -> i64 {
-    let mut c = sqlx::PgConnection::connect(url).await.expect("PostgreSQL");
+async fn done(c: &mut sqlx::PgConnection, queue: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'")
         .bind(queue)
-        .fetch_one(&mut c)
+        .fetch_one(c)
         .await
         .expect("count apalis' done jobs")
 }
@@ -113,11 +112,11 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
         let cpu = super::cpu_per(cpu, jobs);
         let writes = super::pg_writes_per(writes, jobs).await;
         // Acknowledgements may trail the handlers by a moment.
-        let mut acknowledged = done(url, &queue).await;
+        let mut acknowledged = done(&mut c, &queue).await;
         let until = Instant::now() + Duration::from_secs(5);
         while (acknowledged as usize) < jobs && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            acknowledged = done(url, &queue).await;
+            acknowledged = done(&mut c, &queue).await;
         }
         lines.push(format!(
             "drain: {jobs} jobs queued beforehand, handled in {took:.2} s = {:.0} jobs/s \
