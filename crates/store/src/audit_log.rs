@@ -81,6 +81,35 @@ pub(crate) fn signing_key(
 /// from `from` (or from the latest stored checkpoint whose signature `key`
 /// verifies, or from the start), and store it. Returns the latest
 /// checkpoint when the feed has not moved since.
+/// Wait until the feed shows every event up to `written`: on PostgreSQL a
+/// transaction still open (of this or another process) holds the feed
+/// below the positions written after it. After `patience`, the store is
+/// reported unavailable.
+pub(crate) async fn feed_reaches(
+    backend: &Backend,
+    written: Position,
+    patience: std::time::Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let head = backend.head().await?;
+        if head >= written {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(crate::Error::Unavailable(
+                format!(
+                    "the feed shows events up to position {head}, not {written}, after {patience:?}: \
+                     a transaction that writes below {written} is still open; \
+                     the first audit checkpoint waits for it (try again when it ends)"
+                )
+                .into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 pub(crate) async fn sign_checkpoint(
     backend: &Backend,
     key: &AuditKey,

@@ -493,6 +493,15 @@ impl Store {
             Some(c) => c.position,
             None if audit_only => 0,
             None => {
+                // Every event stored so far was written before signing: the
+                // first checkpoint must cover them all, so it waits until the
+                // feed shows the last of them.
+                crate::audit_log::feed_reaches(
+                    &backend,
+                    backend.written().await?,
+                    options.acquire_timeout,
+                )
+                .await?;
                 let c = crate::audit_log::sign_checkpoint(&backend, repo.key(), None).await?;
                 c.position
             }

@@ -56,6 +56,17 @@ impl Backend {
         }
     }
 
+    /// The position of the last event committed, whether or not a reader
+    /// can see it yet (on PostgreSQL a transaction still open may hold a
+    /// lower position that the feed waits for).
+    pub(crate) async fn written(&self) -> Result<Position> {
+        match self {
+            Self::Sqlite(p) => sqlite::head(p).await,
+            Self::Postgres(p) => postgres::written(p).await,
+            Self::Memory(log, _) => Ok(log.head()),
+        }
+    }
+
     /// The events at or before `upto` of the jobs that have not ended (the
     /// `open_jobs` index), in feed order. The memory backend scans its log.
     pub(crate) async fn open_job_events(&self, upto: Position) -> Result<Vec<RawEvent>> {

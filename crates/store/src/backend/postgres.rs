@@ -410,6 +410,13 @@ pub(crate) async fn head(pool: &PgPool) -> Result<Position> {
     Ok(head as Position)
 }
 
+pub(crate) async fn written(pool: &PgPool) -> Result<Position> {
+    let written: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
+    Ok(written as Position)
+}
+
 pub(crate) async fn job_events(pool: &PgPool, job: &JobId) -> Result<Vec<RawEvent>> {
     sqlx::query(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"

@@ -119,6 +119,11 @@ impl TestStore {
         .expect("reopen")
     }
 
+    /// The PostgreSQL schema this store lives in.
+    pub(crate) fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// Drop the PostgreSQL schema.
     pub(crate) async fn cleanup(self) {
         self.store.close().await;

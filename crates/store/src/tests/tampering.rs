@@ -319,11 +319,9 @@ async fn a_rollback_to_an_older_head_is_caught_by_a_checkpoint(t: &TestStore) {
     assert_eq!(problems[0].position, signed.position);
 }
 
-/// A store written before signing: its events carry the old unkeyed hash.
-/// After the upgrade the engine still serves the job, the next event
-/// chains from the old prefix's last hash, and the audit reports the
-/// prefix as unsigned, never as valid.
-async fn a_store_written_before_signing_is_reported_unsigned(t: &TestStore) {
+/// Four events of `JOB` as a release before signing wrote them (the old
+/// unkeyed hash, no signature); the last hash.
+async fn plant_unsigned(t: &TestStore) -> String {
     use cqrs_es::DomainEvent;
     let mut prev = GENESIS_HASH.to_owned();
     for (i, e) in long_history(JOB, 4)[..4].iter().enumerate() {
@@ -349,6 +347,15 @@ async fn a_store_written_before_signing_is_reported_unsigned(t: &TestStore) {
         }
         prev = hash;
     }
+    prev
+}
+
+/// A store written before signing: its events carry the old unkeyed hash.
+/// After the upgrade the engine still serves the job, the next event
+/// chains from the old prefix's last hash, and the audit reports the
+/// prefix as unsigned, never as valid.
+async fn a_store_written_before_signing_is_reported_unsigned(t: &TestStore) {
+    let prev = plant_unsigned(t).await;
     // The upgrade: a store that has never signed opens on these events.
     let q = "DELETE FROM audit_checkpoints";
     sql(t, q, q).await;
@@ -411,3 +418,65 @@ on_databases!(
     an_edit_with_rebuilt_links_is_edited,
     a_chain_rebuilt_with_the_old_scheme_is_unsigned,
 );
+
+/// On PostgreSQL a transaction still open holds the feed below the events
+/// committed after it. A store that has never signed, opened then, waits
+/// for that transaction before its first checkpoint, so every event
+/// written before signing lies below where signing began; one that waits
+/// too long says so and signs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_first_checkpoint_waits_for_the_feed_to_show_every_earlier_event() {
+    use sqlx::Connection;
+    let Some(t) = TestStore::open(super::support::Kind::Postgres).await else {
+        return;
+    };
+    let q = "DELETE FROM audit_checkpoints";
+    sql(&t, q, q).await;
+    // Another process's transaction, begun (and given its id) before the
+    // old events are written.
+    let mut other = sqlx::PgConnection::connect(&t.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    plant_unsigned(&t).await;
+    let planted = t.store.raw_history(&job()).await.unwrap();
+    let last = planted[3].position;
+
+    let impatient = crate::StoreOptions {
+        acquire_timeout: std::time::Duration::from_millis(300),
+        ..super::support::test_options(t.schema().map(str::to_owned))
+    };
+    let e = crate::Store::open_with(&t.url, super::support::services(t.clock.clone()), impatient)
+        .await
+        .err()
+        .expect("the open transaction outlasts the store's patience");
+    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    assert!(e.to_string().contains(&last.to_string()), "{e}");
+    assert!(
+        t.store.audit_checkpoints().await.unwrap().is_empty(),
+        "nothing is signed"
+    );
+
+    let opening = tokio::spawn({
+        let url = t.url.clone();
+        let clock = t.clock.clone();
+        let options = super::support::test_options(t.schema().map(str::to_owned));
+        async move { crate::Store::open_with(&url, super::support::services(clock), options).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!opening.is_finished(), "it waits for the open transaction");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let store = opening
+        .await
+        .unwrap()
+        .expect("opens once the transaction ends");
+    assert!(
+        store.signing_began() >= last,
+        "signing began at {}, below the old event at {last}",
+        store.signing_began()
+    );
+    store.close().await;
+    t.cleanup().await;
+}

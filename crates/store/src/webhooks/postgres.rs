@@ -106,15 +106,12 @@ pub(crate) async fn apply(
     now: DateTime<Utc>,
 ) -> Result<(Position, usize)> {
     let mut tx = crate::backend::postgres::begin(pool).await?;
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-    )
-    .bind(WEBHOOKS)
-    .execute(&mut *tx)
-    .await?;
-    // The row lock makes a second runner wait, then see the new checkpoint.
+    // The row lock (taken by the upsert, which writes the row as it is)
+    // makes a second runner wait, then see the new checkpoint.
     let cp: i64 = sqlx::query_scalar(
-        "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+        "INSERT INTO projection_checkpoints AS c (name, position) VALUES ($1, 0)
+         ON CONFLICT (name) DO UPDATE SET position = c.position
+         RETURNING position",
     )
     .bind(WEBHOOKS)
     .fetch_one(&mut *tx)
