@@ -448,10 +448,11 @@ async fn postgres_the_first_checkpoint_waits_for_the_feed_to_show_every_earlier_
         acquire_timeout: std::time::Duration::from_millis(300),
         ..super::support::test_options(t.schema().map(str::to_owned))
     };
-    let e = crate::Store::open_with(&t.url, super::support::services(t.clock.clone()), impatient)
-        .await
-        .err()
-        .expect("the open transaction outlasts the store's patience");
+    let Err(e) =
+        crate::Store::open_with(&t.url, super::support::services(t.clock.clone()), impatient).await
+    else {
+        panic!("the open transaction outlasts the store's patience");
+    };
     assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
     assert!(e.to_string().contains(&last.to_string()), "{e}");
     assert!(
