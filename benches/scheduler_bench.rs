@@ -13,7 +13,9 @@
 //!   engine's clock as it decides). Per job: the three steps,
 //!   `JobSubmitted.submitted_at` → `ReviewRequested.requested_at`; and end to
 //!   end, from the `create_job` call (which returns once the views show the
-//!   job) to the moment the feed delivers its `ReviewRequested` here.
+//!   job) to the moment the feed delivers its `ReviewRequested` here. The
+//!   slowest job's three steps are named with its place and time, to find
+//!   it in PostgreSQL's log (`log_min_duration_statement`).
 //!
 //! - **create_job**: the burst's jobs are queued by `BENCH_CLIENTS` (default
 //!   16) concurrent callers of `Engine::create_job` (which returns once the
@@ -28,7 +30,8 @@
 //!   store (its group commit; the views' and the outbox's writes aside).
 //!   On PostgreSQL also the write transactions (each a WAL flush at its
 //!   commit) and the WAL bytes per job and per step, cluster-wide, from the
-//!   transaction id counter and the WAL position.
+//!   transaction id counter and the WAL position; and how the URL reaches
+//!   the server (TCP or a Unix socket, TLS or not).
 //! - **restart** (`--history N`, or `BENCH_HISTORY=N`): the store is filled
 //!   with finished jobs (each a whole published history, about 25 events,
 //!   chained and signed as any commit), until it holds `N` events; one job is
@@ -123,12 +126,38 @@ async fn pg_writes() -> Option<(i64, f64)> {
     let mut c = sqlx::PgConnection::connect(&common::server::database_url())
         .await
         .ok()?;
-    sqlx::query_as(
+    let writes = sqlx::query_as(
         "SELECT pg_current_xact_id()::text::int8, (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8",
     )
     .fetch_one(&mut c)
     .await
-    .ok()
+    .ok();
+    let _ = c.close().await;
+    writes
+}
+
+/// How a connection made with the bench's `DATABASE_URL` reaches
+/// PostgreSQL (the store's connections use the same URL): over TLS or
+/// not, by TCP or a Unix socket. TLS costs a step about 5–10% of its CPU
+/// on loopback (docs/scheduler.md).
+async fn pg_transport() -> Option<String> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&common::server::database_url())
+        .await
+        .ok()?;
+    let (tls, socket): (bool, bool) = sqlx::query_as(
+        "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false),
+                inet_client_addr() IS NULL",
+    )
+    .fetch_one(&mut c)
+    .await
+    .ok()?;
+    let _ = c.close().await;
+    Some(format!(
+        "PostgreSQL over {}, {}",
+        if socket { "a Unix socket" } else { "TCP" },
+        if tls { "TLS" } else { "no TLS" }
+    ))
 }
 
 /// Write transactions and WAL bytes per unit since `before`.
@@ -323,14 +352,21 @@ impl Bench {
         let mut submitted = HashMap::new();
         let mut ready_to_leased = Vec::new();
         let mut three_steps = Vec::new();
+        // The slowest job: its place among the jobs submitted, when.
+        let mut slowest: Option<(f64, usize, chrono::DateTime<chrono::Utc>)> = None;
         for e in &events {
             match &e.payload {
                 JobEvent::JobSubmitted(s) => {
-                    submitted.insert(e.job_id.clone(), s.submitted_at);
+                    let place = submitted.len() + 1;
+                    submitted.insert(e.job_id.clone(), (s.submitted_at, place));
                 }
                 JobEvent::ReviewRequested(r) => {
-                    if let Some(s) = submitted.get(&e.job_id) {
-                        three_steps.push((r.requested_at - *s).as_seconds_f64() * 1e3);
+                    if let Some((s, place)) = submitted.get(&e.job_id) {
+                        let ms = (r.requested_at - *s).as_seconds_f64() * 1e3;
+                        three_steps.push(ms);
+                        if slowest.is_none_or(|(m, ..)| ms > m) {
+                            slowest = Some((ms, *place, *s));
+                        }
                     }
                 }
                 JobEvent::StepQueued(q) => {
@@ -352,6 +388,12 @@ impl Bench {
             describe("  ready -> leased", ready_to_leased),
             describe("  three steps, submitted -> review", three_steps),
             describe("  end to end, create_job call -> review seen", e2e),
+            slowest.map_or_else(String::new, |(ms, place, at)| {
+                format!(
+                    "  the slowest job: {ms:.2} ms, job {place} of {jobs}, submitted at {}",
+                    at.format("%H:%M:%S%.3f")
+                )
+            }),
         ]
     }
 
@@ -596,6 +638,11 @@ fn main() {
                 "PollStep: one poll per slot, one step each"
             };
             println!("== {backend:?} ({polls})");
+            if matches!(backend, Backend::Postgres)
+                && let Some(transport) = pg_transport().await
+            {
+                println!("{transport}");
+            }
             println!("{}", bench.burst(jobs, clients).await);
             for &rate in &rates {
                 for line in bench.paced((rate * seconds) as usize, rate).await {
