@@ -62,6 +62,7 @@ async fn postgres_migration_8_keeps_every_position_and_batches_after_it() {
         .execute(pool)
         .await
         .unwrap();
+    crate::tests::support::all_readable(&t.store).await;
     let old = t.store.raw_feed(None).await.unwrap();
     assert_eq!(old.len(), 27);
     assert!(
@@ -81,6 +82,7 @@ async fn postgres_migration_8_keeps_every_position_and_batches_after_it() {
         crate::migrate::applied_postgres(pool).await.unwrap(),
         [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
+    crate::tests::support::all_readable(&again).await;
     let migrated = again.raw_feed(None).await.unwrap();
     assert_eq!(positions(&migrated), positions(&old));
     assert_eq!(migrated, old);

@@ -280,6 +280,13 @@ pub(crate) async fn run_sql(store: &Store, sqlite: &[&str], postgres: &[&str]) {
     }
 }
 
+/// Wait until the feed shows every event committed so far (see
+/// [`readable`]).
+pub(crate) async fn all_readable(store: &Store) {
+    let written = store.shared().backend.written().await.expect("written");
+    readable(store, written).await;
+}
+
 /// Wait until the feed can read `position`. On PostgreSQL a committed event
 /// stays unreadable while an older transaction (of any test sharing the
 /// cluster) is still open.
