@@ -77,10 +77,6 @@ pub(crate) fn signing_key(
     }
 }
 
-/// Sign a checkpoint at the feed's current end, continuing the running root
-/// from `from` (or from the latest stored checkpoint whose signature `key`
-/// verifies, or from the start), and store it. Returns the latest
-/// checkpoint when the feed has not moved since.
 /// Wait until the feed shows every event up to `written`: on PostgreSQL a
 /// transaction still open (of this or another process) holds the feed
 /// below the positions written after it. After `patience`, the store is
@@ -110,6 +106,10 @@ pub(crate) async fn feed_reaches(
     }
 }
 
+/// Sign a checkpoint at the feed's current end, continuing the running root
+/// from `from` (or from the latest stored checkpoint whose signature `key`
+/// verifies, or from the start), and store it. Returns the latest
+/// checkpoint when the feed has not moved since.
 pub(crate) async fn sign_checkpoint(
     backend: &Backend,
     key: &AuditKey,

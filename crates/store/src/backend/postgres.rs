@@ -691,17 +691,7 @@ pub(crate) async fn apply_views(
     written: &mut Written,
 ) -> Result<Position> {
     let mut tx = begin(pool).await?;
-    // The row lock (taken by the upsert, which writes the row as it is)
-    // makes a second runner wait, then see the new checkpoint.
-    let cp: i64 = sqlx::query_scalar(
-        "INSERT INTO projection_checkpoints AS c (name, position) VALUES ($1, 0)
-         ON CONFLICT (name) DO UPDATE SET position = c.position
-         RETURNING position",
-    )
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await?;
-    let cp = cp as Position;
+    let cp = lock_checkpoint(&mut tx, name).await?;
     if cp < from {
         // Reset meanwhile: this batch starts past the checkpoint.
         tx.commit().await?;
@@ -846,19 +836,25 @@ async fn write_statuses<'a>(
     Ok(())
 }
 
-pub(crate) async fn reset_views(pool: &PgPool, name: &str) -> Result<()> {
-    let mut tx = begin(pool).await?;
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+/// The checkpoint `name` (0 if it has none yet), its row locked until `tx`
+/// ends: the upsert writes the row as it is, so a second runner waits,
+/// then sees the new checkpoint.
+pub(crate) async fn lock_checkpoint(tx: &mut sqlx::PgConnection, name: &str) -> Result<Position> {
+    let cp: i64 = sqlx::query_scalar(
+        "INSERT INTO projection_checkpoints AS c (name, position) VALUES ($1, 0)
+         ON CONFLICT (name) DO UPDATE SET position = c.position
+         RETURNING position",
     )
     .bind(name)
-    .execute(&mut *tx)
+    .fetch_one(tx)
     .await?;
+    Ok(cp as Position)
+}
+
+pub(crate) async fn reset_views(pool: &PgPool, name: &str) -> Result<()> {
+    let mut tx = begin(pool).await?;
     // Lock the checkpoint first so a running projection waits for the reset.
-    sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    lock_checkpoint(&mut tx, name).await?;
     sqlx::query("DELETE FROM job_status")
         .execute(&mut *tx)
         .await?;

@@ -206,28 +206,7 @@ macro_rules! on_every_backend {
                 }
             )*
         }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let t = $crate::tests::support::TestStore::open($crate::tests::support::Kind::Sqlite).await.unwrap();
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(t) = $crate::tests::support::TestStore::open($crate::tests::support::Kind::Postgres).await else {
-                        return;
-                    };
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
+        $crate::tests::support::on_databases!($($name),*);
     };
 }
 pub(crate) use on_every_backend;

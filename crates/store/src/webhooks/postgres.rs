@@ -106,17 +106,7 @@ pub(crate) async fn apply(
     now: DateTime<Utc>,
 ) -> Result<(Position, usize)> {
     let mut tx = crate::backend::postgres::begin(pool).await?;
-    // The row lock (taken by the upsert, which writes the row as it is)
-    // makes a second runner wait, then see the new checkpoint.
-    let cp: i64 = sqlx::query_scalar(
-        "INSERT INTO projection_checkpoints AS c (name, position) VALUES ($1, 0)
-         ON CONFLICT (name) DO UPDATE SET position = c.position
-         RETURNING position",
-    )
-    .bind(WEBHOOKS)
-    .fetch_one(&mut *tx)
-    .await?;
-    let cp = cp as Position;
+    let cp = crate::backend::postgres::lock_checkpoint(&mut tx, WEBHOOKS).await?;
     if cp < from {
         tx.commit().await?;
         return Ok((cp, 0));
