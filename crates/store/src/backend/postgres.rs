@@ -33,7 +33,7 @@ use std::str::FromStr;
 
 use loraflow_core::ids::JobId;
 use loraflow_core::views::{JobListFilter, JobStatus, QueuedStep};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::types::Json;
 use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
 
@@ -253,15 +253,34 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Pools> 
         reason: e.to_string(),
         accepted: crate::url::ACCEPTED_URLS,
     })?;
+    if let Some(schema) = &options.postgres_schema
+        && !plain_identifier(schema)
+    {
+        return Err(Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: format!("schema {schema:?} must be lower-case letters, digits and '_'"),
+            accepted: crate::url::ACCEPTED_URLS,
+        });
+    }
+    let env_sslmode = std::env::var_os("PGSSLMODE").is_some();
+    let mut conn = match plain_on_loopback(url, &connect, env_sslmode) {
+        Some(plain) => match sqlx::PgConnection::connect_with(&plain).await {
+            Ok(conn) => {
+                connect = plain;
+                conn
+            }
+            Err(e) if refused_without_tls(&e) => {
+                tracing::info!(
+                    "PostgreSQL at {} refused a connection without TLS ({e}); connecting with TLS",
+                    connect.get_host()
+                );
+                sqlx::PgConnection::connect_with(&connect).await?
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => sqlx::PgConnection::connect_with(&connect).await?,
+    };
     if let Some(schema) = &options.postgres_schema {
-        if !plain_identifier(schema) {
-            return Err(Error::InvalidUrl {
-                url: url.to_owned(),
-                reason: format!("schema {schema:?} must be lower-case letters, digits and '_'"),
-                accepted: crate::url::ACCEPTED_URLS,
-            });
-        }
-        let mut conn = sqlx::PgConnection::connect_with(&connect).await?;
         // Two processes creating it at once: one of them may see a unique
         // violation on the catalogue; the schema exists either way.
         if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -277,9 +296,9 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Pools> 
                 return Err(e.into());
             }
         }
-        conn.close().await?;
         connect = connect.options([("search_path", schema.as_str())]);
     }
+    conn.close().await?;
     // Every transaction of this backend begins through [`begin`], so a
     // connection that sqlx does not count as in a transaction is not in one.
     // A connection is pinged before use only after an idle spell (when the
@@ -310,6 +329,44 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Pools> 
         main: pool.connect_with(connect).await?,
         checked,
     })
+}
+
+/// `connect` without TLS, when `url` reaches the server over loopback TCP
+/// (a loopback address or `localhost`) and neither it nor `PGSSLMODE` says
+/// anything of TLS; `None` otherwise. sqlx's default (`prefer`) negotiates
+/// TLS without checking the server's certificate, which on loopback keeps
+/// out only those who can read the host's loopback traffic, and they can
+/// read the server's memory too; it costs a step 5-10% of its CPU
+/// (docs/scheduler.md). A server that takes loopback connections only
+/// over TLS is connected to with TLS after all (see [`connect`]).
+pub(crate) fn plain_on_loopback(
+    url: &str,
+    connect: &PgConnectOptions,
+    env_sslmode: bool,
+) -> Option<PgConnectOptions> {
+    let named = url::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .any(|(k, _)| k.to_ascii_lowercase().starts_with("ssl"));
+    // A Unix socket has no TLS to begin with.
+    if named || env_sslmode || connect.get_socket().is_some() {
+        return None;
+    }
+    let host = connect.get_host();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| connect.clone().ssl_mode(PgSslMode::Disable))
+}
+
+/// Whether the server turned a connection away for want of TLS: its
+/// `pg_hba.conf` has no entry for it (`28000`, "... no encryption").
+fn refused_without_tls(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("28000"))
 }
 
 /// How long a pooled connection may sit idle before it is pinged on its

@@ -17,6 +17,7 @@ mod status_rows;
 mod support;
 mod tail;
 mod tampering;
+mod transport;
 mod upcasting;
 mod wake;
 mod webhooks;
