@@ -136,27 +136,40 @@ async fn pg_writes() -> Option<(i64, f64)> {
     writes
 }
 
-/// How a connection made with the bench's `DATABASE_URL` reaches
-/// PostgreSQL (the store's connections use the same URL): over TLS or
-/// not, by TCP or a Unix socket. TLS costs a step about 5–10% of its CPU
-/// on loopback (docs/scheduler.md).
-async fn pg_transport() -> Option<String> {
+/// How the store's connections reach PostgreSQL (the other client
+/// sessions on the bench's database, read while the server runs): over TLS
+/// or not, by TCP or a Unix socket. TLS costs a step about 5–10% of its
+/// CPU on loopback (docs/scheduler.md); the store goes without it there
+/// unless the URL names an `sslmode`. `None` when it cannot be read.
+async fn pg_transport() -> Option<(String, bool)> {
     use sqlx::Connection;
     let mut c = sqlx::PgConnection::connect(&common::server::database_url())
         .await
         .ok()?;
-    let (tls, socket): (bool, bool) = sqlx::query_as(
-        "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false),
-                inet_client_addr() IS NULL",
+    let (tls, plain, socket): (i64, i64, bool) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl),
+                coalesce(bool_and(a.client_addr IS NULL), false)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+           AND a.backend_type = 'client backend'",
     )
     .fetch_one(&mut c)
     .await
     .ok()?;
     let _ = c.close().await;
-    Some(format!(
-        "PostgreSQL over {}, {}",
-        if socket { "a Unix socket" } else { "TCP" },
-        if tls { "TLS" } else { "no TLS" }
+    let how = match (tls, plain) {
+        (0, 0) => return None,
+        (_, 0) => "TLS".to_owned(),
+        (0, _) => "no TLS".to_owned(),
+        (t, p) => format!("{t} sessions with TLS, {p} without"),
+    };
+    Some((
+        format!(
+            "PostgreSQL (the store's {} sessions) over {}, {how}",
+            tls + plain,
+            if socket { "a Unix socket" } else { "TCP" },
+        ),
+        tls > 0,
     ))
 }
 
@@ -638,11 +651,15 @@ fn main() {
                 "PollStep: one poll per slot, one step each"
             };
             println!("== {backend:?} ({polls})");
-            if matches!(backend, Backend::Postgres)
-                && let Some(transport) = pg_transport().await
-            {
-                println!("{transport}");
-            }
+            // Whether the store's sessions use TLS (the anchor's follow).
+            #[cfg_attr(not(feature = "anchor"), allow(unused_variables))]
+            let store_tls = match backend {
+                Backend::Postgres => pg_transport().await.map(|(transport, tls)| {
+                    println!("{transport}");
+                    tls
+                }),
+                Backend::Sqlite => None,
+            };
             println!("{}", bench.burst(jobs, clients).await);
             for &rate in &rates {
                 for line in bench.paced((rate * seconds) as usize, rate).await {
@@ -657,7 +674,14 @@ fn main() {
                 println!(
                     "== the anchor: apalis-postgres 1.0 on the same PostgreSQL (LISTEN/NOTIFY, 16 concurrent handlers)"
                 );
-                let url = common::server::database_url();
+                // The anchor reaches PostgreSQL as the store did: without
+                // TLS where the store went without it.
+                let mut url = common::server::database_url();
+                if store_tls == Some(false) && !url.contains("sslmode") {
+                    url.push(if url.contains('?') { '&' } else { '?' });
+                    url.push_str("sslmode=disable");
+                    println!("apalis' URL: {url}");
+                }
                 for line in anchor::run(&url, jobs, rate, seconds).await {
                     println!("{line}");
                 }
