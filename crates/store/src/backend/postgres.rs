@@ -263,42 +263,50 @@ pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Pools> 
         });
     }
     let env_sslmode = std::env::var_os("PGSSLMODE").is_some();
-    let mut conn = match plain_on_loopback(url, &connect, env_sslmode) {
-        Some(plain) => match sqlx::PgConnection::connect_with(&plain).await {
+    // The first connection, where one is needed before the pool's: to try
+    // loopback without TLS, or to create the schema.
+    let first = match plain_on_loopback(url, &connect, env_sslmode) {
+        Some(plain) => match first_connection(&plain, options).await {
             Ok(conn) => {
                 connect = plain;
-                conn
+                Some(conn)
             }
-            Err(e) if refused_without_tls(&e) => {
+            Err(Error::Database(e)) if refused_without_tls(&*e) => {
                 tracing::info!(
                     "PostgreSQL at {} refused a connection without TLS ({e}); connecting with TLS",
                     connect.get_host()
                 );
-                sqlx::PgConnection::connect_with(&connect).await?
+                Some(first_connection(&connect, options).await?)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         },
-        None => sqlx::PgConnection::connect_with(&connect).await?,
-    };
-    if let Some(schema) = &options.postgres_schema {
-        // Two processes creating it at once: one of them may see a unique
-        // violation on the catalogue; the schema exists either way.
-        if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .execute(&mut conn)
-            .await
-        {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                    .bind(schema)
-                    .fetch_one(&mut conn)
-                    .await?;
-            if !exists {
-                return Err(e.into());
-            }
+        None if options.postgres_schema.is_some() => {
+            Some(first_connection(&connect, options).await?)
         }
-        connect = connect.options([("search_path", schema.as_str())]);
+        None => None,
+    };
+    if let Some(mut conn) = first {
+        if let Some(schema) = &options.postgres_schema {
+            // Two processes creating it at once: one of them may see a
+            // unique violation on the catalogue; the schema exists either way.
+            if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut conn)
+                .await
+            {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                )
+                .bind(schema)
+                .fetch_one(&mut conn)
+                .await?;
+                if !exists {
+                    return Err(e.into());
+                }
+            }
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        conn.close().await?;
     }
-    conn.close().await?;
     // Every transaction of this backend begins through [`begin`], so a
     // connection that sqlx does not count as in a transaction is not in one.
     // A connection is pinged before use only after an idle spell (when the
@@ -362,10 +370,36 @@ pub(crate) fn plain_on_loopback(
     loopback.then(|| connect.clone().ssl_mode(PgSslMode::Disable))
 }
 
+/// One connection, given up after the store's `acquire_timeout` (as the
+/// pool's are): a host that never answers is `Unavailable`, not a wait of
+/// the system's TCP timeout.
+async fn first_connection(
+    connect: &PgConnectOptions,
+    options: &StoreOptions,
+) -> Result<sqlx::PgConnection> {
+    match tokio::time::timeout(
+        options.acquire_timeout,
+        sqlx::PgConnection::connect_with(connect),
+    )
+    .await
+    {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(Error::Unavailable(
+            format!(
+                "PostgreSQL at {} did not accept a connection within {:?}",
+                connect.get_host(),
+                options.acquire_timeout
+            )
+            .into(),
+        )),
+    }
+}
+
 /// Whether the server turned a connection away for want of TLS: its
 /// `pg_hba.conf` has no entry for it (`28000`, "... no encryption").
-fn refused_without_tls(e: &sqlx::Error) -> bool {
-    e.as_database_error()
+fn refused_without_tls(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
         .is_some_and(|d| d.code().as_deref() == Some("28000"))
 }
 

@@ -89,3 +89,39 @@ async fn a_loopback_store_goes_without_tls_unless_its_url_asks_for_it() {
     }
     t.cleanup().await;
 }
+
+/// A server that takes the connection and never answers: the store's open
+/// gives up after its `acquire_timeout` with `Unavailable`, naming the host,
+/// as the pool's own connections would.
+#[tokio::test]
+async fn a_server_that_never_answers_is_unavailable_after_the_acquire_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let url = format!("postgres://u@127.0.0.1:{port}/db");
+    let options = crate::options::StoreOptions {
+        acquire_timeout: std::time::Duration::from_millis(300),
+        ..test_options(None)
+    };
+    let clock = std::sync::Arc::new(loraflow_core::clock::ManualClock::at_epoch());
+    let started = std::time::Instant::now();
+    let refused = match Store::open_with(&url, services(clock), options).await {
+        Ok(_) => panic!("a store opened on a server that never answers"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(refused, crate::Error::Unavailable(_)),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("127.0.0.1"), "{refused}");
+    // Bounded by the timeout, not the system's TCP timeout (minutes).
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    held.abort();
+}
