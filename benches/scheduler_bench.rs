@@ -30,8 +30,9 @@
 //!   store (its group commit; the views' and the outbox's writes aside).
 //!   On PostgreSQL also the write transactions (each a WAL flush at its
 //!   commit) and the WAL bytes per job and per step, cluster-wide, from the
-//!   transaction id counter and the WAL position; and how the URL reaches
-//!   the server (TCP or a Unix socket, TLS or not).
+//!   transaction id counter and the WAL position; and how the store's own
+//!   sessions reach the server (TCP or a Unix socket, TLS or not), which
+//!   the anchor's URL then follows.
 //! - **restart** (`--history N`, or `BENCH_HISTORY=N`): the store is filled
 //!   with finished jobs (each a whole published history, about 25 events,
 //!   chained and signed as any commit), until it holds `N` events; one job is
