@@ -388,7 +388,7 @@ impl Worker {
             };
             return self.report(Err(err), &step, shutdown).await;
         };
-        if let Err(e) = tokio::fs::create_dir_all(&workdir).await {
+        if let Err(e) = make_workdir(&workdir).await {
             let err = StepError {
                 kind: StepErrorKind::Unavailable,
                 message: format!("cannot create work directory {}: {e}", workdir.display()),
@@ -455,7 +455,7 @@ impl Worker {
         } else {
             self.report(result, &step, shutdown).await
         };
-        if let Err(e) = tokio::fs::remove_dir_all(&workdir).await {
+        if let Err(e) = remove_workdir(&workdir).await {
             warn!("could not remove {}: {e}", workdir.display());
         }
         next
@@ -589,5 +589,71 @@ impl Worker {
         }
         warn!("gave up reporting the outcome; the lease will expire and the step be retried");
         Vec::new()
+    }
+}
+
+/// Make an attempt's directory. Its parent is there after the first
+/// attempt, so this is one `mkdir`, made here: handing it to the blocking
+/// pool (as `tokio::fs` does) cost a thread wake-up each way, more than the
+/// call. The first attempt, whose parents may be missing, goes through
+/// `create_dir_all` off the runtime.
+async fn make_workdir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(_) => tokio::fs::create_dir_all(dir).await,
+    }
+}
+
+/// Remove an attempt's directory with what is in it. An empty one (a step
+/// that kept nothing, or cleaned up after itself) is one `rmdir`, made
+/// here; one with contents, which may take long to delete, is removed off
+/// the runtime. Already gone is fine.
+async fn remove_workdir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{make_workdir, remove_workdir};
+
+    #[tokio::test]
+    async fn an_attempt_s_directory_is_made_with_its_parents_and_removed_with_its_contents() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The first attempt: the worker's root is not there yet.
+        let first = tmp.path().join("work").join("j1+train+1");
+        make_workdir(&first).await.unwrap();
+        assert!(first.is_dir());
+        // Made again (a step started twice in one directory): fine.
+        make_workdir(&first).await.unwrap();
+        // A step that kept files, in a directory of its own.
+        std::fs::create_dir(first.join("cache")).unwrap();
+        std::fs::write(first.join("cache").join("model.bin"), b"weights").unwrap();
+        remove_workdir(&first).await.unwrap();
+        assert!(!first.exists());
+        // A step that kept nothing.
+        let second = tmp.path().join("work").join("j1+train+2");
+        make_workdir(&second).await.unwrap();
+        remove_workdir(&second).await.unwrap();
+        assert!(!second.exists());
+        // One the executor removed itself.
+        remove_workdir(&second).await.unwrap();
+        // A file where the directory should go is an error, not a success.
+        let blocked = tmp.path().join("work").join("j2+train+1");
+        std::fs::write(&blocked, b"").unwrap();
+        assert!(make_workdir(&blocked).await.is_err());
+        // Only the worker's root is left.
+        let left: Vec<_> = std::fs::read_dir(tmp.path().join("work"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("j2+train+1")]);
     }
 }
