@@ -371,23 +371,29 @@ impl Wake {
 
 /// The loop of a follower that keeps its checkpoint in the database (the
 /// views, the webhook outbox): from the stored `checkpoint`, one `step`
-/// after another (each answering its new position and whether it read
-/// anything), waiting on a [`Wake`] after an empty one. An error is logged
-/// as `what` and, after the poll interval, the checkpoint is read again:
-/// the failed transaction may or may not have committed. Until `shutdown`.
+/// after another (each answering its new position and how many events it
+/// read, at most the store's `projection_batch`), waiting on a [`Wake`]
+/// after an empty one. After a batch that was not full (the follower has
+/// caught up) it waits `pace` before reading again, so that the events
+/// written meanwhile share its next transaction (`Duration::ZERO`: no
+/// wait). An error is logged as `what` and, after the poll interval, the
+/// checkpoint is read again: the failed transaction may or may not have
+/// committed. Until `shutdown`.
 pub(crate) async fn follow_checkpointed<C, S>(
     shared: &Shared,
     shutdown: &tokio_util::sync::CancellationToken,
     what: &str,
+    pace: Duration,
     checkpoint: impl Fn() -> C,
     step: impl Fn(Position) -> S,
 ) -> Result<()>
 where
     C: std::future::Future<Output = Result<Position>>,
-    S: std::future::Future<Output = Result<(Position, bool)>>,
+    S: std::future::Future<Output = Result<(Position, usize)>>,
 {
     let mut wake = Wake::new(shared);
     let poll = shared.options.poll_interval;
+    let batch = shared.options.projection_batch;
     let mut from: Option<Position> = None;
     loop {
         if shutdown.is_cancelled() {
@@ -402,11 +408,17 @@ where
             },
         };
         match result {
-            Ok((cp, true)) => {
+            Ok((cp, read)) if read > 0 => {
                 from = Some(cp);
                 wake.reset();
+                if read < batch && !pace.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pace) => {}
+                    }
+                }
             }
-            Ok((cp, false)) => {
+            Ok((cp, _)) => {
                 from = Some(cp);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),

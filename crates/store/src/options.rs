@@ -30,6 +30,11 @@ pub struct StoreOptions {
     pub page_token_key: Option<Vec<u8>>,
     /// Events per projection transaction.
     pub projection_batch: usize,
+    /// How long the webhook outbox waits, once it has caught up with the
+    /// feed, before it reads again: the events written meanwhile share one
+    /// transaction (in a burst, one instead of one per commit). A delivery
+    /// starts up to this much later. `Duration::ZERO`: no wait.
+    pub outbox_pace: Duration,
     /// The key that signs events, job heads and feed checkpoints (see
     /// `docs/audit.md`). `None`: for a SQLite file, the key in
     /// `<file>.audit-key`, created (mode 0600) on first open; otherwise a
@@ -52,6 +57,7 @@ impl Default for StoreOptions {
             postgres_schema: None,
             page_token_key: None,
             projection_batch: 500,
+            outbox_pace: Duration::from_millis(20),
             audit_key: None,
             trusted_keys: Vec::new(),
         }

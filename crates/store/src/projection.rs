@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use loraflow_core::ids::{JobId, StepId};
 use loraflow_core::views::{JobStatus, QueueChange, QueueView, QueuedStep};
@@ -186,11 +187,12 @@ pub(crate) async fn step(shared: &Shared, from: Position) -> Result<(Position, b
 }
 
 /// As [`step`], reading as a follower (from the feed's tail when it can).
-async fn step_followed(shared: &Arc<Shared>, from: Position) -> Result<(Position, bool)> {
+async fn step_followed(shared: &Arc<Shared>, from: Position) -> Result<(Position, usize)> {
     let (events, _) = shared
         .read_followed(from, shared.options.projection_batch, &FeedFilter::all())
         .await?;
-    apply(shared, from, events).await
+    let read = events.len();
+    Ok((apply(shared, from, events).await?.0, read))
 }
 
 async fn apply(
@@ -240,6 +242,8 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
         &shared,
         &shutdown,
         "projection batch",
+        // Prompt: `create_job` answers once the views show the job.
+        Duration::ZERO,
         || shared.backend.checkpoint(VIEWS),
         |p| step_followed(&shared, p),
     )

@@ -11,7 +11,7 @@ use loraflow_core::job::{CreateJob, JobCommand, SubmitJob};
 use loraflow_core::webhook::{DeliveryState, WebhookBody, WebhookSpec};
 use tokio_util::sync::CancellationToken;
 
-use super::support::{Kind, TestStore, meta, on_every_backend, readable};
+use super::support::{Kind, TestStore, meta, on_every_backend, readable, services, test_options};
 use crate::Store;
 use crate::webhooks::{AfterAttempt, AttemptRecord, DeliveryCursor};
 
@@ -259,8 +259,89 @@ async fn the_outbox_runner_follows_the_feed(t: &TestStore) {
     runner.await.unwrap().unwrap();
 }
 
+/// A store on `t`'s database (on the memory backend, a new one) whose
+/// outbox waits `pace` once caught up and reads `batch` events at a time.
+async fn paced(t: &TestStore, pace: Duration, batch: usize) -> Store {
+    let options = crate::StoreOptions {
+        outbox_pace: pace,
+        projection_batch: batch,
+        ..test_options(t.schema().map(str::to_owned))
+    };
+    Store::open_with(&t.url, services(t.clock.clone()), options)
+        .await
+        .expect("open a paced store")
+}
+
+/// Wait until the outbox's checkpoint reaches `position`.
+async fn outbox_reaches(store: &Store, position: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.webhooks().position().await.unwrap() < position {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox never reached {position}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Once it has caught up, the outbox waits its pace before it reads again:
+/// what is written meanwhile waits (and then goes in one transaction), and
+/// none of it is lost.
+async fn a_caught_up_outbox_waits_its_pace(t: &TestStore) {
+    let s = paced(t, Duration::from_secs(4), 500).await;
+    let first = job_with_hooks(&s, "job-p1").await;
+    readable(&s, first).await;
+    let stop = CancellationToken::new();
+    let runner = s.webhooks().start_outbox(stop.clone());
+    // One batch, not full: the runner now waits.
+    outbox_reaches(&s, first).await;
+    let second = job_with_hooks(&s, "job-p2").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.webhooks().position().await.unwrap(),
+        first,
+        "the outbox read again within its pace"
+    );
+    outbox_reaches(&s, second).await;
+    for job in ["job-p1", "job-p2"] {
+        let queued = s.webhooks().deliveries(&id(job), None, 10).await.unwrap();
+        assert_eq!(queued.len(), 3, "{job}: {queued:?}");
+    }
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+    s.close().await;
+}
+
+/// A full batch means the outbox is behind: it reads the next at once,
+/// whatever its pace.
+async fn an_outbox_behind_the_feed_does_not_wait(t: &TestStore) {
+    let s = paced(t, Duration::from_secs(30), 2).await;
+    let last = job_with_hooks(&s, "job-b1").await;
+    let events = s.raw_history(&id("job-b1")).await.unwrap().len();
+    assert!(events > 2, "one job makes more than one batch of 2");
+    readable(&s, last).await;
+    let stop = CancellationToken::new();
+    let runner = s.webhooks().start_outbox(stop.clone());
+    // Waiting after each batch of 2 would take 30 s per batch; the check
+    // gives up after 20.
+    outbox_reaches(&s, last).await;
+    assert_eq!(
+        s.webhooks()
+            .deliveries(&id("job-b1"), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+    s.close().await;
+}
+
 on_every_backend!(
     events_are_queued_once_per_matching_url_in_feed_order,
     a_url_gets_its_next_event_only_after_the_earlier_one,
     the_outbox_runner_follows_the_feed,
+    a_caught_up_outbox_waits_its_pace,
+    an_outbox_behind_the_feed_does_not_wait,
 );

@@ -185,12 +185,13 @@ impl Webhooks {
 
     /// As [`step`](Self::step), reading as a follower (from the feed's
     /// tail when it can): the runner's step.
-    pub(crate) async fn step_followed(&self, from: Position) -> Result<(Position, bool)> {
+    pub(crate) async fn step_followed(&self, from: Position) -> Result<(Position, usize)> {
         let s = &self.shared;
         let (events, _) = s
             .read_followed(from, s.options.projection_batch, &FeedFilter::all())
             .await?;
-        self.apply(from, events).await
+        let read = events.len();
+        Ok((self.apply(from, events).await?.0, read))
     }
 
     async fn apply(&self, from: Position, events: Vec<StoredEvent>) -> Result<(Position, bool)> {

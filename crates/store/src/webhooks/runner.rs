@@ -14,6 +14,7 @@ pub(crate) async fn run(webhooks: Webhooks, shutdown: CancellationToken) -> Resu
         &webhooks.shared,
         &shutdown,
         "webhook outbox batch",
+        webhooks.shared.options.outbox_pace,
         || webhooks.position(),
         |p| webhooks.step_followed(p),
     )
