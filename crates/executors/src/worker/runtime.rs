@@ -349,23 +349,35 @@ impl Worker {
         shutdown: &CancellationToken,
     ) {
         let mut next = std::collections::VecDeque::from([step]);
+        // The directory of the attempt just ended: removed as the next
+        // step's is made, in one trip to the blocking pool, or at the end.
+        let mut ended = None;
         while let Some(step) = next.pop_front() {
             let span = tracing::info_span!("step", job = %step.job_id, step = %step.step_id, attempt = step.attempt);
-            next.extend(
-                self.run_step(step, heartbeat, shutdown)
-                    .instrument(span)
-                    .await,
-            );
+            let (leased, dir) = self
+                .run_step(step, ended.take(), heartbeat, shutdown)
+                .instrument(span)
+                .await;
+            next.extend(leased);
+            ended = dir;
+        }
+        if let Some(dir) = ended
+            && let Err(e) = remove_workdir(dir.clone()).await
+        {
+            warn!("could not remove {}: {e}", dir.display());
         }
     }
 
-    /// Run one step and report it; the steps leased with the report.
+    /// Run one step and report it, in a directory of its own, made after
+    /// `ended` (the slot's previous attempt's) is removed. Answers the
+    /// steps leased with the report and the directory to remove.
     async fn run_step(
         &self,
         step: StepAssignment,
+        ended: Option<PathBuf>,
         heartbeat: Duration,
         shutdown: &CancellationToken,
-    ) -> Vec<StepAssignment> {
+    ) -> (Vec<StepAssignment>, Option<PathBuf>) {
         let id = &self.options.executor_id;
         // One directory per attempt, removed with everything in it when the
         // attempt ends; nothing of a finished step is left behind (nested
@@ -386,15 +398,15 @@ impl Worker {
                 ),
                 retryable: true,
             };
-            return self.report(Err(err), &step, shutdown).await;
+            return (self.report(Err(err), &step, shutdown).await, ended);
         };
-        if let Err(e) = make_workdir(&workdir).await {
+        if let Err(e) = make_workdir(ended, workdir.clone()).await {
             let err = StepError {
                 kind: StepErrorKind::Unavailable,
                 message: format!("cannot create work directory {}: {e}", workdir.display()),
                 retryable: true,
             };
-            return self.report(Err(err), &step, shutdown).await;
+            return (self.report(Err(err), &step, shutdown).await, None);
         }
         info!("step started");
 
@@ -455,10 +467,7 @@ impl Worker {
         } else {
             self.report(result, &step, shutdown).await
         };
-        if let Err(e) = remove_workdir(&workdir).await {
-            warn!("could not remove {}: {e}", workdir.display());
-        }
-        next
+        (next, Some(workdir))
     }
 
     /// One heartbeat: the latest progress and the outputs made since the
@@ -592,31 +601,38 @@ impl Worker {
     }
 }
 
-/// Make an attempt's directory. Its parent is there after the first
-/// attempt, so this is one `mkdir`, made here: handing it to the blocking
-/// pool (as `tokio::fs` does) cost a thread wake-up each way, more than the
-/// call. The first attempt, whose parents may be missing, goes through
-/// `create_dir_all` off the runtime.
-async fn make_workdir(dir: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(_) => tokio::fs::create_dir_all(dir).await,
-    }
+/// Remove `ended` (a finished attempt's directory, with what is in it) and
+/// make `dir` with its parents, in one trip to the blocking pool: each
+/// trip costs a thread wake-up each way, and in a burst a slot's next step
+/// starts as its last ends. Not on the runtime's own threads: a directory
+/// made or removed waits for the file system's journal, and on a disk
+/// shared with a database that syncs (SQLite) that stalled every task of
+/// the worker thread. A directory already gone is no error.
+async fn make_workdir(ended: Option<PathBuf>, dir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(ended) = ended
+            && let Err(e) = remove_dir(&ended)
+        {
+            warn!("could not remove {}: {e}", ended.display());
+        }
+        std::fs::create_dir_all(&dir)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
-/// Remove an attempt's directory with what is in it. An empty one (a step
-/// that kept nothing, or cleaned up after itself) is one `rmdir`, made
-/// here; one with contents, which may take long to delete, is removed off
-/// the runtime. Already gone is fine.
-async fn remove_workdir(dir: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
+/// Remove a finished attempt's directory with what is in it, off the
+/// runtime's threads (see [`make_workdir`]).
+async fn remove_workdir(dir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || remove_dir(&dir))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => match tokio::fs::remove_dir_all(dir).await {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        },
+        other => other,
     }
 }
 
@@ -625,35 +641,40 @@ mod tests {
     use super::{make_workdir, remove_workdir};
 
     #[tokio::test]
-    async fn an_attempt_s_directory_is_made_with_its_parents_and_removed_with_its_contents() {
+    async fn an_attempt_s_directory_is_made_as_the_last_one_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
         // The first attempt: the worker's root is not there yet.
-        let first = tmp.path().join("work").join("j1+train+1");
-        make_workdir(&first).await.unwrap();
+        let first = work.join("j1+train+1");
+        make_workdir(None, first.clone()).await.unwrap();
         assert!(first.is_dir());
-        // Made again (a step started twice in one directory): fine.
-        make_workdir(&first).await.unwrap();
-        // A step that kept files, in a directory of its own.
+        // It kept files, in a directory of its own.
         std::fs::create_dir(first.join("cache")).unwrap();
         std::fs::write(first.join("cache").join("model.bin"), b"weights").unwrap();
-        remove_workdir(&first).await.unwrap();
+        // The slot's next attempt: the first goes as the second is made.
+        let second = work.join("j1+train+2");
+        make_workdir(Some(first.clone()), second.clone())
+            .await
+            .unwrap();
         assert!(!first.exists());
-        // A step that kept nothing.
-        let second = tmp.path().join("work").join("j1+train+2");
-        make_workdir(&second).await.unwrap();
-        remove_workdir(&second).await.unwrap();
+        assert!(second.is_dir());
+        // The slot's last: removed on its own.
+        remove_workdir(second.clone()).await.unwrap();
         assert!(!second.exists());
         // One the executor removed itself.
-        remove_workdir(&second).await.unwrap();
-        // A file where the directory should go is an error, not a success.
-        let blocked = tmp.path().join("work").join("j2+train+1");
+        remove_workdir(second.clone()).await.unwrap();
+        make_workdir(Some(second.clone()), work.join("j2+train+1"))
+            .await
+            .unwrap();
+        // A file where the directory should go is an error.
+        let blocked = work.join("j3+train+1");
         std::fs::write(&blocked, b"").unwrap();
-        assert!(make_workdir(&blocked).await.is_err());
-        // Only the worker's root is left.
-        let left: Vec<_> = std::fs::read_dir(tmp.path().join("work"))
+        assert!(make_workdir(None, blocked).await.is_err());
+        let mut left: Vec<_> = std::fs::read_dir(&work)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("j2+train+1")]);
+        left.sort();
+        assert_eq!(left, ["j2+train+1", "j3+train+1"]);
     }
 }
