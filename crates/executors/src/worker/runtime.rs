@@ -379,8 +379,9 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> (Vec<StepAssignment>, Option<PathBuf>) {
         let id = &self.options.executor_id;
-        // One directory per attempt, removed with everything in it when the
-        // attempt ends; nothing of a finished step is left behind (nested
+        // One directory per attempt, removed with everything in it once the
+        // attempt is reported (as the slot's next step starts, or when the
+        // slot goes idle); nothing of a finished step is left behind (nested
         // job and step directories were, one pair per job, and cost a
         // directory inode each to make). `+` is in neither kind of id.
         let workdir = self
