@@ -533,6 +533,9 @@ impl Store {
             notify_id,
             peers: Default::default(),
         });
+        if matches!(shared.url, StoreUrl::Sqlite { .. }) {
+            sqlite::checkpoint_wal(Arc::downgrade(&shared));
+        }
         if let (Backend::Postgres(pool), false) = (&shared.backend, audit_only) {
             let (id, peers) = (shared.notify_id.clone(), shared.peers.clone());
             crate::notify::listen(

@@ -20,4 +20,5 @@ mod tampering;
 mod transport;
 mod upcasting;
 mod wake;
+mod wal;
 mod webhooks;
