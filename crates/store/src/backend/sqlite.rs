@@ -716,6 +716,46 @@ pub(crate) async fn insert_raw(pool: &SqlitePool, e: &RawEvent) -> Result<()> {
     Ok(())
 }
 
+/// How often the store copies SQLite's write-ahead log into the database
+/// file: often enough that each copy is small (a burst writes about 10 MB
+/// of log a second here), since a large one holds up the commits after it.
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copy the write-ahead log into the database file every 200 ms (a passive
+/// checkpoint, which waits for no reader and no writer), until the store
+/// stops or is dropped. SQLite's default has the commit that grows the log
+/// past 1,000 pages do it, syncing the file while its caller waits: in the
+/// bench that commit was the slowest job's (the three steps' p99 at 90
+/// steps/s 12–14 ms with it, 8–10 ms without).
+pub(crate) fn checkpoint_wal(shared: std::sync::Weak<crate::store::Shared>) {
+    let Some(stop) = shared.upgrade().map(|s| s.stop.clone()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WAL_CHECKPOINT_EVERY) => {}
+            }
+            // The pool is taken for each checkpoint only: a store dropped
+            // without `close` still closes its files.
+            let pool = match shared.upgrade().as_deref().map(|s| &s.backend) {
+                Some(super::Backend::Sqlite(pool)) => pool.clone(),
+                _ => return,
+            };
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!("SQLite checkpoint of the write-ahead log failed: {e}");
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,44 +806,4 @@ mod tests {
         let job = plan(&pool, &job).await;
         assert!(job.contains("aggregate_type=? AND aggregate_id=?"), "{job}");
     }
-}
-
-/// How often the store copies SQLite's write-ahead log into the database
-/// file: often enough that each copy is small (a burst writes about 10 MB
-/// of log a second here), since a large one holds up the commits after it.
-const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-
-/// Copy the write-ahead log into the database file every 200 ms (a passive
-/// checkpoint, which waits for no reader and no writer), until the store
-/// stops or is dropped. SQLite's default has the commit that grows the log
-/// past 1,000 pages do it, syncing the file while its caller waits: in the
-/// bench that commit was the slowest job's (the three steps' p99 at 90
-/// steps/s 12–14 ms with it, 8–10 ms without).
-pub(crate) fn checkpoint_wal(shared: std::sync::Weak<crate::store::Shared>) {
-    let Some(stop) = shared.upgrade().map(|s| s.stop.clone()) else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(WAL_CHECKPOINT_EVERY) => {}
-            }
-            // The pool is taken for each checkpoint only: a store dropped
-            // without `close` still closes its files.
-            let pool = match shared.upgrade().as_deref().map(|s| &s.backend) {
-                Some(super::Backend::Sqlite(pool)) => pool.clone(),
-                _ => return,
-            };
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                if pool.is_closed() {
-                    return;
-                }
-                tracing::warn!("SQLite checkpoint of the write-ahead log failed: {e}");
-            }
-        }
-    });
 }
