@@ -233,28 +233,35 @@ async fn a_url_gets_its_next_event_only_after_the_earlier_one(t: &TestStore) {
     );
 }
 
+/// Wait until the outbox's checkpoint reaches `position`.
+async fn outbox_reaches(store: &Store, position: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.webhooks().position().await.unwrap() < position {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox never reached {position}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How many deliveries the outbox queued for `job`.
+async fn queued(store: &Store, job: &str) -> usize {
+    store
+        .webhooks()
+        .deliveries(&id(job), None, 10)
+        .await
+        .unwrap()
+        .len()
+}
+
 async fn the_outbox_runner_follows_the_feed(t: &TestStore) {
     let s = &t.store;
     let stop = CancellationToken::new();
     let runner = s.webhooks().start_outbox(stop.clone());
-    let mut changes = s.webhooks().changes();
     let last = job_with_hooks(s, "job-r").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while s.webhooks().position().await.unwrap() < last {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox never caught up"
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
-    }
-    assert_eq!(
-        s.webhooks()
-            .deliveries(&id("job-r"), None, 10)
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    outbox_reaches(s, last).await;
+    assert_eq!(queued(s, "job-r").await, 3);
     stop.cancel();
     runner.await.unwrap().unwrap();
 }
@@ -270,18 +277,6 @@ async fn paced(t: &TestStore, pace: Duration, batch: usize) -> Store {
     Store::open_with(&t.url, services(t.clock.clone()), options)
         .await
         .expect("open a paced store")
-}
-
-/// Wait until the outbox's checkpoint reaches `position`.
-async fn outbox_reaches(store: &Store, position: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while store.webhooks().position().await.unwrap() < position {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox never reached {position}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Once it has caught up, the outbox waits its pace before it reads again:
@@ -304,8 +299,7 @@ async fn a_caught_up_outbox_waits_its_pace(t: &TestStore) {
     );
     outbox_reaches(&s, second).await;
     for job in ["job-p1", "job-p2"] {
-        let queued = s.webhooks().deliveries(&id(job), None, 10).await.unwrap();
-        assert_eq!(queued.len(), 3, "{job}: {queued:?}");
+        assert_eq!(queued(&s, job).await, 3, "{job}");
     }
     stop.cancel();
     runner.await.unwrap().unwrap();
@@ -325,14 +319,7 @@ async fn an_outbox_behind_the_feed_does_not_wait(t: &TestStore) {
     // Waiting after each batch of 2 would take 30 s per batch; the check
     // gives up after 20.
     outbox_reaches(&s, last).await;
-    assert_eq!(
-        s.webhooks()
-            .deliveries(&id("job-b1"), None, 10)
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(queued(&s, "job-b1").await, 3);
     stop.cancel();
     runner.await.unwrap().unwrap();
     s.close().await;
