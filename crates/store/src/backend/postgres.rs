@@ -555,6 +555,26 @@ pub(crate) fn transaction_groups(sizes: &[usize]) -> Vec<std::ops::Range<usize>>
     groups
 }
 
+/// The insert of a group of commits: their events, the open-jobs index
+/// and their heads, in one statement. The JSON goes in as `jsonb` and is
+/// stored as `json` (its text as `jsonb` writes it), as a `jsonb`
+/// parameter of a `VALUES` list was.
+const INSERT_EVENTS: &str = "WITH ins AS (
+        INSERT INTO events
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tx_ord)
+        SELECT $1, r.id, r.seq, r.ty, r.ver, r.payload::json, r.meta::json, r.ord
+          FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $8::int4[])
+               AS r(id, seq, ty, ver, payload, meta, ord)
+        RETURNING aggregate_id, global_position),
+    opened AS (INSERT INTO open_jobs (job_id) SELECT unnest($9::text[]) ON CONFLICT DO NOTHING),
+    closed AS (DELETE FROM open_jobs WHERE job_id = ANY($10::text[])),
+    head AS (
+        INSERT INTO job_heads (job_id, sequence, link, key_id, sig)
+        SELECT * FROM unnest($11::text[], $12::int8[], $13::text[], $14::text[], $15::text[])
+        ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
+            key_id = excluded.key_id, sig = excluded.sig)
+    SELECT aggregate_id, global_position FROM ins";
+
 async fn insert_statement(
     pool: &PgPool,
     aggregate_type: &str,
@@ -571,29 +591,19 @@ async fn insert_statement(
             format!("{rows} events in one transaction; the limit is {MAX_TX_EVENTS}").into(),
         ));
     }
-    let mut q = QueryBuilder::<Postgres>::new(
-        "WITH ins AS (INSERT INTO events
-            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tx_ord) ",
-    );
-    // `tx_ord` numbers the rows in the order given: a job's events in
-    // sequence order, so the feed keeps each job's order.
-    q.push_values(
-        commits
-            .iter()
-            .flat_map(|(events, _)| events.iter())
-            .enumerate(),
-        |mut row, (ord, e)| {
-            row.push_bind(aggregate_type)
-                .push_bind(e.aggregate_id.as_str())
-                .push_bind(e.sequence as i64)
-                .push_bind(e.event_type.as_str())
-                .push_bind(e.event_version.as_str())
-                .push_bind(&e.payload)
-                .push_bind(&e.metadata)
-                .push_bind(ord as i32);
-        },
-    );
-    q.push(" RETURNING aggregate_id, global_position)");
+    // Every column goes in as one array, so the statement's text is the
+    // same whatever the rows: PostgreSQL parses and plans it once per
+    // connection, and sqlx prepares it once. A `VALUES` list with a
+    // placeholder per value made a new statement for each number of rows
+    // (a parse, a plan and sqlx's extra round trip to prepare it at most
+    // commits of a burst), and the many shapes pushed the views'
+    // statements out of sqlx's cache. `tx_ord` numbers the rows in the
+    // order given: a job's events in sequence order, so the feed keeps
+    // each job's order.
+    let events: Vec<&SerializedEvent> = commits
+        .iter()
+        .flat_map(|(events, _)| events.iter())
+        .collect();
     // The open-jobs index moves in the same statement (one transaction).
     let (mut opens, mut closes) = (Vec::new(), Vec::new());
     for (events, head) in commits {
@@ -603,33 +613,38 @@ async fn insert_statement(
             OpenJobs::Closes => closes.push(head.job_id.as_str()),
         }
     }
-    if !opens.is_empty() {
-        q.push(", opened AS (INSERT INTO open_jobs (job_id) ");
-        q.push_values(&opens, |mut row, job| {
-            row.push_bind(*job);
-        });
-        q.push(" ON CONFLICT DO NOTHING)");
-    }
-    if !closes.is_empty() {
-        q.push(", closed AS (DELETE FROM open_jobs WHERE job_id = ANY(")
-            .push_bind(closes)
-            .push("))");
-    }
-    q.push(", head AS (INSERT INTO job_heads (job_id, sequence, link, key_id, sig) ");
-    q.push_values(commits, |mut row, (_, head)| {
-        row.push_bind(head.job_id.as_str())
-            .push_bind(head.sequence as i64)
-            .push_bind(head.link.as_str())
-            .push_bind(head.key_id.as_str())
-            .push_bind(head.sig.as_str());
-    });
-    q.push(
-        " ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
-            key_id = excluded.key_id, sig = excluded.sig)",
-    );
-    q.push(" SELECT aggregate_id, global_position FROM ins");
-    let rows: Vec<(String, i64)> = q
-        .build_query_as()
+    let heads: Vec<&Head> = commits.iter().map(|(_, head)| *head).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(INSERT_EVENTS)
+        .bind(aggregate_type)
+        .bind(
+            events
+                .iter()
+                .map(|e| e.aggregate_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_version.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
+        .bind((0..events.len() as i32).collect::<Vec<_>>())
+        .bind(opens)
+        .bind(closes)
+        .bind(heads.iter().map(|h| h.job_id.as_str()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.sequence as i64).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.link.as_str()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.key_id.as_str()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.sig.as_str()).collect::<Vec<_>>())
         .fetch_all(pool)
         .await
         .map_err(persistence_error)?;

@@ -9,6 +9,7 @@ mod cancelled;
 mod gap_free;
 mod group;
 mod in_flight;
+mod insert_shape;
 mod job_list;
 mod positions;
 mod records;
