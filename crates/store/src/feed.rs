@@ -282,13 +282,31 @@ async fn follow_tail(weak: std::sync::Weak<Shared>) {
             .read_feed(cursor, SUBSCRIBE_BATCH, &FeedFilter::all())
             .await
         {
-            Ok(events) if !events.is_empty() => {
-                cursor = events.last().map_or(cursor, |e| e.position);
-                shared.tail.push(events);
-                wake.reset();
-            }
-            Ok(_) => {
+            Ok(events) => {
+                let full = events.len() == SUBSCRIBE_BATCH;
+                if let Some(last) = events.last() {
+                    cursor = last.position;
+                    shared.tail.push(events);
+                    // Its own move is no news to the tail.
+                    wake.moves.borrow_and_update();
+                    wake.reset();
+                }
+                if full {
+                    continue;
+                }
+                // Once it holds every commit of this process, what is left
+                // to find is other processes' (they notify, or the poll
+                // finds them): no read until then. Until then, a commit
+                // of this process that a transaction still running hides
+                // is looked for again shortly.
+                let caught_up = cursor
+                    >= shared
+                        .last_committed
+                        .load(std::sync::atomic::Ordering::Acquire);
                 drop(shared);
+                if caught_up {
+                    wake.idle();
+                }
                 wake.wait().await;
             }
             Err(e) => {
@@ -350,6 +368,12 @@ impl Wake {
     /// Something was read: the next empty read waits the shortest pause.
     pub(crate) fn reset(&mut self) {
         self.wait = MIN_WAIT;
+    }
+
+    /// Nothing is expected but what wakes [`wait`](Self::wait): its pause
+    /// is the poll interval.
+    fn idle(&mut self) {
+        self.wait = self.poll;
     }
 
     /// After an empty read: until something may have changed.

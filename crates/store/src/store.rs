@@ -129,6 +129,9 @@ pub(crate) struct Shared {
     pub committed: tokio::sync::broadcast::Sender<Arc<CommittedEvents>>,
     /// Tells the PostgreSQL notifier that this process committed.
     pub committed_here: Arc<tokio::sync::Notify>,
+    /// The largest position this process has committed: the feed's tail
+    /// that has read up to it has nothing of this process' left to find.
+    pub last_committed: std::sync::atomic::AtomicU64,
     /// The recent feed, read once for every follower in this process.
     pub tail: crate::feed::Tail,
     /// Whether this process runs a views runner (`Store::start_projections`).
@@ -230,6 +233,8 @@ impl Shared {
     /// under the write lock; PostgreSQL's position is the transaction id
     /// shifted, or'ed with the sequence), so each one's position follows.
     fn announce(&self, job_id: &JobId, last: Position, last_sequence: u64, events: &[JobEvent]) {
+        self.last_committed
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
         if self.committed.receiver_count() == 0 {
             return;
         }
@@ -530,6 +535,7 @@ impl Store {
             stop: CancellationToken::new(),
             committed: tokio::sync::broadcast::Sender::new(1024),
             committed_here: Default::default(),
+            last_committed: Default::default(),
             notify_id,
             peers: Default::default(),
         });

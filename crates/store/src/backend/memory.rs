@@ -37,6 +37,8 @@ struct LogState {
 #[derive(Default)]
 pub(crate) struct MemoryLog {
     state: Mutex<LogState>,
+    /// Reads of the feed so far (see [`reads`](Self::reads)).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,6 +48,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MemoryLog {
+    /// How many times the feed has been read: what a database would count
+    /// as statements, for tests of who reads it when.
+    #[cfg(test)]
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn events_of(&self, aggregate_type: &str, id: &str, after: usize) -> Vec<SerializedEvent> {
         let s = lock(&self.state);
         s.by_aggregate
@@ -115,6 +124,8 @@ impl MemoryLog {
         limit: usize,
         filter: &FeedFilter,
     ) -> Vec<RawEvent> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = lock(&self.state);
         let start = (after as usize).min(s.rows.len());
         s.rows[start..]

@@ -142,4 +142,71 @@ async fn followers_see_the_feed_as_the_database_holds_it(t: &TestStore) {
     delivers("lagging", &mut lagging, &after_head).await;
 }
 
+/// Receive from `seen` until an event at `position` or later; up to 5 s.
+async fn reaches(
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    position: Position,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while seen.recv().await.expect("the follower runs").0 < position {}
+    })
+    .await
+}
+
+/// Once the tail holds every commit of this process, it reads the feed
+/// again only when something wakes it (a commit of this process, another
+/// process' notification) or at the poll interval, not on a timer of its
+/// own while nothing can have changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_holding_its_process_commits_reads_only_when_woken() {
+    let options = crate::StoreOptions {
+        poll_interval: Duration::from_secs(60),
+        ..super::support::test_options(None)
+    };
+    let clock = std::sync::Arc::new(loraflow_core::clock::ManualClock::at_epoch());
+    let store = Store::open_with("memory:", super::support::services(clock), options)
+        .await
+        .unwrap();
+    let crate::backend::Backend::Memory(log, _) = &store.shared().backend else {
+        panic!("a memory store");
+    };
+    let mut seen = follow(&store, 0, FeedFilter::all(), None);
+    let create = |job: &'static str| {
+        let store = store.clone();
+        async move {
+            let id = JobId::new(job);
+            let c = store
+                .execute(
+                    &id,
+                    loraflow_core::job::JobCommand::Create(loraflow_core::job::CreateJob {
+                        job_id: id.clone(),
+                        spec: loraflow_core::job::canned::sample_spec(),
+                    }),
+                    meta(),
+                )
+                .await
+                .unwrap();
+            c.position.unwrap()
+        }
+    };
+    let first = create("job-1").await;
+    reaches(&mut seen, first)
+        .await
+        .expect("the first commit is followed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reads = log.reads();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        log.reads(),
+        reads,
+        "the tail read again with nothing to find"
+    );
+    // A commit still wakes it at once, long before the poll.
+    let second = create("job-2").await;
+    reaches(&mut seen, second)
+        .await
+        .expect("a commit wakes the tail");
+    store.close().await;
+}
+
 on_every_backend!(followers_see_the_feed_as_the_database_holds_it);
