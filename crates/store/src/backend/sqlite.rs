@@ -325,72 +325,118 @@ pub(crate) async fn insert_many(
     aggregate_type: &str,
     commits: &[(Vec<SerializedEvent>, Head)],
 ) -> Result<Vec<Position>, PersistenceError> {
-    let mut tx = pool.begin().await.map_err(persistence_error)?;
-    let mut positions = Vec::with_capacity(commits.len());
-    for (events, head) in commits {
-        positions.push(insert_in(&mut tx, aggregate_type, events, head).await?);
+    if commits.is_empty() || commits.iter().any(|(events, _)| events.is_empty()) {
+        return Err(PersistenceError::UnknownError(
+            "an insert needs at least one event per job".into(),
+        ));
     }
+    let mut tx = pool.begin().await.map_err(persistence_error)?;
+    let positions = insert_in(&mut tx, aggregate_type, commits).await?;
     tx.commit().await.map_err(persistence_error)?;
     Ok(positions)
 }
 
-/// One job's events, its open-jobs entry and its head, in the caller's
-/// transaction; the last position.
+/// The commits' events, the open-jobs index and their heads in the
+/// caller's transaction, each table in one statement whatever the number
+/// of rows (the rows go in as one JSON array, read back by `json_each`):
+/// sqlx hands every statement to the connection's own thread and waits
+/// for its answer, so a statement per event made a busy moment's
+/// transaction dozens of hand-offs. Each commit's last position.
 async fn insert_in(
     tx: &mut sqlx::SqliteConnection,
     aggregate_type: &str,
-    events: &[SerializedEvent],
-    head: &Head,
-) -> Result<Position, PersistenceError> {
+    commits: &[(Vec<SerializedEvent>, Head)],
+) -> Result<Vec<Position>, PersistenceError> {
+    // The positions follow the largest one stored, in the order given (a
+    // job's events in sequence order): the scalar subquery is evaluated
+    // once, before the first row goes in.
     const INSERT: &str = "INSERT INTO events
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, global_position)
-         VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT IFNULL(MAX(global_position), 0) + 1 FROM events))
+         SELECT ?, r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, r.value ->> 5,
+                (SELECT IFNULL(MAX(global_position), 0) FROM events) + r.key + 1
+           FROM json_each(?) AS r
+          ORDER BY r.key
          RETURNING global_position";
-    if events.is_empty() {
-        return Err(PersistenceError::UnknownError(
-            "an insert needs at least one event".into(),
-        ));
+    // Payload and metadata go in as the text stored, unchanged.
+    let rows: Vec<serde_json::Value> = commits
+        .iter()
+        .flat_map(|(events, _)| events.iter())
+        .map(|e| {
+            serde_json::json!([
+                e.aggregate_id,
+                e.sequence,
+                e.event_type,
+                e.event_version,
+                e.payload.to_string(),
+                e.metadata.to_string(),
+            ])
+        })
+        .collect();
+    let mut written: Vec<i64> = sqlx::query_scalar(INSERT)
+        .bind(aggregate_type)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(persistence_error)?;
+    written.sort_unstable();
+    let mut positions = Vec::with_capacity(commits.len());
+    let mut end = 0;
+    for (events, head) in commits {
+        end += events.len();
+        let last = written.get(end - 1).ok_or_else(|| {
+            PersistenceError::UnknownError(
+                format!("the insert returned no position for job {}", head.job_id).into(),
+            )
+        })?;
+        positions.push(*last as Position);
     }
-    let mut last = 0;
-    for e in events {
-        last = sqlx::query_scalar::<_, i64>(INSERT)
-            .bind(aggregate_type)
-            .bind(e.aggregate_id.as_str())
-            .bind(e.sequence as i64)
-            .bind(e.event_type.as_str())
-            .bind(e.event_version.as_str())
-            .bind(e.payload.to_string())
-            .bind(e.metadata.to_string())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(persistence_error)?;
+    let (mut opens, mut closes) = (Vec::new(), Vec::new());
+    for (events, head) in commits {
+        match OpenJobs::of(events) {
+            OpenJobs::Unchanged => {}
+            OpenJobs::Opens => opens.push(head.job_id.as_str()),
+            OpenJobs::Closes => closes.push(head.job_id.as_str()),
+        }
     }
-    let open_jobs = match OpenJobs::of(events) {
-        OpenJobs::Unchanged => None,
-        OpenJobs::Opens => Some("INSERT OR IGNORE INTO open_jobs (job_id) VALUES (?)"),
-        OpenJobs::Closes => Some("DELETE FROM open_jobs WHERE job_id = ?"),
-    };
-    if let Some(sql) = open_jobs {
-        sqlx::query(sql)
-            .bind(head.job_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(persistence_error)?;
+    for (ids, sql) in [
+        (
+            opens,
+            "INSERT OR IGNORE INTO open_jobs (job_id) SELECT value FROM json_each(?)",
+        ),
+        (
+            closes,
+            "DELETE FROM open_jobs WHERE job_id IN (SELECT value FROM json_each(?))",
+        ),
+    ] {
+        if !ids.is_empty() {
+            sqlx::query(sql)
+                .bind(
+                    serde_json::to_string(&ids)
+                        .map_err(|e| PersistenceError::UnknownError(e.into()))?,
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(persistence_error)?;
+        }
     }
+    let heads: Vec<serde_json::Value> = commits
+        .iter()
+        .map(|(_, h)| serde_json::json!([h.job_id, h.sequence, h.link, h.key_id, h.sig]))
+        .collect();
+    // `WHERE true`: SQLite reads an `ON CONFLICT` after a bare `FROM` as
+    // the join's.
     sqlx::query(
-        "INSERT INTO job_heads (job_id, sequence, link, key_id, sig) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO job_heads (job_id, sequence, link, key_id, sig)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4
+           FROM json_each(?) WHERE true
          ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
             key_id = excluded.key_id, sig = excluded.sig",
     )
-    .bind(head.job_id.as_str())
-    .bind(head.sequence as i64)
-    .bind(head.link.as_str())
-    .bind(head.key_id.as_str())
-    .bind(head.sig.as_str())
+    .bind(serde_json::Value::Array(heads).to_string())
     .execute(&mut *tx)
     .await
     .map_err(persistence_error)?;
-    Ok(last as Position)
+    Ok(positions)
 }
 
 /// The events at or before `upto` of the jobs in `open_jobs`, in feed

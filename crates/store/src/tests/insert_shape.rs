@@ -1,11 +1,12 @@
-//! PostgreSQL: a group of commits is written by one statement whose text
-//! does not depend on how many commits, events, opened or closed jobs it
-//! holds, so each connection prepares it once.
+//! A group of commits written together: on PostgreSQL by one statement
+//! whose text does not depend on how many commits, events, opened or
+//! closed jobs it holds, so each connection prepares it once; on SQLite by
+//! one statement per table, its rows in one JSON array.
 
 use cqrs_es::persist::SerializedEvent;
 
 use super::support::{Kind, TestStore, test_options};
-use crate::backend::{AGGREGATE, postgres};
+use crate::backend::{AGGREGATE, Backend, postgres, sqlite};
 use crate::chain::Head;
 use crate::options::StoreOptions;
 
@@ -119,5 +120,84 @@ async fn postgres_groups_of_any_size_share_one_prepared_insert() {
         .unwrap();
     assert_eq!(open, ["job-a", "job-b", "job-d", "job-e"]);
     pool.close().await;
+    t.cleanup().await;
+}
+
+/// SQLite: each commit's answer is its last event's position, the
+/// positions follow the largest stored in the order given (a job twice in
+/// one group included), payload and metadata are stored as the text given,
+/// and the heads and the open-jobs index are as commits one by one leave
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_group_is_written_as_its_commits_one_by_one() {
+    let t = TestStore::open(Kind::Sqlite).await.unwrap();
+    let Backend::Sqlite(pool) = &t.store.shared().backend else {
+        panic!("a SQLite store");
+    };
+    let before: i64 = sqlx::query_scalar("SELECT IFNULL(MAX(global_position), 0) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let (mut first, head) = commit("job-x", 2, false);
+    // Text JSON would write otherwise: escapes, non-ASCII, a float.
+    first[1].payload = serde_json::json!({ "q": "a \"quoted\" é", "loss": 0.1, "z": [1e-7] });
+    let (mut later, mut later_head) = commit("job-x", 4, true);
+    later.drain(..2);
+    later_head.sig = "sig-job-x-later".to_owned();
+    let group = vec![
+        (first, head),
+        commit("job-y", 3, false),
+        (later, later_head),
+    ];
+    let positions = sqlite::insert_many(pool, AGGREGATE, &group).await.unwrap();
+    let before = before as u64;
+    assert_eq!(positions, [before + 2, before + 5, before + 7]);
+
+    let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+        "SELECT global_position, aggregate_id, sequence, payload FROM events
+          WHERE global_position > ? ORDER BY global_position",
+    )
+    .bind(before as i64)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let order: Vec<(&str, i64)> = rows.iter().map(|(_, j, s, _)| (j.as_str(), *s)).collect();
+    assert_eq!(
+        order,
+        [
+            ("job-x", 1),
+            ("job-x", 2),
+            ("job-y", 1),
+            ("job-y", 2),
+            ("job-y", 3),
+            ("job-x", 3),
+            ("job-x", 4),
+        ]
+    );
+    assert_eq!(
+        rows[1].3,
+        group[0].0[1].payload.to_string(),
+        "the payload's text as given"
+    );
+    let heads: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT job_id, sequence, sig FROM job_heads WHERE job_id IN ('job-x', 'job-y') ORDER BY job_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        heads,
+        [
+            ("job-x".to_owned(), 4, "sig-job-x-later".to_owned()),
+            ("job-y".to_owned(), 3, "sig-job-y".to_owned())
+        ]
+    );
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT job_id FROM open_jobs WHERE job_id IN ('job-x', 'job-y') ORDER BY job_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(open, ["job-y"], "job-x opened and ended in one group");
     t.cleanup().await;
 }
