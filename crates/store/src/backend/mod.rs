@@ -216,6 +216,22 @@ pub(crate) enum OpenJobs {
 }
 
 impl OpenJobs {
+    /// The jobs a group of commits (each one's events and head) puts in
+    /// the index, and those it takes out.
+    pub(crate) fn of_group<'a>(
+        commits: impl IntoIterator<Item = (&'a [cqrs_es::persist::SerializedEvent], &'a Head)>,
+    ) -> (Vec<&'a str>, Vec<&'a str>) {
+        let (mut opens, mut closes) = (Vec::new(), Vec::new());
+        for (events, head) in commits {
+            match Self::of(events) {
+                Self::Unchanged => {}
+                Self::Opens => opens.push(head.job_id.as_str()),
+                Self::Closes => closes.push(head.job_id.as_str()),
+            }
+        }
+        (opens, closes)
+    }
+
     pub(crate) fn of(events: &[cqrs_es::persist::SerializedEvent]) -> Self {
         if events
             .iter()

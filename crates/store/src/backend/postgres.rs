@@ -605,14 +605,7 @@ async fn insert_statement(
         .flat_map(|(events, _)| events.iter())
         .collect();
     // The open-jobs index moves in the same statement (one transaction).
-    let (mut opens, mut closes) = (Vec::new(), Vec::new());
-    for (events, head) in commits {
-        match OpenJobs::of(events) {
-            OpenJobs::Unchanged => {}
-            OpenJobs::Opens => opens.push(head.job_id.as_str()),
-            OpenJobs::Closes => closes.push(head.job_id.as_str()),
-        }
-    }
+    let (opens, closes) = OpenJobs::of_group(commits.iter().copied());
     let heads: Vec<&Head> = commits.iter().map(|(_, head)| *head).collect();
     let rows: Vec<(String, i64)> = sqlx::query_as(INSERT_EVENTS)
         .bind(aggregate_type)

@@ -390,14 +390,11 @@ async fn insert_in(
         })?;
         positions.push(*last as Position);
     }
-    let (mut opens, mut closes) = (Vec::new(), Vec::new());
-    for (events, head) in commits {
-        match OpenJobs::of(events) {
-            OpenJobs::Unchanged => {}
-            OpenJobs::Opens => opens.push(head.job_id.as_str()),
-            OpenJobs::Closes => closes.push(head.job_id.as_str()),
-        }
-    }
+    let (opens, closes) = OpenJobs::of_group(
+        commits
+            .iter()
+            .map(|(events, head)| (events.as_slice(), head)),
+    );
     for (ids, sql) in [
         (
             opens,
