@@ -357,24 +357,25 @@ async fn insert_in(
            FROM json_each(?) AS r
           ORDER BY r.key
          RETURNING global_position";
-    // Payload and metadata go in as the text stored, unchanged.
-    let rows: Vec<serde_json::Value> = commits
+    // Each row a JSON array (a tuple serialises as one), written straight
+    // from the events; payload and metadata go in as the text stored.
+    let rows: Vec<_> = commits
         .iter()
         .flat_map(|(events, _)| events.iter())
         .map(|e| {
-            serde_json::json!([
-                e.aggregate_id,
+            (
+                e.aggregate_id.as_str(),
                 e.sequence,
-                e.event_type,
-                e.event_version,
+                e.event_type.as_str(),
+                e.event_version.as_str(),
                 e.payload.to_string(),
                 e.metadata.to_string(),
-            ])
+            )
         })
         .collect();
     let mut written: Vec<i64> = sqlx::query_scalar(INSERT)
         .bind(aggregate_type)
-        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(json_text(&rows)?)
         .fetch_all(&mut *tx)
         .await
         .map_err(persistence_error)?;
@@ -407,18 +408,23 @@ async fn insert_in(
     ] {
         if !ids.is_empty() {
             sqlx::query(sql)
-                .bind(
-                    serde_json::to_string(&ids)
-                        .map_err(|e| PersistenceError::UnknownError(e.into()))?,
-                )
+                .bind(json_text(&ids)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(persistence_error)?;
         }
     }
-    let heads: Vec<serde_json::Value> = commits
+    let heads: Vec<_> = commits
         .iter()
-        .map(|(_, h)| serde_json::json!([h.job_id, h.sequence, h.link, h.key_id, h.sig]))
+        .map(|(_, h)| {
+            (
+                h.job_id.as_str(),
+                h.sequence,
+                h.link.as_str(),
+                h.key_id.as_str(),
+                h.sig.as_str(),
+            )
+        })
         .collect();
     // `WHERE true`: SQLite reads an `ON CONFLICT` after a bare `FROM` as
     // the join's.
@@ -429,11 +435,16 @@ async fn insert_in(
          ON CONFLICT (job_id) DO UPDATE SET sequence = excluded.sequence, link = excluded.link,
             key_id = excluded.key_id, sig = excluded.sig",
     )
-    .bind(serde_json::Value::Array(heads).to_string())
+    .bind(json_text(&heads)?)
     .execute(&mut *tx)
     .await
     .map_err(persistence_error)?;
     Ok(positions)
+}
+
+/// `rows` as the JSON text a statement reads with `json_each`.
+fn json_text(rows: &impl serde::Serialize) -> Result<String, PersistenceError> {
+    serde_json::to_string(rows).map_err(|e| PersistenceError::UnknownError(e.into()))
 }
 
 /// The events at or before `upto` of the jobs in `open_jobs`, in feed
