@@ -8,6 +8,16 @@
 //!   (the same shape as the bench's burst). The jobs are then read back as
 //!   `Done` from the table, so the figure is of jobs acknowledged, not
 //!   merely handed out.
+//! - **queueing**: the drain's jobs are queued one by one by one client
+//!   (each its own transaction), timed: jobs/s.
+//! - **queueing, 16 clients**: as many jobs queued by 16 concurrent
+//!   clients (one by one each, sharing apalis' pool), on a queue of their
+//!   own that no worker reads: jobs/s, beside the bench's `create_job`.
+//! - **queued while draining**: with the worker running and idle, as many
+//!   jobs again are queued one by one; from the first push to the last
+//!   handler gives jobs/s. The worker keeps up, so this is the queueing
+//!   rate, not the drain: a drain measured this way is bounded by one
+//!   client's commits (each a WAL flush).
 //! - **pick-up**: with the worker idle, jobs are queued one by one at
 //!   `rate` jobs/s for `seconds`; each carries the instant it was queued,
 //!   and its handler takes the difference (queued → handler started).
@@ -28,7 +38,7 @@ use tokio::sync::Notify;
 struct Seen {
     handled: AtomicUsize,
     /// The drain is over when `handled` reaches it.
-    target: usize,
+    target: AtomicUsize,
     drained: Notify,
     /// Queued → handler started, in ms, for jobs that carry their instant.
     pickups: std::sync::Mutex<Vec<f64>>,
@@ -50,7 +60,7 @@ async fn handle(queued_us: i64, seen: Data<Arc<Seen>>) -> Result<(), BoxDynError
             .unwrap_or_else(|p| p.into_inner())
             .push(ms);
     }
-    if seen.handled.fetch_add(1, Ordering::SeqCst) + 1 == seen.target {
+    if seen.handled.fetch_add(1, Ordering::SeqCst) + 1 == seen.target.load(Ordering::SeqCst) {
         seen.drained.notify_one();
     }
     Ok(())
@@ -82,12 +92,33 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
     let queue = format!("loraflow-bench-anchor-{}", std::process::id());
     let config = Config::default().queue(&queue);
     let mut sink = PostgresStorage::new(&pool).with_config(config.clone());
+    let queueing = Instant::now();
     for _ in 0..jobs {
         sink.push(0i64).await.expect("queue an apalis job");
     }
+    let queueing = queueing.elapsed().as_secs_f64();
+    let clients = 16;
+    let unread = format!("{queue}-unread");
+    let shared = PostgresStorage::new(&pool).with_config(Config::default().queue(&unread));
+    let parallel = Instant::now();
+    let pushers: Vec<_> = (0..clients)
+        .map(|i| {
+            let mut sink = shared.clone();
+            let n = jobs / clients + usize::from(i < jobs % clients);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    sink.push(0i64).await.expect("queue an apalis job");
+                }
+            })
+        })
+        .collect();
+    for pusher in pushers {
+        pusher.await.expect("an apalis client");
+    }
+    let parallel = parallel.elapsed().as_secs_f64();
     let seen = Arc::new(Seen {
         handled: AtomicUsize::new(0),
-        target: jobs,
+        target: AtomicUsize::new(jobs),
         drained: Notify::new(),
         pickups: std::sync::Mutex::new(Vec::new()),
     });
@@ -101,7 +132,16 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
         .parallelize(tokio::spawn)
         .data(seen.clone())
         .build(handle);
-    let mut lines = Vec::new();
+    let mut lines = vec![
+        format!(
+            "queueing: {jobs} jobs queued one by one by one client in {queueing:.2} s = {:.0} jobs/s",
+            jobs as f64 / queueing
+        ),
+        format!(
+            "queueing, {clients} clients: {jobs} jobs in {parallel:.2} s = {:.0} jobs/s",
+            jobs as f64 / parallel
+        ),
+    ];
     // Taken before the worker runs: it starts with the select below.
     let writes = super::pg_writes().await;
     let cpu = super::cpu_seconds();
@@ -124,6 +164,21 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
             jobs as f64 / took,
             t.elapsed().as_secs_f64()
         ));
+        // As many again, queued one by one while the worker runs.
+        seen.target.store(2 * jobs, Ordering::SeqCst);
+        let t = Instant::now();
+        for _ in 0..jobs {
+            sink.push(0i64).await.expect("queue an apalis job");
+        }
+        let queued = t.elapsed().as_secs_f64();
+        let _ = tokio::time::timeout(Duration::from_secs(30), seen.drained.notified()).await;
+        let handled = seen.handled.load(Ordering::SeqCst) - jobs;
+        let took = t.elapsed().as_secs_f64();
+        lines.push(format!(
+            "queued while draining: {jobs} jobs queued one by one ({queued:.2} s) with the worker \
+             running, {handled} handled {took:.2} s after the first = {:.0} jobs/s",
+            handled as f64 / took
+        ));
         let n = (rate * seconds) as usize;
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         for _ in 0..n {
@@ -131,7 +186,7 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
             sink.push(now_us()).await.expect("queue an apalis job");
         }
         let until = Instant::now() + Duration::from_secs(5);
-        while seen.handled.load(Ordering::SeqCst) < jobs + n && Instant::now() < until {
+        while seen.handled.load(Ordering::SeqCst) < 2 * jobs + n && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let pickups = seen
@@ -154,7 +209,7 @@ pub async fn run(url: &str, jobs: usize, rate: u64, seconds: u64) -> Vec<String>
         .expect("set a lock timeout");
     let cleanup: &[&str] = if had_schema {
         &[
-            "DELETE FROM apalis.jobs WHERE job_type = $1",
+            "DELETE FROM apalis.jobs WHERE job_type IN ($1, $1 || '-unread')",
             "DELETE FROM apalis.workers WHERE worker_type = $1",
         ]
     } else {
