@@ -44,8 +44,8 @@
 //! `cargo bench --bench scheduler_bench` (a release build); with the restart:
 //! `cargo bench --bench scheduler_bench -- --history 1000000`. With
 //! `--features anchor`, the PostgreSQL figures are followed by apalis-postgres'
-//! drain and pick-up on the same server (`benches/anchor/apalis.rs`), the
-//! plain job queue the aims are set against.
+//! queueing, drain and pick-up on the same server (`benches/anchor/apalis.rs`),
+//! the plain job queue the aims are set against.
 //! `BENCH_BACKENDS` picks the backends (default `sqlite,postgres`).
 //! `BENCH_BATCH=0` has the workers poll one step per slot (`PollStep`, as
 //! before `PollSteps`) instead of one poll for all their free slots. PostgreSQL
