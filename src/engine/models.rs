@@ -282,9 +282,13 @@ impl Engine {
 
     /// `tenant`'s registered base models, by name, as the store holds them.
     pub async fn base_models_of(&self, tenant: &TenantId) -> Result<Vec<CustomModel>> {
-        let records = self.store().records().list(KIND).await?;
+        let records = self
+            .store()
+            .records()
+            .list_of(KIND, tenant.as_str())
+            .await?;
         let mut out = Vec::new();
-        for r in records.into_iter().filter(|r| r.tenant == tenant.as_str()) {
+        for r in records {
             match serde_json::from_value::<CustomModel>(r.value) {
                 Ok(m) => out.push(m),
                 Err(e) => {

@@ -41,6 +41,7 @@ struct Sql {
     upsert: &'static str,
     get: &'static str,
     list: &'static str,
+    list_of: &'static str,
     delete: &'static str,
 }
 
@@ -50,6 +51,7 @@ const SQLITE: Sql = Sql {
              ON CONFLICT (kind, tenant, name) DO UPDATE SET payload = excluded.payload",
     get: "SELECT payload FROM records WHERE kind = ? AND tenant = ? AND name = ?",
     list: "SELECT tenant, name, payload FROM records WHERE kind = ? ORDER BY tenant, name",
+    list_of: "SELECT tenant, name, payload FROM records WHERE kind = ? AND tenant = ? ORDER BY name",
     delete: "DELETE FROM records WHERE kind = ? AND tenant = ? AND name = ?",
 };
 
@@ -59,6 +61,7 @@ const POSTGRES: Sql = Sql {
              ON CONFLICT (kind, tenant, name) DO UPDATE SET payload = excluded.payload",
     get: "SELECT payload FROM records WHERE kind = $1 AND tenant = $2 AND name = $3",
     list: "SELECT tenant, name, payload FROM records WHERE kind = $1 ORDER BY tenant, name",
+    list_of: "SELECT tenant, name, payload FROM records WHERE kind = $1 AND tenant = $2 ORDER BY name",
     delete: "DELETE FROM records WHERE kind = $1 AND tenant = $2 AND name = $3",
 };
 
@@ -198,12 +201,23 @@ impl Records {
 
     /// Every record of `kind`, by tenant and name.
     pub async fn list(&self, kind: &str) -> Result<Vec<Record>> {
+        self.list_where(kind, None).await
+    }
+
+    /// `tenant`'s records of `kind`, by name: a range of the table's key,
+    /// read without touching other tenants' records.
+    pub async fn list_of(&self, kind: &str, tenant: &str) -> Result<Vec<Record>> {
+        self.list_where(kind, Some(tenant)).await
+    }
+
+    /// The records of `kind` (of `tenant` alone, if given), in key order.
+    async fn list_where(&self, kind: &str, tenant: Option<&str>) -> Result<Vec<Record>> {
         if let Backend::Memory(..) = self.backend {
             return Ok(self
                 .memory
                 .rows()
                 .iter()
-                .filter(|((k, _, _), _)| k == kind)
+                .filter(|((k, t, _), _)| k == kind && tenant.is_none_or(|tenant| t == tenant))
                 .map(|((_, tenant, name), value)| Record {
                     tenant: tenant.clone(),
                     name: name.clone(),
@@ -211,13 +225,31 @@ impl Records {
                 })
                 .collect());
         }
+        let sql = match self.backend {
+            Backend::Sqlite(_) => &SQLITE,
+            _ => &POSTGRES,
+        };
+        let statement = if tenant.is_some() {
+            sql.list_of
+        } else {
+            sql.list
+        };
         let rows: Vec<(String, String, String)> = match &self.backend {
-            Backend::Sqlite(p) => sqlx::query_as(SQLITE.list).bind(kind).fetch_all(p).await?,
+            Backend::Sqlite(p) => {
+                let q = sqlx::query_as(statement).bind(kind);
+                let q = match tenant {
+                    Some(t) => q.bind(t),
+                    None => q,
+                };
+                q.fetch_all(p).await?
+            }
             Backend::Postgres(p) => {
-                sqlx::query_as(POSTGRES.list)
-                    .bind(kind)
-                    .fetch_all(p)
-                    .await?
+                let q = sqlx::query_as(statement).bind(kind);
+                let q = match tenant {
+                    Some(t) => q.bind(t),
+                    None => q,
+                };
+                q.fetch_all(p).await?
             }
             Backend::Memory(..) => unreachable!(),
         };

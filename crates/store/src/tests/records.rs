@@ -1,6 +1,6 @@
 //! Named records: written once (a taken name is refused and keeps its
-//! value), replaced, listed by kind, deleted, and still there for another
-//! store on the same database (a restart).
+//! value), replaced, listed by kind and by kind and tenant, deleted, and
+//! still there for another store on the same database (a restart).
 
 use serde_json::json;
 
@@ -44,6 +44,34 @@ async fn records_are_kept_per_kind_tenant_and_name(t: &TestStore) {
         listed,
         [("acme".into(), "a".into()), ("globex".into(), "a".into())]
     );
+    assert!(
+        r.insert("model", "acme", "b", &json!({"v": 6}))
+            .await
+            .unwrap()
+    );
+    assert!(
+        r.insert("model", "acmex", "a", &json!({"v": 7}))
+            .await
+            .unwrap()
+    );
+    let of_acme: Vec<(String, String, serde_json::Value)> = r
+        .list_of("model", "acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.tenant, r.name, r.value))
+        .collect();
+    assert_eq!(
+        of_acme,
+        [
+            ("acme".into(), "a".into(), json!({"v": 1})),
+            ("acme".into(), "b".into(), json!({"v": 6})),
+        ],
+        "one tenant's records of one kind, by name: not another tenant's, not another kind's"
+    );
+    assert!(r.list_of("model", "initech").await.unwrap().is_empty());
+    assert!(r.delete("model", "acme", "b").await.unwrap());
+    assert!(r.delete("model", "acmex", "a").await.unwrap());
     r.put("model", "acme", "a", &json!({"v": 5})).await.unwrap();
     assert_eq!(
         r.get("model", "acme", "a").await.unwrap(),
