@@ -20,6 +20,10 @@
 //! - **create_job**: the burst's jobs are queued by `BENCH_CLIENTS` (default
 //!   16) concurrent callers of `Engine::create_job` (which returns once the
 //!   views show the job): jobs/s.
+//!   With `BENCH_TENANT_MODELS=N` (default 0), the store first holds N
+//!   base models registered by other tenants (50 each, records as
+//!   registration writes them): what another tenant's registrations cost
+//!   a `create_job`.
 //! - **CPU**: beside `create_job` and the burst, the CPU time (user and
 //!   system, from `/proc`) per job and per step, of the bench's process
 //!   (engine, gRPC, workers) and of PostgreSQL's processes (all of them: on
@@ -269,7 +273,65 @@ impl Bench {
         )
     }
 
+    /// `n` base models of other tenants, 50 to a tenant, in the records
+    /// the engine keeps registrations in; checked to load as the engine
+    /// reads them.
+    async fn other_tenants_models(&self, n: usize) {
+        use loraflow::core::catalogue::{CustomModel, Engine, ModelFamily};
+        use loraflow::core::ids::{BaseModelId, TenantId};
+        const PER_TENANT: usize = 50;
+        let records = self.server.engine.store().records();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let records = records.clone();
+                tokio::spawn(async move {
+                    for i in (w..n).step_by(16) {
+                        let (tenant, name) = (
+                            format!("other-{}", i / PER_TENANT),
+                            format!("model-{}", i % PER_TENANT),
+                        );
+                        let model = CustomModel {
+                            name: BaseModelId::from(name.as_str()),
+                            uri: format!("s3://{tenant}-models/checkpoints/{name}/"),
+                            label: format!("{name}, fine-tuned for product shots"),
+                            family: ModelFamily::Sdxl,
+                            engines: vec![Engine::Native],
+                            min_vram_gb: 24,
+                            pixel_multiple: None,
+                            evidence: "unet/config.json cross_attention_dim 2048".to_owned(),
+                            registered_at: chrono::Utc::now(),
+                        };
+                        let value = serde_json::to_value(&model).expect("a model as JSON");
+                        records
+                            .insert("base_model", &tenant, &name, &value)
+                            .await
+                            .expect("write another tenant's model");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("a writer of models");
+        }
+        let loaded = self
+            .server
+            .engine
+            .base_models_of(&TenantId::from("other-0"))
+            .await
+            .expect("read a tenant's models");
+        assert_eq!(
+            loaded.len(),
+            n.min(PER_TENANT),
+            "the engine reads the models written"
+        );
+    }
+
     async fn burst(&mut self, jobs: usize, clients: usize) -> String {
+        let models = env("BENCH_TENANT_MODELS", 0) as usize;
+        if models > 0 {
+            self.other_tenants_models(models).await;
+            println!("the store holds {models} base models of other tenants");
+        }
         let mut reviews = self.reviews().await;
         let writes = self.pg_writes().await;
         let grouped = self.grouped();
